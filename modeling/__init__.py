@@ -1,0 +1,32 @@
+"""pocketlm's two model families, registered with transformers' Auto classes on import.
+
+Importing this package lets `AutoConfig`, `AutoModel` and `AutoModelForCausalLM` resolve pocketlm folders
+without `trust_remote_code`; `register_for_auto_class` makes `save_pretrained` write `auto_map` and copy the
+family's two source files, so a saved folder also loads where pocketlm is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .gpt import PRESETS, GPTConfig, GPTForCausalLM, GPTModel
+from .lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+
+MODEL_TYPES = {"transformer": GPTConfig.model_type, "lstm": LSTMConfig.model_type}
+
+for _config, _base, _lm in ((GPTConfig, GPTModel, GPTForCausalLM), (LSTMConfig, LSTMModel, LSTMForCausalLM)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _base, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _lm, exist_ok=True)
+    _config.register_for_auto_class()
+    _base.register_for_auto_class("AutoModel")
+    _lm.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "PRESETS",
+    "MODEL_TYPES",
+    "GPTConfig",
+    "GPTModel",
+    "GPTForCausalLM",
+    "LSTMConfig",
+    "LSTMModel",
+    "LSTMForCausalLM",
+]

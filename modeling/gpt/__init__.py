@@ -1,0 +1,4 @@
+from .configuration_gpt import PRESETS, GPTConfig
+from .modeling_gpt import GPTForCausalLM, GPTModel
+
+__all__ = ["PRESETS", "GPTConfig", "GPTModel", "GPTForCausalLM"]

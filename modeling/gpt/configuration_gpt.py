@@ -1,0 +1,113 @@
+"""Configuration of pocketlm's GPT-style decoder-only Transformer.
+
+This file travels to the Hub unchanged beside `modeling_gpt.py`, so it imports nothing from pocketlm.
+"""
+
+from transformers import PreTrainedConfig
+
+# The one place the preset shapes live. Parameter counts at a 5,000-token vocabulary
+# (embeddings tied to the output head): small ~1.9M, medium ~7.7M, large ~28M.
+PRESETS: dict[str, dict[str, int]] = {
+    "small": {"n_layer": 6, "n_head": 4, "n_embd": 128, "block_size": 256},
+    "medium": {"n_layer": 8, "n_head": 8, "n_embd": 256, "block_size": 512},
+    "large": {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 1024},
+}
+
+
+class GPTConfig(PreTrainedConfig):
+    """Shape and regularisation of a pocketlm GPT.
+
+    Args:
+        vocab_size: number of tokens the model reads and predicts.
+        block_size: context window, in tokens; the most positions the model can attend over.
+        n_layer: number of Transformer blocks.
+        n_head: attention heads per block; must divide `n_embd`.
+        n_embd: width of the residual stream.
+        dropout: dropout on embeddings, attention output and MLP output during training.
+        bias: whether linear layers and layer norms carry a bias.
+        layer_norm_epsilon: epsilon of the layer norms.
+        initializer_range: standard deviation of the normal weight initialisation.
+        tie_word_embeddings: share the input embedding with the output head.
+    """
+
+    model_type = "pocketlm_gpt"
+    keys_to_ignore_at_inference = ["cache"]
+    # generate() and other transformers helpers read these standard names.
+    attribute_map = {
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "hidden_size": "n_embd",
+        "max_position_embeddings": "block_size",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 5000,
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.1,
+        bias: bool = True,
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head}).")
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.dropout = dropout
+        self.bias = bias
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        self.tie_word_embeddings = tie_word_embeddings
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        """A config for the preset `name` (`small`, `medium`, `large`); keyword arguments override its fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model size {name!r}: choose one of {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> "GPTConfig":
+        """About 2M parameters at a 5,000-token vocabulary, 256-token context."""
+        return cls.from_preset("small", **overrides)
+
+    @classmethod
+    def medium(cls, **overrides) -> "GPTConfig":
+        """About 8M parameters at a 5,000-token vocabulary, 512-token context."""
+        return cls.from_preset("medium", **overrides)
+
+    @classmethod
+    def large(cls, **overrides) -> "GPTConfig":
+        """About 30M parameters at a 5,000-token vocabulary, 1,024-token context."""
+        return cls.from_preset("large", **overrides)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "GPTConfig":
+        # transformers only warns when a folder holds another model type and then builds a wrong model;
+        # a pocketlm user mixing up an LSTM and a GPT folder deserves a plain refusal instead.
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type")
+        if found != cls.model_type:
+            raise ValueError(
+                f"cannot load a {found or 'non-pocketlm'} checkpoint into a GPT ({cls.model_type}) model: "
+                f"{pretrained_model_name_or_path} holds model_type {found!r}; "
+                "load it with AutoModelForCausalLM.from_pretrained, which picks the right class."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)

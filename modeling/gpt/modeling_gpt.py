@@ -1,0 +1,242 @@
+"""pocketlm's GPT-style decoder-only Transformer, in nanoGPT's shape and transformers' contract.
+
+Pre-norm blocks, causal self-attention through `scaled_dot_product_attention`, learned absolute positions,
+and an output head tied to the token embedding. This file travels to the Hub unchanged beside
+`configuration_gpt.py`, so it imports nothing from pocketlm.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_gpt import GPTConfig
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention that appends its keys and values to a transformers Cache."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        # One matmul for queries, keys and values: fewer kernel launches than three.
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: Cache | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        batch, seq_len, width = x.shape
+        qkv = self.c_attn(x).view(batch, seq_len, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(batch, seq_len, width)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward layer: widen four times, GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # tanh-approximated GELU, as GPT-2 trained with; cheaper than the erf form on CPUs.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """A pre-norm Transformer block: normalise before each sub-layer, add its output to the residual stream."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache, attn_mask, is_causal):
+        x = x + self.attn(self.ln_1(x), cache, attn_mask, is_causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTPreTrainedModel(PreTrainedModel):
+    config_class = GPTConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # GPT-2's scheme: shrink the layers that write into the residual stream by 1/sqrt(2 * layers),
+        # so the stream's variance does not grow with depth.
+        if isinstance(module, (CausalSelfAttention, MLP)):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+
+
+def _attention_mask_for_sdpa(
+    attention_mask: torch.Tensor | None, past_len: int, seq_len: int
+) -> tuple[torch.Tensor | None, bool]:
+    """The (mask, is_causal) pair for sdpa, building a mask only when the fast paths do not apply.
+
+    `attention_mask` is transformers' 2-D padding mask over past and new tokens (1 = real token),
+    or None when no token is padding.
+    """
+    padded = attention_mask is not None
+    if not padded:
+        if seq_len == 1:
+            return None, False  # one new token may see every cached one
+        if past_len == 0:
+            return None, True  # plain causal attention: sdpa's fastest path
+    device = attention_mask.device if attention_mask is not None else None
+    causal = torch.ones(seq_len, past_len + seq_len, dtype=torch.bool, device=device).tril(diagonal=past_len)
+    if not padded:
+        return causal, False
+    keys = attention_mask[:, -(past_len + seq_len) :].bool()[:, None, None, :]
+    mask = causal[None, None] & keys
+    # A left-padding query sees no real key; let it see itself so softmax stays finite (its output is ignored).
+    mask |= torch.eye(seq_len, past_len + seq_len, dtype=torch.bool, device=device).roll(past_len, dims=1)
+    return mask, False
+
+
+class GPTModel(GPTPreTrainedModel):
+    """The Transformer trunk: token and position embeddings, the blocks, a final layer norm."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds.")
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        seq_len = x.shape[1]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache(config=self.config)
+        past_len = cache.get_seq_length() if cache is not None else 0
+        if past_len + seq_len > self.config.block_size:
+            raise ValueError(
+                f"{past_len + seq_len} tokens exceed this model's context window of {self.config.block_size}; "
+                "keep the most recent tokens (pocketlm's chat and generation helpers do this for you)."
+            )
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: take sdpa's mask-free paths
+        if position_ids is None:
+            if attention_mask is not None:
+                # Left padding: count positions from each row's first real token.
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+            else:
+                position_ids = torch.arange(past_len, past_len + seq_len, device=x.device)[None]
+        attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_len, seq_len)
+
+        x = self.drop(x + self.wpe(position_ids))
+        for block in self.h:
+            x = block(x, cache, attn_mask, is_causal)
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), cache=cache if use_cache else None)
+
+
+class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
+    """The GPT trunk with a language-modelling head tied to the token embedding.
+
+    Tying saves vocab_size x n_embd parameters (half of the small preset) and trains better on small data.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.wte.weight"}
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.model = GPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for the next token at each position; with `labels` (the input ids, shifted inside), the mean loss."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = outputs.last_hidden_state
+        # generate() asks for the last position only: the vocabulary projection is the costliest matmul.
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel"]

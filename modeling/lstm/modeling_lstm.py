@@ -1,0 +1,169 @@
+"""pocketlm's character-level LSTM language model in transformers' contract.
+
+During generate() the LSTM's (h, c) state lives in transformers' Cache as a recurrent state, so each new token
+costs one LSTM step and beam search reorders it like any other cache. This file travels to the Hub unchanged
+beside `configuration_lstm.py`, so it imports nothing from pocketlm.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_lstm import LSTMConfig
+
+
+class LSTMPreTrainedModel(PreTrainedModel):
+    config_class = LSTMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, nn.LSTM):
+            # A forget-gate bias of 1 lets gradients flow through time from the start (Jozefowicz et al., 2015).
+            hidden = self.config.hidden_size
+            for name, param in module.named_parameters():
+                if name.startswith("bias_ih"):
+                    init.constant_(param, 0.0)
+                    with torch.no_grad():
+                        param[hidden : 2 * hidden].fill_(1.0)
+
+
+def _read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (h, c) pair, each (layers, batch, hidden), that the cache holds; None before the first step."""
+    if cache is None or not cache.layers[0].is_recurrent_states_initialized[0]:
+        return None
+    # Each layer's state is stored batch-first, (batch, 2, hidden), so beam search can reorder it on dim 0.
+    state = torch.stack([cache.layers[i].recurrent_states[0] for i in range(num_layers)])
+    return state[:, :, 0].contiguous(), state[:, :, 1].contiguous()
+
+
+def _write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
+    for i in range(h.shape[0]):
+        cache.update_recurrent_state(torch.stack([h[i], c[i]], dim=1), layer_idx=i)
+
+
+class LSTMModel(LSTMPreTrainedModel):
+    """Token embedding and the stacked LSTM; returns the top layer's hidden state at every position."""
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds.")
+        x = self.drop(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache(config=self.config)
+        state = _read_state(cache, self.config.num_layers)
+        new_mask = attention_mask[:, -x.shape[1] :] if attention_mask is not None else None
+        if new_mask is not None and not bool(new_mask.all()):
+            out, (h, c) = self._run_left_padded(x, new_mask, state)
+        else:
+            out, (h, c) = self.lstm(x, state)
+        if cache is not None:
+            _write_state(cache, h, c)
+        return BaseModelOutputWithPast(last_hidden_state=out, cache=cache if use_cache else None)
+
+    def _run_left_padded(self, x, mask, state):
+        """Run a left-padded batch so that padding never enters a row's state.
+
+        Each row is shifted so its real tokens come first, run packed, and shifted back; outputs at padding
+        positions are meaningless and masked out downstream.
+        """
+        seq_len = x.shape[1]
+        lengths = mask.long().sum(-1).clamp(min=1)
+        positions = torch.arange(seq_len, device=x.device)[None]
+        pad = (seq_len - lengths)[:, None]
+        to_front = (positions + pad).clamp(max=seq_len - 1)[..., None].expand_as(x)
+        packed = pack_padded_sequence(x.gather(1, to_front), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, c) = self.lstm(packed, state)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=seq_len)
+        to_back = (positions - pad).clamp(min=0)[..., None].expand(-1, -1, out.shape[-1])
+        return out.gather(1, to_back), (h, c)
+
+
+class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
+    """The LSTM with a linear head predicting the next character."""
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.model = LSTMModel(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for the next token at each position; with `labels` (the input ids, shifted inside), the mean loss."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(self.drop(hidden))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+__all__ = ["LSTMModel", "LSTMForCausalLM", "LSTMPreTrainedModel"]

@@ -1,0 +1,17 @@
+"""pocketlm's tokenizers, trained with `tokenizers` and saved in a form `AutoTokenizer` loads without pocketlm."""
+
+from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
+from .char import train_char_tokenizer
+from .special_tokens import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS
+
+__all__ = [
+    "train_bpe_tokenizer",
+    "train_char_tokenizer",
+    "MIN_VOCAB_SIZE",
+    "CHAT_TEMPLATE",
+    "END_OF_TEXT",
+    "END_OF_TURN",
+    "PAD",
+    "ROLE_TOKENS",
+    "SPECIAL_TOKENS",
+]
