@@ -1,0 +1,55 @@
+"""Tiny models and tokenizers shared by the tests, so the whole suite runs in minutes on two CPU cores."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM  # noqa: E402
+from tokenization import train_bpe_tokenizer, train_char_tokenizer  # noqa: E402
+
+SAMPLE_TEXT = (
+    "To be, or not to be, that is the question:\n"
+    "Whether 'tis nobler in the mind to suffer\n"
+    "The slings and arrows of outrageous fortune,\n"
+    "Or to take arms against a sea of troubles.\n"
+) * 20
+
+FAMILIES = ["transformer", "lstm"]
+
+
+def tiny_config(family: str, vocab_size: int = 64):
+    """The smallest configs that still exercise every code path (two layers, two heads)."""
+    if family == "transformer":
+        return GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    return LSTMConfig(vocab_size=vocab_size, embedding_dim=16, hidden_size=32, num_layers=2, dropout=0.0)
+
+
+def tiny_model(family: str, vocab_size: int = 64, seed: int = 0):
+    torch.manual_seed(seed)
+    model_class = GPTForCausalLM if family == "transformer" else LSTMForCausalLM
+    return model_class(tiny_config(family, vocab_size)).eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return train_char_tokenizer([SAMPLE_TEXT])
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    return train_bpe_tokenizer([SAMPLE_TEXT], vocab_size=300)
+
+
+@pytest.fixture
+def tokenizer_for(char_tokenizer, bpe_tokenizer):
+    """The tokenizer each family is trained with: characters for the LSTM, byte-level BPE for the Transformer."""
+    return lambda family: bpe_tokenizer if family == "transformer" else char_tokenizer

@@ -1,0 +1,223 @@
+"""Behaviour both model families must share: saving, the Auto classes, caching and every generate() option."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, TextIteratorStreamer, pipeline
+
+from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMForCausalLM, LSTMModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROMPT = torch.tensor([[5, 9, 3, 17, 22, 8]])
+
+
+def greedy(model, input_ids=PROMPT, max_new_tokens=24, **options):
+    return model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **options)
+
+
+def test_save_and_reload_is_bit_exact_and_pickle_free(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is type(model)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(greedy(model), greedy(reloaded))
+
+
+def test_auto_classes_resolve_both_families(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"].endswith("ForCausalLM")
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), type(model.config))
+    base = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, GPTModel if family == "transformer" else LSTMModel)
+
+
+def test_cached_greedy_decoding_matches_uncached(family):
+    model = tiny_model(family)
+    assert torch.equal(greedy(model, use_cache=True), greedy(model, use_cache=False))
+
+
+def test_incremental_forward_matches_full_forward(family):
+    model = tiny_model(family)
+    ids = torch.randint(0, 64, (2, 12))
+    full = model(ids, use_cache=False).logits
+    first = model(ids[:, :7], use_cache=True)
+    step = model(ids[:, 7:], cache=first.cache, use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, step.logits], 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_each_generated_token_costs_one_position(family):
+    """With the cache, the model sees the prompt once, then exactly one new token per step."""
+    model = tiny_model(family)
+    seen = []
+    embedding = model.get_input_embeddings()
+    handle = embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    greedy(model)
+    handle.remove()
+    assert seen[0] == PROMPT.shape[1]
+    assert seen[1:] == [1] * (len(seen) - 1)
+
+
+def test_left_padded_batch_generates_like_single_prompts(family):
+    model = tiny_model(family)
+    pad = 0
+    short = torch.tensor([[7, 3, 9]])
+    long = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    batch = torch.tensor([[pad, pad, pad, 7, 3, 9], long[0].tolist()])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1] * 6])
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
+    assert together[0, 6:].tolist() == greedy(model, short, max_new_tokens=10)[0, 3:].tolist()
+    assert together[1, 6:].tolist() == greedy(model, long, max_new_tokens=10)[0, 6:].tolist()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"temperature": 0.7},
+        {"top_k": 5},
+        {"top_p": 0.8},
+        {"repetition_penalty": 1.3},
+        {"temperature": 0.8, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2},
+    ],
+)
+def test_sampling_options_are_seeded_and_honoured(family, options):
+    model = tiny_model(family)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        runs.append(model.generate(PROMPT, do_sample=True, max_new_tokens=16, **options))
+    assert torch.equal(runs[0], runs[1])
+    assert runs[0].shape == (1, PROMPT.shape[1] + 16)
+
+
+def test_top_k_of_one_is_greedy(family):
+    model = tiny_model(family)
+    torch.manual_seed(0)
+    sampled = model.generate(PROMPT, do_sample=True, top_k=1, max_new_tokens=24)
+    assert torch.equal(sampled, greedy(model))
+
+
+def test_repetition_penalty_changes_greedy_output(family):
+    model = tiny_model(family)
+    # Tiny random models repeat themselves under greedy decoding; a strong penalty must break that.
+    plain = greedy(model, max_new_tokens=40)
+    penalised = greedy(model, max_new_tokens=40, repetition_penalty=5.0)
+    assert not torch.equal(plain, penalised)
+    assert len(set(penalised[0, 6:].tolist())) > len(set(plain[0, 6:].tolist()))
+
+
+def test_eos_token_stops_generation(family):
+    model = tiny_model(family)
+    stop = greedy(model)[0, PROMPT.shape[1] + 3].item()
+    out = greedy(model, eos_token_id=stop)
+    assert out[0, -1].item() == stop
+    assert out.shape[1] <= PROMPT.shape[1] + 4
+
+
+def test_streamer_and_pipeline_produce_text(family, tokenizer_for):
+    tokenizer = tokenizer_for(family)
+    model = tiny_model(family, vocab_size=len(tokenizer))
+    ids = tokenizer("To be, or not", return_tensors="pt").input_ids
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(ids, max_new_tokens=12, do_sample=False, streamer=streamer)
+    streamed = "".join(streamer)
+    assert streamed == tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    result = generator("To be, or not", max_new_tokens=8, do_sample=False)
+    assert result[0]["generated_text"].startswith("To be, or not")
+
+
+def test_gpt_refuses_sequences_beyond_its_context_with_a_clear_error():
+    model = tiny_model("transformer")
+    with pytest.raises(ValueError, match="context window of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_loading_the_other_family_names_both_types(family, tmp_path):
+    tiny_model(family).save_pretrained(tmp_path)
+    other = LSTMForCausalLM if family == "transformer" else GPTForCausalLM
+    found = "pocketlm_gpt" if family == "transformer" else "pocketlm_lstm"
+    with pytest.raises(ValueError, match=f"cannot load a {found} checkpoint into an? (LSTM|GPT)"):
+        other.from_pretrained(tmp_path)
+
+
+def test_loading_a_foreign_model_names_its_type(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot load a gpt2 checkpoint into a GPT"):
+        GPTForCausalLM.from_pretrained(tmp_path)
+
+
+def test_presets_have_the_promised_sizes():
+    expected = {"small": (2e6, 256), "medium": (8e6, 512), "large": (30e6, 1024)}
+    for name, (params, context) in expected.items():
+        config = GPTConfig.from_preset(name, vocab_size=5000)
+        model = GPTForCausalLM(config)
+        count = sum(p.numel() for p in model.parameters())
+        assert 0.75 * params < count < 1.25 * params, (name, count)
+        assert config.block_size == context
+    assert GPTConfig.small(vocab_size=5000).to_dict() == GPTConfig.from_preset("small", vocab_size=5000).to_dict()
+    assert set(PRESETS) == {"small", "medium", "large"}
+    with pytest.raises(ValueError, match="unknown model size 'huge'"):
+        GPTConfig.from_preset("huge")
+
+
+def test_lstm_defaults_match_the_old_system():
+    config = LSTMForCausalLM(tiny_config("lstm").__class__()).config
+    assert (config.num_layers, config.hidden_size) == (2, 256)
+
+
+PROJECT_FREE_LOAD = textwrap.dedent(
+    """
+    import sys
+    # Drop every path into the project and setuptools' editable-install finder: only the saved folder remains.
+    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+    try:
+        import modeling  # noqa: F401
+        raise SystemExit("pocketlm's modeling package is still importable")
+    except ImportError:
+        pass
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
+    # AutoTokenizer reads config.json too, so it needs the same trust as the model.
+    tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
+    ids = tokenizer("To be, or not", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=16, do_sample=False)
+    print(type(model).__module__, out[0].tolist())
+    """
+)
+
+
+def test_saved_folder_loads_without_pocketlm(family, tokenizer_for, tmp_path):
+    tokenizer = tokenizer_for(family)
+    model = tiny_model(family, vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    ids = tokenizer("To be, or not", return_tensors="pt").input_ids
+    expected = model.generate(ids, max_new_tokens=16, do_sample=False)[0].tolist()
+    script = PROJECT_FREE_LOAD.format(root=str(REPO_ROOT), folder=str(tmp_path / "model"))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    module, tokens = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert module.startswith("transformers_modules"), result.stdout
+    assert json.loads(tokens) == expected

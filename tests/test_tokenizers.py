@@ -1,0 +1,97 @@
+"""Tokenizers: exact round trips, the unknown-character fallback, special tokens and the chat template."""
+
+import random
+
+import pytest
+from conftest import SAMPLE_TEXT
+from transformers import AutoTokenizer
+
+from tokenization import END_OF_TURN, MIN_VOCAB_SIZE, ROLE_TOKENS, train_bpe_tokenizer, train_char_tokenizer
+
+UNICODE_SAMPLES = [
+    "plain ASCII, with punctuation!?",
+    "accents: café, naïve, Ångström",
+    "CJK: 你好，世界 こんにちは 안녕하세요",
+    "emoji: 🤖👩🏽‍💻🇫🇷",
+    "right-to-left: مرحبا بالعالم שלום",
+    "control:\x00\x01\t\r\n\x7f and CRLF\r\n",
+    "  leading and trailing spaces  ",
+    "",
+]
+
+
+def random_unicode(rng: random.Random, length: int) -> str:
+    # Any code point except lone surrogates, which are not valid in UTF-8 text.
+    points = (rng.randrange(0x110000) for _ in range(length))
+    return "".join(chr(p) for p in points if not 0xD800 <= p <= 0xDFFF)
+
+
+@pytest.fixture(scope="module")
+def saved_bpe(bpe_tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bpe")
+    bpe_tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("text", UNICODE_SAMPLES)
+def test_bpe_round_trips_any_text(saved_bpe, text):
+    assert saved_bpe.decode(saved_bpe.encode(text)) == text
+
+
+def test_bpe_round_trips_random_code_points(saved_bpe):
+    rng = random.Random(0)
+    for _ in range(200):
+        text = random_unicode(rng, rng.randrange(1, 40))
+        assert saved_bpe.decode(saved_bpe.encode(text)) == text
+
+
+def test_bpe_learns_merges_up_to_the_vocabulary_size():
+    tokenizer = train_bpe_tokenizer([SAMPLE_TEXT * 5], vocab_size=400)
+    assert len(tokenizer) <= 400
+    assert len(tokenizer.encode("To be, or not to be")) < len("To be, or not to be") / 2
+
+
+def test_bpe_refuses_a_vocabulary_below_bytes_plus_specials():
+    with pytest.raises(ValueError, match=f"at least {MIN_VOCAB_SIZE}"):
+        train_bpe_tokenizer(["hello"], vocab_size=100)
+
+
+def test_char_tokenizer_round_trips_seen_characters(char_tokenizer, tmp_path):
+    char_tokenizer.save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tokenizer.encode(SAMPLE_TEXT)
+    assert len(ids) == len(SAMPLE_TEXT)
+    assert tokenizer.decode(ids) == SAMPLE_TEXT
+
+
+def test_char_tokenizer_maps_unseen_characters_to_unknown(char_tokenizer):
+    ids = char_tokenizer.encode("to 🤖 be")
+    assert char_tokenizer.unk_token_id in ids
+    assert char_tokenizer.decode(ids) == "to <unk> be"
+
+
+def test_both_tokenizers_define_end_padding_and_chat_tokens(char_tokenizer, bpe_tokenizer):
+    for tokenizer in (char_tokenizer, bpe_tokenizer):
+        assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
+        assert tokenizer.eos_token_id != tokenizer.pad_token_id
+        for token in [END_OF_TURN, *ROLE_TOKENS.values()]:
+            assert tokenizer.convert_tokens_to_ids(token) != tokenizer.unk_token_id
+            assert len(tokenizer.encode(token)) == 1
+
+
+def test_chat_template_builds_the_prompt(saved_bpe):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "¿Qué tal? 🙂"},
+    ]
+    prompt = saved_bpe.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == (
+        "<|system|>Be brief.<|end|><|user|>Hi there<|end|><|assistant|>Hello.<|end|>"
+        "<|user|>¿Qué tal? 🙂<|end|><|assistant|>"
+    )
+    ids = saved_bpe.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"]
+    assert saved_bpe.decode(ids) == prompt
+    with pytest.raises(Exception, match="chat roles are system, user and assistant"):
+        saved_bpe.apply_chat_template([{"role": "robot", "content": "beep"}], tokenize=False)
