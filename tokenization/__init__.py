@@ -2,7 +2,7 @@
 
 from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
 from .char import train_char_tokenizer
-from .special_tokens import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS
+from .special_tokens import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS, render_chat
 
 __all__ = [
     "train_bpe_tokenizer",
@@ -14,4 +14,5 @@ __all__ = [
     "PAD",
     "ROLE_TOKENS",
     "SPECIAL_TOKENS",
+    "render_chat",
 ]

@@ -35,3 +35,14 @@ def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
         **special,
     )
+
+
+def render_chat(messages: list[dict]) -> str:
+    """The training text of a conversation: the chat template applied without a tokenizer."""
+    import jinja2
+
+    def raise_exception(message: str):
+        raise ValueError(message)
+
+    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
+    return template.render(messages=messages, add_generation_prompt=False, raise_exception=raise_exception)

@@ -86,6 +86,13 @@ class LSTMModel(LSTMPreTrainedModel):
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         state = _read_state(cache, self.config.num_layers)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no reduced-precision LSTM kernel: run the recurrence in float32 under CPU autocast.
+            with torch.autocast("cpu", enabled=False):
+                return self._recur(x.float(), attention_mask, state, cache, use_cache)
+        return self._recur(x, attention_mask, state, cache, use_cache)
+
+    def _recur(self, x, attention_mask, state, cache, use_cache) -> BaseModelOutputWithPast:
         new_mask = attention_mask[:, -x.shape[1] :] if attention_mask is not None else None
         if new_mask is not None and not bool(new_mask.all()):
             out, (h, c) = self._run_left_padded(x, new_mask, state)

@@ -1,0 +1,161 @@
+"""Command-line front ends: argument parsing and one call into the library each.
+
+Problems the user can fix end as one line on stderr and exit status 2; a diverged run exits 1; a run stopped
+with Ctrl-C saves a checkpoint and exits 130.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from .errors import UsageError
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars would break our own
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def _run(job: Callable[[], int | None]) -> int:
+    """Run `job`, turning pocketlm's user-facing errors into one line and an exit status."""
+    from .training import TrainingDiverged
+
+    try:
+        return job() or 0
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line, with the fix, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    import json
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from modeling import PRESETS
+
+    parser = _Parser(
+        prog="train.py",
+        description="Train a pocketlm model on your text (or the built-in English dialogs) with accelerate.",
+        epilog="Several processes: accelerate launch --num_processes N train.py ... ; "
+        "defaults marked 'recipe' come from configs/<model-type>.json.",
+    )
+    add = parser.add_argument
+    add("--model-type", choices=["transformer", "lstm"], help="model family (default: transformer)")
+    add("--model-size", default="small", choices=list(PRESETS), help="Transformer preset (ignored for lstm)")
+    add("--data", action="append", metavar="PATH", help="a text file or folder of .txt/.md/.jsonl; repeatable")
+    add("--dataset", metavar="NAME_OR_PATH", help="anything datasets.load_dataset takes, with a text column")
+    add("--output-dir", help="where the model goes (default: models/lstm or models/transformer-<size>)")
+    add("--epochs", type=int, help="passes over the training data (recipe)")
+    add("--max-steps", type=int, help="optimizer steps; wins over --epochs")
+    add("--lr", type=float, help="peak learning rate (recipe: lower for the Transformer than the LSTM)")
+    add("--batch-size", type=int, help="blocks per device per micro-step (recipe)")
+    add("--block-size", type=int, help="tokens per training block (default: the preset's context)")
+    add("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    add("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
+    add("--save-every", type=int, help="steps between checkpoints (recipe)")
+    add("--eval-every", type=int, help="steps between validation passes (recipe)")
+    add("--seed", type=int, default=1337, help="seed for initialisation, data order and split")
+    add("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
+    add("--overwrite", action="store_true", help="replace whatever the output folder holds")
+    add("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
+    add("--vocab-size", type=int, help="BPE vocabulary size (recipe: 5000)")
+    add("--init-from", metavar="PATH_OR_REPO", help="fine-tune this pocketlm model instead of starting fresh")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--report-to", default="none", choices=["none", "tensorboard"], help="also log to TensorBoard")
+    add("--model-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="override a model config field, e.g. n_layer=4; repeatable")
+    add("--samples", type=int, default=3, help="sample outputs to print at the end")
+    return parser
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from .training import TrainingOptions, train
+
+        options = TrainingOptions(**{**vars(args), "model_config": dict(args.model_config)})
+        result = train(options)
+        for sample in result.samples:
+            print(f"\n{sample}")
+        if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(
+                f"\nsaved {result.output_dir} (best validation {result.best_val_bpc:.3f} bits/char, "
+                f"loss {result.best_val_loss:.4f}) after {result.steps} steps at {result.tokens_per_second:,.0f} tokens/s"
+            )
+        return EXIT_INTERRUPTED if result.interrupted else 0
+
+    return _run(job)
+
+
+# ----------------------------------------------------------------------------------------- the old main.py
+
+
+def _best_mixed_precision() -> str:
+    """bf16 where the hardware does it (recent GPUs, any CPU), else fp16."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+def legacy_main(argv: list[str] | None = None) -> int:
+    """The old system's `main.py --train|--chat`, forwarding every other option to train.py or chat.py."""
+    parser = _Parser(
+        prog="main.py",
+        description="pocketlm's original command line; see train.py --help and chat.py --help for every option.",
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train a model (train.py)")
+    mode.add_argument("--chat", action="store_true", help="chat with a trained model (chat.py)")
+    parser.add_argument("--model-type", default="lstm", choices=["lstm", "transformer"], help="default: lstm")
+    parser.add_argument(
+        "--mixed-precision", nargs="?", const="auto", choices=["auto", "no", "fp16", "bf16"],
+        help="bare: bf16 where supported, else fp16",
+    )
+    args, rest = parser.parse_known_args(argv)
+    forwarded = ["--model-type", args.model_type, *rest]
+    if args.train:
+        if args.mixed_precision:
+            precision = _best_mixed_precision() if args.mixed_precision == "auto" else args.mixed_precision
+            forwarded += ["--mixed-precision", precision]
+        return train_main(forwarded)
+    return chat_main(forwarded)

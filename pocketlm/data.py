@@ -1,0 +1,304 @@
+"""Text in, token blocks out: find the user's files, read them through `datasets`, clean, split and tokenize.
+
+Data flows one way: files or a `datasets` name -> documents (one `text` column) -> deduplicated train and
+validation documents -> token blocks for the training loop. Everything past the file scan is an Arrow-backed
+`datasets.Dataset`, so corpora larger than memory are read from disk as they are needed.
+"""
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import yaml
+
+from tokenization import END_OF_TEXT, SPECIAL_TOKENS, render_chat
+from tokenization.char import UNKNOWN
+
+from .errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIX = ".jsonl"
+SMALL_CORPUS_CHARS = 10_000  # below this, models mostly memorise: warn, as the old guide did
+VALIDATION_FRACTION = 0.1
+DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
+
+
+@dataclass
+class Corpus:
+    """Deduplicated documents split by document: validation text never appears in training."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    source: str  # what the user asked for, in words, for logs and the model card
+    is_chat: bool  # documents are conversations rendered through the chat template
+
+
+# ---------------------------------------------------------------------------------------------- finding files
+
+
+def find_data_files(paths: list[str]) -> list[Path]:
+    """Every .txt, .md and .jsonl file under `paths` (files or directories, searched recursively), sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UsageError(f"--data {raw}: no such file or directory; check the path.")
+        if path.is_file():
+            found.append(path)
+            continue
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*TEXT_SUFFIXES, JSONL_SUFFIX))
+        if not matches:
+            raise UsageError(f"--data {raw}: the directory holds no .txt, .md or .jsonl files; add some or point elsewhere.")
+        found.extend(matches)
+    return found
+
+
+def _is_readable_text(path: Path) -> bool:
+    """True when the file decodes as UTF-8 and holds no NUL bytes (binary files usually do)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                if b"\x00" in chunk:
+                    return False
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, OSError):
+        return False
+    return True
+
+
+def readable_files(files: list[Path]) -> list[Path]:
+    """Drop binary and undecodable files with a warning; refuse when none is left."""
+    good = [path for path in files if _is_readable_text(path)]
+    for path in sorted(set(files) - set(good)):
+        logger.warning("skipping %s: not UTF-8 text", path)
+    if not good:
+        names = ", ".join(str(p) for p in files[:3]) + (" ..." if len(files) > 3 else "")
+        raise UsageError(f"no readable text in {names}: the files are binary or not UTF-8; convert them to UTF-8 text.")
+    return good
+
+
+# ------------------------------------------------------------------------------------------ reading documents
+
+
+def split_into_documents(text: str) -> list[str]:
+    """Cut one long text into documents at blank lines, about a fiftieth of the text each (200 to 4,000 chars).
+
+    A book or a chat log arrives as one file; splitting it lets validation hold out whole passages.
+    """
+    target = max(200, min(4000, len(text) // 50))
+    documents, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        size += len(line)
+        # Prefer a blank line as the cut; cut anywhere once a document has grown far past the target.
+        if (size >= target and not line.strip()) or size >= 4 * target:
+            documents.append("".join(current))
+            current, size = [], 0
+    if current:
+        documents.append("".join(current))
+    return [doc for doc in documents if doc.strip()]
+
+
+def _jsonl_documents(path: Path):
+    skipped = 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("text"), str):
+                yield {"text": record["text"], "is_chat": False}
+            elif isinstance(record, dict) and isinstance(record.get("messages"), list):
+                yield {"text": render_chat(record["messages"]), "is_chat": True}
+            else:
+                skipped += 1
+    if skipped:
+        logger.warning("%s: skipped %d lines without a 'text' string or 'messages' list", path, skipped)
+
+
+def _file_documents(files: list[str], signature: list[str]):
+    """Generator for `Dataset.from_generator`; `signature` (sizes and times) only keys the Arrow cache."""
+    for name in files:
+        path = Path(name)
+        if path.suffix.lower() == JSONL_SUFFIX:
+            yield from _jsonl_documents(path)
+        else:
+            for document in split_into_documents(path.read_text(encoding="utf-8")):
+                yield {"text": document, "is_chat": False}
+
+
+def default_conversations() -> list[list[dict]]:
+    """The English dialogs of the chatterbot-corpus package, each as alternating user/assistant messages."""
+    import chatterbot_corpus
+
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    conversations = []
+    for path in sorted(folder.glob("*.yml")):
+        for turns in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            texts = [str(turn).strip() for turn in turns if str(turn).strip()]
+            if len(texts) >= 2:
+                roles = ["user", "assistant"]
+                conversations.append([{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)])
+    return conversations
+
+
+def _default_documents():
+    for messages in default_conversations():
+        yield {"text": render_chat(messages), "is_chat": True}
+
+
+def _dataset_documents(name: str) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as error:  # datasets raises many types; the user needs the name and the reason
+        raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local path or a cached dataset name.")
+    split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    if "text" in split.column_names:
+        return split.map(lambda row: {"text": row["text"], "is_chat": False}, remove_columns=split.column_names)
+    if "messages" in split.column_names:
+        return split.map(
+            lambda row: {"text": render_chat(row["messages"]), "is_chat": True}, remove_columns=split.column_names
+        )
+    raise UsageError(
+        f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(split.column_names)}."
+    )
+
+
+def load_documents(data: list[str] | None = None, dataset: str | None = None) -> tuple[datasets.Dataset, str]:
+    """All documents, as a Dataset with `text` and `is_chat` columns, and a description of their source."""
+    if dataset:
+        return _dataset_documents(dataset), dataset
+    if data:
+        files = readable_files(find_data_files(data))
+        names = [str(p.resolve()) for p in files]
+        signature = [f"{os.path.getsize(n)}:{os.path.getmtime(n)}" for n in names]
+        documents = datasets.Dataset.from_generator(
+            _file_documents, gen_kwargs={"files": names, "signature": signature}
+        )
+        return documents, ", ".join(str(p) for p in data)
+    return datasets.Dataset.from_generator(_default_documents), DEFAULT_CORPUS_NAME
+
+
+# -------------------------------------------------------------------------------------- cleaning and splitting
+
+
+def _hash(text: str, seed: int = 0) -> int:
+    # 7 bytes: fits Arrow's int64 columns.
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=7).digest(), "big")
+
+
+def deduplicate_and_split(
+    documents: datasets.Dataset, seed: int = 0, validation_fraction: float = VALIDATION_FRACTION
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Drop exact duplicate documents, then hold out about `validation_fraction` of them, chosen by a seeded hash.
+
+    The choice depends only on the text and the seed, so it is the same on every run and every process.
+    """
+    documents = documents.filter(lambda row: bool(row["text"].strip()))
+    keys = documents.map(
+        lambda batch: {"key": [_hash(t, seed) for t in batch["text"]], "identity": [_hash(t) for t in batch["text"]]},
+        batched=True,
+        remove_columns=documents.column_names,
+    )
+    seen: set[int] = set()
+    train_rows, validation_rows = [], []
+    threshold = validation_fraction * 2**56
+    for row, (key, identity) in enumerate(zip(keys["key"], keys["identity"])):
+        if identity in seen:
+            continue
+        seen.add(identity)
+        (validation_rows if key < threshold else train_rows).append((key, row))
+    if len(train_rows) + len(validation_rows) < 2:
+        raise UsageError(
+            "not enough text to hold out validation: the data is one short document; add more text (a few KB at least)."
+        )
+    # Small corpora can draw no validation document, or only validation documents: move the extreme one over.
+    if not validation_rows:
+        validation_rows.append(train_rows.pop(min(range(len(train_rows)), key=lambda i: train_rows[i][0])))
+    if not train_rows:
+        train_rows.append(validation_rows.pop(max(range(len(validation_rows)), key=lambda i: validation_rows[i][0])))
+    return (
+        documents.select(sorted(row for _, row in train_rows)),
+        documents.select(sorted(row for _, row in validation_rows)),
+    )
+
+
+def load_corpus(data: list[str] | None = None, dataset: str | None = None, seed: int = 0) -> Corpus:
+    """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given)."""
+    documents, source = load_documents(data, dataset)
+    if len(documents) == 0:
+        raise UsageError(f"{source}: holds no text; point --data at files with some text in them.")
+    train, validation = deduplicate_and_split(documents, seed)
+    total_chars = sum(len(t) for t in train["text"]) + sum(len(t) for t in validation["text"])
+    if total_chars < SMALL_CORPUS_CHARS:
+        logger.warning(
+            "only %d characters of text: under 10 KB a model mostly memorises; add more text if you can", total_chars
+        )
+    return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]))
+
+
+# ------------------------------------------------------------------------------------------------- tokenizing
+
+
+def count_characters(text: str) -> int:
+    """Characters of `text`, counting each special token as one (it stands for one separator, not its spelling)."""
+    return len(text) - sum(text.count(token) * (len(token) - 1) for token in (*SPECIAL_TOKENS, UNKNOWN))
+
+
+def tokenize(documents: datasets.Dataset, tokenizer, num_proc: int | None = None) -> datasets.Dataset:
+    """Token ids of every document, each followed by the end-of-text token."""
+
+    def encode(batch):
+        return {"input_ids": tokenizer([t + END_OF_TEXT for t in batch["text"]])["input_ids"]}
+
+    # Worker processes cost seconds to start: worth it only for large corpora.
+    if num_proc is None:
+        num_proc = min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
+    return documents.map(encode, batched=True, remove_columns=documents.column_names, num_proc=num_proc)
+
+
+def blocks_from_ids(ids: list[int], block_size: int, pad_id: int, keep_partial: bool) -> list[list[int]]:
+    """Cut a token stream into blocks of `block_size` that overlap by one token.
+
+    The model predicts token i+1 from tokens up to i inside a block, so overlapping by one makes every token
+    but the very first a target exactly once. A partial last block is padded with `pad_id` when kept.
+    """
+    stride = block_size - 1
+    blocks = []
+    for start in range(0, max(len(ids) - 1, 0), stride):
+        block = ids[start : start + block_size]
+        if len(block) < block_size:
+            if not keep_partial:
+                break
+            block = block + [pad_id] * (block_size - len(block))
+        blocks.append(block)
+    return blocks
+
+
+def training_blocks(token_ids: datasets.Dataset, block_size: int) -> datasets.Dataset:
+    """Training blocks, cut from the concatenated documents a thousand at a time (a partial tail is dropped)."""
+
+    def group(batch):
+        stream = [token for ids in batch["input_ids"] for token in ids]
+        return {"input_ids": blocks_from_ids(stream, block_size, pad_id=0, keep_partial=False)}
+
+    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=token_ids.column_names)
+
+
+def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[list[list[int]], int]:
+    """Every validation token in blocks (the last padded), and the number of real tokens in them."""
+    stream = [token for ids in token_ids["input_ids"] for token in ids]
+    return blocks_from_ids(stream, block_size, pad_id, keep_partial=True), len(stream)

@@ -1,0 +1,74 @@
+"""Generation helpers that keep prompts inside a model's context window and speak in text, not ids."""
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from tokenization import END_OF_TEXT, END_OF_TURN
+
+# The old guide's "balanced" setting: readable, varied replies from small models.
+BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}
+
+
+def context_window(model: PreTrainedModel) -> int | None:
+    """Tokens the model can attend over, or None for a recurrent model with no limit."""
+    return getattr(model.config, "block_size", None)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End-of-text and end-of-turn: where a document or a chat reply ends."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
+
+
+def default_generation_config(tokenizer, max_new_tokens: int = 128) -> GenerationConfig:
+    """What a trained pocketlm model's `generate()` does by default: balanced sampling, stopping at a turn's end."""
+    return GenerationConfig(
+        **BALANCED_SAMPLING,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def fit_to_context(input_ids: torch.Tensor, model: PreTrainedModel, max_new_tokens: int) -> tuple[torch.Tensor, int]:
+    """Keep the most recent prompt tokens so prompt and reply fit the context window.
+
+    Returns the (possibly shortened) ids and the number of new tokens that still fit. The reply keeps at
+    least a quarter of the window; older prompt tokens go first.
+    """
+    window = context_window(model)
+    if window is None:
+        return input_ids, max_new_tokens
+    max_new_tokens = min(max_new_tokens, max(1, window * 3 // 4))
+    keep = window - max_new_tokens
+    return input_ids[:, -keep:], max_new_tokens
+
+
+@torch.no_grad()
+def complete(model: PreTrainedModel, tokenizer, text: str, max_new_tokens: int = 128, **options) -> str:
+    """The model's continuation of `text` (a prompt of any length: the oldest tokens go when it is too long)."""
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    ids, max_new_tokens = fit_to_context(ids, model, max_new_tokens)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **options)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def chat_reply(model: PreTrainedModel, tokenizer, messages: list[dict], max_new_tokens: int = 128, **options) -> str:
+    """The assistant's next message after `messages`, built with the tokenizer's chat template."""
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return complete(model, tokenizer, prompt, max_new_tokens=max_new_tokens, **options).strip()
+
+
+SAMPLE_QUESTIONS = ["Hello!", "How are you?", "What is your favorite book?", "Tell me a joke.", "What is AI?"]
+
+
+def sample_outputs(model: PreTrainedModel, tokenizer, is_chat: bool, count: int, seed: int = 0) -> list[str]:
+    """A few generations for the end of training and the model card: replies for chat data, continuations otherwise."""
+    torch.manual_seed(seed)
+    if is_chat:
+        return [
+            f"> {question}\n{chat_reply(model, tokenizer, [{'role': 'user', 'content': question}], 60)}"
+            for question in SAMPLE_QUESTIONS[:count]
+        ]
+    openings = ["The ", "Once upon a time", "I think", "And then", "We"]
+    return [f"{text}{complete(model, tokenizer, text, 100)}" for text in openings[:count]]

@@ -1,0 +1,60 @@
+"""metrics.jsonl, TensorBoard scalars and the loss-curve image of a training run."""
+
+import json
+import math
+from pathlib import Path
+
+from accelerate import Accelerator
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class MetricsLog:
+    """Appends one JSON record per line; only the main process writes."""
+
+    def __init__(self, out: Path, accelerator: Accelerator):
+        self.path = Path(out) / METRICS_FILE
+        self.accelerator = accelerator
+
+    def write(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        self.accelerator.log(values, step=record["step"])
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Forget records past `step`: a resumed run rewrites them, so the log reads like one uninterrupted run."""
+        if self.accelerator.is_main_process and self.path.exists():
+            kept = [r for r in self.records() if r["step"] <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def plot(self) -> Path:
+        """Train and validation loss against step, as loss_curve.png beside the model."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on servers, and none needed for a file
+        import matplotlib.pyplot as plt
+
+        records = self.records()
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+            points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            if points:
+                axes.plot(*zip(*points), marker="o" if key == "val_loss" else None, markersize=3, label=label)
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss (nats per token)")
+        axes.set_title("pocketlm training loss")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        target = self.path.parent / LOSS_CURVE_FILE
+        figure.savefig(target, dpi=100)
+        plt.close(figure)
+        return target

@@ -1,0 +1,493 @@
+"""The training loop: a plain accelerate loop from text to a `save_pretrained` folder.
+
+`train(TrainingOptions(...))` is the whole job; `train.py` only parses arguments into the options. The same
+code runs on one CPU, one GPU, or under `accelerate launch --num_processes N` (DDP), and resumes exactly.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from configs import load_recipe
+from modeling import MODEL_TYPES, PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
+from tokenization import train_bpe_tokenizer, train_char_tokenizer
+
+from . import data
+from .checkpoints import CheckpointManager, replace_model_files
+from .errors import UsageError
+from .generation import default_generation_config, sample_outputs
+from .metrics import MetricsLog
+
+logger = logging.getLogger(__name__)
+
+MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
+LOG_EVERY = 10  # steps between train-loss records in metrics.jsonl
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite: the run stopped, the last good checkpoint and model are untouched."""
+
+
+@dataclass
+class TrainingOptions:
+    """Everything `train.py` accepts. `None` means "the model family's recipe in configs/ decides"."""
+
+    model_type: str | None = None  # transformer or lstm; default transformer, or --init-from's family
+    model_size: str = "small"
+    data: list[str] | None = None
+    dataset: str | None = None
+    output_dir: str | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    block_size: int | None = None
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    save_every: int | None = None
+    eval_every: int | None = None
+    seed: int = 1337
+    resume: bool = False
+    overwrite: bool = False
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    init_from: str | None = None
+    compile: bool = False
+    report_to: str = "none"
+    model_config: dict = field(default_factory=dict)  # overrides of the model config, e.g. {"n_layer": 2}
+    keep_checkpoints: int = 3
+    samples: int = 3  # sample outputs printed at the end
+
+    def command_line(self) -> str:
+        """A `train.py` command that reproduces these options (used in the resume hint)."""
+        parts = ["python train.py"]
+        for name, value in asdict(self).items():
+            default = TrainingOptions.__dataclass_fields__[name].default
+            flag = "--" + name.replace("_", "-")
+            if name in ("resume", "overwrite") or value in (None, False, {}) or value == default:
+                continue
+            if value is True:
+                parts.append(flag)
+            elif name == "data":
+                parts.extend(f"{flag} {v}" for v in value)
+            elif name == "model_config":
+                parts.extend(f"{flag} {k}={v}" for k, v in value.items())
+            else:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    best_val_loss: float
+    best_val_bpc: float
+    tokens_per_second: float
+    interrupted: bool = False
+    samples: list[str] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------------------------------- options, model
+
+
+def resolve_options(options: TrainingOptions) -> TrainingOptions:
+    """Fill recipe defaults and refuse impossible values with a message naming the fix."""
+    if options.init_from:
+        options.model_type = options.model_type or _family_of(options.init_from)
+    options.model_type = options.model_type or "transformer"
+    if options.model_type not in MODEL_TYPES:
+        raise UsageError(f"unknown model type {options.model_type!r}: choose transformer or lstm.")
+    if options.model_size not in PRESETS:
+        raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")
+    if options.mixed_precision not in ("no", "fp16", "bf16"):
+        raise UsageError(f"unknown --mixed-precision {options.mixed_precision!r}: choose no, fp16 or bf16.")
+    if options.report_to not in ("none", "tensorboard"):
+        raise UsageError(f"unknown --report-to {options.report_to!r}: choose none or tensorboard.")
+    recipe = load_recipe(options.model_type)
+    for name in ("lr", "batch_size", "epochs", "save_every", "eval_every", "vocab_size", "block_size"):
+        if getattr(options, name) is None:
+            setattr(options, name, recipe.get(name))
+    if options.block_size is None:
+        options.block_size = PRESETS[options.model_size]["block_size"]
+    for name in ("lr", "batch_size", "epochs", "max_steps", "grad_accum", "save_every", "eval_every", "block_size"):
+        value = getattr(options, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+    if options.block_size < 2:
+        raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
+    if options.output_dir is None:
+        suffix = "lstm" if options.model_type == "lstm" else f"transformer-{options.model_size}"
+        options.output_dir = str(Path("models") / suffix)
+    return options
+
+
+def _family_of(path_or_repo: str) -> str:
+    try:
+        model_type = json.loads(Path(_local_config(path_or_repo)).read_text()).get("model_type")
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--init-from {path_or_repo}: no pocketlm model there ({error}).")
+    for family, name in MODEL_TYPES.items():
+        if name == model_type:
+            return family
+    raise UsageError(f"--init-from {path_or_repo}: holds a {model_type!r} model, not a pocketlm transformer or lstm.")
+
+
+def _local_config(path_or_repo: str) -> str:
+    if Path(path_or_repo).is_dir():
+        return str(Path(path_or_repo) / "config.json")
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(path_or_repo, "config.json")
+
+
+def build_model(options: TrainingOptions, tokenizer, recipe: dict):
+    """A fresh model of the chosen family, sized by its preset and the tokenizer's vocabulary."""
+    special = {
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "dropout": recipe["dropout"],
+    }
+    try:
+        if options.model_type == "lstm":
+            return LSTMForCausalLM(LSTMConfig(**{**special, **options.model_config}))
+        config = GPTConfig.from_preset(options.model_size, **{**special, **options.model_config})
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--model-config: {error}")
+    return GPTForCausalLM(config)
+
+
+def _check_output_dir(options: TrainingOptions) -> None:
+    """Refuse to clobber another family's model or an earlier run's checkpoints unless asked to."""
+    out = Path(options.output_dir)
+    config_path = out / "config.json"
+    if config_path.exists() and not options.overwrite:
+        found = json.loads(config_path.read_text()).get("model_type")
+        if found != MODEL_TYPES[options.model_type]:
+            raise UsageError(
+                f"{out} holds a {found} model, not a {options.model_type}: pick another --output-dir "
+                "or pass --overwrite to replace it."
+            )
+    has_checkpoints = any((out / "checkpoints").glob("step-*"))
+    if options.resume and not has_checkpoints:
+        raise UsageError(f"--resume: no checkpoint in {out / 'checkpoints'}; drop --resume to start a new run.")
+    if has_checkpoints and not options.resume and not options.overwrite:
+        raise UsageError(
+            f"{out} has checkpoints of an earlier run: pass --resume to continue it or --overwrite to start over."
+        )
+
+
+def _load_or_train_tokenizer(options: TrainingOptions, corpus: data.Corpus, accelerator: Accelerator):
+    out = Path(options.output_dir)
+    run_tokenizer = out / ".tokenizer" if (out / ".tokenizer").exists() else out  # gone once a run completes
+    source = options.tokenizer or options.init_from or (str(run_tokenizer) if options.resume else None)
+    if source:
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
+    if accelerator.is_main_process:
+        texts = corpus.train["text"]
+        if options.model_type == "lstm":
+            tokenizer = train_char_tokenizer(texts)
+        else:
+            try:
+                tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=len(texts))
+            except ValueError as error:
+                raise UsageError(str(error))
+        tokenizer.save_pretrained(out / ".tokenizer")
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(out / ".tokenizer")
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def _make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # Decay matrices only: decaying biases, norms and embeddings' rows of rare tokens hurts small models.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    except (RuntimeError, TypeError):  # fused kernels are missing for some device and dtype pairs
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def _make_schedule(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warm-up, then cosine decay to `min_ratio` of the peak learning rate."""
+    warmup_steps = min(warmup_steps, max(1, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class BlockBatches:
+    """Deterministic batches of training blocks: a seeded shuffle per epoch, sharded across processes.
+
+    Batch k of the whole run is a pure function of (seed, k), which is what makes resuming exact.
+    """
+
+    def __init__(self, blocks, batch_size: int, seed: int, rank: int, world: int):
+        self.blocks = blocks.with_format("torch")
+        self.count = len(blocks)
+        self.batch_size = min(batch_size, max(1, self.count // world))
+        self.seed, self.rank, self.world = seed, rank, world
+        self.per_epoch = max(1, self.count // (self.batch_size * world))
+        self._epoch, self._order = None, None
+
+    def batch(self, k: int) -> torch.Tensor:
+        epoch, index = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
+        start = (index * self.world + self.rank) * self.batch_size
+        rows = self._order[torch.arange(start, start + self.batch_size) % self.count]
+        return self.blocks[rows.tolist()]["input_ids"]
+
+
+@torch.no_grad()
+def evaluate(model, accelerator: Accelerator, blocks: list[list[int]], pad_id: int, batch_size: int) -> float:
+    """Total validation loss in nats over every real validation token, summed across processes."""
+    model.eval()
+    mine = blocks[accelerator.process_index :: accelerator.num_processes]
+    total = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    for start in range(0, len(mine), batch_size):
+        ids = torch.tensor(mine[start : start + batch_size], device=accelerator.device)
+        with accelerator.autocast():
+            logits = model(input_ids=ids, use_cache=False).logits
+        targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+        )
+    model.train()
+    return accelerator.reduce(total, "sum").item()
+
+
+class _StopFlag:
+    """Set by Ctrl-C; the loop checks it between steps so a checkpoint is never half-written."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train(options: TrainingOptions) -> TrainResult:
+    """Train a model on the user's text (or the built-in dialogs) and leave the best one in `output_dir`."""
+    options = resolve_options(options)
+    recipe = load_recipe(options.model_type)
+    _check_output_dir(options)
+    if options.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on the CPU, or no.")
+    # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=options.mixed_precision,
+        log_with="tensorboard" if options.report_to == "tensorboard" else None,
+        project_dir=options.output_dir,
+    )
+    set_seed(options.seed)
+    out = Path(options.output_dir)
+    checkpoints = CheckpointManager(out / "checkpoints", accelerator, keep=options.keep_checkpoints)
+    if options.overwrite and accelerator.is_main_process:
+        checkpoints.remove_all()
+        for stale in ("metrics.jsonl", "loss_curve.png"):
+            (out / stale).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # --- data and tokenizer
+    with accelerator.main_process_first():
+        corpus = data.load_corpus(options.data, options.dataset, seed=options.seed)
+    tokenizer = _load_or_train_tokenizer(options, corpus, accelerator)
+    if options.init_from:
+        model = AutoModelForCausalLM.from_pretrained(options.init_from)
+    else:
+        model = build_model(options, tokenizer, recipe)
+    window = getattr(model.config, "block_size", None)
+    block_size = min(options.block_size, window) if window else options.block_size
+    tokenizer.model_max_length = window or tokenizer.model_max_length
+    model.generation_config = default_generation_config(tokenizer)
+    with accelerator.main_process_first():
+        train_blocks = data.training_blocks(data.tokenize(corpus.train, tokenizer), block_size)
+        val_ids = data.tokenize(corpus.validation, tokenizer)
+    if len(train_blocks) == 0:
+        raise UsageError(
+            f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
+        )
+    val_blocks, _ = data.validation_blocks(val_ids, block_size, tokenizer.pad_token_id)
+    val_chars = sum(data.count_characters(t) for t in corpus.validation["text"]) + len(corpus.validation)
+
+    batches = BlockBatches(
+        train_blocks, options.batch_size, options.seed, accelerator.process_index, accelerator.num_processes
+    )
+    steps_per_epoch = max(1, batches.per_epoch // options.grad_accum)
+    total_steps = options.max_steps or options.epochs * steps_per_epoch
+
+    # --- model, optimizer, schedule
+    optimizer = _make_optimizer(model, options.lr, recipe["weight_decay"])
+    schedule = _make_schedule(optimizer, recipe["warmup_steps"], total_steps, recipe["min_lr_ratio"])
+    if options.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
+    accelerator.register_for_checkpointing(schedule)
+    metrics = MetricsLog(out, accelerator)
+
+    state = {"step": 0, "best_val_loss": math.inf, "best_val_bpc": math.inf, "tokens": 0}
+    if options.resume:
+        state = checkpoints.load_latest()
+        metrics.truncate_after(state["step"])
+        accelerator.print(f"resumed from step {state['step']} ({checkpoints.latest()})")
+    if options.report_to == "tensorboard":
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(options).items()})
+
+    def save_best_if_better(step: int) -> dict:
+        val_nats = evaluate(model, accelerator, val_blocks, tokenizer.pad_token_id, options.batch_size)
+        val_tokens = max(1, sum(len(ids) for ids in val_ids["input_ids"]) - 1)
+        record = {
+            "step": step,
+            "val_loss": val_nats / val_tokens,
+            "val_ppl": math.exp(min(val_nats / val_tokens, 50)),
+            "val_bpc": val_nats / math.log(2) / val_chars,
+        }
+        metrics.write(record)
+        if record["val_loss"] < state["best_val_loss"] or not (out / "model.safetensors").exists():
+            state["best_val_loss"], state["best_val_bpc"] = record["val_loss"], record["val_bpc"]
+            if accelerator.is_main_process:
+                replace_model_files(accelerator.unwrap_model(model), tokenizer, out)
+        accelerator.wait_for_everyone()
+        return record
+
+    tokens_per_step = block_size * batches.batch_size * options.grad_accum * accelerator.num_processes
+    model.train()
+    started, start_step = time.perf_counter(), state["step"]
+    nonfinite = 0
+    bar = tqdm(
+        total=total_steps, initial=start_step, disable=not accelerator.is_main_process, unit="step", dynamic_ncols=True
+    )
+    interrupted = False
+    window_losses: list[float] = []
+    with _StopFlag() as stop:
+        while state["step"] < total_steps:
+            step = state["step"]
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for micro in range(options.grad_accum):
+                ids = batches.batch(step * options.grad_accum + micro).to(accelerator.device, non_blocking=True)
+                last = micro == options.grad_accum - 1
+                # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
+                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss / options.grad_accum
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+            loss_value = accelerator.reduce(loss_sum, "mean").item()
+            finite = math.isfinite(loss_value) and (
+                options.mixed_precision == "fp16" or math.isfinite(float(grad_norm))
+            )
+            if finite:
+                optimizer.step()  # under fp16 the scaler itself skips steps whose gradients overflowed
+                nonfinite = 0
+            else:
+                nonfinite += 1
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the loss was not finite for {nonfinite} steps in a row at step {step}: lower --lr "
+                        f"or use --mixed-precision bf16; the last good checkpoint and model in {out} are intact."
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            state["step"] = step = step + 1
+            state["tokens"] += tokens_per_step
+
+            elapsed = time.perf_counter() - started
+            speed = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
+            window_losses.append(loss_value)
+            if step % LOG_EVERY == 0 or step == total_steps:
+                metrics.write(
+                    {"step": step, "train_loss": sum(window_losses) / len(window_losses), "lr": schedule.get_last_lr()[0],
+                     "tokens_per_second": speed, "tokens": state["tokens"]}
+                )
+                window_losses = []
+            if step % options.eval_every == 0 and step < total_steps:
+                record = save_best_if_better(step)
+                if accelerator.is_main_process:
+                    bar.write(f"step {step}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char")
+            interrupted = _any_process(accelerator, stop.raised)
+            if step % options.save_every == 0 or interrupted:
+                checkpoints.save(step, state, options)
+            if interrupted:
+                break
+    bar.close()
+    if not interrupted and not (out / "checkpoints" / f"step-{state['step']}").exists():
+        checkpoints.save(state["step"], state, options)  # the final state, so a later run can extend this one
+
+    if not interrupted or not (out / "model.safetensors").exists():
+        save_best_if_better(state["step"])
+    elapsed = time.perf_counter() - started
+    speed = (state["step"] - start_step) * tokens_per_step / max(elapsed, 1e-9)
+    samples = []
+    if accelerator.is_main_process:
+        metrics.plot()
+        if not interrupted:
+            shutil.rmtree(out / ".tokenizer", ignore_errors=True)
+        if options.samples:
+            best = AutoModelForCausalLM.from_pretrained(out).to(accelerator.device).eval()
+            samples = sample_outputs(best, tokenizer, corpus.is_chat, options.samples, seed=options.seed)
+    accelerator.end_training()
+    result = TrainResult(
+        output_dir=out,
+        steps=state["step"],
+        best_val_loss=state["best_val_loss"],
+        best_val_bpc=state["best_val_bpc"],
+        tokens_per_second=speed,
+        interrupted=interrupted,
+        samples=samples,
+    )
+    if interrupted:
+        accelerator.print(
+            f"interrupted at step {state['step']}: checkpoint saved; resume with: {options.command_line()} --resume"
+        )
+    return result
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True when any process was interrupted, so all stop at the same step (one all-reduce, DDP only)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())

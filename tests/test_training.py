@@ -1,0 +1,409 @@
+"""Training: data handling, outputs, resuming, several processes and every bad input, with tiny models."""
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modeling import GPTForCausalLM
+from pocketlm import data
+from pocketlm.cli import train_main
+from pocketlm.errors import UsageError
+from pocketlm.training import TrainingDiverged, TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+WORDS = "the a king queen speaks softly loudly to of my lord lady sword crown night day fair foul".split()
+
+
+def make_text(seed: int, paragraphs: int = 60) -> str:
+    """Deterministic pseudo-prose: paragraphs of random words, separated by blank lines (about 14 KB for 60)."""
+    rng = random.Random(seed)
+    return "\n".join(
+        " ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 60))).capitalize() + ".\n"
+        for _ in range(paragraphs)
+    )
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(0))
+    return path
+
+
+def tiny_options(family: str, data_path: Path, out: Path, **overrides) -> TrainingOptions:
+    options = {
+        "model_type": family,
+        "data": [str(data_path)],
+        "output_dir": str(out),
+        "model_config": TINY[family],
+        "block_size": 32,
+        "batch_size": 4,
+        "vocab_size": 300,
+        "max_steps": 4,
+        "eval_every": 2,
+        "save_every": 2,
+        "samples": 1,
+    }
+    return TrainingOptions(**{**options, **overrides})
+
+
+def cli_args(family: str, data_path: Path, out: Path, *extra: str) -> list[str]:
+    args = [f"--model-type={family}", f"--data={data_path}", f"--output-dir={out}", "--block-size=32"]
+    args += ["--batch-size=4", "--vocab-size=300", "--samples=0"]
+    args += [f"--model-config={key}={value}" for key, value in TINY[family].items()]
+    return [*args, *extra]
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env={**os.environ, **(env or {})},
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """train.py's entry point in this process: the same code path without paying the import time again."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = train_main(list(args))
+        except SystemExit as exit_:  # argparse exits on its own
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_one_step_run_leaves_a_loadable_model(family, corpus_file, tmp_path):
+    out = tmp_path / "model"
+    result = train(tiny_options(family, corpus_file, out, max_steps=1))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tokenizer)
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "metrics.jsonl",
+            "loss_curve.png"} <= {p.name for p in out.iterdir()}
+    assert not (out / ".tokenizer").exists() and not (out / ".saving").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [r for r in records if "val_bpc" in r][-1]
+    assert math.isfinite(evaluation["val_bpc"]) and evaluation["val_bpc"] > 0
+    assert evaluation["val_ppl"] == pytest.approx(math.exp(evaluation["val_loss"]))
+    assert result.best_val_bpc == pytest.approx(evaluation["val_bpc"])
+    assert len(result.samples) == 1
+
+
+def test_lstm_gets_a_character_tokenizer(corpus_file, tmp_path):
+    train(tiny_options("lstm", corpus_file, tmp_path / "m", max_steps=1))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert len(tokenizer.encode("the king")) == len("the king")
+
+
+def test_best_validation_loss_is_what_the_folder_holds(corpus_file, tmp_path):
+    out = tmp_path / "model"
+    result = train(tiny_options("transformer", corpus_file, out, max_steps=12, eval_every=3, save_every=6))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best = min(r["val_loss"] for r in records if "val_loss" in r)
+    assert result.best_val_loss == pytest.approx(best)
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-12", "step-6"]
+
+
+def test_training_lowers_the_validation_loss(corpus_file, tmp_path):
+    result = train(tiny_options("transformer", corpus_file, tmp_path / "m", max_steps=40, eval_every=10, lr=3e-3))
+    records = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert val[-1] < val[0] - 0.3
+    assert result.best_val_loss <= val[-1]
+
+
+def test_default_corpus_is_the_dialog_corpus_in_chat_format(tmp_path):
+    corpus = data.load_corpus(seed=1)
+    assert corpus.is_chat and corpus.source.startswith("chatterbot")
+    # The package repeats some dialogs (one printer question 121 times): 899 of 2,026 are distinct.
+    assert len(corpus.train) + len(corpus.validation) == 899 and len(corpus.validation) > 50
+    assert corpus.train[0]["text"].startswith("<|user|>") and "<|assistant|>" in corpus.train[0]["text"]
+    result = train(
+        TrainingOptions(output_dir=str(tmp_path / "chat"), model_config=TINY["transformer"], block_size=32,
+                        batch_size=4, max_steps=2, eval_every=2, vocab_size=400, samples=2)
+    )
+    assert result.samples[0].startswith("> Hello!")
+
+
+def test_tensorboard_and_bf16_on_the_cpu(corpus_file, tmp_path):
+    out = tmp_path / "tb"
+    train(tiny_options("transformer", corpus_file, out, mixed_precision="bf16", report_to="tensorboard"))
+    assert list(out.rglob("events.out.tfevents*"))
+
+
+def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
+    train(tiny_options("transformer", corpus_file, tmp_path / "base", max_steps=2))
+    result = train(
+        TrainingOptions(init_from=str(tmp_path / "base"), data=[str(corpus_file)], output_dir=str(tmp_path / "tuned"),
+                        block_size=32, batch_size=4, max_steps=2, eval_every=2, samples=0)
+    )
+    assert AutoTokenizer.from_pretrained(tmp_path / "tuned").get_vocab() == AutoTokenizer.from_pretrained(
+        tmp_path / "base").get_vocab()
+    assert result.steps == 2
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def test_directories_are_searched_for_text_markdown_and_jsonl(tmp_path, caplog):
+    folder = tmp_path / "data"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "a.txt").write_text(make_text(1, 10))
+    (folder / "nested" / "b.md").write_text(make_text(2, 10))
+    (folder / "c.jsonl").write_text(
+        json.dumps({"text": "a jsonl document"}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+        + "\n"
+    )
+    (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00binary")
+    (folder / "ignored.csv").write_text("not,read\n")
+    documents, _ = data.load_documents([str(folder)])
+    texts = documents["text"]
+    assert "a jsonl document" in texts
+    assert "<|user|>hi<|end|><|assistant|>hello<|end|>" in texts
+    assert any("binary" in r.message or "image.txt" in r.message for r in caplog.records)
+    assert not any("not,read" in t for t in texts)
+
+
+def test_duplicates_are_dropped_and_validation_never_overlaps_training():
+    import datasets
+
+    texts = [f"document number {i}" for i in range(200)] * 2
+    train_docs, val_docs = data.deduplicate_and_split(datasets.Dataset.from_dict({"text": texts}), seed=3)
+    assert len(train_docs) + len(val_docs) == 200
+    assert not set(train_docs["text"]) & set(val_docs["text"])
+    assert 5 <= len(val_docs) <= 40
+    again, _ = data.deduplicate_and_split(datasets.Dataset.from_dict({"text": texts}), seed=3)
+    other, _ = data.deduplicate_and_split(datasets.Dataset.from_dict({"text": texts}), seed=4)
+    assert again["text"] == train_docs["text"] and other["text"] != train_docs["text"]
+
+
+def test_small_corpora_warn(tmp_path, caplog):
+    small = tmp_path / "small.txt"
+    small.write_text(make_text(5, 20))
+    data.load_corpus([str(small)])
+    assert any("under 10 KB" in r.message for r in caplog.records)
+
+
+def test_a_dataset_path_is_read_through_datasets(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [{"text": make_text(i, 3)} for i in range(30)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = data.load_corpus(dataset=str(folder))
+    assert len(corpus.train) + len(corpus.validation) == 30
+
+
+def test_blocks_overlap_by_one_token_so_every_token_is_a_target():
+    blocks = data.blocks_from_ids(list(range(10)), block_size=4, pad_id=-1, keep_partial=True)
+    assert blocks == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert data.blocks_from_ids(list(range(9)), 4, -1, keep_partial=True)[-1] == [6, 7, 8, -1]
+    assert data.blocks_from_ids(list(range(9)), 4, -1, keep_partial=False) == [[0, 1, 2, 3], [3, 4, 5, 6]]
+
+
+# ----------------------------------------------------------------------------------------- bad input: exit 2
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--data=/no/such/path"], ["/no/such/path", "no such file"]),
+        (["--model-type=gru"], ["gru"]),
+        (["--model-size=huge"], ["huge"]),
+        (["--lr=0"], ["--lr must be positive"]),
+        (["--batch-size=-1"], ["--batch-size must be positive"]),
+        (["--max-steps=0"], ["--max-steps must be positive"]),
+        (["--epochs=0"], ["--epochs must be positive"]),
+        (["--vocab-size=100"], ["at least", "--vocab-size"]),
+        (["--mixed-precision=fp16"], ["fp16 needs a CUDA GPU"]),
+    ],
+)
+def test_bad_options_fail_with_one_line(args, needles, corpus_file, tmp_path):
+    result = run_cli( f"--data={corpus_file}", f"--output-dir={tmp_path / 'out'}", *args)
+    _assert_one_line_error(result, *needles)
+
+
+def test_bad_data_fails_with_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 10)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("Too short.\n\nStill short.\n")
+    out = tmp_path / "out"
+    # Once through the real script, to check the process exit status; in-process afterwards, for speed.
+    _assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "no .txt, .md or .jsonl")
+    _assert_one_line_error(run_cli(*cli_args("lstm", binary, out)), "binary or not UTF-8")
+    _assert_one_line_error(run_cli(*cli_args("lstm", tiny, out)), "not enough text")
+    one_block_short = tmp_path / "short.txt"
+    one_block_short.write_text(make_text(9, 12))
+    _assert_one_line_error(
+        run_cli(*cli_args("lstm", one_block_short, out, "--block-size=4000")), "not enough text for one block"
+    )
+    assert not (out / "model.safetensors").exists()
+
+
+def test_an_output_folder_of_another_family_is_left_alone(corpus_file, tmp_path):
+    out = tmp_path / "model"
+    train(tiny_options("lstm", corpus_file, out, max_steps=1))
+    before = {p.name: file_hash(p) for p in out.iterdir() if p.is_file()}
+    result = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1"))
+    _assert_one_line_error(result, "holds a pocketlm_lstm model", "--overwrite")
+    assert {p.name: file_hash(p) for p in out.iterdir() if p.is_file()} == before
+    replaced = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1", "--overwrite"))
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "pocketlm_gpt"
+
+
+def test_resume_needs_a_checkpoint_and_a_rerun_needs_resume(corpus_file, tmp_path):
+    out = tmp_path / "model"
+    _assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out, "--resume")), "no checkpoint")
+    train(tiny_options("lstm", corpus_file, out, max_steps=2))
+    _assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out)), "--resume", "--overwrite")
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+
+
+def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_model(corpus_file, tmp_path, monkeypatch):
+    original = GPTForCausalLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 4:
+                output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(GPTForCausalLM, "forward", poisoned)
+    out = tmp_path / "model"
+    with pytest.raises(TrainingDiverged, match="not finite for 5 steps"):
+        train(tiny_options("transformer", corpus_file, out, max_steps=50, eval_every=2, save_every=2))
+    monkeypatch.undo()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert (out / "checkpoints" / "step-4").exists()
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_killed_run_resumes_to_bitwise_identical_weights(corpus_file, tmp_path):
+    args = ["--max-steps=150", "--save-every=10", "--eval-every=25", "--seed=7"]
+    reference = tmp_path / "reference"
+    done = run_script("train.py", *cli_args("transformer", corpus_file, reference, *args))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, resumed, *args)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for(resumed / "checkpoints" / "step-20", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    newest = max(int(p.name[5:]) for p in (resumed / "checkpoints").glob("step-*"))
+    assert newest < 150, "the run finished before it was killed"
+    finished = run_script("train.py", *cli_args("transformer", corpus_file, resumed, *args, "--resume"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resumed from step" in finished.stdout + finished.stderr
+    for name in ("model.safetensors", "checkpoints/step-150/model.safetensors"):
+        assert file_hash(reference / name) == file_hash(resumed / name), name
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path):
+    out = tmp_path / "model"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"),
+         *cli_args("lstm", corpus_file, out, "--max-steps=100000", "--save-every=5")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for(out / "checkpoints" / "step-5", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "--resume" in stdout and "interrupted at step" in stdout
+    assert (out / "model.safetensors").exists()
+    step = int(stdout.split("interrupted at step ")[1].split(":")[0])
+    assert (out / "checkpoints" / f"step-{step}").exists()
+
+
+def test_two_processes_train_together(corpus_file, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, out, "--max-steps=4", "--save-every=4"),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-4" / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2
+    # Each process saves its own RNG state: both ranks reached the checkpoint.
+    assert {p.name for p in (out / "checkpoints" / "step-4").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
+    out = tmp_path / "legacy"
+    result = run_script(
+        "main.py", "--train", "--epochs=1", "--lr=0.003", "--batch-size=4", "--mixed-precision",
+        f"--data={corpus_file}", f"--output-dir={out}", "--block-size=32", "--samples=0",
+        "--model-config=hidden_size=32", "--model-config=embedding_dim=16",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "pocketlm_lstm"
+    assert "bits/char" in result.stdout
+    state = json.loads(next((out / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert state["options"]["mixed_precision"] == "bf16"
+
+
+def test_bad_model_config_fails_cleanly(corpus_file, tmp_path):
+    with pytest.raises(UsageError, match="--model-config"):
+        train(tiny_options("transformer", corpus_file, tmp_path / "m", model_config={"n_embd": 30, "n_head": 4}))
