@@ -25,6 +25,8 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars would break our own
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    # accelerate warns on every checkpoint that the tied output head is saved once: expected, not news.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 def _run(job: Callable[[], int | None]) -> int:

@@ -120,7 +120,7 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     if options.report_to not in ("none", "tensorboard"):
         raise UsageError(f"unknown --report-to {options.report_to!r}: choose none or tensorboard.")
     recipe = load_recipe(options.model_type)
-    for name in ("lr", "batch_size", "epochs", "save_every", "eval_every", "vocab_size", "block_size"):
+    for name in ("lr", "batch_size", "epochs", "vocab_size", "block_size"):
         if getattr(options, name) is None:
             setattr(options, name, recipe.get(name))
     if options.block_size is None:
@@ -355,6 +355,9 @@ def train(options: TrainingOptions) -> TrainResult:
     )
     steps_per_epoch = max(1, batches.per_epoch // options.grad_accum)
     total_steps = options.max_steps or options.epochs * steps_per_epoch
+    # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
+    eval_every = options.eval_every or min(recipe["eval_every"], max(10, total_steps // 10))
+    save_every = options.save_every or min(recipe["save_every"], max(10, total_steps // 4))
 
     # --- model, optimizer, schedule
     optimizer = _make_optimizer(model, options.lr, recipe["weight_decay"])
@@ -444,12 +447,12 @@ def train(options: TrainingOptions) -> TrainResult:
                      "tokens_per_second": speed, "tokens": state["tokens"]}
                 )
                 window_losses = []
-            if step % options.eval_every == 0 and step < total_steps:
+            if step % eval_every == 0 and step < total_steps:
                 record = save_best_if_better(step)
                 if accelerator.is_main_process:
                     bar.write(f"step {step}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char")
             interrupted = _any_process(accelerator, stop.raised)
-            if step % options.save_every == 0 or interrupted:
+            if step % save_every == 0 or interrupted:
                 checkpoints.save(step, state, options)
             if interrupted:
                 break

@@ -221,3 +221,30 @@ def test_saved_folder_loads_without_pocketlm(family, tokenizer_for, tmp_path):
     module, tokens = result.stdout.strip().splitlines()[-1].split(" ", 1)
     assert module.startswith("transformers_modules"), result.stdout
     assert json.loads(tokens) == expected
+
+
+def test_fused_head_and_loss_match_cross_entropy(monkeypatch):
+    from modeling.gpt import modeling_gpt
+
+    monkeypatch.setattr(modeling_gpt, "HEAD_CHUNK_ELEMENTS", 64 * 7)  # several chunks, the last one partial
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 16, requires_grad=True)
+    weight = torch.randn(64, 16, requires_grad=True)
+    targets = torch.randint(0, 64, (50,))
+    targets[::7] = -100
+    fused = modeling_gpt.LinearCrossEntropy.apply(hidden, weight, targets)
+    fused_grads = torch.autograd.grad(fused * 3, (hidden, weight))
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100)
+    reference_grads = torch.autograd.grad(reference * 3, (hidden, weight))
+    torch.testing.assert_close(fused, reference)
+    for ours, theirs in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_training_loss_equals_evaluation_loss(family):
+    model = tiny_model(family)
+    ids = torch.randint(0, 64, (3, 20))
+    evaluation = model(input_ids=ids, labels=ids).loss
+    model.train()
+    training = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(training, evaluation)

@@ -23,7 +23,7 @@ class GPTConfig(PreTrainedConfig):
         n_layer: number of Transformer blocks.
         n_head: attention heads per block; must divide `n_embd`.
         n_embd: width of the residual stream.
-        dropout: dropout on embeddings, attention output and MLP output during training.
+        dropout: dropout on the embeddings and on each attention and MLP output during training.
         bias: whether linear layers and layer norms carry a bias.
         layer_norm_epsilon: epsilon of the layer norms.
         initializer_range: standard deviation of the normal weight initialisation.

@@ -26,7 +26,6 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.dropout = config.dropout
         # One matmul for queries, keys and values: fewer kernel launches than three.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -44,9 +43,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        # No dropout on the attention probabilities: it would cost a random number per query-key pair and
+        # force sdpa off its fused kernels, for little regularisation beyond the residual dropout.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(batch, seq_len, width)
         return self.resid_dropout(self.c_proj(y))
 
@@ -78,6 +77,47 @@ class Block(nn.Module):
     def forward(self, x, cache, attn_mask, is_causal):
         x = x + self.attn(self.ln_1(x), cache, attn_mask, is_causal)
         return x + self.mlp(self.ln_2(x))
+
+
+HEAD_CHUNK_ELEMENTS = 2**22  # logits per chunk of LinearCrossEntropy: 16 MB in float32
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """The output head and the mean cross-entropy in one pass over chunks of rows, gradients included.
+
+    A training step never holds the full (tokens x vocabulary) logits, nor the zero-filled gradient buffer and
+    separate log-softmax backward that `F.cross_entropy` would add: on CPUs the head's loss was a fifth of a
+    small model's step. The gradients are computed in forward, so backward only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        kept = targets != -100
+        count = kept.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        rows = max(1, HEAD_CHUNK_ELEMENTS // weight.shape[0])
+        for start in range(0, hidden.shape[0], rows):
+            h, t, keep = hidden[start : start + rows], targets[start : start + rows], kept[start : start + rows]
+            logits = (h @ weight.t()).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            target = t.clamp(min=0)[:, None]
+            loss += ((log_norm - logits.gather(1, target).squeeze(1)) * keep).sum()
+            # d(mean loss)/d(logits) = (softmax - one_hot(target)) / count, zero for ignored rows.
+            grad = logits.sub_(log_norm[:, None]).exp_()
+            grad.scatter_add_(1, target, -keep[:, None].to(grad.dtype))
+            grad.mul_(keep[:, None] / count)
+            grad = grad.to(h.dtype)
+            grad_hidden[start : start + rows] = grad @ weight.to(h.dtype)
+            grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None
 
 
 class GPTPreTrainedModel(PreTrainedModel):
@@ -227,15 +267,20 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
         )
         hidden = outputs.last_hidden_state
+        if labels is not None:
+            # Shift the labels, not the logits: slicing the logits would copy them, and their gradient, whole.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
+            if self.training and torch.is_grad_enabled():
+                # Training needs the loss alone: skip materialising the logits (returned as None).
+                loss = LinearCrossEntropy.apply(hidden.flatten(0, 1), self.lm_head.weight, targets)
+                return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
         # generate() asks for the last position only: the vocabulary projection is the costliest matmul.
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 

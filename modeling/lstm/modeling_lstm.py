@@ -167,9 +167,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(self.drop(hidden))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-            )
+            # Shift the labels, not the logits: slicing the logits would copy them, and their gradient, whole.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 
