@@ -47,7 +47,13 @@ def _run(job: Callable[[], int | None]) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line, with the fix, instead of the usage block."""
+    """argparse that reports a bad option in one line, with the fix, instead of the usage block.
+
+    Abbreviations are off: main.py forwards unknown options, and `--model` must not be read as `--model-type`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
@@ -161,3 +167,69 @@ def legacy_main(argv: list[str] | None = None) -> int:
             forwarded += ["--mixed-precision", precision]
         return train_main(forwarded)
     return chat_main(forwarded)
+
+
+# ----------------------------------------------------------------------------------------------------- chat
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    from modeling import PRESETS
+
+    parser = _Parser(prog="chat.py", description="Chat with a trained pocketlm model in the terminal.")
+    add = parser.add_argument
+    add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
+    add("--model-type", choices=["transformer", "lstm"], default="transformer", help="picks models/<type> by default")
+    add("--model-size", choices=list(PRESETS), default="small", help="picks models/transformer-<size> by default")
+    add("--temperature", type=float, help="sampling temperature (default 0.7)")
+    add("--top-k", type=int, help="sample among the k likeliest tokens (default 50)")
+    add("--top-p", type=float, help="nucleus sampling mass (default 0.9)")
+    add("--repetition-penalty", type=float, help="penalise repeated tokens (default 1.2)")
+    add("--max-new-tokens", type=int, help="longest reply, in tokens (default 128)")
+    add("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    add("--seed", type=int, help="seed the sampler for reproducible replies")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--system", metavar="TEXT", help="system text that opens the conversation")
+    context = parser.add_mutually_exclusive_group()
+    context.add_argument("--context", dest="context", action="store_true", default=None,
+                         help="keep the conversation (default for the transformer)")
+    context.add_argument("--no-context", dest="context", action="store_false",
+                         help="answer each message on its own (default for the lstm)")
+    add("--prompt", metavar="TEXT", help="print one reply to TEXT and exit")
+    return parser
+
+
+def chat_main(argv: list[str] | None = None) -> int:
+    args = chat_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from pathlib import Path
+
+        from .chat import ChatInterface
+        from .loading import model_family, resolve_device
+
+        if args.model is None:
+            default = Path("models") / ("lstm" if args.model_type == "lstm" else f"transformer-{args.model_size}")
+            if not (default / "config.json").exists():
+                flags = "--model-type lstm" if args.model_type == "lstm" else f"--model-size {args.model_size}"
+                raise UsageError(f"no trained model in {default}: train one with: python train.py {flags}")
+            args.model = str(default)
+        family = model_family(args.model)
+        use_context = args.context if args.context is not None else family == "transformer"
+        options = {name: getattr(args, name) for name in
+                   ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
+                   if getattr(args, name) is not None}
+        if args.greedy:
+            options["do_sample"] = False
+        if args.seed is not None:
+            import torch
+
+            torch.manual_seed(args.seed)
+        chat = ChatInterface(args.model, use_context=use_context, system=args.system,
+                             device=resolve_device(args.device), **options)
+        if args.prompt is not None:
+            print(chat.reply(args.prompt))
+            return 0
+        return chat.start_chat()
+
+    return _run(job)

@@ -31,12 +31,14 @@ from . import data
 from .checkpoints import CheckpointManager, replace_model_files
 from .errors import UsageError
 from .generation import default_generation_config, sample_outputs
+from .loading import model_family
 from .metrics import MetricsLog
 
 logger = logging.getLogger(__name__)
 
 MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
 LOG_EVERY = 10  # steps between train-loss records in metrics.jsonl
+SUMMARY_FILE = "training_summary.json"  # what the run saw and reached, for the model card
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,7 +111,7 @@ class TrainResult:
 def resolve_options(options: TrainingOptions) -> TrainingOptions:
     """Fill recipe defaults and refuse impossible values with a message naming the fix."""
     if options.init_from:
-        options.model_type = options.model_type or _family_of(options.init_from)
+        options.model_type = options.model_type or model_family(options.init_from)
     options.model_type = options.model_type or "transformer"
     if options.model_type not in MODEL_TYPES:
         raise UsageError(f"unknown model type {options.model_type!r}: choose transformer or lstm.")
@@ -135,25 +137,6 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         suffix = "lstm" if options.model_type == "lstm" else f"transformer-{options.model_size}"
         options.output_dir = str(Path("models") / suffix)
     return options
-
-
-def _family_of(path_or_repo: str) -> str:
-    try:
-        model_type = json.loads(Path(_local_config(path_or_repo)).read_text()).get("model_type")
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--init-from {path_or_repo}: no pocketlm model there ({error}).")
-    for family, name in MODEL_TYPES.items():
-        if name == model_type:
-            return family
-    raise UsageError(f"--init-from {path_or_repo}: holds a {model_type!r} model, not a pocketlm transformer or lstm.")
-
-
-def _local_config(path_or_repo: str) -> str:
-    if Path(path_or_repo).is_dir():
-        return str(Path(path_or_repo) / "config.json")
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(path_or_repo, "config.json")
 
 
 def build_model(options: TrainingOptions, tokenizer, recipe: dict):
@@ -472,6 +455,16 @@ def train(options: TrainingOptions) -> TrainResult:
         if options.samples:
             best = AutoModelForCausalLM.from_pretrained(out).to(accelerator.device).eval()
             samples = sample_outputs(best, tokenizer, corpus.is_chat, options.samples, seed=options.seed)
+        summary = {
+            "data": {"source": corpus.source, "is_chat": corpus.is_chat,
+                     "train_documents": len(corpus.train), "validation_documents": len(corpus.validation),
+                     "train_tokens": len(train_blocks) * (block_size - 1), "validation_characters": val_chars},
+            "options": {**asdict(options), "block_size": block_size, "batch_size": batches.batch_size},
+            "steps": state["step"], "num_processes": accelerator.num_processes,
+            "best_val_loss": state["best_val_loss"], "best_val_bpc": state["best_val_bpc"],
+            "best_val_ppl": math.exp(min(state["best_val_loss"], 50)), "tokens_per_second": speed,
+        }
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     accelerator.end_training()
     result = TrainResult(
         output_dir=out,

@@ -1,0 +1,259 @@
+"""Multi-turn chat with a trained model: the ChatInterface API and the terminal loop behind chat.py.
+
+Turns go through the tokenizer's chat template. When the conversation outgrows the model's context window,
+the oldest turns go first; the system text and the current message always stay (a message too long on its
+own keeps its end). Replies stream token by token and stop at the end-of-turn token.
+"""
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .errors import UsageError
+from .generation import BALANCED_SAMPLING, context_window, stop_token_ids
+from .loading import load_pretrained
+
+GENERATION_OPTIONS = {
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "repetition_penalty": float,
+    "max_new_tokens": int,
+    "do_sample": lambda text: str(text).lower() in ("1", "true", "yes", "on"),
+}
+DEFAULT_MAX_NEW_TOKENS = 128
+
+HELP = """commands:
+  /help                  this text
+  /reset                 forget the conversation
+  /params                show the sampling settings; /params temperature=0.9 top_k=20 changes them
+  /save FILE             write the conversation to FILE as JSON messages
+  /stats                 tokens, time to first token and tokens/s of the last reply
+  /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or leaves at the prompt"""
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Lets Ctrl-C end a reply between two tokens, from the thread that reads the stream."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ChatInterface:
+    """A conversation with a pocketlm model.
+
+    `model` is a loaded model or a folder / Hub repo id; the tokenizer comes from the model's folder when not
+    given. `use_context=False` answers each message on its own (the old LSTM behaviour). Keyword arguments
+    are generation options (temperature, top_k, top_p, repetition_penalty, max_new_tokens, do_sample).
+    """
+
+    def __init__(self, model, tokenizer=None, use_context: bool = True, system: str | None = None,
+                 device: str | torch.device = "cpu", **generation_options):
+        if isinstance(model, (str, Path)):
+            model, loaded_tokenizer = load_pretrained(str(model), device)
+            tokenizer = tokenizer or loaded_tokenizer
+        elif tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.use_context = use_context
+        self.system = system
+        self.history: list[dict] = []
+        self.options = {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+        self.set_options(**generation_options)
+        self.last_stats: dict | None = None
+        self._stop = threading.Event()
+
+    # ----------------------------------------------------------------------------------------- settings
+
+    def set_options(self, **options) -> None:
+        """Change generation options; unknown names or values out of range raise UsageError."""
+        for name, value in options.items():
+            if name not in GENERATION_OPTIONS:
+                raise UsageError(f"unknown setting {name!r}: choose from {', '.join(GENERATION_OPTIONS)}.")
+            try:
+                value = GENERATION_OPTIONS[name](value)
+            except (TypeError, ValueError):
+                raise UsageError(f"{name}={value!r} is not a valid {name} value.")
+            limits = {"temperature": value > 0, "top_k": value >= 0, "top_p": 0 < value <= 1,
+                      "repetition_penalty": value > 0, "max_new_tokens": value > 0}
+            if not limits.get(name, True):
+                raise UsageError(f"{name}={value} is out of range.")
+            self.options[name] = value
+
+    def reset(self) -> None:
+        """Forget the conversation (the system text stays)."""
+        self.history = []
+
+    # --------------------------------------------------------------------------------------------- prompt
+
+    def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _reply_cue(self) -> list[int]:
+        """The tokens the template appends to ask for the assistant's turn (templates refuse an empty chat)."""
+        probe = [{"role": "user", "content": "."}]
+        return self._encode(probe, generation_prompt=True)[len(self._encode(probe)) :]
+
+    def prompt_ids(self, text: str, max_new_tokens: int) -> list[int]:
+        """The prompt for a reply to `text`: system, as many recent turns as fit, the message, the reply cue."""
+        window = context_window(self.model)
+        budget = None if window is None else window - max_new_tokens
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        fixed = self._encode(system) if system else []
+        message = self._encode([{"role": "user", "content": text}])
+        cue = self._reply_cue()
+        if budget is not None and len(fixed) + len(message) + len(cue) > budget:
+            # Too long on its own: keep the message's end (its role token first), drop its beginning.
+            keep = max(1, budget - len(fixed) - len(cue) - 1)
+            message = message[:1] + message[1:][-keep:]
+            return fixed + message + cue
+        turns: list[int] = []
+        if self.use_context:
+            room = None if budget is None else budget - len(fixed) - len(message) - len(cue)
+            for earlier in reversed(self.history):  # newest first, until the window is full
+                ids = self._encode([earlier])
+                if room is not None and len(ids) > room:
+                    break
+                turns = ids + turns
+                room = None if room is None else room - len(ids)
+        return fixed + turns + message + cue
+
+    # --------------------------------------------------------------------------------------------- replies
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Yield the reply to `text` piece by piece; the exchange joins the history when the reply ends."""
+        window = context_window(self.model)
+        max_new = self.options["max_new_tokens"]
+        if window is not None:
+            max_new = min(max_new, window // 2)
+        ids = torch.tensor([self.prompt_ids(text, max_new)], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        self._stop.clear()
+        options = {k: v for k, v in self.options.items() if k != "max_new_tokens"}
+        if not options.get("do_sample", True):
+            options = {"do_sample": False, "repetition_penalty": options.get("repetition_penalty", 1.0)}
+        kwargs = dict(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, streamer=streamer,
+            eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([_StopWhenSet(self._stop)]), **options,
+        )
+        result: dict = {}
+
+        def run():
+            result["ids"] = self.model.generate(**kwargs)
+
+        worker = threading.Thread(target=run, daemon=True)
+        started = time.perf_counter()
+        first = None
+        pieces: list[str] = []
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    first = first or time.perf_counter()
+                    pieces.append(piece)
+                    yield piece
+        finally:  # also on Ctrl-C or when the caller stops reading: end generation, keep what was said
+            self._stop.set()
+            worker.join()
+            elapsed = time.perf_counter() - started
+            new_tokens = result["ids"].shape[1] - ids.shape[1] if "ids" in result else 0
+            self.last_stats = {
+                "prompt_tokens": ids.shape[1],
+                "new_tokens": int(new_tokens),
+                "seconds": elapsed,
+                "time_to_first_token": (first - started) if first else None,
+                "tokens_per_second": new_tokens / elapsed if elapsed > 0 else 0.0,
+            }
+            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces).strip()}]
+
+    def reply(self, text: str) -> str:
+        """The whole reply to `text`."""
+        return "".join(self.stream(text)).strip()
+
+    def transcript(self) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.history
+
+    # ------------------------------------------------------------------------------------------- terminal
+
+    def start_chat(self, interactive: bool | None = None) -> int:
+        """The terminal loop. With standard input not a terminal, each line is a turn and each reply a line."""
+        interactive = sys.stdin.isatty() if interactive is None else interactive
+        if interactive:
+            print(f"chatting with {self.model.name_or_path or 'a pocketlm model'}: /help for commands, /quit to leave")
+        while True:
+            try:
+                line = input("you> " if interactive else "")
+            except (EOFError, KeyboardInterrupt):
+                if interactive:
+                    print()
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self._command(line) == "quit":
+                    return 0
+                continue
+            if interactive:
+                print("bot> ", end="", flush=True)
+            try:
+                for piece in self.stream(line):
+                    print(piece, end="", flush=True)
+            except KeyboardInterrupt:
+                print(" [stopped]", end="")
+            print(flush=True)
+
+    def _command(self, line: str) -> str | None:
+        name, _, argument = line.partition(" ")
+        argument = argument.strip()
+        if name in ("/quit", "/exit"):
+            return "quit"
+        if name == "/help":
+            print(HELP)
+        elif name == "/reset":
+            self.reset()
+            print("conversation forgotten")
+        elif name == "/params":
+            try:
+                changes = dict(item.split("=", 1) for item in argument.split()) if argument else {}
+                self.set_options(**changes)
+            except (ValueError, UsageError) as error:
+                message = str(error) if isinstance(error, UsageError) else "write /params name=value ..."
+                print(f"error: {message}")
+            print(" ".join(f"{k}={v}" for k, v in self.options.items()))
+        elif name == "/save":
+            if not argument:
+                print("error: write /save FILE")
+            else:
+                try:
+                    Path(argument).write_text(json.dumps(self.transcript(), ensure_ascii=False, indent=2) + "\n")
+                    print(f"saved {len(self.transcript())} messages to {argument}")
+                except OSError as error:
+                    print(f"error: could not write {argument}: {error.strerror}")
+        elif name == "/stats":
+            stats = self.last_stats
+            if not stats:
+                print("no reply yet")
+            else:
+                first = stats["time_to_first_token"]
+                print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s ({stats['tokens_per_second']:.1f} tokens/s), "
+                      f"first token after {first:.3f}s, prompt {stats['prompt_tokens']} tokens" if first is not None
+                      else f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s")
+        else:
+            print(f"unknown command {name}: /help lists them")
+        return None

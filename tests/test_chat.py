@@ -1,0 +1,220 @@
+"""chat.py and ChatInterface: the real program in a pseudo-terminal, piped input, --prompt, and the API."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from pocketlm.chat import ChatInterface
+from pocketlm.errors import UsageError
+from pocketlm.training import TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 96},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models of both families, trained for a few steps on the built-in dialogs."""
+    folders = {}
+    for family, shape in TINY.items():
+        out = tmp_path_factory.mktemp(family)
+        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
+                              batch_size=4, max_steps=10, vocab_size=400, samples=0))
+        folders[family] = out
+    return folders
+
+
+@pytest.fixture(scope="module")
+def endless_models(chat_models, tmp_path_factory) -> dict[str, Path]:
+    """Models told never to end a reply before 5,000 tokens, so Ctrl-C lands mid-reply.
+
+    The Transformer gets an 8,192-token window so such a reply fits.
+    """
+    wide = tmp_path_factory.mktemp("wide")
+    train(TrainingOptions(output_dir=str(wide), model_config={**TINY["transformer"], "block_size": 8192},
+                          block_size=32, batch_size=4, max_steps=2, vocab_size=400, samples=0))
+    folders = {}
+    for family, source in (("transformer", wide), ("lstm", chat_models["lstm"])):
+        target = tmp_path_factory.mktemp(f"endless-{family}")
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        config = json.loads((target / "generation_config.json").read_text())
+        config["min_new_tokens"] = 5000
+        (target / "generation_config.json").write_text(json.dumps(config))
+        folders[family] = target
+    return folders
+
+
+def run_chat(*args: str, stdin: str = "", cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "chat.py"), *args], input=stdin, capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def spawn_chat(*args: str) -> pexpect.spawn:
+    child = pexpect.spawn(sys.executable, [str(REPO_ROOT / "chat.py"), *args], cwd=str(REPO_ROOT), encoding="utf-8",
+                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dimensions=(40, 200))
+    child.expect("you> ")
+    return child
+
+
+def say(child: pexpect.spawn, text: str) -> str:
+    """Send a line and return what came back before the next prompt."""
+    child.sendline(text)
+    child.expect("you> ")
+    return child.before
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_terminal_session(family, chat_models, tmp_path):
+    child = spawn_chat("--model", str(chat_models[family]), "--seed", "3", "--context")
+    assert "bot> " in say(child, "Hello there")
+    assert "bot> " in say(child, "Ça va? 🙂 你好 مرحبا שלום")
+    assert "bot> " in say(child, "a very long message " * 400)  # far beyond the 96-token window
+    assert "bot> " not in say(child, "")  # empty input: just a new prompt
+    assert "temperature=0.9" in say(child, "/params temperature=0.9 top_k=20")
+    assert "top_k=20" in say(child, "/params")
+    assert "error" in say(child, "/params temperature=hot")
+    assert "tokens/s" in say(child, "/stats")
+    transcript = tmp_path / "chat.json"
+    assert "saved 6 messages" in say(child, f"/save {transcript}")
+    messages = json.loads(transcript.read_text())
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+    assert messages[1]["content"] == messages[1]["content"].strip()
+    assert "forgotten" in say(child, "/reset")
+    assert "commands:" in say(child, "/help")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_ctrl_c_stops_a_reply_and_the_session_goes_on(family, endless_models):
+    child = spawn_chat("--model", str(endless_models[family]), "--max-new-tokens", "5000")
+    child.sendline("Tell me everything")
+    child.expect("bot> ")
+    time.sleep(0.5)
+    child.sendintr()
+    child.expect(r"\[stopped\]")
+    child.expect("you> ")
+    assert "tokens" in say(child, "/stats")
+    child.sendline("And again")
+    child.expect("bot> ")
+    time.sleep(0.3)
+    child.sendintr()
+    child.expect("you> ")
+    child.sendintr()  # Ctrl-C at the prompt leaves cleanly
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_d_at_the_prompt_leaves_cleanly(chat_models):
+    child = spawn_chat("--model", str(chat_models["lstm"]))
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_prompt_flag_prints_one_reproducible_reply(family, chat_models):
+    first = run_chat("--model", str(chat_models[family]), "--prompt", "Hello", "--seed", "11")
+    second = run_chat("--model", str(chat_models[family]), "--prompt", "Hello", "--seed", "11")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout == second.stdout and first.stdout.strip()
+    assert "you>" not in first.stdout
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_piped_input_is_script_friendly(family, chat_models):
+    result = run_chat("--model", str(chat_models[family]), "--greedy", "--max-new-tokens", "8",
+                      stdin="Hello\nHow are you?\n/stats\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "you>" not in result.stdout and "bot>" not in result.stdout
+    assert "tokens/s" in result.stdout
+
+
+def test_main_py_chat_dispatches_to_chat(chat_models):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "--chat", "--model-type", "lstm", "--model",
+         str(chat_models["lstm"]), "--prompt", "hi", "--seed", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_without_a_model_one_line_says_how_to_train(tmp_path):
+    result = run_chat("--prompt", "hi", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no trained model in models/transformer-small: train one with: " \
+                                    "python train.py --model-size small"
+
+
+# ------------------------------------------------------------------------------------------------------ API
+
+
+def test_history_keeps_turns_and_reset_forgets_them(chat_models):
+    chat = ChatInterface(chat_models["transformer"], max_new_tokens=5, do_sample=False)
+    reply = chat.reply("Hello")
+    assert chat.history == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": reply}]
+    assert reply == ChatInterface(chat_models["transformer"], max_new_tokens=5, do_sample=False).reply("Hello")
+    pieces = list(chat.stream("And you?"))
+    assert chat.history[-1]["content"] == "".join(pieces).strip()
+    chat.reset()
+    assert chat.history == []
+
+
+def test_the_window_drops_old_turns_but_keeps_system_and_message(chat_models):
+    chat = ChatInterface(chat_models["transformer"], system="You are terse.", max_new_tokens=16)
+    tokenizer, window = chat.tokenizer, chat.model.config.block_size
+    for i in range(12):
+        chat.history += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    text = tokenizer.decode(chat.prompt_ids("the current one", 16))
+    assert len(chat.prompt_ids("the current one", 16)) <= window - 16
+    assert text.startswith("<|system|>You are terse.<|end|>")
+    assert text.endswith("<|user|>the current one<|end|><|assistant|>")
+    assert "answer 11" in text and "question 0" not in text
+    long_ids = chat.prompt_ids("start " + "word " * 300 + "finish", 16)
+    long_text = tokenizer.decode(long_ids)
+    assert len(long_ids) <= window - 16
+    assert "finish" in long_text and "start" not in long_text and "You are terse." in long_text
+
+
+def test_without_context_each_message_stands_alone(chat_models):
+    chat = ChatInterface(chat_models["lstm"], use_context=False, max_new_tokens=5)
+    chat.history = [{"role": "user", "content": "remember me"}, {"role": "assistant", "content": "ok"}]
+    assert "remember me" not in chat.tokenizer.decode(chat.prompt_ids("hi", 5))
+
+
+def test_an_interrupted_stream_keeps_the_partial_reply(endless_models):
+    chat = ChatInterface(endless_models["lstm"], max_new_tokens=5000)
+    stream = chat.stream("go on")
+    first = next(stream)
+    with pytest.raises(KeyboardInterrupt):
+        stream.throw(KeyboardInterrupt)
+    assert chat.history[-1]["role"] == "assistant" and chat.history[-1]["content"].startswith(first.strip()[:1])
+    assert 0 < chat.last_stats["new_tokens"] < 5000
+
+
+def test_unseen_characters_reach_the_lstm_as_unknown(chat_models):
+    chat = ChatInterface(chat_models["lstm"], max_new_tokens=5)
+    assert chat.tokenizer.unk_token_id in chat.prompt_ids("🤖 ∑", 5)
+    chat.reply("🤖 ∑")
+
+
+def test_bad_settings_are_refused(chat_models):
+    chat = ChatInterface(chat_models["lstm"])
+    with pytest.raises(UsageError, match="unknown setting"):
+        chat.set_options(beam=2)
+    with pytest.raises(UsageError, match="out of range"):
+        chat.set_options(top_p=1.5)
