@@ -31,6 +31,7 @@ def _quiet_libraries() -> None:
 
 def _run(job: Callable[[], int | None]) -> int:
     """Run `job`, turning pocketlm's user-facing errors into one line and an exit status."""
+    from .hub import HubError
     from .training import TrainingDiverged
 
     try:
@@ -38,7 +39,7 @@ def _run(job: Callable[[], int | None]) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except TrainingDiverged as error:
+    except (TrainingDiverged, HubError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -231,5 +232,49 @@ def chat_main(argv: list[str] | None = None) -> int:
             print(chat.reply(args.prompt))
             return 0
         return chat.start_chat()
+
+    return _run(job)
+
+
+# --------------------------------------------------------------------------------------------------- upload
+
+
+def upload_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hub_upload.py", description="Publish a trained pocketlm model on the Hugging Face Hub.")
+    add = parser.add_argument
+    add("model_dir", help="the folder train.py wrote, e.g. models/transformer-small")
+    add("--repo-id", required=True, metavar="OWNER/NAME", help="the Hub repository to create or update")
+    add("--private", action="store_true", help="create the repository as private")
+    add("--token", help="a Hub token (default: HF_TOKEN, then your saved `hf auth login`)")
+    add("--commit-message", help="the upload's commit message")
+    add("--revision", metavar="BRANCH", help="upload to this branch (created if needed)")
+    add("--license", default="mit", metavar="ID", help="license id for the model card (default: mit)")
+    add("--dry-run", action="store_true", help="build the folder that would be uploaded and stop (no network)")
+    add("--output-dir", help="where --dry-run builds the folder (default: <model_dir>-hub)")
+    return parser
+
+
+def upload_main(argv: list[str] | None = None) -> int:
+    args = upload_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        import tempfile
+
+        from .hub import prepare_folder, resolve_token, upload
+
+        if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+            raise UsageError(f"--repo-id {args.repo_id!r} must look like OWNER/NAME.")
+        if args.dry_run:
+            folder = prepare_folder(args.model_dir, args.output_dir or args.model_dir.rstrip("/") + "-hub",
+                                    args.repo_id, args.license)
+            print(f"prepared {folder} for {args.repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+            return 0
+        token = resolve_token(args.token)  # before any work: a missing login should fail fast
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = prepare_folder(args.model_dir, scratch, args.repo_id, args.license)
+            url = upload(folder, args.repo_id, token, args.private, args.commit_message, args.revision)
+        print(f"uploaded to {url}")
+        return 0
 
     return _run(job)

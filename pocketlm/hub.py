@@ -1,0 +1,213 @@
+"""Publish a trained model to the Hugging Face Hub: build the repository folder (model card included), then upload it.
+
+The folder holds only what a Hub model repository needs, and loads anywhere with
+`AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)`: the family's source files travel with it.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .errors import UsageError
+from .generation import sample_outputs
+from .loading import load_pretrained, model_family
+from .metrics import LOSS_CURVE_FILE
+from .training import SUMMARY_FILE
+
+CARD_FILE = "README.md"
+
+
+class HubError(RuntimeError):
+    """The Hub refused or could not be reached; the message says which and what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+
+
+def _require_model_folder(model_dir: Path) -> str:
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir} is not a folder: pass the folder train.py wrote, e.g. models/transformer-small.")
+    missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json") if not (model_dir / name).exists()]
+    if missing:
+        raise UsageError(f"{model_dir} is not a pocketlm model folder (missing {', '.join(missing)}): train one first.")
+    return model_family(str(model_dir))
+
+
+def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
+               has_curve: bool) -> str:
+    """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model."""
+    params = sum(p.numel() for p in model.parameters())
+    source = summary.get("data", {}).get("source", "unknown text")
+    dataset_on_hub = summary.get("options", {}).get("dataset")
+    bpc, ppl = summary.get("best_val_bpc"), summary.get("best_val_ppl")
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "license": license_id,
+        "tags": ["pocketlm", "text-generation", "custom_code", "gpt" if family == "transformer" else "lstm"],
+    }
+    if dataset_on_hub and not Path(dataset_on_hub).exists():
+        metadata["datasets"] = [dataset_on_hub]
+    if bpc is not None:
+        metadata["model-index"] = [{
+            "name": repo_id.split("/")[-1],
+            "results": [{
+                "task": {"type": "text-generation", "name": "Text generation"},
+                "dataset": {"name": source, "type": dataset_on_hub or "custom"},
+                "metrics": [
+                    {"type": "bits_per_character", "value": round(bpc, 4), "name": "Validation bits per character"},
+                    {"type": "perplexity", "value": round(ppl, 3), "name": "Validation perplexity (per token)"},
+                ],
+            }],
+        }]
+    config = model.config
+    if family == "transformer":
+        architecture = (f"GPT-style decoder-only Transformer: {config.n_layer} pre-norm blocks, width {config.n_embd}, "
+                        f"{config.n_head} heads, context window {config.block_size} tokens, byte-level BPE vocabulary "
+                        f"of {config.vocab_size} tokens, input and output embeddings tied")
+    else:
+        architecture = (f"character-level LSTM: {config.num_layers} layers of {config.hidden_size} units, "
+                        f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
+    options = summary.get("options", {})
+    hyper = ["model_type", "model_size", "lr", "batch_size", "block_size", "grad_accum", "epochs", "max_steps",
+             "mixed_precision", "seed"]
+    rows = "\n".join(f"| {name} | {options[name]} |" for name in hyper if options.get(name) is not None)
+    sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
+    curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
+    record = _training_record(summary, rows) if summary else (
+        "## Training\n\nNo training record (training_summary.json) was found beside this model.\n")
+    body = f"""# {repo_id.split('/')[-1]}
+
+A small language model trained with pocketlm: a {architecture}.
+It has {params:,} parameters.
+
+## How to use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)
+messages = [{{"role": "user", "content": "Hello!"}}]
+prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+reply = model.generate(**prompt, max_new_tokens=60)
+print(tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+`trust_remote_code=True` lets transformers run the model's own `configuration_*.py` and `modeling_*.py`, which are
+part of this repository. With pocketlm installed, `python chat.py --model {repo_id}` chats with it in a terminal.
+
+{record}
+{curve}
+## Samples
+
+Generated when this repository was prepared (temperature 0.7, top-k 50, top-p 0.9, repetition penalty 1.2):
+
+{sample_text}
+
+## Limitations
+
+This is a small model trained on a small corpus: it imitates the style and vocabulary of its training text, makes
+factual and grammatical mistakes, and knows nothing beyond that text. It reflects any biases of its data. Do not
+use it for decisions or advice.
+"""
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def _training_record(summary: dict, rows: str) -> str:
+    data = summary["data"]
+    return f"""## Training data
+
+{data['source']}: {data['train_documents']:,} training and {data['validation_documents']:,} validation documents
+(exact duplicates removed; split by document, so validation text never appears in training), about
+{data['train_tokens']:,} training tokens.
+
+## Training
+
+| setting | value |
+|---|---|
+{rows}
+| steps | {summary['steps']} |
+| processes | {summary['num_processes']} |
+
+## Results
+
+| metric | validation |
+|---|---|
+| loss (nats per token) | {summary['best_val_loss']:.4f} |
+| perplexity (per token) | {summary['best_val_ppl']:.2f} |
+| bits per character | {summary['best_val_bpc']:.4f} |
+
+Bits per character is the total validation loss in bits divided by the characters of the validation text, so
+models with different tokenizers compare on it.
+"""
+
+
+def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0) -> Path:
+    """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`."""
+    source, target = Path(model_dir), Path(output_dir)
+    family = _require_model_folder(source)
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"{target} is not empty: choose a new --output-dir, nothing there was touched.")
+    model, tokenizer = load_pretrained(str(source))
+    summary_path = source / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    is_chat = summary.get("data", {}).get("is_chat", True)
+    samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
+    target.mkdir(parents=True, exist_ok=True)
+    # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    has_curve = (source / LOSS_CURVE_FILE).exists()
+    if has_curve:
+        shutil.copy2(source / LOSS_CURVE_FILE, target / LOSS_CURVE_FILE)
+    card = model_card(model, family, summary, samples, repo_id, license_id, has_curve)
+    (target / CARD_FILE).write_text(card)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------- upload
+
+
+def resolve_token(token: str | None) -> str:
+    """--token, else HF_TOKEN, else a saved `hf auth login`; never printed or written by pocketlm."""
+    from huggingface_hub import get_token
+
+    token = token or os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise UsageError("no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token.")
+    return token
+
+
+def upload(folder: Path, repo_id: str, token: str, private: bool = False, commit_message: str | None = None,
+           revision: str | None = None) -> str:
+    """Create `repo_id` if needed and upload `folder`; returns the repository URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                          commit_message=commit_message or "Upload pocketlm model")
+    except OfflineModeIsEnabled:
+        raise HubError("the Hub is switched off here (HF_HUB_OFFLINE=1): unset it and connect to upload.")
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401,):
+            raise HubError("the Hub rejected the token: log in again with `hf auth login` or pass a valid --token.")
+        if status in (403, 404):
+            raise HubError(f"no permission to write to {repo_id}: use a repo id under your own name or organisation.")
+        raise HubError(f"the Hub answered {status}: {_without(token, str(error).splitlines()[0])}")
+    except Exception as error:  # connection refused, DNS failure, timeouts: the HTTP client's own types
+        raise HubError(f"could not reach the Hub ({_without(token, type(error).__name__)}): check the connection.")
+    return str(url).rstrip("/")
+
+
+def _without(token: str, text: str) -> str:
+    return text.replace(token, "***") if token else text

@@ -1,0 +1,246 @@
+"""hub_upload.py: the folder it would upload, loading it without pocketlm, and every way an upload can fail."""
+
+import contextlib
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pocketlm.cli import upload_main
+from pocketlm.loading import load_pretrained
+from pocketlm.training import TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hf_thisIsNotARealTokenButMustNeverBePrinted"
+TINY = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+EXPECTED_FILES = {
+    "transformer": {"configuration_gpt.py", "modeling_gpt.py"},
+    "lstm": {"configuration_lstm.py", "modeling_lstm.py"},
+}
+COMMON_FILES = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "chat_template.jinja", "loss_curve.png"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    folders = {}
+    for family, shape in TINY.items():
+        out = tmp_path_factory.mktemp(f"trained-{family}")
+        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
+                              batch_size=4, max_steps=6, vocab_size=400, samples=0, save_every=3))
+        folders[family] = out
+    return folders
+
+
+def run_upload(*args: str) -> subprocess.CompletedProcess:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = upload_main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def run_script(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                          env={**os.environ, **env})
+
+
+def read_card(folder: Path) -> tuple[dict, str]:
+    _, metadata, body = (folder / "README.md").read_text().split("---\n", 2)
+    return yaml.safe_load(metadata), body
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_dry_run_builds_exactly_the_repository_folder(family, trained, tmp_path):
+    out = tmp_path / "hub"
+    result = run_upload(str(trained[family]), "--repo-id", "someone/tiny-model", "--dry-run", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == COMMON_FILES | EXPECTED_FILES[family]
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_")
+
+    metadata, body = read_card(out)
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "text-generation"
+    assert metadata["license"] == "mit" and "pocketlm" in metadata["tags"]
+    metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    summary = json.loads((trained[family] / "training_summary.json").read_text())
+    assert metrics["bits_per_character"] == pytest.approx(summary["best_val_bpc"], abs=1e-4)
+    assert metrics["perplexity"] > 1
+    params = sum(p.numel() for p in load_pretrained(str(trained[family]))[0].parameters())
+    assert f"{params:,} parameters" in body
+    assert "trust_remote_code=True" in body and "![training and validation loss](loss_curve.png)" in body
+    assert body.count("```text") == 3  # the samples
+    assert "chatterbot-corpus" in body and "| lr |" in body
+
+
+def test_dry_run_never_overwrites(trained, tmp_path):
+    out = tmp_path / "hub"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_upload(str(trained["lstm"]), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+PROJECT_FREE = textwrap.dedent(
+    """
+    import json, sys
+    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+    try:
+        import pocketlm  # noqa: F401
+        raise SystemExit("pocketlm is still importable")
+    except ImportError:
+        pass
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    # The model card's own snippet, with the folder standing in for the repo id.
+    tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True)
+    messages = [{{"role": "user", "content": "Hello!"}}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    reply = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    print(json.dumps(reply[0].tolist()))
+    """
+)
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_uploaded_folder_loads_without_pocketlm_and_generates_the_same(family, trained, tmp_path):
+    out = tmp_path / "hub"
+    assert run_upload(str(trained[family]), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out)).returncode == 0
+    model, tokenizer = load_pretrained(str(trained[family]))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True,
+                                           return_tensors="pt")
+    expected = model.generate(**prompt, max_new_tokens=12, do_sample=False)[0].tolist()
+    script = PROJECT_FREE.format(root=str(REPO_ROOT), folder=str(out))
+    result = run_script("-c", script, env={"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess, needle: str, code: int | None = None) -> None:
+    assert result.returncode != 0
+    if code is not None:
+        assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_offline_upload_fails_cleanly_and_never_prints_the_token(trained):
+    result = run_script("hub_upload.py", str(trained["transformer"]), "--repo-id", "me/model", "--token", SECRET,
+                        env={"HF_HUB_OFFLINE": "1"})
+    _assert_clean_failure(result, "HF_HUB_OFFLINE", code=1)
+
+
+def test_no_token_says_how_to_log_in(trained, tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "0"}
+    result = run_script("hub_upload.py", str(trained["lstm"]), "--repo-id", "me/model", env=env)
+    _assert_clean_failure(result, "hf auth login", code=2)
+
+
+def test_unreachable_hub_fails_cleanly(trained):
+    # A closed port on this machine: the connection is refused at once.
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    result = run_script("hub_upload.py", str(trained["lstm"]), "--repo-id", "me/model", "--token", SECRET, env=env)
+    _assert_clean_failure(result, "Hub", code=1)
+
+
+class _Forbidding(http.server.BaseHTTPRequestHandler):
+    """A stand-in Hub on loopback that refuses every write, as the Hub does for someone else's namespace."""
+
+    def _refuse(self):
+        body = json.dumps({"error": "You don't have the rights to create a model under the namespace"}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+def test_someone_elses_repository_is_refused_cleanly(trained):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidding)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_OFFLINE": "0"}
+        result = run_script("hub_upload.py", str(trained["lstm"]), "--repo-id", "huggingface/not-mine", "--token",
+                            SECRET, env=env)
+    finally:
+        server.shutdown()
+    _assert_clean_failure(result, "no permission to write to huggingface/not-mine", code=1)
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    result = run_upload(str(tmp_path), "--repo-id", "me/model", "--dry-run")
+    _assert_clean_failure(result, "not a pocketlm model folder", code=2)
+    assert run_upload(str(tmp_path), "--repo-id", "not-a-repo-id", "--dry-run").returncode == 2
+
+
+def test_push_to_hub_carries_the_custom_code(trained, monkeypatch):
+    from transformers.utils import hub as transformers_hub
+
+    uploaded = []
+
+    class RecordingApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            uploaded.extend(op.path_in_repo for op in operations)
+
+    monkeypatch.setattr(transformers_hub, "hf_api", lambda: RecordingApi())
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    model.push_to_hub("me/model", token=SECRET)
+    tokenizer.push_to_hub("me/model", token=SECRET)
+    assert {"modeling_gpt.py", "configuration_gpt.py", "model.safetensors", "config.json",
+            "tokenizer.json"} <= set(uploaded)
+
+
+# -------------------------------------------------------------------------------------- Hub ids from the cache
+
+
+def _cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repository."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_path):
+    cache = tmp_path / "hub-cache"
+    _cache_as_hub_repo(trained["transformer"], cache, "someone/tiny-chat")
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    chat = run_script("chat.py", "--model", "someone/tiny-chat", "--prompt", "Hello", "--seed", "1", env=env)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    tuned = run_script("train.py", "--init-from", "someone/tiny-chat", "--output-dir", str(tmp_path / "tuned"),
+                       "--max-steps", "1", "--block-size", "32", "--batch-size", "4", "--samples", "0", env=env)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    missing = run_script("chat.py", "--model", "someone/not-cached", "--prompt", "Hello", env=env)
+    assert missing.returncode == 2 and "local Hub cache" in missing.stderr
