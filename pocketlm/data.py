@@ -28,6 +28,9 @@ JSONL_SUFFIX = ".jsonl"
 SMALL_CORPUS_CHARS = 10_000  # below this, models mostly memorise: warn, as the old guide did
 VALIDATION_FRACTION = 0.1
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
+# Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
+# this whenever the document columns or their meaning change.
+DOCUMENT_SCHEMA = 2
 
 
 @dataclass
@@ -120,24 +123,26 @@ def _jsonl_documents(path: Path):
                 skipped += 1
                 continue
             if isinstance(record, dict) and isinstance(record.get("text"), str):
-                yield {"text": record["text"], "is_chat": False}
+                yield {"text": record["text"], "is_chat": False, "ends": True}
             elif isinstance(record, dict) and isinstance(record.get("messages"), list):
-                yield {"text": render_chat(record["messages"]), "is_chat": True}
+                yield {"text": render_chat(record["messages"]), "is_chat": True, "ends": True}
             else:
                 skipped += 1
     if skipped:
         logger.warning("%s: skipped %d lines without a 'text' string or 'messages' list", path, skipped)
 
 
-def _file_documents(files: list[str], signature: list[str]):
-    """Generator for `Dataset.from_generator`; `signature` (sizes and times) only keys the Arrow cache."""
+def _file_documents(files: list[str], signature: list[str], schema: int):
+    """Generator for `Dataset.from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
     for name in files:
         path = Path(name)
         if path.suffix.lower() == JSONL_SUFFIX:
             yield from _jsonl_documents(path)
         else:
-            for document in split_into_documents(path.read_text(encoding="utf-8")):
-                yield {"text": document, "is_chat": False}
+            documents = split_into_documents(path.read_text(encoding="utf-8"))
+            for i, document in enumerate(documents):
+                # Pieces of one file are one text: only its last piece ends with the end-of-text token.
+                yield {"text": document, "is_chat": False, "ends": i == len(documents) - 1}
 
 
 def default_conversations() -> list[list[dict]]:
@@ -155,9 +160,9 @@ def default_conversations() -> list[list[dict]]:
     return conversations
 
 
-def _default_documents():
+def _default_documents(schema: int):
     for messages in default_conversations():
-        yield {"text": render_chat(messages), "is_chat": True}
+        yield {"text": render_chat(messages), "is_chat": True, "ends": True}
 
 
 def _dataset_documents(name: str) -> datasets.Dataset:
@@ -167,10 +172,13 @@ def _dataset_documents(name: str) -> datasets.Dataset:
         raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local path or a cached dataset name.")
     split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
     if "text" in split.column_names:
-        return split.map(lambda row: {"text": row["text"], "is_chat": False}, remove_columns=split.column_names)
+        return split.map(
+            lambda row: {"text": row["text"], "is_chat": False, "ends": True}, remove_columns=split.column_names
+        )
     if "messages" in split.column_names:
         return split.map(
-            lambda row: {"text": render_chat(row["messages"]), "is_chat": True}, remove_columns=split.column_names
+            lambda row: {"text": render_chat(row["messages"]), "is_chat": True, "ends": True},
+            remove_columns=split.column_names,
         )
     raise UsageError(
         f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(split.column_names)}."
@@ -186,10 +194,11 @@ def load_documents(data: list[str] | None = None, dataset: str | None = None) ->
         names = [str(p.resolve()) for p in files]
         signature = [f"{os.path.getsize(n)}:{os.path.getmtime(n)}" for n in names]
         documents = datasets.Dataset.from_generator(
-            _file_documents, gen_kwargs={"files": names, "signature": signature}
+            _file_documents, gen_kwargs={"files": names, "signature": signature, "schema": DOCUMENT_SCHEMA}
         )
         return documents, ", ".join(str(p) for p in data)
-    return datasets.Dataset.from_generator(_default_documents), DEFAULT_CORPUS_NAME
+    documents = datasets.Dataset.from_generator(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA})
+    return documents, DEFAULT_CORPUS_NAME
 
 
 # -------------------------------------------------------------------------------------- cleaning and splitting
@@ -236,12 +245,39 @@ def deduplicate_and_split(
     )
 
 
-def load_corpus(data: list[str] | None = None, dataset: str | None = None, seed: int = 0) -> Corpus:
-    """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given)."""
+def deduplicate(documents: datasets.Dataset, drop: set[int] = frozenset()) -> datasets.Dataset:
+    """Keep the first copy of each distinct text, and none whose hash is in `drop`."""
+    seen, keep = set(drop), []
+    for row, text in enumerate(documents["text"]):
+        identity = _hash(text)
+        if text.strip() and identity not in seen:
+            seen.add(identity)
+            keep.append(row)
+    return documents.select(keep)
+
+
+def load_corpus(
+    data: list[str] | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    validation_data: list[str] | None = None,
+) -> Corpus:
+    """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given).
+
+    With `validation_data`, those files are the validation set (minus any text also in training) and the
+    training text is not split.
+    """
     documents, source = load_documents(data, dataset)
     if len(documents) == 0:
         raise UsageError(f"{source}: holds no text; point --data at files with some text in them.")
-    train, validation = deduplicate_and_split(documents, seed)
+    if validation_data:
+        train = deduplicate(documents)
+        held_out, _ = load_documents(validation_data)
+        validation = deduplicate(held_out, drop={_hash(t) for t in train["text"]})
+        if len(validation) == 0:
+            raise UsageError("--validation-data holds no text that is not also in the training data.")
+    else:
+        train, validation = deduplicate_and_split(documents, seed)
     total_chars = sum(len(t) for t in train["text"]) + sum(len(t) for t in validation["text"])
     if total_chars < SMALL_CORPUS_CHARS:
         logger.warning(
@@ -259,10 +295,11 @@ def count_characters(text: str) -> int:
 
 
 def tokenize(documents: datasets.Dataset, tokenizer, num_proc: int | None = None) -> datasets.Dataset:
-    """Token ids of every document, each followed by the end-of-text token."""
+    """Token ids of every document, each whole document followed by the end-of-text token."""
 
     def encode(batch):
-        return {"input_ids": tokenizer([t + END_OF_TEXT for t in batch["text"]])["input_ids"]}
+        texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
+        return {"input_ids": tokenizer(texts)["input_ids"]}
 
     # Worker processes cost seconds to start: worth it only for large corpora.
     if num_proc is None:

@@ -53,6 +53,7 @@ class TrainingOptions:
     model_size: str = "small"
     data: list[str] | None = None
     dataset: str | None = None
+    validation_data: list[str] | None = None  # files to validate on instead of a held-out share of the data
     output_dir: str | None = None
     epochs: int | None = None
     max_steps: int | None = None
@@ -85,7 +86,7 @@ class TrainingOptions:
                 continue
             if value is True:
                 parts.append(flag)
-            elif name == "data":
+            elif name in ("data", "validation_data"):
                 parts.extend(f"{flag} {v}" for v in value)
             elif name == "model_config":
                 parts.extend(f"{flag} {k}={v}" for k, v in value.items())
@@ -313,7 +314,7 @@ def train(options: TrainingOptions) -> TrainResult:
 
     # --- data and tokenizer
     with accelerator.main_process_first():
-        corpus = data.load_corpus(options.data, options.dataset, seed=options.seed)
+        corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data)
     tokenizer = _load_or_train_tokenizer(options, corpus, accelerator)
     if options.init_from:
         model = AutoModelForCausalLM.from_pretrained(options.init_from)
@@ -331,7 +332,8 @@ def train(options: TrainingOptions) -> TrainResult:
             f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
         )
     val_blocks, _ = data.validation_blocks(val_ids, block_size, tokenizer.pad_token_id)
-    val_chars = sum(data.count_characters(t) for t in corpus.validation["text"]) + len(corpus.validation)
+    # Each end-of-text token stands for one character, like the separator it replaces.
+    val_chars = sum(data.count_characters(t) for t in corpus.validation["text"]) + sum(corpus.validation["ends"])
 
     batches = BlockBatches(
         train_blocks, options.batch_size, options.seed, accelerator.process_index, accelerator.num_processes

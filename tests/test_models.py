@@ -63,8 +63,9 @@ def test_each_generated_token_costs_one_position(family):
     """With the cache, the model sees the prompt once, then exactly one new token per step."""
     model = tiny_model(family)
     seen = []
-    embedding = model.get_input_embeddings()
-    handle = embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     greedy(model)
     handle.remove()
     assert seen[0] == PROMPT.shape[1]

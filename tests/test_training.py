@@ -407,3 +407,15 @@ def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
 def test_bad_model_config_fails_cleanly(corpus_file, tmp_path):
     with pytest.raises(UsageError, match="--model-config"):
         train(tiny_options("transformer", corpus_file, tmp_path / "m", model_config={"n_embd": 30, "n_head": 4}))
+
+
+def test_validation_data_replaces_the_held_out_share(tmp_path):
+    train_file, val_file = tmp_path / "train.txt", tmp_path / "val.txt"
+    train_file.write_text(make_text(11, 40))
+    val_file.write_text(make_text(12, 8) + "\n" + make_text(11, 40).split("\n")[0] + "\n")
+    corpus = data.load_corpus([str(train_file)], validation_data=[str(val_file)])
+    assert "".join(corpus.train["text"]) == train_file.read_text()  # all of it, in order
+    assert not set(corpus.train["text"]) & set(corpus.validation["text"])
+    assert sum(corpus.train["ends"]) == 1  # one file: a single end-of-text, after its last piece
+    result = train(tiny_options("lstm", train_file, tmp_path / "m", validation_data=[str(val_file)], max_steps=2))
+    assert math.isfinite(result.best_val_bpc)

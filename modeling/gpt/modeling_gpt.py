@@ -39,15 +39,15 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
     ) -> torch.Tensor:
         batch, seq_len, width = x.shape
-        qkv = self.c_attn(x).view(batch, seq_len, 3, self.n_head, self.head_dim)
+        qkv = F.linear(x, self.c_attn.weight, self.c_attn.bias).view(batch, seq_len, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         # No dropout on the attention probabilities: it would cost a random number per query-key pair and
         # force sdpa off its fused kernels, for little regularisation beyond the residual dropout.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(batch, seq_len, width)
-        return self.resid_dropout(self.c_proj(y))
+        y = F.linear(y.transpose(1, 2).reshape(batch, seq_len, width), self.c_proj.weight, self.c_proj.bias)
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
@@ -61,7 +61,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # tanh-approximated GELU, as GPT-2 trained with; cheaper than the erf form on CPUs.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = F.gelu(F.linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
+        y = F.linear(h, self.c_proj.weight, self.c_proj.bias)
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -75,8 +77,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cache, attn_mask, is_causal):
-        x = x + self.attn(self.ln_1(x), cache, attn_mask, is_causal)
-        return x + self.mlp(self.ln_2(x))
+        # Layers are called through torch.nn.functional on their parameters: at one token per step, a
+        # module call's own overhead rivals a small layer's arithmetic.
+        x = x + self.attn(_norm(self.ln_1, x), cache, attn_mask, is_causal)
+        return x + self.mlp(_norm(self.ln_2, x))
+
+
+def _norm(layer: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
 
 
 HEAD_CHUNK_ELEMENTS = 2**22  # logits per chunk of LinearCrossEntropy: 16 MB in float32
@@ -192,7 +200,7 @@ class GPTModel(GPTPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
-        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        x = F.embedding(input_ids, self.wte.weight) if inputs_embeds is None else inputs_embeds
         seq_len = x.shape[1]
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None and not self.training:
@@ -213,10 +221,12 @@ class GPTModel(GPTPreTrainedModel):
                 position_ids = torch.arange(past_len, past_len + seq_len, device=x.device)[None]
         attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_len, seq_len)
 
-        x = self.drop(x + self.wpe(position_ids))
+        x = x + F.embedding(position_ids, self.wpe.weight)
+        if self.training:
+            x = self.drop(x)
         for block in self.h:
             x = block(x, cache, attn_mask, is_causal)
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=_norm(self.ln_f, x), cache=cache if use_cache else None)
 
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
@@ -277,7 +287,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         # generate() asks for the last position only: the vocabulary projection is the costliest matmul.
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        logits = F.linear(hidden, self.lm_head.weight)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)

@@ -1,0 +1,132 @@
+"""Batch-1 decoding speed through generate(), against peers measured in the same run.
+
+Each GPT preset races transformers' GPT2LMHeadModel.generate at the identical shape, greedy and with sampling
+(top-k 50, top-p 0.9, temperature 0.8, repetition penalty 1.2); time to first token is the time of a one-token
+generate() from a 16-token prompt. The LSTM's generate() races a bare torch.nn.LSTM loop that carries its state
+and samples with the same settings by hand. Runs alternate; medians are compared.
+
+    python bench/generate_throughput.py                       # CPU: small and medium presets and the LSTM
+    python bench/generate_throughput.py --models small large --new-tokens 256 --rounds 5
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
+
+SAMPLING = {"do_sample": True, "top_k": 50, "top_p": 0.9, "temperature": 0.8, "repetition_penalty": 1.2}
+GREEDY = {"do_sample": False}
+
+
+def gpt_pair(shape: dict):
+    ours = GPTForCausalLM(GPTConfig(**shape, dropout=0.0))
+    peer = GPT2LMHeadModel(GPT2Config(
+        vocab_size=shape["vocab_size"], n_positions=shape["block_size"], n_embd=shape["n_embd"],
+        n_layer=shape["n_layer"], n_head=shape["n_head"], bos_token_id=None, eos_token_id=None,
+        attn_implementation="sdpa",
+    ))
+    return ours, peer
+
+
+class BareLSTMLoop:
+    """The LSTM peer: the same weights driven by a hand-written loop over torch.nn.LSTM, state carried."""
+
+    def __init__(self, model: LSTMForCausalLM):
+        self.embed, self.lstm, self.head = model.model.embed_tokens, model.model.lstm, model.lm_head
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, do_sample, top_k=0, top_p=1.0, temperature=1.0,
+                 repetition_penalty=1.0, **ignored):
+        hidden, state = self.lstm(self.embed(input_ids))
+        tokens = input_ids[0].tolist()
+        for _ in range(max_new_tokens):
+            logits = self.head(hidden[:, -1]).float()[0]
+            if repetition_penalty != 1.0:
+                seen = torch.tensor(tokens)
+                scores = logits[seen]
+                logits[seen] = torch.where(scores < 0, scores * repetition_penalty, scores / repetition_penalty)
+            if do_sample:
+                logits = logits / temperature
+                values, indices = logits.topk(min(top_k, logits.numel()))
+                probs = values.softmax(-1)
+                keep = probs.cumsum(-1) - probs < top_p
+                choice = torch.multinomial(probs * keep, 1)
+                token = indices[choice]
+            else:
+                token = logits.argmax(-1, keepdim=True)
+            tokens.append(int(token))
+            hidden, state = self.lstm(self.embed(token.view(1, 1)), state)
+        return torch.tensor([tokens])
+
+
+def decode_seconds(model, prompt, new_tokens: int, options: dict) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        if isinstance(model, BareLSTMLoop):
+            out = model.generate(prompt, new_tokens, **options)
+        else:
+            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                                 **options)
+    seconds = time.perf_counter() - start
+    assert out.shape[1] == prompt.shape[1] + new_tokens, "generation ended early"
+    return seconds
+
+
+def race(name, ours, peer, vocab_size, args) -> list[dict]:
+    for model in (ours, peer):
+        if hasattr(model, "eval"):
+            model.eval()
+    prompt = torch.randint(0, vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for mode, options in (("greedy", GREEDY), ("sampling", SAMPLING)):
+        timings = {"ours": [], "peer": [], "ttft_ours": [], "ttft_peer": []}
+        sides = {"ours": ours, "peer": peer}
+        for model in sides.values():  # warm-up
+            decode_seconds(model, prompt, 4, options)
+        for _ in range(args.rounds):
+            for side, model in sides.items():
+                timings[side].append(decode_seconds(model, prompt, args.new_tokens, options))
+                timings["ttft_" + side].append(decode_seconds(model, prompt, 1, options))
+        ours_tps = args.new_tokens / statistics.median(timings["ours"])
+        peer_tps = args.new_tokens / statistics.median(timings["peer"])
+        rows.append({"model": name, "mode": mode, "ours": ours_tps, "peer": peer_tps, "ratio": ours_tps / peer_tps,
+                     "ttft_ours": statistics.median(timings["ttft_ours"]) * 1000,
+                     "ttft_peer": statistics.median(timings["ttft_peer"]) * 1000})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["small", "medium", "lstm"], help="presets and/or lstm")
+    parser.add_argument("--vocab-size", type=int, default=5000)
+    parser.add_argument("--lstm-vocab-size", type=int, default=100, help="a character vocabulary")
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    rows = []
+    for name in args.models:
+        if name == "lstm":
+            ours = LSTMForCausalLM(LSTMConfig(vocab_size=args.lstm_vocab_size, dropout=0.0))
+            rows += race("lstm", ours, BareLSTMLoop(ours), args.lstm_vocab_size, args)
+        else:
+            rows += race(name, *gpt_pair({**PRESETS[name], "vocab_size": args.vocab_size}), args.vocab_size, args)
+
+    print(f"batch-1 decoding, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
+          f"CPU, {torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+    print(f"{'model':<8}{'mode':<10}{'pocketlm tok/s':>15}{'peer tok/s':>12}{'ratio':>8}"
+          f"{'TTFT ms':>9}{'peer TTFT':>11}   peer")
+    for row in rows:
+        peer = "bare nn.LSTM loop" if row["model"] == "lstm" else "GPT2LMHeadModel.generate"
+        print(f"{row['model']:<8}{row['mode']:<10}{row['ours']:>15,.0f}{row['peer']:>12,.0f}{row['ratio']:>7.2f}x"
+              f"{row['ttft_ours']:>9.1f}{row['ttft_peer']:>11.1f}   {peer}")
+
+
+if __name__ == "__main__":
+    main()
