@@ -43,10 +43,11 @@ class BareLSTMLoop:
                  repetition_penalty=1.0, **ignored):
         hidden, state = self.lstm(self.embed(input_ids))
         tokens = input_ids[0].tolist()
+        device = input_ids.device
         for _ in range(max_new_tokens):
             logits = self.head(hidden[:, -1]).float()[0]
             if repetition_penalty != 1.0:
-                seen = torch.tensor(tokens)
+                seen = torch.tensor(tokens, device=device)
                 scores = logits[seen]
                 logits[seen] = torch.where(scores < 0, scores * repetition_penalty, scores / repetition_penalty)
             if do_sample:
@@ -60,10 +61,12 @@ class BareLSTMLoop:
                 token = logits.argmax(-1, keepdim=True)
             tokens.append(int(token))
             hidden, state = self.lstm(self.embed(token.view(1, 1)), state)
-        return torch.tensor([tokens])
+        return torch.tensor([tokens], device=device)
 
 
 def decode_seconds(model, prompt, new_tokens: int, options: dict) -> float:
+    if prompt.is_cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
         if isinstance(model, BareLSTMLoop):
@@ -71,16 +74,19 @@ def decode_seconds(model, prompt, new_tokens: int, options: dict) -> float:
         else:
             out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
                                  **options)
+    if prompt.is_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     assert out.shape[1] == prompt.shape[1] + new_tokens, "generation ended early"
     return seconds
 
 
 def race(name, ours, peer, vocab_size, args) -> list[dict]:
-    for model in (ours, peer):
-        if hasattr(model, "eval"):
-            model.eval()
+    ours.to(args.device).eval()
+    if not isinstance(peer, BareLSTMLoop):
+        peer.to(args.device).eval()
     prompt = torch.randint(0, vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    prompt = prompt.to(args.device)
     rows = []
     for mode, options in (("greedy", GREEDY), ("sampling", SAMPLING)):
         timings = {"ours": [], "peer": [], "ttft_ours": [], "ttft_peer": []}
@@ -107,6 +113,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -119,7 +126,8 @@ def main() -> None:
             rows += race(name, *gpt_pair({**PRESETS[name], "vocab_size": args.vocab_size}), args.vocab_size, args)
 
     print(f"batch-1 decoding, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
-          f"CPU, {torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+          f"{torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}, "
+          f"median of {args.rounds} interleaved rounds")
     print(f"{'model':<8}{'mode':<10}{'pocketlm tok/s':>15}{'peer tok/s':>12}{'ratio':>8}"
           f"{'TTFT ms':>9}{'peer TTFT':>11}   peer")
     for row in rows:

@@ -6,12 +6,9 @@ code runs on one CPU, one GPU, or under `accelerate launch --num_processes N` (D
 
 import contextlib
 import json
-import logging
 import math
-import os
 import shutil
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +31,6 @@ from .generation import default_generation_config, sample_outputs
 from .loading import model_family
 from .metrics import MetricsLog
 
-logger = logging.getLogger(__name__)
 
 MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
 LOG_EVERY = 10  # steps between train-loss records in metrics.jsonl
@@ -290,198 +286,214 @@ class _StopFlag:
 
 def train(options: TrainingOptions) -> TrainResult:
     """Train a model on the user's text (or the built-in dialogs) and leave the best one in `output_dir`."""
-    options = resolve_options(options)
-    recipe = load_recipe(options.model_type)
-    _check_output_dir(options)
-    if options.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on the CPU, or no.")
-    # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=options.mixed_precision,
-        log_with="tensorboard" if options.report_to == "tensorboard" else None,
-        project_dir=options.output_dir,
-    )
-    set_seed(options.seed)
-    out = Path(options.output_dir)
-    checkpoints = CheckpointManager(out / "checkpoints", accelerator, keep=options.keep_checkpoints)
-    if options.overwrite and accelerator.is_main_process:
-        checkpoints.remove_all()
-        for stale in ("metrics.jsonl", "loss_curve.png"):
-            (out / stale).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    return Trainer(options).run()
 
-    # --- data and tokenizer
-    with accelerator.main_process_first():
-        corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data)
-    tokenizer = _load_or_train_tokenizer(options, corpus, accelerator)
-    if options.init_from:
-        model = AutoModelForCausalLM.from_pretrained(options.init_from)
-    else:
-        model = build_model(options, tokenizer, recipe)
-    window = getattr(model.config, "block_size", None)
-    block_size = min(options.block_size, window) if window else options.block_size
-    tokenizer.model_max_length = window or tokenizer.model_max_length
-    model.generation_config = default_generation_config(tokenizer)
-    with accelerator.main_process_first():
-        train_blocks = data.training_blocks(data.tokenize(corpus.train, tokenizer), block_size)
-        val_ids = data.tokenize(corpus.validation, tokenizer)
-    if len(train_blocks) == 0:
-        raise UsageError(
-            f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
+
+class Trainer:
+    """One training run: set up data, model and optimizer once, then step, evaluate and save until done."""
+
+    def __init__(self, options: TrainingOptions):
+        self.options = options = resolve_options(options)
+        self.recipe = load_recipe(options.model_type)
+        _check_output_dir(options)
+        if options.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on the CPU, or no.")
+        # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            mixed_precision=options.mixed_precision,
+            log_with="tensorboard" if options.report_to == "tensorboard" else None,
+            project_dir=options.output_dir,
         )
-    val_blocks, _ = data.validation_blocks(val_ids, block_size, tokenizer.pad_token_id)
-    # Each end-of-text token stands for one character, like the separator it replaces.
-    val_chars = sum(data.count_characters(t) for t in corpus.validation["text"]) + sum(corpus.validation["ends"])
+        set_seed(options.seed)
+        self.out = Path(options.output_dir)
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.accelerator, keep=options.keep_checkpoints)
+        if options.overwrite and self.accelerator.is_main_process:
+            self.checkpoints.remove_all()
+            for stale in ("metrics.jsonl", "loss_curve.png"):
+                (self.out / stale).unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._prepare_data_and_model()
+        self._prepare_optimization()
 
-    batches = BlockBatches(
-        train_blocks, options.batch_size, options.seed, accelerator.process_index, accelerator.num_processes
-    )
-    steps_per_epoch = max(1, batches.per_epoch // options.grad_accum)
-    total_steps = options.max_steps or options.epochs * steps_per_epoch
-    # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
-    eval_every = options.eval_every or min(recipe["eval_every"], max(10, total_steps // 10))
-    save_every = options.save_every or min(recipe["save_every"], max(10, total_steps // 4))
+    def _prepare_data_and_model(self) -> None:
+        options, accelerator = self.options, self.accelerator
+        with accelerator.main_process_first():
+            self.corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data)
+        self.tokenizer = tokenizer = _load_or_train_tokenizer(options, self.corpus, accelerator)
+        if options.init_from:
+            model = AutoModelForCausalLM.from_pretrained(options.init_from)
+        else:
+            model = build_model(options, tokenizer, self.recipe)
+        window = getattr(model.config, "block_size", None)
+        self.block_size = block_size = min(options.block_size, window) if window else options.block_size
+        tokenizer.model_max_length = window or tokenizer.model_max_length
+        model.generation_config = default_generation_config(tokenizer)
+        self.model = model
+        with accelerator.main_process_first():
+            self.train_blocks = data.training_blocks(data.tokenize(self.corpus.train, tokenizer), block_size)
+            val_ids = data.tokenize(self.corpus.validation, tokenizer)
+        if len(self.train_blocks) == 0:
+            raise UsageError(
+                f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
+            )
+        self.val_blocks, stream_length = data.validation_blocks(val_ids, block_size, tokenizer.pad_token_id)
+        self.val_targets = max(1, stream_length - 1)  # every validation token but the first is predicted
+        # Each end-of-text token stands for one character, like the separator it replaces.
+        validation = self.corpus.validation
+        self.val_chars = sum(data.count_characters(t) for t in validation["text"]) + sum(validation["ends"])
+        self.batches = BlockBatches(
+            self.train_blocks, options.batch_size, options.seed, accelerator.process_index, accelerator.num_processes
+        )
 
-    # --- model, optimizer, schedule
-    optimizer = _make_optimizer(model, options.lr, recipe["weight_decay"])
-    schedule = _make_schedule(optimizer, recipe["warmup_steps"], total_steps, recipe["min_lr_ratio"])
-    if options.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
-    accelerator.register_for_checkpointing(schedule)
-    metrics = MetricsLog(out, accelerator)
+    def _prepare_optimization(self) -> None:
+        options, recipe, accelerator = self.options, self.recipe, self.accelerator
+        steps_per_epoch = max(1, self.batches.per_epoch // options.grad_accum)
+        self.total_steps = options.max_steps or options.epochs * steps_per_epoch
+        # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
+        self.eval_every = options.eval_every or min(recipe["eval_every"], max(10, self.total_steps // 10))
+        self.save_every = options.save_every or min(recipe["save_every"], max(10, self.total_steps // 4))
+        optimizer = _make_optimizer(self.model, options.lr, recipe["weight_decay"])
+        self.schedule = _make_schedule(optimizer, recipe["warmup_steps"], self.total_steps, recipe["min_lr_ratio"])
+        model = torch.compile(self.model) if options.compile else self.model
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
+        accelerator.register_for_checkpointing(self.schedule)
+        self.metrics = MetricsLog(self.out, accelerator)
+        self.tokens_per_step = (
+            self.block_size * self.batches.batch_size * options.grad_accum * accelerator.num_processes
+        )
+        self.state = {"step": 0, "best_val_loss": math.inf, "best_val_bpc": math.inf, "tokens": 0}
+        if options.resume:
+            self.state = self.checkpoints.load_latest()
+            self.metrics.truncate_after(self.state["step"])
+            accelerator.print(f"resumed from step {self.state['step']} ({self.checkpoints.latest()})")
+        if options.report_to == "tensorboard":
+            accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(options).items()})
 
-    state = {"step": 0, "best_val_loss": math.inf, "best_val_bpc": math.inf, "tokens": 0}
-    if options.resume:
-        state = checkpoints.load_latest()
-        metrics.truncate_after(state["step"])
-        accelerator.print(f"resumed from step {state['step']} ({checkpoints.latest()})")
-    if options.report_to == "tensorboard":
-        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in asdict(options).items()})
+    # ------------------------------------------------------------------------------------------------ steps
 
-    def save_best_if_better(step: int) -> dict:
-        val_nats = evaluate(model, accelerator, val_blocks, tokenizer.pad_token_id, options.batch_size)
-        val_tokens = max(1, sum(len(ids) for ids in val_ids["input_ids"]) - 1)
+    def optimizer_step(self, step: int) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss (maybe non-finite)."""
+        options, accelerator, model = self.options, self.accelerator, self.model
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for micro in range(options.grad_accum):
+            ids = self.batches.batch(step * options.grad_accum + micro).to(accelerator.device, non_blocking=True)
+            last = micro == options.grad_accum - 1
+            # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
+            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss / options.grad_accum
+                accelerator.backward(loss)
+            loss_sum += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), self.recipe["grad_clip"])
+        loss_value = accelerator.reduce(loss_sum, "mean").item()  # the step's one host sync
+        # Under fp16 the scaler skips steps whose gradients overflowed; otherwise skip non-finite ones here.
+        if math.isfinite(loss_value) and (options.mixed_precision == "fp16" or math.isfinite(float(grad_norm))):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return loss_value
+
+    def evaluate_and_keep_best(self, step: int) -> dict:
+        """Validation loss, perplexity and bits/char; the output folder gets the model if it is the best yet."""
+        val_nats = evaluate(self.model, self.accelerator, self.val_blocks, self.tokenizer.pad_token_id,
+                            self.options.batch_size)
         record = {
             "step": step,
-            "val_loss": val_nats / val_tokens,
-            "val_ppl": math.exp(min(val_nats / val_tokens, 50)),
-            "val_bpc": val_nats / math.log(2) / val_chars,
+            "val_loss": val_nats / self.val_targets,
+            "val_ppl": math.exp(min(val_nats / self.val_targets, 50)),
+            "val_bpc": val_nats / math.log(2) / self.val_chars,
         }
-        metrics.write(record)
-        if record["val_loss"] < state["best_val_loss"] or not (out / "model.safetensors").exists():
-            state["best_val_loss"], state["best_val_bpc"] = record["val_loss"], record["val_bpc"]
-            if accelerator.is_main_process:
-                replace_model_files(accelerator.unwrap_model(model), tokenizer, out)
-        accelerator.wait_for_everyone()
+        self.metrics.write(record)
+        if record["val_loss"] < self.state["best_val_loss"] or not (self.out / "model.safetensors").exists():
+            self.state["best_val_loss"], self.state["best_val_bpc"] = record["val_loss"], record["val_bpc"]
+            if self.accelerator.is_main_process:
+                replace_model_files(self.accelerator.unwrap_model(self.model), self.tokenizer, self.out)
+        self.accelerator.wait_for_everyone()
         return record
 
-    tokens_per_step = block_size * batches.batch_size * options.grad_accum * accelerator.num_processes
-    model.train()
-    started, start_step = time.perf_counter(), state["step"]
-    nonfinite = 0
-    bar = tqdm(
-        total=total_steps, initial=start_step, disable=not accelerator.is_main_process, unit="step", dynamic_ncols=True
-    )
-    interrupted = False
-    window_losses: list[float] = []
-    with _StopFlag() as stop:
-        while state["step"] < total_steps:
-            step = state["step"]
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for micro in range(options.grad_accum):
-                ids = batches.batch(step * options.grad_accum + micro).to(accelerator.device, non_blocking=True)
-                last = micro == options.grad_accum - 1
-                # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
-                with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss / options.grad_accum
-                    accelerator.backward(loss)
-                loss_sum += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
-            loss_value = accelerator.reduce(loss_sum, "mean").item()
-            finite = math.isfinite(loss_value) and (
-                options.mixed_precision == "fp16" or math.isfinite(float(grad_norm))
-            )
-            if finite:
-                optimizer.step()  # under fp16 the scaler itself skips steps whose gradients overflowed
-                nonfinite = 0
-            else:
-                nonfinite += 1
+    # --------------------------------------------------------------------------------------------- the run
+
+    def run(self) -> TrainResult:
+        state, accelerator = self.state, self.accelerator
+        self.model.train()
+        started, start_step = time.perf_counter(), state["step"]
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not accelerator.is_main_process,
+                   unit="step", dynamic_ncols=True)
+        interrupted, nonfinite, window_losses = False, 0, []
+        with _StopFlag() as stop:
+            while state["step"] < self.total_steps:
+                loss = self.optimizer_step(state["step"])
+                nonfinite = 0 if math.isfinite(loss) else nonfinite + 1
                 if nonfinite >= MAX_NONFINITE_STEPS:
                     bar.close()
                     raise TrainingDiverged(
-                        f"the loss was not finite for {nonfinite} steps in a row at step {step}: lower --lr "
-                        f"or use --mixed-precision bf16; the last good checkpoint and model in {out} are intact."
+                        f"the loss was not finite for {nonfinite} steps in a row at step {state['step']}: lower "
+                        f"--lr or use --mixed-precision bf16; the last good checkpoint and model in {self.out} "
+                        "are intact."
                     )
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            state["step"] = step = step + 1
-            state["tokens"] += tokens_per_step
+                state["step"] = step = state["step"] + 1
+                state["tokens"] += self.tokens_per_step
+                speed = (step - start_step) * self.tokens_per_step / max(time.perf_counter() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
+                window_losses.append(loss)
+                if step % LOG_EVERY == 0 or step == self.total_steps:
+                    self.metrics.write({"step": step, "train_loss": sum(window_losses) / len(window_losses),
+                                        "lr": self.schedule.get_last_lr()[0], "tokens_per_second": speed,
+                                        "tokens": state["tokens"]})
+                    window_losses = []
+                if step % self.eval_every == 0 and step < self.total_steps:
+                    record = self.evaluate_and_keep_best(step)
+                    if accelerator.is_main_process:
+                        bar.write(f"step {step}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char")
+                interrupted = _any_process(accelerator, stop.raised)
+                if step % self.save_every == 0 or interrupted:
+                    self.checkpoints.save(step, state, self.options)
+                if interrupted:
+                    break
+        bar.close()
+        speed = (state["step"] - start_step) * self.tokens_per_step / max(time.perf_counter() - started, 1e-9)
+        return self.finish(interrupted, speed)
 
-            elapsed = time.perf_counter() - started
-            speed = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{speed:,.0f}", refresh=False)
-            window_losses.append(loss_value)
-            if step % LOG_EVERY == 0 or step == total_steps:
-                metrics.write(
-                    {"step": step, "train_loss": sum(window_losses) / len(window_losses), "lr": schedule.get_last_lr()[0],
-                     "tokens_per_second": speed, "tokens": state["tokens"]}
-                )
-                window_losses = []
-            if step % eval_every == 0 and step < total_steps:
-                record = save_best_if_better(step)
-                if accelerator.is_main_process:
-                    bar.write(f"step {step}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char")
-            interrupted = _any_process(accelerator, stop.raised)
-            if step % save_every == 0 or interrupted:
-                checkpoints.save(step, state, options)
-            if interrupted:
-                break
-    bar.close()
-    if not interrupted and not (out / "checkpoints" / f"step-{state['step']}").exists():
-        checkpoints.save(state["step"], state, options)  # the final state, so a later run can extend this one
+    def finish(self, interrupted: bool, speed: float) -> TrainResult:
+        """Final checkpoint and evaluation, loss curve, samples and the run's summary."""
+        state, out, accelerator = self.state, self.out, self.accelerator
+        if not interrupted and not (out / "checkpoints" / f"step-{state['step']}").exists():
+            self.checkpoints.save(state["step"], state, self.options)  # so a later run can extend this one
+        if not interrupted or not (out / "model.safetensors").exists():
+            self.evaluate_and_keep_best(state["step"])
+        samples = []
+        if accelerator.is_main_process:
+            self.metrics.plot()
+            if not interrupted:
+                shutil.rmtree(out / ".tokenizer", ignore_errors=True)
+            if self.options.samples:
+                best = AutoModelForCausalLM.from_pretrained(out).to(accelerator.device).eval()
+                samples = sample_outputs(best, self.tokenizer, self.corpus.is_chat, self.options.samples,
+                                         seed=self.options.seed)
+            (out / SUMMARY_FILE).write_text(json.dumps(self.summary(speed), indent=2) + "\n")
+        accelerator.end_training()
+        if interrupted:
+            accelerator.print(f"interrupted at step {state['step']}: checkpoint saved; "
+                              f"resume with: {self.options.command_line()} --resume")
+        return TrainResult(output_dir=out, steps=state["step"], best_val_loss=state["best_val_loss"],
+                           best_val_bpc=state["best_val_bpc"], tokens_per_second=speed, interrupted=interrupted,
+                           samples=samples)
 
-    if not interrupted or not (out / "model.safetensors").exists():
-        save_best_if_better(state["step"])
-    elapsed = time.perf_counter() - started
-    speed = (state["step"] - start_step) * tokens_per_step / max(elapsed, 1e-9)
-    samples = []
-    if accelerator.is_main_process:
-        metrics.plot()
-        if not interrupted:
-            shutil.rmtree(out / ".tokenizer", ignore_errors=True)
-        if options.samples:
-            best = AutoModelForCausalLM.from_pretrained(out).to(accelerator.device).eval()
-            samples = sample_outputs(best, tokenizer, corpus.is_chat, options.samples, seed=options.seed)
-        summary = {
+    def summary(self, speed: float) -> dict:
+        corpus, state = self.corpus, self.state
+        return {
             "data": {"source": corpus.source, "is_chat": corpus.is_chat,
                      "train_documents": len(corpus.train), "validation_documents": len(corpus.validation),
-                     "train_tokens": len(train_blocks) * (block_size - 1), "validation_characters": val_chars},
-            "options": {**asdict(options), "block_size": block_size, "batch_size": batches.batch_size},
-            "steps": state["step"], "num_processes": accelerator.num_processes,
+                     "train_tokens": len(self.train_blocks) * (self.block_size - 1),
+                     "validation_characters": self.val_chars},
+            "options": {**asdict(self.options), "block_size": self.block_size, "batch_size": self.batches.batch_size},
+            "steps": state["step"], "num_processes": self.accelerator.num_processes,
             "best_val_loss": state["best_val_loss"], "best_val_bpc": state["best_val_bpc"],
             "best_val_ppl": math.exp(min(state["best_val_loss"], 50)), "tokens_per_second": speed,
         }
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    accelerator.end_training()
-    result = TrainResult(
-        output_dir=out,
-        steps=state["step"],
-        best_val_loss=state["best_val_loss"],
-        best_val_bpc=state["best_val_bpc"],
-        tokens_per_second=speed,
-        interrupted=interrupted,
-        samples=samples,
-    )
-    if interrupted:
-        accelerator.print(
-            f"interrupted at step {state['step']}: checkpoint saved; resume with: {options.command_line()} --resume"
-        )
-    return result
 
 
 def _any_process(accelerator: Accelerator, flag: bool) -> bool:

@@ -133,6 +133,7 @@ class GPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
+    _input_embed_layer = "wte"  # where transformers' get/set_input_embeddings look
     _supports_sdpa = True
     _can_compile_fullgraph = True
 
@@ -181,12 +182,6 @@ class GPTModel(GPTPreTrainedModel):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.wte = value
 
     def forward(
         self,
@@ -243,17 +238,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.wte = value
 
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
 
     def forward(
         self,
