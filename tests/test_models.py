@@ -249,3 +249,16 @@ def test_training_loss_equals_evaluation_loss(family):
     model.train()
     training = model(input_ids=ids, labels=ids).loss
     torch.testing.assert_close(training, evaluation)
+
+
+def test_generation_helpers_keep_the_most_recent_tokens_of_a_long_prompt(tokenizer_for):
+    from pocketlm.generation import complete, fit_to_context
+
+    tokenizer = tokenizer_for("transformer")
+    model = tiny_model("transformer", vocab_size=len(tokenizer))  # a 64-token window
+    ids = torch.arange(200)[None] % len(tokenizer)
+    kept, new_tokens = fit_to_context(ids, model, max_new_tokens=16)
+    assert kept.shape[1] + new_tokens == 64 and torch.equal(kept[0], ids[0, -48:])
+    assert isinstance(complete(model, tokenizer, "To be, or not to be " * 40, max_new_tokens=16), str)
+    lstm = tiny_model("lstm")
+    assert fit_to_context(ids, lstm, max_new_tokens=16)[0].shape[1] == 200  # no window to fit
