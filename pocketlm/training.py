@@ -5,6 +5,7 @@ code runs on one CPU, one GPU, or under `accelerate launch --num_processes N` (D
 """
 
 import contextlib
+import importlib.util
 import json
 import math
 import shutil
@@ -118,6 +119,9 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         raise UsageError(f"unknown --mixed-precision {options.mixed_precision!r}: choose no, fp16 or bf16.")
     if options.report_to not in ("none", "tensorboard"):
         raise UsageError(f"unknown --report-to {options.report_to!r}: choose none or tensorboard.")
+    if options.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        # accelerate would otherwise drop the tracker without a word.
+        raise UsageError("--report-to tensorboard needs the tensorboard package: pip install 'pocketlm[tensorboard]'.")
     recipe = load_recipe(options.model_type)
     for name in ("lr", "batch_size", "epochs", "vocab_size", "block_size"):
         if getattr(options, name) is None:

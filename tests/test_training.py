@@ -419,3 +419,14 @@ def test_validation_data_replaces_the_held_out_share(tmp_path):
     assert sum(corpus.train["ends"]) == 1  # one file: a single end-of-text, after its last piece
     result = train(tiny_options("lstm", train_file, tmp_path / "m", validation_data=[str(val_file)], max_steps=2))
     assert math.isfinite(result.best_val_bpc)
+
+
+def test_tensorboard_reporting_without_tensorboard_says_what_to_install(corpus_file, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else
+                        real_find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'pocketlm\[tensorboard\]'"):
+        train(tiny_options("transformer", corpus_file, tmp_path / "m", report_to="tensorboard"))
+    assert not (tmp_path / "m").exists()
