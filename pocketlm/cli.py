@@ -89,6 +89,8 @@ def train_parser() -> argparse.ArgumentParser:
     add("--model-size", default="small", choices=list(PRESETS), help="Transformer preset (ignored for lstm)")
     add("--data", action="append", metavar="PATH", help="a text file or folder of .txt/.md/.jsonl; repeatable")
     add("--dataset", metavar="NAME_OR_PATH", help="anything datasets.load_dataset takes, with a text column")
+    add("--streaming", action="store_true",
+        help="read the data as a stream, never whole, for corpora larger than memory (needs --max-steps)")
     add("--validation-data", action="append", metavar="PATH",
         help="validate on this file or folder instead of a held-out 10%% of the data; repeatable")
     add("--output-dir", help="where the model goes (default: models/lstm or models/transformer-<size>)")

@@ -1,8 +1,9 @@
 """Text in, token blocks out: find the user's files, read them through `datasets`, clean, split and tokenize.
 
 Data flows one way: files or a `datasets` name -> documents (one `text` column) -> deduplicated train and
-validation documents -> token blocks for the training loop. Everything past the file scan is an Arrow-backed
-`datasets.Dataset`, so corpora larger than memory are read from disk as they are needed.
+validation documents -> token blocks for the training loop. Everything past the file scan is a `datasets`
+dataset: Arrow-backed and memory-mapped by default, or, with `streaming=True`, an `IterableDataset` read
+document by document, so a corpus larger than memory or disk cache trains without being loaded.
 """
 
 import codecs
@@ -10,7 +11,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -30,17 +33,47 @@ VALIDATION_FRACTION = 0.1
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 2
+DOCUMENT_SCHEMA = 3
+DOCUMENT_FEATURES = datasets.Features(
+    {"text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool")}
+)
+# A streamed corpus is never held whole: validation keeps the first this many characters of held-out documents,
+# and the tokenizer is trained on the first this many characters of training documents.
+STREAMING_VALIDATION_CHARS = 1_000_000
+STREAMING_TOKENIZER_CHARS = 50_000_000
 
 
 @dataclass
 class Corpus:
-    """Deduplicated documents split by document: validation text never appears in training."""
+    """Deduplicated documents split by document: validation text never appears in training.
 
-    train: datasets.Dataset
+    `train` is an IterableDataset when the corpus is streamed; `validation` is always a (bounded) Dataset.
+    """
+
+    train: datasets.Dataset | datasets.IterableDataset
     validation: datasets.Dataset
     source: str  # what the user asked for, in words, for logs and the model card
     is_chat: bool  # documents are conversations rendered through the chat template
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.train, datasets.IterableDataset)
+
+    def tokenizer_texts(self) -> Iterable[str]:
+        """The training text a tokenizer learns from: all of it, or the first 50M characters of a stream."""
+        if not self.streaming:
+            return self.train["text"]
+        return _first_characters((row["text"] for row in self.train), STREAMING_TOKENIZER_CHARS)
+
+
+def _first_characters(items: Iterable, limit: int, length=len) -> Iterator:
+    """`items` until `limit` characters (as `length` counts them) have gone by, the one crossing it included."""
+    seen = 0
+    for item in items:
+        if seen >= limit:
+            return
+        seen += length(item)
+        yield item
 
 
 # ---------------------------------------------------------------------------------------------- finding files
@@ -92,23 +125,37 @@ def readable_files(files: list[Path]) -> list[Path]:
 # ------------------------------------------------------------------------------------------ reading documents
 
 
-def split_into_documents(text: str) -> list[str]:
-    """Cut one long text into documents at blank lines, about a fiftieth of the text each (200 to 4,000 chars).
-
-    A book or a chat log arrives as one file; splitting it lets validation hold out whole passages.
+def split_into_documents(lines: Iterable[str], total_chars: int) -> Iterator[str]:
+    """Cut one long text, given line by line, into documents at blank lines, about a fiftieth of the text each
+    (200 to 4,000 characters). A book or a chat log arrives as one file; splitting it lets validation hold out
+    whole passages, and reading it by lines means a file never has to fit in memory.
     """
-    target = max(200, min(4000, len(text) // 50))
-    documents, current, size = [], [], 0
-    for line in text.splitlines(keepends=True):
+    target = max(200, min(4000, total_chars // 50))
+    current, size = [], 0
+    for line in lines:
         current.append(line)
         size += len(line)
         # Prefer a blank line as the cut; cut anywhere once a document has grown far past the target.
         if (size >= target and not line.strip()) or size >= 4 * target:
-            documents.append("".join(current))
+            document = "".join(current)
+            if document.strip():
+                yield document
             current, size = [], 0
-    if current:
-        documents.append("".join(current))
-    return [doc for doc in documents if doc.strip()]
+    document = "".join(current)
+    if document.strip():
+        yield document
+
+
+def _text_file_documents(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        pieces = split_into_documents(handle, os.path.getsize(path))
+        previous = next(pieces, None)
+        for piece in pieces:
+            yield {"text": previous, "is_chat": False, "ends": False}
+            previous = piece
+        if previous is not None:
+            # Pieces of one file are one text: only its last piece ends with the end-of-text token.
+            yield {"text": previous, "is_chat": False, "ends": True}
 
 
 def _jsonl_documents(path: Path):
@@ -132,17 +179,11 @@ def _jsonl_documents(path: Path):
         logger.warning("%s: skipped %d lines without a 'text' string or 'messages' list", path, skipped)
 
 
-def _file_documents(files: list[str], signature: list[str], schema: int):
-    """Generator for `Dataset.from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
+def _file_documents(files: list[str], signature: list[str] | None = None, schema: int = DOCUMENT_SCHEMA):
+    """Generator for `from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
     for name in files:
         path = Path(name)
-        if path.suffix.lower() == JSONL_SUFFIX:
-            yield from _jsonl_documents(path)
-        else:
-            documents = split_into_documents(path.read_text(encoding="utf-8"))
-            for i, document in enumerate(documents):
-                # Pieces of one file are one text: only its last piece ends with the end-of-text token.
-                yield {"text": document, "is_chat": False, "ends": i == len(documents) - 1}
+        yield from _jsonl_documents(path) if path.suffix.lower() == JSONL_SUFFIX else _text_file_documents(path)
 
 
 def default_conversations() -> list[list[dict]]:
@@ -165,38 +206,51 @@ def _default_documents(schema: int):
         yield {"text": render_chat(messages), "is_chat": True, "ends": True}
 
 
-def _dataset_documents(name: str) -> datasets.Dataset:
+def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
     try:
-        loaded = datasets.load_dataset(name)
+        loaded = datasets.load_dataset(name, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
         raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local path or a cached dataset name.")
     split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-    if "text" in split.column_names:
-        return split.map(
-            lambda row: {"text": row["text"], "is_chat": False, "ends": True}, remove_columns=split.column_names
-        )
-    if "messages" in split.column_names:
-        return split.map(
-            lambda row: {"text": render_chat(row["messages"]), "is_chat": True, "ends": True},
-            remove_columns=split.column_names,
-        )
-    raise UsageError(
-        f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(split.column_names)}."
-    )
+    columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
+    if "text" in columns:
+        to_document = lambda row: {"text": row["text"], "is_chat": False, "ends": True}  # noqa: E731
+    elif "messages" in columns:
+        to_document = lambda row: {"text": render_chat(row["messages"]), "is_chat": True, "ends": True}  # noqa: E731
+    else:
+        raise UsageError(f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(columns)}.")
+    if streaming:
+        return split.map(to_document, remove_columns=columns, features=DOCUMENT_FEATURES)
+    return split.map(to_document, remove_columns=columns)
 
 
-def load_documents(data: list[str] | None = None, dataset: str | None = None) -> tuple[datasets.Dataset, str]:
-    """All documents, as a Dataset with `text` and `is_chat` columns, and a description of their source."""
+def load_documents(
+    data: list[str] | None = None, dataset: str | None = None, streaming: bool = False
+) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
+    """All documents, with `text`, `is_chat` and `ends` columns, and a description of their source.
+
+    With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
+    """
     if dataset:
-        return _dataset_documents(dataset), dataset
+        return _dataset_documents(dataset, streaming), dataset
     if data:
         files = readable_files(find_data_files(data))
         names = [str(p.resolve()) for p in files]
+        source = ", ".join(str(p) for p in data)
+        if streaming:
+            # A list in gen_kwargs makes each file a shard: processes of a multi-process run read different files.
+            return datasets.IterableDataset.from_generator(
+                _file_documents, gen_kwargs={"files": names}, features=DOCUMENT_FEATURES
+            ), source
         signature = [f"{os.path.getsize(n)}:{os.path.getmtime(n)}" for n in names]
         documents = datasets.Dataset.from_generator(
             _file_documents, gen_kwargs={"files": names, "signature": signature, "schema": DOCUMENT_SCHEMA}
         )
-        return documents, ", ".join(str(p) for p in data)
+        return documents, source
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA}, features=DOCUMENT_FEATURES
+        ), DEFAULT_CORPUS_NAME
     documents = datasets.Dataset.from_generator(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA})
     return documents, DEFAULT_CORPUS_NAME
 
@@ -261,12 +315,16 @@ def load_corpus(
     dataset: str | None = None,
     seed: int = 0,
     validation_data: list[str] | None = None,
+    streaming: bool = False,
 ) -> Corpus:
     """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given).
 
-    With `validation_data`, those files are the validation set (minus any text also in training) and the
-    training text is not split.
+    With `validation_data`, those files are the validation set and the training text is not split; text in
+    both is dropped from validation (or, when streaming, from training). With `streaming`, training documents
+    are read afresh on every pass and never held in memory (see `stream_split`).
     """
+    if streaming:
+        return _streamed_corpus(data, dataset, seed, validation_data)
     documents, source = load_documents(data, dataset)
     if len(documents) == 0:
         raise UsageError(f"{source}: holds no text; point --data at files with some text in them.")
@@ -279,11 +337,68 @@ def load_corpus(
     else:
         train, validation = deduplicate_and_split(documents, seed)
     total_chars = sum(len(t) for t in train["text"]) + sum(len(t) for t in validation["text"])
+    _warn_if_small(total_chars)
+    return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]))
+
+
+def _warn_if_small(total_chars: int) -> None:
     if total_chars < SMALL_CORPUS_CHARS:
         logger.warning(
             "only %d characters of text: under 10 KB a model mostly memorises; add more text if you can", total_chars
         )
-    return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]))
+
+
+def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
+    documents, source = load_documents(data, dataset, streaming=True)
+    opening = list(_first_characters((row for row in documents), SMALL_CORPUS_CHARS, length=lambda row: len(row["text"])))
+    if not any(row["text"].strip() for row in opening):
+        raise UsageError(f"{source}: holds no text; point --data at files with some text in them.")
+    _warn_if_small(sum(len(row["text"]) for row in opening))
+    if validation_data:
+        held_out, _ = load_documents(validation_data)
+        validation = deduplicate(held_out)
+        train = stream_split(documents, seed, "all", drop={_hash(t) for t in validation["text"]})
+    else:
+        rows = _first_characters(_split_stream(documents, seed, "validation"), STREAMING_VALIDATION_CHARS,
+                                 length=lambda row: len(row["text"]))
+        validation = datasets.Dataset.from_list(list(rows), features=DOCUMENT_FEATURES)
+        if len(validation) == 0:
+            raise UsageError(
+                f"{source}: too few documents to hold one out for validation (about 1 in 10 is); add text "
+                "or pass --validation-data."
+            )
+        train = stream_split(documents, seed, "train")
+    return Corpus(train=train, validation=validation, source=source, is_chat=any(row["is_chat"] for row in opening))
+
+
+def stream_split(
+    documents: datasets.IterableDataset, seed: int, part: str, drop: set[int] = frozenset()
+) -> datasets.IterableDataset:
+    """One part ("train", "validation" or "all") of a streamed corpus, by the same seeded hash as
+    `deduplicate_and_split`, without exact duplicates or texts whose hash is in `drop`.
+
+    Duplicates are dropped as they are met, so each pass keeps one 7-byte hash per distinct document in memory
+    (about 100 bytes in Python): the one part of a streamed corpus that grows with its size.
+    """
+    return datasets.IterableDataset.from_generator(
+        _split_stream,
+        gen_kwargs={"documents": documents, "seed": seed, "part": part, "drop": frozenset(drop)},
+        features=DOCUMENT_FEATURES,
+    )
+
+
+def _split_stream(documents: Iterable[dict], seed: int, part: str, drop: frozenset = frozenset()):
+    seen = set(drop)
+    threshold = VALIDATION_FRACTION * 2**56
+    for row in documents:
+        text = row["text"]
+        identity = _hash(text)
+        if identity in seen or not text.strip():
+            continue
+        seen.add(identity)
+        held_out = _hash(text, seed) < threshold
+        if part == "all" or held_out == (part == "validation"):
+            yield row
 
 
 # ------------------------------------------------------------------------------------------------- tokenizing
@@ -294,13 +409,15 @@ def count_characters(text: str) -> int:
     return len(text) - sum(text.count(token) * (len(token) - 1) for token in (*SPECIAL_TOKENS, UNKNOWN))
 
 
-def tokenize(documents: datasets.Dataset, tokenizer, num_proc: int | None = None) -> datasets.Dataset:
-    """Token ids of every document, each whole document followed by the end-of-text token."""
+def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, num_proc: int | None = None):
+    """Token ids of every document, each whole document followed by the end-of-text token (lazily, if streamed)."""
 
     def encode(batch):
         texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
         return {"input_ids": tokenizer(texts)["input_ids"]}
 
+    if isinstance(documents, datasets.IterableDataset):
+        return documents.map(encode, batched=True, remove_columns=list(DOCUMENT_FEATURES))
     # Worker processes cost seconds to start: worth it only for large corpora.
     if num_proc is None:
         num_proc = min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
@@ -325,14 +442,14 @@ def blocks_from_ids(ids: list[int], block_size: int, pad_id: int, keep_partial: 
     return blocks
 
 
-def training_blocks(token_ids: datasets.Dataset, block_size: int) -> datasets.Dataset:
+def training_blocks(token_ids: datasets.Dataset | datasets.IterableDataset, block_size: int):
     """Training blocks, cut from the concatenated documents a thousand at a time (a partial tail is dropped)."""
 
     def group(batch):
         stream = [token for ids in batch["input_ids"] for token in ids]
         return {"input_ids": blocks_from_ids(stream, block_size, pad_id=0, keep_partial=False)}
 
-    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=token_ids.column_names)
+    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=["input_ids"])
 
 
 def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[list[list[int]], int]:

@@ -117,13 +117,20 @@ use it for decisions or advice.
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
+def _documents(data: dict) -> str:
+    validation = f"{data['validation_documents']:,} validation documents"
+    if data["train_documents"] is None:  # a streamed corpus is never counted
+        return f"training documents streamed, {validation}"
+    return f"{data['train_documents']:,} training and {validation}"
+
+
 def _training_record(summary: dict, rows: str) -> str:
     data = summary["data"]
     return f"""## Training data
 
-{data['source']}: {data['train_documents']:,} training and {data['validation_documents']:,} validation documents
+{data['source']}: {_documents(data)}
 (exact duplicates removed; split by document, so validation text never appears in training), about
-{data['train_tokens']:,} training tokens.
+{data['train_tokens']:,} training tokens{' read from a stream' if data.get('streaming') else ''}.
 
 ## Training
 

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
+from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,6 +34,7 @@ from .loading import model_family
 from .metrics import MetricsLog
 
 
+SHUFFLE_BUFFER_BLOCKS = 1000  # a streamed corpus is shuffled within a window of this many blocks
 MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
 LOG_EVERY = 10  # steps between train-loss records in metrics.jsonl
 SUMMARY_FILE = "training_summary.json"  # what the run saw and reached, for the model card
@@ -50,6 +52,7 @@ class TrainingOptions:
     model_size: str = "small"
     data: list[str] | None = None
     dataset: str | None = None
+    streaming: bool = False  # read the corpus as a stream, never whole (needs max_steps)
     validation_data: list[str] | None = None  # files to validate on instead of a held-out share of the data
     output_dir: str | None = None
     epochs: int | None = None
@@ -132,6 +135,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         value = getattr(options, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+    if options.streaming and options.max_steps is None:
+        raise UsageError("--streaming reads the corpus without counting it first: pass --max-steps N as well.")
     if options.block_size < 2:
         raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
     if options.output_dir is None:
@@ -187,12 +192,13 @@ def _load_or_train_tokenizer(options: TrainingOptions, corpus: data.Corpus, acce
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
     if accelerator.is_main_process:
-        texts = corpus.train["text"]
+        texts = corpus.tokenizer_texts()
         if options.model_type == "lstm":
             tokenizer = train_char_tokenizer(texts)
         else:
             try:
-                tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=len(texts))
+                length = None if corpus.streaming else len(texts)
+                tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length)
             except ValueError as error:
                 raise UsageError(str(error))
         tokenizer.save_pretrained(out / ".tokenizer")
@@ -249,6 +255,47 @@ class BlockBatches:
         start = (index * self.world + self.rank) * self.batch_size
         rows = self._order[torch.arange(start, start + self.batch_size) % self.count]
         return self.blocks[rows.tolist()]["input_ids"]
+
+
+class StreamBatches:
+    """Batches of training blocks read from a streamed corpus, shuffled within a window, one share per process.
+
+    Batch k is the k-th batch of a seeded pass over the stream (passes continue into the next epoch), so
+    resuming at step k replays the first k batches without training on them: exact, at the price of
+    re-reading and re-tokenizing that much text.
+    """
+
+    def __init__(self, blocks, batch_size: int, seed: int):
+        self.blocks = blocks.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_BLOCKS)
+        self.batch_size = batch_size
+        self.epoch, self._next, self._rows = 0, 0, None
+
+    def has_a_block(self) -> bool:
+        return next(iter(self.blocks), None) is not None
+
+    def batch(self, k: int) -> torch.Tensor:
+        if self._rows is None or k < self._next:
+            self.epoch, self._next = 0, 0
+            self._start_pass()
+        while self._next < k:
+            self._take()
+        return torch.tensor(self._take())
+
+    def _start_pass(self) -> None:
+        self.blocks.set_epoch(self.epoch)  # a new shuffle each epoch
+        self._rows = iter(self.blocks)
+
+    def _take(self) -> list[list[int]]:
+        batch = []
+        while len(batch) < self.batch_size:
+            row = next(self._rows, None)
+            if row is None:
+                self.epoch += 1
+                self._start_pass()
+                continue
+            batch.append(row["input_ids"])
+        self._next += 1
+        return batch
 
 
 @torch.no_grad()
@@ -324,7 +371,9 @@ class Trainer:
     def _prepare_data_and_model(self) -> None:
         options, accelerator = self.options, self.accelerator
         with accelerator.main_process_first():
-            self.corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data)
+            self.corpus = data.load_corpus(
+                options.data, options.dataset, options.seed, options.validation_data, streaming=options.streaming
+            )
         self.tokenizer = tokenizer = _load_or_train_tokenizer(options, self.corpus, accelerator)
         if options.init_from:
             model = AutoModelForCausalLM.from_pretrained(options.init_from)
@@ -336,9 +385,19 @@ class Trainer:
         model.generation_config = default_generation_config(tokenizer)
         self.model = model
         with accelerator.main_process_first():
-            self.train_blocks = data.training_blocks(data.tokenize(self.corpus.train, tokenizer), block_size)
             val_ids = data.tokenize(self.corpus.validation, tokenizer)
-        if len(self.train_blocks) == 0:
+            if self.corpus.streaming:
+                # Each process tokenizes only its share of the documents.
+                mine = split_dataset_by_node(self.corpus.train, accelerator.process_index, accelerator.num_processes)
+                self.train_blocks = data.training_blocks(data.tokenize(mine, tokenizer), block_size)
+                self.batches = StreamBatches(self.train_blocks, options.batch_size, options.seed)
+                enough = self.batches.has_a_block()
+            else:
+                self.train_blocks = data.training_blocks(data.tokenize(self.corpus.train, tokenizer), block_size)
+                self.batches = BlockBatches(self.train_blocks, options.batch_size, options.seed,
+                                            accelerator.process_index, accelerator.num_processes)
+                enough = len(self.train_blocks) > 0
+        if not enough:
             raise UsageError(
                 f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
             )
@@ -347,14 +406,13 @@ class Trainer:
         # Each end-of-text token stands for one character, like the separator it replaces.
         validation = self.corpus.validation
         self.val_chars = sum(data.count_characters(t) for t in validation["text"]) + sum(validation["ends"])
-        self.batches = BlockBatches(
-            self.train_blocks, options.batch_size, options.seed, accelerator.process_index, accelerator.num_processes
-        )
 
     def _prepare_optimization(self) -> None:
         options, recipe, accelerator = self.options, self.recipe, self.accelerator
-        steps_per_epoch = max(1, self.batches.per_epoch // options.grad_accum)
-        self.total_steps = options.max_steps or options.epochs * steps_per_epoch
+        if options.max_steps:  # always so when streaming: a stream's length is unknown
+            self.total_steps = options.max_steps
+        else:
+            self.total_steps = options.epochs * max(1, self.batches.per_epoch // options.grad_accum)
         # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
         self.eval_every = options.eval_every or min(recipe["eval_every"], max(10, self.total_steps // 10))
         self.save_every = options.save_every or min(recipe["save_every"], max(10, self.total_steps // 4))
@@ -489,9 +547,11 @@ class Trainer:
     def summary(self, speed: float) -> dict:
         corpus, state = self.corpus, self.state
         return {
-            "data": {"source": corpus.source, "is_chat": corpus.is_chat,
-                     "train_documents": len(corpus.train), "validation_documents": len(corpus.validation),
-                     "train_tokens": len(self.train_blocks) * (self.block_size - 1),
+            "data": {"source": corpus.source, "is_chat": corpus.is_chat, "streaming": corpus.streaming,
+                     # A stream is never counted: report what the run read instead of what the corpus holds.
+                     "train_documents": None if corpus.streaming else len(corpus.train),
+                     "validation_documents": len(corpus.validation),
+                     "train_tokens": state["tokens"] if corpus.streaming else len(self.train_blocks) * (self.block_size - 1),
                      "validation_characters": self.val_chars},
             "options": {**asdict(self.options), "block_size": self.block_size, "batch_size": self.batches.batch_size},
             "steps": state["step"], "num_processes": self.accelerator.num_processes,

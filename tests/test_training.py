@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
 from pocketlm.errors import UsageError
+from pocketlm.hub import prepare_folder
 from pocketlm.training import TrainingDiverged, TrainingOptions, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +221,50 @@ def test_a_dataset_path_is_read_through_datasets(tmp_path):
     assert len(corpus.train) + len(corpus.validation) == 30
 
 
+def test_a_streamed_corpus_splits_like_the_arrow_one_and_reads_files_by_line(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"part{i}.txt").write_text(make_text(i) + make_text(0, 5))  # the shared tail is a duplicate
+    streamed = data.load_corpus([str(folder)], seed=2, streaming=True)
+    arrow = data.load_corpus([str(folder)], seed=2)
+    assert streamed.streaming and not arrow.streaming
+    train = [row["text"] for row in streamed.train]
+    assert sorted(train) == sorted(arrow.train["text"]) and len(set(train)) == len(train)
+    assert sorted(streamed.validation["text"]) == sorted(arrow.validation["text"])
+    assert not set(train) & set(streamed.validation["text"])
+    assert [row["text"] for row in streamed.train] == train  # every pass reads the same documents
+
+    read = []
+
+    def lines():  # a "file" that records how far it has been read
+        for n, line in enumerate(make_text(9, 2000).splitlines(keepends=True)):
+            read.append(n)
+            yield line
+
+    first = next(data.split_into_documents(lines(), total_chars=10**9))
+    assert len(read) < 100 and first.strip()  # one document needed only the lines it holds
+
+
+def test_streamed_training_resumes_exactly(corpus_file, tmp_path):
+    reference = tmp_path / "reference"
+    options = {"streaming": True, "max_steps": 12, "save_every": 6, "eval_every": 6, "samples": 0, "seed": 5}
+    result = train(tiny_options("transformer", corpus_file, reference, **options))
+    assert result.steps == 12
+    summary = json.loads((reference / "training_summary.json").read_text())
+    assert summary["data"]["streaming"] and summary["data"]["train_tokens"] == 12 * 4 * 32
+    card = prepare_folder(str(reference), str(tmp_path / "card"), "someone/streamed") / "README.md"
+    assert "training documents streamed" in card.read_text()
+
+    # Resume a copy from its step-6 checkpoint, as after a crash: the stream is replayed to the same batches.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-12")
+    train(tiny_options("transformer", corpus_file, resumed, resume=True, **options))
+    final = "checkpoints/step-12/model.safetensors"
+    assert file_hash(reference / final) == file_hash(resumed / final)
+
+
 def test_blocks_overlap_by_one_token_so_every_token_is_a_target():
     blocks = data.blocks_from_ids(list(range(10)), block_size=4, pad_id=-1, keep_partial=True)
     assert blocks == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
@@ -250,10 +296,11 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -
         (["--epochs=0"], ["--epochs must be positive"]),
         (["--vocab-size=100"], ["at least", "--vocab-size"]),
         (["--mixed-precision=fp16"], ["fp16 needs a CUDA GPU"]),
+        (["--streaming"], ["--streaming", "--max-steps"]),
     ],
 )
 def test_bad_options_fail_with_one_line(args, needles, corpus_file, tmp_path):
-    result = run_cli( f"--data={corpus_file}", f"--output-dir={tmp_path / 'out'}", *args)
+    result = run_cli(f"--data={corpus_file}", f"--output-dir={tmp_path / 'out'}", *args)
     _assert_one_line_error(result, *needles)
 
 
@@ -370,12 +417,14 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path)
     assert (out / "checkpoints" / f"step-{step}").exists()
 
 
-def test_two_processes_train_together(corpus_file, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["arrow", "streaming"])
+def test_two_processes_train_together(streaming, corpus_file, tmp_path):
     out = tmp_path / "ddp"
+    extra = ["--max-steps=4", "--save-every=4"] + (["--streaming"] if streaming else [])
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, out, "--max-steps=4", "--save-every=4"),
+        str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, out, *extra),
     ]
     result = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
