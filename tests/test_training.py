@@ -219,6 +219,8 @@ def test_a_dataset_path_is_read_through_datasets(tmp_path):
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     corpus = data.load_corpus(dataset=str(folder))
     assert len(corpus.train) + len(corpus.validation) == 30
+    streamed = data.load_corpus(dataset=str(folder), streaming=True)
+    assert sorted(row["text"] for row in streamed.train) == sorted(corpus.train["text"])
 
 
 def test_a_streamed_corpus_splits_like_the_arrow_one_and_reads_files_by_line(tmp_path):
