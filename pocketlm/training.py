@@ -418,8 +418,11 @@ class Trainer:
         self.save_every = options.save_every or min(recipe["save_every"], max(10, self.total_steps // 4))
         optimizer = _make_optimizer(self.model, options.lr, recipe["weight_decay"])
         self.schedule = _make_schedule(optimizer, recipe["warmup_steps"], self.total_steps, recipe["min_lr_ratio"])
-        model = torch.compile(self.model) if options.compile else self.model
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if options.compile:
+            # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
+            # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
+            self.model.compile()
+        self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
         accelerator.register_for_checkpointing(self.schedule)
         self.metrics = MetricsLog(self.out, accelerator)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modeling import GPTForCausalLM
@@ -264,6 +265,31 @@ def test_streamed_training_resumes_exactly(corpus_file, tmp_path):
     shutil.rmtree(resumed / "checkpoints" / "step-12")
     train(tiny_options("transformer", corpus_file, resumed, resume=True, **options))
     final = "checkpoints/step-12/model.safetensors"
+    assert file_hash(reference / final) == file_hash(resumed / final)
+
+
+def test_compiled_runs_save_plain_checkpoints_that_resume_without_compile(corpus_file, tmp_path, monkeypatch):
+    compiled, real_compile = [], torch.compile
+
+    def eager_compile(target, **options):
+        # Inductor needs a minute on two cores; what pocketlm owns is the wrapping, saving and resuming.
+        compiled.append(target)
+        return real_compile(target, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    options = {"max_steps": 4, "save_every": 2, "eval_every": 2, "samples": 0}
+    reference = tmp_path / "compiled"
+    train(tiny_options("transformer", corpus_file, reference, compile=True, **options))
+    assert compiled
+    with safe_open(reference / "checkpoints" / "step-4" / "model.safetensors", "pt") as weights:
+        assert not [key for key in weights.keys() if "_orig_mod" in key]
+    AutoModelForCausalLM.from_pretrained(reference)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    train(tiny_options("transformer", corpus_file, resumed, resume=True, **options))
+    final = "checkpoints/step-4/model.safetensors"
     assert file_hash(reference / final) == file_hash(resumed / final)
 
 
