@@ -7,6 +7,11 @@ and samples with the same settings by hand. Runs alternate; medians are compared
 
     python bench/generate_throughput.py                       # CPU: small and medium presets and the LSTM
     python bench/generate_throughput.py --models small large --new-tokens 256 --rounds 5
+    python bench/generate_throughput.py --models small --static-compile   # ours: static cache + compiled step
+
+With --static-compile our GPT decodes through generate(cache_implementation="static", compile_config=...): a
+preallocated cache and a torch.compile'd decoding step (CUDA graphs on a GPU), the compile time reported
+separately; the peer stays on its default generate().
 """
 
 import argparse
@@ -15,6 +20,7 @@ import time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation import CompileConfig
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
 
@@ -81,22 +87,35 @@ def decode_seconds(model, prompt, new_tokens: int, options: dict) -> float:
     return seconds
 
 
+def static_compile_options(args) -> dict:
+    """generate() options for a static cache and a compiled decoding step, one cache size for every call."""
+    config = CompileConfig(fullgraph=True, dynamic=False)
+    config._compile_all_devices = True  # generate() compiles only on accelerators unless told otherwise
+    # One cache size for the timed and the time-to-first-token calls: a new size would mean a new compile.
+    return {"cache_implementation": "static", "compile_config": config,
+            "max_cache_len": args.prompt_tokens + args.new_tokens}
+
+
 def race(name, ours, peer, vocab_size, args) -> list[dict]:
     ours.to(args.device).eval()
     if not isinstance(peer, BareLSTMLoop):
         peer.to(args.device).eval()
     prompt = torch.randint(0, vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(args.device)
+    ours_extra = static_compile_options(args) if args.static_compile and name != "lstm" else {}
     rows = []
     for mode, options in (("greedy", GREEDY), ("sampling", SAMPLING)):
         timings = {"ours": [], "peer": [], "ttft_ours": [], "ttft_peer": []}
-        sides = {"ours": ours, "peer": peer}
-        for model in sides.values():  # warm-up
-            decode_seconds(model, prompt, 4, options)
+        sides = {"ours": (ours, {**options, **ours_extra}), "peer": (peer, options)}
+        for side, (model, side_options) in sides.items():  # warm-up (and, with --static-compile, the compile)
+            started = time.perf_counter()
+            decode_seconds(model, prompt, 4, side_options)
+            if side == "ours" and ours_extra and mode == "greedy":
+                print(f"{name}: static cache + compile warm-up took {time.perf_counter() - started:.1f} s")
         for _ in range(args.rounds):
-            for side, model in sides.items():
-                timings[side].append(decode_seconds(model, prompt, args.new_tokens, options))
-                timings["ttft_" + side].append(decode_seconds(model, prompt, 1, options))
+            for side, (model, side_options) in sides.items():
+                timings[side].append(decode_seconds(model, prompt, args.new_tokens, side_options))
+                timings["ttft_" + side].append(decode_seconds(model, prompt, 1, side_options))
         ours_tps = args.new_tokens / statistics.median(timings["ours"])
         peer_tps = args.new_tokens / statistics.median(timings["peer"])
         rows.append({"model": name, "mode": mode, "ours": ours_tps, "peer": peer_tps, "ratio": ours_tps / peer_tps,
@@ -114,6 +133,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--static-compile", action="store_true",
+                        help="our GPT decodes with a static cache and a torch.compile'd step")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -127,7 +148,8 @@ def main() -> None:
 
     print(f"batch-1 decoding, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
           f"{torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}, "
-          f"median of {args.rounds} interleaved rounds")
+          f"median of {args.rounds} interleaved rounds"
+          f"{'; ours: static cache + compiled decoding step' if args.static_compile else ''}")
     print(f"{'model':<8}{'mode':<10}{'pocketlm tok/s':>15}{'peer tok/s':>12}{'ratio':>8}"
           f"{'TTFT ms':>9}{'peer TTFT':>11}   peer")
     for row in rows:

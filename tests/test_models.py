@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, TextIteratorStreamer, pipeline
+from transformers.generation import CompileConfig
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMForCausalLM, LSTMModel
 
@@ -57,6 +58,34 @@ def test_incremental_forward_matches_full_forward(family):
     first = model(ids[:, :7], use_cache=True)
     step = model(ids[:, 7:], cache=first.cache, use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, step.logits], 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_gpt_static_cache_generates_like_the_dynamic_cache():
+    model = tiny_model("transformer")
+    assert torch.equal(greedy(model, cache_implementation="static"), greedy(model))
+    padded = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 6]])
+    mask = (padded != 0).long()
+    batch = {"attention_mask": mask, "max_new_tokens": 10, "pad_token_id": 0}
+    assert torch.equal(greedy(model, padded, **batch, cache_implementation="static"), greedy(model, padded, **batch))
+    with pytest.raises(ValueError, match="cache slots exceed"):
+        greedy(model, max_new_tokens=100, cache_implementation="static")
+
+
+def test_gpt_static_cache_decode_step_compiles_as_one_graph():
+    # fullgraph=True fails on any graph break; a recording backend that runs the captured graph as it is keeps
+    # the test to seconds on a CPU (the GPU route, and bench/generate_throughput.py --static-compile, use inductor).
+    graphs = []
+
+    def recording_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    model = tiny_model("transformer")
+    config = CompileConfig(backend=recording_backend, mode=None, fullgraph=True, dynamic=False)
+    config._compile_all_devices = True  # generate() compiles on CUDA only unless told otherwise
+    compiled = greedy(model, cache_implementation="static", compile_config=config)
+    assert len(graphs) == 1  # one graph serves every decoding step
+    assert torch.equal(compiled, greedy(model))
 
 
 def test_each_generated_token_costs_one_position(family):

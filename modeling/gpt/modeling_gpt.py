@@ -13,6 +13,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_gpt import GPTConfig
@@ -196,16 +197,26 @@ class GPTModel(GPTPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
         x = F.embedding(input_ids, self.wte.weight) if inputs_embeds is None else inputs_embeds
-        seq_len = x.shape[1]
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
+        if cache is not None and cache.is_compileable:
+            position_ids, attn_mask, is_causal = self._static_cache_inputs(x, attention_mask, position_ids, cache)
+        else:
+            position_ids, attn_mask, is_causal = self._dynamic_cache_inputs(x, attention_mask, position_ids, cache)
+
+        x = x + F.embedding(position_ids, self.wpe.weight)
+        if self.training:
+            x = self.drop(x)
+        for block in self.h:
+            x = block(x, cache, attn_mask, is_causal)
+        return BaseModelOutputWithPast(last_hidden_state=_norm(self.ln_f, x), cache=cache if use_cache else None)
+
+    def _dynamic_cache_inputs(self, x, attention_mask, position_ids, cache):
+        """Positions and the sdpa (mask, is_causal) pair when the cache, if any, grows with the text."""
+        seq_len = x.shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
-        if past_len + seq_len > self.config.block_size:
-            raise ValueError(
-                f"{past_len + seq_len} tokens exceed this model's context window of {self.config.block_size}; "
-                "keep the most recent tokens (pocketlm's chat and generation helpers do this for you)."
-            )
+        self._check_window(past_len + seq_len, "tokens")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: take sdpa's mask-free paths
         if position_ids is None:
@@ -214,14 +225,26 @@ class GPTModel(GPTPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
             else:
                 position_ids = torch.arange(past_len, past_len + seq_len, device=x.device)[None]
-        attn_mask, is_causal = _attention_mask_for_sdpa(attention_mask, past_len, seq_len)
+        return (position_ids, *_attention_mask_for_sdpa(attention_mask, past_len, seq_len))
 
-        x = x + F.embedding(position_ids, self.wpe.weight)
-        if self.training:
-            x = self.drop(x)
-        for block in self.h:
-            x = block(x, cache, attn_mask, is_causal)
-        return BaseModelOutputWithPast(last_hidden_state=_norm(self.ln_f, x), cache=cache if use_cache else None)
+    def _static_cache_inputs(self, x, attention_mask, position_ids, cache):
+        """The same for a preallocated cache (generate(cache_implementation="static")), the one torch.compile can
+        capture whole: its length is a tensor, so nothing here waits for the device, and attention always spans
+        the full buffer under a mask that hides the slots not yet written.
+        """
+        self._check_window(cache.get_max_length(), "cache slots")
+        if position_ids is None:
+            position_ids = (torch.arange(x.shape[1], device=x.device) + cache.get_seq_length())[None]
+        if attention_mask is None or attention_mask.dim() == 2:  # generate() passes the 4-D mask ready-made
+            attention_mask = create_causal_mask(self.config, x, attention_mask, cache, position_ids)
+        return position_ids, attention_mask, False
+
+    def _check_window(self, length: int, unit: str) -> None:
+        if length > self.config.block_size:
+            raise ValueError(
+                f"{length} {unit} exceed this model's context window of {self.config.block_size}; "
+                "keep the most recent tokens (pocketlm's chat and generation helpers do this for you)."
+            )
 
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
@@ -237,9 +260,6 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         self.model = GPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
-
-
-
 
     def forward(
         self,

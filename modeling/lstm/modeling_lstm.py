@@ -124,9 +124,6 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
-
-
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
