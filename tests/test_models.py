@@ -88,6 +88,19 @@ def test_gpt_static_cache_decode_step_compiles_as_one_graph():
     assert torch.equal(compiled, greedy(model))
 
 
+def test_lstm_single_steps_match_nn_lstm_without_calling_it():
+    model = tiny_model("lstm")
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2))
+    full = model(ids, use_cache=False).logits
+    calls = []
+    handle = model.model.lstm.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+    first = model(ids[:, :4], use_cache=True)
+    steps = [first.logits] + [model(ids[:, i : i + 1], cache=first.cache).logits for i in range(4, 10)]
+    handle.remove()
+    assert calls == [4]  # nn.LSTM read the prompt; each later token went through the written-out cell
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
 def test_each_generated_token_costs_one_position(family):
     """With the cache, the model sees the prompt once, then exactly one new token per step."""
     model = tiny_model(family)
