@@ -238,7 +238,6 @@ def load_documents(
         names = [str(p.resolve()) for p in files]
         source = ", ".join(str(p) for p in data)
         if streaming:
-            # A list in gen_kwargs makes each file a shard: processes of a multi-process run read different files.
             return datasets.IterableDataset.from_generator(
                 _file_documents, gen_kwargs={"files": names}, features=DOCUMENT_FEATURES
             ), source
@@ -350,7 +349,8 @@ def _warn_if_small(total_chars: int) -> None:
 
 def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
     documents, source = load_documents(data, dataset, streaming=True)
-    opening = list(_first_characters((row for row in documents), SMALL_CORPUS_CHARS, length=lambda row: len(row["text"])))
+    # The opening 10 KB stand for the whole stream in the checks that need no more: empty, small, chat or not.
+    opening = list(_first_characters(documents, SMALL_CORPUS_CHARS, length=lambda row: len(row["text"])))
     if not any(row["text"].strip() for row in opening):
         raise UsageError(f"{source}: holds no text; point --data at files with some text in them.")
     _warn_if_small(sum(len(row["text"]) for row in opening))

@@ -397,7 +397,7 @@ class Trainer:
                 self.batches = BlockBatches(self.train_blocks, options.batch_size, options.seed,
                                             accelerator.process_index, accelerator.num_processes)
                 enough = len(self.train_blocks) > 0
-        if not enough:
+        if _any_process(accelerator, not enough):  # every process stops, or none waits on a stopped one
             raise UsageError(
                 f"not enough text for one block of {block_size} tokens: add text or pass a smaller --block-size."
             )
