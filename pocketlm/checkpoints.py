@@ -60,11 +60,14 @@ class CheckpointManager:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def replace_model_files(model, tokenizer, out: Path) -> None:
-    """Write a `save_pretrained` folder (model, generation config, tokenizer) into `out`, file by file atomically."""
+def replace_model_files(model, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """Write a `save_pretrained` folder (model, generation config, tokenizer) into `out`, file by file atomically.
+
+    `state_dict`, when given, holds the weights to write (gathered from every process under FSDP or DeepSpeed).
+    """
     temporary = out / ".saving"
     shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
+    model.save_pretrained(temporary, state_dict=state_dict)
     tokenizer.save_pretrained(temporary)
     for path in sorted(temporary.iterdir()):
         os.replace(path, out / path.name)

@@ -473,8 +473,10 @@ class Trainer:
         self.metrics.write(record)
         if record["val_loss"] < self.state["best_val_loss"] or not (self.out / "model.safetensors").exists():
             self.state["best_val_loss"], self.state["best_val_bpc"] = record["val_loss"], record["val_bpc"]
+            # Every process takes part: under FSDP or DeepSpeed each holds a shard of the weights.
+            weights = self.accelerator.get_state_dict(self.model)
             if self.accelerator.is_main_process:
-                replace_model_files(self.accelerator.unwrap_model(self.model), self.tokenizer, self.out)
+                replace_model_files(self.accelerator.unwrap_model(self.model), self.tokenizer, self.out, weights)
         self.accelerator.wait_for_everyone()
         return record
 
