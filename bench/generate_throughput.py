@@ -5,6 +5,10 @@ Each GPT preset races transformers' GPT2LMHeadModel.generate at the identical sh
 generate() from a 16-token prompt. The LSTM's generate() races a bare torch.nn.LSTM loop that carries its state
 and samples with the same settings by hand. Runs alternate; medians are compared.
 
+A third side, a "model" whose forward costs nothing, times generate()'s own loop (input preparation, cache
+bookkeeping, logits processors, stopping checks) at the same vocabulary and settings. No model decoding through
+generate() can beat it, so `ceiling` (its speed over the peer's) is the largest ratio this machine allows.
+
     python bench/generate_throughput.py                       # CPU: small and medium presets and the LSTM
     python bench/generate_throughput.py --models small large --new-tokens 256 --rounds 5
     python bench/generate_throughput.py --models small --static-compile   # ours: static cache + compiled step
@@ -19,8 +23,10 @@ import statistics
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from torch import nn
+from transformers import GenerationMixin, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 from transformers.generation import CompileConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
 
@@ -70,6 +76,22 @@ class BareLSTMLoop:
         return torch.tensor([tokens], device=device)
 
 
+class LoopOnly(PreTrainedModel, GenerationMixin):
+    """generate()'s loop with nothing inside: every step returns the same logits, built once."""
+
+    config_class = GPT2Config
+
+    def __init__(self, vocab_size: int):
+        super().__init__(GPT2Config(vocab_size=vocab_size, bos_token_id=None, eos_token_id=None))
+        self.anchor = nn.Parameter(torch.zeros(1))  # generate() reads the device off a parameter
+        logits = torch.randn(1, 1, vocab_size, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("logits", logits, persistent=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, cache=None, **ignored) -> CausalLMOutputWithPast:
+        return CausalLMOutputWithPast(logits=self.logits.expand(input_ids.shape[0], 1, -1), cache=cache)
+
+
 def decode_seconds(model, prompt, new_tokens: int, options: dict) -> float:
     if prompt.is_cuda:
         torch.cuda.synchronize()
@@ -100,13 +122,14 @@ def race(name, ours, peer, vocab_size, args) -> list[dict]:
     ours.to(args.device).eval()
     if not isinstance(peer, BareLSTMLoop):
         peer.to(args.device).eval()
+    loop_only = LoopOnly(vocab_size).to(args.device).eval()
     prompt = torch.randint(0, vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(args.device)
     ours_extra = static_compile_options(args) if args.static_compile and name != "lstm" else {}
     rows = []
     for mode, options in (("greedy", GREEDY), ("sampling", SAMPLING)):
-        timings = {"ours": [], "peer": [], "ttft_ours": [], "ttft_peer": []}
-        sides = {"ours": (ours, {**options, **ours_extra}), "peer": (peer, options)}
+        timings = {"ours": [], "peer": [], "loop": [], "ttft_ours": [], "ttft_peer": []}
+        sides = {"ours": (ours, {**options, **ours_extra}), "peer": (peer, options), "loop": (loop_only, options)}
         for side, (model, side_options) in sides.items():  # warm-up (and, with --static-compile, the compile)
             started = time.perf_counter()
             decode_seconds(model, prompt, 4, side_options)
@@ -115,10 +138,12 @@ def race(name, ours, peer, vocab_size, args) -> list[dict]:
         for _ in range(args.rounds):
             for side, (model, side_options) in sides.items():
                 timings[side].append(decode_seconds(model, prompt, args.new_tokens, side_options))
-                timings["ttft_" + side].append(decode_seconds(model, prompt, 1, side_options))
-        ours_tps = args.new_tokens / statistics.median(timings["ours"])
-        peer_tps = args.new_tokens / statistics.median(timings["peer"])
+                if side != "loop":
+                    timings["ttft_" + side].append(decode_seconds(model, prompt, 1, side_options))
+        ours_tps, peer_tps, loop_tps = (args.new_tokens / statistics.median(timings[side])
+                                        for side in ("ours", "peer", "loop"))
         rows.append({"model": name, "mode": mode, "ours": ours_tps, "peer": peer_tps, "ratio": ours_tps / peer_tps,
+                     "loop_ms": 1000 / loop_tps, "ceiling": loop_tps / peer_tps,
                      "ttft_ours": statistics.median(timings["ttft_ours"]) * 1000,
                      "ttft_peer": statistics.median(timings["ttft_peer"]) * 1000})
     return rows
@@ -151,11 +176,14 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds"
           f"{'; ours: static cache + compiled decoding step' if args.static_compile else ''}")
     print(f"{'model':<8}{'mode':<10}{'pocketlm tok/s':>15}{'peer tok/s':>12}{'ratio':>8}"
-          f"{'TTFT ms':>9}{'peer TTFT':>11}   peer")
+          f"{'TTFT ms':>9}{'peer TTFT':>11}{'loop ms/tok':>13}{'ceiling':>9}   peer")
     for row in rows:
         peer = "bare nn.LSTM loop" if row["model"] == "lstm" else "GPT2LMHeadModel.generate"
         print(f"{row['model']:<8}{row['mode']:<10}{row['ours']:>15,.0f}{row['peer']:>12,.0f}{row['ratio']:>7.2f}x"
-              f"{row['ttft_ours']:>9.1f}{row['ttft_peer']:>11.1f}   {peer}")
+              f"{row['ttft_ours']:>9.1f}{row['ttft_peer']:>11.1f}{row['loop_ms']:>13.2f}{row['ceiling']:>8.2f}x"
+              f"   {peer}")
+    print("loop ms/tok: generate()'s own loop around a forward that costs nothing; ceiling: its speed over the peer's,"
+          " the most any model could reach through generate() here")
 
 
 if __name__ == "__main__":

@@ -251,9 +251,10 @@ class ChatInterface:
                 print("no reply yet")
             else:
                 first = stats["time_to_first_token"]
-                print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s ({stats['tokens_per_second']:.1f} tokens/s), "
-                      f"first token after {first:.3f}s, prompt {stats['prompt_tokens']} tokens" if first is not None
-                      else f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s")
+                # A reply can end before any visible text (an end-of-turn token first): say so, keep the rest.
+                shown = f"first token after {first:.3f}s" if first is not None else "no visible text"
+                print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s "
+                      f"({stats['tokens_per_second']:.1f} tokens/s), {shown}, prompt {stats['prompt_tokens']} tokens")
         else:
             print(f"unknown command {name}: /help lists them")
         return None

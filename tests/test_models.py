@@ -284,6 +284,20 @@ def test_fused_head_and_loss_match_cross_entropy(monkeypatch):
         torch.testing.assert_close(ours, theirs)
 
 
+def test_gpt_dropout_zeroes_at_rate_p_keeps_the_mean_and_routes_gradients_through_kept_elements():
+    from modeling.gpt.modeling_gpt import _dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(200_000) + 1.0).requires_grad_()  # no zeros of its own
+    y = _dropout(x, 0.25)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.25) < 0.01
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.float() / 0.75)
+    assert _dropout(x, 0.0) is x
+
+
 def test_training_loss_equals_evaluation_loss(family):
     model = tiny_model(family)
     ids = torch.randint(0, 64, (3, 20))
