@@ -97,7 +97,7 @@ def test_lstm_single_steps_match_nn_lstm_without_calling_it():
     first = model(ids[:, :4], use_cache=True)
     steps = [first.logits] + [model(ids[:, i : i + 1], cache=first.cache).logits for i in range(4, 10)]
     handle.remove()
-    assert calls == [4]  # nn.LSTM read the prompt; each later token went through the written-out cell
+    assert calls == [4]  # nn.LSTM read the prompt; each later token went through torch.lstm_cell
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
 
 
