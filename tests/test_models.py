@@ -51,6 +51,13 @@ def test_cached_greedy_decoding_matches_uncached(family):
     assert torch.equal(greedy(model, use_cache=True), greedy(model, use_cache=False))
 
 
+def test_beam_search_with_the_cache_matches_beam_search_without(family):
+    """Beam search reorders the cache between steps; a wrong reorder or an in-place write to a shared state shows."""
+    model = tiny_model(family)
+    options = {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.0}
+    assert torch.equal(greedy(model, use_cache=True, **options), greedy(model, use_cache=False, **options))
+
+
 def test_incremental_forward_matches_full_forward(family):
     model = tiny_model(family)
     ids = torch.randint(0, 64, (2, 12))
