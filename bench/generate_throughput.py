@@ -12,10 +12,13 @@ generate() can beat it, so `ceiling` (its speed over the peer's) is the largest 
     python bench/generate_throughput.py                       # CPU: small and medium presets and the LSTM
     python bench/generate_throughput.py --models small large --new-tokens 256 --rounds 5
     python bench/generate_throughput.py --models small --static-compile   # ours: static cache + compiled step
+    python bench/generate_throughput.py --models small --fused-sampling   # ours: chat's fused top-k/top-p
 
 With --static-compile our GPT decodes through generate(cache_implementation="static", compile_config=...): a
 preallocated cache and a torch.compile'd decoding step (CUDA graphs on a GPU), the compile time reported
-separately; the peer stays on its default generate().
+separately; the peer stays on its default generate(). With --fused-sampling our models, and the loop-only side,
+sample as pocketlm's chat does: temperature, top-k and top-p in one warper (pocketlm.generation.TopKTopPSampling)
+instead of transformers' three; the peer keeps the three.
 """
 
 import argparse
@@ -29,6 +32,7 @@ from transformers.generation import CompileConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
+from pocketlm.generation import sampling_arguments
 
 SAMPLING = {"do_sample": True, "top_k": 50, "top_p": 0.9, "temperature": 0.8, "repetition_penalty": 1.2}
 GREEDY = {"do_sample": False}
@@ -129,7 +133,10 @@ def race(name, ours, peer, vocab_size, args) -> list[dict]:
     rows = []
     for mode, options in (("greedy", GREEDY), ("sampling", SAMPLING)):
         timings = {"ours": [], "peer": [], "loop": [], "ttft_ours": [], "ttft_peer": []}
-        sides = {"ours": (ours, {**options, **ours_extra}), "peer": (peer, options), "loop": (loop_only, options)}
+        ours_options = sampling_arguments(ours.generation_config, options) if args.fused_sampling else options
+        loop_options = sampling_arguments(loop_only.generation_config, options) if args.fused_sampling else options
+        sides = {"ours": (ours, {**ours_options, **ours_extra}), "peer": (peer, options),
+                 "loop": (loop_only, loop_options)}
         for side, (model, side_options) in sides.items():  # warm-up (and, with --static-compile, the compile)
             started = time.perf_counter()
             decode_seconds(model, prompt, 4, side_options)
@@ -160,6 +167,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--static-compile", action="store_true",
                         help="our GPT decodes with a static cache and a torch.compile'd step")
+    parser.add_argument("--fused-sampling", action="store_true",
+                        help="ours and the loop-only side sample through chat's fused top-k/top-p warper")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -174,7 +183,8 @@ def main() -> None:
     print(f"batch-1 decoding, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
           f"{torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}, "
           f"median of {args.rounds} interleaved rounds"
-          f"{'; ours: static cache + compiled decoding step' if args.static_compile else ''}")
+          f"{'; ours: static cache + compiled decoding step' if args.static_compile else ''}"
+          f"{'; ours and loop: fused top-k/top-p sampling' if args.fused_sampling else ''}")
     print(f"{'model':<8}{'mode':<10}{'pocketlm tok/s':>15}{'peer tok/s':>12}{'ratio':>8}"
           f"{'TTFT ms':>9}{'peer TTFT':>11}{'loop ms/tok':>13}{'ceiling':>9}   peer")
     for row in rows:

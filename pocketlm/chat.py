@@ -16,7 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import UsageError
-from .generation import BALANCED_SAMPLING, context_window, stop_token_ids
+from .generation import BALANCED_SAMPLING, context_window, sampling_arguments, stop_token_ids
 from .loading import load_pretrained
 
 GENERATION_OPTIONS = {
@@ -145,6 +145,7 @@ class ChatInterface:
         options = {k: v for k, v in self.options.items() if k != "max_new_tokens"}
         if not options.get("do_sample", True):
             options = {"do_sample": False, "repetition_penalty": options.get("repetition_penalty", 1.0)}
+        options = sampling_arguments(self.model.generation_config, options)
         kwargs = dict(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, streamer=streamer,
             eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,

@@ -1,12 +1,52 @@
 """Generation helpers that keep prompts inside a model's context window and speak in text, not ids."""
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from tokenization import END_OF_TEXT, END_OF_TURN
 
 # The old guide's "balanced" setting: readable, varied replies from small models.
 BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}
+
+
+class TopKTopPSampling(LogitsProcessor):
+    """Temperature, top-k and top-p (nucleus) filtering in one pass over the k best scores.
+
+    transformers' chain of three warpers sorts the whole vocabulary for top-p on every token: about 0.3 ms at
+    5,000 tokens on a 2-core CPU (`bench/decode_anatomy.py`), a tenth of the small preset's sampled token. After
+    top-k only k scores can survive, so sorting those k is enough; the kept tokens and their probabilities are
+    the chain's.
+    """
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        values, indices = scores.topk(min(self.top_k, scores.shape[-1]))  # best first
+        values = values / self.temperature
+        if self.top_p < 1.0:
+            # Keep a token while the probability before it is under top_p: the best token always stays.
+            probs = values.softmax(-1)
+            values = values.masked_fill(probs.cumsum(-1) - probs >= self.top_p, float("-inf"))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, indices, values)
+
+
+def sampling_arguments(generation_config: GenerationConfig, options: dict) -> dict:
+    """generate() keyword arguments for `options` over the model's defaults, top-k and top-p sampling fused.
+
+    Greedy decoding, and top-p without top-k (which must sort every score anyway), keep transformers' warpers.
+    """
+    def setting(name, unset):
+        value = options.get(name, getattr(generation_config, name, None))
+        return unset if value is None else value
+
+    top_k = setting("top_k", 0)
+    if not setting("do_sample", False) or top_k == 0:
+        return options
+    fused = TopKTopPSampling(setting("temperature", 1.0), top_k, setting("top_p", 1.0))
+    # Neutral values switch the separate warpers off; generate() runs `fused` where they would have run.
+    return {**options, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+            "logits_processor": LogitsProcessorList([fused])}
 
 
 def context_window(model: PreTrainedModel) -> int | None:
@@ -48,6 +88,7 @@ def complete(model: PreTrainedModel, tokenizer, text: str, max_new_tokens: int =
     """The model's continuation of `text` (a prompt of any length: the oldest tokens go when it is too long)."""
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
     ids, max_new_tokens = fit_to_context(ids, model, max_new_tokens)
+    options = sampling_arguments(model.generation_config, options)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **options)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 

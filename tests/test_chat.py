@@ -218,3 +218,13 @@ def test_bad_settings_are_refused(chat_models):
         chat.set_options(beam=2)
     with pytest.raises(UsageError, match="out of range"):
         chat.set_options(top_p=1.5)
+
+
+def test_replies_sample_through_the_fused_top_k_top_p(chat_models, monkeypatch):
+    from pocketlm.generation import TopKTopPSampling
+
+    calls = []
+    original = TopKTopPSampling.__call__
+    monkeypatch.setattr(TopKTopPSampling, "__call__", lambda self, ids, scores: calls.append(1) or original(self, ids, scores))
+    ChatInterface(chat_models["transformer"], max_new_tokens=4).reply("Hello!")
+    assert calls  # the default sampling (top-k 50, top-p 0.9) went through the fused warper

@@ -325,3 +325,31 @@ def test_generation_helpers_keep_the_most_recent_tokens_of_a_long_prompt(tokeniz
     assert isinstance(complete(model, tokenizer, "To be, or not to be " * 40, max_new_tokens=16), str)
     lstm = tiny_model("lstm")
     assert fit_to_context(ids, lstm, max_new_tokens=16)[0].shape[1] == 200  # no window to fit
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 50, 0.9), (1.3, 5, 1.0), (1.0, 200, 0.5), (0.8, 300, 0.95)])
+def test_fused_top_k_top_p_keeps_what_transformers_warpers_keep(temperature, top_k, top_p):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from pocketlm.generation import TopKTopPSampling
+
+    scores = torch.randn(3, 300, generator=torch.Generator().manual_seed(0)) * 4
+    chain = LogitsProcessorList(
+        [TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k), TopPLogitsWarper(top_p)]
+    )
+    expected = chain(None, scores.clone())
+    fused = TopKTopPSampling(temperature, top_k, top_p)(None, scores.clone())
+    assert torch.equal(fused.isinf(), expected.isinf())  # the same tokens survive
+    torch.testing.assert_close(fused.softmax(-1), expected.softmax(-1))
+
+
+def test_fused_sampling_draws_the_same_tokens_as_generate_options(family):
+    from pocketlm.generation import BALANCED_SAMPLING, sampling_arguments
+
+    model = tiny_model(family)
+    torch.manual_seed(3)
+    stock = model.generate(PROMPT, max_new_tokens=24, **BALANCED_SAMPLING)
+    torch.manual_seed(3)
+    fused = model.generate(PROMPT, max_new_tokens=24, **sampling_arguments(model.generation_config, BALANCED_SAMPLING))
+    assert torch.equal(fused, stock)
+    assert sampling_arguments(model.generation_config, {"do_sample": False}) == {"do_sample": False}
