@@ -180,6 +180,8 @@ def legacy_main(argv: list[str] | None = None) -> int:
 def chat_parser() -> argparse.ArgumentParser:
     from modeling import PRESETS
 
+    from .loading import DTYPES
+
     parser = _Parser(prog="chat.py", description="Chat with a trained pocketlm model in the terminal.")
     add = parser.add_argument
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
@@ -193,6 +195,8 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     add("--seed", type=int, help="seed the sampler for reproducible replies")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--dtype", default="float32", choices=list(DTYPES),
+        help="precision of the weights while chatting; float16 and bfloat16 read half the bytes per token")
     add("--system", metavar="TEXT", help="system text that opens the conversation")
     context = parser.add_mutually_exclusive_group()
     context.add_argument("--context", dest="context", action="store_true", default=None,
@@ -231,7 +235,7 @@ def chat_main(argv: list[str] | None = None) -> int:
 
             torch.manual_seed(args.seed)
         chat = ChatInterface(args.model, use_context=use_context, system=args.system,
-                             device=resolve_device(args.device), **options)
+                             device=resolve_device(args.device), dtype=args.dtype, **options)
         if args.prompt is not None:
             print(chat.reply(args.prompt))
             return 0

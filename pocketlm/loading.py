@@ -12,6 +12,11 @@ from modeling import MODEL_TYPES
 from .errors import UsageError
 
 
+# Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
+# weights each token streams through memory (bench/decode_anatomy.py prints the products' times in each).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` picks the GPU when there is one; asking for `cuda` without one is a usage error."""
     if device == "auto":
@@ -53,10 +58,12 @@ def model_family(path_or_repo: str) -> str:
     raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm.")
 
 
-def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu"):
-    """The model (in eval mode, on `device`) and tokenizer saved at `path_or_repo`."""
+def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype: str = "float32"):
+    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`."""
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
     model_family(path_or_repo)
-    model = AutoModelForCausalLM.from_pretrained(path_or_repo)
+    model = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), tokenizer

@@ -218,6 +218,8 @@ def test_bad_settings_are_refused(chat_models):
         chat.set_options(beam=2)
     with pytest.raises(UsageError, match="out of range"):
         chat.set_options(top_p=1.5)
+    with pytest.raises(UsageError, match="unknown --dtype 'int4'"):
+        ChatInterface(chat_models["lstm"], dtype="int4")
 
 
 def test_replies_sample_through_the_fused_top_k_top_p(chat_models, monkeypatch):
@@ -228,3 +230,30 @@ def test_replies_sample_through_the_fused_top_k_top_p(chat_models, monkeypatch):
     monkeypatch.setattr(TopKTopPSampling, "__call__", lambda self, ids, scores: calls.append(1) or original(self, ids, scores))
     ChatInterface(chat_models["transformer"], max_new_tokens=4).reply("Hello!")
     assert calls  # the default sampling (top-k 50, top-p 0.9) went through the fused warper
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_chat_computes_what_float32_does(family, dtype, chat_models):
+    import torch
+
+    narrow = ChatInterface(chat_models[family], dtype=dtype, max_new_tokens=5)
+    full = ChatInterface(chat_models[family], max_new_tokens=5)
+    assert {p.dtype for p in narrow.model.parameters()} == {getattr(torch, dtype)}
+    ids = torch.tensor([full.prompt_ids("How are you today?", 5)])
+    with torch.no_grad():
+        expected = full.model(ids).logits[0, -1]
+        got = narrow.model(ids).logits[0, -1].float()
+    # Half-precision rounding moves the logits a little; the prediction stays the same distribution.
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+    assert torch.allclose(got.softmax(-1), expected.softmax(-1), atol=0.02)
+    narrow.reply("Hello!")
+    assert narrow.last_stats["new_tokens"] > 0
+
+
+def test_chat_py_takes_a_dtype_and_refuses_an_unknown_one(chat_models):
+    result = run_chat("--model", str(chat_models["transformer"]), "--dtype", "bfloat16", "--prompt", "Hello",
+                      "--seed", "2")
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    refused = run_chat("--model", str(chat_models["transformer"]), "--dtype", "int4", "--prompt", "Hello")
+    assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
