@@ -1,10 +1,13 @@
 """Where a batch-1 decoding token's time goes, piece by piece, for a GPT preset and its GPT2LMHeadModel peer.
 
 bench/generate_throughput.py gives the end-to-end ratios; this script explains them. It times, in one run:
-- one cached token through each model's forward, outside generate() (interleaved rounds, medians);
+- one cached token through each model's forward, outside generate() (interleaved rounds, medians), ours also
+  with its weights in float16 and bfloat16 (chat.py --dtype);
 - the output head's matrix-vector product warm (repeated back to back) and as decoding meets it: first right
   after a trunk forward has streamed the other layers' weights, then once more;
-- the 4 x layers + 1 matrix-vector products of one token back to back, warm: the arithmetic floor;
+- the 4 x layers + 1 matrix-vector products of one token back to back, warm: the arithmetic floor; and the same
+  products with the weights stored narrower (float16, bfloat16, int8 weight-only), to see whether fewer bytes
+  per token would lower that floor on this machine;
 - the per-token pieces of generate()'s sampling loop at this vocabulary, each alone: the top-p sort over the
   whole vocabulary, multinomial, top-k, and the signature inspection LogitsProcessorList repeats per processor.
 
@@ -13,6 +16,7 @@ bench/generate_throughput.py gives the end-to-end ratios; this script explains t
 """
 
 import argparse
+import copy
 import inspect
 import statistics
 import time
@@ -76,6 +80,35 @@ def matvecs_us(model) -> float:
     return microseconds(products, repeats=50)
 
 
+def matvecs_by_precision_us(model, rounds: int) -> dict[str, float]:
+    """The same products with the weights held in narrower types, the types interleaved round by round (medians).
+
+    Each type's activations match its weights. int8 is weight-only with a scale per output row, through the CPU
+    kernel torch ships for it (`aten::_weight_int8pack_mm`, as gpt-fast uses). Biases are left out so every type
+    times the same products.
+    """
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    widths = (model.config.n_embd, 4 * model.config.n_embd)
+    products = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = {n: torch.randn(1, n, dtype=dtype) for n in widths}
+        narrow = [w.to(dtype) for w in weights]
+        products[str(dtype).removeprefix("torch.")] = lambda x=x, narrow=narrow: [
+            F.linear(x[w.shape[1]], w) for w in narrow
+        ]
+    int8_matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+    if int8_matmul is not None:
+        x = {n: torch.randn(1, n) for n in widths}
+        scales = [w.abs().amax(1) / 127 for w in weights]
+        packed = [((w / s[:, None]).round().to(torch.int8), s) for w, s in zip(weights, scales)]
+        products["int8 weight-only"] = lambda: [int8_matmul(x[q.shape[1]], q, s) for q, s in packed]
+    timings = {name: [] for name in products}
+    for _ in range(rounds):
+        for name, fn in products.items():
+            timings[name].append(microseconds(fn, repeats=20))
+    return {name: statistics.median(times) for name, times in timings.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small", choices=list(PRESETS))
@@ -91,14 +124,17 @@ def main() -> None:
     prompt = torch.randint(0, args.vocab_size, (1, args.prompt_tokens))
     megabytes = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e6
     with torch.no_grad():
-        forwards = {"ours": [], "peer": []}
+        sides = {"ours": ours, "peer": peer, "float16": copy.deepcopy(ours).half(),
+                 "bfloat16": copy.deepcopy(ours).bfloat16()}
+        forwards = {side: [] for side in sides}
         for _ in range(args.rounds):
-            for side, model in (("ours", ours), ("peer", peer)):
+            for side, model in sides.items():
                 forwards[side].append(cached_token_ms(model, prompt, args.steps))
         first, second = head_after_trunk_us(ours, prompt, args.steps)
         hidden = torch.randn(1, 1, ours.config.n_embd)
         warm = microseconds(lambda: F.linear(hidden, ours.lm_head.weight))
         floor = matvecs_us(ours)
+        by_precision = matvecs_by_precision_us(ours, args.rounds)
 
     scores = torch.randn(1, args.vocab_size)
     probs = scores.softmax(-1)
@@ -108,7 +144,12 @@ def main() -> None:
           f"CPU, {torch.get_num_threads()} threads")
     print("one cached token's forward, outside generate()")
     print(f"  pocketlm {ours_ms:.2f} ms   GPT2LMHeadModel {peer_ms:.2f} ms   ratio {peer_ms / ours_ms:.2f}x")
+    print("  pocketlm with its weights in " + "   ".join(
+        f"{dtype} {statistics.median(forwards[dtype]):.2f} ms ({ours_ms / statistics.median(forwards[dtype]):.2f}x)"
+        for dtype in ("float16", "bfloat16")) + " (not the peer's precision: for chat.py --dtype, not the ratio)")
     print(f"  every matrix-vector product back to back, warm: {floor / 1000:.2f} ms")
+    print("  the same products without biases, types interleaved, weights stored as: "
+          + "   ".join(f"{name} {us / 1000:.2f} ms" for name, us in by_precision.items()))
     print(f"output head ({args.vocab_size} x {ours.config.n_embd}) matrix-vector product")
     print(f"  warm, repeated: {warm:.0f} us   first after a trunk forward: {first:.0f} us ({first / warm:.1f}x)"
           f"   again right after: {second:.0f} us")
