@@ -45,8 +45,11 @@ def main() -> None:
         for dtype, chat in chats.items():
             stats[dtype] += conversation(chat, args.seed + round_index)
 
+    first = stats[args.dtypes[0]][: len(QUESTIONS)]
     print(f"{args.model}: {len(QUESTIONS)}-turn conversation, context kept, {args.rounds} round(s), "
           f"CPU threads {torch.get_num_threads()}; medians over replies")
+    print(f"first conversation in {args.dtypes[0]}: replies of {[s['new_tokens'] for s in first]} tokens, "
+          f"the prompt grew to {first[-1]['prompt_tokens']} tokens")
     print(f"{'dtype':<10}{'tokens per reply':>18}{'TTFT ms':>9}{'tok/s after 1st':>17}{'tok/s whole':>13}{'speed-up':>10}")
     reference = None
     for dtype, replies in stats.items():
