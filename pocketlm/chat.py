@@ -101,7 +101,8 @@ class ChatInterface:
 
     def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        # verbose=False: a conversation longer than the window is expected and trimmed by prompt_ids.
+        return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
 
     def _reply_cue(self) -> list[int]:
         """The tokens the template appends to ask for the assistant's turn (templates refuse an empty chat)."""

@@ -414,7 +414,9 @@ def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, 
 
     def encode(batch):
         texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
-        return {"input_ids": tokenizer(texts)["input_ids"]}
+        # Documents are cut into blocks afterwards, so one longer than the model's window is expected: verbose=False
+        # keeps transformers from warning that it "will result in indexing errors".
+        return {"input_ids": tokenizer(texts, verbose=False)["input_ids"]}
 
     if isinstance(documents, datasets.IterableDataset):
         return documents.map(encode, batched=True, remove_columns=list(DOCUMENT_FEATURES))

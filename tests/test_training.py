@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -14,17 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
+from conftest import tiny_config
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
 from pocketlm.errors import UsageError
+from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
 from pocketlm.training import TrainingDiverged, TrainingOptions, train
+from tokenization import train_char_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -194,7 +200,6 @@ def test_directories_are_searched_for_text_markdown_and_jsonl(tmp_path, caplog):
 
 
 def test_duplicates_are_dropped_and_validation_never_overlaps_training():
-    import datasets
 
     texts = [f"document number {i}" for i in range(200)] * 2
     train_docs, val_docs = data.deduplicate_and_split(datasets.Dataset.from_dict({"text": texts}), seed=3)
@@ -301,6 +306,27 @@ def test_blocks_overlap_by_one_token_so_every_token_is_a_target():
     assert blocks == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
     assert data.blocks_from_ids(list(range(9)), 4, -1, keep_partial=True)[-1] == [6, 7, 8, -1]
     assert data.blocks_from_ids(list(range(9)), 4, -1, keep_partial=False) == [[0, 1, 2, 3], [3, 4, 5, 6]]
+
+
+def test_text_longer_than_the_window_is_read_without_a_false_alarm():
+    # Whole documents are tokenized before they are cut into blocks, and generation keeps a long prompt's newest
+    # tokens, so text longer than the model's window is normal; transformers' warning that it "will result in
+    # indexing errors" would only alarm the user.
+    tokenizer = train_char_tokenizer(["abc " * 50])
+    model = GPTForCausalLM(tiny_config("transformer", vocab_size=len(tokenizer))).eval()
+    tokenizer.model_max_length = model.config.block_size
+    documents = datasets.Dataset.from_dict({"text": ["abc " * 200], "ends": [True]})
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_logging.get_logger("transformers").addHandler(handler)
+    try:
+        ids = data.tokenize(documents, tokenizer)[0]["input_ids"]
+        complete(model, tokenizer, "abc " * 200, max_new_tokens=2, do_sample=False)
+    finally:
+        transformers_logging.get_logger("transformers").removeHandler(handler)
+    assert len(ids) == 801  # every character and the end-of-text token: nothing truncated
+    assert not [r for r in records if "indexing errors" in r.getMessage()]
 
 
 # ----------------------------------------------------------------------------------------- bad input: exit 2
