@@ -39,6 +39,10 @@ class CheckpointManager:
             shutil.rmtree(temporary, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(temporary))
+        # save_state returns once this process has written its share (each writes its own RNG state file), so
+        # the folder may be renamed only when every process has: else a slower one writes into a folder that is
+        # gone, or into a new one left behind.
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             record = {**state, "num_processes": self.accelerator.num_processes, "options": asdict(options)}
             (temporary / STATE_FILE).write_text(json.dumps(record, indent=2))

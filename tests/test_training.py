@@ -474,6 +474,37 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path)
     assert (out / "checkpoints" / f"step-{step}").exists()
 
 
+class _MainOfTwoProcesses:
+    """The main process's view of a two-process run whose other process is slower: that one's share of a
+    checkpoint (its RNG state file, into the folder it was told) lands only by the time the main process next
+    waits for everyone, as a barrier guarantees and nothing earlier does."""
+
+    is_main_process, num_processes = True, 2
+
+    def __init__(self):
+        self.unwritten = []
+
+    def save_state(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "random_states_0.pkl").write_bytes(b"main")
+        self.unwritten.append(Path(folder) / "random_states_1.pkl")
+
+    def wait_for_everyone(self) -> None:
+        for path in self.unwritten:
+            path.write_bytes(b"other")  # fails if the folder was renamed away meanwhile, as torch.save does
+        self.unwritten = []
+
+
+def test_a_checkpoint_is_renamed_into_place_only_once_every_process_wrote_its_share(corpus_file, tmp_path):
+    from pocketlm.checkpoints import CheckpointManager
+
+    manager = CheckpointManager(tmp_path / "checkpoints", _MainOfTwoProcesses())
+    state = {"step": 3, "best_val_loss": 1.0, "best_val_bpc": 1.0, "tokens": 0}
+    saved = manager.save(3, state, tiny_options("transformer", corpus_file, tmp_path / "out"))
+    assert {p.name for p in saved.iterdir()} == {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"}
+    assert [p.name for p in manager.folder.iterdir()] == ["step-3"]
+
+
 @pytest.mark.parametrize("streaming", [False, True], ids=["arrow", "streaming"])
 def test_two_processes_train_together(streaming, corpus_file, tmp_path):
     out = tmp_path / "ddp"
