@@ -462,6 +462,9 @@ class Trainer:
 
     def evaluate_and_keep_best(self, step: int) -> dict:
         """Validation loss, perplexity and bits/char; the output folder gets the model if it is the best yet."""
+        # Looked at before evaluating: afterwards the main process may already be writing the model, and every
+        # process must make the same choice (under FSDP or DeepSpeed, gathering the weights is collective).
+        no_model_yet = not (self.out / "model.safetensors").exists()
         val_nats = evaluate(self.model, self.accelerator, self.val_blocks, self.tokenizer.pad_token_id,
                             self.options.batch_size)
         record = {
@@ -471,7 +474,7 @@ class Trainer:
             "val_bpc": val_nats / math.log(2) / self.val_chars,
         }
         self.metrics.write(record)
-        if record["val_loss"] < self.state["best_val_loss"] or not (self.out / "model.safetensors").exists():
+        if record["val_loss"] < self.state["best_val_loss"] or no_model_yet:
             self.state["best_val_loss"], self.state["best_val_bpc"] = record["val_loss"], record["val_bpc"]
             # Every process takes part: under FSDP or DeepSpeed each holds a shard of the weights.
             weights = self.accelerator.get_state_dict(self.model)
