@@ -337,7 +337,11 @@ class _StopFlag:
 
 def train(options: TrainingOptions) -> TrainResult:
     """Train a model on the user's text (or the built-in dialogs) and leave the best one in `output_dir`."""
-    return Trainer(options).run()
+    trainer = Trainer(options)
+    try:
+        return trainer.run()
+    finally:
+        trainer.release()
 
 
 class Trainer:
@@ -357,6 +361,8 @@ class Trainer:
             log_with="tensorboard" if options.report_to == "tensorboard" else None,
             project_dir=options.output_dir,
         )
+        # Held until the wrapped model is let go: see release().
+        self._process_group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
         set_seed(options.seed)
         self.out = Path(options.output_dir)
         self.checkpoints = CheckpointManager(self.out / "checkpoints", self.accelerator, keep=options.keep_checkpoints)
@@ -365,8 +371,26 @@ class Trainer:
             for stale in ("metrics.jsonl", "loss_curve.png"):
                 (self.out / stale).unlink(missing_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        self._prepare_data_and_model()
-        self._prepare_optimization()
+        try:
+            self._prepare_data_and_model()
+            self._prepare_optimization()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let go of the wrapped model, then of the process group: in that order, or a run can hang as it ends.
+
+        Right after a collective, gloo's worker thread is still releasing its tensors, which takes the GIL. A group
+        freed along with DDP's reducer waits for that thread while holding the GIL, and neither moves; a group
+        freed from Python's own reference waits with the GIL released. (Before this order was kept, one
+        two-process run in about sixty hung here, with the CPUs busy.)
+        """
+        group, self._process_group = self._process_group, None
+        if getattr(self, "model", None) is not None:
+            self.model = self.accelerator.unwrap_model(self.model)
+        self.accelerator.free_memory()  # accelerate's own references to the wrapped model, and a gc pass
+        del group
 
     def _prepare_data_and_model(self) -> None:
         options, accelerator = self.options, self.accelerator
@@ -544,6 +568,8 @@ class Trainer:
                 samples = sample_outputs(best, self.tokenizer, self.corpus.is_chat, self.options.samples,
                                          seed=self.options.seed)
             (out / SUMMARY_FILE).write_text(json.dumps(self.summary(speed), indent=2) + "\n")
+        # The others wait for the main process's plot and samples, so that all leave the process group together.
+        accelerator.wait_for_everyone()
         accelerator.end_training()
         if interrupted:
             accelerator.print(f"interrupted at step {state['step']}: checkpoint saved; "

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import datasets
@@ -425,11 +426,13 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_model(corpus_file,
     assert (out / "checkpoints" / "step-4").exists()
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_a_checkpoint(out: Path, process: subprocess.Popen, at_least: int, timeout: float = 120) -> None:
+    """Wait until `process` has saved a checkpoint of step `at_least` or later (older ones are deleted as newer
+    ones come, so waiting for one step's folder could miss it on a busy machine)."""
     deadline = time.time() + timeout
-    while not path.exists():
+    while not any(int(p.name[5:]) >= at_least for p in (out / "checkpoints").glob("step-*")):
         assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, f"{path} never appeared"
+        assert time.time() < deadline, f"no checkpoint of step {at_least} or later appeared"
         time.sleep(0.02)
 
 
@@ -444,7 +447,7 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(corpus_file, tmp_path
         [sys.executable, str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, resumed, *args)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    _wait_for(resumed / "checkpoints" / "step-20", process)
+    _wait_for_a_checkpoint(resumed, process, at_least=20)
     process.send_signal(signal.SIGKILL)
     process.wait()
     newest = max(int(p.name[5:]) for p in (resumed / "checkpoints").glob("step-*"))
@@ -463,7 +466,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path)
          *cli_args("lstm", corpus_file, out, "--max-steps=100000", "--save-every=5")],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    _wait_for(out / "checkpoints" / "step-5", process)
+    _wait_for_a_checkpoint(out, process, at_least=5)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
@@ -505,6 +508,24 @@ def test_a_checkpoint_is_renamed_into_place_only_once_every_process_wrote_its_sh
     assert [p.name for p in manager.folder.iterdir()] == ["step-3"]
 
 
+def _run_or_show_where_it_hangs(command: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """Run `command`; past `timeout`, fail with every Python stack of it and its children (a run takes seconds)."""
+    import psutil
+
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**env, "PYTHONFAULTHANDLER": "1"})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in [*psutil.Process(process.pid).children(recursive=True), process]:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGABRT)  # faulthandler prints the stacks of every thread, then it dies
+        stdout, stderr = process.communicate(timeout=60)
+        stacks = stderr[stderr.find("Fatal Python error"):]
+        pytest.fail(f"still running after {timeout} s; its output:\n{stdout[-2000:]}\nits stacks:\n{stacks[-20000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.mark.parametrize("streaming", [False, True], ids=["arrow", "streaming"])
 def test_two_processes_train_together(streaming, corpus_file, tmp_path):
     out = tmp_path / "ddp"
@@ -514,10 +535,8 @@ def test_two_processes_train_together(streaming, corpus_file, tmp_path):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, out, *extra),
     ]
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
-    )
+    result = _run_or_show_where_it_hangs(
+        command, env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((out / "checkpoints" / "step-4" / "trainer_state.json").read_text())
     assert state["num_processes"] == 2
@@ -525,6 +544,30 @@ def test_two_processes_train_together(streaming, corpus_file, tmp_path):
     assert {p.name for p in (out / "checkpoints" / "step-4").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
     assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_two_processes_let_go_of_the_model_before_the_process_group(corpus_file, tmp_path):
+    # Freed along with DDP's reducer, a gloo group can deadlock against its own worker thread (see
+    # Trainer.release): each process checks that the wrapped model is gone while the group is still held.
+    script = tmp_path / "release.py"
+    script.write_text(
+        "import json, sys, weakref\n"
+        "from pocketlm.training import Trainer, TrainingOptions\n"
+        "trainer = Trainer(TrainingOptions(**json.loads(sys.argv[1])))\n"
+        "wrapped, group = weakref.ref(trainer.model), trainer._process_group\n"
+        "trainer.run()\n"
+        "trainer.release()\n"
+        "print(type(wrapped()).__name__, type(group).__name__, 'held' if group is not None else '')\n"
+    )
+    options = asdict(tiny_options("transformer", corpus_file, tmp_path / "out", max_steps=2, samples=0))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), json.dumps(options),
+    ]
+    result = _run_or_show_where_it_hangs(
+        command, env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n").count("NoneType ProcessGroup held") == 2, result.stdout
 
 
 def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
