@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pocketlm.training import TrainingOptions, train
-from tokenization import train_char_tokenizer
+from tokenization import save_tokenizer, train_char_tokenizer
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -61,7 +61,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         train_file, val_file = split(args.text, root)
         char_tokenizer = root / "char-tokenizer"
-        train_char_tokenizer([train_file.read_text(encoding="utf-8")]).save_pretrained(char_tokenizer)
+        save_tokenizer(train_char_tokenizer([train_file.read_text(encoding="utf-8")]), char_tokenizer)
         rows = []
         for name in args.models:
             recipe = MODELS[name]

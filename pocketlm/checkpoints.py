@@ -12,6 +12,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from tokenization import save_tokenizer
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -72,7 +74,7 @@ def replace_model_files(model, tokenizer, out: Path, state_dict: dict | None = N
     temporary = out / ".saving"
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary, state_dict=state_dict)
-    tokenizer.save_pretrained(temporary)
+    save_tokenizer(tokenizer, temporary)
     for path in sorted(temporary.iterdir()):
         os.replace(path, out / path.name)
     temporary.rmdir()

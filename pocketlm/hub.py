@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from tokenization import save_tokenizer
+
 from .errors import UsageError
 from .generation import sample_outputs
 from .loading import load_pretrained, model_family
@@ -167,7 +169,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     target.mkdir(parents=True, exist_ok=True)
     # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
     model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    save_tokenizer(tokenizer, target)
     has_curve = (source / LOSS_CURVE_FILE).exists()
     if has_curve:
         shutil.copy2(source / LOSS_CURVE_FILE, target / LOSS_CURVE_FILE)

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from configs import load_recipe
 from modeling import MODEL_TYPES, PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import train_bpe_tokenizer, train_char_tokenizer
+from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer
 
 from . import data
 from .checkpoints import CheckpointManager, replace_model_files
@@ -201,7 +201,7 @@ def _load_or_train_tokenizer(options: TrainingOptions, corpus: data.Corpus, acce
                 tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length)
             except ValueError as error:
                 raise UsageError(str(error))
-        tokenizer.save_pretrained(out / ".tokenizer")
+        save_tokenizer(tokenizer, out / ".tokenizer")
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(out / ".tokenizer")
 

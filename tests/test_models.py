@@ -41,6 +41,7 @@ def test_auto_classes_resolve_both_families(family, tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].endswith("ForCausalLM")
+    assert config["auto_map"]["AutoModel"].endswith(("GPTModel", "LSTMModel"))
     assert isinstance(AutoConfig.from_pretrained(tmp_path), type(model.config))
     base = AutoModel.from_pretrained(tmp_path)
     assert isinstance(base, GPTModel if family == "transformer" else LSTMModel)
@@ -95,17 +96,28 @@ def test_gpt_static_cache_decode_step_compiles_as_one_graph():
     assert torch.equal(compiled, greedy(model))
 
 
-def test_lstm_single_steps_match_nn_lstm_without_calling_it():
+def test_lstm_single_steps_match_nn_lstm_without_calling_it(monkeypatch):
     model = tiny_model("lstm")
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(2))
     full = model(ids, use_cache=False).logits
-    calls = []
-    handle = model.model.lstm.register_forward_hook(lambda *args: calls.append(args[1][0].shape[1]))
+    calls, real_forward = [], torch.nn.LSTM.forward
+    # Counted on the class, not with a hook: a hook on the module itself makes every step call it (next test).
+    monkeypatch.setattr(torch.nn.LSTM, "forward", lambda self, x, *rest: calls.append(x.shape[1]) or real_forward(self, x, *rest))
     first = model(ids[:, :4], use_cache=True)
     steps = [first.logits] + [model(ids[:, i : i + 1], cache=first.cache).logits for i in range(4, 10)]
-    handle.remove()
     assert calls == [4]  # nn.LSTM read the prompt; each later token went through torch.lstm_cell
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hooked_lstm_sees_every_step_and_decodes_the_same_tokens():
+    model = tiny_model("lstm")
+    fast = greedy(model)
+    seen = []
+    handle = model.model.lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    hooked = greedy(model)
+    handle.remove()
+    assert seen == [PROMPT.shape[1]] + [1] * 23  # the prompt, then one call per new token
+    assert torch.equal(hooked, fast)
 
 
 def test_each_generated_token_costs_one_position(family):
@@ -244,12 +256,18 @@ PROJECT_FREE_LOAD = textwrap.dedent(
     except ImportError:
         pass
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
     # AutoTokenizer reads config.json too, so it needs the same trust as the model.
     tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
     ids = tokenizer("To be, or not", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=16, do_sample=False)
+    # The trunk and the config resolve the same way, and the trunk computes the causal model's hidden states.
+    config = AutoConfig.from_pretrained({folder!r}, trust_remote_code=True)
+    trunk = AutoModel.from_pretrained({folder!r}, trust_remote_code=True).eval()
+    assert type(config).__name__.endswith("Config") and type(trunk).__name__.endswith("Model"), (config, trunk)
+    with torch.no_grad():
+        assert torch.equal(trunk(ids).last_hidden_state, model.model(ids).last_hidden_state)
     print(type(model).__module__, out[0].tolist())
     """
 )
@@ -292,17 +310,18 @@ def test_fused_head_and_loss_match_cross_entropy(monkeypatch):
 
 
 def test_gpt_dropout_zeroes_at_rate_p_keeps_the_mean_and_routes_gradients_through_kept_elements():
-    from modeling.gpt.modeling_gpt import _dropout
+    from modeling.gpt.modeling_gpt import Dropout
 
     torch.manual_seed(0)
     x = (torch.rand(200_000) + 1.0).requires_grad_()  # no zeros of its own
-    y = _dropout(x, 0.25)
+    dropout = Dropout(0.25)
+    y = dropout(x)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - 0.25) < 0.01
     torch.testing.assert_close(y[kept], x[kept] / 0.75)
     (grad,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grad, kept.float() / 0.75)
-    assert _dropout(x, 0.0) is x
+    assert dropout.eval()(x) is x and Dropout(0.0)(x) is x
 
 
 def test_training_loss_equals_evaluation_loss(family):

@@ -2,7 +2,16 @@
 
 from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
 from .char import train_char_tokenizer
-from .special_tokens import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_TOKENS, SPECIAL_TOKENS, render_chat
+from .special_tokens import (
+    CHAT_TEMPLATE,
+    END_OF_TEXT,
+    END_OF_TURN,
+    PAD,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    render_chat,
+    save_tokenizer,
+)
 
 __all__ = [
     "train_bpe_tokenizer",
@@ -15,4 +24,5 @@ __all__ = [
     "ROLE_TOKENS",
     "SPECIAL_TOKENS",
     "render_chat",
+    "save_tokenizer",
 ]

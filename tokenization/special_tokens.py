@@ -1,5 +1,10 @@
 """The special tokens and chat template both pocketlm tokenizers share, and their transformers wrapper."""
 
+import json
+from pathlib import Path
+
+import jinja2
+import jinja2.ext
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -10,13 +15,21 @@ ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assis
 SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_TOKENS.values()]
 
 # Each message is its role token, its text and an end-of-turn token; no spaces or newlines are added, so the
-# model sees exactly the user's text. A generation prompt ends with the assistant's role token.
+# model sees exactly the user's text. A generation prompt ends with the assistant's role token. An assistant's text
+# and its end-of-turn token are what the model writes after that prompt, so they sit inside transformers'
+# {% generation %} block: apply_chat_template(..., return_assistant_tokens_mask=True) marks them, and TRL's
+# assistant_only_loss trains on them alone (the end-of-turn token included, so the model learns to stop).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
     "{{ raise_exception('chat roles are system, user and assistant, not ' + message['role']) }}"
     "{%- endif -%}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + END_OF_TURN + "' }}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] + '" + END_OF_TURN + "' }}{% endgeneration %}"
+    "{%- else -%}"
+    "{{ message['content'] + '" + END_OF_TURN + "' }}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '" + ROLE_TOKENS["assistant"] + "' }}{%- endif -%}"
 )
@@ -37,12 +50,40 @@ def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
     )
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """Reads transformers' `{% generation %}...{% endgeneration %}` (which only marks assistant tokens) as its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _raise_exception(message: str):
+    raise ValueError(message)
+
+
+_TEMPLATE = jinja2.Environment(extensions=[_GenerationBlock]).from_string(CHAT_TEMPLATE)
+
+
+def save_tokenizer(tokenizer, folder) -> None:
+    """`tokenizer.save_pretrained(folder)`, its class recorded under the name every transformers release knows.
+
+    transformers 5 writes "TokenizersBackend", a class 4.x lacks ("Tokenizer class TokenizersBackend does not
+    exist"), and lists the extra special tokens under a key 4.x reads as a dict; 5.x also reads the older
+    "PreTrainedTokenizerFast" and "additional_special_tokens". With those, a 4.x user loads the tokenizer and then
+    meets the model's own error naming the transformers version it needs.
+    """
+    tokenizer.save_pretrained(folder)
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def render_chat(messages: list[dict]) -> str:
     """The training text of a conversation: the chat template applied without a tokenizer."""
-    import jinja2
-
-    def raise_exception(message: str):
-        raise ValueError(message)
-
-    template = jinja2.Environment().from_string(CHAT_TEMPLATE)
-    return template.render(messages=messages, add_generation_prompt=False, raise_exception=raise_exception)
+    return _TEMPLATE.render(messages=messages, add_generation_prompt=False, raise_exception=_raise_exception)

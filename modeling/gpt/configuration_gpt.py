@@ -3,7 +3,20 @@
 This file travels to the Hub unchanged beside `modeling_gpt.py`, so it imports nothing from pocketlm.
 """
 
-from transformers import PreTrainedConfig
+import transformers
+from packaging.version import Version
+
+# The oldest transformers this model runs on: greedy decoding gave the same tokens on 5.0.0, 5.10.4, 5.14.1, 5.17.0
+# and 5.24.0 (bench/transformers_versions.py). 4.x lacks the 5.x classes it builds on; below the minimum, one clear
+# error names the version to install, instead of a failure deep inside transformers or different tokens.
+MIN_TRANSFORMERS = "5.0.0"
+if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+    raise ImportError(
+        f"this pocketlm GPT model needs transformers>={MIN_TRANSFORMERS}, but {transformers.__version__} is "
+        f"installed: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+    )
+
+from transformers import PreTrainedConfig  # noqa: E402  (after the check: 4.x has no such class)
 
 # The one place the preset shapes live. Parameter counts at a 5,000-token vocabulary
 # (embeddings tied to the output head): small ~1.9M, medium ~7.7M, large ~28M.
@@ -31,7 +44,7 @@ class GPTConfig(PreTrainedConfig):
     """
 
     model_type = "pocketlm_gpt"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache's name in 5.24 and in earlier 5.x
     # generate() and other transformers helpers read these standard names.
     attribute_map = {
         "num_hidden_layers": "n_layer",
@@ -74,6 +87,14 @@ class GPTConfig(PreTrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        # save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
+        # AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+        kwargs["auto_map"] = {
+            "AutoConfig": "configuration_gpt.GPTConfig",
+            "AutoModel": "modeling_gpt.GPTModel",
+            "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
+            **(kwargs.get("auto_map") or {}),  # a loaded config keeps what its file says
+        }
         super().__init__(**kwargs)
 
     @classmethod

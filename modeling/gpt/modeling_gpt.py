@@ -1,8 +1,9 @@
 """pocketlm's GPT-style decoder-only Transformer, in nanoGPT's shape and transformers' contract.
 
 Pre-norm blocks, causal self-attention through `scaled_dot_product_attention`, learned absolute positions,
-and an output head tied to the token embedding. This file travels to the Hub unchanged beside
-`configuration_gpt.py`, so it imports nothing from pocketlm.
+and an output head tied to the token embedding. Every layer is called as a module, so whatever replaces or hooks
+one (PEFT's LoRA layers, `torch.ao` quantization, forward hooks, pruning) takes effect. This file travels to the
+Hub unchanged beside `configuration_gpt.py`, so it imports nothing from pocketlm.
 """
 
 import inspect
@@ -15,9 +16,30 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_gpt import GPTConfig
+
+# transformers 5.24 names the cache `cache` in model outputs and generate()'s arguments; earlier 5.x releases
+# (5.17 among them) call it `past_key_values`. Forward takes either; outputs use the name the installed one reads.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask comes from a uniform draw.
+
+    F.dropout's Bernoulli sampling took about twice as long on CPUs (forward and backward of a 16 x 256 x 128
+    activation: 6.3 ms against 3.7 ms), and the small preset drops 13 of them per step. On accelerators F.dropout's
+    single fused kernel is the faster one. Zeroes each element with probability p, scales the rest by 1 / (1 - p).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
 class CausalSelfAttention(nn.Module):
@@ -31,7 +53,7 @@ class CausalSelfAttention(nn.Module):
         # One matmul for queries, keys and values: fewer kernel launches than three.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(
         self,
@@ -41,15 +63,14 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
     ) -> torch.Tensor:
         batch, seq_len, width = x.shape
-        qkv = F.linear(x, self.c_attn.weight, self.c_attn.bias).view(batch, seq_len, 3, self.n_head, self.head_dim)
+        qkv = self.c_attn(x).view(batch, seq_len, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         # No dropout on the attention probabilities: it would cost a random number per query-key pair and
         # force sdpa off its fused kernels, for little regularisation beyond the residual dropout.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        y = F.linear(y.transpose(1, 2).reshape(batch, seq_len, width), self.c_proj.weight, self.c_proj.bias)
-        return _dropout(y, self.resid_dropout.p) if self.training else y
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(batch, seq_len, width)))
 
 
 class MLP(nn.Module):
@@ -59,17 +80,19 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # tanh-approximated GELU, as GPT-2 trained with; cheaper than the erf form on CPUs.
-        h = F.gelu(F.linear(x, self.c_fc.weight, self.c_fc.bias), approximate="tanh")
-        y = F.linear(h, self.c_proj.weight, self.c_proj.bias)
-        return _dropout(y, self.dropout.p) if self.training else y
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
-class Block(nn.Module):
-    """A pre-norm Transformer block: normalise before each sub-layer, add its output to the residual stream."""
+class Block(GradientCheckpointingLayer):
+    """A pre-norm Transformer block: normalise before each sub-layer, add its output to the residual stream.
+
+    A GradientCheckpointingLayer: after `model.gradient_checkpointing_enable()` its activations are recomputed in
+    backward instead of kept, so the residual stream (passed positionally) is all a block holds between passes.
+    """
 
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -78,29 +101,25 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache, attn_mask, is_causal):
-        # Layers are called through torch.nn.functional on their parameters: at one token per step, a
-        # module call's own overhead rivals a small layer's arithmetic.
-        x = x + self.attn(_norm(self.ln_1, x), cache, attn_mask, is_causal)
-        return x + self.mlp(_norm(self.ln_2, x))
+    def forward(self, x, cache=None, attn_mask=None, is_causal=True):
+        x = x + self.attn(self.ln_1(x), cache, attn_mask, is_causal)
+        return x + self.mlp(self.ln_2(x))
 
 
-def _norm(layer: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+def _runs_as_plain_linear(layer: nn.Module) -> bool:
+    """True when calling `layer` is exactly `x @ layer.weight.T`: an unhooked, unreplaced, bias-free nn.Linear.
 
-
-def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-time dropout: zero each element with probability p, scale the rest by 1 / (1 - p).
-
-    On CPUs the mask comes from a uniform draw: F.dropout's Bernoulli sampling took about twice as long (forward
-    and backward of a 16 x 256 x 128 activation: 6.3 ms against 3.7 ms), and the small preset drops 13 of them per
-    step. On accelerators F.dropout's single fused kernel is the faster one.
+    PEFT, quantization and parametrizations replace the layer with another type; hooks and pruning register on it.
+    Any of those, and the fused head below steps aside for a plain module call.
     """
-    if p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, training=True)
-    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+    hooks = torch.nn.modules.module
+    return (
+        type(layer) is nn.Linear
+        and layer.bias is None
+        and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks)
+        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                 or hooks._global_backward_pre_hooks)
+    )
 
 
 HEAD_CHUNK_ELEMENTS = 2**22  # logits per chunk of LinearCrossEntropy: 16 MB in float32
@@ -111,13 +130,14 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     A training step never holds the full (tokens x vocabulary) logits, nor the zero-filled gradient buffer and
     separate log-softmax backward that `F.cross_entropy` would add: on CPUs the head's loss was a fifth of a
-    small model's step. The gradients are computed in forward, so backward only scales them.
+    small model's step. The gradients are computed in forward, so backward only scales them. The loss is the sum
+    over kept targets divided by their count, or by `num_items` when the caller counts them across micro-batches.
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, num_items=None) -> torch.Tensor:
         kept = targets != -100
-        count = kept.sum().clamp(min=1)
+        count = kept.sum().clamp(min=1) if num_items is None else torch.as_tensor(num_items, device=hidden.device)
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
@@ -147,13 +167,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
 
 
 class GPTPreTrainedModel(PreTrainedModel):
     config_class = GPTConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
+    supports_gradient_checkpointing = True  # each Block is a GradientCheckpointingLayer
     _no_split_modules = ["Block"]
     _input_embed_layer = "wte"  # where transformers' get/set_input_embeddings look
     _supports_sdpa = True
@@ -200,9 +221,10 @@ class GPTModel(GPTPreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
         self.post_init()
 
     def forward(
@@ -213,12 +235,17 @@ class GPTModel(GPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
-        x = F.embedding(input_ids, self.wte.weight) if inputs_embeds is None else inputs_embeds
+        cache = cache if cache is not None else past_key_values
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Recomputing a block in backward would append its keys and values to a cache a second time.
+            cache, use_cache = None, False
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         if cache is not None and cache.is_compileable:
@@ -226,12 +253,10 @@ class GPTModel(GPTPreTrainedModel):
         else:
             position_ids, attn_mask, is_causal = self._dynamic_cache_inputs(x, attention_mask, position_ids, cache)
 
-        x = x + F.embedding(position_ids, self.wpe.weight)
-        if self.training:
-            x = _dropout(x, self.drop.p)
+        x = self.drop(x + self.wpe(position_ids))
         for block in self.h:
-            x = block(x, cache, attn_mask, is_causal)
-        return BaseModelOutputWithPast(last_hidden_state=_norm(self.ln_f, x), cache=cache if use_cache else None)
+            x = block(x, cache=cache, attn_mask=attn_mask, is_causal=is_causal)
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), **{CACHE_FIELD: cache if use_cache else None})
 
     def _dynamic_cache_inputs(self, x, attention_mask, position_ids, cache):
         """Positions and the sdpa (mask, is_causal) pair when the cache, if any, grows with the text."""
@@ -292,33 +317,44 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for the next token at each position; with `labels` (the input ids, shifted inside), the mean loss."""
+        """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
+        (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
+        (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
-        hidden = outputs.last_hidden_state
-        if labels is not None:
+        hidden, cache = outputs.last_hidden_state, getattr(outputs, CACHE_FIELD)
+        targets = None
+        if shift_labels is not None:
+            targets = shift_labels.flatten()
+        elif labels is not None:
             # Shift the labels, not the logits: slicing the logits would copy them, and their gradient, whole.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
-            if self.training and torch.is_grad_enabled():
-                # Training needs the loss alone: skip materialising the logits (returned as None).
-                loss = LinearCrossEntropy.apply(hidden.flatten(0, 1), self.lm_head.weight, targets)
-                return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
+        if targets is not None and self.training and torch.is_grad_enabled() and _runs_as_plain_linear(self.lm_head):
+            # Training needs the loss alone: skip materialising the logits (returned as None).
+            loss = LinearCrossEntropy.apply(hidden.flatten(0, 1), self.lm_head.weight, targets, num_items_in_batch)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **{CACHE_FIELD: cache})
         # generate() asks for the last position only: the vocabulary projection is the costliest matmul.
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = F.linear(hidden, self.lm_head.weight)
+        logits = self.lm_head(hidden)
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        if targets is not None:
+            total = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
+            count = (targets != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            loss = total / count
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
 
 
 # generate() inspects the forward's signature on every token of a class registered with the Auto classes (looking

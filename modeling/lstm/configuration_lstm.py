@@ -3,7 +3,20 @@
 This file travels to the Hub unchanged beside `modeling_lstm.py`, so it imports nothing from pocketlm.
 """
 
-from transformers import PreTrainedConfig
+import transformers
+from packaging.version import Version
+
+# The oldest transformers this model runs on. Its (h, c) state lives in the cache as a recurrent state, and before
+# 5.24 generate() asked such a cache for its length and failed (5.10 to 5.23), or had no recurrent state at all
+# (5.0 to 5.5); bench/transformers_versions.py tries each. Below it, one clear error names the version to install.
+MIN_TRANSFORMERS = "5.24.0"
+if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+    raise ImportError(
+        f"this pocketlm LSTM model needs transformers>={MIN_TRANSFORMERS}, but {transformers.__version__} is "
+        f"installed: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+    )
+
+from transformers import PreTrainedConfig  # noqa: E402  (after the check: 4.x has no such class)
 
 
 class LSTMConfig(PreTrainedConfig):
@@ -19,7 +32,7 @@ class LSTMConfig(PreTrainedConfig):
     """
 
     model_type = "pocketlm_lstm"
-    keys_to_ignore_at_inference = ["cache"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache's name in 5.24 and in earlier 5.x
     attribute_map = {"num_hidden_layers": "num_layers"}
 
     def __init__(
@@ -46,6 +59,14 @@ class LSTMConfig(PreTrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
+        # save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
+        # AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+        kwargs["auto_map"] = {
+            "AutoConfig": "configuration_lstm.LSTMConfig",
+            "AutoModel": "modeling_lstm.LSTMModel",
+            "AutoModelForCausalLM": "modeling_lstm.LSTMForCausalLM",
+            **(kwargs.get("auto_map") or {}),  # a loaded config keeps what its file says
+        }
         # generate() builds a cache layer per entry; "linear_attention" layers hold a recurrent state instead of
         # growing keys and values, which is exactly an LSTM's (h, c). Derived, so never read back from a file.
         kwargs.pop("layer_types", None)

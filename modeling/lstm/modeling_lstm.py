@@ -1,39 +1,52 @@
 """pocketlm's character-level LSTM language model in transformers' contract.
 
 During generate() the LSTM's (h, c) state lives in transformers' Cache as a recurrent state, so each new token
-costs one LSTM step and beam search reorders it like any other cache. This file travels to the Hub unchanged
-beside `configuration_lstm.py`, so it imports nothing from pocketlm.
+costs one LSTM step and beam search reorders it like any other cache. The embedding, the LSTM and the head are
+called as modules, so whatever replaces or hooks one (PEFT's LoRA layers on the embedding or the head, `torch.ao`
+quantization, forward hooks) takes effect. This file travels to the Hub unchanged beside `configuration_lstm.py`,
+so it imports nothing from pocketlm.
 """
 
 import inspect
+import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_lstm import LSTMConfig
+
+# transformers 5.24 names the cache `cache` in model outputs and generate()'s arguments; earlier 5.x releases
+# (5.17 among them) call it `past_key_values`. Forward takes either; outputs use the name the installed one reads.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class LSTMPreTrainedModel(PreTrainedModel):
     config_class = LSTMConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
+    supports_gradient_checkpointing = True  # the recurrence runs through a GradientCheckpointingLayer
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, nn.LSTM):
-            # A forget-gate bias of 1 lets gradients flow through time from the start (Jozefowicz et al., 2015).
-            hidden = self.config.hidden_size
-            for name, param in module.named_parameters():
-                if name.startswith("bias_ih"):
-                    init.constant_(param, 0.0)
-                    with torch.no_grad():
-                        param[hidden : 2 * hidden].fill_(1.0)
+        # PyTorch's own defaults, not transformers' GPT conventions (normal std 0.02 everywhere): with an embedding
+        # at std 0.02 the LSTM's inputs start nearly constant, and on tinyshakespeare it reached 2.71 nats/char after
+        # 100 steps where a plain nn.Embedding + nn.LSTM + nn.Linear model reached 2.03 (bench/lstm_vs_torch.py).
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.Linear):
+            bound = 1 / math.sqrt(module.in_features)
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.LSTM):
+            bound = 1 / math.sqrt(module.hidden_size)
+            for param in module.parameters():
+                init.uniform_(param, -bound, bound)
 
 
 def _has_state(cache: Cache | None) -> bool:
@@ -54,6 +67,30 @@ def _write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
         cache.update_recurrent_state(torch.stack([h[i], c[i]], dim=1), layer_idx=i)
 
 
+def _runs_as_plain_lstm(lstm: nn.Module) -> bool:
+    """True when calling `lstm` is exactly nn.LSTM's computation: not replaced (quantized, subclassed), not hooked."""
+    hooks = torch.nn.modules.module
+    return (
+        type(lstm) is nn.LSTM
+        and not (lstm._forward_hooks or lstm._forward_pre_hooks or lstm._backward_hooks or lstm._backward_pre_hooks)
+        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                 or hooks._global_backward_pre_hooks)
+    )
+
+
+class Recurrence(GradientCheckpointingLayer):
+    """Runs the stacked LSTM over whole sequences, as a layer transformers' gradient checkpointing can recompute in
+    backward instead of keeping every step's gates.
+
+    It holds no parameters: the LSTM is passed in, so it stays `model.lstm` (its weights keep their names, and
+    `torch.ao` quantization, which swaps `nn.LSTM` by its exact type, still finds it).
+    """
+
+    def forward(self, x: torch.Tensor, lstm: nn.Module, state=None):
+        out, (h, c) = lstm(x, state)
+        return out, h, c
+
+
 class LSTMModel(LSTMPreTrainedModel):
     """Token embedding and the stacked LSTM; returns the top layer's hidden state at every position."""
 
@@ -68,6 +105,8 @@ class LSTMModel(LSTMPreTrainedModel):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
+        self.recurrence = Recurrence()
+        self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
         self.post_init()
 
     def forward(
@@ -77,14 +116,17 @@ class LSTMModel(LSTMPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
-        x = F.embedding(input_ids, self.embed_tokens.weight) if inputs_embeds is None else inputs_embeds
-        if self.training:  # module calls cost as much as small layers when generating one token at a time
-            x = self.drop(x)
+        cache = cache if cache is not None else past_key_values
+        x = self.drop(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Recomputing the recurrence in backward would advance a cache's state a second time.
+            cache, use_cache = None, False
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
@@ -93,19 +135,20 @@ class LSTMModel(LSTMPreTrainedModel):
                 out = self._recur(x.float(), attention_mask, cache)
         else:
             out = self._recur(x, attention_mask, cache)
-        return BaseModelOutputWithPast(last_hidden_state=out, cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=out, **{CACHE_FIELD: cache if use_cache else None})
 
     def _recur(self, x, attention_mask, cache) -> torch.Tensor:
         """The top layer's output at every position, the cache's state advanced past them."""
         new_mask = attention_mask[:, -x.shape[1] :] if attention_mask is not None else None
         padded = new_mask is not None and not bool(new_mask.all())
-        if not padded and x.shape[1] == 1 and x.device.type == "cpu" and not self.training and _has_state(cache):
+        one_cached_step = not padded and x.shape[1] == 1 and not self.training and _has_state(cache)
+        if one_cached_step and x.device.type == "cpu" and _runs_as_plain_lstm(self.lstm):
             return self._step_in_cache(x, cache)
         state = _read_state(cache, self.config.num_layers)
         if padded:
             out, (h, c) = self._run_left_padded(x, new_mask, state)
         else:
-            out, (h, c) = self.lstm(x, state)
+            out, h, c = self.recurrence(x, self.lstm, state)
         if cache is not None:
             _write_state(cache, h, c)
         return out
@@ -115,7 +158,8 @@ class LSTMModel(LSTMPreTrainedModel):
 
         nn.LSTM's CPU kernel prepares every call as it would a whole sequence: generate() took 1.03 ms per greedy
         token through it against 0.68 ms through lstm_cell (0.71 ms with the cell's arithmetic written out in
-        Python), the same tokens. Training and prompts still go through nn.LSTM.
+        Python), the same tokens. Training and prompts still go through nn.LSTM, and so does every step when the
+        LSTM is replaced or hooked (`_runs_as_plain_lstm`).
         """
         lstm, layer_input = self.lstm, x[:, 0]
         # nn.LSTM's own list of its parameters, (w_ih, w_hh, b_ih, b_hh) per layer: cheaper per token than looking
@@ -167,28 +211,32 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for the next token at each position; with `labels` (the input ids, shifted inside), the mean loss."""
+        """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
+        (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
+        (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=cache,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        if self.training:
-            hidden = self.drop(hidden)
-        logits = F.linear(hidden, self.lm_head.weight, self.lm_head.bias)
+        logits = self.lm_head(self.drop(hidden))
         loss = None
-        if labels is not None:
-            # Shift the labels, not the logits: slicing the logits would copy them, and their gradient, whole.
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        if labels is not None or shift_labels is not None:
+            # transformers' causal-LM loss: shifts the labels (not the logits, which it would copy whole).
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
 
 # generate() inspects the forward's signature on every token of a class registered with the Auto classes (looking

@@ -1,0 +1,255 @@
+"""The rest of the Hugging Face toolbox on pocketlm's models, as on a built-in transformers model: PEFT, TRL, the
+Trainer, gradient checkpointing, hooks and quantization, each shown to take effect, not only to run."""
+
+import pytest
+import torch
+from conftest import tiny_model
+from datasets import Dataset
+from torch import nn
+from transformers import AutoModelForCausalLM, TextIteratorStreamer, Trainer, TrainingArguments
+
+from modeling import GPTForCausalLM
+
+PROMPT = torch.tensor([[5, 9, 3, 17]])
+# LoRA's targets: every linear layer of the GPT; the LSTM's own weights live in nn.LSTM, which PEFT cannot wrap,
+# so its adapters go on the embedding and the output head.
+LORA_TARGETS = {"transformer": ["c_attn", "c_proj", "c_fc"], "lstm": ["embed_tokens", "lm_head"]}
+
+
+def greedy(model, input_ids=PROMPT, max_new_tokens=12):
+    with torch.no_grad():
+        return model.generate(input_ids=input_ids, max_new_tokens=max_new_tokens, do_sample=False)
+
+
+def fit(model, sequence: torch.Tensor, steps: int, lr: float) -> None:
+    """Train `model`'s trainable parameters on one sequence."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=sequence, labels=sequence).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------- PEFT
+
+
+def test_a_lora_adapter_changes_the_output_and_merging_or_reloading_it_keeps_it(family, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = tiny_model(family)
+    before = greedy(base)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family],
+                                                 task_type="CAUSAL_LM"))
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    # Teach the adapters a continuation the base model does not produce.
+    target = torch.tensor([PROMPT[0].tolist() + [42] * 16])
+    fit(peft_model, target, steps=60, lr=1e-2)
+    tuned = greedy(peft_model)
+    assert not torch.equal(tuned, before)
+    assert tuned[0, 4:8].tolist() == [42] * 4
+
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(tiny_model(family), tmp_path / "adapter").eval()
+    assert torch.equal(greedy(reloaded), tuned)
+    merged = peft_model.merge_and_unload()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert torch.equal(greedy(merged), tuned)
+
+
+# ------------------------------------------------------------------------------------- layers run as modules
+
+
+def test_hooks_on_every_kind_of_gpt_layer_fire_in_inference_and_training():
+    model = tiny_model("transformer")
+    layers = {"embedding": model.model.wte, "norm": model.model.h[0].ln_1, "c_attn": model.model.h[0].attn.c_attn,
+              "c_proj": model.model.h[1].attn.c_proj, "c_fc": model.model.h[1].mlp.c_fc, "final norm": model.model.ln_f,
+              "head": model.lm_head}
+    calls = dict.fromkeys(layers, 0)
+    handles = [layer.register_forward_hook(lambda *args, name=name: calls.__setitem__(name, calls[name] + 1))
+               for name, layer in layers.items()]
+    ids = torch.randint(0, 64, (2, 10))
+    greedy(model, max_new_tokens=3)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for handle in handles:
+        handle.remove()
+    # Three decoding forwards, then one training forward, through every layer.
+    assert calls == dict.fromkeys(layers, 4), calls
+
+
+def test_the_fused_training_head_steps_aside_for_a_hooked_or_replaced_head():
+    model = tiny_model("transformer").train()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def reference_loss():
+        logits = model.lm_head(model.model(ids).last_hidden_state)
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+    torch.manual_seed(0)
+    fused = model(input_ids=ids, labels=ids)
+    assert fused.logits is None  # the fast path: no logits materialised
+    torch.manual_seed(0)
+    torch.testing.assert_close(fused.loss, reference_loss())
+    # A hook that doubles the logits must change the training loss exactly as it changes the logits.
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: output * 2)
+    torch.manual_seed(0)
+    hooked = model(input_ids=ids, labels=ids)
+    torch.manual_seed(0)
+    torch.testing.assert_close(hooked.loss, reference_loss())
+    handle.remove()
+    assert hooked.logits is not None and not torch.allclose(hooked.loss, fused.loss)
+
+
+@pytest.mark.parametrize("layers", [{nn.Linear}, {nn.Linear, nn.LSTM}], ids=["linear", "linear+lstm"])
+def test_dynamic_int8_quantization_swaps_the_layers_and_still_predicts(family, layers):
+    model = tiny_model(family)
+    ids = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits
+    quantized = torch.ao.quantization.quantize_dynamic(model, layers, dtype=torch.qint8)
+    assert "quantized" in type(quantized.lm_head).__module__
+    with torch.no_grad():
+        got = quantized(ids).logits
+    assert not torch.equal(got, expected)  # the int8 layers ran
+    assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.8
+    assert greedy(quantized).shape == (1, PROMPT.shape[1] + 12)
+
+
+# ----------------------------------------------------------------------------------- gradient checkpointing
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(family):
+    ids = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(4))
+    gradients = []
+    for checkpointing in (False, True):
+        model = tiny_model(family).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+        # A module inside the checkpointed layer (a block; the LSTM's recurrence): transformers keeps hooks on the
+        # checkpointed layer itself outside the checkpoint.
+        inner = model.model.h[0].attn.c_attn if family == "transformer" else model.model.lstm
+        runs = []
+        inner.register_forward_pre_hook(lambda *args: runs.append(1))
+        model(input_ids=ids, labels=ids).loss.backward()
+        # Checkpointed, the layer runs again during backward instead of keeping its activations.
+        assert len(runs) == (2 if checkpointing else 1)
+        gradients.append({name: p.grad for name, p in model.named_parameters()})
+    plain, checkpointed = gradients
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------- Trainer and TRL
+
+
+def test_trainer_with_gradient_accumulation_equals_one_big_batch(family, tmp_path):
+    """Trainer counts the targets of every micro-batch and passes the count to the model; a model that ignored it
+    would average per micro-batch and scale the step by the number of micro-batches."""
+    rows = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(5))
+    labels = rows.clone()
+    labels[0, :12] = -100  # micro-batches with very different numbers of targets
+    dataset = Dataset.from_dict({"input_ids": rows.tolist(), "labels": labels.tolist()})
+    weights = []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        model = tiny_model(family)
+        args = TrainingArguments(output_dir=str(tmp_path / f"{batch}"), per_device_train_batch_size=batch,
+                                 gradient_accumulation_steps=accumulate, max_steps=1, learning_rate=1e-2,
+                                 lr_scheduler_type="constant", report_to="none", use_cpu=True, save_strategy="no",
+                                 dataloader_drop_last=False, seed=0, data_seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset)
+        trainer.get_train_dataloader = lambda trainer=trainer: torch.utils.data.DataLoader(  # keep the row order
+            dataset.with_format("torch"), batch_size=batch, shuffle=False)
+        trainer.train()
+        weights.append({name: p.detach().clone() for name, p in model.named_parameters()})
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# Only characters of the tests' sample text, which the character tokenizer knows.
+CONVERSATIONS = [
+    {"messages": [{"role": "user", "content": "To be, or not to be:"},
+                  {"role": "assistant", "content": "that is the question."}]},
+    {"messages": [{"role": "system", "content": "Whether to suffer."}, {"role": "user", "content": "The slings,"},
+                  {"role": "assistant", "content": "and arrows of outrageous fortune."}]},
+] * 8
+
+
+def test_the_chat_template_marks_exactly_the_assistant_text_and_its_end(family, tokenizer_for):
+    tokenizer = tokenizer_for(family)
+    encoded = tokenizer.apply_chat_template(CONVERSATIONS[1]["messages"], tokenize=True,
+                                            return_assistant_tokens_mask=True, return_dict=True)
+    marked = [token for token, mask in zip(encoded["input_ids"], encoded["assistant_masks"]) if mask]
+    assert tokenizer.decode(marked) == "and arrows of outrageous fortune.<|end|>"
+
+
+@pytest.mark.parametrize("assistant_only_loss", [False, True], ids=["all-tokens", "assistant-only"])
+def test_trl_sft_trainer_fine_tunes_with_its_defaults(family, tokenizer_for, assistant_only_loss, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = tokenizer_for(family)
+    model = tiny_model(family, vocab_size=len(tokenizer))
+    # SFTConfig's defaults, gradient checkpointing among them; only the CPU, the length and the budget are set.
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=12, per_device_train_batch_size=4,
+                     learning_rate=1e-2, logging_steps=1, report_to="none", save_strategy="no", max_length=128,
+                     assistant_only_loss=assistant_only_loss)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(CONVERSATIONS),
+                         processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[1]])
+    trained_on = tokenizer.decode(batch["labels"][batch["labels"] != -100])
+    if assistant_only_loss:
+        assert trained_on == "and arrows of outrageous fortune.<|end|>"
+    else:
+        assert "The slings," in trained_on and "outrageous fortune" in trained_on
+    trainer.train()
+    assert args.gradient_checkpointing and model.is_gradient_checkpointing
+    losses = [record["loss"] for record in trainer.state.log_history if "loss" in record]
+    assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------------------ what already worked, kept
+
+
+def test_beam_search_scores_streaming_and_assisted_decoding(family, tokenizer_for):
+    import threading
+
+    tokenizer = tokenizer_for(family)
+    model = tiny_model(family, vocab_size=len(tokenizer))
+    ids = tokenizer("To be, or not", return_tensors="pt").input_ids
+    beams = model.generate(ids, num_beams=3, max_new_tokens=6, do_sample=False, output_scores=True,
+                           return_dict_in_generate=True)
+    assert beams.sequences_scores.shape == (1,) and len(beams.scores) == 6
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    worker = threading.Thread(target=model.generate, kwargs={"input_ids": ids, "max_new_tokens": 8,
+                                                             "do_sample": False, "streamer": streamer})
+    worker.start()
+    streamed = "".join(streamer)
+    worker.join()
+    assert streamed == tokenizer.decode(greedy(model, ids, 8)[0, ids.shape[1]:], skip_special_tokens=True)
+    assistant = tiny_model(family, vocab_size=len(tokenizer), seed=1)
+    if family == "lstm":
+        # A recurrent state cannot be rolled back past rejected draft tokens: transformers refuses, as for Mamba.
+        with pytest.raises(ValueError, match="cropped"):
+            model.generate(ids, assistant_model=assistant, max_new_tokens=8, do_sample=False)
+        return
+    assert torch.equal(model.generate(ids, assistant_model=assistant, max_new_tokens=8, do_sample=False),
+                       greedy(model, ids, 8))
+
+
+def test_bfloat16_loading_and_resized_embeddings_keep_the_head_tied(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    narrow = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in narrow.parameters()} == {torch.bfloat16}
+    assert greedy(narrow).shape[1] == PROMPT.shape[1] + 12
+    model.resize_token_embeddings(80)
+    assert model.get_input_embeddings().weight.shape[0] == model.get_output_embeddings().weight.shape[0] == 80
+    if isinstance(model, GPTForCausalLM):
+        assert model.lm_head.weight is model.model.wte.weight
+    assert model(torch.tensor([[79, 3]])).logits.shape[-1] == 80
+
