@@ -12,11 +12,12 @@ MIN_VOCAB_SIZE = len(BYTE_ALPHABET) + len(SPECIAL_TOKENS)
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 5000, min_frequency: int = 2, length: int | None = None
+    texts: Iterable[str], vocab_size: int = 5000, min_frequency: int = 2, length: int | None = None,
+    show_progress: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE of `vocab_size` tokens (256 bytes, the special tokens, then merges) on `texts`.
 
-    `length` is the number of texts, if known; it only drives the progress estimate.
+    `length` is the number of texts, if known; it only drives the progress bar that `show_progress` prints.
     """
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
@@ -33,7 +34,7 @@ def train_bpe_tokenizer(
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=BYTE_ALPHABET,  # every byte stays encodable even if training never saw it
-        show_progress=False,
+        show_progress=show_progress,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
     return wrap(tokenizer)

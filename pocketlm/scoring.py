@@ -1,0 +1,52 @@
+"""Scoring a model on text per character: the one number on which models with any tokenizer compare.
+
+Validation during training and `compare.py` use the same arithmetic: the summed next-token loss over every real
+token of the text, in bits, divided by the text's characters (each special token standing for one separator).
+"""
+
+import contextlib
+import math
+
+import datasets
+import torch
+
+from . import data
+
+
+@torch.no_grad()
+def sum_token_losses(model, blocks: dict[str, list], pad_id: int, batch_size: int, device: torch.device,
+                     autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Summed next-token loss in nats over every real token of `blocks` ("input_ids", padded with `pad_id`), and
+    over the tokens its "assistant_mask" marks (0 without one), as a float64 tensor of two."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, device=device, dtype=torch.float64)
+    for start in range(0, len(blocks["input_ids"]), batch_size):
+        ids = torch.tensor(blocks["input_ids"][start : start + batch_size], device=device)
+        with autocast():
+            logits = model(input_ids=ids, use_cache=False).logits
+        targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+        )
+        totals[0] += losses.sum()
+        if "assistant_mask" in blocks:
+            mask = torch.tensor(blocks["assistant_mask"][start : start + batch_size], device=device)
+            totals[1] += (losses * mask[:, 1:].flatten()).sum()
+    model.train(was_training)
+    return totals
+
+
+def characters_of(documents: datasets.Dataset) -> int:
+    """Characters a model is scored on: the text, each special token as one, and one per end-of-text token."""
+    return sum(data.count_characters(text) for text in documents["text"]) + sum(documents["ends"])
+
+
+def bits_per_character(model, tokenizer, documents: datasets.Dataset, block_size: int, batch_size: int = 8) -> dict:
+    """`model`'s bits per character on `documents` (rows with `text` and `ends`), read in blocks of `block_size`
+    tokens as validation reads them, with the token and character counts behind it."""
+    token_ids = data.tokenize(documents, tokenizer)
+    blocks, tokens = data.validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
+    nats = sum_token_losses(model, blocks, tokenizer.pad_token_id, batch_size, model.device)[0].item()
+    characters = characters_of(documents)
+    return {"bits_per_char": nats / math.log(2) / characters, "tokens": tokens, "characters": characters}
