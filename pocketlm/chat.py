@@ -6,6 +6,7 @@ own keeps its end). Replies stream token by token and stop at the end-of-turn to
 """
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ GENERATION_OPTIONS = {
     "do_sample": lambda text: str(text).lower() in ("1", "true", "yes", "on"),
 }
 DEFAULT_MAX_NEW_TOKENS = 128
+NO_REPLY = "[no reply: the model ended its turn at once]"
 
 HELP = """commands:
   /help                  this text
@@ -35,7 +37,7 @@ HELP = """commands:
   /params                show the sampling settings; /params temperature=0.9 top_k=20 changes them
   /save FILE             write the conversation to FILE as JSON messages
   /stats                 tokens, time to first token and tokens/s of the last reply
-  /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or leaves at the prompt"""
+  /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -162,8 +164,8 @@ class ChatInterface:
         started = time.perf_counter()
         first = None
         pieces: list[str] = []
-        worker.start()
         try:
+            worker.start()  # inside: a Ctrl-C that lands while the thread starts still stops it below
             for piece in streamer:
                 if piece:
                     first = first or time.perf_counter()
@@ -171,7 +173,8 @@ class ChatInterface:
                     yield piece
         finally:  # also on Ctrl-C or when the caller stops reading: end generation, keep what was said
             self._stop.set()
-            worker.join()
+            if worker.ident is not None:  # started
+                worker.join()
             elapsed = time.perf_counter() - started
             new_tokens = result["ids"].shape[1] - ids.shape[1] if "ids" in result else 0
             self.last_stats = {
@@ -194,17 +197,38 @@ class ChatInterface:
     # ------------------------------------------------------------------------------------------- terminal
 
     def start_chat(self, interactive: bool | None = None) -> int:
-        """The terminal loop. With standard input not a terminal, each line is a turn and each reply a line."""
+        """The terminal loop. With standard input not a terminal, each line is a turn and each reply a line.
+
+        At the prompt Ctrl-C clears the line and asks again, as Python's and ollama's prompts do; Ctrl-D or /quit
+        leaves. During a reply Ctrl-C stops it and keeps what was said.
+        """
         interactive = sys.stdin.isatty() if interactive is None else interactive
-        if interactive:
-            print(f"chatting with {self.model.name_or_path or 'a pocketlm model'}: /help for commands, /quit to leave")
+        if not interactive:
+            return self._loop(interactive)
+        print(f"chatting with {self.model.name_or_path or 'a pocketlm model'}: /help for commands, "
+              "Ctrl-D or /quit to leave")
+        # Ctrl-C must raise KeyboardInterrupt even when this process was started with SIGINT ignored, as a
+        # background job of a non-interactive shell is (and its children inherit): Python then installs no
+        # handler, and Ctrl-C would silently do nothing. (The chat test failed that way in such a run.)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return self._loop(interactive)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _loop(self, interactive: bool) -> int:
         while True:
             try:
                 line = input("you> " if interactive else "")
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:
                 if interactive:
                     print()
                 return 0
+            except KeyboardInterrupt:
+                if not interactive:
+                    return 0
+                print("\n(the line was cleared: Ctrl-D or /quit leaves)")
+                continue
             line = line.strip()
             if not line:
                 continue
@@ -212,14 +236,24 @@ class ChatInterface:
                 if self._command(line) == "quit":
                     return 0
                 continue
+            self._print_reply(line, interactive)
+
+    def _print_reply(self, line: str, interactive: bool) -> None:
+        """Stream the reply to `line`; Ctrl-C anywhere in it, from its first moment, ends it with [stopped]."""
+        shown = False
+        try:
             if interactive:
                 print("bot> ", end="", flush=True)
-            try:
-                for piece in self.stream(line):
-                    print(piece, end="", flush=True)
-            except KeyboardInterrupt:
-                print(" [stopped]", end="")
-            print(flush=True)
+            for piece in self.stream(line):
+                shown = shown or bool(piece.strip())
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+            shown = True
+        if interactive and not shown:
+            # The model ended its turn at once: say so rather than leave a blank line.
+            print(NO_REPLY, end="")
+        print(flush=True)
 
     def _command(self, line: str) -> str | None:
         name, _, argument = line.partition(" ")

@@ -110,6 +110,10 @@ def train_parser() -> argparse.ArgumentParser:
     add("--vocab-size", type=int, help="BPE vocabulary size (recipe: 5000)")
     add("--init-from", metavar="PATH_OR_REPO", help="fine-tune this pocketlm model instead of starting fresh")
     add("--compile", action="store_true", help="torch.compile the model")
+    add("--gradient-checkpointing", action="store_true",
+        help="recompute activations in backward instead of keeping them: less memory, slower steps")
+    add("--assistant-only-loss", action=argparse.BooleanOptionalAction, default=None,
+        help="on conversations, learn only the assistant's replies (recipe)")
     add("--report-to", default="none", choices=["none", "tensorboard"], help="also log to TensorBoard")
     add("--model-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a model config field, e.g. n_layer=4; repeatable")
@@ -151,7 +155,8 @@ def _best_mixed_precision() -> str:
 
 
 def legacy_main(argv: list[str] | None = None) -> int:
-    """The old system's `main.py --train|--chat`, forwarding every other option to train.py or chat.py."""
+    """The old system's `main.py --train|--chat|--compare`, forwarding every other option to train.py, chat.py or
+    compare.py."""
     parser = _Parser(
         prog="main.py",
         description="pocketlm's original command line; see train.py --help and chat.py --help for every option.",
@@ -159,12 +164,15 @@ def legacy_main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train a model (train.py)")
     mode.add_argument("--chat", action="store_true", help="chat with a trained model (chat.py)")
+    mode.add_argument("--compare", action="store_true", help="compare trained models (compare.py)")
     parser.add_argument("--model-type", default="lstm", choices=["lstm", "transformer"], help="default: lstm")
     parser.add_argument(
         "--mixed-precision", nargs="?", const="auto", choices=["auto", "no", "fp16", "bf16"],
         help="bare: bf16 where supported, else fp16",
     )
     args, rest = parser.parse_known_args(argv)
+    if args.compare:
+        return compare_main(rest)
     forwarded = ["--model-type", args.model_type, *rest]
     if args.train:
         if args.mixed_precision:
@@ -244,6 +252,67 @@ def chat_main(argv: list[str] | None = None) -> int:
     return _run(job)
 
 
+# -------------------------------------------------------------------------------------------------- compare
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compare.py",
+                     description="Score models side by side on one number, bits per character on the same text, "
+                                 "with their size, decoding speed and replies to the same prompts.")
+    add = parser.add_argument
+    add("models", nargs="+", metavar="MODEL", help="model folders or Hub repo ids, either family")
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument("--data", action="append", metavar="PATH",
+                      help="score on this file or folder (default: the first model's validation documents); repeatable")
+    text.add_argument("--dataset", metavar="NAME_OR_PATH", help="score on this datasets.load_dataset dataset")
+    add("--prompts", metavar="FILE", help="prompts to reply to, one per line (default: three greetings)")
+    add("--output", default="comparison.md", metavar="FILE.md", help="the markdown report (default: comparison.md)")
+    add("--chart", metavar="FILE.png", help="the bar chart (default: the report's name with .png)")
+    add("--seed", type=int, default=0, help="seed for the sampled replies")
+    add("--max-new-tokens", type=int, default=60, help="longest reply, in tokens")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return parser
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    args = compare_parser().parse_args(argv)
+    _quiet_libraries()
+
+    def job():
+        from pathlib import Path
+
+        from .comparison import compare_models, comparison_text, draw_chart, markdown, read_prompts, terminal_table
+        from .loading import resolve_device
+
+        if args.max_new_tokens <= 0:
+            raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
+        output = Path(args.output)
+        chart = Path(args.chart) if args.chart else output.with_suffix(".png")
+        for path in (output, chart):
+            if path.is_dir() or not path.parent.is_dir():
+                raise UsageError(f"cannot write {path}: its folder does not exist or it is a folder; pick another path.")
+        prompts = read_prompts(args.prompts)
+        documents, text = comparison_text(args.models[0], args.data, args.dataset)
+        reports = compare_models(args.models, documents, prompts, args.seed, args.max_new_tokens,
+                                 resolve_device(args.device))
+        print(f"\nbits per character on {text}:\n")
+        print(terminal_table(reports))
+        for index, prompt in enumerate(prompts):
+            print(f"\n> {prompt}")
+            for report in reports:
+                print(f"  {report.name}: {report.replies[index]}")
+        try:
+            draw_chart(reports, chart)
+            chart_link = chart.name if chart.parent.resolve() == output.parent.resolve() else str(chart)
+            output.write_text(markdown(reports, text, prompts, args.seed, chart_link), encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"cannot write {error.filename or output}: {error.strerror}; pick another --output.")
+        print(f"\nwrote {output} and {chart}")
+        return 0
+
+    return _run(job)
+
+
 # --------------------------------------------------------------------------------------------------- upload
 
 
@@ -257,6 +326,8 @@ def upload_parser() -> argparse.ArgumentParser:
     add("--commit-message", help="the upload's commit message")
     add("--revision", metavar="BRANCH", help="upload to this branch (created if needed)")
     add("--license", default="mit", metavar="ID", help="license id for the model card (default: mit)")
+    add("--data-name", metavar="NAME",
+        help="what the model card calls the training data (default: its file and folder names, never a path)")
     add("--dry-run", action="store_true", help="build the folder that would be uploaded and stop (no network)")
     add("--output-dir", help="where --dry-run builds the folder (default: <model_dir>-hub)")
     return parser
@@ -275,12 +346,12 @@ def upload_main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--repo-id {args.repo_id!r} must look like OWNER/NAME.")
         if args.dry_run:
             folder = prepare_folder(args.model_dir, args.output_dir or args.model_dir.rstrip("/") + "-hub",
-                                    args.repo_id, args.license)
+                                    args.repo_id, args.license, data_name=args.data_name)
             print(f"prepared {folder} for {args.repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
             return 0
         token = resolve_token(args.token)  # before any work: a missing login should fail fast
         with tempfile.TemporaryDirectory() as scratch:
-            folder = prepare_folder(args.model_dir, scratch, args.repo_id, args.license)
+            folder = prepare_folder(args.model_dir, scratch, args.repo_id, args.license, data_name=args.data_name)
             url = upload(folder, args.repo_id, token, args.private, args.commit_message, args.revision)
         print(f"uploaded to {url}")
         return 0

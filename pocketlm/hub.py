@@ -6,7 +6,9 @@ The folder holds only what a Hub model repository needs, and loads anywhere with
 
 import json
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -15,7 +17,7 @@ from tokenization import save_tokenizer
 
 from .errors import UsageError
 from .generation import sample_outputs
-from .loading import load_pretrained, model_family
+from .loading import check_model_folder, load_pretrained, model_family
 from .metrics import LOSS_CURVE_FILE
 from .training import SUMMARY_FILE
 
@@ -32,18 +34,52 @@ class HubError(RuntimeError):
 def _require_model_folder(model_dir: Path) -> str:
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir} is not a folder: pass the folder train.py wrote, e.g. models/transformer-small.")
-    missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json") if not (model_dir / name).exists()]
-    if missing:
-        raise UsageError(f"{model_dir} is not a pocketlm model folder (missing {', '.join(missing)}): train one first.")
-    return model_family(str(model_dir))
+    family = model_family(str(model_dir))
+    check_model_folder(model_dir)
+    return family
+
+
+_HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def public_data_name(summary: dict, override: str | None = None) -> str:
+    """What the card says the model was trained on: `override`, else the file and folder names the run recorded,
+    never a local path (a user's is /home/<name>/<private folder>)."""
+    if override:
+        return override
+    data = summary.get("data", {})
+    if data.get("name"):
+        return data["name"]
+    options = summary.get("options", {})
+    if options.get("dataset"):
+        return options["dataset"] if _is_hub_dataset(options["dataset"]) else Path(options["dataset"]).name
+    if options.get("data"):
+        return ", ".join(Path(path).name for path in options["data"])
+    return data.get("source", "unknown text") if not data.get("source", "").startswith(("/", ".", "~")) else "local text"
+
+
+def _is_hub_dataset(name: str | None) -> bool:
+    """A Hub dataset id ("owner/name" or "name"), not a path on this machine."""
+    return bool(name) and _HUB_DATASET_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
+
+
+def _read_summary(model_dir: Path) -> dict:
+    path = model_dir / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError(f"{path} is not valid JSON: delete it to publish without a training record, or train again.")
 
 
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
-               has_curve: bool) -> str:
+               has_curve: bool, data_name: str | None = None) -> str:
     """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model."""
     params = sum(p.numel() for p in model.parameters())
-    source = summary.get("data", {}).get("source", "unknown text")
+    source = public_data_name(summary, data_name)
     dataset_on_hub = summary.get("options", {}).get("dataset")
+    dataset_on_hub = dataset_on_hub if _is_hub_dataset(dataset_on_hub) else None
     bpc, ppl = summary.get("best_val_bpc"), summary.get("best_val_ppl")
     metadata = {
         "library_name": "transformers",
@@ -51,7 +87,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
         "license": license_id,
         "tags": ["pocketlm", "text-generation", "custom_code", "gpt" if family == "transformer" else "lstm"],
     }
-    if dataset_on_hub and not Path(dataset_on_hub).exists():
+    if dataset_on_hub:
         metadata["datasets"] = [dataset_on_hub]
     if bpc is not None:
         metadata["model-index"] = [{
@@ -66,6 +102,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
             }],
         }]
     config = model.config
+    minimum = sys.modules[type(config).__module__].MIN_TRANSFORMERS
     if family == "transformer":
         architecture = (f"GPT-style decoder-only Transformer: {config.n_layer} pre-norm blocks, width {config.n_embd}, "
                         f"{config.n_head} heads, context window {config.block_size} tokens, byte-level BPE vocabulary "
@@ -79,7 +116,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
     rows = "\n".join(f"| {name} | {options[name]} |" for name in hyper if options.get(name) is not None)
     sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
     curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
-    record = _training_record(summary, rows) if summary else (
+    record = _training_record(summary, rows, source) if summary else (
         "## Training\n\nNo training record (training_summary.json) was found beside this model.\n")
     body = f"""# {repo_id.split('/')[-1]}
 
@@ -100,7 +137,8 @@ print(tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tok
 ```
 
 `trust_remote_code=True` lets transformers run the model's own `configuration_*.py` and `modeling_*.py`, which are
-part of this repository. With pocketlm installed, `python chat.py --model {repo_id}` chats with it in a terminal.
+part of this repository. They need torch and transformers>={minimum} (older releases stop with an error naming
+this version). With pocketlm installed, `python chat.py --model {repo_id}` chats with it in a terminal.
 
 {record}
 {curve}
@@ -126,11 +164,11 @@ def _documents(data: dict) -> str:
     return f"{data['train_documents']:,} training and {validation}"
 
 
-def _training_record(summary: dict, rows: str) -> str:
+def _training_record(summary: dict, rows: str, data_name: str) -> str:
     data = summary["data"]
     return f"""## Training data
 
-{data['source']}: {_documents(data)}
+{data_name}: {_documents(data)}
 (exact duplicates removed; split by document, so validation text never appears in training), about
 {data['train_tokens']:,} training tokens{' read from a stream' if data.get('streaming') else ''}.
 
@@ -155,26 +193,36 @@ models with different tokenizers compare on it.
 """
 
 
-def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0) -> Path:
-    """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`."""
+def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0,
+                   data_name: str | None = None) -> Path:
+    """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`.
+
+    `data_name` is what the card calls the training data (default: the file and folder names the run recorded).
+    """
     source, target = Path(model_dir), Path(output_dir)
     family = _require_model_folder(source)
-    if target.exists() and any(target.iterdir()):
-        raise UsageError(f"{target} is not empty: choose a new --output-dir, nothing there was touched.")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))
-    summary_path = source / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = _read_summary(source)
     is_chat = summary.get("data", {}).get("is_chat", True)
     samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
-    target.mkdir(parents=True, exist_ok=True)
-    # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
-    model.save_pretrained(target)
-    save_tokenizer(tokenizer, target)
-    has_curve = (source / LOSS_CURVE_FILE).exists()
-    if has_curve:
-        shutil.copy2(source / LOSS_CURVE_FILE, target / LOSS_CURVE_FILE)
-    card = model_card(model, family, summary, samples, repo_id, license_id, has_curve)
-    (target / CARD_FILE).write_text(card)
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
+        model.save_pretrained(target)
+        save_tokenizer(tokenizer, target)
+        has_curve = (source / LOSS_CURVE_FILE).exists()
+        if has_curve:
+            shutil.copy2(source / LOSS_CURVE_FILE, target / LOSS_CURVE_FILE)
+        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name)
+        (target / CARD_FILE).write_text(card, encoding="utf-8")
+    except OSError as error:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)  # no half-built folder left to upload by mistake
+        raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): "
+                         "free some space or choose another --output-dir.")
     return target
 
 

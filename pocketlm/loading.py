@@ -28,12 +28,67 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# What a pocketlm model folder must hold for chat, comparison and upload, and why each matters.
+REQUIRED_FILES = {
+    "config.json": "the model's shape",
+    "model.safetensors": "the weights",
+    "tokenizer.json": "the tokenizer",
+    "tokenizer_config.json": "the tokenizer's special tokens",
+    "chat_template.jinja": "the chat template",
+}
+JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+DAMAGED_FIX = "train it again, or copy the folder again from where it came"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise UsageError(f"{path} is not valid JSON{where}: the model folder is damaged; {DAMAGED_FIX}.")
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} holds no JSON object: the model folder is damaged; {DAMAGED_FIX}.")
+    return value
+
+
+def _check_safetensors(path: Path) -> None:
+    """A complete safetensors file: an 8-byte header length, a JSON header, then exactly the bytes it lists."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_length > size - 8:
+                raise ValueError("shorter than its header says")
+            header = json.loads(handle.read(header_length))
+        end = max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"), default=0)
+        if 8 + header_length + end != size:
+            raise ValueError(f"{size:,} bytes where its header lists {8 + header_length + end:,}")
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise UsageError(f"{path} is truncated or damaged ({error}): {DAMAGED_FIX}.")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing == ["chat_template.jinja"] and "chat_template" in _read_json(folder / "tokenizer_config.json"):
+        missing = []  # an older layout: the template inside tokenizer_config.json
+    if "config.json" in missing:
+        raise UsageError(f"{folder} holds no model (no config.json): point at a folder train.py wrote.")
+    if missing:
+        what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
+        raise UsageError(f"{folder} is an incomplete model folder, missing {what}: {DAMAGED_FIX}.")
+    for name in JSON_FILES:
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    _check_safetensors(folder / "model.safetensors")
+
+
 def _config_of(path_or_repo: str) -> dict:
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
             raise UsageError(f"{path_or_repo} holds no model (no config.json): point at a folder train.py wrote.")
-        return json.loads((local / "config.json").read_text())
+        return _read_json(local / "config.json")
     if local.exists() or path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
         raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
     from huggingface_hub import hf_hub_download
@@ -59,11 +114,33 @@ def model_family(path_or_repo: str) -> str:
 
 
 def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype: str = "float32"):
-    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`."""
+    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`.
+
+    A damaged or incomplete folder, or one transformers cannot read, ends in a UsageError naming the file.
+    """
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
-    model_family(path_or_repo)
-    model = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype])
-    tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
+    family = model_family(path_or_repo)
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():
+        check_model_folder(local)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype], output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+        # What the checks above cannot foresee (a Hub repo's files, a weight of the wrong shape): one line.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "mismatched_sizes" in reason or "size mismatch" in reason:
+            raise UsageError(f"the weights in {path_or_repo} do not fit its config.json (tensors of other shapes): "
+                             f"{DAMAGED_FIX}.")
+        raise UsageError(f"could not load the {family} model in {path_or_repo} ({reason[:300]}): {DAMAGED_FIX}.")
+    # transformers fills weights the file lacks with random values and only logs it: that would be a model that
+    # talks nonsense without a word.
+    missing = sorted(set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ())))
+    if missing:
+        raise UsageError(f"the weights in {path_or_repo} do not fit its config.json (missing or misshapen: "
+                         f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
+    if tokenizer.chat_template is None:
+        raise UsageError(f"{path_or_repo} has no chat template (chat_template.jinja): {DAMAGED_FIX}.")
     device = resolve_device(device) if isinstance(device, str) else device
     return model.to(device).eval(), tokenizer

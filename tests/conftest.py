@@ -1,6 +1,9 @@
 """Tiny models and tokenizers shared by the tests, so the whole suite runs in minutes on two CPU cores."""
 
+import contextlib
+import io
 import os
+import subprocess
 
 import pytest
 import torch
@@ -53,3 +56,25 @@ def bpe_tokenizer():
 def tokenizer_for(char_tokenizer, bpe_tokenizer):
     """The tokenizer each family is trained with: characters for the LSTM, byte-level BPE for the Transformer."""
     return lambda family: bpe_tokenizer if family == "transformer" else char_tokenizer
+
+
+def run_entry(main, *args: str) -> subprocess.CompletedProcess:
+    """A command's entry point (train_main, chat_main, ...) in this process: the same code path as the script,
+    without paying the import time again."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse exits on its own
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, status: int = 2) -> None:
+    """Exit status 2 (or `status`), no traceback, and exactly one `error:` line holding every needle."""
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]

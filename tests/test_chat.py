@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,9 +60,10 @@ def run_chat(*args: str, stdin: str = "", cwd: Path = REPO_ROOT) -> subprocess.C
                           text=True, timeout=300, cwd=cwd)
 
 
-def spawn_chat(*args: str) -> pexpect.spawn:
+def spawn_chat(*args: str, preexec_fn=None) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, [str(REPO_ROOT / "chat.py"), *args], cwd=str(REPO_ROOT), encoding="utf-8",
-                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dimensions=(40, 200))
+                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"}, dimensions=(40, 200),
+                          preexec_fn=preexec_fn)
     child.expect("you> ")
     return child
 
@@ -97,9 +99,17 @@ def test_a_terminal_session(family, chat_models, tmp_path):
     assert child.exitstatus == 0
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
-def test_ctrl_c_stops_a_reply_and_the_session_goes_on(family, endless_models):
-    child = spawn_chat("--model", str(endless_models[family]), "--max-new-tokens", "5000")
+@pytest.mark.parametrize("started", ["from a terminal", "with SIGINT ignored"])
+def test_ctrl_c_stops_a_reply_and_the_session_goes_on(family, started, endless_models):
+    # A background job of a non-interactive shell starts with SIGINT ignored, and so do its children: the suite
+    # run that way once saw Ctrl-C do nothing. The chat must answer Ctrl-C however it was started.
+    child = spawn_chat("--model", str(endless_models[family]), "--max-new-tokens", "5000",
+                       preexec_fn=_ignore_sigint if started == "with SIGINT ignored" else None)
     child.sendline("Tell me everything")
     child.expect("bot> ")
     time.sleep(0.5)
@@ -109,13 +119,29 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(family, endless_models):
     assert "tokens" in say(child, "/stats")
     child.sendline("And again")
     child.expect("bot> ")
-    time.sleep(0.3)
-    child.sendintr()
+    child.sendintr()  # at once, as the reply starts
+    child.expect(r"\[stopped\]")
     child.expect("you> ")
-    child.sendintr()  # Ctrl-C at the prompt leaves cleanly
+    child.send("half a line")
+    child.sendintr()  # at the prompt: the line is cleared and the prompt comes back, as in python or ollama
+    child.expect("cleared")
+    child.expect("you> ")
+    child.sendeof()  # Ctrl-D leaves
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_a_reply_that_ends_at_once_shows_a_marker(chat_models, tmp_path):
+    folder = tmp_path / "silent"
+    shutil.copytree(chat_models["transformer"], folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["sequence_bias"] = [[[2], 100.0]]  # <|end|> (id 2) overwhelms every other token: replies end at once
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    child = spawn_chat("--model", str(folder))
+    assert "[no reply" in say(child, "Hello")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
 
 
 def test_ctrl_d_at_the_prompt_leaves_cleanly(chat_models):

@@ -93,7 +93,7 @@ def test_dry_run_never_overwrites(trained, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = run_upload(str(trained["lstm"]), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out))
-    assert result.returncode == 2 and "not empty" in result.stderr
+    assert result.returncode == 2 and "not an empty folder" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -197,7 +197,7 @@ def test_someone_elses_repository_is_refused_cleanly(trained):
 
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     result = run_upload(str(tmp_path), "--repo-id", "me/model", "--dry-run")
-    _assert_clean_failure(result, "not a pocketlm model folder", code=2)
+    _assert_clean_failure(result, "holds no model (no config.json)", code=2)
     assert run_upload(str(tmp_path), "--repo-id", "not-a-repo-id", "--dry-run").returncode == 2
 
 

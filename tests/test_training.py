@@ -2,7 +2,6 @@
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from conftest import tiny_config
+from conftest import assert_one_line_error, run_entry, tiny_config
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
@@ -89,14 +88,8 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: int = 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """train.py's entry point in this process: the same code path without paying the import time again."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = train_main(list(args))
-        except SystemExit as exit_:  # argparse exits on its own
-            code = exit_.code
-    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+    """train.py's entry point in this process."""
+    return run_entry(train_main, *args)
 
 
 def file_hash(path: Path) -> str:
@@ -333,15 +326,6 @@ def test_text_longer_than_the_window_is_read_without_a_false_alarm():
 # ----------------------------------------------------------------------------------------- bad input: exit 2
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize(
     "args, needles",
     [
@@ -359,7 +343,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -
 )
 def test_bad_options_fail_with_one_line(args, needles, corpus_file, tmp_path):
     result = run_cli(f"--data={corpus_file}", f"--output-dir={tmp_path / 'out'}", *args)
-    _assert_one_line_error(result, *needles)
+    assert_one_line_error(result, *needles)
 
 
 def test_bad_data_fails_with_one_line(tmp_path):
@@ -371,12 +355,12 @@ def test_bad_data_fails_with_one_line(tmp_path):
     tiny.write_text("Too short.\n\nStill short.\n")
     out = tmp_path / "out"
     # Once through the real script, to check the process exit status; in-process afterwards, for speed.
-    _assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "no .txt, .md or .jsonl")
-    _assert_one_line_error(run_cli(*cli_args("lstm", binary, out)), "binary or not UTF-8")
-    _assert_one_line_error(run_cli(*cli_args("lstm", tiny, out)), "not enough text")
+    assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "no .txt, .md or .jsonl")
+    assert_one_line_error(run_cli(*cli_args("lstm", binary, out)), "binary or not UTF-8")
+    assert_one_line_error(run_cli(*cli_args("lstm", tiny, out)), "not enough text")
     one_block_short = tmp_path / "short.txt"
     one_block_short.write_text(make_text(9, 12))
-    _assert_one_line_error(
+    assert_one_line_error(
         run_cli(*cli_args("lstm", one_block_short, out, "--block-size=4000")), "not enough text for one block"
     )
     assert not (out / "model.safetensors").exists()
@@ -387,7 +371,7 @@ def test_an_output_folder_of_another_family_is_left_alone(corpus_file, tmp_path)
     train(tiny_options("lstm", corpus_file, out, max_steps=1))
     before = {p.name: file_hash(p) for p in out.iterdir() if p.is_file()}
     result = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1"))
-    _assert_one_line_error(result, "holds a pocketlm_lstm model", "--overwrite")
+    assert_one_line_error(result, "holds a pocketlm_lstm model", "--overwrite")
     assert {p.name: file_hash(p) for p in out.iterdir() if p.is_file()} == before
     replaced = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1", "--overwrite"))
     assert replaced.returncode == 0, replaced.stderr[-2000:]
@@ -396,9 +380,9 @@ def test_an_output_folder_of_another_family_is_left_alone(corpus_file, tmp_path)
 
 def test_resume_needs_a_checkpoint_and_a_rerun_needs_resume(corpus_file, tmp_path):
     out = tmp_path / "model"
-    _assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out, "--resume")), "no checkpoint")
+    assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out, "--resume")), "no checkpoint")
     train(tiny_options("lstm", corpus_file, out, max_steps=2))
-    _assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out)), "--resume", "--overwrite")
+    assert_one_line_error(run_cli(*cli_args("lstm", corpus_file, out)), "--resume", "--overwrite")
 
 
 # ------------------------------------------------------------------------------------------------ reliability
@@ -499,12 +483,14 @@ class _MainOfTwoProcesses:
 
 
 def test_a_checkpoint_is_renamed_into_place_only_once_every_process_wrote_its_share(corpus_file, tmp_path):
-    from pocketlm.checkpoints import CheckpointManager
+    from pocketlm.checkpoints import CheckpointManager, verify
 
     manager = CheckpointManager(tmp_path / "checkpoints", _MainOfTwoProcesses())
     state = {"step": 3, "best_val_loss": 1.0, "best_val_bpc": 1.0, "tokens": 0}
     saved = manager.save(3, state, tiny_options("transformer", corpus_file, tmp_path / "out"))
-    assert {p.name for p in saved.iterdir()} == {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"}
+    assert {p.name for p in saved.iterdir()} == {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json",
+                                                 "pocketlm-manifest.json"}
+    assert verify(saved) is None  # the manifest was written after both shares, so it covers both
     assert [p.name for p in manager.folder.iterdir()] == ["step-3"]
 
 

@@ -1,0 +1,436 @@
+"""The fault matrix: every bad input and fault ends in one clear line, with a non-zero exit, and nothing lost.
+
+Across the commands (train.py, chat.py, compare.py, hub_upload.py) and the Python API (`train`, `ChatInterface`,
+`prepare_folder`): damaged and incomplete model folders, malformed data of every format, numbers out of range,
+contradictory flags, unknown config fields, paths that cannot be written, a full disk, a busy output folder, and
+checkpoints pocketlm did not write.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, run_entry
+
+from pocketlm.chat import ChatInterface
+from pocketlm.cli import chat_main, compare_main, train_main, upload_main
+from pocketlm.errors import UsageError
+from pocketlm.hub import prepare_folder
+from pocketlm.training import TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+WORDS = "the a king queen speaks softly to of my lord lady sword crown night day fair foul".split()
+
+
+def prose(seed: int, paragraphs: int = 40) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 50))).capitalize() + ".\n"
+                     for _ in range(paragraphs))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and its digest: what 'nothing overwritten' compares."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    folders = {}
+    for family, shape in TINY.items():
+        out = tmp_path_factory.mktemp(f"faults-{family}")
+        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
+                              batch_size=4, max_steps=4, eval_every=2, vocab_size=400, samples=0))
+        folders[family] = out
+    return folders
+
+
+# --------------------------------------------------------------------------------- damaged model folders
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _other_weights(folder: Path, trained: dict[str, Path]) -> None:
+    """Weights of the other family: a file that is whole, but not this model's."""
+    other = trained["lstm" if "gpt" in (folder / "config.json").read_text() else "transformer"]
+    shutil.copy(other / "model.safetensors", folder / "model.safetensors")
+
+
+DAMAGE = {
+    "config.json missing": (lambda f, t: (f / "config.json").unlink(), "no config.json"),
+    "config.json not JSON": (lambda f, t: (f / "config.json").write_text("{'model_type': "), "config.json"),
+    "config.json truncated": (lambda f, t: _truncate(f / "config.json"), "config.json"),
+    "config.json of another library": (
+        lambda f, t: (f / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1})), "'gpt2'"),
+    "weights missing": (lambda f, t: (f / "model.safetensors").unlink(), "model.safetensors"),
+    "weights truncated": (lambda f, t: _truncate(f / "model.safetensors"), "model.safetensors"),
+    "weights of another model": (_other_weights, "do not fit"),
+    "tokenizer.json missing": (lambda f, t: (f / "tokenizer.json").unlink(), "tokenizer.json"),
+    "tokenizer.json not JSON": (lambda f, t: _truncate(f / "tokenizer.json"), "tokenizer.json"),
+    "tokenizer_config.json missing": (lambda f, t: (f / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+    "tokenizer_config.json not JSON": (lambda f, t: _truncate(f / "tokenizer_config.json"), "tokenizer_config.json"),
+    "chat template missing": (lambda f, t: (f / "chat_template.jinja").unlink(), "chat_template.jinja"),
+    "generation_config.json not JSON": (
+        lambda f, t: (f / "generation_config.json").write_text("max_new_tokens: 3"), "generation_config.json"),
+    "an empty folder": (lambda f, t: [p.unlink() for p in f.iterdir() if p.is_file()], "no config.json"),
+}
+
+
+def _damaged_copy(trained, family: str, damage: str, tmp_path: Path) -> tuple[Path, str]:
+    folder = tmp_path / f"damaged-{family}"
+    shutil.copytree(trained[family], folder, ignore=shutil.ignore_patterns("checkpoints"))
+    apply, needle = DAMAGE[damage]
+    apply(folder, trained)
+    return folder, needle
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("command", ["chat.py", "compare.py", "hub_upload.py", "train.py --init-from"])
+def test_a_damaged_model_folder_is_refused_in_one_line(command, damage, trained, tmp_path):
+    folder, needle = _damaged_copy(trained, "transformer", damage, tmp_path)
+    before = snapshot(folder)
+    if command == "chat.py":
+        result = run_entry(chat_main, "--model", str(folder), "--prompt", "Hello")
+    elif command == "compare.py":
+        result = run_entry(compare_main, str(folder), "--output", str(tmp_path / "c.md"))
+    elif command == "hub_upload.py":
+        result = run_entry(upload_main, str(folder), "--repo-id", "me/model", "--dry-run", "--output-dir",
+                           str(tmp_path / "hub"))
+        assert not (tmp_path / "hub").exists()
+    else:
+        result = run_entry(train_main, "--init-from", str(folder), "--output-dir", str(tmp_path / "tuned"),
+                           "--max-steps", "1", "--samples", "0")
+        assert not (tmp_path / "tuned" / "model.safetensors").exists()
+    assert_one_line_error(result, needle)
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("damage", ["weights truncated", "tokenizer.json missing", "chat template missing"])
+def test_the_python_api_raises_a_usage_error_for_a_damaged_folder(damage, trained, tmp_path):
+    folder, needle = _damaged_copy(trained, "lstm", damage, tmp_path)
+    with pytest.raises(UsageError, match=needle.replace(".", r"\.")):
+        ChatInterface(str(folder))
+    with pytest.raises(UsageError, match=needle.replace(".", r"\.")):
+        prepare_folder(str(folder), str(tmp_path / "hub"), "me/model")
+
+
+def test_the_real_script_exits_2_for_a_hub_id_it_cannot_fetch(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "chat.py"), "--model", "nobody/not-cached", "--prompt",
+                             "hi"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result, "nobody/not-cached", "local Hub cache")
+
+
+# ----------------------------------------------------------------------------------------- malformed data
+
+
+def _train_on(tmp_path: Path, name: str, content, *extra: str):
+    data = tmp_path / name
+    if isinstance(content, bytes):
+        data.write_bytes(content)
+    else:
+        data.write_text(content, encoding="utf-8")
+    args = ["--model-type=lstm", f"--data={data}", f"--output-dir={tmp_path / 'out'}", "--block-size=32",
+            "--batch-size=4", "--max-steps=1", "--samples=0", "--model-config=hidden_size=32",
+            "--model-config=embedding_dim=16", *extra]
+    return run_entry(train_main, *args)
+
+
+def _jsonl(*records) -> str:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
+
+
+GOOD = [{"text": prose(i, 3)} for i in range(30)]
+CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
+
+
+@pytest.mark.parametrize("case, content, reason", [
+    ("bad JSON", _jsonl(*GOOD, "{not json", "[1, 2"), "not valid JSON"),
+    ("not an object", _jsonl(*GOOD, [1, 2], "3"), "not a JSON object"),
+    ("wrong type", _jsonl(*GOOD, {"text": 42}), "'text' is not a string"),
+    ("missing keys", _jsonl(*GOOD, {"body": "no text key"}), "no 'text' string or 'messages' list"),
+    ("unknown role", _jsonl(*GOOD, {"messages": [{"role": "bot", "content": "hi"}]}),
+     "unknown role 'bot' (use system, user or assistant)"),
+    ("empty messages", _jsonl(*GOOD, {"messages": []}), "'messages' is not a non-empty list"),
+    ("message without content", _jsonl(*GOOD, {"messages": [{"role": "user"}]}),
+     "a message lacks a 'role' or 'content' string"),
+    ("empty text", _jsonl(*GOOD, {"text": "   "}), "empty 'text'"),
+])
+def test_bad_jsonl_records_are_skipped_counted_and_named(case, content, reason, tmp_path):
+    result = _train_on(tmp_path, "data.jsonl", content)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
+    skipped = len(content.splitlines()) - len(GOOD)
+    assert records["skipped"] == {reason: skipped}, records
+    assert records["kept"] + records["duplicates_dropped"] == len(GOOD)  # every good line trained on
+    assert records["first_skipped_at"][reason] == f"{tmp_path / 'data.jsonl'}:{len(GOOD) + 1}"
+    assert reason in result.stdout  # on the screen, where the user looks
+
+
+@pytest.mark.parametrize("case, content, needles", [
+    ("no usable record", _jsonl({"body": 1}, {"title": "x"}), ["no usable text", "no 'text' string", "data.jsonl:1"]),
+    ("only bad roles", _jsonl({"messages": [{"role": "narrator", "content": "x"}]}), ["unknown role 'narrator'"]),
+    ("empty file", "", ["no usable text", "empty"]),
+    ("only whitespace", " \n\n\t\n", ["no usable text", "empty"]),
+    ("one line of many duplicates", _jsonl({"text": "same"}, *[{"text": "same"}] * 50, "{bad"),
+     ["1 skipped (not valid JSON", "50 exact duplicates"]),
+])
+def test_data_with_nothing_to_train_on_ends_in_one_line_that_accounts_for_every_record(case, content, needles,
+                                                                                      tmp_path):
+    result = _train_on(tmp_path, "data.jsonl" if "{" in content or "[" in content else "data.txt", content)
+    assert_one_line_error(result, *needles)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_text_with_a_byte_order_mark_or_in_utf16_is_read_as_text(encoding, tmp_path):
+    text = prose(1).replace(".\n", ", ça va? 你好 🙂\n")  # in every paragraph, whichever are held out
+    result = _train_on(tmp_path, "notes.txt", text.encode(encoding))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoTokenizer
+
+    vocabulary = AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab()
+    assert "你" in vocabulary and "\ufeff" not in vocabulary and "\x00" not in vocabulary
+
+
+def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    from pocketlm import data
+
+    original = data.split_into_documents
+    target = tmp_path / "growing.txt"
+
+    def growing(lines, total_chars):
+        with open(target, "a", encoding="utf-8") as handle:  # another program appends as pocketlm reads
+            handle.write("More text arrives.\n")
+        yield from original(lines, total_chars)
+
+    monkeypatch.setattr(data, "split_into_documents", growing)
+    result = _train_on(tmp_path, "growing.txt", prose(2))
+    assert_one_line_error(result, "growing.txt changed while it was being read")
+
+
+def test_a_binary_file_among_text_files_is_reported_and_the_rest_is_trained_on(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "good.txt").write_text(prose(3))
+    (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00\x01binary" * 50)
+    result = run_entry(train_main, "--model-type=lstm", f"--data={folder}", f"--output-dir={tmp_path / 'out'}",
+                       "--block-size=32", "--batch-size=4", "--max-steps=1", "--samples=0",
+                       "--model-config=hidden_size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
+    assert list(records["files_not_read"]) == [str(folder / "image.txt")]
+    assert "image.txt" in result.stderr + result.stdout
+
+
+# --------------------------------------------------------------------------------------------- bad flags
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(prose(0))
+    return path
+
+
+def _train(corpus: Path, out: Path, *extra: str):
+    return run_entry(train_main, f"--data={corpus}", f"--output-dir={out}", "--block-size=32", "--batch-size=4",
+                     "--max-steps=2", "--samples=0", "--model-config=n_layer=1", *extra)
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--lr=-1", "--lr must be positive"),
+    ("--lr=nan", "--lr must be positive"),
+    ("--lr=inf", "--lr must be a finite number"),
+    ("--block-size=1", "--block-size must be at least 2"),
+    ("--grad-accum=0", "--grad-accum must be positive"),
+    ("--save-every=0", "--save-every must be positive"),
+    ("--eval-every=-5", "--eval-every must be positive"),
+    ("--vocab-size=0", "--vocab-size must be positive"),
+    ("--samples=-1", "--samples must be 0 or more"),
+    ("--model-config=dropout=1.5", "dropout must be at least 0 and below 1"),
+    ("--model-config=n_head=3", "n_embd"),
+    ("--model-config=n_layers=4", "did you mean n_layer"),
+    ("--model-config=hidden=64", "has no such field"),
+])
+def test_numbers_out_of_range_and_unknown_config_fields(flag, needle, corpus, tmp_path):
+    assert_one_line_error(_train(corpus, tmp_path / "out", flag), needle)
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
+    out = tmp_path / "out"
+    for extra, needle in (
+        (["--resume", "--overwrite"], "--resume continues the run"),
+        (["--resume", f"--init-from={trained['lstm']}"], "--init-from starts a new one"),
+        ([f"--dataset={tmp_path}"], "--data and --dataset"),
+        ([f"--init-from={trained['lstm']}", f"--tokenizer={trained['lstm']}"], "drop --tokenizer"),
+        (["--model-type=transformer", f"--init-from={trained['lstm']}"], "holds a lstm model, not a transformer"),
+    ):
+        assert_one_line_error(_train(corpus, out, *extra), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--temperature=0", "temperature=0.0 is out of range"),
+    ("--top-p=1.5", "top_p=1.5 is out of range"),
+    ("--top-k=-1", "top_k=-1 is out of range"),
+    ("--max-new-tokens=0", "max_new_tokens=0 is out of range"),
+    ("--repetition-penalty=0", "repetition_penalty=0.0 is out of range"),
+])
+def test_chat_sampling_settings_out_of_range(flag, needle, trained):
+    assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), flag, "--prompt", "hi"), needle)
+
+
+# ---------------------------------------------------------------------------------- paths that cannot be written
+
+
+def test_outputs_below_a_file_or_in_a_missing_folder_are_refused(corpus, trained, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(_train(corpus, blocker / "model"), "is a file, not a folder")
+    assert_one_line_error(run_entry(upload_main, str(trained["lstm"]), "--repo-id", "me/m", "--dry-run",
+                                    "--output-dir", str(blocker)), "not an empty folder")
+    assert_one_line_error(run_entry(compare_main, str(trained["lstm"]), "--output", str(tmp_path / "no" / "c.md")),
+                          "does not exist")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_an_unwritable_output_folder_is_refused(corpus, tmp_path, monkeypatch):
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    # Root may write anywhere, so the test says what a read-only folder answers.
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode))
+    assert_one_line_error(_train(corpus, locked / "model"), "is not writable")
+
+
+# -------------------------------------------------------------------------------- one run per output folder
+
+
+def test_a_second_run_on_a_busy_folder_stops_at_once_naming_the_first(corpus, tmp_path):
+    out = tmp_path / "busy"
+    first = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "train.py"), f"--data={corpus}", f"--output-dir={out}", "--block-size=32",
+         "--batch-size=4", "--max-steps=100000", "--samples=0", "--model-config=n_layer=1", "--save-every=1000"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.1)
+        started = time.time()
+        second = _train(corpus, out, "--resume")
+        assert time.time() - started < 10
+        assert_one_line_error(second, "is in use by another training run", f"pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The lock dies with its process: the killed run blocks nothing.
+    result = _train(corpus, out, "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------- a full disk
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_names_the_folder_and_keeps_the_last_good_model_and_checkpoint(corpus, tmp_path, monkeypatch):
+    disk = tmp_path / "disk"
+    real_disk = _mount_tmpfs(disk, "16m")
+    try:
+        out = disk / "model"
+        assert _train(corpus, out, "--save-every=2", "--eval-every=2").returncode == 0
+        before = snapshot(out)
+        if real_disk:  # fill the disk to its last few kilobytes
+            filler = disk / "filler"
+            descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            os.posix_fallocate(descriptor, 0, shutil.disk_usage(disk).free - 8192)
+            os.close(descriptor)
+        else:  # what a nearly full disk answers: small appends fit, the files of a save do not
+            import builtins
+
+            real_open = builtins.open
+
+            def full_disk_open(path, mode="r", *args, **kwargs):
+                saving = any(part in str(path) for part in ("/.saving/", "/.tmp-step-"))
+                if saving and any(m in mode for m in "wax"):
+                    raise OSError(28, "No space left on device", str(path))
+                return real_open(path, mode, *args, **kwargs)
+
+            monkeypatch.setattr(builtins, "open", full_disk_open)
+        result = _train(corpus, out, "--resume", "--max-steps=6", "--save-every=2", "--eval-every=2")
+        assert_one_line_error(result, f"no space left in {out}", "needs about", "MB")
+        monkeypatch.undo()
+        kept = {name for name in before if name not in ("metrics.jsonl", ".lock")}  # the log grows, as it should
+        after = snapshot(out)
+        assert {name: after.get(name) for name in kept} == {name: before[name] for name in kept}
+        assert not (out / ".saving").exists() and not list((out / "checkpoints").glob(".tmp-*"))
+        from pocketlm.checkpoints import verify
+
+        assert verify(out / "checkpoints" / "step-2") is None
+        if real_disk:
+            filler.unlink()
+        resumed = _train(corpus, out, "--resume", "--max-steps=6", "--save-every=2", "--eval-every=2")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        if real_disk:
+            subprocess.run(["umount", str(disk)], check=False)
+
+
+# ---------------------------------------------------------------------------------- checkpoints and trust
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(corpus, tmp_path, caplog):
+    out = tmp_path / "run"
+    assert _train(corpus, out, "--max-steps=6", "--save-every=2", "--eval-every=2").returncode == 0
+    shutil.rmtree(out / "checkpoints" / "step-6")
+    _truncate(out / "checkpoints" / "step-4" / "model.safetensors")
+    result = _train(corpus, out, "--resume", "--max-steps=6", "--save-every=2", "--eval-every=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = next(r.getMessage() for r in caplog.records if "skipped checkpoint" in r.getMessage())
+    assert "step-4" in warning and "model.safetensors is damaged" in warning
+    assert "resumed from step 2" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("tampering", ["no manifest", "a pickle replaced", "a manifest from elsewhere"])
+def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tmp_path):
+    out = tmp_path / "run"
+    assert _train(corpus, out, "--max-steps=2", "--save-every=2", "--eval-every=2").returncode == 0
+    checkpoint = out / "checkpoints" / "step-2"
+    if tampering == "no manifest":
+        (checkpoint / "pocketlm-manifest.json").unlink()
+    elif tampering == "a pickle replaced":
+        import pickle
+
+        (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps({"not": "ours"}))
+    else:
+        manifest = json.loads((checkpoint / "pocketlm-manifest.json").read_text())
+        manifest["hmac"] = "0" * 64
+        (checkpoint / "pocketlm-manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    result = _train(corpus, out, "--resume", "--max-steps=4")
+    assert_one_line_error(result, "no checkpoint pocketlm can trust", "pickles")
+    assert snapshot(out) == before
