@@ -1,4 +1,4 @@
-"""The old pocketlm command line: `python main.py --train|--chat [--model-type lstm|transformer] ...`."""
+"""The old pocketlm command line: `python main.py --train|--chat|--compare [--model-type lstm|transformer] ...`."""
 
 import sys
 

@@ -1,0 +1,227 @@
+"""Models side by side on one number: bits per character on the same text, with their size, decoding speed and
+replies to the same prompts under one seed. `compare.py` prints it as a table, writes it as markdown and draws it.
+
+Bits per character divides the summed loss by the text's characters, not tokens, so an LSTM reading characters
+and a Transformer reading BPE tokens compare on it.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+
+from . import data
+from .errors import UsageError
+from .generation import BALANCED_SAMPLING, SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
+from .loading import load_pretrained, model_family
+from .scoring import bits_per_character
+
+SUMMARY_FILE = "training_summary.json"
+DEFAULT_PROMPTS = SAMPLE_QUESTIONS[:3]
+SPEED_TOKENS = 64  # new tokens per timed generation
+SPEED_ROUNDS = 3  # timed generations per model; the median counts
+
+
+@dataclass
+class ModelReport:
+    """What `compare_models` measured of one model."""
+
+    name: str
+    family: str
+    parameters: int
+    disk_bytes: int
+    bits_per_char: float
+    tokens_per_second: float
+    time_to_first_token: float  # seconds
+    replies: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ the text
+
+
+def _summary_of(model: str) -> dict:
+    path = Path(model) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged record only costs the default text
+
+
+def comparison_text(first_model: str, paths: list[str] | None = None, dataset: str | None = None
+                    ) -> tuple[datasets.Dataset, str]:
+    """The documents every model is scored on, and what they are in words.
+
+    `paths` or `dataset` when given (all of it, deduplicated); else the validation documents the first model's
+    run held out, read again from the data its training summary names; else the built-in corpus's validation split.
+    """
+    if paths or dataset:
+        report = data.ReadReport()
+        documents, source = data.load_documents(paths, dataset, report=report)
+        documents = data.deduplicate(data.keep_readable_records(documents, report), report=report)
+        if len(documents) == 0:
+            raise UsageError(f"{source}: holds no usable text to score the models on ({report.describe()}).")
+        return documents, source
+    options = _summary_of(first_model).get("options")
+    if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
+        try:
+            corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
+                                      options.get("validation_data"))
+            return corpus.validation, f"the validation documents of {first_model}'s run ({corpus.source})"
+        except UsageError:
+            pass  # the run's data moved or changed: fall back to the built-in corpus, and say so
+    corpus = data.load_corpus(seed=1337)
+    return corpus.validation, f"the validation split of the built-in corpus ({data.DEFAULT_CORPUS_NAME})"
+
+
+def read_prompts(path: str | None) -> list[str]:
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    try:
+        prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"--prompts {path}: cannot be read ({getattr(error, 'strerror', None) or error}); "
+                         "pass a UTF-8 text file with one prompt per line.")
+    if not prompts:
+        raise UsageError(f"--prompts {path}: holds no prompt; write one prompt per line.")
+    return prompts
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _disk_bytes(model_dir: str, model) -> int:
+    """Bytes of the weights file(s) as stored (the local folder, or the Hub cache's copy)."""
+    folder = Path(model_dir) if Path(model_dir).is_dir() else Path(getattr(model, "name_or_path", model_dir))
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files)
+
+
+@torch.no_grad()
+def decoding_speed(model, tokenizer, prompt: str, new_tokens: int = SPEED_TOKENS, rounds: int = SPEED_ROUNDS
+                   ) -> tuple[float, float]:
+    """Median tokens/s of a `new_tokens`-token sampled reply to `prompt`, and the median time to its first token."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    options = sampling_arguments(model.generation_config, BALANCED_SAMPLING)
+
+    def timed(count: int) -> float:
+        started = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=count, min_new_tokens=count,
+                       **options)
+        return time.perf_counter() - started
+
+    timed(2)  # warm-up: first calls pay for allocations and lazy initialisation
+    first = statistics.median(timed(1) for _ in range(rounds))
+    whole = statistics.median(timed(new_tokens) for _ in range(rounds))
+    return new_tokens / whole, first
+
+
+def _replies(model, tokenizer, prompts: list[str], is_chat: bool, seed: int, max_new_tokens: int) -> list[str]:
+    replies = []
+    for prompt in prompts:
+        torch.manual_seed(seed)
+        if is_chat:
+            replies.append(chat_reply(model, tokenizer, [{"role": "user", "content": prompt}], max_new_tokens,
+                                      **BALANCED_SAMPLING))
+        else:
+            replies.append(prompt + complete(model, tokenizer, prompt, max_new_tokens, **BALANCED_SAMPLING))
+    return replies
+
+
+def _scoring_block_size(model, model_dir: str) -> int:
+    """The block size the model was validated at in training (so the number matches its own record), else its
+    whole context window, else 256 tokens."""
+    recorded = _summary_of(model_dir).get("options", {}).get("block_size")
+    window = getattr(model.config, "block_size", None)
+    return min(recorded or window or 256, window or recorded or 256)
+
+
+def compare_models(models: list[str], documents: datasets.Dataset, prompts: list[str], seed: int = 0,
+                   max_new_tokens: int = 60, device: str = "cpu", progress=print) -> list[ModelReport]:
+    """Measure every model on the same documents, prompts and seed."""
+    for model_dir in models:
+        model_family(model_dir)  # every name checked before minutes are spent on the first
+    reports = []
+    for model_dir in models:
+        progress(f"measuring {model_dir} ...")
+        model, tokenizer = load_pretrained(model_dir, device)
+        family = model_family(model_dir)
+        score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
+        is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
+        speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],
+                                                      add_generation_prompt=True, tokenize=False)
+                        if is_chat else prompts[0])
+        tokens_per_second, first = decoding_speed(model, tokenizer, speed_prompt)
+        reports.append(ModelReport(
+            name=model_dir, family=family, parameters=sum(p.numel() for p in model.parameters()),
+            disk_bytes=_disk_bytes(model_dir, model), bits_per_char=score["bits_per_char"],
+            tokens_per_second=tokens_per_second, time_to_first_token=first,
+            replies=_replies(model, tokenizer, prompts, is_chat, seed, max_new_tokens),
+        ))
+    return reports
+
+
+# ------------------------------------------------------------------------------------------------ showing
+
+
+def _size(count: float, unit: str = "") -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.2f}{suffix}{unit}"
+    return f"{count:.0f}{unit}"
+
+
+def table_rows(reports: list[ModelReport]) -> list[list[str]]:
+    header = ["model", "family", "parameters", "size on disk", "bits/char", "tokens/s", "first token"]
+    rows = [[r.name, r.family, _size(r.parameters), _size(r.disk_bytes, "B"), f"{r.bits_per_char:.3f}",
+             f"{r.tokens_per_second:,.0f}", f"{r.time_to_first_token * 1000:.1f} ms"] for r in reports]
+    return [header, *rows]
+
+
+def terminal_table(reports: list[ModelReport]) -> str:
+    rows = table_rows(reports)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def markdown(reports: list[ModelReport], text: str, prompts: list[str], seed: int, chart: str | None) -> str:
+    rows = table_rows(reports)
+    lines = ["# Model comparison", "",
+             f"Bits per character on {text} (lower is better); decoding speed of a {SPEED_TOKENS}-token sampled reply, "
+             f"median of {SPEED_ROUNDS}; replies sampled with seed {seed}.", "",
+             "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
+    if chart:
+        lines += ["", f"![bits per character and decoding speed]({chart})"]
+    lines += ["", "## Replies"]
+    for index, prompt in enumerate(prompts):
+        lines += ["", f"**{prompt}**", ""]
+        lines += [f"- `{r.name}`: {r.replies[index] or '(an empty reply)'}".replace("\n", " ") for r in reports]
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(reports: list[ModelReport], path: Path) -> None:
+    """Bits per character (the one number) and decoding speed, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [Path(r.name).name or r.name for r in reports]
+    figure, (score, speed) = plt.subplots(1, 2, figsize=(10, 0.6 * len(reports) + 1.6))
+    for axes, values, label, fmt in ((score, [r.bits_per_char for r in reports], "bits per character (lower is better)",
+                                      "{:.3f}"),
+                                     (speed, [r.tokens_per_second for r in reports], "decoding tokens/s", "{:,.0f}")):
+        bars = axes.barh(names, values, color="#4c72b0")
+        axes.bar_label(bars, labels=[fmt.format(v) for v in values], padding=3)
+        axes.set_xlabel(label)
+        axes.invert_yaxis()
+        axes.margins(x=0.25)
+    speed.set_yticklabels([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

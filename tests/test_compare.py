@@ -1,0 +1,99 @@
+"""compare.py: two families side by side on bits per character, with the number each run recorded as its check."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, run_entry
+
+from pocketlm.training import TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model of each family, trained for a few steps on the built-in dialogs."""
+    folders = {}
+    for family, shape in TINY.items():
+        out = tmp_path_factory.mktemp(f"compare-{family}")
+        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
+                              batch_size=4, max_steps=6, eval_every=3, vocab_size=400, samples=0))
+        folders[family] = out
+    return folders
+
+
+def run_compare(*args: str) -> subprocess.CompletedProcess:
+    from pocketlm.cli import compare_main
+
+    return run_entry(compare_main, *args)
+
+
+def test_two_families_side_by_side_on_the_number_each_run_recorded(trained, tmp_path):
+    report = tmp_path / "report.md"
+    result = run_compare(str(trained["lstm"]), str(trained["transformer"]), "--output", str(report), "--seed", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The default text is the first model's validation documents. Each model's score on its own run's validation
+    # documents is the bits/char its training recorded for the model it kept (same documents, same blocks).
+    lstm_line = next(line for line in result.stdout.splitlines() if line.startswith(str(trained["lstm"])))
+    recorded = json.loads((trained["lstm"] / "training_summary.json").read_text())["best_val_bpc"]
+    assert f"{recorded:.3f}" in lstm_line.split()
+    text = report.read_text()
+    assert "validation documents" in text and "| bits/char |" in text
+    for family in TINY:
+        assert f"| {trained[family]} | {family} |" in text
+    assert text.count("- `") == 2 * 3  # each model's reply to each of the three default prompts
+    chart = report.with_suffix(".png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({chart.name})" in text
+
+
+def test_replies_are_reproducible_under_one_seed_and_the_text_can_be_given(trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello!\n\nWhat is AI?\n")
+    text = tmp_path / "held_out.txt"
+    text.write_text("Hello there, how are you today?\n\nI am fine, thank you.\n\n" * 20)
+    outputs = []
+    for run in range(2):
+        result = run_compare(str(trained["transformer"]), "--prompts", str(prompts), "--data", str(text),
+                             "--seed", "7", "--output", str(tmp_path / f"{run}.md"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append((tmp_path / f"{run}.md").read_text().split("## Replies")[1])
+    assert outputs[0] == outputs[1] and "**What is AI?**" in outputs[0]
+
+
+def test_main_py_compare_dispatches(trained, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), "--compare", str(trained["lstm"]), "--output",
+         str(tmp_path / "c.md")], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "c.md").exists() and (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("case", ["not a model", "missing", "hub offline", "empty text", "empty prompts"])
+def test_bad_input_ends_in_one_line(case, trained, tmp_path):
+    models = [str(trained["lstm"])]
+    extra = []
+    needle = {"not a model": "holds no model", "missing": "no model folder", "hub offline": "local Hub cache",
+              "empty text": "no usable text", "empty prompts": "holds no prompt"}[case]
+    if case == "not a model":
+        (tmp_path / "folder").mkdir()
+        models.append(str(tmp_path / "folder"))
+    elif case == "missing":
+        models.append(str(tmp_path / "nowhere"))
+    elif case == "hub offline":
+        models.append("nobody/no-such-model")
+    elif case == "empty text":
+        (tmp_path / "empty.txt").write_text("  \n\n")
+        extra = ["--data", str(tmp_path / "empty.txt")]
+    else:
+        (tmp_path / "prompts.txt").write_text("\n")
+        extra = ["--prompts", str(tmp_path / "prompts.txt")]
+    result = run_compare(*models, *extra, "--output", str(tmp_path / "out.md"))
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out.md").exists()
