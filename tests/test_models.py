@@ -13,7 +13,7 @@ from conftest import tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, TextIteratorStreamer, pipeline
 from transformers.generation import CompileConfig
 
-from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMForCausalLM, LSTMModel
+from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMConfig, LSTMForCausalLM, LSTMModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = torch.tensor([[5, 9, 3, 17, 22, 8]])
@@ -372,3 +372,36 @@ def test_fused_sampling_draws_the_same_tokens_as_generate_options(family):
     fused = model.generate(PROMPT, max_new_tokens=24, **sampling_arguments(model.generation_config, BALANCED_SAMPLING))
     assert torch.equal(fused, stock)
     assert sampling_arguments(model.generation_config, {"do_sample": False}) == {"do_sample": False}
+
+
+def test_the_lstm_learns_as_fast_as_the_plain_pytorch_model_of_its_shape():
+    """Ours against nn.Embedding + nn.LSTM + nn.Linear with PyTorch's own initialisation (bench/train_throughput.py's
+    BareLSTM), on the same batches with the same optimizer. When the LSTM took transformers' GPT conventions
+    (normal init at std 0.02), its loss here was about twice the twin's; bench/lstm_vs_torch.py runs the full size."""
+    import statistics
+
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from train_throughput import BareLSTM
+
+    from conftest import SAMPLE_TEXT
+
+    chars = sorted(set(SAMPLE_TEXT))
+    text = torch.tensor([chars.index(c) for c in SAMPLE_TEXT])
+    config = LSTMConfig(vocab_size=len(chars), embedding_dim=16, hidden_size=64, num_layers=2, dropout=0.0)
+    ours_losses, twin_losses = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours, twin = LSTMForCausalLM(config), BareLSTM(config)
+        optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-2) for model in (ours, twin)]
+        batches = torch.Generator().manual_seed(seed)
+        for step in range(60):
+            starts = torch.randint(len(text) - 32, (16,), generator=batches).tolist()
+            batch = torch.stack([text[s : s + 32] for s in starts])
+            for model, optimizer, losses in ((ours, optimizers[0], ours_losses), (twin, optimizers[1], twin_losses)):
+                loss = model(input_ids=batch, labels=batch).loss if model is ours else model(batch, batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if step >= 20:  # the learning after the first steps, averaged over the rest
+                    losses.append(loss.item())
+    assert statistics.mean(ours_losses) <= 1.1 * statistics.mean(twin_losses)
