@@ -83,17 +83,22 @@ class ChatInterface:
     def set_options(self, **options) -> None:
         """Change generation options; unknown names or values out of range raise UsageError."""
         for name, value in options.items():
-            if name not in GENERATION_OPTIONS:
-                raise UsageError(f"unknown setting {name!r}: choose from {', '.join(GENERATION_OPTIONS)}.")
-            try:
-                value = GENERATION_OPTIONS[name](value)
-            except (TypeError, ValueError):
-                raise UsageError(f"{name}={value!r} is not a valid {name} value.")
-            limits = {"temperature": value > 0, "top_k": value >= 0, "top_p": 0 < value <= 1,
-                      "repetition_penalty": value > 0, "max_new_tokens": value > 0}
-            if not limits.get(name, True):
-                raise UsageError(f"{name}={value} is out of range.")
-            self.options[name] = value
+            self.options[name] = self.validate_option(name, value)
+
+    @staticmethod
+    def validate_option(name: str, value):
+        """`value` as the option `name` takes it; an unknown name or a value out of range raises UsageError."""
+        if name not in GENERATION_OPTIONS:
+            raise UsageError(f"unknown setting {name!r}: choose from {', '.join(GENERATION_OPTIONS)}.")
+        try:
+            value = GENERATION_OPTIONS[name](value)
+        except (TypeError, ValueError, OverflowError):
+            raise UsageError(f"{name}={value!r} is not a valid {name} value.")
+        limits = {"temperature": 0 < value < float("inf"), "top_k": value >= 0, "top_p": 0 < value <= 1,
+                  "repetition_penalty": 0 < value < float("inf"), "max_new_tokens": value > 0}
+        if not limits.get(name, True):
+            raise UsageError(f"{name}={value} is out of range.")
+        return value
 
     def reset(self) -> None:
         """Forget the conversation (the system text stays)."""

@@ -97,6 +97,9 @@ def train_parser() -> argparse.ArgumentParser:
     add("--epochs", type=int, help="passes over the training data (recipe)")
     add("--max-steps", type=int, help="optimizer steps; wins over --epochs")
     add("--lr", type=float, help="peak learning rate (recipe: lower for the Transformer than the LSTM)")
+    add("--warmup-steps", type=int, help="steps of linear warm-up before the cosine decay (recipe)")
+    add("--min-lr-ratio", type=float, help="where the cosine decay ends, as a fraction of --lr (recipe)")
+    add("--weight-decay", type=float, help="AdamW weight decay on weight matrices (recipe)")
     add("--batch-size", type=int, help="blocks per device per micro-step (recipe)")
     add("--block-size", type=int, help="tokens per training block (default: the preset's context)")
     add("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
@@ -212,6 +215,10 @@ def chat_parser() -> argparse.ArgumentParser:
     context.add_argument("--no-context", dest="context", action="store_false",
                          help="answer each message on its own (default for the lstm)")
     add("--prompt", metavar="TEXT", help="print one reply to TEXT and exit")
+    add("--web", action="store_true", help="chat in the browser instead (Gradio: pip install -e '.[web]')")
+    add("--host", default="127.0.0.1", help="--web: the address to serve on (default: this machine only)")
+    add("--port", type=int, default=7860, help="--web: the port to serve on (default: 7860)")
+    add("--share", action="store_true", help="--web: also open a public Gradio share link")
     return parser
 
 
@@ -225,6 +232,14 @@ def chat_main(argv: list[str] | None = None) -> int:
         from .chat import ChatInterface
         from .loading import model_family, resolve_device
 
+        if args.web:
+            from .web import require_gradio
+
+            require_gradio()  # before minutes go into loading a model
+            if args.prompt is not None:
+                raise UsageError("contradictory options: --prompt prints one reply in the terminal, --web serves a page.")
+            if not 0 < args.port < 65536:
+                raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
         if args.model is None:
             default = Path("models") / ("lstm" if args.model_type == "lstm" else f"transformer-{args.model_size}")
             if not (default / "config.json").exists():
@@ -244,6 +259,10 @@ def chat_main(argv: list[str] | None = None) -> int:
             torch.manual_seed(args.seed)
         chat = ChatInterface(args.model, use_context=use_context, system=args.system,
                              device=resolve_device(args.device), dtype=args.dtype, **options)
+        if args.web:
+            from .web import serve
+
+            return serve(chat, args.host, args.port, args.share)
         if args.prompt is not None:
             print(chat.reply(args.prompt))
             return 0
@@ -330,6 +349,8 @@ def upload_parser() -> argparse.ArgumentParser:
         help="what the model card calls the training data (default: its file and folder names, never a path)")
     add("--dry-run", action="store_true", help="build the folder that would be uploaded and stop (no network)")
     add("--output-dir", help="where --dry-run builds the folder (default: <model_dir>-hub)")
+    add("--space-id", metavar="OWNER/NAME", help="also publish a Gradio Space that chats with the model")
+    add("--space-output-dir", help="where --dry-run builds the Space (default: <output-dir>-space)")
     return parser
 
 
@@ -339,21 +360,34 @@ def upload_main(argv: list[str] | None = None) -> int:
 
     def job():
         import tempfile
+        from pathlib import Path
 
-        from .hub import prepare_folder, resolve_token, upload
+        from .hub import prepare_folder, prepare_space, resolve_token, upload
+        from .loading import model_family
 
-        if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
-            raise UsageError(f"--repo-id {args.repo_id!r} must look like OWNER/NAME.")
+        for flag, value in (("--repo-id", args.repo_id), ("--space-id", args.space_id)):
+            if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
+                raise UsageError(f"{flag} {value!r} must look like OWNER/NAME.")
         if args.dry_run:
-            folder = prepare_folder(args.model_dir, args.output_dir or args.model_dir.rstrip("/") + "-hub",
-                                    args.repo_id, args.license, data_name=args.data_name)
+            output = args.output_dir or args.model_dir.rstrip("/") + "-hub"
+            folder = prepare_folder(args.model_dir, output, args.repo_id, args.license, data_name=args.data_name)
             print(f"prepared {folder} for {args.repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+            if args.space_id:
+                space = prepare_space(args.space_output_dir or output.rstrip("/") + "-space", args.repo_id,
+                                      args.space_id, model_family(args.model_dir), args.license)
+                print(f"prepared {space} for the Space {args.space_id}: "
+                      + ", ".join(sorted(p.name for p in space.iterdir())))
             return 0
         token = resolve_token(args.token)  # before any work: a missing login should fail fast
         with tempfile.TemporaryDirectory() as scratch:
-            folder = prepare_folder(args.model_dir, scratch, args.repo_id, args.license, data_name=args.data_name)
+            folder = prepare_folder(args.model_dir, Path(scratch) / "model", args.repo_id, args.license,
+                                    data_name=args.data_name)
             url = upload(folder, args.repo_id, token, args.private, args.commit_message, args.revision)
-        print(f"uploaded to {url}")
+            print(f"uploaded to {url}")
+            if args.space_id:
+                space = prepare_space(Path(scratch) / "space", args.repo_id, args.space_id,
+                                      model_family(args.model_dir), args.license)
+                print(f"uploaded the Space to {upload(space, args.space_id, token, args.private, repo_type='space')}")
         return 0
 
     return _run(job)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -226,6 +227,46 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     return target
 
 
+# ----------------------------------------------------------------------------------------------- the Space
+
+GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
+
+
+def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, license_id: str = "mit") -> Path:
+    """Build, in `output_dir` (new or empty), a Gradio Space that chats with the model repository `repo_id`:
+    app.py, requirements.txt (torch, transformers, gradio; not pocketlm) and a README with the Space's metadata."""
+    target = Path(output_dir)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} is not an empty folder: choose a new --space-output-dir, nothing there was touched.")
+    template = resources.files("pocketlm").joinpath("space_app.py").read_text(encoding="utf-8")
+    default = 'os.environ.get("POCKETLM_MODEL", "pocketlm/model")'
+    if default not in template:
+        raise RuntimeError("pocketlm/space_app.py lost its MODEL_ID line")  # a packaging mistake, not user input
+    app = template.replace(default, f'os.environ.get("POCKETLM_MODEL", "{repo_id}")')
+    minimum = (sys.modules["modeling.gpt.configuration_gpt"] if family == "transformer"
+               else sys.modules["modeling.lstm.configuration_lstm"]).MIN_TRANSFORMERS
+    metadata = {"title": space_id.split("/")[-1], "emoji": "💬", "colorFrom": "indigo", "colorTo": "blue",
+                "sdk": "gradio", "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False,
+                "license": license_id, "models": [repo_id],
+                "short_description": "Chat with a small language model trained with pocketlm"}
+    readme = ("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
+              f"# Chat with {repo_id}\n\nA Gradio chat with [{repo_id}](https://huggingface.co/{repo_id}), a small "
+              "language model trained with pocketlm. The app loads the model with `trust_remote_code=True` and "
+              "needs only torch, transformers and gradio.\n")
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "app.py").write_text(app, encoding="utf-8")
+        (target / "requirements.txt").write_text(
+            f"torch\ntransformers>={minimum}\ngradio=={GRADIO_VERSION}\n", encoding="utf-8")
+        (target / "README.md").write_text(readme, encoding="utf-8")
+    except OSError as error:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise UsageError(f"cannot write the Space folder {target} ({error.strerror or error}): choose another folder.")
+    return target
+
+
 # ---------------------------------------------------------------------------------------------------- upload
 
 
@@ -240,18 +281,19 @@ def resolve_token(token: str | None) -> str:
 
 
 def upload(folder: Path, repo_id: str, token: str, private: bool = False, commit_message: str | None = None,
-           revision: str | None = None) -> str:
-    """Create `repo_id` if needed and upload `folder`; returns the repository URL."""
+           revision: str | None = None, repo_type: str = "model") -> str:
+    """Create `repo_id` (a model repository, or a Gradio Space) if needed and upload `folder`; returns its URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **space)
         if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                          commit_message=commit_message or "Upload pocketlm model")
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision, repo_type=repo_type,
+                          commit_message=commit_message or f"Upload pocketlm {repo_type}")
     except OfflineModeIsEnabled:
         raise HubError("the Hub is switched off here (HF_HUB_OFFLINE=1): unset it and connect to upload.")
     except HfHubHTTPError as error:

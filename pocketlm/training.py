@@ -64,6 +64,9 @@ class TrainingOptions:
     epochs: int | None = None
     max_steps: int | None = None
     lr: float | None = None
+    warmup_steps: int | None = None  # linear warm-up, then cosine decay to min_lr_ratio x lr
+    min_lr_ratio: float | None = None
+    weight_decay: float | None = None  # AdamW's, on matrices only
     batch_size: int | None = None
     block_size: int | None = None
     grad_accum: int = 1
@@ -154,7 +157,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         # accelerate would otherwise drop the tracker without a word.
         raise UsageError("--report-to tensorboard needs the tensorboard package: pip install 'pocketlm[tensorboard]'.")
     recipe = load_recipe(options.model_type)
-    for name in ("lr", "batch_size", "epochs", "vocab_size", "block_size", "assistant_only_loss"):
+    for name in ("lr", "batch_size", "epochs", "vocab_size", "block_size", "assistant_only_loss", "warmup_steps",
+                 "min_lr_ratio", "weight_decay"):
         if getattr(options, name) is None:
             setattr(options, name, recipe.get(name))
     if options.block_size is None:
@@ -166,8 +170,11 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
     if not math.isfinite(options.lr):
         raise UsageError(f"--lr must be a finite number, got {options.lr}.")
-    if options.samples < 0:
-        raise UsageError(f"--samples must be 0 or more, got {options.samples}.")
+    for name in ("samples", "warmup_steps", "weight_decay"):
+        if not getattr(options, name) >= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")
+    if not 0 <= options.min_lr_ratio <= 1:
+        raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {options.min_lr_ratio}.")
     if options.streaming and options.max_steps is None:
         raise UsageError("--streaming reads the corpus without counting it first: pass --max-steps N as well.")
     if options.block_size < 2:
@@ -554,8 +561,8 @@ class Trainer:
         # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
         self.eval_every = options.eval_every or min(recipe["eval_every"], max(10, self.total_steps // 10))
         self.save_every = options.save_every or min(recipe["save_every"], max(10, self.total_steps // 4))
-        optimizer = _make_optimizer(self.model, options.lr, recipe["weight_decay"])
-        self.schedule = _make_schedule(optimizer, recipe["warmup_steps"], self.total_steps, recipe["min_lr_ratio"])
+        optimizer = _make_optimizer(self.model, options.lr, options.weight_decay)
+        self.schedule = _make_schedule(optimizer, options.warmup_steps, self.total_steps, options.min_lr_ratio)
         if options.compile:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.

@@ -1,0 +1,87 @@
+"""Chat with a pocketlm model in the browser: the app of the Hugging Face Space that `hub_upload.py --space-id`
+publishes beside a model. It needs only torch, transformers and gradio (requirements.txt), not pocketlm: the
+model's own code comes from its repository through `trust_remote_code`.
+
+    python app.py                               # the model named below, from the Hub
+    POCKETLM_MODEL=path/to/model python app.py  # any pocketlm model folder or repository
+"""
+
+import os
+import threading
+
+import gradio as gr
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
+
+MODEL_ID = os.environ.get("POCKETLM_MODEL", "pocketlm/model")  # hub_upload.py writes the repository's id here
+END_OF_TURN = "<|end|>"  # where a reply ends, in every pocketlm tokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(MODEL_ID, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(MODEL_ID, trust_remote_code=True).eval()
+# The Transformer attends over a window of tokens and keeps the conversation in it; the LSTM, which has no window,
+# answers each message on its own, as pocketlm's own chat does.
+WINDOW = getattr(model.config, "block_size", None)
+STOP_IDS = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends generation between two tokens once the page's stop button closed the reply."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
+    """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window."""
+    turns = [{"role": t["role"], "content": t["content"]} for t in history
+             if t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)] if WINDOW else []
+    while True:
+        messages = turns + [{"role": "user", "content": message}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        if WINDOW is None or ids.shape[1] + max_new_tokens <= WINDOW or not turns:
+            return ids if WINDOW is None else ids[:, -(WINDOW - max_new_tokens):]
+        turns = turns[2:]
+
+
+def reply(message: str, history: list[dict], temperature: float, max_new_tokens: int):
+    """Stream the reply to `message`, piece by piece."""
+    max_new_tokens = int(max_new_tokens)
+    if WINDOW:
+        max_new_tokens = min(max_new_tokens, WINDOW // 2)
+    ids = prompt_ids(message, history, max_new_tokens)
+    stop = threading.Event()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+    options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                   max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=50,
+                   top_p=0.9, repetition_penalty=1.2, eos_token_id=STOP_IDS, pad_token_id=tokenizer.pad_token_id,
+                   stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
+    worker = threading.Thread(target=model.generate, kwargs=options, daemon=True)
+    text = ""
+    try:
+        worker.start()
+        for piece in streamer:
+            text += piece
+            yield text
+    finally:  # the stop button closes this generator: end generation too
+        stop.set()
+        worker.join()
+    if not text.strip():
+        yield "[no reply: the model ended its turn at once]"
+
+
+demo = gr.ChatInterface(
+    reply,
+    title=f"Chat with {MODEL_ID}",
+    description="A small language model trained with pocketlm. It imitates its training text and makes mistakes.",
+    additional_inputs=[gr.Slider(0.1, 1.5, value=0.7, label="Temperature"),
+                       gr.Slider(8, 256, value=128, step=8, label="Max new tokens")],
+    api_name="chat",
+)
+
+if __name__ == "__main__":
+    demo.queue(default_concurrency_limit=1).launch()

@@ -1,0 +1,134 @@
+"""`chat.py --web`: the terminal chat's conversation in a browser page, served by Gradio.
+
+The page is a Gradio ChatInterface around the same `ChatInterface` the terminal uses, so the context window is
+managed the same way. Each browser tab keeps its own history (Gradio holds it per session and sends it with every
+message), the model is shared, and replies are generated one at a time in the order they were asked. Gradio is an
+optional extra: `pip install -e '.[web]'`.
+"""
+
+import importlib.util
+
+from .chat import GENERATION_OPTIONS, ChatInterface
+from .errors import UsageError
+from .generation import BALANCED_SAMPLING
+
+INSTALL_HINT = "pip install -e '.[web]'"
+SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
+
+
+def require_gradio() -> None:
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError(f"--web needs Gradio, an optional extra: {INSTALL_HINT}")
+
+
+def stats_line(stats: dict | None) -> str:
+    """A reply's figures, as `/stats` prints them in the terminal."""
+    if not stats:
+        return ""
+    first = stats["time_to_first_token"]
+    shown = f"first token after {first:.3f} s" if first is not None else "no visible text"
+    return (f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
+            f"{shown}, prompt {stats['prompt_tokens']} tokens")
+
+
+class WebChat:
+    """The page's reply function: one shared model; the conversation comes from the page with every message."""
+
+    def __init__(self, chat: ChatInterface):
+        self.chat = chat  # holds the model, tokenizer and the defaults the command line set
+
+    def check_setting(self, name: str):
+        """The handler of one setting's field: keep a good value, refuse a bad one with a message in the page."""
+        import gradio as gr
+
+        def check(value, accepted: dict):
+            try:
+                ChatInterface.validate_option(name, value)
+            except UsageError as error:
+                gr.Warning(str(error), title="Setting out of range")
+                return accepted[name], accepted
+            return value, {**accepted, name: value}
+
+        return check
+
+    def reply(self, message: str, history: list[dict], system: str, *settings):
+        """Yield the reply to `message` as it grows, and its figures once it ends."""
+        import gradio as gr
+
+        conversation = ChatInterface(self.chat.model, self.chat.tokenizer, use_context=self.chat.use_context,
+                                     system=system.strip() or None)
+        try:
+            conversation.set_options(**{**self.chat.options, **dict(zip(SETTINGS, settings))})
+        except UsageError as error:
+            raise gr.Error(str(error), title="Setting out of range")
+        conversation.history = [{"role": turn["role"], "content": _text(turn["content"])} for turn in history
+                                if turn.get("role") in ("user", "assistant")]
+        reply = ""
+        for piece in conversation.stream(message):
+            reply += piece
+            yield reply, ""
+        yield reply.strip() or "[no reply: the model ended its turn at once]", stats_line(conversation.last_stats)
+
+
+def _text(content) -> str:
+    """A message's text, whether Gradio sends it as a string or as a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return str(content)
+
+
+def build_app(chat: ChatInterface):
+    """The Gradio page for `chat`: messages, system text and sampling settings, figures, stop and reset."""
+    import gradio as gr
+
+    web = WebChat(chat)
+    options = {**BALANCED_SAMPLING, **chat.options}
+    name = chat.model.name_or_path or "a pocketlm model"
+    with gr.Blocks(title="pocketlm chat") as app:
+        gr.Markdown(f"### pocketlm chat with `{name}`")
+        # Numbers, not sliders: a typed value reaches set_options, which says what is out of range.
+        system = gr.Textbox(label="System text", value=chat.system or "", elem_id="system", render=False)
+        settings = [
+            gr.Number(label=label, value=options[name], elem_id=name, precision=precision, render=False)
+            for name, label, precision in (
+                ("temperature", "Temperature", None), ("top_k", "Top-k", 0), ("top_p", "Top-p", None),
+                ("repetition_penalty", "Repetition penalty", None), ("max_new_tokens", "Max new tokens", 0),
+            )
+        ]
+        figures = gr.Markdown(elem_id="figures", render=False)
+        interface = gr.ChatInterface(
+            web.reply, additional_inputs=[system, *settings], additional_outputs=[figures],
+            additional_inputs_accordion="System text and sampling",
+            chatbot=gr.Chatbot(elem_id="chatbot", height=380), api_name="chat", fill_height=False,
+        )
+        with gr.Row():
+            figures.render()
+            reset = gr.Button("Reset", elem_id="reset", size="sm", scale=0, min_width=100)
+        reset.click(lambda: ([], [], ""), None, [interface.chatbot, interface.chatbot_state, figures], queue=False)
+        # A value out of range is refused where it is typed, with /params' message, and the field goes back to the
+        # last good value: the page never sends it (a reply that failed would leave Gradio's input disabled).
+        accepted = gr.State({name: options[name] for name in SETTINGS})
+        for name, field in zip(SETTINGS, settings):
+            for event in (field.blur, field.submit):
+                # Through the queue (Gradio shows warnings only there), beside any reply being generated.
+                event(web.check_setting(name), [field, accepted], [field, accepted], concurrency_limit=None)
+    return app
+
+
+def serve(chat: ChatInterface, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> int:
+    """Serve the page until Ctrl-C. Loopback only and no public link unless `host` or `share` say otherwise."""
+    require_gradio()
+    app = build_app(chat)
+    # One reply at a time: they share the model and the CPU; the others wait their turn in Gradio's queue.
+    app.queue(default_concurrency_limit=1)
+    try:
+        app.launch(server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=False,
+                   show_error=True)
+    except OSError as error:
+        raise UsageError(f"cannot serve on {host}:{port} ({error}): pick another --port.")
+    return 0
+
+
+__all__ = ["GENERATION_OPTIONS", "build_app", "serve", "require_gradio", "stats_line"]

@@ -1,0 +1,274 @@
+"""chat.py --web and the Hub Space's app, driven in a real browser: Debian's Chromium through Playwright.
+
+.ci/run installs Chromium and sets POCKETLM_REQUIRE_BROWSER=1, so there these tests run or fail; elsewhere they are
+skipped where /usr/bin/chromium is missing (Playwright's own browser download cannot be reached here).
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, run_entry
+
+from pocketlm.training import TrainingOptions, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+    pytest.importorskip("gradio", reason="the web extra: pip install -e '.[web]'")
+    pytest.importorskip("playwright", reason="the test extra: pip install -e '.[test]'")
+# The probe's flags: without the background-networking ones Chromium keeps trying hosts this machine cannot reach.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def web_model(tmp_path_factory) -> Path:
+    """A tiny Transformer whose replies run to their full length (so one can be stopped, and seen growing)."""
+    out = tmp_path_factory.mktemp("web-model")
+    train(TrainingOptions(output_dir=str(out), model_config={"n_layer": 2, "n_head": 2, "n_embd": 32,
+                                                             "block_size": 4096},
+                          block_size=32, batch_size=4, max_steps=4, vocab_size=400, samples=0))
+    config = json.loads((out / "generation_config.json").read_text())
+    config["min_new_tokens"] = 5000  # never end early: a reply is as long as its max_new_tokens
+    (out / "generation_config.json").write_text(json.dumps(config))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(command: list[str], port: int, cwd: Path = REPO_ROOT, env: dict | None = None) -> subprocess.Popen:
+    """Start a server and wait until it answers on `port`."""
+    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **(env or {})})
+    deadline = time.time() + 180
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"the server did not start:\n{server.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def web_server(web_model):
+    port = free_port()
+    server = serve([sys.executable, str(REPO_ROOT / "chat.py"), "--model", str(web_model), "--web", "--port",
+                    str(port), "--max-new-tokens", "120", "--seed", "0"], port)
+    yield f"http://127.0.0.1:{port}/"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+class Page:
+    """The chat page as a user sees it."""
+
+    def __init__(self, page, url: str):
+        self.page = page
+        page.goto(url)
+        page.wait_for_selector("textarea[data-testid='textbox']")
+
+    def send(self, text: str) -> None:
+        self.page.fill("textarea[data-testid='textbox']", text)
+        self.page.keyboard.press("Enter")
+
+    def replies(self) -> list[str]:
+        return [e.inner_text() for e in self.page.query_selector_all("#chatbot [data-testid='bot']")]
+
+    def messages(self) -> list[str]:
+        return [e.inner_text() for e in self.page.query_selector_all("#chatbot [data-testid='user']")]
+
+    def wait_for_replies(self, count: int) -> list[str]:
+        self.page.wait_for_function(f"document.querySelectorAll(\"#chatbot [data-testid='bot']\").length >= {count}",
+                                    timeout=60_000)
+        return self.replies()
+
+    def figures(self) -> str:
+        """The figures line's own text (not the timer Gradio shows over it while a reply runs)."""
+        shown = self.page.query_selector("#figures [data-testid='markdown']")
+        return shown.inner_text().strip() if shown else ""
+
+    def has_figures(self, before: str = "") -> bool:
+        """Whether a reply's figures are shown (they change only when a reply ends; a timer shows meanwhile)."""
+        text = self.figures()
+        return "tokens/s" in text and text != before
+
+    def wait_for_figures(self, before: str, timeout: float = 120) -> str:
+        deadline = time.time() + timeout
+        while not self.has_figures(before) and time.time() < deadline:
+            time.sleep(0.05)
+        return self.figures()
+
+    def set_setting(self, name: str, value) -> None:
+        if not self.page.is_visible(f"#{name} input"):
+            self.page.click("text=System text and sampling")
+        self.page.fill(f"#{name} input", str(value))
+        self.page.keyboard.press("Tab")
+
+    @staticmethod
+    def prompt_tokens(figures: str) -> int:
+        return int(re.search(r"prompt (\d+) tokens", figures).group(1))
+
+
+def test_the_page_streams_keeps_context_stops_resets_validates_and_keeps_tabs_apart(browser, web_server, tmp_path):
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    chat = Page(context.new_page(), web_server)
+
+    # A reply appears in pieces: its text is seen growing before it ends.
+    chat.send("Hello there")
+    seen, deadline = set(), time.time() + 120
+    while not chat.has_figures() and time.time() < deadline:
+        seen.update(reply for reply in chat.replies() if reply)
+        time.sleep(0.02)
+    assert len(seen) >= 3, seen
+    first = chat.figures()
+    assert "120 tokens" in first and "tokens/s" in first
+
+    # The second reply's prompt holds the first exchange: the context was kept.
+    chat.send("And then?")
+    second = chat.wait_for_figures(first)
+    assert len(chat.wait_for_replies(2)) == 2 and chat.messages() == ["Hello there", "And then?"]
+    # The first message and its 120-token reply came along.
+    assert chat.prompt_tokens(second) > chat.prompt_tokens(first) + 100, (first, second)
+
+    # Stop during a long reply: it ends between two tokens, far short of its length.
+    chat.set_setting("max_new_tokens", 2000)
+    chat.send("Tell me everything")
+    chat.wait_for_replies(3)
+    deadline = time.time() + 60
+    while len((chat.replies()[2:] or [""])[0]) < 20 and time.time() < deadline:
+        time.sleep(0.02)
+    chat.page.click("button.stop-button")
+    time.sleep(1.0)
+    stopped = chat.replies()[2]
+    time.sleep(1.0)
+    assert chat.replies()[2] == stopped  # no longer growing
+    assert len(stopped.split()) < 1500
+
+    chat.page.screenshot(path=str(tmp_path / "web-chat.png"))
+    if os.environ.get("POCKETLM_SCREENSHOT"):  # how the README's picture is refreshed
+        shutil.copy(tmp_path / "web-chat.png", os.environ["POCKETLM_SCREENSHOT"])
+
+    # Reset forgets the conversation.
+    chat.page.click("#reset")
+    chat.page.wait_for_function("document.querySelectorAll(\"#chatbot [data-testid='bot']\").length == 0")
+    assert chat.messages() == []
+
+    # An out-of-range setting shows a message in the page and goes back to its last good value; the server
+    # answers the next message.
+    chat.set_setting("max_new_tokens", 30)
+    chat.set_setting("temperature", 0)
+    chat.page.wait_for_selector("text=temperature=0.0 is out of range", timeout=60_000)
+    chat.page.wait_for_function("document.querySelector('#temperature input').value == '0.7'")
+    before = chat.figures()
+    chat.send("Hi again")
+    assert "30 tokens" in chat.wait_for_figures(before)
+
+    # A second tab has its own conversation, and the first keeps its own.
+    other = Page(context.new_page(), web_server)
+    assert other.messages() == []
+    other.send("I am the other tab")
+    other.wait_for_figures("")
+    assert other.messages() == ["I am the other tab"]
+    assert "I am the other tab" not in chat.messages() and "Hi again" in chat.messages()
+    context.close()
+
+
+def test_gradio_client_calls_the_running_app(web_server):
+    from gradio_client import Client
+
+    client = Client(web_server, verbose=False)
+    reply, figures = client.predict("Hello!", "", 0.7, 50, 0.9, 1.2, 16, api_name="/chat")
+    assert isinstance(reply, str) and reply.strip()
+    assert "16 tokens" in figures
+
+
+def test_the_web_page_binds_to_this_machine_only_and_never_shares_by_default():
+    from pocketlm.cli import chat_parser
+
+    args = chat_parser().parse_args(["--web"])
+    assert args.host == "127.0.0.1" and args.port == 7860 and not args.share
+
+
+def test_without_gradio_web_says_how_to_install_it(web_model, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gradio" else real_find_spec(name, *a))
+    from pocketlm.cli import chat_main
+
+    assert_one_line_error(run_entry(chat_main, "--model", str(web_model), "--web"), "pip install -e '.[web]'")
+
+
+PROJECT_FREE_APP = textwrap.dedent(
+    """
+    import runpy, sys
+    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+    try:
+        import pocketlm  # noqa: F401
+        raise SystemExit("pocketlm is still importable")
+    except ImportError:
+        pass
+    sys.argv = ["app.py"]
+    runpy.run_path("app.py", run_name="__main__")
+    """
+)
+
+
+def test_the_space_app_serves_the_model_without_pocketlm(web_model, browser, tmp_path):
+    from pocketlm.cli import upload_main
+
+    result = run_entry(upload_main, str(web_model), "--repo-id", "me/tiny", "--space-id", "me/tiny-chat", "--dry-run",
+                       "--output-dir", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    space = tmp_path / "hub-space"
+    assert {p.name for p in space.iterdir()} == {"app.py", "requirements.txt", "README.md"}
+    assert "pocketlm" not in (space / "requirements.txt").read_text()
+    assert 'os.environ.get("POCKETLM_MODEL", "me/tiny")' in (space / "app.py").read_text()
+    metadata = (space / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in metadata and "app_file: app.py" in metadata and "- me/tiny" in metadata
+
+    port = free_port()
+    env = {"POCKETLM_MODEL": str(tmp_path / "hub"), "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": "",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    server = serve([sys.executable, "-c", PROJECT_FREE_APP.format(root=str(REPO_ROOT))], port, cwd=space, env=env)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("textarea[data-testid='textbox']")
+        page.fill("textarea[data-testid='textbox']", "Hello!")
+        page.keyboard.press("Enter")
+        page.wait_for_function("(document.querySelector(\"[data-testid='bot']\") || {innerText: ''}).innerText.length > 0",
+                               timeout=120_000)
+        page.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
