@@ -40,6 +40,15 @@ HELP = """commands:
   /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
 
 
+def describe_stats(stats: dict) -> str:
+    """A reply's figures in one line: what `/stats` prints and the web page shows under each reply."""
+    first = stats["time_to_first_token"]
+    # A reply can end before any visible text (an end-of-turn token first): say so, keep the rest.
+    shown = f"first token after {first:.3f} s" if first is not None else "no visible text"
+    return (f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
+            f"{shown}, prompt {stats['prompt_tokens']} tokens")
+
+
 class _StopWhenSet(StoppingCriteria):
     """Lets Ctrl-C end a reply between two tokens, from the thread that reads the stream."""
 
@@ -288,15 +297,7 @@ class ChatInterface:
                 except OSError as error:
                     print(f"error: could not write {argument}: {error.strerror}")
         elif name == "/stats":
-            stats = self.last_stats
-            if not stats:
-                print("no reply yet")
-            else:
-                first = stats["time_to_first_token"]
-                # A reply can end before any visible text (an end-of-turn token first): say so, keep the rest.
-                shown = f"first token after {first:.3f}s" if first is not None else "no visible text"
-                print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f}s "
-                      f"({stats['tokens_per_second']:.1f} tokens/s), {shown}, prompt {stats['prompt_tokens']} tokens")
+            print(describe_stats(self.last_stats) if self.last_stats else "no reply yet")
         else:
             print(f"unknown command {name}: /help lists them")
         return None

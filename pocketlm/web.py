@@ -8,7 +8,7 @@ optional extra: `pip install -e '.[web]'`.
 
 import importlib.util
 
-from .chat import GENERATION_OPTIONS, ChatInterface
+from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
 from .generation import BALANCED_SAMPLING
 
@@ -19,16 +19,6 @@ SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_toke
 def require_gradio() -> None:
     if importlib.util.find_spec("gradio") is None:
         raise UsageError(f"--web needs Gradio, an optional extra: {INSTALL_HINT}")
-
-
-def stats_line(stats: dict | None) -> str:
-    """A reply's figures, as `/stats` prints them in the terminal."""
-    if not stats:
-        return ""
-    first = stats["time_to_first_token"]
-    shown = f"first token after {first:.3f} s" if first is not None else "no visible text"
-    return (f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
-            f"{shown}, prompt {stats['prompt_tokens']} tokens")
 
 
 class WebChat:
@@ -67,7 +57,7 @@ class WebChat:
         for piece in conversation.stream(message):
             reply += piece
             yield reply, ""
-        yield reply.strip() or "[no reply: the model ended its turn at once]", stats_line(conversation.last_stats)
+        yield reply.strip() or NO_REPLY, describe_stats(conversation.last_stats)
 
 
 def _text(content) -> str:
@@ -131,4 +121,4 @@ def serve(chat: ChatInterface, host: str = "127.0.0.1", port: int = 7860, share:
     return 0
 
 
-__all__ = ["GENERATION_OPTIONS", "build_app", "serve", "require_gradio", "stats_line"]
+__all__ = ["build_app", "serve", "require_gradio"]

@@ -3,7 +3,9 @@
 import contextlib
 import io
 import os
+import random
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +80,51 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, st
     assert len(lines) == 1, result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+# --------------------------------------------------------------------------------------- trained tiny models
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Model shapes for tiny training runs of each family (train.py's --model-config).
+TINY_SHAPES = {
+    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "lstm": {"embedding_dim": 16, "hidden_size": 32},
+}
+WORDS = "the a king queen speaks softly loudly to of my lord lady sword crown night day fair foul".split()
+
+
+def make_text(seed: int, paragraphs: int = 60) -> str:
+    """Deterministic pseudo-prose: paragraphs of random words, separated by blank lines (about 14 KB for 60)."""
+    rng = random.Random(seed)
+    return "\n".join(
+        " ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 60))).capitalize() + ".\n"
+        for _ in range(paragraphs)
+    )
+
+
+def train_tiny_models(tmp_path_factory, name: str, shapes: dict | None = None, **options) -> dict[str, Path]:
+    """A tiny model of each family, trained for a few steps on the built-in dialogs; `options` override."""
+    from pocketlm.training import TrainingOptions, train
+
+    folders = {}
+    for family, shape in (shapes or TINY_SHAPES).items():
+        out = tmp_path_factory.mktemp(f"{name}-{family}")
+        settings = {"block_size": 32, "batch_size": 4, "max_steps": 6, "vocab_size": 400, "samples": 0, **options}
+        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, **settings))
+        folders[family] = out
+    return folders
+
+
+# A prelude for scripts that must run where pocketlm cannot be imported: it drops every path into the project and
+# setuptools' editable-install finder, so only what a saved folder carries remains. Format with root=REPO_ROOT.
+PROJECT_FREE_PRELUDE = """
+import sys
+sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+for name in ("pocketlm", "modeling"):
+    try:
+        __import__(name)
+        raise SystemExit(name + " is still importable")
+    except ImportError:
+        pass
+"""

@@ -11,28 +11,19 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from conftest import REPO_ROOT, TINY_SHAPES, train_tiny_models
 
 from pocketlm.chat import ChatInterface
 from pocketlm.errors import UsageError
 from pocketlm.training import TrainingOptions, train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 96},
-    "lstm": {"embedding_dim": 16, "hidden_size": 32},
-}
+CHAT_SHAPES = {**TINY_SHAPES, "transformer": {**TINY_SHAPES["transformer"], "block_size": 96}}
 
 
 @pytest.fixture(scope="module")
 def chat_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny models of both families, trained for a few steps on the built-in dialogs."""
-    folders = {}
-    for family, shape in TINY.items():
-        out = tmp_path_factory.mktemp(family)
-        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
-                              batch_size=4, max_steps=10, vocab_size=400, samples=0))
-        folders[family] = out
-    return folders
+    return train_tiny_models(tmp_path_factory, "chat", CHAT_SHAPES, max_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +33,7 @@ def endless_models(chat_models, tmp_path_factory) -> dict[str, Path]:
     The Transformer gets an 8,192-token window so such a reply fits.
     """
     wide = tmp_path_factory.mktemp("wide")
-    train(TrainingOptions(output_dir=str(wide), model_config={**TINY["transformer"], "block_size": 8192},
+    train(TrainingOptions(output_dir=str(wide), model_config={**TINY_SHAPES["transformer"], "block_size": 8192},
                           block_size=32, batch_size=4, max_steps=2, vocab_size=400, samples=0))
     folders = {}
     for family, source in (("transformer", wide), ("lstm", chat_models["lstm"])):

@@ -6,27 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_entry
-
-from pocketlm.training import TrainingOptions, train
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-    "lstm": {"embedding_dim": 16, "hidden_size": 32},
-}
-
+from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, run_entry, train_tiny_models
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """A tiny model of each family, trained for a few steps on the built-in dialogs."""
-    folders = {}
-    for family, shape in TINY.items():
-        out = tmp_path_factory.mktemp(f"compare-{family}")
-        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
-                              batch_size=4, max_steps=6, eval_every=3, vocab_size=400, samples=0))
-        folders[family] = out
-    return folders
+    return train_tiny_models(tmp_path_factory, "compare", eval_every=3)
 
 
 def run_compare(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +30,7 @@ def test_two_families_side_by_side_on_the_number_each_run_recorded(trained, tmp_
     assert f"{recorded:.3f}" in lstm_line.split()
     text = report.read_text()
     assert "validation documents" in text and "| bits/char |" in text
-    for family in TINY:
+    for family in TINY_SHAPES:
         assert f"| {trained[family]} | {family} |" in text
     assert text.count("- `") == 2 * 3  # each model's reply to each of the three default prompts
     chart = report.with_suffix(".png")

@@ -17,29 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_entry
+from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.hub import prepare_folder
-from pocketlm.training import TrainingOptions, train
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-    "lstm": {"embedding_dim": 16, "hidden_size": 32},
-}
-WORDS = "the a king queen speaks softly to of my lord lady sword crown night day fair foul".split()
-
-
-def prose(seed: int, paragraphs: int = 40) -> str:
-    import random
-
-    rng = random.Random(seed)
-    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 50))).capitalize() + ".\n"
-                     for _ in range(paragraphs))
-
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` and its digest: what 'nothing overwritten' compares."""
@@ -49,13 +32,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    folders = {}
-    for family, shape in TINY.items():
-        out = tmp_path_factory.mktemp(f"faults-{family}")
-        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
-                              batch_size=4, max_steps=4, eval_every=2, vocab_size=400, samples=0))
-        folders[family] = out
-    return folders
+    return train_tiny_models(tmp_path_factory, "faults", max_steps=4, eval_every=2)
 
 
 # --------------------------------------------------------------------------------- damaged model folders
@@ -155,7 +132,7 @@ def _jsonl(*records) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
 
 
-GOOD = [{"text": prose(i, 3)} for i in range(30)]
+GOOD = [{"text": make_text(i, 3)} for i in range(30)]
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}
 
 
@@ -199,7 +176,7 @@ def test_data_with_nothing_to_train_on_ends_in_one_line_that_accounts_for_every_
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
 def test_text_with_a_byte_order_mark_or_in_utf16_is_read_as_text(encoding, tmp_path):
-    text = prose(1).replace(".\n", ", ça va? 你好 🙂\n")  # in every paragraph, whichever are held out
+    text = make_text(1).replace(".\n", ", ça va? 你好 🙂\n")  # in every paragraph, whichever are held out
     result = _train_on(tmp_path, "notes.txt", text.encode(encoding))
     assert result.returncode == 0, result.stderr[-3000:]
     from transformers import AutoTokenizer
@@ -220,14 +197,14 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
         yield from original(lines, total_chars)
 
     monkeypatch.setattr(data, "split_into_documents", growing)
-    result = _train_on(tmp_path, "growing.txt", prose(2))
+    result = _train_on(tmp_path, "growing.txt", make_text(2))
     assert_one_line_error(result, "growing.txt changed while it was being read")
 
 
 def test_a_binary_file_among_text_files_is_reported_and_the_rest_is_trained_on(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
-    (folder / "good.txt").write_text(prose(3))
+    (folder / "good.txt").write_text(make_text(3))
     (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00\x01binary" * 50)
     result = run_entry(train_main, "--model-type=lstm", f"--data={folder}", f"--output-dir={tmp_path / 'out'}",
                        "--block-size=32", "--batch-size=4", "--max-steps=1", "--samples=0",
@@ -244,7 +221,7 @@ def test_a_binary_file_among_text_files_is_reported_and_the_rest_is_trained_on(t
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
-    path.write_text(prose(0))
+    path.write_text(make_text(0))
     return path
 
 
@@ -434,3 +411,15 @@ def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tm
     result = _train(corpus, out, "--resume", "--max-steps=4")
     assert_one_line_error(result, "no checkpoint pocketlm can trust", "pickles")
     assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------------------- kills at random
+
+
+def test_runs_killed_at_random_moments_keep_a_loadable_model_and_resume_to_identical_weights():
+    """A short form of bench/kill_trials.py (24 trials there): SIGKILL during steps and saves, then check."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "kill_trials.py"), "--trials", "4",
+                             "--steps", "12", "--seed", "1"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["trials"] == 4 and summary["bitwise identical to the uninterrupted run"] == 4

@@ -1,8 +1,6 @@
 """hub_upload.py: the folder it would upload, loading it without pocketlm, and every way an upload can fail."""
 
-import contextlib
 import http.server
-import io
 import json
 import os
 import shutil
@@ -15,17 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, run_entry, train_tiny_models
 
 from pocketlm.cli import upload_main
 from pocketlm.loading import load_pretrained
 from pocketlm.training import TrainingOptions, train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_thisIsNotARealTokenButMustNeverBePrinted"
-TINY = {
-    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-    "lstm": {"embedding_dim": 16, "hidden_size": 32},
-}
 EXPECTED_FILES = {
     "transformer": {"configuration_gpt.py", "modeling_gpt.py"},
     "lstm": {"configuration_lstm.py", "modeling_lstm.py"},
@@ -36,23 +30,11 @@ COMMON_FILES = {"README.md", "config.json", "generation_config.json", "model.saf
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    folders = {}
-    for family, shape in TINY.items():
-        out = tmp_path_factory.mktemp(f"trained-{family}")
-        train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, block_size=32,
-                              batch_size=4, max_steps=6, vocab_size=400, samples=0, save_every=3))
-        folders[family] = out
-    return folders
+    return train_tiny_models(tmp_path_factory, "trained", save_every=3)
 
 
 def run_upload(*args: str) -> subprocess.CompletedProcess:
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = upload_main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+    return run_entry(upload_main, *args)
 
 
 def run_script(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -97,16 +79,9 @@ def test_dry_run_never_overwrites(trained, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-PROJECT_FREE = textwrap.dedent(
+PROJECT_FREE = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
-    import json, sys
-    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
-    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
-    try:
-        import pocketlm  # noqa: F401
-        raise SystemExit("pocketlm is still importable")
-    except ImportError:
-        pass
+    import json
     from transformers import AutoModelForCausalLM, AutoTokenizer
     # The model card's own snippet, with the folder standing in for the repo id.
     tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
@@ -244,3 +219,55 @@ def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_pat
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     missing = run_script("chat.py", "--model", "someone/not-cached", "--prompt", "Hello", env=env)
     assert missing.returncode == 2 and "local Hub cache" in missing.stderr
+
+
+def test_no_path_of_this_machine_reaches_the_hub_folder(tmp_path):
+    """A run's data lives in a private folder; the card names it by file name (or --data-name), never by path."""
+    from conftest import make_text
+
+    private = tmp_path / "home" / "someone" / "private notes"
+    private.mkdir(parents=True)
+    (private / "diary.txt").write_text(make_text(4))
+    model = tmp_path / "model"
+    train(TrainingOptions(model_type="lstm", data=[str(private)], output_dir=str(model), block_size=32,
+                          batch_size=4, max_steps=2, model_config={"hidden_size": 32}, samples=0))
+    for extra, name in (([], "private notes"), (["--data-name", "my diary"], "my diary")):
+        out = tmp_path / f"hub-{len(extra)}"
+        result = run_upload(str(model), "--repo-id", "me/diary", "--dry-run", "--output-dir", str(out), *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for path in out.rglob("*"):
+            if path.is_file() and path.suffix in (".md", ".json", ".jinja", ".py", ".txt"):
+                text = path.read_text()
+                for secret in (str(tmp_path), str(Path.home()), os.getcwd(), "/tmp/"):
+                    assert secret not in text, (path.name, secret)
+        metadata, body = read_card(out)
+        assert f"{name}: " in body and metadata["model-index"][0]["results"][0]["dataset"]["name"] == name
+
+
+SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="../shared/data/tinyshakespeare.txt is not beside this checkout")
+def test_a_tinyshakespeare_lstm_shows_its_bits_per_character_in_the_card(tmp_path):
+    """bench/shakespeare.py's LSTM recipe, on nanoGPT's split of a slice of the text and for a few steps."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from shakespeare import RECIPES
+
+    text = tmp_path / "slice.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    recipe = {**RECIPES["lstm"], "max_steps": 20}
+    recipe.pop("char")  # the LSTM trains a character tokenizer of its own
+    from shakespeare import split
+
+    train_file, val_file = split(text, tmp_path)
+    model = tmp_path / "lstm"
+    train(TrainingOptions(**recipe, data=[str(train_file)], validation_data=[str(val_file)], output_dir=str(model),
+                          eval_every=10, samples=0))
+    bpc = json.loads((model / "training_summary.json").read_text())["best_val_bpc"]
+    result = run_upload(str(model), "--repo-id", "me/shakespeare-lstm", "--dry-run", "--output-dir",
+                        str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata, body = read_card(tmp_path / "hub")
+    metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["bits_per_character"] == round(bpc, 4)
+    assert f"| bits per character | {bpc:.4f} |" in body and "train.txt" in body

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, TextIteratorStreamer, pipeline
 from transformers.generation import CompileConfig
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMConfig, LSTMForCausalLM, LSTMModel
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = torch.tensor([[5, 9, 3, 17, 22, 8]])
 
 
@@ -244,17 +243,8 @@ def test_lstm_defaults_match_the_old_system():
     assert (config.num_layers, config.hidden_size) == (2, 256)
 
 
-PROJECT_FREE_LOAD = textwrap.dedent(
+PROJECT_FREE_LOAD = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
-    import sys
-    # Drop every path into the project and setuptools' editable-install finder: only the saved folder remains.
-    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
-    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
-    try:
-        import modeling  # noqa: F401
-        raise SystemExit("pocketlm's modeling package is still importable")
-    except ImportError:
-        pass
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
@@ -405,3 +395,20 @@ def test_the_lstm_learns_as_fast_as_the_plain_pytorch_model_of_its_shape():
                 if step >= 20:  # the learning after the first steps, averaged over the rest
                     losses.append(loss.item())
     assert statistics.mean(ours_losses) <= 1.1 * statistics.mean(twin_losses)
+
+
+@pytest.mark.parametrize("family, installed", [("gpt", "4.57.6"), ("lstm", "5.23.0")])
+def test_below_its_minimum_transformers_a_model_says_which_version_it_needs(family, installed):
+    """bench/transformers_versions.py runs the real releases in their own virtualenvs; here the check itself, as
+    the Hub copy of the config file runs it (imported alone, where pocketlm is not installed)."""
+    config_file = REPO_ROOT / "modeling" / family / f"configuration_{family}.py"
+    script = textwrap.dedent(f"""
+        import importlib.util, transformers
+        transformers.__version__ = {installed!r}
+        spec = importlib.util.spec_from_file_location("configuration", {str(config_file)!r})
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    minimum = {"gpt": "5.0.0", "lstm": "5.24.0"}[family]
+    assert f"ImportError: this pocketlm {family.upper()} model needs transformers>={minimum}, but {installed} is " \
+           f"installed: pip install -U 'transformers>={minimum}'" in result.stderr, result.stderr[-2000:]

@@ -1,6 +1,11 @@
 """The README promises what the code does: its preset table is generated, its commands are the CI's."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from pocketlm.presets import preset_table
 
@@ -18,3 +23,32 @@ def test_readme_opens_with_the_two_commands():
     assert len(commands) == 2
     assert commands[0].endswith("python train.py")
     assert "pytest" in commands[1]
+
+
+def _example(name: str) -> str:
+    """The code block that follows `<!-- example: name -->` in the README."""
+    after = README.split(f"<!-- example: {name} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from pocketlm.training import TrainingOptions, train
+
+    out = tmp_path_factory.mktemp("readme-model")
+    train(TrainingOptions(output_dir=str(out), model_config={"n_layer": 2, "n_head": 2, "n_embd": 32},
+                          block_size=32, batch_size=4, max_steps=2, vocab_size=300, samples=0))
+    return out
+
+
+@pytest.mark.parametrize("name", ["peft", "trl", "trainer"])
+def test_the_readme_ecosystem_examples_run(name, tiny_folder, tmp_path):
+    # Run as written, on a tiny model in place of models/transformer-small, in a folder of its own.
+    code = _example(name).replace("models/transformer-small", str(tiny_folder))
+    script = tmp_path / f"example_{name}.py"  # not peft.py: it would shadow the package
+    script.write_text(code)
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = {"peft": "models/lora-adapter/adapter_model.safetensors", "trl": "models/sft", "trainer": "models/trainer"}
+    assert (tmp_path / made[name]).exists()

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from conftest import assert_one_line_error, run_entry, tiny_config
+from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
@@ -32,21 +31,7 @@ from pocketlm.hub import prepare_folder
 from pocketlm.training import TrainingDiverged, TrainingOptions, train
 from tokenization import train_char_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "transformer": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-    "lstm": {"embedding_dim": 16, "hidden_size": 32},
-}
-WORDS = "the a king queen speaks softly loudly to of my lord lady sword crown night day fair foul".split()
-
-
-def make_text(seed: int, paragraphs: int = 60) -> str:
-    """Deterministic pseudo-prose: paragraphs of random words, separated by blank lines (about 14 KB for 60)."""
-    rng = random.Random(seed)
-    return "\n".join(
-        " ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 60))).capitalize() + ".\n"
-        for _ in range(paragraphs)
-    )
+TINY = TINY_SHAPES
 
 
 @pytest.fixture

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_entry
+from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry
 
 from pocketlm.training import TrainingOptions, train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
     if not Path(CHROMIUM).exists():
@@ -227,16 +226,9 @@ def test_without_gradio_web_says_how_to_install_it(web_model, monkeypatch):
     assert_one_line_error(run_entry(chat_main, "--model", str(web_model), "--web"), "pip install -e '.[web]'")
 
 
-PROJECT_FREE_APP = textwrap.dedent(
+PROJECT_FREE_APP = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
-    import runpy, sys
-    sys.path = [p for p in sys.path if p not in ("", ".", {root!r})]
-    sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
-    try:
-        import pocketlm  # noqa: F401
-        raise SystemExit("pocketlm is still importable")
-    except ImportError:
-        pass
+    import runpy
     sys.argv = ["app.py"]
     runpy.run_path("app.py", run_name="__main__")
     """

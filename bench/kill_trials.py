@@ -1,0 +1,137 @@
+"""SIGKILL a training run at random moments, saves included, and check what a user relies on afterwards.
+
+A tiny Transformer trains with a checkpoint and an evaluation (which may write the best model) at every step, so a
+good share of the run is spent saving. Each trial starts the run in a fresh folder, kills it with SIGKILL at a
+random moment of the reference run's duration, and then checks:
+
+- the folder holds a loadable best model whenever it holds weights at all (`pocketlm.loading.load_pretrained`);
+- `--resume` continues (from the newest checkpoint, or the one before when the newest is damaged), or a fresh
+  start works when the kill came before the first checkpoint;
+- the finished run's model and last checkpoint are bitwise identical to an uninterrupted run's.
+
+It counts the kills that landed while a checkpoint (`checkpoints/.tmp-step-N/`) or the model (`.saving/`) was
+being written.
+
+    python bench/kill_trials.py                 # 24 trials
+    python bench/kill_trials.py --trials 5 --steps 20
+"""
+
+import argparse
+import hashlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+WORDS = "the a king queen speaks softly to of my lord lady sword crown night day fair foul".split()
+
+
+def corpus(path: Path) -> Path:
+    rng = random.Random(0)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(20, 60))).capitalize() + ".\n"
+                              for _ in range(80)))
+    return path
+
+
+def command(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "train.py"), f"--data={data}", f"--output-dir={out}", "--block-size=32",
+            "--batch-size=4", f"--max-steps={steps}", "--save-every=1", "--eval-every=1", "--samples=0",
+            "--model-config=n_layer=2", "--model-config=n_embd=32", "--model-config=n_head=2", "--seed=3", *extra]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def loadable(folder: Path) -> bool:
+    from pocketlm.errors import UsageError
+    from pocketlm.loading import load_pretrained
+
+    try:
+        model, tokenizer = load_pretrained(str(folder))
+        model.generate(**tokenizer("the king", return_tensors="pt"), max_new_tokens=2, do_sample=False)
+        return True
+    except UsageError as error:
+        print(f"    not loadable: {error}")
+        return False
+
+
+def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random) -> dict:
+    process = subprocess.Popen(command(data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    delay = rng.uniform(0.0, duration)
+    time.sleep(delay)
+    finished_first = process.poll() is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    record = {
+        "delay": delay, "finished_first": finished_first,
+        "during_checkpoint": any((out / "checkpoints").glob(".tmp-step-*")),
+        "during_model_save": (out / ".saving").exists(),
+        "had_weights": (out / "model.safetensors").exists(),
+    }
+    record["loadable"] = loadable(out) if record["had_weights"] else None
+    has_checkpoint = any((out / "checkpoints").glob("step-*"))
+    again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
+    resumed = subprocess.run(again, capture_output=True, text=True)
+    record["resumed"] = resumed.returncode == 0
+    if not record["resumed"]:
+        print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
+    record["identical"] = record["resumed"] and all(
+        digest(out / name) == digest(reference / name)
+        for name in ("model.safetensors", f"checkpoints/step-{steps}/model.safetensors",
+                     f"checkpoints/step-{steps}/optimizer.bin"))
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data = corpus(scratch / "corpus.txt")
+        reference = scratch / "reference"
+        started = time.perf_counter()
+        subprocess.run(command(data, reference, args.steps), check=True, capture_output=True)
+        duration = time.perf_counter() - started
+        print(f"reference run: {args.steps} steps, a checkpoint and an evaluation every step, {duration:.1f} s "
+              "(process start included)")
+        records = []
+        for number in range(args.trials):
+            record = trial(data, scratch / f"trial-{number}", args.steps, duration, reference, rng)
+            records.append(record)
+            print(f"trial {number + 1:>2}: killed at {record['delay']:5.1f} s"
+                  f"{' (after it had finished)' if record['finished_first'] else ''}"
+                  f"{', writing a checkpoint' if record['during_checkpoint'] else ''}"
+                  f"{', writing the model' if record['during_model_save'] else ''}; "
+                  f"weights {'loadable' if record['loadable'] else 'absent' if record['loadable'] is None else 'BROKEN'}, "
+                  f"{'resumed' if record['resumed'] else 'RESUME FAILED'}, "
+                  f"{'identical to the uninterrupted run' if record['identical'] else 'DIFFERENT'}")
+    count = len(records)
+    summary = {
+        "trials": count,
+        "killed while writing a checkpoint": sum(r["during_checkpoint"] for r in records),
+        "killed while writing the model": sum(r["during_model_save"] for r in records),
+        "with weights after the kill": sum(r["had_weights"] for r in records),
+        "of those, loadable": sum(bool(r["loadable"]) for r in records),
+        "resumed or restarted to the end": sum(r["resumed"] for r in records),
+        "bitwise identical to the uninterrupted run": sum(r["identical"] for r in records),
+    }
+    print(json.dumps(summary, indent=1))
+    failed = summary["of those, loadable"] < summary["with weights after the kill"] or \
+        summary["bitwise identical to the uninterrupted run"] < count
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
