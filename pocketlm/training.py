@@ -401,6 +401,12 @@ class StreamBatches:
         return batch
 
 
+def describe_evaluation(record: dict) -> str:
+    """One line for an evaluation: "step 500: val loss 1.5617, 2.253 bits/char[, replies ... bits/char]"."""
+    replies = f", replies {record['val_assistant_bpc']:.3f} bits/char" if "val_assistant_bpc" in record else ""
+    return f"step {record['step']}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char{replies}"
+
+
 def evaluate(model, accelerator: Accelerator, blocks: dict[str, list], pad_id: int, batch_size: int
              ) -> tuple[float, float | None]:
     """Total validation loss in nats over every real validation token, summed across processes; and over the
@@ -672,10 +678,7 @@ class Trainer:
                 if step % self.eval_every == 0 and step < self.total_steps:
                     record = self.evaluate_and_keep_best(step)
                     if accelerator.is_main_process:
-                        replies = (f", replies {record['val_assistant_bpc']:.3f} bits/char"
-                                   if "val_assistant_bpc" in record else "")
-                        bar.write(f"step {step}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char"
-                                  f"{replies}")
+                        bar.write(describe_evaluation(record))
                 interrupted = _any_process(accelerator, stop.raised)
                 if step % self.save_every == 0 or interrupted:
                     self.checkpoints.save(step, state, self.options)
@@ -691,7 +694,7 @@ class Trainer:
         if not interrupted and not (out / "checkpoints" / f"step-{state['step']}").exists():
             self.checkpoints.save(state["step"], state, self.options)  # so a later run can extend this one
         if not interrupted or not (out / "model.safetensors").exists():
-            self.evaluate_and_keep_best(state["step"])
+            accelerator.print(describe_evaluation(self.evaluate_and_keep_best(state["step"])))
         samples = []
         if accelerator.is_main_process:
             self.metrics.plot()

@@ -581,3 +581,25 @@ def test_tensorboard_reporting_without_tensorboard_says_what_to_install(corpus_f
     with pytest.raises(UsageError, match=r"pip install 'pocketlm\[tensorboard\]'"):
         train(tiny_options("transformer", corpus_file, tmp_path / "m", report_to="tensorboard"))
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_each_preparation_stage_says_what_it_does_and_the_summary_keeps_its_time(family, corpus_file, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*cli_args(family, corpus_file, out, "--max-steps=1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    # Each stage announces itself before it works, then says what it produced and how long it took, in order.
+    kind = "byte-level BPE (300-token)" if family == "transformer" else "character"
+    expected = [f"reading {corpus_file}", "reading: ", f"training the {kind} tokenizer", "tokenizer: ",
+                "tokenizing the documents", "tokenizing: "]
+    positions = [next((i for i, line in enumerate(lines) if line.startswith(prefix)), None) for prefix in expected]
+    assert None not in positions and positions == sorted(positions), result.stdout
+    records = lines[positions[1]]
+    assert "records read" in records and records.endswith(" s)"), records
+    blocks = lines[positions[-1]]
+    assert "training blocks of 32 tokens" in blocks and "validation tokens" in blocks, blocks
+    summary = json.loads((out / "training_summary.json").read_text())
+    seconds = summary["preparation_seconds"]
+    assert set(seconds) == {"reading", "tokenizer", "tokenizing"}
+    assert all(isinstance(value, float | int) and value >= 0 for value in seconds.values())
