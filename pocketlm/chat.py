@@ -63,7 +63,7 @@ class ChatInterface:
     """A conversation with a pocketlm model.
 
     `model` is a loaded model or a folder / Hub repo id; the tokenizer comes from the model's folder when not
-    given; `device` and `dtype` ("float32", "float16" or "bfloat16") apply when it is loaded here.
+    given; `device` and `dtype` ("float32", "float16", "bfloat16" or "int8") apply when it is loaded here.
     `use_context=False` answers each message on its own (the old LSTM behaviour). Keyword arguments
     are generation options (temperature, top_k, top_p, repetition_penalty, max_new_tokens, do_sample).
     """

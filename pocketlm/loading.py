@@ -1,6 +1,7 @@
 """Load a trained pocketlm model and its tokenizer from a folder or a Hub repository, with errors a user can act on."""
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,8 +14,11 @@ from .errors import UsageError
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
-# weights each token streams through memory (bench/decode_anatomy.py prints the products' times in each).
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# weights each token streams through memory (bench/decode_anatomy.py prints the products' times in each). "int8"
+# loads float32 and then swaps every nn.Linear for torch.ao's dynamic int8 one (int8 weights, activations quantized
+# on the fly): on this project's 2-core CPU it decoded the medium and large presets 1.22x and 1.26x as fast, the
+# small one and the LSTM slower (bench/quantized_decoding.py, BENCHMARKS.md). Its kernels exist on the CPU only.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -120,12 +124,17 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     """
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
+    device = resolve_device(device) if isinstance(device, str) else device
+    if dtype == "int8" and device.type != "cpu":
+        raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
+                         "or use --dtype bfloat16 on the GPU.")
     family = model_family(path_or_repo)
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         check_model_folder(local)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype], output_loading_info=True)
+        load_as = torch.float32 if dtype == "int8" else DTYPES[dtype]
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=load_as, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         # What the checks above cannot foresee (a Hub repo's files, a weight of the wrong shape): one line.
@@ -142,5 +151,18 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
                          f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
     if tokenizer.chat_template is None:
         raise UsageError(f"{path_or_repo} has no chat template (chat_template.jinja): {DAMAGED_FIX}.")
-    device = resolve_device(device) if isinstance(device, str) else device
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    return (quantize_int8(model) if dtype == "int8" else model), tokenizer
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every nn.Linear swapped, in place, for torch.ao's dynamic int8 linear layer.
+
+    Only nn.Linear: the LSTM's recurrence stays float32, as quantizing nn.LSTM bought nothing measurable. The layers
+    are swapped as modules, so the models' own fast paths see them and fall back to calling them.
+    """
+    with warnings.catch_warnings():
+        # torch.ao announces its move to torchao on every call; the API works on the torch this project pins.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -268,9 +268,28 @@ def test_half_precision_chat_computes_what_float32_does(family, dtype, chat_mode
     assert narrow.last_stats["new_tokens"] > 0
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_int8_chat_runs_torch_ao_linear_layers_and_predicts_what_float32_does(family, chat_models):
+    import torch
+
+    quantized = ChatInterface(chat_models[family], dtype="int8", max_new_tokens=5)
+    full = ChatInterface(chat_models[family], max_new_tokens=5)
+    assert "quantized" in type(quantized.model.lm_head).__module__
+    ids = torch.tensor([full.prompt_ids("How are you today?", 5)])
+    with torch.no_grad():
+        expected = full.model(ids).logits[0]
+        got = quantized.model(ids).logits[0]
+    assert not torch.equal(got, expected)  # the int8 layers ran
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.8
+    quantized.reply("Hello!")
+    assert quantized.last_stats["new_tokens"] > 0
+
+
 def test_chat_py_takes_a_dtype_and_refuses_an_unknown_one(chat_models):
-    result = run_chat("--model", str(chat_models["transformer"]), "--dtype", "bfloat16", "--prompt", "Hello",
-                      "--seed", "2")
-    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    for dtype in ("bfloat16", "int8"):
+        result = run_chat("--model", str(chat_models["transformer"]), "--dtype", dtype, "--prompt", "Hello",
+                          "--seed", "2")
+        assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+        assert "Warning" not in result.stderr, result.stderr[-2000:]  # torch.ao's deprecation notes stay quiet
     refused = run_chat("--model", str(chat_models["transformer"]), "--dtype", "int4", "--prompt", "Hello")
     assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
