@@ -2,7 +2,8 @@
 
 A tiny Transformer trains with a checkpoint and an evaluation (which may write the best model) at every step, so a
 good share of the run is spent saving. Each trial starts the run in a fresh folder, kills it with SIGKILL at a
-random moment of the reference run's duration, and then checks:
+random moment of the reference run's training (timed from its first checkpoint folder, so that no kill
+is spent on Python's start-up; every other trial then waits for the next save to be under way), and then checks:
 
 - the folder holds a loadable best model whenever it holds weights at all (`pocketlm.loading.load_pretrained`);
 - `--resume` continues (from the newest checkpoint, or the one before when the newest is damaged), or a fresh
@@ -63,16 +64,40 @@ def loadable(folder: Path) -> bool:
         return False
 
 
-def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random) -> dict:
+def wait_for_training(process: subprocess.Popen, out: Path) -> float:
+    """Seconds until the run has written its first checkpoint folder (the loop is running), or until it ended.
+
+    Kill times are drawn from the training that follows: drawn over the whole run, most would land while Python
+    imports torch, which tests nothing a user relies on.
+    """
+    started = time.perf_counter()
+    while process.poll() is None and not (out / "checkpoints").exists():
+        time.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def saving(out: Path) -> bool:
+    """A checkpoint (checkpoints/.tmp-step-N/) or the best model (.saving/) is being written right now."""
+    return (out / ".saving").exists() or any((out / "checkpoints").glob(".tmp-step-*"))
+
+
+def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random,
+          in_a_save: bool) -> dict:
     process = subprocess.Popen(command(data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_training(process, out)
     delay = rng.uniform(0.0, duration)
     time.sleep(delay)
+    # Half the trials then wait for the next save to be under way, so that kills in the middle of writing a
+    # checkpoint or the model are not left to chance (a tiny model writes each in a few milliseconds).
+    deadline = time.perf_counter() + 2.0
+    while in_a_save and process.poll() is None and not saving(out) and time.perf_counter() < deadline:
+        time.sleep(0.0005)
     finished_first = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
     record = {
         "delay": delay, "finished_first": finished_first,
-        "during_checkpoint": any((out / "checkpoints").glob(".tmp-step-*")),
+        "during_checkpoint": any((out / "checkpoints").glob(".tmp-step-*")),  # left behind by the kill
         "during_model_save": (out / ".saving").exists(),
         "had_weights": (out / "model.safetensors").exists(),
     }
@@ -101,16 +126,21 @@ def main() -> None:
         scratch = Path(scratch)
         data = corpus(scratch / "corpus.txt")
         reference = scratch / "reference"
+        process = subprocess.Popen(command(data, reference, args.steps), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        startup = wait_for_training(process, reference)
         started = time.perf_counter()
-        subprocess.run(command(data, reference, args.steps), check=True, capture_output=True)
+        if process.wait() != 0:
+            sys.exit("the reference run failed")
         duration = time.perf_counter() - started
-        print(f"reference run: {args.steps} steps, a checkpoint and an evaluation every step, {duration:.1f} s "
-              "(process start included)")
+        print(f"reference run: {args.steps} steps, a checkpoint and an evaluation every step; {startup:.1f} s to "
+              f"the first checkpoint, then {duration:.1f} s over which the kills are spread")
         records = []
         for number in range(args.trials):
-            record = trial(data, scratch / f"trial-{number}", args.steps, duration, reference, rng)
+            record = trial(data, scratch / f"trial-{number}", args.steps, duration, reference, rng,
+                           in_a_save=number % 2 == 1)
             records.append(record)
-            print(f"trial {number + 1:>2}: killed at {record['delay']:5.1f} s"
+            print(f"trial {number + 1:>2}: killed {record['delay']:5.2f} s into training"
                   f"{' (after it had finished)' if record['finished_first'] else ''}"
                   f"{', writing a checkpoint' if record['during_checkpoint'] else ''}"
                   f"{', writing the model' if record['during_model_save'] else ''}; "

@@ -110,6 +110,10 @@ def main() -> None:
     tokens = args.steps * args.batch_size * args.block_size * args.seeds
     speeds = [tokens / sum(run["seconds"][name] for run in runs) for name in names]
     print(f"{'tok/s':>6}" + "".join(f"{s:>14,.0f}" for s in speeds) + f"{speeds[0] / speeds[1]:>12.2f}x (speed)")
+    if args.seeds > 1:  # the spread between seeds says how much of the ratio is noise
+        for name in names:
+            finals = ", ".join(f"{run['curves'][name][-1]:.3f}" for run in runs)
+            print(f"{name} at step {args.steps}, seed by seed: {finals}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ This file travels to the Hub unchanged beside `modeling_lstm.py`, so it imports 
 import transformers
 from packaging.version import Version
 
-# The oldest transformers this model runs on. Its (h, c) state lives in the cache as a recurrent state, and before
-# 5.24 generate() asked such a cache for its length and failed (5.10 to 5.23), or had no recurrent state at all
-# (5.0 to 5.5); bench/transformers_versions.py tries each. Below it, one clear error names the version to install.
+# The oldest transformers this model runs on. Its (h, c) state lives in the cache as a recurrent state: 5.0 had no
+# such state, and from 5.5 to 5.23 generate() asked a cache holding one for its length and failed;
+# bench/transformers_versions.py tries them. Below it, one clear error names the version to install.
 MIN_TRANSFORMERS = "5.24.0"
 if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
     raise ImportError(
