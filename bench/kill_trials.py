@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,10 +109,11 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["resumed"] = resumed.returncode == 0
     if not record["resumed"]:
         print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
-    record["identical"] = record["resumed"] and all(
-        digest(out / name) == digest(reference / name)
-        for name in ("model.safetensors", f"checkpoints/step-{steps}/model.safetensors",
-                     f"checkpoints/step-{steps}/optimizer.bin"))
+    compared = ("model.safetensors", f"checkpoints/step-{steps}/model.safetensors",
+                f"checkpoints/step-{steps}/optimizer.bin")
+    record["different"] = [name for name in compared
+                           if not (out / name).exists() or digest(out / name) != digest(reference / name)]
+    record["identical"] = record["resumed"] and not record["different"]
     return record
 
 
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--keep-different", type=Path, metavar="DIR",
+                        help="copy the folder of every trial that ends different from the uninterrupted run here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
@@ -147,6 +151,10 @@ def main() -> None:
                   f"weights {'loadable' if record['loadable'] else 'absent' if record['loadable'] is None else 'BROKEN'}, "
                   f"{'resumed' if record['resumed'] else 'RESUME FAILED'}, "
                   f"{'identical to the uninterrupted run' if record['identical'] else 'DIFFERENT'}")
+            if record["different"]:
+                print(f"    differs from the uninterrupted run: {', '.join(record['different'])}")
+                if args.keep_different:  # the folder, to find out why
+                    shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
     count = len(records)
     summary = {
         "trials": count,

@@ -155,6 +155,10 @@ def test_the_page_streams_keeps_context_stops_resets_validates_and_keeps_tabs_ap
     assert len(chat.wait_for_replies(2)) == 2 and chat.messages() == ["Hello there", "And then?"]
     # The first message and its 120-token reply came along.
     assert chat.prompt_tokens(second) > chat.prompt_tokens(first) + 100, (first, second)
+    chat.page.evaluate("window.scrollTo(0, 0)")  # the conversation, as a user sees it
+    chat.page.screenshot(path=str(tmp_path / "web-chat.png"))
+    if os.environ.get("POCKETLM_SCREENSHOT"):  # how the README's picture is refreshed
+        shutil.copy(tmp_path / "web-chat.png", os.environ["POCKETLM_SCREENSHOT"])
 
     # Stop during a long reply: it ends between two tokens, far short of its length.
     chat.set_setting("max_new_tokens", 2000)
@@ -169,10 +173,6 @@ def test_the_page_streams_keeps_context_stops_resets_validates_and_keeps_tabs_ap
     time.sleep(1.0)
     assert chat.replies()[2] == stopped  # no longer growing
     assert len(stopped.split()) < 1500
-
-    chat.page.screenshot(path=str(tmp_path / "web-chat.png"))
-    if os.environ.get("POCKETLM_SCREENSHOT"):  # how the README's picture is refreshed
-        shutil.copy(tmp_path / "web-chat.png", os.environ["POCKETLM_SCREENSHOT"])
 
     # Reset forgets the conversation.
     chat.page.click("#reset")
