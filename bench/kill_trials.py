@@ -77,9 +77,12 @@ def wait_for_training(process: subprocess.Popen, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def saving(out: Path) -> bool:
-    """A checkpoint (checkpoints/.tmp-step-N/) or the best model (.saving/) is being written right now."""
-    return (out / ".saving").exists() or any((out / "checkpoints").glob(".tmp-step-*"))
+def writing_checkpoint(out: Path) -> bool:
+    return any((out / "checkpoints").glob(".tmp-step-*"))
+
+
+def writing_model(out: Path) -> bool:
+    return (out / ".saving").exists()
 
 
 def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random,
@@ -91,15 +94,16 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     # Half the trials then wait for the next save to be under way, so that kills in the middle of writing a
     # checkpoint or the model are not left to chance (a tiny model writes each in a few milliseconds).
     deadline = time.perf_counter() + 2.0
-    while in_a_save and process.poll() is None and not saving(out) and time.perf_counter() < deadline:
+    while (in_a_save and process.poll() is None and not (writing_checkpoint(out) or writing_model(out))
+           and time.perf_counter() < deadline):
         time.sleep(0.0005)
     finished_first = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
     record = {
         "delay": delay, "finished_first": finished_first,
-        "during_checkpoint": any((out / "checkpoints").glob(".tmp-step-*")),  # left behind by the kill
-        "during_model_save": (out / ".saving").exists(),
+        # A save's temporary folder, left behind by the kill.
+        "during_checkpoint": writing_checkpoint(out), "during_model_save": writing_model(out),
         "had_weights": (out / "model.safetensors").exists(),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None

@@ -15,10 +15,10 @@ from .errors import UsageError
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
 # weights each token streams through memory (bench/decode_anatomy.py prints the products' times in each). "int8"
-# loads float32 and then swaps every nn.Linear for torch.ao's dynamic int8 one (int8 weights, activations quantized
+# loads in float32, then swaps every nn.Linear for torch.ao's dynamic int8 one (int8 weights, activations quantized
 # on the fly): on this project's 2-core CPU it decoded the medium and large presets 1.22x and 1.26x as fast, the
 # small one and the LSTM slower (bench/quantized_decoding.py, BENCHMARKS.md). Its kernels exist on the CPU only.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.qint8}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -133,8 +133,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     if local.is_dir():
         check_model_folder(local)
     try:
-        load_as = torch.float32 if dtype == "int8" else DTYPES[dtype]
-        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=load_as, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype], output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         # What the checks above cannot foresee (a Hub repo's files, a weight of the wrong shape): one line.
