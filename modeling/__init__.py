@@ -8,9 +8,14 @@ family's two source files, so a saved folder also loads where pocketlm is not in
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .gpt import PRESETS, GPTConfig, GPTForCausalLM, GPTModel
+from .gpt.configuration_gpt import MIN_TRANSFORMERS as _GPT_MIN_TRANSFORMERS
 from .lstm import LSTMConfig, LSTMForCausalLM, LSTMModel
+from .lstm.configuration_lstm import MIN_TRANSFORMERS as _LSTM_MIN_TRANSFORMERS
 
+# Each family by the name pocketlm's options use: its model type in config.json, and the oldest transformers its
+# saved code runs on (the model card and a Space's requirements state it).
 MODEL_TYPES = {"transformer": GPTConfig.model_type, "lstm": LSTMConfig.model_type}
+MIN_TRANSFORMERS = {"transformer": _GPT_MIN_TRANSFORMERS, "lstm": _LSTM_MIN_TRANSFORMERS}
 
 for _config, _base, _lm in ((GPTConfig, GPTModel, GPTForCausalLM), (LSTMConfig, LSTMModel, LSTMForCausalLM)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
@@ -23,6 +28,7 @@ for _config, _base, _lm in ((GPTConfig, GPTModel, GPTForCausalLM), (LSTMConfig, 
 __all__ = [
     "PRESETS",
     "MODEL_TYPES",
+    "MIN_TRANSFORMERS",
     "GPTConfig",
     "GPTModel",
     "GPTForCausalLM",

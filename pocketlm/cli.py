@@ -10,30 +10,35 @@ import os
 import sys
 from collections.abc import Callable
 
-from .errors import UsageError
+from .errors import HubError, TrainingDiverged, UsageError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+# The chat's choices, named here so that `--help` needs no torch: copies of modeling's PRESETS and loading's DTYPES,
+# which tests/test_chat.py keeps equal to them.
+MODEL_SIZES = ["small", "medium", "large"]
+DTYPES = ["float32", "float16", "bfloat16", "int8"]
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(datasets_too: bool = False) -> None:
+    """Keep the libraries' own chatter (warnings, progress bars) out of the command's output. Only the libraries the
+    command uses are loaded here: chat, compare and upload never import the training code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars would break our own
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    if datasets_too:
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
     # accelerate warns on every checkpoint that the tied output head is saved once: expected, not news.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 def _run(job: Callable[[], int | None]) -> int:
     """Run `job`, turning pocketlm's user-facing errors into one line and an exit status."""
-    from .hub import HubError
-    from .training import TrainingDiverged
-
     try:
         return job() or 0
     except UsageError as error:
@@ -63,20 +68,8 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------------- train
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    import json
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
 def train_parser() -> argparse.ArgumentParser:
-    from modeling import PRESETS
+    from .options import add_arguments
 
     parser = _Parser(
         prog="train.py",
@@ -84,55 +77,19 @@ def train_parser() -> argparse.ArgumentParser:
         epilog="Several processes: accelerate launch --num_processes N train.py ... ; "
         "defaults marked 'recipe' come from configs/<model-type>.json.",
     )
-    add = parser.add_argument
-    add("--model-type", choices=["transformer", "lstm"], help="model family (default: transformer)")
-    add("--model-size", default="small", choices=list(PRESETS), help="Transformer preset (ignored for lstm)")
-    add("--data", action="append", metavar="PATH", help="a text file or folder of .txt/.md/.jsonl; repeatable")
-    add("--dataset", metavar="NAME_OR_PATH", help="anything datasets.load_dataset takes, with a text column")
-    add("--streaming", action="store_true",
-        help="read the data as a stream, never whole, for corpora larger than memory (needs --max-steps)")
-    add("--validation-data", action="append", metavar="PATH",
-        help="validate on this file or folder instead of a held-out 10%% of the data; repeatable")
-    add("--output-dir", help="where the model goes (default: models/lstm or models/transformer-<size>)")
-    add("--epochs", type=int, help="passes over the training data (recipe)")
-    add("--max-steps", type=int, help="optimizer steps; wins over --epochs")
-    add("--lr", type=float, help="peak learning rate (recipe: lower for the Transformer than the LSTM)")
-    add("--warmup-steps", type=int, help="steps of linear warm-up before the cosine decay (recipe)")
-    add("--min-lr-ratio", type=float, help="where the cosine decay ends, as a fraction of --lr (recipe)")
-    add("--weight-decay", type=float, help="AdamW weight decay on weight matrices (recipe)")
-    add("--batch-size", type=int, help="blocks per device per micro-step (recipe)")
-    add("--block-size", type=int, help="tokens per training block (default: the preset's context)")
-    add("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    add("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="autocast precision")
-    add("--save-every", type=int, help="steps between checkpoints (recipe)")
-    add("--eval-every", type=int, help="steps between validation passes (recipe)")
-    add("--seed", type=int, default=1337, help="seed for initialisation, data order and split")
-    add("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
-    add("--overwrite", action="store_true", help="replace whatever the output folder holds")
-    add("--tokenizer", metavar="PATH", help="use this tokenizer instead of training one")
-    add("--vocab-size", type=int, help="BPE vocabulary size (recipe: 5000)")
-    add("--init-from", metavar="PATH_OR_REPO", help="fine-tune this pocketlm model instead of starting fresh")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--gradient-checkpointing", action="store_true",
-        help="recompute activations in backward instead of keeping them: less memory, slower steps")
-    add("--assistant-only-loss", action=argparse.BooleanOptionalAction, default=None,
-        help="on conversations, learn only the assistant's replies (recipe)")
-    add("--report-to", default="none", choices=["none", "tensorboard"], help="also log to TensorBoard")
-    add("--model-config", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="override a model config field, e.g. n_layer=4; repeatable")
-    add("--samples", type=int, default=3, help="sample outputs to print at the end")
+    add_arguments(parser)  # every option of TrainingOptions, with its help and default
     return parser
 
 
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(datasets_too=True)
 
     def job():
-        from .training import TrainingOptions, train
+        from .options import from_arguments
+        from .training import train
 
-        options = TrainingOptions(**{**vars(args), "model_config": dict(args.model_config)})
-        result = train(options)
+        result = train(from_arguments(args))
         for sample in result.samples:
             print(f"\n{sample}")
         if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
@@ -189,15 +146,11 @@ def legacy_main(argv: list[str] | None = None) -> int:
 
 
 def chat_parser() -> argparse.ArgumentParser:
-    from modeling import PRESETS
-
-    from .loading import DTYPES
-
     parser = _Parser(prog="chat.py", description="Chat with a trained pocketlm model in the terminal.")
     add = parser.add_argument
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
     add("--model-type", choices=["transformer", "lstm"], default="transformer", help="picks models/<type> by default")
-    add("--model-size", choices=list(PRESETS), default="small", help="picks models/transformer-<size> by default")
+    add("--model-size", choices=MODEL_SIZES, default="small", help="picks models/transformer-<size> by default")
     add("--temperature", type=float, help="sampling temperature (default 0.7)")
     add("--top-k", type=int, help="sample among the k likeliest tokens (default 50)")
     add("--top-p", type=float, help="nucleus sampling mass (default 0.9)")
@@ -206,7 +159,7 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     add("--seed", type=int, help="seed the sampler for reproducible replies")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add("--dtype", default="float32", choices=list(DTYPES),
+    add("--dtype", default="float32", choices=DTYPES,
         help="precision of the weights while chatting; float16 and bfloat16 read half the bytes per token; "
              "int8 (CPU only) quantizes the linear layers, faster from the medium preset up")
     add("--system", metavar="TEXT", help="system text that opens the conversation")
@@ -228,10 +181,9 @@ def chat_main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from pathlib import Path
-
         from .chat import ChatInterface
         from .loading import model_family, resolve_device
+        from .run_folder import RunFolder, default_output_dir
 
         if args.web:
             from .web import require_gradio
@@ -242,11 +194,11 @@ def chat_main(argv: list[str] | None = None) -> int:
             if not 0 < args.port < 65536:
                 raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
         if args.model is None:
-            default = Path("models") / ("lstm" if args.model_type == "lstm" else f"transformer-{args.model_size}")
-            if not (default / "config.json").exists():
+            default = RunFolder(default_output_dir(args.model_type, args.model_size))
+            if not default.config_file.exists():
                 flags = "--model-type lstm" if args.model_type == "lstm" else f"--model-size {args.model_size}"
-                raise UsageError(f"no trained model in {default}: train one with: python train.py {flags}")
-            args.model = str(default)
+                raise UsageError(f"no trained model in {default.path}: train one with: python train.py {flags}")
+            args.model = str(default.path)
         family = model_family(args.model)
         use_context = args.context if args.context is not None else family == "transformer"
         options = {name: getattr(args, name) for name in
@@ -296,7 +248,7 @@ def compare_parser() -> argparse.ArgumentParser:
 
 def compare_main(argv: list[str] | None = None) -> int:
     args = compare_parser().parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(datasets_too=True)
 
     def job():
         from pathlib import Path

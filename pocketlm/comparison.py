@@ -5,7 +5,6 @@ Bits per character divides the summed loss by the text's characters, not tokens,
 and a Transformer reading BPE tokens compare on it.
 """
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,9 +17,9 @@ from . import data
 from .errors import UsageError
 from .generation import BALANCED_SAMPLING, SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
 from .loading import load_pretrained, model_family
+from .run_folder import RunFolder
 from .scoring import bits_per_character
 
-SUMMARY_FILE = "training_summary.json"
 DEFAULT_PROMPTS = SAMPLE_QUESTIONS[:3]
 SPEED_TOKENS = 64  # new tokens per timed generation
 SPEED_ROUNDS = 3  # timed generations per model; the median counts
@@ -44,10 +43,9 @@ class ModelReport:
 
 
 def _summary_of(model: str) -> dict:
-    path = Path(model) / SUMMARY_FILE
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
+        return RunFolder(model).read_summary()
+    except (OSError, UsageError):
         return {}  # a damaged record only costs the default text
 
 

@@ -1,8 +1,53 @@
-"""The one exception type pocketlm raises for problems the user can fix."""
+"""Every exception pocketlm raises for a person to read, and the one place where a full disk becomes one.
+
+The command lines (`pocketlm/cli.py`) print each as one line: a UsageError, input the user can fix, exits with
+status 2; a run that diverged or a Hub that refused exits with 1. This module imports nothing heavy, so a command
+can know these types before it loads torch.
+"""
+
+import contextlib
+import errno
+import shutil
+from pathlib import Path
 
 
 class UsageError(Exception):
-    """Bad input at the edge of pocketlm: the message names the problem and the fix.
+    """Bad input at the edge of pocketlm: the message names the problem and the fix."""
 
-    Command-line entry points print it as one line and exit with status 2.
-    """
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed non-finite: the run stopped, the last good checkpoint and model are untouched."""
+
+
+class HubError(RuntimeError):
+    """The Hub refused or could not be reached; the message says which and what to do."""
+
+
+@contextlib.contextmanager
+def full_disk_says(folder: Path, needed: int = 0):
+    """Turns a full disk into one line naming the folder and about how much space the write needs."""
+    try:
+        yield
+    except UsageError:
+        raise  # already said (by a save that knew its size)
+    except Exception as error:
+        if not _caused_by_full_disk(error):
+            raise
+        need = f"about {needed / 1e6:,.1f} MB" if needed else "more space"
+        folder = Path(folder)
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+        raise UsageError(
+            f"no space left in {folder} (a save needs {need}, {free / 1e6:,.1f} MB are free): free some space "
+            "and resume with --resume; the last good model and checkpoint are intact."
+        ) from None
+
+
+def _caused_by_full_disk(error: BaseException | None) -> bool:
+    """A full disk anywhere in the exception's chain (safetensors and torch wrap the OSError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

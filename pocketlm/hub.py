@@ -4,29 +4,23 @@ The folder holds only what a Hub model repository needs, and loads anywhere with
 `AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)`: the family's source files travel with it.
 """
 
-import json
 import os
 import re
 import shutil
-import sys
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from modeling import MIN_TRANSFORMERS
 from tokenization import save_tokenizer
 
-from .errors import UsageError
+from .errors import HubError, UsageError
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
-from .metrics import LOSS_CURVE_FILE
-from .training import SUMMARY_FILE
+from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE, RunFolder
 
 CARD_FILE = "README.md"
-
-
-class HubError(RuntimeError):
-    """The Hub refused or could not be reached; the message says which and what to do."""
 
 
 # ------------------------------------------------------------------------------------------------ the folder
@@ -64,16 +58,6 @@ def _is_hub_dataset(name: str | None) -> bool:
     return bool(name) and _HUB_DATASET_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
 
 
-def _read_summary(model_dir: Path) -> dict:
-    path = model_dir / SUMMARY_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise UsageError(f"{path} is not valid JSON: delete it to publish without a training record, or train again.")
-
-
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
                has_curve: bool, data_name: str | None = None) -> str:
     """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model."""
@@ -102,8 +86,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
                 ],
             }],
         }]
-    config = model.config
-    minimum = sys.modules[type(config).__module__].MIN_TRANSFORMERS
+    config, minimum = model.config, MIN_TRANSFORMERS[family]
     if family == "transformer":
         architecture = (f"GPT-style decoder-only Transformer: {config.n_layer} pre-norm blocks, width {config.n_embd}, "
                         f"{config.n_head} heads, context window {config.block_size} tokens, byte-level BPE vocabulary "
@@ -118,7 +101,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
     sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
     curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
     record = _training_record(summary, rows, source) if summary else (
-        "## Training\n\nNo training record (training_summary.json) was found beside this model.\n")
+        f"## Training\n\nNo training record ({SUMMARY_FILE}) was found beside this model.\n")
     body = f"""# {repo_id.split('/')[-1]}
 
 A small language model trained with pocketlm: a {architecture}.
@@ -205,7 +188,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))
-    summary = _read_summary(source)
+    summary = RunFolder(source).read_summary()
     is_chat = summary.get("data", {}).get("is_chat", True)
     samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
     created = not target.exists()
@@ -214,9 +197,9 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
         model.save_pretrained(target)
         save_tokenizer(tokenizer, target)
-        has_curve = (source / LOSS_CURVE_FILE).exists()
+        has_curve = RunFolder(source).loss_curve.exists()
         if has_curve:
-            shutil.copy2(source / LOSS_CURVE_FILE, target / LOSS_CURVE_FILE)
+            shutil.copy2(RunFolder(source).loss_curve, target / LOSS_CURVE_FILE)
         card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name)
         (target / CARD_FILE).write_text(card, encoding="utf-8")
     except OSError as error:
@@ -243,8 +226,7 @@ def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, lic
     if default not in template:
         raise RuntimeError("pocketlm/space_app.py lost its MODEL_ID line")  # a packaging mistake, not user input
     app = template.replace(default, f'os.environ.get("POCKETLM_MODEL", "{repo_id}")')
-    minimum = (sys.modules["modeling.gpt.configuration_gpt"] if family == "transformer"
-               else sys.modules["modeling.lstm.configuration_lstm"]).MIN_TRANSFORMERS
+    minimum = MIN_TRANSFORMERS[family]
     metadata = {"title": space_id.split("/")[-1], "emoji": "💬", "colorFrom": "indigo", "colorTo": "blue",
                 "sdk": "gradio", "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False,
                 "license": license_id, "models": [repo_id],

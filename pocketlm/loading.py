@@ -11,6 +11,8 @@ import modeling  # noqa: F401  (registers pocketlm's model types with the Auto c
 from modeling import MODEL_TYPES
 
 from .errors import UsageError
+from .run_folder import (CHAT_TEMPLATE_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
+                         TOKENIZER_FILE)
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
@@ -34,13 +36,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 # What a pocketlm model folder must hold for chat, comparison and upload, and why each matters.
 REQUIRED_FILES = {
-    "config.json": "the model's shape",
-    "model.safetensors": "the weights",
-    "tokenizer.json": "the tokenizer",
-    "tokenizer_config.json": "the tokenizer's special tokens",
-    "chat_template.jinja": "the chat template",
+    CONFIG_FILE: "the model's shape",
+    MODEL_FILE: "the weights",
+    TOKENIZER_FILE: "the tokenizer",
+    TOKENIZER_CONFIG_FILE: "the tokenizer's special tokens",
+    CHAT_TEMPLATE_FILE: "the chat template",
 }
-JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+JSON_FILES = (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, GENERATION_CONFIG_FILE)
 DAMAGED_FIX = "train it again, or copy the folder again from where it came"
 
 
@@ -74,32 +76,32 @@ def _check_safetensors(path: Path) -> None:
 def check_model_folder(folder: Path) -> None:
     """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing == ["chat_template.jinja"] and "chat_template" in _read_json(folder / "tokenizer_config.json"):
+    if missing == [CHAT_TEMPLATE_FILE] and "chat_template" in _read_json(folder / TOKENIZER_CONFIG_FILE):
         missing = []  # an older layout: the template inside tokenizer_config.json
-    if "config.json" in missing:
-        raise UsageError(f"{folder} holds no model (no config.json): point at a folder train.py wrote.")
+    if CONFIG_FILE in missing:
+        raise UsageError(f"{folder} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
     if missing:
         what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
         raise UsageError(f"{folder} is an incomplete model folder, missing {what}: {DAMAGED_FIX}.")
     for name in JSON_FILES:
         if (folder / name).is_file():
             _read_json(folder / name)
-    _check_safetensors(folder / "model.safetensors")
+    _check_safetensors(folder / MODEL_FILE)
 
 
 def _config_of(path_or_repo: str) -> dict:
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
-        if not (local / "config.json").exists():
-            raise UsageError(f"{path_or_repo} holds no model (no config.json): point at a folder train.py wrote.")
-        return _read_json(local / "config.json")
+        if not (local / CONFIG_FILE).exists():
+            raise UsageError(f"{path_or_repo} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+        return _read_json(local / CONFIG_FILE)
     if local.exists() or path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
         raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return json.loads(Path(hf_hub_download(path_or_repo, "config.json")).read_text())
+        return json.loads(Path(hf_hub_download(path_or_repo, CONFIG_FILE)).read_text())
     except LocalEntryNotFoundError:
         raise UsageError(
             f"{path_or_repo} is not in the local Hub cache and the Hub cannot be reached: download it while online."
@@ -149,7 +151,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
         raise UsageError(f"the weights in {path_or_repo} do not fit its config.json (missing or misshapen: "
                          f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
     if tokenizer.chat_template is None:
-        raise UsageError(f"{path_or_repo} has no chat template (chat_template.jinja): {DAMAGED_FIX}.")
+        raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
     model = model.to(device).eval()
     return (quantize_int8(model) if dtype == "int8" else model), tokenizer
 

@@ -6,15 +6,12 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-
 
 class MetricsLog:
-    """Appends one JSON record per line; only the main process writes."""
+    """Appends one JSON record per line to `path`; only the main process writes."""
 
-    def __init__(self, out: Path, accelerator: Accelerator):
-        self.path = Path(out) / METRICS_FILE
+    def __init__(self, path: Path, accelerator: Accelerator):
+        self.path = Path(path)
         self.accelerator = accelerator
 
     def write(self, record: dict) -> None:
@@ -35,8 +32,8 @@ class MetricsLog:
             kept = [r for r in self.records() if r["step"] <= step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    def plot(self) -> Path:
-        """Train and validation loss against step, as loss_curve.png beside the model."""
+    def plot(self, target: Path) -> Path:
+        """Train and validation loss against step, drawn into `target` (a PNG)."""
         import matplotlib
 
         matplotlib.use("Agg")  # no display on servers, and none needed for a file
@@ -54,7 +51,6 @@ class MetricsLog:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        target = self.path.parent / LOSS_CURVE_FILE
         figure.savefig(target, dpi=100)
         plt.close(figure)
         return target

@@ -37,16 +37,10 @@ def sum_token_losses(model, blocks: dict[str, list], pad_id: int, batch_size: in
     return totals
 
 
-def characters_of(documents: datasets.Dataset) -> int:
-    """Characters a model is scored on: the text, each special token as one, and one per end-of-text token."""
-    return sum(data.count_characters(text) for text in documents["text"]) + sum(documents["ends"])
-
-
 def bits_per_character(model, tokenizer, documents: datasets.Dataset, block_size: int, batch_size: int = 8) -> dict:
     """`model`'s bits per character on `documents` (rows with `text` and `ends`), read in blocks of `block_size`
     tokens as validation reads them, with the token and character counts behind it."""
-    token_ids = data.tokenize(documents, tokenizer)
-    blocks, tokens = data.validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
-    nats = sum_token_losses(model, blocks, tokenizer.pad_token_id, batch_size, model.device)[0].item()
-    characters = characters_of(documents)
-    return {"bits_per_char": nats / math.log(2) / characters, "tokens": tokens, "characters": characters}
+    validation = data.validation_set(documents, tokenizer, block_size)
+    nats = sum_token_losses(model, validation.blocks, tokenizer.pad_token_id, batch_size, model.device)[0].item()
+    return {"bits_per_char": nats / math.log(2) / validation.characters, "tokens": validation.tokens,
+            "characters": validation.characters}

@@ -186,9 +186,9 @@ def test_text_with_a_byte_order_mark_or_in_utf16_is_read_as_text(encoding, tmp_p
 
 
 def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
-    from pocketlm import data
+    from pocketlm.data import reading
 
-    original = data.split_into_documents
+    original = reading.split_into_documents
     target = tmp_path / "growing.txt"
 
     def growing(lines, total_chars):
@@ -196,7 +196,7 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
             handle.write("More text arrives.\n")
         yield from original(lines, total_chars)
 
-    monkeypatch.setattr(data, "split_into_documents", growing)
+    monkeypatch.setattr(reading, "split_into_documents", growing)
     result = _train_on(tmp_path, "growing.txt", make_text(2))
     assert_one_line_error(result, "growing.txt changed while it was being read")
 
@@ -365,7 +365,7 @@ def test_a_full_disk_names_the_folder_and_keeps_the_last_good_model_and_checkpoi
         after = snapshot(out)
         assert {name: after.get(name) for name in kept} == {name: before[name] for name in kept}
         assert not (out / ".saving").exists() and not list((out / "checkpoints").glob(".tmp-*"))
-        from pocketlm.checkpoints import verify
+        from pocketlm.signing import verify
 
         assert verify(out / "checkpoints" / "step-2") is None
         if real_disk:

@@ -25,10 +25,11 @@ from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, r
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
-from pocketlm.errors import UsageError
+from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
-from pocketlm.training import TrainingDiverged, TrainingOptions, train
+from pocketlm.options import TrainingOptions
+from pocketlm.training import train
 from tokenization import train_char_tokenizer
 
 TINY = TINY_SHAPES
@@ -468,11 +469,12 @@ class _MainOfTwoProcesses:
 
 
 def test_a_checkpoint_is_renamed_into_place_only_once_every_process_wrote_its_share(corpus_file, tmp_path):
-    from pocketlm.checkpoints import CheckpointManager, verify
+    from pocketlm.checkpoints import CheckpointManager
+    from pocketlm.signing import verify
 
     manager = CheckpointManager(tmp_path / "checkpoints", _MainOfTwoProcesses())
     state = {"step": 3, "best_val_loss": 1.0, "best_val_bpc": 1.0, "tokens": 0}
-    saved = manager.save(3, state, tiny_options("transformer", corpus_file, tmp_path / "out"))
+    saved = manager.save(3, state, {"options": asdict(tiny_options("transformer", corpus_file, tmp_path / "out"))})
     assert {p.name for p in saved.iterdir()} == {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json",
                                                  "pocketlm-manifest.json"}
     assert verify(saved) is None  # the manifest was written after both shares, so it covers both
@@ -519,15 +521,19 @@ def test_two_processes_train_together(streaming, corpus_file, tmp_path):
 
 def test_two_processes_let_go_of_the_model_before_the_process_group(corpus_file, tmp_path):
     # Freed along with DDP's reducer, a gloo group can deadlock against its own worker thread (see
-    # Trainer.release): each process checks that the wrapped model is gone while the group is still held.
+    # Run.release): each process checks that the wrapped model is gone while the group is still held.
     script = tmp_path / "release.py"
     script.write_text(
         "import json, sys, weakref\n"
-        "from pocketlm.training import Trainer, TrainingOptions\n"
-        "trainer = Trainer(TrainingOptions(**json.loads(sys.argv[1])))\n"
-        "wrapped, group = weakref.ref(trainer.model), trainer._process_group\n"
-        "trainer.run()\n"
-        "trainer.release()\n"
+        "from pocketlm.options import TrainingOptions, resolve_options\n"
+        "from pocketlm.preparation import prepare\n"
+        "from pocketlm.run_folder import RunFolder\n"
+        "from pocketlm.training import run_loop\n"
+        "options = resolve_options(TrainingOptions(**json.loads(sys.argv[1])))\n"
+        "run = prepare(options, RunFolder(options.output_dir))\n"
+        "wrapped, group = weakref.ref(run.model), run.process_group\n"
+        "run_loop(run)\n"
+        "run.release()\n"
         "print(type(wrapped()).__name__, type(group).__name__, 'held' if group is not None else '')\n"
     )
     options = asdict(tiny_options("transformer", corpus_file, tmp_path / "out", max_steps=2, samples=0))

@@ -1,0 +1,250 @@
+"""Blocks: documents in, fixed-length token blocks and the batches the training loop draws from them.
+
+Each document is tokenized whole and ends with the end-of-text token; the token stream is cut into blocks that
+overlap by one token, so every token but the very first is a target exactly once. Training draws its batches
+here too: batch k of a run is a pure function of the seed and k, which is what makes resuming exact.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from tokenization import END_OF_TEXT, END_OF_TURN, ROLE_TOKENS, SPECIAL_TOKENS
+from tokenization.char import UNKNOWN
+
+from .reading import DOCUMENT_FEATURES
+
+SHUFFLE_BUFFER_BLOCKS = 1000  # a streamed corpus is shuffled within a window of this many blocks
+
+
+# ------------------------------------------------------------------------------------------------ characters
+
+
+def count_characters(text: str) -> int:
+    """Characters of `text`, counting each special token as one (it stands for one separator, not its spelling)."""
+    return len(text) - sum(text.count(token) * (len(token) - 1) for token in (*SPECIAL_TOKENS, UNKNOWN))
+
+
+_ASSISTANT_TURN = re.compile(re.escape(ROLE_TOKENS["assistant"]) + "(.*?)" + re.escape(END_OF_TURN), re.DOTALL)
+
+
+def count_assistant_characters(text: str) -> int:
+    """Characters of the assistant's replies in a rendered conversation, each reply's end-of-turn token as one: what
+    a chat model is asked to write, so its loss on them per character says how well it answers."""
+    return sum(count_characters(reply) + 1 for reply in _ASSISTANT_TURN.findall(text))
+
+
+def characters_of(documents: datasets.Dataset) -> int:
+    """Characters a model is scored on: the text, each special token as one, and one per end-of-text token."""
+    return sum(count_characters(text) for text in documents["text"]) + sum(documents["ends"])
+
+
+def assistant_mask(ids: list[int], assistant_id: int, end_id: int) -> list[int]:
+    """1 for each token of an assistant's reply and the end-of-turn token closing it, 0 elsewhere: exactly what the
+    chat template's {% generation %} block marks, read from the token ids (role tokens are single tokens)."""
+    mask, inside = [], False
+    for token in ids:
+        mask.append(int(inside))
+        if token == assistant_id:
+            inside = True
+        elif token == end_id:
+            inside = False
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------------- blocks
+
+
+def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, num_proc: int | None = None,
+             with_assistant_mask: bool = False):
+    """Token ids of every document, each whole document followed by the end-of-text token (lazily, if streamed);
+    with `with_assistant_mask`, also an `assistant_mask` column marking the assistant's replies."""
+    assistant_id, end_id = tokenizer.convert_tokens_to_ids([ROLE_TOKENS["assistant"], END_OF_TURN])
+
+    def encode(batch):
+        texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
+        # Documents are cut into blocks afterwards, so one longer than the model's window is expected: verbose=False
+        # keeps transformers from warning that it "will result in indexing errors".
+        ids = tokenizer(texts, verbose=False)["input_ids"]
+        if not with_assistant_mask:
+            return {"input_ids": ids}
+        return {"input_ids": ids, "assistant_mask": [assistant_mask(row, assistant_id, end_id) for row in ids]}
+
+    if isinstance(documents, datasets.IterableDataset):
+        return documents.map(encode, batched=True, remove_columns=list(DOCUMENT_FEATURES))
+    # Worker processes cost seconds to start: worth it only for large corpora.
+    if num_proc is None:
+        num_proc = min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
+    return documents.map(encode, batched=True, remove_columns=documents.column_names, num_proc=num_proc,
+                         desc="tokenizing")
+
+
+def blocks_from_ids(ids: list[int], block_size: int, pad_id: int, keep_partial: bool) -> list[list[int]]:
+    """Cut a token stream into blocks of `block_size` that overlap by one token.
+
+    The model predicts token i+1 from tokens up to i inside a block, so overlapping by one makes every token
+    but the very first a target exactly once. A partial last block is padded with `pad_id` when kept.
+    """
+    stride = block_size - 1
+    blocks = []
+    for start in range(0, max(len(ids) - 1, 0), stride):
+        block = ids[start : start + block_size]
+        if len(block) < block_size:
+            if not keep_partial:
+                break
+            block = block + [pad_id] * (block_size - len(block))
+        blocks.append(block)
+    return blocks
+
+
+TOKEN_COLUMNS = ("input_ids", "assistant_mask")  # cut into blocks side by side, so a mask stays with its tokens
+
+
+def training_blocks(token_ids: datasets.Dataset | datasets.IterableDataset, block_size: int,
+                    with_assistant_mask: bool = False):
+    """Training blocks, cut from the concatenated documents a thousand at a time (a partial tail is dropped)."""
+    columns = TOKEN_COLUMNS if with_assistant_mask else TOKEN_COLUMNS[:1]
+
+    def group(batch):
+        return {name: blocks_from_ids([value for row in batch[name] for value in row], block_size, pad_id=0,
+                                      keep_partial=False) for name in columns}
+
+    if isinstance(token_ids, datasets.IterableDataset):
+        return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns)
+    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns, desc="cutting blocks")
+
+
+def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[dict[str, list], int]:
+    """Every validation token in blocks (the last padded), its assistant mask's blocks when it has one, and the
+    number of real tokens in them."""
+    blocks = {}
+    for name in TOKEN_COLUMNS:
+        if name in token_ids.column_names:
+            stream = [value for row in token_ids[name] for value in row]
+            blocks[name] = blocks_from_ids(stream, block_size, pad_id if name == "input_ids" else 0, keep_partial=True)
+            length = len(stream) if name == "input_ids" else length
+    return blocks, length
+
+
+@dataclass
+class ValidationSet:
+    """The validation text as the model is scored on it: its blocks, and the counts that turn summed losses into
+    per-token and per-character figures."""
+
+    blocks: dict[str, list]  # "input_ids" (the last block padded), and "assistant_mask" on conversations
+    tokens: int  # real tokens in the blocks
+    characters: int  # characters of the text, each special token as one
+    assistant_characters: int  # characters of the assistant's replies (0 outside conversations)
+
+    @property
+    def targets(self) -> int:
+        """Tokens predicted: every real token but the first."""
+        return max(1, self.tokens - 1)
+
+
+def validation_set(documents: datasets.Dataset, tokenizer, block_size: int, with_assistant_mask: bool = False
+                   ) -> ValidationSet:
+    """Every validation document tokenized and cut into blocks of `block_size`, with its character counts."""
+    token_ids = tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask)
+    blocks, length = validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
+    assistant = sum(count_assistant_characters(text) for text in documents["text"]) if with_assistant_mask else 0
+    return ValidationSet(blocks=blocks, tokens=length, characters=characters_of(documents),
+                         assistant_characters=assistant)
+
+
+# --------------------------------------------------------------------------------------------------- batches
+
+
+def training_batches(documents, tokenizer, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                     world: int = 1, with_assistant_mask: bool = False) -> "BlockBatches | StreamBatches":
+    """The batches of a run's training documents for process `rank` of `world`: drawn from every block of an
+    Arrow corpus, or read from a stream, where each process tokenizes only its share of the documents."""
+    if isinstance(documents, datasets.IterableDataset):
+        mine = split_dataset_by_node(documents, rank, world)
+        blocks = training_blocks(tokenize(mine, tokenizer, with_assistant_mask=with_assistant_mask), block_size,
+                                 with_assistant_mask)
+        return StreamBatches(blocks, batch_size, seed)
+    blocks = training_blocks(tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask), block_size,
+                             with_assistant_mask)
+    return BlockBatches(blocks, batch_size, seed, rank, world)
+
+
+def with_labels(blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's inputs for a batch of blocks: the ids, and as labels the ids, or, when the blocks carry an
+    assistant mask, only the tokens of the assistant's replies (the rest -100, which the loss ignores)."""
+    ids = blocks["input_ids"]
+    mask = blocks.get("assistant_mask")
+    return {"input_ids": ids, "labels": ids if mask is None else ids.masked_fill(mask == 0, -100)}
+
+
+class BlockBatches:
+    """Deterministic batches of training blocks: a seeded shuffle per epoch, sharded across processes.
+
+    Batch k of the whole run is a pure function of (seed, k), which is what makes resuming exact.
+    """
+
+    def __init__(self, blocks, batch_size: int, seed: int, rank: int, world: int):
+        self.blocks = blocks.with_format("torch")
+        self.count = len(blocks)
+        self.batch_size = min(batch_size, max(1, self.count // world))
+        self.seed, self.rank, self.world = seed, rank, world
+        self.per_epoch = max(1, self.count // (self.batch_size * world))
+        self._epoch, self._order = None, None
+
+    def has_a_block(self) -> bool:
+        return self.count > 0
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
+        start = (index * self.world + self.rank) * self.batch_size
+        rows = self._order[torch.arange(start, start + self.batch_size) % self.count]
+        return with_labels(self.blocks[rows.tolist()])
+
+
+class StreamBatches:
+    """Batches of training blocks read from a streamed corpus, shuffled within a window, one share per process.
+
+    Batch k is the k-th batch of a seeded pass over the stream (passes continue into the next epoch), so
+    resuming at step k replays the first k batches without training on them: exact, at the price of
+    re-reading and re-tokenizing that much text.
+    """
+
+    def __init__(self, blocks, batch_size: int, seed: int):
+        self.blocks = blocks.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_BLOCKS)
+        self.batch_size = batch_size
+        self.epoch, self._next, self._rows = 0, 0, None
+
+    def has_a_block(self) -> bool:
+        return next(iter(self.blocks), None) is not None
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        if self._rows is None or k < self._next:
+            self.epoch, self._next = 0, 0
+            self._start_pass()
+        while self._next < k:
+            self._take()
+        rows = self._take()
+        return with_labels({name: torch.tensor([row[name] for row in rows]) for name in rows[0]})
+
+    def _start_pass(self) -> None:
+        self.blocks.set_epoch(self.epoch)  # a new shuffle each epoch
+        self._rows = iter(self.blocks)
+
+    def _take(self) -> list[dict]:
+        batch = []
+        while len(batch) < self.batch_size:
+            row = next(self._rows, None)
+            if row is None:
+                self.epoch += 1
+                self._start_pass()
+                continue
+            batch.append(row)
+        self._next += 1
+        return batch

@@ -1,0 +1,331 @@
+"""Reading: the user's files, a `datasets` dataset or the built-in dialogs, as rows of documents.
+
+Every record read becomes a row (`text`, `is_chat`, `ends`, `origin`, `problem`), the unusable ones with the
+reason in `problem`, so each is counted and reported (`ReadReport`). Plain files are read line by line and cut
+into documents; JSONL lines and dataset rows hold a `text` string or a `messages` conversation. The rows are a
+`datasets` dataset: Arrow-backed and memory-mapped, or, when streamed, an `IterableDataset` read afresh on every
+pass, so a corpus larger than memory never has to fit in it.
+"""
+
+import codecs
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import yaml
+
+from tokenization import ROLE_TOKENS, render_chat
+
+from ..errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIX = ".jsonl"
+DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
+# Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
+# this whenever the document columns or their meaning change.
+DOCUMENT_SCHEMA = 4
+DOCUMENT_FEATURES = datasets.Features({
+    "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
+    "origin": datasets.Value("string"), "problem": datasets.Value("string"),
+})
+
+
+@dataclass
+class ReadReport:
+    """Every record read, accounted for: kept, an exact duplicate, or skipped with the reason and where.
+
+    A record is a JSONL line, a row of a `--dataset`, or a piece of a plain text file (see `split_into_documents`).
+    """
+
+    records: int = 0
+    duplicates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> records skipped for it
+    first_at: dict[str, str] = field(default_factory=dict)  # reason -> where its first record was
+    skipped_files: dict[str, str] = field(default_factory=dict)  # file -> why none of it was read
+    streamed: bool = False  # a stream is never read whole: counts cover what preparation read
+
+    @property
+    def kept(self) -> int:
+        return self.records - self.duplicates - sum(self.skipped.values())
+
+    def skip(self, reason: str, origin: str, count: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        self.first_at.setdefault(reason, origin)
+
+    def describe(self) -> str:
+        """One line for the screen: what was read and what became of it."""
+        parts = [f"{self.kept:,} kept"]
+        if self.duplicates:
+            parts.append(f"{self.duplicates:,} exact duplicates dropped")
+        parts += [f"{count:,} skipped ({reason}, first at {self.first_at[reason]})" for reason, count in self.skipped.items()]
+        parts += [f"{name} not read ({why})" for name, why in self.skipped_files.items()]
+        scope = "read so far" if self.streamed else "read"
+        return f"{self.records:,} records {scope}: " + ", ".join(parts)
+
+    def summary(self) -> dict:
+        return {"records_read": self.records, "kept": self.kept, "duplicates_dropped": self.duplicates,
+                "skipped": dict(self.skipped), "first_skipped_at": dict(self.first_at),
+                "files_not_read": dict(self.skipped_files), "streamed": self.streamed}
+
+
+# ---------------------------------------------------------------------------------------------- finding files
+
+
+def find_data_files(paths: list[str]) -> list[Path]:
+    """Every .txt, .md and .jsonl file under `paths` (files or directories, searched recursively), sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UsageError(f"--data {raw}: no such file or directory; check the path.")
+        if path.is_file():
+            found.append(path)
+            continue
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*TEXT_SUFFIXES, JSONL_SUFFIX))
+        if not matches:
+            raise UsageError(f"--data {raw}: the directory holds no .txt, .md or .jsonl files; add some or point elsewhere.")
+        found.extend(matches)
+    return found
+
+
+def text_encoding(path: Path) -> str | None:
+    """The encoding `path` reads in: UTF-8 (a BOM is dropped), or UTF-16 with its BOM (as Windows Notepad saves);
+    None for binary or undecodable files."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                # UTF-8 text holds no NUL bytes; binary files usually do.
+                if "\x00" in decoder.decode(chunk):
+                    return None
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, OSError):
+        return None
+    return encoding
+
+
+def readable_files(files: list[Path], report: ReadReport) -> list[tuple[Path, str]]:
+    """Each readable file with its encoding; binary and undecodable files are reported and left out."""
+    good = []
+    for path in files:
+        encoding = text_encoding(path)
+        if encoding is None:
+            report.skipped_files[str(path)] = "binary, or not UTF-8 or UTF-16 text"
+            logger.warning("skipping %s: binary, or not UTF-8 or UTF-16 text; convert it to UTF-8 to train on it", path)
+        else:
+            good.append((path, encoding))
+    if not good:
+        names = ", ".join(str(p) for p in files[:3]) + (" ..." if len(files) > 3 else "")
+        raise UsageError(f"no readable text in {names}: the files are binary or not UTF-8; convert them to UTF-8 text.")
+    return good
+
+
+def _signature(path: str) -> str:
+    """Size and modification time: what tells a file that changed apart (and keys the Arrow cache)."""
+    stat = os.stat(path)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+# ------------------------------------------------------------------------------------------ reading documents
+
+
+def split_into_documents(lines: Iterable[str], total_chars: int) -> Iterator[str]:
+    """Cut one long text, given line by line, into documents at blank lines, about a fiftieth of the text each
+    (200 to 4,000 characters). A book or a chat log arrives as one file; splitting it lets validation hold out
+    whole passages, and reading it by lines means a file never has to fit in memory.
+    """
+    target = max(200, min(4000, total_chars // 50))
+    current, size = [], 0
+    for line in lines:
+        current.append(line)
+        size += len(line)
+        # Prefer a blank line as the cut; cut anywhere once a document has grown far past the target.
+        if (size >= target and not line.strip()) or size >= 4 * target:
+            document = "".join(current)
+            if document.strip():
+                yield document
+            current, size = [], 0
+    document = "".join(current)
+    if document.strip():
+        yield document
+
+
+def _row(text: str = "", origin: str = "", problem: str = "", is_chat: bool = False, ends: bool = True) -> dict:
+    return {"text": text, "is_chat": is_chat, "ends": ends, "origin": origin, "problem": problem}
+
+
+def _text_file_documents(path: Path, encoding: str):
+    with open(path, encoding=encoding) as handle:
+        pieces = split_into_documents(handle, os.path.getsize(path))
+        previous = next(pieces, None)
+        if previous is None:
+            yield _row(origin=str(path), problem="empty, or only whitespace")
+            return
+        for piece in pieces:
+            yield _row(previous, str(path), ends=False)
+            previous = piece
+        # Pieces of one file are one text: only its last piece ends with the end-of-text token.
+        yield _row(previous, str(path), ends=True)
+
+
+def document_from_record(record, origin: str) -> dict:
+    """The document a JSONL line or dataset row holds (a `text` string, or a `messages` conversation), or a row
+    that says what is wrong with it."""
+    if not isinstance(record, dict):
+        return _row(origin=origin, problem="not a JSON object")
+    if "text" in record and record["text"] is not None:
+        if not isinstance(record["text"], str):
+            return _row(origin=origin, problem="'text' is not a string")
+        if not record["text"].strip():
+            return _row(origin=origin, problem="empty 'text'")
+        return _row(record["text"], origin)
+    messages = record.get("messages")
+    if messages is None:
+        return _row(origin=origin, problem="no 'text' string or 'messages' list")
+    if not isinstance(messages, list) or not messages:
+        return _row(origin=origin, problem="'messages' is not a non-empty list")
+    for message in messages:
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            return _row(origin=origin, problem="a message lacks a 'role' or 'content' string")
+        if message["role"] not in ROLE_TOKENS:
+            return _row(origin=origin, problem=f"unknown role {message['role']!r} (use system, user or assistant)")
+    if not any(message["content"].strip() for message in messages):
+        return _row(origin=origin, problem="every message is empty")
+    return _row(render_chat(messages), origin, is_chat=True)
+
+
+def _jsonl_documents(path: Path, encoding: str):
+    with open(path, encoding=encoding) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                yield _row(origin=origin, problem="not valid JSON")
+                continue
+            yield document_from_record(record, origin)
+
+
+def _file_documents(files: list[str], encodings: list[str], signature: list[str] | None = None,
+                    schema: int = DOCUMENT_SCHEMA):
+    """Generator for `from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
+    for name, encoding in zip(files, encodings):
+        path = Path(name)
+        read = _jsonl_documents if path.suffix.lower() == JSONL_SUFFIX else _text_file_documents
+        yield from read(path, encoding)
+
+
+def default_conversations() -> list[list[dict]]:
+    """The English dialogs of the chatterbot-corpus package, each as alternating user/assistant messages."""
+    import chatterbot_corpus
+
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    conversations = []
+    for path in sorted(folder.glob("*.yml")):
+        for turns in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            texts = [str(turn).strip() for turn in turns if str(turn).strip()]
+            if len(texts) >= 2:
+                roles = ["user", "assistant"]
+                conversations.append([{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)])
+    return conversations
+
+
+def _default_documents(schema: int):
+    for number, messages in enumerate(default_conversations(), 1):
+        yield _row(render_chat(messages), f"{DEFAULT_CORPUS_NAME} #{number}", is_chat=True)
+
+
+def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    try:
+        loaded = datasets.load_dataset(name, streaming=streaming)
+    except Exception as error:  # datasets raises many types; the user needs the name and the reason
+        raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local path or a cached dataset name.")
+    split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
+    if "text" not in columns and "messages" not in columns:
+        raise UsageError(f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(columns)}.")
+
+    def to_documents(rows, indices):
+        records = [dict(zip(rows, values)) for values in zip(*rows.values())]
+        documents = [document_from_record(record, f"{name} row {index + 1}") for record, index in zip(records, indices)]
+        return {key: [document[key] for document in documents] for key in DOCUMENT_FEATURES}
+
+    return split.map(to_documents, batched=True, with_indices=True, remove_columns=columns, features=DOCUMENT_FEATURES)
+
+
+def load_documents(
+    data: list[str] | None = None, dataset: str | None = None, streaming: bool = False,
+    report: ReadReport | None = None,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
+    """Every record read, as rows with `text`, `is_chat`, `ends`, `origin` and `problem`, and a description of their
+    source. Unreadable files go into `report`.
+
+    With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
+    """
+    report = report if report is not None else ReadReport()
+    if dataset:
+        return _dataset_documents(dataset, streaming), dataset
+    if not data:
+        generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
+        return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
+                        features=DOCUMENT_FEATURES), DEFAULT_CORPUS_NAME
+    files = readable_files(find_data_files(data), report)
+    names, encodings = [str(path) for path, _ in files], [encoding for _, encoding in files]
+    source = ", ".join(str(p) for p in data)
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _file_documents, gen_kwargs={"files": names, "encodings": encodings}, features=DOCUMENT_FEATURES
+        ), source
+    # Keyed by absolute paths, sizes and times: the same text is read once, a changed file again.
+    signature = [f"{Path(name).resolve()}|{_signature(name)}" for name in names]
+    documents = datasets.Dataset.from_generator(
+        _file_documents, features=DOCUMENT_FEATURES,
+        gen_kwargs={"files": names, "encodings": encodings, "signature": signature, "schema": DOCUMENT_SCHEMA},
+    )
+    changed = [name for name, before in zip(names, signature) if f"{Path(name).resolve()}|{_signature(name)}" != before]
+    if changed:
+        raise UsageError(f"{changed[0]} changed while it was being read: run again once it is complete.")
+    return documents, source
+
+
+def public_name(data: list[str] | None, dataset: str | None) -> str:
+    """What the model card may say the data was: file and folder names, or a dataset's name, never a local path."""
+    if dataset:
+        return dataset if not Path(dataset).expanduser().exists() else Path(dataset).resolve().name
+    if not data:
+        return DEFAULT_CORPUS_NAME
+    return ", ".join(Path(path).expanduser().resolve().name for path in data)
+
+
+def keep_readable_records(documents: datasets.Dataset, report: ReadReport) -> datasets.Dataset:
+    """Count every record into `report`, warn once per kind of problem, and keep the usable ones."""
+    problems = documents["problem"]
+    report.records += len(problems)
+    bad = [row for row, problem in enumerate(problems) if problem]
+    if not bad:
+        return documents
+    found = ReadReport()
+    for row, origin in zip(bad, documents.select(bad)["origin"]):
+        found.skip(problems[row], origin)
+    for reason, count in found.skipped.items():
+        report.skip(reason, found.first_at[reason], count)
+        logger.warning("skipped %d record%s (%s), the first at %s", count, "s" * (count != 1), reason,
+                       found.first_at[reason])
+    return documents.select(sorted(set(range(len(problems))) - set(bad)))
+
+

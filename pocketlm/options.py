@@ -1,0 +1,226 @@
+"""What a training run is told: every option, its default, its help and its check, in one place.
+
+`train.py`'s command line is generated from these fields, so the library and the command line cannot disagree.
+Each default lives once: here when it is the same for both families, in the family's recipe (`configs/*.json`)
+when it is not; a field whose default is None is filled from the recipe by `resolve_options`.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from configs import load_recipe
+from modeling import MODEL_TYPES, PRESETS, GPTConfig, LSTMConfig
+
+from .errors import UsageError
+from .loading import check_model_folder, model_family
+from .run_folder import default_output_dir
+
+RECIPE = "recipe: configs/<model-type>.json"
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """--model-config's KEY=VALUE, the value read as JSON when it is JSON (numbers, booleans), else as text."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def option(default, help: str, **argument):
+    """A field of TrainingOptions with what `train.py`'s argument for it needs besides its name and default."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, **argument})
+
+
+@dataclass
+class TrainingOptions:
+    """Everything `train.py` accepts; None means "the model family's recipe in configs/ decides"."""
+
+    model_type: str | None = option(None, "model family (default: transformer, or --init-from's family)",
+                                    choices=list(MODEL_TYPES))
+    model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=list(PRESETS))
+    data: list[str] | None = option(None, "a text file or folder of .txt/.md/.jsonl; repeatable", action="append",
+                                    metavar="PATH")
+    dataset: str | None = option(None, "anything datasets.load_dataset takes, with a text or messages column",
+                                 metavar="NAME_OR_PATH")
+    streaming: bool = option(False, "read the data as a stream, never whole, for corpora larger than memory "
+                                    "(needs --max-steps)", action="store_true")
+    validation_data: list[str] | None = option(
+        None, "validate on this file or folder instead of a held-out 10%% of the data; repeatable", action="append",
+        metavar="PATH")
+    output_dir: str | None = option(None, "where the model goes (default: models/lstm or models/transformer-<size>)")
+    epochs: int | None = option(None, f"passes over the training data ({RECIPE})", type=int)
+    max_steps: int | None = option(None, "optimizer steps; wins over --epochs", type=int)
+    lr: float | None = option(None, f"peak learning rate ({RECIPE})", type=float)
+    warmup_steps: int | None = option(None, f"steps of linear warm-up before the cosine decay ({RECIPE})", type=int)
+    min_lr_ratio: float | None = option(None, f"where the cosine decay ends, as a fraction of --lr ({RECIPE})",
+                                        type=float)
+    weight_decay: float | None = option(None, f"AdamW weight decay on weight matrices ({RECIPE})", type=float)
+    grad_clip: float | None = option(None, f"clip the gradients' norm to this ({RECIPE})", type=float)
+    batch_size: int | None = option(None, f"blocks per device per micro-step ({RECIPE})", type=int)
+    block_size: int | None = option(None, "tokens per training block (default: the preset's context; lstm: "
+                                          f"{RECIPE})", type=int)
+    grad_accum: int = option(1, "micro-steps per optimizer step", type=int)
+    mixed_precision: str = option("no", "autocast precision", choices=["no", "fp16", "bf16"])
+    save_every: int | None = option(None, "steps between checkpoints (default: about four per run, at most the "
+                                          "recipe's)", type=int)
+    eval_every: int | None = option(None, "steps between validation passes (default: about ten per run, at most the "
+                                          "recipe's)", type=int)
+    keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep", type=int)
+    seed: int = option(1337, "seed for initialisation, data order and split", type=int)
+    resume: bool = option(False, "continue from the newest checkpoint in the output folder", action="store_true")
+    overwrite: bool = option(False, "replace whatever the output folder holds", action="store_true")
+    tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
+    vocab_size: int | None = option(None, f"BPE vocabulary size ({RECIPE})", type=int)
+    init_from: str | None = option(None, "fine-tune this pocketlm model instead of starting fresh",
+                                   metavar="PATH_OR_REPO")
+    compile: bool = option(False, "torch.compile the model", action="store_true")
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in backward instead of keeping them: less memory, slower steps",
+        action="store_true")
+    assistant_only_loss: bool | None = option(None, f"on conversations, learn only the assistant's replies ({RECIPE})",
+                                              action=argparse.BooleanOptionalAction)
+    report_to: str = option("none", "also log to TensorBoard", choices=["none", "tensorboard"])
+    model_config: dict = option(dict, "override a model config field, e.g. n_layer=4; repeatable", type=_key_value,
+                                action="append", metavar="KEY=VALUE")
+    samples: int = option(3, "sample outputs to print at the end", type=int)
+
+    def command_line(self) -> str:
+        """A `train.py` command that reproduces these options (used in the resume hint)."""
+        parts = ["python train.py"]
+        for spec in dataclasses.fields(self):
+            value, flag = getattr(self, spec.name), "--" + spec.name.replace("_", "-")
+            if spec.name in ("resume", "overwrite") or value in (None, False, {}) or value == spec.default:
+                continue
+            if value is True:
+                parts.append(flag)
+            elif spec.name == "assistant_only_loss":
+                parts.append(flag if value else "--no-assistant-only-loss")
+            elif spec.name == "model_config":
+                parts.extend(f"{flag} {k}={v}" for k, v in value.items())
+            elif isinstance(value, list):
+                parts.extend(f"{flag} {v}" for v in value)
+            else:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One argument per option, named, defaulted and explained by its field."""
+    for spec in dataclasses.fields(TrainingOptions):
+        argument = dict(spec.metadata)
+        default = [] if spec.name == "model_config" else spec.default  # append's start; the options take a dict
+        if default not in (None, False, []):
+            argument["help"] += " (default: %(default)s)"
+        parser.add_argument("--" + spec.name.replace("_", "-"), default=default, **argument)
+
+
+def from_arguments(arguments: argparse.Namespace) -> TrainingOptions:
+    return TrainingOptions(**{**vars(arguments), "model_config": dict(arguments.model_config)})
+
+
+# ----------------------------------------------------------------------------------------------- checking
+
+
+# Options that contradict each other: each pair, and why.
+CONTRADICTIONS = [
+    ("resume", "overwrite", "--resume continues the run in the folder, --overwrite throws it away: pass one"),
+    ("resume", "init_from", "--resume continues a run, --init-from starts a new one from a model: pass one"),
+    ("data", "dataset", "--data and --dataset both name the training text: pass one"),
+    ("tokenizer", "init_from", "--init-from brings its model's own tokenizer: drop --tokenizer"),
+]
+POSITIVE = ("lr", "batch_size", "epochs", "max_steps", "grad_accum", "save_every", "eval_every", "block_size",
+            "vocab_size", "keep_checkpoints", "grad_clip")
+NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay")
+
+
+def resolve_options(options: TrainingOptions) -> TrainingOptions:
+    """A copy of `options` with the recipe's defaults filled in; an impossible or contradictory value is refused
+    with a message naming the fix."""
+    options = dataclasses.replace(options, model_config=dict(options.model_config))
+    for first, second, why in CONTRADICTIONS:
+        if getattr(options, first) and getattr(options, second):
+            raise UsageError(f"contradictory options: {why}.")
+    options.model_type = _family(options)
+    if options.model_size not in PRESETS:
+        raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")
+    for name, values in (("mixed_precision", ("no", "fp16", "bf16")), ("report_to", ("none", "tensorboard"))):
+        if getattr(options, name) not in values:
+            raise UsageError(f"unknown --{name.replace('_', '-')} {getattr(options, name)!r}: choose "
+                             f"{', '.join(values)}.")
+    if options.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        # accelerate would otherwise drop the tracker without a word.
+        raise UsageError("--report-to tensorboard needs the tensorboard package: pip install 'pocketlm[tensorboard]'.")
+    recipe = load_recipe(options.model_type)
+    for spec in dataclasses.fields(options):
+        if getattr(options, spec.name) is None and spec.name in recipe:
+            setattr(options, spec.name, recipe[spec.name])
+    if options.block_size is None:
+        options.block_size = PRESETS[options.model_size]["block_size"]
+    _check_numbers(options)
+    if options.streaming and options.max_steps is None:
+        raise UsageError("--streaming reads the corpus without counting it first: pass --max-steps N as well.")
+    _check_model_config(options)
+    if options.output_dir is None:
+        options.output_dir = str(default_output_dir(options.model_type, options.model_size))
+    return options
+
+
+def _family(options: TrainingOptions) -> str:
+    """The model family: --model-type, else --init-from's, else the Transformer."""
+    if options.init_from:
+        if Path(options.init_from).expanduser().is_dir():
+            check_model_folder(Path(options.init_from).expanduser())
+        found = model_family(options.init_from)
+        if options.model_type and options.model_type != found:
+            raise UsageError(f"--init-from {options.init_from} holds a {found} model, not a {options.model_type}: "
+                             f"drop --model-type or pass --model-type {found}.")
+        return found
+    family = options.model_type or "transformer"
+    if family not in MODEL_TYPES:
+        raise UsageError(f"unknown model type {family!r}: choose transformer or lstm.")
+    return family
+
+
+def _check_numbers(options: TrainingOptions) -> None:
+    for name in POSITIVE:
+        value = getattr(options, name)
+        if value is not None and not value > 0:  # also refuses NaN
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
+    if not math.isfinite(options.lr):
+        raise UsageError(f"--lr must be a finite number, got {options.lr}.")
+    for name in NOT_NEGATIVE:
+        if not getattr(options, name) >= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")
+    if not 0 <= options.min_lr_ratio <= 1:
+        raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {options.min_lr_ratio}.")
+    if options.block_size < 2:
+        raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
+
+
+def _check_model_config(options: TrainingOptions) -> None:
+    """Refuse a --model-config field the family's config does not have (a typo would train the default and save
+    the stray key), or one that --init-from's model already fixes."""
+    config_class = LSTMConfig if options.model_type == "lstm" else GPTConfig
+    known = [name for name in inspect.signature(config_class.__init__).parameters if name not in ("self", "kwargs")]
+    for name in options.model_config:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"--model-config {name}: the {options.model_type} has no such field; {hint}"
+                             f"choose from {', '.join(known)}.")
+    if options.init_from and options.model_config:
+        raise UsageError("--model-config shapes a new model; --init-from's model keeps its own: drop one of them.")
+    dropout = options.model_config.get("dropout")
+    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise UsageError(f"--model-config dropout must be at least 0 and below 1, got {dropout}.")

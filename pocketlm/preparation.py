@@ -1,0 +1,305 @@
+"""A training run's setup: everything the loop works with, built once and returned whole as a `Run`.
+
+`prepare` reads the text, trains or loads the tokenizer, builds the model, cuts the blocks, plans the steps,
+makes the optimizer and restores a checkpoint when resuming; each piece is one function that returns what it
+builds. The loop itself is in `training.py`.
+"""
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+from transformers import AutoTokenizer
+
+from configs import load_recipe
+from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
+from tokenization import train_bpe_tokenizer, train_char_tokenizer
+
+from . import data
+from .checkpoints import CheckpointManager
+from .errors import UsageError
+from .generation import default_generation_config
+from .loading import load_pretrained
+from .metrics import MetricsLog
+from .options import TrainingOptions
+from .progress import Stages
+from .run_folder import RunFolder
+
+
+@dataclass
+class Plan:
+    """How long the run is and how often it evaluates and saves, in optimizer steps."""
+
+    total_steps: int
+    eval_every: int
+    save_every: int
+    tokens_per_step: int  # across every process and micro-step
+    block_size: int  # tokens per training block
+    masked_training: bool  # learning the assistant's replies alone
+    grad_clip: float
+
+
+@dataclass
+class Run:
+    """Everything a training run's loop works with. `model` and `optimizer` are accelerate's wrapped ones."""
+
+    options: TrainingOptions
+    folder: RunFolder
+    accelerator: Accelerator
+    stages: Stages
+    corpus: data.Corpus
+    tokenizer: object
+    batches: object  # data.blocks' BlockBatches or StreamBatches
+    validation: data.ValidationSet
+    plan: Plan
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    checkpoints: CheckpointManager
+    metrics: MetricsLog
+    state: dict  # step, tokens, best results: what a checkpoint restores
+    process_group: object = field(default=None, repr=False)  # held until the wrapped model is let go: release()
+
+    def release(self) -> None:
+        """Let go of the wrapped model, then of the process group: in that order, or a run can hang as it ends.
+
+        Right after a collective, gloo's worker thread is still releasing its tensors, which takes the GIL. A group
+        freed along with DDP's reducer waits for that thread while holding the GIL, and neither moves; a group
+        freed from Python's own reference waits with the GIL released. (Before this order was kept, one
+        two-process run in about sixty hung here, with the CPUs busy.)
+        """
+        group, self.process_group = self.process_group, None
+        self.model = self.accelerator.unwrap_model(self.model)
+        self.accelerator.free_memory()  # accelerate's own references to the wrapped model, and a gc pass
+        del group
+
+
+def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
+    """Set up a training run of resolved `options` in `folder` (checked and locked by the caller)."""
+    accelerator = start_accelerator(options, folder)
+    # Held until the wrapped model is let go: see Run.release().
+    group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
+    try:
+        set_seed(options.seed)
+        if options.overwrite and accelerator.is_main_process:
+            folder.clear_for_a_new_run()
+        stages = Stages(show=accelerator.is_main_process)
+        corpus = read_corpus(options, accelerator, stages)
+        tokenizer = load_or_train_tokenizer(options, folder, corpus, accelerator, stages)
+        model = build_model(options, tokenizer)
+        block_size = min(options.block_size, model.config.block_size) if _window(model) else options.block_size
+        masked = bool(options.assistant_only_loss and corpus.is_chat)
+        batches, validation = cut_blocks(options, corpus, tokenizer, block_size, masked, accelerator, stages)
+        plan = make_plan(options, batches, block_size, masked, accelerator.num_processes)
+        optimizer = make_optimizer(model, options.lr, options.weight_decay)
+        schedule = make_schedule(optimizer, options.warmup_steps, plan.total_steps, options.min_lr_ratio)
+        if options.compile:
+            # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
+            # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
+            model.compile()
+        checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
+        # For the full-disk message before the first checkpoint exists: weights and AdamW's two moments.
+        checkpoints.expected_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        model, optimizer = accelerator.prepare(model, optimizer)
+        # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
+        accelerator.register_for_checkpointing(schedule)
+        metrics = MetricsLog(folder.metrics_file, accelerator)
+        state = resume(checkpoints, metrics, accelerator) if options.resume else fresh_state()
+        if options.report_to == "tensorboard":
+            accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(options).items()})
+    except BaseException:
+        accelerator.free_memory()
+        del group
+        raise
+    return Run(options=options, folder=folder, accelerator=accelerator, stages=stages, corpus=corpus,
+               tokenizer=tokenizer, batches=batches, validation=validation, plan=plan, model=model,
+               optimizer=optimizer, schedule=schedule, checkpoints=checkpoints, metrics=metrics, state=state,
+               process_group=group)
+
+
+def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerator:
+    if options.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on the CPU, or no.")
+    # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=options.mixed_precision,
+                       log_with="tensorboard" if options.report_to == "tensorboard" else None,
+                       project_dir=str(folder.path))
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True when `flag` is true in any process, so all act alike (one all-reduce, several processes only)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
+
+
+# ------------------------------------------------------------------------------------------ text and tokens
+
+
+def _describe_input(options: TrainingOptions) -> str:
+    if options.dataset:
+        return f"the dataset {options.dataset}"
+    if not options.data:
+        return f"the built-in corpus, {data.DEFAULT_CORPUS_NAME}"
+    return ", ".join(options.data)
+
+
+def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stages) -> data.Corpus:
+    with stages.stage("reading", f"reading {_describe_input(options)}") as stage:
+        with accelerator.main_process_first():
+            corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data,
+                                      streaming=options.streaming)
+        stage["done"] = corpus.report.describe()
+    return corpus
+
+
+def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
+                            accelerator: Accelerator, stages: Stages):
+    """--tokenizer's, --init-from's or a resumed run's tokenizer; else one trained on the training text."""
+    source = options.tokenizer or options.init_from or (str(folder.tokenizer_to_resume()) if options.resume else None)
+    if source:
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
+    kind = "character" if options.model_type == "lstm" else f"byte-level BPE ({options.vocab_size:,}-token)"
+    with stages.stage("tokenizer", f"training the {kind} tokenizer") as stage:
+        if accelerator.is_main_process:
+            texts = corpus.tokenizer_texts()
+            if options.model_type == "lstm":
+                tokenizer = train_char_tokenizer(texts)
+            else:
+                try:
+                    length = None if corpus.streaming else len(texts)
+                    tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length,
+                                                    show_progress=stages.show and sys.stderr.isatty())
+                except ValueError as error:
+                    raise UsageError(str(error))
+            folder.save_run_tokenizer(tokenizer)
+            stage["done"] = f"{len(tokenizer):,} tokens"
+        accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(folder.run_tokenizer)
+
+
+def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_size: int, masked: bool,
+               accelerator: Accelerator, stages: Stages) -> tuple[object, data.ValidationSet]:
+    """This process's training batches and the validation set, both in blocks of `block_size` tokens.
+
+    Assistant masks are cut beside the tokens: to train on replies alone, and to score the replies on their own in
+    any chat corpus.
+    """
+    with stages.stage("tokenizing", "tokenizing the documents") as stage:
+        with accelerator.main_process_first():
+            validation = data.validation_set(corpus.validation, tokenizer, block_size,
+                                             with_assistant_mask=corpus.is_chat)
+            batches = data.training_batches(corpus.train, tokenizer, block_size, options.batch_size, options.seed,
+                                            accelerator.process_index, accelerator.num_processes, masked)
+        if any_process(accelerator, not batches.has_a_block()):  # every process stops, or none waits on a stopped one
+            raise UsageError(f"not enough text for one block of {block_size} tokens ({corpus.report.describe()}): "
+                             "add text or pass a smaller --block-size.")
+        counted = "streamed" if corpus.streaming else f"{batches.count:,}"
+        stage["done"] = (f"{counted} training blocks of {block_size} tokens, {validation.tokens:,} validation "
+                         "tokens")
+    return batches, validation
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def _window(model) -> int | None:
+    return getattr(model.config, "block_size", None)
+
+
+def build_model(options: TrainingOptions, tokenizer):
+    """--init-from's model, or a fresh one of the chosen family sized by its preset and the tokenizer's vocabulary;
+    its generation settings and the tokenizer's window set for what the run will save."""
+    if options.init_from:
+        model = load_pretrained(options.init_from)[0].train()  # checked: a damaged folder ends in one line
+    else:
+        model = _fresh_model(options, tokenizer)
+    if options.gradient_checkpointing:
+        # transformers 5.24 renamed it; the old name still works there but warns.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    tokenizer.model_max_length = _window(model) or tokenizer.model_max_length
+    model.generation_config = default_generation_config(tokenizer)
+    return model
+
+
+def _fresh_model(options: TrainingOptions, tokenizer):
+    special = {
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "dropout": load_recipe(options.model_type)["dropout"],
+    }
+    try:
+        if options.model_type == "lstm":
+            return LSTMForCausalLM(LSTMConfig(**{**special, **options.model_config}))
+        config = GPTConfig.from_preset(options.model_size, **{**special, **options.model_config})
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--model-config: {error}")
+    return GPTForCausalLM(config)
+
+
+# ----------------------------------------------------------------------------------- steps and optimizer
+
+
+def make_plan(options: TrainingOptions, batches, block_size: int, masked: bool, num_processes: int) -> Plan:
+    recipe = load_recipe(options.model_type)
+    if options.max_steps:  # always so when streaming: a stream's length is unknown
+        total = options.max_steps
+    else:
+        total = options.epochs * max(1, batches.per_epoch // options.grad_accum)
+    # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
+    return Plan(total_steps=total,
+                eval_every=options.eval_every or min(recipe["eval_every_at_most"], max(10, total // 10)),
+                save_every=options.save_every or min(recipe["save_every_at_most"], max(10, total // 4)),
+                tokens_per_step=block_size * batches.batch_size * options.grad_accum * num_processes,
+                block_size=block_size, masked_training=masked, grad_clip=options.grad_clip)
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    # Decay matrices only: decaying biases, norms and embeddings' rows of rare tokens hurts small models.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    except (RuntimeError, TypeError):  # fused kernels are missing for some device and dtype pairs
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def make_schedule(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warm-up, then cosine decay to `min_ratio` of the peak learning rate."""
+    warmup_steps = min(warmup_steps, max(1, total_steps // 10))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ------------------------------------------------------------------------------------------------- the state
+
+
+def fresh_state() -> dict:
+    return {"step": 0, "best_val_loss": math.inf, "best_val_bpc": math.inf, "tokens": 0}
+
+
+def resume(checkpoints: CheckpointManager, metrics: MetricsLog, accelerator: Accelerator) -> dict:
+    """Every process's state restored from the newest trusted checkpoint; the step counters it recorded."""
+    checkpoint, record = checkpoints.newest_trusted()
+    state = checkpoints.load(checkpoint, record)
+    metrics.truncate_after(state["step"])
+    accelerator.print(f"resumed from step {state['step']} ({checkpoint})")
+    return state

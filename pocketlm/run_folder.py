@@ -1,0 +1,215 @@
+"""The output folder of a training run, and the one owner of its layout:
+
+    <output-dir>/
+        model.safetensors, config.json, generation_config.json, ...   the best model so far (save_pretrained)
+        tokenizer.json, tokenizer_config.json, chat_template.jinja       its tokenizer
+        metrics.jsonl, loss_curve.png, training_summary.json             the run's records
+        checkpoints/step-N/                                              resumable training state (checkpoints.py)
+        .lock                                                            held by the run under way
+        .tokenizer/, .saving/                                            a run's tokenizer before its first model; a
+                                                                         model being written
+
+Every other module asks this one for a path, a record or a write; no file name of the folder is spelled anywhere
+else. Every write goes to a hidden temporary place first and is then renamed into place: a rename is atomic, so a
+run killed mid-save leaves the previous model as it was.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from tokenization import save_tokenizer
+
+from .errors import UsageError, full_disk_says
+
+# The files of a save_pretrained folder (transformers' names), which a model folder of either family holds.
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# The run's own records beside the model.
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+SUMMARY_FILE = "training_summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+RUN_TOKENIZER_DIR = ".tokenizer"  # a run's tokenizer until a finished run leaves it beside the model
+SAVING_DIR = ".saving"  # a model being written
+MODELS_DIR = Path("models")  # where runs go unless --output-dir says otherwise
+
+
+def default_output_dir(family: str, model_size: str = "small") -> Path:
+    """The folder a run of `family` (and, for the Transformer, `model_size`) goes to by default: models/lstm or
+    models/transformer-<size>; the chat looks there too."""
+    return MODELS_DIR / ("lstm" if family == "lstm" else f"transformer-{model_size}")
+
+
+class RunFolder:
+    """A training run's output folder: where each file goes, and the writes that must never be seen half done."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.model_file = self.path / MODEL_FILE
+        self.config_file = self.path / CONFIG_FILE
+        self.metrics_file = self.path / METRICS_FILE
+        self.loss_curve = self.path / LOSS_CURVE_FILE
+        self.summary_file = self.path / SUMMARY_FILE
+        self.checkpoints = self.path / CHECKPOINTS_DIR
+        self.run_tokenizer = self.path / RUN_TOKENIZER_DIR
+
+    # ------------------------------------------------------------------------------------------------ checks
+
+    def check_writable(self) -> None:
+        """Refuse a folder that cannot be created or written, before anything is read or trained."""
+        for parent in [self.path, *self.path.parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UsageError(f"--output-dir {self.path}: {parent} is a file, not a folder; pick another "
+                                     "--output-dir.")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise UsageError(f"--output-dir {self.path}: {parent} is not writable; pick another --output-dir.")
+                return
+
+    def check_reusable(self, family: str, model_type: str, resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber another family's model (`model_type` is what config.json names a `family` model) or an
+        earlier run's checkpoints unless asked to, and a --resume with nothing to resume."""
+        if self.config_file.exists() and not overwrite:
+            try:
+                found = json.loads(self.config_file.read_text()).get("model_type")
+            except (ValueError, AttributeError):
+                raise UsageError(f"{self.config_file} is not a model's config: pick another --output-dir, or pass "
+                                 "--overwrite to replace what is there.")
+            if found != model_type:
+                raise UsageError(f"{self.path} holds a {found} model, not a {family}: pick another --output-dir or "
+                                 "pass --overwrite to replace it.")
+        has_checkpoints = self.has_checkpoints()
+        if resume and not has_checkpoints:
+            raise UsageError(f"--resume: no checkpoint in {self.checkpoints}; drop --resume to start a new run.")
+        if has_checkpoints and not resume and not overwrite:
+            raise UsageError(f"{self.path} has checkpoints of an earlier run: pass --resume to continue it or "
+                             "--overwrite to start over.")
+
+    def has_checkpoints(self) -> bool:
+        return any(self.checkpoints.glob("step-*"))
+
+    def has_model(self) -> bool:
+        return self.model_file.exists()
+
+    # ----------------------------------------------------------------------------------------------- writes
+
+    def clear_for_a_new_run(self) -> None:
+        """--overwrite: forget the earlier run's checkpoints and records (its model stays until a new one replaces
+        it, so a run that fails early leaves it usable)."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        self.metrics_file.unlink(missing_ok=True)
+        self.loss_curve.unlink(missing_ok=True)
+
+    def write_model(self, model, tokenizer, state_dict: dict | None = None) -> None:
+        """Write a `save_pretrained` folder (model, generation config, tokenizer) into the folder, file by file
+        atomically.
+
+        The weights go last: a run killed in between leaves either the previous model or, on the first save, no
+        weights file at all, never weights beside files they do not fit. `state_dict`, when given, holds the weights
+        to write (gathered from every process under FSDP or DeepSpeed).
+        """
+        temporary = self.path / SAVING_DIR
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            with full_disk_says(self.path, _bytes_of(self.model_file)):
+                model.save_pretrained(temporary, state_dict=state_dict)
+                save_tokenizer(tokenizer, temporary)
+        except UsageError:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        if self.config_file.exists() and self.config_file.read_bytes() != (temporary / CONFIG_FILE).read_bytes():
+            # Another model's weights (an --overwrite of another family or shape) must not outlive its config.
+            self.model_file.unlink(missing_ok=True)
+        for path in sorted(temporary.iterdir(), key=lambda p: p.name == MODEL_FILE):
+            os.replace(path, self.path / path.name)
+        temporary.rmdir()
+
+    def save_run_tokenizer(self, tokenizer) -> None:
+        save_tokenizer(tokenizer, self.run_tokenizer)
+
+    def forget_run_tokenizer(self) -> None:
+        """A finished run's tokenizer is the one beside its model."""
+        shutil.rmtree(self.run_tokenizer, ignore_errors=True)
+
+    def tokenizer_to_resume(self) -> Path:
+        """Where a resumed run's tokenizer is: its own, until a finished run left it beside the model."""
+        return self.run_tokenizer if self.run_tokenizer.exists() else self.path
+
+    # ---------------------------------------------------------------------------------------------- records
+
+    def write_summary(self, summary: dict) -> None:
+        self.summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+
+    def read_summary(self) -> dict:
+        """What the run recorded (data, options, results); {} for a folder without a record, such as a Hub model."""
+        if not self.summary_file.is_file():
+            return {}
+        try:
+            summary = json.loads(self.summary_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise UsageError(f"{self.summary_file} is not valid JSON: delete it to go on without the training "
+                             "record, or train again.")
+        return summary if isinstance(summary, dict) else {}
+
+    # ------------------------------------------------------------------------------------------------- lock
+
+    def lock(self) -> "FolderLock":
+        return FolderLock(self.path / LOCK_FILE)
+
+
+def _bytes_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+class FolderLock:
+    """One training run per output folder: an exclusive lock on `<folder>/.lock`, taken as a context manager.
+
+    The kernel drops the lock when its process ends, however it ends (SIGKILL included), so a lock left by a
+    killed run never blocks the next; the file only says who holds it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(f"{self.path.parent} is in use by another training run ({holder}): wait for it to end, "
+                             "or pick another --output-dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(sys.argv) or 'python'}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.truncate(0)
+            self.handle.close()  # closing drops the lock
+            self.handle = None
