@@ -219,7 +219,9 @@ def chat_main(argv: list[str] | None = None) -> int:
         if args.prompt is not None:
             print(chat.reply(args.prompt))
             return 0
-        return chat.start_chat()
+        from .terminal import TerminalChat
+
+        return TerminalChat(chat).run()
 
     return _run(job)
 

@@ -69,18 +69,24 @@ def default_generation_config(tokenizer, max_new_tokens: int = 128) -> Generatio
     )
 
 
-def fit_to_context(input_ids: torch.Tensor, model: PreTrainedModel, max_new_tokens: int) -> tuple[torch.Tensor, int]:
-    """Keep the most recent prompt tokens so prompt and reply fit the context window.
+def reply_budget(window: int | None, max_new_tokens: int) -> int:
+    """The one rule for fitting text into a model's window: a reply gets at most half of it, and the prompt keeps
+    its newest tokens in the rest. A model without a window (the LSTM) gets what was asked for."""
+    if window is None:
+        return max_new_tokens
+    return max(1, min(max_new_tokens, window // 2))
 
-    Returns the (possibly shortened) ids and the number of new tokens that still fit. The reply keeps at
-    least a quarter of the window; older prompt tokens go first.
+
+def fit_to_context(input_ids: torch.Tensor, model: PreTrainedModel, max_new_tokens: int) -> tuple[torch.Tensor, int]:
+    """Keep the most recent prompt tokens so prompt and reply fit the context window (`reply_budget`).
+
+    Returns the (possibly shortened) ids and the number of new tokens that still fit.
     """
     window = context_window(model)
+    max_new_tokens = reply_budget(window, max_new_tokens)
     if window is None:
         return input_ids, max_new_tokens
-    max_new_tokens = min(max_new_tokens, max(1, window * 3 // 4))
-    keep = window - max_new_tokens
-    return input_ids[:, -keep:], max_new_tokens
+    return input_ids[:, -(window - max_new_tokens):], max_new_tokens
 
 
 @torch.no_grad()

@@ -35,6 +35,15 @@ class StopWhenSet(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+# Copied from pocketlm.generation.reply_budget
+def reply_budget(window: int | None, max_new_tokens: int) -> int:
+    """The one rule for fitting text into a model's window: a reply gets at most half of it, and the prompt keeps
+    its newest tokens in the rest. A model without a window (the LSTM) gets what was asked for."""
+    if window is None:
+        return max_new_tokens
+    return max(1, min(max_new_tokens, window // 2))
+
+
 def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
     """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window."""
     turns = [{"role": t["role"], "content": t["content"]} for t in history
@@ -50,9 +59,7 @@ def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.
 
 def reply(message: str, history: list[dict], temperature: float, max_new_tokens: int):
     """Stream the reply to `message`, piece by piece."""
-    max_new_tokens = int(max_new_tokens)
-    if WINDOW:
-        max_new_tokens = min(max_new_tokens, WINDOW // 2)
+    max_new_tokens = reply_budget(WINDOW, int(max_new_tokens))
     ids = prompt_ids(message, history, max_new_tokens)
     stop = threading.Event()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)

@@ -293,3 +293,45 @@ def test_chat_py_takes_a_dtype_and_refuses_an_unknown_one(chat_models):
         assert "Warning" not in result.stderr, result.stderr[-2000:]  # torch.ao's deprecation notes stay quiet
     refused = run_chat("--model", str(chat_models["transformer"]), "--dtype", "int4", "--prompt", "Hello")
     assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
+
+
+def test_the_chat_command_offers_exactly_the_library_s_sizes_and_precisions():
+    # The choices are named in pocketlm/cli.py so that `chat.py --help` needs no torch; they must stay the library's.
+    from modeling import PRESETS
+    from pocketlm import cli
+    from pocketlm.loading import DTYPES
+
+    assert cli.MODEL_SIZES == list(PRESETS) and cli.DTYPES == list(DTYPES)
+    started = time.perf_counter()
+    help_text = run_chat("--help")
+    assert help_text.returncode == 0 and "--dtype {float32,float16,bfloat16,int8}" in help_text.stdout
+    probe = subprocess.run([sys.executable, "-c", "import sys; from pocketlm.cli import chat_parser, "
+                            "compare_parser, upload_parser; [p() for p in (chat_parser, compare_parser, "
+                            "upload_parser)]; print('torch' in sys.modules)"], capture_output=True, text=True,
+                           cwd=REPO_ROOT)
+    assert probe.stdout.strip() == "False", probe.stderr[-2000:]
+    assert time.perf_counter() - started < 30
+
+
+TRAINING_CODE = ("pocketlm.training", "pocketlm.preparation", "pocketlm.options", "pocketlm.checkpoints",
+                 "pocketlm.data", "datasets")
+
+
+def test_chat_compare_and_upload_import_no_training_code(chat_models, tmp_path):
+    model = str(chat_models["transformer"])
+    commands = {
+        "chat": f"chat_main(['--model', {model!r}, '--prompt', 'Hi', '--max-new-tokens', '2'])",
+        "upload": f"upload_main([{model!r}, '--repo-id', 'me/m', '--dry-run', '--output-dir', "
+                  f"{str(tmp_path / 'hub')!r}])",
+        "compare": f"compare_main([{model!r}, '--output', {str(tmp_path / 'c.md')!r}, '--max-new-tokens', '2'])",
+    }
+    for name, call in commands.items():
+        script = (f"import sys\nfrom pocketlm.cli import chat_main, compare_main, upload_main\ncode = {call}\n"
+                  f"print(code, sorted(m for m in {TRAINING_CODE!r} if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                                timeout=300)
+        code, loaded = result.stdout.strip().splitlines()[-1].split(" ", 1)
+        assert code == "0", result.stderr[-2000:]
+        # compare reads text to score the models on: it needs the data modules, never the training ones.
+        allowed = {"pocketlm.data", "datasets"} if name == "compare" else set()
+        assert set(eval(loaded)) <= allowed, (name, loaded)

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, run_entry, train_tiny_models
 
@@ -137,7 +136,9 @@ def test_unreachable_hub_fails_cleanly(trained):
     # A closed port on this machine: the connection is refused at once.
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
     result = run_script("hub_upload.py", str(trained["lstm"]), "--repo-id", "me/model", "--token", SECRET, env=env)
-    _assert_clean_failure(result, "Hub", code=1)
+    _assert_clean_failure(result, "could not reach the Hub", code=1)
+    line = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "Connect" in line and line.endswith("check the connection."), line  # the refused connection, named
 
 
 class _Forbidding(http.server.BaseHTTPRequestHandler):

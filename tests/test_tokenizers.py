@@ -6,7 +6,7 @@ import pytest
 from conftest import SAMPLE_TEXT
 from transformers import AutoTokenizer
 
-from tokenization import END_OF_TURN, MIN_VOCAB_SIZE, ROLE_TOKENS, train_bpe_tokenizer, train_char_tokenizer
+from tokenization import END_OF_TURN, MIN_VOCAB_SIZE, ROLE_TOKENS, train_bpe_tokenizer
 
 UNICODE_SAMPLES = [
     "plain ASCII, with punctuation!?",

@@ -76,13 +76,19 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def web_server(web_model):
+def web_app(web_model):
+    """`chat.py --web` as a user starts it (no --host, no --share): its process and its port."""
     port = free_port()
     server = serve([sys.executable, str(REPO_ROOT / "chat.py"), "--model", str(web_model), "--web", "--port",
                     str(port), "--max-new-tokens", "120", "--seed", "0"], port)
-    yield f"http://127.0.0.1:{port}/"
+    yield server, port
     server.terminate()
     server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def web_server(web_app) -> str:
+    return f"http://127.0.0.1:{web_app[1]}/"
 
 
 class Page:
@@ -208,11 +214,25 @@ def test_gradio_client_calls_the_running_app(web_server):
     assert "16 tokens" in figures
 
 
-def test_the_web_page_binds_to_this_machine_only_and_never_shares_by_default():
-    from pocketlm.cli import chat_parser
+def test_the_web_page_binds_to_this_machine_only_and_never_shares_by_default(web_app):
+    import psutil
 
-    args = chat_parser().parse_args(["--web"])
-    assert args.host == "127.0.0.1" and args.port == 7860 and not args.share
+    server, port = web_app
+    processes = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    listening = [c.laddr for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
+    assert port in {address.port for address in listening}
+    # Reached through any other address of this machine, the port is closed.
+    others = [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+              if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for address in others:
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex((address, port)) != 0, f"port {port} answers on {address}"
+    # No public link: Gradio's share tunnel would show its URL, and hold a connection to the outside.
+    outside = [c.raddr for p in processes for c in p.net_connections(kind="inet")
+               if c.raddr and not c.raddr.ip.startswith("127.")]
+    assert not outside, outside
 
 
 def test_without_gradio_web_says_how_to_install_it(web_model, monkeypatch):

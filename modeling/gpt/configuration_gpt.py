@@ -6,15 +6,21 @@ This file travels to the Hub unchanged beside `modeling_gpt.py`, so it imports n
 import transformers
 from packaging.version import Version
 
+
+def require_transformers(minimum: str, model: str) -> None:
+    """Stop with one error naming the release to install when transformers is older than `minimum`, instead of a
+    failure deep inside transformers or different tokens."""
+    if Version(transformers.__version__) < Version(minimum):
+        raise ImportError(
+            f"this pocketlm {model} model needs transformers>={minimum}, but {transformers.__version__} is "
+            f"installed: pip install -U 'transformers>={minimum}'"
+        )
+
+
 # The oldest transformers this model runs on: greedy decoding gave the same tokens on 5.0.0, 5.10.4, 5.14.1, 5.17.0
-# and 5.24.0 (bench/transformers_versions.py). 4.x lacks the 5.x classes it builds on; below the minimum, one clear
-# error names the version to install, instead of a failure deep inside transformers or different tokens.
+# and 5.24.0 (bench/transformers_versions.py). 4.x lacks the 5.x classes it builds on.
 MIN_TRANSFORMERS = "5.0.0"
-if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
-    raise ImportError(
-        f"this pocketlm GPT model needs transformers>={MIN_TRANSFORMERS}, but {transformers.__version__} is "
-        f"installed: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
-    )
+require_transformers(MIN_TRANSFORMERS, "GPT")
 
 from transformers import PreTrainedConfig  # noqa: E402  (after the check: 4.x has no such class)
 
@@ -24,6 +30,14 @@ PRESETS: dict[str, dict[str, int]] = {
     "small": {"n_layer": 6, "n_head": 4, "n_embd": 128, "block_size": 256},
     "medium": {"n_layer": 8, "n_head": 8, "n_embd": 256, "block_size": 512},
     "large": {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 1024},
+}
+
+# save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
+# AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_gpt.GPTConfig",
+    "AutoModel": "modeling_gpt.GPTModel",
+    "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
 }
 
 
@@ -87,14 +101,7 @@ class GPTConfig(PreTrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
-        # save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
-        # AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
-        kwargs["auto_map"] = {
-            "AutoConfig": "configuration_gpt.GPTConfig",
-            "AutoModel": "modeling_gpt.GPTModel",
-            "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
-            **(kwargs.get("auto_map") or {}),  # a loaded config keeps what its file says
-        }
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}  # a loaded config keeps its file's
         super().__init__(**kwargs)
 
     @classmethod

@@ -106,20 +106,21 @@ class Block(GradientCheckpointingLayer):
         return x + self.mlp(self.ln_2(x))
 
 
+def _is_hooked(module: nn.Module) -> bool:
+    """True when a hook runs around `module`'s call: one of its own, or a global one (pruning registers hooks too)."""
+    hooks = torch.nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
+
+
 def _runs_as_plain_linear(layer: nn.Module) -> bool:
     """True when calling `layer` is exactly `x @ layer.weight.T`: an unhooked, unreplaced, bias-free nn.Linear.
 
     PEFT, quantization and parametrizations replace the layer with another type; hooks and pruning register on it.
     Any of those, and the fused head below steps aside for a plain module call.
     """
-    hooks = torch.nn.modules.module
-    return (
-        type(layer) is nn.Linear
-        and layer.bias is None
-        and not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks)
-        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                 or hooks._global_backward_pre_hooks)
-    )
+    return type(layer) is nn.Linear and layer.bias is None and not _is_hooked(layer)
 
 
 HEAD_CHUNK_ELEMENTS = 2**22  # logits per chunk of LinearCrossEntropy: 16 MB in float32

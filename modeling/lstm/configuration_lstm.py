@@ -6,17 +6,34 @@ This file travels to the Hub unchanged beside `modeling_lstm.py`, so it imports 
 import transformers
 from packaging.version import Version
 
+
+# Copied from modeling.gpt.configuration_gpt.require_transformers
+def require_transformers(minimum: str, model: str) -> None:
+    """Stop with one error naming the release to install when transformers is older than `minimum`, instead of a
+    failure deep inside transformers or different tokens."""
+    if Version(transformers.__version__) < Version(minimum):
+        raise ImportError(
+            f"this pocketlm {model} model needs transformers>={minimum}, but {transformers.__version__} is "
+            f"installed: pip install -U 'transformers>={minimum}'"
+        )
+
+
 # The oldest transformers this model runs on. Its (h, c) state lives in the cache as a recurrent state: 5.0 had no
 # such state, and from 5.5 to 5.23 generate() asked a cache holding one for its length and failed;
-# bench/transformers_versions.py tries them. Below it, one clear error names the version to install.
+# bench/transformers_versions.py tries them.
 MIN_TRANSFORMERS = "5.24.0"
-if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
-    raise ImportError(
-        f"this pocketlm LSTM model needs transformers>={MIN_TRANSFORMERS}, but {transformers.__version__} is "
-        f"installed: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
-    )
+require_transformers(MIN_TRANSFORMERS, "LSTM")
 
 from transformers import PreTrainedConfig  # noqa: E402  (after the check: 4.x has no such class)
+
+# Copied from modeling.gpt.configuration_gpt.AUTO_MAP with gpt->lstm, GPT->LSTM
+# save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
+# AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_lstm.LSTMConfig",
+    "AutoModel": "modeling_lstm.LSTMModel",
+    "AutoModelForCausalLM": "modeling_lstm.LSTMForCausalLM",
+}
 
 
 class LSTMConfig(PreTrainedConfig):
@@ -28,7 +45,9 @@ class LSTMConfig(PreTrainedConfig):
         hidden_size: units per LSTM layer.
         num_layers: stacked LSTM layers.
         dropout: dropout on the embedding, between LSTM layers and before the output head, during training.
-        initializer_range: standard deviation of the normal initialisation of embedding and head.
+
+    The weights start as PyTorch's own `nn.Embedding`, `nn.LSTM` and `nn.Linear` do (see `_init_weights`), so
+    unlike the GPT this config has no `initializer_range`.
     """
 
     model_type = "pocketlm_lstm"
@@ -42,7 +61,6 @@ class LSTMConfig(PreTrainedConfig):
         hidden_size: int = 256,
         num_layers: int = 2,
         dropout: float = 0.2,
-        initializer_range: float = 0.02,
         use_cache: bool = True,
         bos_token_id: int | None = None,
         eos_token_id: int | list[int] | None = None,
@@ -54,19 +72,11 @@ class LSTMConfig(PreTrainedConfig):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout
-        self.initializer_range = initializer_range
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
-        # save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
-        # AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
-        kwargs["auto_map"] = {
-            "AutoConfig": "configuration_lstm.LSTMConfig",
-            "AutoModel": "modeling_lstm.LSTMModel",
-            "AutoModelForCausalLM": "modeling_lstm.LSTMForCausalLM",
-            **(kwargs.get("auto_map") or {}),  # a loaded config keeps what its file says
-        }
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}  # a loaded config keeps its file's
         # generate() builds a cache layer per entry; "linear_attention" layers hold a recurrent state instead of
         # growing keys and values, which is exactly an LSTM's (h, c). Derived, so never read back from a file.
         kwargs.pop("layer_types", None)
@@ -74,6 +84,7 @@ class LSTMConfig(PreTrainedConfig):
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
+    # Copied from modeling.gpt.configuration_gpt.GPTConfig.from_pretrained with GPTConfig->LSTMConfig, into a GPT->into an LSTM
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "LSTMConfig":
         # transformers only warns when a folder holds another model type and then builds a wrong model;

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_lstm import LSTMConfig
 
+# Copied from modeling.gpt.modeling_gpt.CACHE_FIELD
 # transformers 5.24 names the cache `cache` in model outputs and generate()'s arguments; earlier 5.x releases
 # (5.17 among them) call it `past_key_values`. Forward takes either; outputs use the name the installed one reads.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -67,15 +68,18 @@ def _write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
         cache.update_recurrent_state(torch.stack([h[i], c[i]], dim=1), layer_idx=i)
 
 
+# Copied from modeling.gpt.modeling_gpt._is_hooked
+def _is_hooked(module: nn.Module) -> bool:
+    """True when a hook runs around `module`'s call: one of its own, or a global one (pruning registers hooks too)."""
+    hooks = torch.nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
+
+
 def _runs_as_plain_lstm(lstm: nn.Module) -> bool:
     """True when calling `lstm` is exactly nn.LSTM's computation: not replaced (quantized, subclassed), not hooked."""
-    hooks = torch.nn.modules.module
-    return (
-        type(lstm) is nn.LSTM
-        and not (lstm._forward_hooks or lstm._forward_pre_hooks or lstm._backward_hooks or lstm._backward_pre_hooks)
-        and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                 or hooks._global_backward_pre_hooks)
-    )
+    return type(lstm) is nn.LSTM and not _is_hooked(lstm)
 
 
 class Recurrence(GradientCheckpointingLayer):
@@ -239,6 +243,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
 
+# Copied from modeling.gpt.modeling_gpt.GPTForCausalLM.forward.__signature__ with GPT->LSTM
 # generate() inspects the forward's signature on every token of a class registered with the Auto classes (looking
 # for the retired cache_position argument): about 30 us a token, 8 us with the signature computed once, here.
 LSTMForCausalLM.forward.__signature__ = inspect.signature(LSTMForCausalLM.forward)

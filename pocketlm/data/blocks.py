@@ -121,12 +121,12 @@ def training_blocks(token_ids: datasets.Dataset | datasets.IterableDataset, bloc
 def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[dict[str, list], int]:
     """Every validation token in blocks (the last padded), its assistant mask's blocks when it has one, and the
     number of real tokens in them."""
-    blocks = {}
+    blocks, length = {}, 0
     for name in TOKEN_COLUMNS:
         if name in token_ids.column_names:
             stream = [value for row in token_ids[name] for value in row]
             blocks[name] = blocks_from_ids(stream, block_size, pad_id if name == "input_ids" else 0, keep_partial=True)
-            length = len(stream) if name == "input_ids" else length
+            length = max(length, len(stream))  # the mask runs beside the tokens: the same length
     return blocks, length
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import datasets
 
 from ..errors import UsageError
-from .reading import DEFAULT_CORPUS_NAME, DOCUMENT_FEATURES, ReadReport, keep_readable_records, load_documents, public_name
+from .reading import DOCUMENT_FEATURES, ReadReport, keep_readable_records, load_documents, public_name
 
 logger = logging.getLogger(__name__)
 
