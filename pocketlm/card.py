@@ -38,10 +38,12 @@ def _is_hub_dataset(name: str | None) -> bool:
 
 
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
-               has_curve: bool, data_name: str | None = None) -> str:
-    """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model."""
+               has_curve: bool, data_name: str | None = None, formats: list[str] = ()) -> str:
+    """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model, and how
+    to run each export the repository carries (`formats`)."""
     source = public_data_name(summary, data_name)
     metadata = card_metadata(family, summary, repo_id, license_id, source)
+    metadata["tags"] += list(formats)
     sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
     curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
     record = _training_record(summary, source) if summary else (
@@ -52,7 +54,7 @@ A small language model trained with pocketlm: a {architecture(model.config, fami
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
 {_how_to_use(repo_id, MIN_TRANSFORMERS[family])}
-{record}
+{_elsewhere(repo_id, family, formats, model.config)}{record}
 {curve}
 ## Samples
 
@@ -132,6 +134,61 @@ def _documents(data: dict) -> str:
     if data["train_documents"] is None:  # a streamed corpus is never counted
         return f"training documents streamed, {validation}"
     return f"{data['train_documents']:,} training and {validation}"
+
+
+def _elsewhere(repo_id: str, family: str, formats: list[str], config) -> str:
+    """How to run each export in its own runtime, with the paths it has in this repository (hub.py's layout)."""
+    if not formats:
+        return ""
+    name = repo_id.split("/")[-1]
+    parts = ["## Run it without pocketlm\n"]
+    if "transformers" in formats:
+        parts.append(f"""**transformers, no remote code.** `gpt2/` holds this model as a stock GPT-2 (the same weights and
+tokenizer; the same greedy tokens):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="gpt2")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", subfolder="gpt2")
+```
+
+An OpenAI-compatible server: `hf download {repo_id} --include "gpt2/*" --local-dir {name}`, then
+`transformers serve {name}/gpt2` (with `pip install 'transformers[serving]'`).
+""")
+    if "gguf" in formats:
+        parts.append(f"""**llama.cpp and ollama.** `{name}-f32.gguf` (float32, GPT-2 architecture, with the tokenizer and
+chat template): `llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
+`ollama run hf.co/{repo_id}`.
+""")
+    if "onnx" in formats and family == "transformer":
+        parts.append(f"""**onnxruntime and transformers.js.** `gpt2/onnx/model.onnx` (float32) and `model_quantized.onnx`
+(int8 weights) take GPT-2's ONNX inputs (`input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.{{i}}.key|value`) and return `logits` and `present.{{i}}.key|value`. In JavaScript:
+
+```js
+import {{ env, pipeline }} from "@huggingface/transformers";
+env.remotePathTemplate = "{{model}}/resolve/{{revision}}/gpt2/";  // the GPT-2 folder of this repository
+const chat = await pipeline("text-generation", "{repo_id}", {{ dtype: "q8" }});
+```
+""")
+    if "onnx" in formats and family == "lstm":
+        parts.append(f"""**onnxruntime.** `onnx/model.onnx` (float32) and `onnx/model_quantized.onnx` (int8 weights) take
+`input_ids` and the state `h`, `c` ({config.num_layers} × batch × {config.hidden_size}, zeros to start) and return
+`logits`, `h_out` and `c_out`; feed the state back with each next character:
+
+```python
+import numpy as np, onnxruntime
+from huggingface_hub import hf_hub_download
+from transformers import AutoTokenizer
+
+session = onnxruntime.InferenceSession(hf_hub_download("{repo_id}", "onnx/model.onnx"))
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+state = np.zeros(({config.num_layers}, 1, {config.hidden_size}), np.float32)
+logits, h, c = session.run(None, {{"input_ids": np.array([tokenizer("Hello")["input_ids"]]), "h": state, "c": state}})
+```
+""")
+    return "\n".join(parts) + "\n"
 
 
 HYPER_PARAMETERS = ("model_type", "model_size", "lr", "batch_size", "block_size", "grad_accum", "epochs",

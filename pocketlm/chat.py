@@ -51,15 +51,17 @@ class ChatInterface:
     """A conversation with a pocketlm model.
 
     `model` is a loaded model or a folder / Hub repo id; the tokenizer comes from the model's folder when not
-    given; `device` and `dtype` ("float32", "float16", "bfloat16" or "int8") apply when it is loaded here.
+    given; `device`, `dtype` ("float32", "float16", "bfloat16" or "int8") and `runtime` ("torch", or "onnx" for
+    onnxruntime) apply when it is loaded here.
     `use_context=False` answers each message on its own (the old LSTM behaviour). Keyword arguments
     are generation options (temperature, top_k, top_p, repetition_penalty, max_new_tokens, do_sample).
     """
 
     def __init__(self, model, tokenizer=None, use_context: bool = True, system: str | None = None,
-                 device: str | torch.device = "cpu", dtype: str = "float32", **generation_options):
+                 device: str | torch.device = "cpu", dtype: str = "float32", runtime: str = "torch",
+                 **generation_options):
         if isinstance(model, (str, Path)):
-            model, loaded_tokenizer = load_pretrained(str(model), device, dtype)
+            model, loaded_tokenizer = load_pretrained(str(model), device, dtype, runtime)
             tokenizer = tokenizer or loaded_tokenizer
         elif tokenizer is None:
             from transformers import AutoTokenizer

@@ -51,7 +51,8 @@ def sampling_arguments(generation_config: GenerationConfig, options: dict) -> di
 
 def context_window(model: PreTrainedModel) -> int | None:
     """Tokens the model can attend over, or None for a recurrent model with no limit."""
-    return getattr(model.config, "block_size", None)
+    # The standard name: pocketlm's GPT config maps it to block_size, GPT-2's (an export's) to n_positions.
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 def stop_token_ids(tokenizer) -> list[int]:

@@ -16,6 +16,8 @@ from tokenization import save_tokenizer
 
 from .card import model_card
 from .errors import HubError, UsageError
+from .export import formats_for, write_formats
+from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
 from .run_folder import LOSS_CURVE_FILE, RunFolder
@@ -34,14 +36,25 @@ def _require_model_folder(model_dir: Path) -> str:
     return family
 
 
+# Where the exports sit in a model repository. The native model stays at the top (AutoModelForCausalLM with
+# trust_remote_code). The GPT's stock GPT-2 goes to a subfolder rather than a second repository: one repository keeps
+# one card and versions every format of one training run together, and transformers loads a subfolder
+# (`subfolder="gpt2"`); its ONNX graphs sit beside it in gpt2/onnx/, next to the gpt2 config.json transformers.js
+# reads. The LSTM's graphs go to onnx/ at the top, beside its own config. A .gguf file goes to the top, where
+# llama.cpp's and ollama's `-hf` / `hf.co/` find it.
+STOCK_SUBFOLDER = "gpt2"
+
+
 def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0,
-                   data_name: str | None = None) -> Path:
-    """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`.
+                   data_name: str | None = None, formats: list[str] = ()) -> Path:
+    """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`, with the
+    model's exports in `formats` (transformers, onnx, gguf, all) beside the native model.
 
     `data_name` is what the card calls the training data (default: the file and folder names the run recorded).
     """
     source, target = Path(model_dir), Path(output_dir)
     family = _require_model_folder(source)
+    formats = formats_for(family, list(formats)) if formats else []
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))
@@ -57,7 +70,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         has_curve = RunFolder(source).loss_curve.exists()
         if has_curve:
             shutil.copy2(RunFolder(source).loss_curve, target / LOSS_CURVE_FILE)
-        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name)
+        _write_exports(model, tokenizer, family, formats, target, repo_id.split("/")[-1])
+        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats)
         (target / CARD_FILE).write_text(card, encoding="utf-8")
     except OSError as error:
         if created:
@@ -65,6 +79,19 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): "
                          "free some space or choose another --output-dir.")
     return target
+
+
+def _write_exports(model, tokenizer, family: str, formats: list[str], target: Path, name: str) -> None:
+    """The exports beside the native model, where the Hub and each runtime look for them (see STOCK_SUBFOLDER)."""
+    if family == "lstm":
+        if formats:
+            write_onnx(model, family, target)  # beside the config and tokenizer already at the top
+        return
+    stock = [name for name in formats if name in ("transformers", "onnx")]
+    if stock:
+        write_formats(model, tokenizer, family, stock, target / STOCK_SUBFOLDER, name)
+    if "gguf" in formats:
+        write_formats(model, tokenizer, family, ["gguf"], target, name)
 
 
 # ----------------------------------------------------------------------------------------------- the Space

@@ -110,6 +110,18 @@ def _config_of(path_or_repo: str) -> dict:
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
 
 
+def local_folder(path_or_repo: str) -> Path:
+    """The folder holding `path_or_repo`'s files: itself, or a Hub repository's snapshot (from the local cache when
+    offline)."""
+    local = Path(path_or_repo).expanduser()
+    if local.is_dir():
+        return local
+    _config_of(path_or_repo)  # a missing folder or an unreachable repository ends here, in one line
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path_or_repo))
+
+
 def model_family(path_or_repo: str) -> str:
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else."""
     model_type = _config_of(path_or_repo).get("model_type")
@@ -119,14 +131,27 @@ def model_family(path_or_repo: str) -> str:
     raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm.")
 
 
-def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype: str = "float32"):
-    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`.
+RUNTIMES = ("torch", "onnx")
+
+
+def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype: str = "float32",
+                    runtime: str = "torch"):
+    """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`; with
+    `runtime="onnx"`, the same model decoding in onnxruntime (float32 or int8, on the CPU).
 
     A damaged or incomplete folder, or one transformers cannot read, ends in a UsageError naming the file.
     """
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {runtime!r}: choose {', '.join(RUNTIMES)}.")
     device = resolve_device(device) if isinstance(device, str) else device
+    if runtime == "onnx":
+        if device.type != "cpu":
+            raise UsageError("--runtime onnx runs on the CPU here: add --device cpu, or use --runtime torch.")
+        from .onnx_runtime import load_onnx
+
+        return load_onnx(path_or_repo, dtype)
     if dtype == "int8" and device.type != "cpu":
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")

@@ -299,9 +299,9 @@ def test_the_chat_command_offers_exactly_the_library_s_sizes_and_precisions():
     # The choices are named in pocketlm/cli.py so that `chat.py --help` needs no torch; they must stay the library's.
     from modeling import PRESETS
     from pocketlm import cli
-    from pocketlm.loading import DTYPES
+    from pocketlm.loading import DTYPES, RUNTIMES
 
-    assert cli.MODEL_SIZES == list(PRESETS) and cli.DTYPES == list(DTYPES)
+    assert cli.MODEL_SIZES == list(PRESETS) and cli.DTYPES == list(DTYPES) and cli.RUNTIMES == list(RUNTIMES)
     started = time.perf_counter()
     help_text = run_chat("--help")
     assert help_text.returncode == 0 and "--dtype {float32,float16,bfloat16,int8}" in help_text.stdout

@@ -1,6 +1,6 @@
 """The fault matrix: every bad input and fault ends in one clear line, with a non-zero exit, and nothing lost.
 
-Across the commands (train.py, chat.py, compare.py, hub_upload.py) and the Python API (`train`, `ChatInterface`,
+Across the commands (train.py, chat.py, compare.py, hub_upload.py, export.py) and the Python API (`train`, `ChatInterface`,
 `prepare_folder`): damaged and incomplete model folders, malformed data of every format, numbers out of range,
 contradictory flags, unknown config fields, paths that cannot be written, a full disk, a busy output folder, and
 checkpoints pocketlm did not write.
@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
-from pocketlm.cli import chat_main, compare_main, train_main, upload_main
+from pocketlm.cli import chat_main, compare_main, export_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.hub import prepare_folder
 
@@ -77,11 +77,14 @@ def _damaged_copy(trained, family: str, damage: str, tmp_path: Path) -> tuple[Pa
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-@pytest.mark.parametrize("command", ["chat.py", "compare.py", "hub_upload.py", "train.py --init-from"])
+@pytest.mark.parametrize("command", ["chat.py", "compare.py", "hub_upload.py", "train.py --init-from", "export.py"])
 def test_a_damaged_model_folder_is_refused_in_one_line(command, damage, trained, tmp_path):
     folder, needle = _damaged_copy(trained, "transformer", damage, tmp_path)
     before = snapshot(folder)
-    if command == "chat.py":
+    if command == "export.py":
+        result = run_entry(export_main, str(folder), "--output-dir", str(tmp_path / "exported"))
+        assert not (tmp_path / "exported").exists()
+    elif command == "chat.py":
         result = run_entry(chat_main, "--model", str(folder), "--prompt", "Hello")
     elif command == "compare.py":
         result = run_entry(compare_main, str(folder), "--output", str(tmp_path / "c.md"))

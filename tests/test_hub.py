@@ -107,6 +107,55 @@ def test_the_uploaded_folder_loads_without_pocketlm_and_generates_the_same(famil
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
+STOCK_FROM_THE_REPOSITORY = PROJECT_FREE_PRELUDE + textwrap.dedent(
+    """
+    import json
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained({folder!r}, subfolder="gpt2")  # no remote code
+    tokenizer = AutoTokenizer.from_pretrained({folder!r}, subfolder="gpt2")
+    prompt = tokenizer.apply_chat_template([{{"role": "user", "content": "Hello!"}}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    reply = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    print(type(model).__name__, json.dumps(reply[0].tolist()))
+    """
+)
+
+
+def test_the_repository_carries_the_exports_where_the_hub_and_each_runtime_look(trained, tmp_path):
+    out = tmp_path / "hub"
+    result = run_upload(str(trained["transformer"]), "--repo-id", "a/tiny-gpt", "--dry-run", "--output-dir", str(out),
+                        "--formats", "all")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"gpt2", "tiny-gpt-f32.gguf"} <= {p.name for p in out.iterdir()}  # beside the native model
+    assert json.loads((out / "gpt2" / "config.json").read_text())["model_type"] == "gpt2"
+    assert {p.name for p in (out / "gpt2" / "onnx").iterdir()} == {"model.onnx", "model_quantized.onnx"}
+    metadata, body = read_card(out)
+    assert {"transformers", "onnx", "gguf"} <= set(metadata["tags"])
+    for how in ('subfolder="gpt2"', "ollama run hf.co/a/tiny-gpt", "llama-server -hf a/tiny-gpt",
+                "gpt2/onnx/model.onnx", "transformers serve"):
+        assert how in body, how
+    # The stock GPT-2 in the subfolder decodes what the native model does, in a process without pocketlm.
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    expected = model.generate(**prompt, max_new_tokens=12, do_sample=False)[0].tolist()
+    loaded = run_script("-c", STOCK_FROM_THE_REPOSITORY.format(root=str(REPO_ROOT), folder=str(out)),
+                        env={"PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    name, tokens = loaded.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert name == "GPT2LMHeadModel" and json.loads(tokens) == expected
+
+    lstm = tmp_path / "hub-lstm"
+    result = run_upload(str(trained["lstm"]), "--repo-id", "a/tiny-lstm", "--dry-run", "--output-dir", str(lstm),
+                        "--formats", "onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {p.name for p in (lstm / "onnx").iterdir()} == {"model.onnx", "model_quantized.onnx"}
+    assert '"h": state, "c": state' in read_card(lstm)[1]
+    refused = run_upload(str(trained["lstm"]), "--repo-id", "a/tiny-lstm", "--dry-run", "--output-dir",
+                         str(tmp_path / "no"), "--formats", "gguf")
+    assert refused.returncode == 2 and "choose onnx or all" in refused.stderr and not (tmp_path / "no").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 

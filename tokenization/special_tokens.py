@@ -34,6 +34,10 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '" + ROLE_TOKENS["assistant"] + "' }}{%- endif -%}"
 )
 
+# Runtimes outside transformers (llama.cpp's template engine, transformers.js) need not know transformers'
+# {% generation %} marker, which only marks the assistant's tokens: without it the template renders the same text.
+PLAIN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+
 
 def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
     """A transformers tokenizer around a trained `tokenizers` one, with pocketlm's special tokens and chat template."""

@@ -54,7 +54,7 @@ def _has_state(cache: Cache | None) -> bool:
     return cache is not None and bool(cache.layers) and cache.layers[0].is_recurrent_states_initialized[0]
 
 
-def _read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The (h, c) pair, each (layers, batch, hidden), that the cache holds; None before the first step."""
     if not _has_state(cache):
         return None
@@ -63,7 +63,7 @@ def _read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, tor
     return state[:, :, 0].contiguous(), state[:, :, 1].contiguous()
 
 
-def _write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
+def write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
     for i in range(h.shape[0]):
         cache.update_recurrent_state(torch.stack([h[i], c[i]], dim=1), layer_idx=i)
 
@@ -148,13 +148,13 @@ class LSTMModel(LSTMPreTrainedModel):
         one_cached_step = not padded and x.shape[1] == 1 and not self.training and _has_state(cache)
         if one_cached_step and x.device.type == "cpu" and _runs_as_plain_lstm(self.lstm):
             return self._step_in_cache(x, cache)
-        state = _read_state(cache, self.config.num_layers)
+        state = read_state(cache, self.config.num_layers)
         if padded:
             out, (h, c) = self._run_left_padded(x, new_mask, state)
         else:
             out, h, c = self.recurrence(x, self.lstm, state)
         if cache is not None:
-            _write_state(cache, h, c)
+            write_state(cache, h, c)
         return out
 
     def _step_in_cache(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:

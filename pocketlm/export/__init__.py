@@ -1,0 +1,100 @@
+"""Run a pocketlm model without pocketlm: `export(model, formats, output_dir)` writes it in the formats of other
+runtimes, each proven there by the tests (the same greedy tokens as the model itself).
+
+- `transformers`: the GPT as a stock GPT-2 folder (`gpt2.py`), loaded without remote code;
+- `onnx`: both families as ONNX graphs, float32 and int8 (`onnx.py`), beside their config and tokenizer;
+- `gguf`: the GPT as one GGUF file for llama.cpp (`gguf.py`);
+- `web`: a static page that chats with the model in the reader's browser (`web.py`).
+
+An export is built in a hidden folder beside its destination and moved into place when whole, so a failed one
+leaves nothing behind, and an existing destination is replaced only when asked to.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from tokenization import save_tokenizer
+
+from ..errors import UsageError, full_disk_says
+from ..loading import load_pretrained, model_family
+
+# What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
+FORMATS = {"transformer": ("transformers", "onnx", "gguf"), "lstm": ("onnx",)}
+ALL_FORMATS = ("transformers", "onnx", "gguf")
+
+
+def formats_for(family: str, asked: list[str]) -> list[str]:
+    """The formats to write for `asked` ("all" is every format of the family); one a family lacks is refused."""
+    known = [*ALL_FORMATS, "all"]
+    for name in asked:
+        if name not in known:
+            raise UsageError(f"unknown --format {name!r}: choose {', '.join(known)}.")
+    if "all" in asked:
+        return list(FORMATS[family])
+    for name in asked:
+        if name not in FORMATS[family]:
+            raise UsageError(f"the {family} cannot be exported as {name} (transformers and llama.cpp have no LSTM "
+                             f"language model): choose {', '.join(FORMATS[family])} or all.")
+    return list(dict.fromkeys(asked))
+
+
+def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
+    returns the files written."""
+    family = model_family(model_path)
+    formats = formats_for(family, formats)
+    target = Path(output_dir)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
+    model, tokenizer = load_pretrained(model_path)
+    name = Path(model_path.rstrip("/")).name
+    building = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        with full_disk_says(building.parent):
+            building.mkdir(parents=True)
+            write_formats(model, tokenizer, family, formats, building, name)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(building, target)
+    return sorted(path for path in target.rglob("*") if path.is_file())
+
+
+def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str) -> None:
+    """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
+    at its top (they are the same files), the graphs in onnx/, the GGUF as `<name>-f32.gguf`."""
+    for format_name in formats:
+        if format_name == "transformers":
+            from .gpt2 import write_gpt2
+
+            write_gpt2(model, tokenizer, folder)
+        elif format_name == "onnx":
+            from .onnx import write_onnx
+
+            _write_beside_graph(model, tokenizer, family, folder)
+            write_onnx(model, family, folder)
+        elif format_name == "gguf":
+            from .gguf import write_gguf
+
+            write_gguf(model, tokenizer, folder / gguf_name(name), name)
+
+
+def gguf_name(name: str) -> str:
+    return f"{name}-f32.gguf"
+
+
+def _write_beside_graph(model, tokenizer, family: str, folder: Path) -> None:
+    """What an ONNX runtime reads beside the graph: the config (GPT-2's, for the GPT, as transformers.js runs it),
+    the generation settings and the tokenizer."""
+    if family == "transformer":
+        from .gpt2 import write_gpt2
+
+        write_gpt2(model, tokenizer, folder, with_weights=False)
+    else:
+        model.config.save_pretrained(folder)
+        model.generation_config.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)

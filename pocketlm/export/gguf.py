@@ -1,0 +1,90 @@
+"""A pocketlm GPT as one GGUF file for llama.cpp (and what builds on it: ollama, LM Studio, llama-cpp-python).
+
+The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names. llama.cpp's
+own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
+trained one matches no hash it knows. pocketlm's byte-level BPE splits text with GPT-2's own pattern, so the file
+names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and the chat template.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tokenization import END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
+
+
+def gguf_tensors(model) -> dict[str, np.ndarray]:
+    """The GPT's weights under llama.cpp's gpt2 tensor names, as float32 arrays; a model trained without biases gets
+    zero ones, which llama.cpp's gpt2 graph adds."""
+    config, state = model.config, {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    width = config.n_embd
+
+    def bias(name: str, size: int) -> np.ndarray:
+        return state.get(name, np.zeros(size, dtype=np.float32))
+
+    tensors = {
+        "token_embd.weight": state["model.wte.weight"],
+        "position_embd.weight": state["model.wpe.weight"],
+        "output_norm.weight": state["model.ln_f.weight"],
+        "output_norm.bias": bias("model.ln_f.bias", width),
+        "output.weight": state["lm_head.weight"],  # tied: the same values as token_embd
+    }
+    for i in range(config.n_layer):
+        block = f"model.h.{i}."
+        for ours, theirs, size in (("ln_1", "attn_norm", width), ("attn.c_attn", "attn_qkv", 3 * width),
+                                   ("attn.c_proj", "attn_output", width), ("ln_2", "ffn_norm", width),
+                                   ("mlp.c_fc", "ffn_up", 4 * width), ("mlp.c_proj", "ffn_down", width)):
+            tensors[f"blk.{i}.{theirs}.weight"] = state[block + ours + ".weight"]
+            tensors[f"blk.{i}.{theirs}.bias"] = bias(block + ours + ".bias", size)
+    return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()}
+
+
+def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
+    """The tokens in id order (in the byte-level alphabet llama.cpp's gpt2 vocabulary uses) and the merges."""
+    bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    tokens = [by_id[index] for index in range(len(by_id))]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
+    return tokens, merges
+
+
+def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
+    """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, float32."""
+    import gguf
+
+    config = model.config
+    tokens, merges = _vocabulary(tokenizer)
+    if len(tokens) != config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokens)} tokens and the model {config.vocab_size}")
+    special = set(SPECIAL_TOKENS)
+    ids = tokenizer.convert_tokens_to_ids
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_name(name)
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_epsilon)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
+                            for token in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_eot_token_id(ids(END_OF_TURN))  # where a chat reply ends
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)  # pocketlm prompts start with their role token, not a document boundary
+    writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
+    for tensor_name, array in gguf_tensors(model).items():
+        writer.add_tensor(tensor_name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

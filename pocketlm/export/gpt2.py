@@ -1,0 +1,73 @@
+"""A pocketlm GPT as the stock transformers GPT-2 it is: no remote code, no pocketlm needed to load it.
+
+pocketlm's GPT is GPT-2's architecture (pre-norm blocks, learned absolute positions, tanh-approximated GELU,
+biases, a head tied to the token embedding), so its weights map one to one onto `GPT2LMHeadModel`: the trunk's
+`model.` becomes `transformer.`, and the linear layers are transposed, as GPT-2 keeps them in `Conv1D` layers that
+store [in, out]. On a trained small model the logits came out equal to the last bit.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tokenization import save_tokenizer
+
+# GPT-2's Conv1D layers: the weights stored transposed against nn.Linear's [out, in].
+CONV1D_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def gpt2_config(config, tokenizer) -> GPT2Config:
+    """The GPT2Config of a pocketlm GPTConfig: the same shape, no dropout, GPT-2's tanh GELU."""
+    return GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+        n_head=config.n_head, n_inner=4 * config.n_embd,
+        activation_function="gelu_pytorch_tanh",  # the tanh approximation pocketlm trains with; "gelu" would differ
+        layer_norm_epsilon=config.layer_norm_epsilon,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        architectures=["GPT2LMHeadModel"],
+    )
+
+
+def gpt2_weights(model, stock: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
+    """The GPT's weights under `stock` GPT2LMHeadModel's names and layouts. A model trained without biases
+    (`--model-config bias=false`) gets zero biases, which GPT-2 always has: the same function."""
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to the token embedding
+        target = "transformer." + name.removeprefix("model.")
+        if name.endswith(".weight") and any(f".{layer}." in name for layer in CONV1D_LAYERS):
+            tensor = tensor.t()
+        weights[target] = tensor.detach().to(torch.float32).contiguous()
+    for name, expected in stock.state_dict().items():
+        if name.endswith(".bias") and name not in weights:
+            weights[name] = torch.zeros_like(expected)
+    return weights
+
+
+def to_gpt2(model, tokenizer) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel computing what the pocketlm GPT `model` computes, with its generation settings."""
+    stock = GPT2LMHeadModel(gpt2_config(model.config, tokenizer))
+    missing, unexpected = stock.load_state_dict(gpt2_weights(model, stock), strict=False)
+    if [name for name in missing if name != "lm_head.weight"] or unexpected:  # only the tied head is not loaded
+        raise RuntimeError(f"the GPT's weights do not map onto GPT-2: missing {missing}, unexpected {unexpected}")
+    stock.generation_config = model.generation_config
+    return stock.eval()
+
+
+def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True) -> list[Path]:
+    """A folder `AutoModelForCausalLM.from_pretrained` loads as a GPT2LMHeadModel (weights, config, generation
+    config) with the tokenizer and its chat template; without weights, the folder an ONNX export sits in."""
+    stock = to_gpt2(model, tokenizer)
+    before = set(folder.rglob("*")) if folder.exists() else set()
+    if with_weights:
+        stock.save_pretrained(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        stock.config.save_pretrained(folder)
+        stock.generation_config.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path not in before)
