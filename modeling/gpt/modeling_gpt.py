@@ -18,12 +18,29 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_gpt import GPTConfig
 
 # transformers 5.24 names the cache `cache` in model outputs and generate()'s arguments; earlier 5.x releases
 # (5.17 among them) call it `past_key_values`. Forward takes either; outputs use the name the installed one reads.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def accepts_old_cache_name(old_name: str):
+    """Where the installed transformers names the cache `cache`, an old name still works until 5.40 but warns, as
+    built-in models do; where the old name is still the current one (5.17), it passes through quietly."""
+    if CACHE_FIELD == "cache":
+        return deprecate_kwarg(old_name, "5.40.0", new_name="cache")
+    return lambda forward: forward
+
+
+def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """The three output switches of a forward: given ones win, the config's fill the rest, as in built-in models."""
+    return (config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            getattr(config, "return_dict", True) if return_dict is None else return_dict)
 
 
 class Dropout(nn.Dropout):
@@ -42,11 +59,50 @@ class Dropout(nn.Dropout):
         return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, in transformers' AttentionInterface form: the output (batch, queries, heads, head
+    width) and the probabilities (batch, heads, queries, keys), what `attn_implementation="eager"` and
+    `output_attentions=True` ask for. `attention_mask` is additive: 0 where a query may look."""
+    scores = (query @ key.transpose(-2, -1)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probabilities = F.dropout(scores.float().softmax(-1).to(query.dtype), dropout, training=module.training)
+    return (probabilities @ value).transpose(1, 2), probabilities
+
+
+def _attention_function(implementation: str):
+    """The attention a model configured with `implementation` runs, other than sdpa's fused call: pocketlm's eager
+    attention, or a function registered with transformers' AttentionInterface (which transformers 5.0 lacks)."""
+    if implementation == "eager" or not hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+        return eager_attention
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention)
+
+
+def _additive(mask: torch.Tensor | None, is_causal: bool, queries: int, keys: int, like: torch.Tensor
+              ) -> torch.Tensor | None:
+    """sdpa's (mask, is_causal) as the additive mask eager attention functions take: 0 where a query may look, the
+    dtype's most negative number elsewhere."""
+    if is_causal:
+        mask = torch.ones(queries, keys, dtype=torch.bool, device=like.device).tril(keys - queries)
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min)
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention that appends its keys and values to a transformers Cache."""
+    """Multi-head causal self-attention that appends its keys and values to a transformers Cache.
+
+    It runs through sdpa's fused kernels, unless `config._attn_implementation` names another attention (eager, or
+    one registered with transformers' AttentionInterface) or the caller asks for the attention probabilities, which
+    sdpa cannot return: then, as built-in models do, through `eager_attention`. The implementation is read at every
+    call, so `model.set_attn_implementation(...)` switches it.
+    """
 
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
@@ -61,7 +117,8 @@ class CausalSelfAttention(nn.Module):
         cache: Cache | None,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq_len, width = x.shape
         qkv = self.c_attn(x).view(batch, seq_len, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
@@ -69,8 +126,14 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx)
         # No dropout on the attention probabilities: it would cost a random number per query-key pair and
         # force sdpa off its fused kernels, for little regularisation beyond the residual dropout.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(batch, seq_len, width)))
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        if implementation == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal).transpose(1, 2)
+            probabilities = None
+        else:
+            mask = _additive(attn_mask, is_causal, seq_len, k.shape[-2], q)
+            y, probabilities = _attention_function(implementation)(self, q, k, v, mask, scaling=self.head_dim ** -0.5)
+        return self.resid_dropout(self.c_proj(y.reshape(batch, seq_len, width))), probabilities
 
 
 class MLP(nn.Module):
@@ -101,9 +164,10 @@ class Block(GradientCheckpointingLayer):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, attn_mask=None, is_causal=True):
-        x = x + self.attn(self.ln_1(x), cache, attn_mask, is_causal)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, cache=None, attn_mask=None, is_causal=True, output_attentions=False):
+        attended, probabilities = self.attn(self.ln_1(x), cache, attn_mask, is_causal, output_attentions)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), probabilities
 
 
 def _is_hooked(module: nn.Module) -> bool:
@@ -190,6 +254,18 @@ class GPTPreTrainedModel(PreTrainedModel):
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
 
 
+def _custom_4d_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A caller's own [batch, 1, queries, keys] mask (packed sequences, shared prefixes), boolean (True where a query
+    may look) or additive float (0 there, a large negative elsewhere), as sdpa takes it. A query that may look
+    nowhere (a padding row) is let see its own key, so softmax stays finite; its output is never read."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    queries, keys = mask.shape[-2:]
+    blind = ~mask.any(-1, keepdim=True)
+    own = torch.eye(queries, keys, dtype=torch.bool, device=mask.device).roll(keys - queries, dims=1)
+    return mask | (blind & own)
+
+
 def _attention_mask_for_sdpa(
     attention_mask: torch.Tensor | None, past_len: int, seq_len: int
 ) -> tuple[torch.Tensor | None, bool]:
@@ -228,6 +304,7 @@ class GPTModel(GPTPreTrainedModel):
         self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
         self.post_init()
 
+    @accepts_old_cache_name("past_key_values")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -236,9 +313,18 @@ class GPTModel(GPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
+        """The final layer norm's output at every position. `attention_mask` is a 2-D padding mask (1 = a real
+        token) over past and new tokens, or a 4-D [batch, 1, queries, keys] mask of the caller's own. With
+        `output_hidden_states`, the stream entering each block and the final output (n_layer + 1 of them, as GPT-2
+        gives); with `output_attentions`, each block's attention probabilities."""
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
         cache = cache if cache is not None else past_key_values
@@ -255,20 +341,36 @@ class GPTModel(GPTPreTrainedModel):
             position_ids, attn_mask, is_causal = self._dynamic_cache_inputs(x, attention_mask, position_ids, cache)
 
         x = self.drop(x + self.wpe(position_ids))
+        hidden_states, attentions = [], []
         for block in self.h:
-            x = block(x, cache=cache, attn_mask=attn_mask, is_causal=is_causal)
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(x), **{CACHE_FIELD: cache if use_cache else None})
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, probabilities = block(x, cache=cache, attn_mask=attn_mask, is_causal=is_causal,
+                                     output_attentions=output_attentions)
+            if output_attentions:
+                attentions.append(probabilities)
+        x = self.ln_f(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        output = BaseModelOutputWithPast(
+            last_hidden_state=x, hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None, **{CACHE_FIELD: cache if use_cache else None})
+        return output if return_dict else output.to_tuple()
 
     def _dynamic_cache_inputs(self, x, attention_mask, position_ids, cache):
         """Positions and the sdpa (mask, is_causal) pair when the cache, if any, grows with the text."""
         seq_len = x.shape[1]
         past_len = cache.get_seq_length() if cache is not None else 0
         self._check_window(past_len + seq_len, "tokens")
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if position_ids is None:  # a 4-D mask may pack several sequences: only the caller knows their positions
+                position_ids = torch.arange(past_len, past_len + seq_len, device=x.device)[None]
+            return position_ids, _custom_4d_mask(attention_mask, x.dtype), False
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: take sdpa's mask-free paths
         if position_ids is None:
             if attention_mask is not None:
-                # Left padding: count positions from each row's first real token.
+                # Padding: count positions from each row's first real token.
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
             else:
                 position_ids = torch.arange(past_len, past_len + seq_len, device=x.device)[None]
@@ -308,6 +410,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_old_cache_name("past_key_values")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -317,16 +420,21 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | None = None,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
         (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
         (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
         """
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -334,8 +442,12 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden, cache = outputs.last_hidden_state, getattr(outputs, CACHE_FIELD)
+        extras = {CACHE_FIELD: cache, "hidden_states": outputs.hidden_states, "attentions": outputs.attentions}
         targets = None
         if shift_labels is not None:
             targets = shift_labels.flatten()
@@ -345,7 +457,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         if targets is not None and self.training and torch.is_grad_enabled() and _runs_as_plain_linear(self.lm_head):
             # Training needs the loss alone: skip materialising the logits (returned as None).
             loss = LinearCrossEntropy.apply(hidden.flatten(0, 1), self.lm_head.weight, targets, num_items_in_batch)
-            return CausalLMOutputWithPast(loss=loss, logits=None, **{CACHE_FIELD: cache})
+            output = CausalLMOutputWithPast(loss=loss, logits=None, **extras)
+            return output if return_dict else output.to_tuple()
         # generate() asks for the last position only: the vocabulary projection is the costliest matmul.
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -355,7 +468,8 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             total = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
             count = (targets != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
             loss = total / count
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **extras)
+        return output if return_dict else output.to_tuple()
 
 
 # generate() inspects the forward's signature on every token of a class registered with the Auto classes (looking

@@ -77,10 +77,13 @@ class LSTMConfig(PreTrainedConfig):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}  # a loaded config keeps its file's
-        # generate() builds a cache layer per entry; "linear_attention" layers hold a recurrent state instead of
-        # growing keys and values, which is exactly an LSTM's (h, c). Derived, so never read back from a file.
+        # generate() builds a cache layer per entry; "linear_attention" layers hold recurrent states instead of
+        # growing keys and values, which is exactly an LSTM's: two of them per layer (transformers reads the count
+        # from `number_of_conv_states`), h in slot 0 and c in slot 1. Derived, so never read back from a file.
         kwargs.pop("layer_types", None)
+        kwargs.pop("number_of_conv_states", None)
         self.layer_types = ["linear_attention"] * num_layers
+        self.number_of_conv_states = 2
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 

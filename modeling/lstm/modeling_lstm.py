@@ -11,13 +11,15 @@ import inspect
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_lstm import LSTMConfig
 
@@ -27,11 +29,31 @@ from .configuration_lstm import LSTMConfig
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+# Copied from modeling.gpt.modeling_gpt.accepts_old_cache_name
+def accepts_old_cache_name(old_name: str):
+    """Where the installed transformers names the cache `cache`, an old name still works until 5.40 but warns, as
+    built-in models do; where the old name is still the current one (5.17), it passes through quietly."""
+    if CACHE_FIELD == "cache":
+        return deprecate_kwarg(old_name, "5.40.0", new_name="cache")
+    return lambda forward: forward
+
+
+# Copied from modeling.gpt.modeling_gpt.output_flags
+def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """The three output switches of a forward: given ones win, the config's fill the rest, as in built-in models."""
+    return (config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            getattr(config, "return_dict", True) if return_dict is None else return_dict)
+
+
 class LSTMPreTrainedModel(PreTrainedModel):
     config_class = LSTMConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True  # the recurrence runs through a GradientCheckpointingLayer
+    # A recurrent state cannot be rolled back to an earlier token: generate() refuses assisted decoding (which
+    # drafts tokens and rolls back the rejected ones) up front, as it does for Mamba, instead of failing inside it.
+    _is_stateful = True
 
     def _init_weights(self, module):
         # PyTorch's own defaults, not transformers' GPT conventions (normal std 0.02 everywhere): with an embedding
@@ -55,17 +77,20 @@ def _has_state(cache: Cache | None) -> bool:
 
 
 def read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (h, c) pair, each (layers, batch, hidden), that the cache holds; None before the first step."""
+    """The (h, c) pair, each (layers, batch, hidden), that the cache holds; None before the first step.
+
+    Each layer keeps h in its recurrent-state slot 0 and c in slot 1, each (batch, hidden): batch first, so that
+    beam search reorders them on dim 0 like any other cache.
+    """
     if not _has_state(cache):
         return None
-    # Each layer's state is stored batch-first, (batch, 2, hidden), so beam search can reorder it on dim 0.
-    state = torch.stack([cache.layers[i].recurrent_states[0] for i in range(num_layers)])
-    return state[:, :, 0].contiguous(), state[:, :, 1].contiguous()
+    return tuple(torch.stack([cache.layers[i].recurrent_states[slot] for i in range(num_layers)]) for slot in (0, 1))
 
 
 def write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
     for i in range(h.shape[0]):
-        cache.update_recurrent_state(torch.stack([h[i], c[i]], dim=1), layer_idx=i)
+        cache.update_recurrent_state(h[i], layer_idx=i, state_idx=0)
+        cache.update_recurrent_state(c[i], layer_idx=i, state_idx=1)
 
 
 # Copied from modeling.gpt.modeling_gpt._is_hooked
@@ -84,15 +109,66 @@ def _runs_as_plain_lstm(lstm: nn.Module) -> bool:
 
 class Recurrence(GradientCheckpointingLayer):
     """Runs the stacked LSTM over whole sequences, as a layer transformers' gradient checkpointing can recompute in
-    backward instead of keeping every step's gates.
+    backward instead of keeping every step's gates (padded batches included).
 
     It holds no parameters: the LSTM is passed in, so it stays `model.lstm` (its weights keep their names, and
     `torch.ao` quantization, which swaps `nn.LSTM` by its exact type, still finds it).
     """
 
-    def forward(self, x: torch.Tensor, lstm: nn.Module, state=None):
+    def forward(self, x: torch.Tensor, lstm: nn.Module, state=None, mask: torch.Tensor | None = None,
+                every_layer: bool = False):
+        """The top layer's output at every position, the final (h, c), and each layer's outputs when
+        `every_layer`. With `mask` (1 = a real token), padding anywhere in a row, left, right or in the middle,
+        never enters its state: the real tokens are run packed, as if the padding were not there."""
+        if mask is None:
+            out, h, c, layers = _run(lstm, x, state, every_layer)
+            return out, h, c, layers
+        length = x.shape[1]
+        lengths = mask.long().sum(-1)
+        # Each row's real tokens first, in order (a stable sort puts mask 1 before mask 0), and back afterwards.
+        order = torch.argsort(1 - mask.long(), dim=1, stable=True)
+        packed = pack_padded_sequence(x.gather(1, order[..., None].expand_as(x)), lengths.clamp(min=1).cpu(),
+                                      batch_first=True, enforce_sorted=False)
+        out, h, c, layers = _run(lstm, packed, state, every_layer)
+
+        def restore(packed_out):
+            padded, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=length)
+            return torch.zeros_like(padded).scatter(1, order[..., None].expand_as(padded), padded)
+
+        return restore(out), h, c, [restore(layer) for layer in layers] if layers else None
+
+
+def _run(lstm: nn.Module, x, state, every_layer: bool):
+    """The LSTM over `x` (a tensor or a PackedSequence) from `state`: through its module call, or, when every
+    layer's output is asked for, one layer at a time with its own weights: the computation nn.LSTM runs, layer
+    by layer, dropout between layers included."""
+    if not every_layer:
         out, (h, c) = lstm(x, state)
-        return out, h, c
+        return out, h, c, None
+    if not _runs_as_plain_lstm(lstm):
+        raise ValueError("output_hidden_states runs the LSTM layer by layer with its own weights, but this model's "
+                         f"LSTM was replaced or hooked ({type(lstm).__name__}): ask for the last hidden state only.")
+    packed = isinstance(x, PackedSequence)
+    data = x.data if packed else x
+    batch = int(x.batch_sizes[0]) if packed else data.shape[0]
+    if state is None:
+        zeros = data.new_zeros(lstm.num_layers, batch, lstm.hidden_size)
+        state = (zeros, zeros)
+    weights, layers, hs, cs = lstm._flat_weights, [], [], []
+    for layer in range(lstm.num_layers):
+        params = weights[4 * layer : 4 * layer + 4]
+        start = (state[0][layer : layer + 1], state[1][layer : layer + 1])
+        if packed:
+            data, h, c = torch.lstm(data, x.batch_sizes, start, params, True, 1, 0.0, lstm.training, False)
+            layers.append(PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices))
+        else:
+            data, h, c = torch.lstm(data, start, params, True, 1, 0.0, lstm.training, False, True)
+            layers.append(data)
+        hs.append(h)
+        cs.append(c)
+        if layer < lstm.num_layers - 1 and lstm.dropout:
+            data = F.dropout(data, lstm.dropout, lstm.training)
+    return layers[-1], torch.cat(hs), torch.cat(cs), layers
 
 
 class LSTMModel(LSTMPreTrainedModel):
@@ -113,6 +189,8 @@ class LSTMModel(LSTMPreTrainedModel):
         self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
         self.post_init()
 
+    @accepts_old_cache_name("past_key_values")
+    @accepts_old_cache_name("cache_params")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -120,9 +198,17 @@ class LSTMModel(LSTMPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
+        """The top layer's output at every position. `attention_mask` (1 = a real token) may mark padding anywhere.
+        With `output_hidden_states`, the embeddings (`embedding_dim` wide) and each layer's output, num_layers + 1
+        of them, as Mamba gives; an LSTM has no attention, so `output_attentions` returns none."""
+        _, output_hidden_states, return_dict = output_flags(self.config, output_attentions, output_hidden_states,
+                                                            return_dict)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
         cache = cache if cache is not None else past_key_values
@@ -136,26 +222,27 @@ class LSTMModel(LSTMPreTrainedModel):
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN has no reduced-precision LSTM kernel: run the recurrence in float32 under CPU autocast.
             with torch.autocast("cpu", enabled=False):
-                out = self._recur(x.float(), attention_mask, cache)
+                out, layers = self._recur(x.float(), attention_mask, cache, output_hidden_states)
         else:
-            out = self._recur(x, attention_mask, cache)
-        return BaseModelOutputWithPast(last_hidden_state=out, **{CACHE_FIELD: cache if use_cache else None})
+            out, layers = self._recur(x, attention_mask, cache, output_hidden_states)
+        output = BaseModelOutputWithPast(last_hidden_state=out,
+                                         hidden_states=(x, *layers) if output_hidden_states else None,
+                                         **{CACHE_FIELD: cache if use_cache else None})
+        return output if return_dict else output.to_tuple()
 
-    def _recur(self, x, attention_mask, cache) -> torch.Tensor:
-        """The top layer's output at every position, the cache's state advanced past them."""
+    def _recur(self, x, attention_mask, cache, every_layer: bool) -> tuple[torch.Tensor, list | None]:
+        """The top layer's output at every position (and each layer's, when asked), the cache's state advanced
+        past the real tokens."""
         new_mask = attention_mask[:, -x.shape[1] :] if attention_mask is not None else None
         padded = new_mask is not None and not bool(new_mask.all())
         one_cached_step = not padded and x.shape[1] == 1 and not self.training and _has_state(cache)
-        if one_cached_step and x.device.type == "cpu" and _runs_as_plain_lstm(self.lstm):
-            return self._step_in_cache(x, cache)
+        if one_cached_step and not every_layer and x.device.type == "cpu" and _runs_as_plain_lstm(self.lstm):
+            return self._step_in_cache(x, cache), None
         state = read_state(cache, self.config.num_layers)
-        if padded:
-            out, (h, c) = self._run_left_padded(x, new_mask, state)
-        else:
-            out, h, c = self.recurrence(x, self.lstm, state)
+        out, h, c, layers = self.recurrence(x, self.lstm, state, new_mask if padded else None, every_layer)
         if cache is not None:
             write_state(cache, h, c)
-        return out
+        return out, layers
 
     def _step_in_cache(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One new position, as generate() asks for every token, one `torch.lstm_cell` call per layer.
@@ -170,30 +257,13 @@ class LSTMModel(LSTMPreTrainedModel):
         # each one up by name (about 20 us of a 0.36 ms step, measured).
         weights = lstm._flat_weights
         for layer in range(lstm.num_layers):
-            state = cache.layers[layer].recurrent_states[0]  # (batch, 2, hidden): h and c
-            h, c = torch.lstm_cell(layer_input, state.unbind(1), *weights[4 * layer : 4 * layer + 4])
-            # Written into the cache's own tensor, as update_recurrent_state would after a stack, without either.
-            state[:, 0].copy_(h)
-            state[:, 1].copy_(c)
+            states = cache.layers[layer].recurrent_states  # h in slot 0, c in slot 1, each (batch, hidden)
+            h, c = torch.lstm_cell(layer_input, (states[0], states[1]), *weights[4 * layer : 4 * layer + 4])
+            # Written into the cache's own tensors, as update_recurrent_state would, without its checks.
+            states[0].copy_(h)
+            states[1].copy_(c)
             layer_input = h  # no dropout between layers: this path is for inference only
         return layer_input[:, None]
-
-    def _run_left_padded(self, x, mask, state):
-        """Run a left-padded batch so that padding never enters a row's state.
-
-        Each row is shifted so its real tokens come first, run packed, and shifted back; outputs at padding
-        positions are meaningless and masked out downstream.
-        """
-        seq_len = x.shape[1]
-        lengths = mask.long().sum(-1).clamp(min=1)
-        positions = torch.arange(seq_len, device=x.device)[None]
-        pad = (seq_len - lengths)[:, None]
-        to_front = (positions + pad).clamp(max=seq_len - 1)[..., None].expand_as(x)
-        packed = pack_padded_sequence(x.gather(1, to_front), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, c) = self.lstm(packed, state)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=seq_len)
-        to_back = (positions - pad).clamp(min=0)[..., None].expand(-1, -1, out.shape[-1])
-        return out.gather(1, to_back), (h, c)
 
 
 class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
@@ -206,6 +276,8 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
+    @accepts_old_cache_name("past_key_values")
+    @accepts_old_cache_name("cache_params")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -214,22 +286,29 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | None = None,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
         (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
         (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
         """
+        _, output_hidden_states, return_dict = output_flags(self.config, output_attentions, output_hidden_states,
+                                                            return_dict)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
@@ -240,7 +319,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
             # transformers' causal-LM loss: shifts the labels (not the logits, which it would copy whole).
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                                       num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        return output if return_dict else output.to_tuple()
 
 
 # Copied from modeling.gpt.modeling_gpt.GPTForCausalLM.forward.__signature__ with GPT->LSTM
