@@ -316,6 +316,11 @@ def upload_parser() -> argparse.ArgumentParser:
              "gguf, or all (see export.py)")
     add("--space-id", metavar="OWNER/NAME", help="also publish a Gradio Space that chats with the model")
     add("--space-output-dir", help="where --dry-run builds the Space (default: <output-dir>-space)")
+    add("--static-space", metavar="OWNER/NAME",
+        help="also publish a static Space whose page runs the model in the visitor's browser (carries onnx)")
+    add("--static-space-output-dir", help="where --dry-run builds the static Space (default: <output-dir>-static-space)")
+    add("--web-precision", default="int8", choices=["int8", "float32"],
+        help="the static Space's graph: int8 weights (default) or float32")
     return parser
 
 
@@ -327,34 +332,51 @@ def upload_main(argv: list[str] | None = None) -> int:
         import tempfile
         from pathlib import Path
 
-        from .hub import prepare_folder, prepare_space, resolve_token, upload
+        from .export import formats_for
+        from .hub import REPOSITORY_FORMATS, check_repo_ids, prepare_folder, resolve_token, upload
         from .loading import model_family
+        from .spaces import prepare_space, prepare_static_space
 
-        formats = [name.strip() for name in args.formats.split(",") if name.strip()]
-        for flag, value in (("--repo-id", args.repo_id), ("--space-id", args.space_id)):
-            if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
-                raise UsageError(f"{flag} {value!r} must look like OWNER/NAME.")
-        if args.dry_run:
-            output = args.output_dir or args.model_dir.rstrip("/") + "-hub"
-            folder = prepare_folder(args.model_dir, output, args.repo_id, args.license, data_name=args.data_name,
-                                    formats=formats)
-            print(f"prepared {folder} for {args.repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
-            if args.space_id:
-                space = prepare_space(args.space_output_dir or output.rstrip("/") + "-space", args.repo_id,
-                                      args.space_id, model_family(args.model_dir), args.license)
-                print(f"prepared {space} for the Space {args.space_id}: "
-                      + ", ".join(sorted(p.name for p in space.iterdir())))
-            return 0
-        token = resolve_token(args.token)  # before any work: a missing login should fail fast
+        # Everything the upload can check without the network, a dry run checks too, with the same messages.
+        check_repo_ids({"--repo-id": args.repo_id, "--space-id": args.space_id, "--static-space": args.static_space})
+        family = model_family(args.model_dir)
+        # The repository carries the model's files; its web page is a Space of its own (--static-space).
+        asked = [name.strip() for name in args.formats.split(",") if name.strip()]
+        if "web" in asked:
+            raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
+                             "--static-space OWNER/NAME instead of --formats web.")
+        formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
+        if args.static_space and "onnx" not in formats:
+            formats.append("onnx")  # the static page loads the graph from the model repository
+        token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
+        output = args.output_dir or args.model_dir.rstrip("/") + "-hub"
         with tempfile.TemporaryDirectory() as scratch:
-            folder = prepare_folder(args.model_dir, Path(scratch) / "model", args.repo_id, args.license,
-                                    data_name=args.data_name, formats=formats)
-            url = upload(folder, args.repo_id, token, args.private, args.commit_message, args.revision)
-            print(f"uploaded to {url}")
+            where = {"model": output, "space": args.space_output_dir or output.rstrip("/") + "-space",
+                     "static": args.static_space_output_dir or output.rstrip("/") + "-static-space"}
+            if not args.dry_run:
+                where = {name: str(Path(scratch) / name) for name in where}
+            for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
+                                       ("static", "--static-space-output-dir", args.static_space)):
+                target = Path(where[name])  # all checked before any is built: nothing half-done
+                if wanted and target.exists() and (not target.is_dir() or any(target.iterdir())):
+                    raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was "
+                                     "touched.")
+            folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, args.license,
+                                       data_name=args.data_name, formats=formats), args.repo_id, None)]
             if args.space_id:
-                space = prepare_space(Path(scratch) / "space", args.repo_id, args.space_id,
-                                      model_family(args.model_dir), args.license)
-                print(f"uploaded the Space to {upload(space, args.space_id, token, args.private, repo_type='space')}")
+                folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, args.license),
+                                args.space_id, "gradio"))
+            if args.static_space:
+                folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
+                                                     args.model_dir, args.license, args.web_precision),
+                                args.static_space, "static"))
+            for folder, repo_id, sdk in folders:
+                if args.dry_run:
+                    print(f"prepared {folder} for {repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+                else:
+                    revision = args.revision if sdk is None else None  # --revision is the model repository's branch
+                    url = upload(folder, repo_id, token, args.private, args.commit_message, revision, space_sdk=sdk)
+                    print(f"uploaded to {url}")
         return 0
 
     return _run(job)
@@ -366,13 +388,16 @@ def upload_main(argv: list[str] | None = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="export.py",
                      description="Write a pocketlm model for other runtimes: a stock transformers GPT-2 (no remote "
-                                 "code), ONNX (onnxruntime, transformers.js) or GGUF (llama.cpp, ollama).")
+                                 "code), ONNX (onnxruntime, transformers.js), GGUF (llama.cpp, ollama), or a web page "
+                                 "that chats with it in the reader's browser.")
     add = parser.add_argument
     add("model", metavar="MODEL", help="a model folder or Hub repo id, either family")
     add("--format", default="all", metavar="FORMAT",
-        help="transformers, onnx, gguf or all (every format the family has), or several joined by commas "
-             "(default: all); the LSTM has onnx")
+        help="transformers, onnx, gguf, web or all (every format the family has), or several joined by commas "
+             "(default: all); the LSTM has onnx and web")
     add("--output-dir", help="where the export goes (default: <MODEL>-<format>)")
+    add("--web-precision", default="int8", choices=["int8", "float32"],
+        help="the web page's graph: int8 weights, a quarter of the bytes (default), or float32")
     add("--overwrite", action="store_true", help="replace the output folder if it exists")
     return parser
 
@@ -388,7 +413,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
         formats = [name.strip() for name in args.format.split(",") if name.strip()]
         output = args.output_dir or f"{Path(args.model.rstrip('/')).name}-{'-'.join(formats)}"
-        files = export(args.model, formats, output, overwrite=args.overwrite)
+        files = export(args.model, formats, output, overwrite=args.overwrite, web_precision=args.web_precision)
         size = sum(path.stat().st_size for path in files)
         print(f"wrote {output} ({len(files)} files, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))

@@ -6,12 +6,8 @@ The folder holds only what a Hub model repository needs, and loads anywhere with
 
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from modeling import MIN_TRANSFORMERS
 from tokenization import save_tokenizer
 
 from .card import model_card
@@ -43,6 +39,8 @@ def _require_model_folder(model_dir: Path) -> str:
 # reads. The LSTM's graphs go to onnx/ at the top, beside its own config. A .gguf file goes to the top, where
 # llama.cpp's and ollama's `-hf` / `hf.co/` find it.
 STOCK_SUBFOLDER = "gpt2"
+# What a model repository carries beside the native model; the web page is a Space of its own (spaces.py).
+REPOSITORY_FORMATS = ("transformers", "onnx", "gguf")
 
 
 def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0,
@@ -54,7 +52,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     """
     source, target = Path(model_dir), Path(output_dir)
     family = _require_model_folder(source)
-    formats = formats_for(family, list(formats)) if formats else []
+    formats = formats_for(family, list(formats), offered=REPOSITORY_FORMATS) if formats else []
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))
@@ -94,46 +92,24 @@ def _write_exports(model, tokenizer, family: str, formats: list[str], target: Pa
         write_formats(model, tokenizer, family, ["gguf"], target, name)
 
 
-# ----------------------------------------------------------------------------------------------- the Space
-
-GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
-
-
-def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, license_id: str = "mit") -> Path:
-    """Build, in `output_dir` (new or empty), a Gradio Space that chats with the model repository `repo_id`:
-    app.py, requirements.txt (torch, transformers, gradio; not pocketlm) and a README with the Space's metadata."""
-    target = Path(output_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} is not an empty folder: choose a new --space-output-dir, nothing there was touched.")
-    template = resources.files("pocketlm").joinpath("space_app.py").read_text(encoding="utf-8")
-    default = 'os.environ.get("POCKETLM_MODEL", "pocketlm/model")'
-    if default not in template:
-        raise RuntimeError("pocketlm/space_app.py lost its MODEL_ID line")  # a packaging mistake, not user input
-    app = template.replace(default, f'os.environ.get("POCKETLM_MODEL", "{repo_id}")')
-    minimum = MIN_TRANSFORMERS[family]
-    metadata = {"title": space_id.split("/")[-1], "emoji": "💬", "colorFrom": "indigo", "colorTo": "blue",
-                "sdk": "gradio", "sdk_version": GRADIO_VERSION, "app_file": "app.py", "pinned": False,
-                "license": license_id, "models": [repo_id],
-                "short_description": "Chat with a small language model trained with pocketlm"}
-    readme = ("---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n"
-              f"# Chat with {repo_id}\n\nA Gradio chat with [{repo_id}](https://huggingface.co/{repo_id}), a small "
-              "language model trained with pocketlm. The app loads the model with `trust_remote_code=True` and "
-              "needs only torch, transformers and gradio.\n")
-    created = not target.exists()
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "app.py").write_text(app, encoding="utf-8")
-        (target / "requirements.txt").write_text(
-            f"torch\ntransformers>={minimum}\ngradio=={GRADIO_VERSION}\n", encoding="utf-8")
-        (target / "README.md").write_text(readme, encoding="utf-8")
-    except OSError as error:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        raise UsageError(f"cannot write the Space folder {target} ({error.strerror or error}): choose another folder.")
-    return target
-
-
 # ---------------------------------------------------------------------------------------------------- upload
+
+
+def check_repo_ids(ids: dict[str, str | None]) -> None:
+    """Refuse, before any work, a repository or Space id (by its flag) the Hub would refuse: OWNER/NAME, with
+    letters, digits, '-', '_' and '.' only (huggingface_hub's own rule)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for flag, value in ids.items():
+        if value is None:
+            continue
+        try:
+            validate_repo_id(value)
+            if value.count("/") != 1:
+                raise HFValidationError("no owner")
+        except HFValidationError:
+            raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
+                             "pick a valid id.") from None
 
 
 def resolve_token(token: str | None) -> str:
@@ -147,14 +123,16 @@ def resolve_token(token: str | None) -> str:
 
 
 def upload(folder: Path, repo_id: str, token: str, private: bool = False, commit_message: str | None = None,
-           revision: str | None = None, repo_type: str = "model") -> str:
-    """Create `repo_id` (a model repository, or a Gradio Space) if needed and upload `folder`; returns its URL."""
+           revision: str | None = None, space_sdk: str | None = None) -> str:
+    """Create `repo_id` (a model repository, or a Space of `space_sdk`) if needed and upload `folder`; returns its
+    URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
+    repo_type = "space" if space_sdk else "model"
     try:
-        space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+        space = {"space_sdk": space_sdk} if space_sdk else {}
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, **space)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)

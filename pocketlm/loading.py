@@ -122,6 +122,12 @@ def local_folder(path_or_repo: str) -> Path:
     return Path(snapshot_download(path_or_repo))
 
 
+def model_name(path_or_repo: str) -> str:
+    """What pages call a model: its folder's name, or its Hub id, never a path of this machine."""
+    local = Path(path_or_repo).expanduser()
+    return local.resolve().name if local.exists() else path_or_repo
+
+
 def model_family(path_or_repo: str) -> str:
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else."""
     model_type = _config_of(path_or_repo).get("model_type")

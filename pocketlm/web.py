@@ -11,6 +11,7 @@ import importlib.util
 from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
 from .generation import BALANCED_SAMPLING
+from .loading import model_name
 
 INSTALL_HINT = "pip install -e '.[web]'"
 SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
@@ -75,9 +76,9 @@ def build_app(chat: ChatInterface):
 
     web = WebChat(chat)
     options = {**BALANCED_SAMPLING, **chat.options}
-    name = chat.model.name_or_path or "a pocketlm model"
-    with gr.Blocks(title="pocketlm chat") as app:
-        gr.Markdown(f"### pocketlm chat with `{name}`")
+    name = model_name(chat.model.name_or_path) if chat.model.name_or_path else "a pocketlm model"
+    with gr.Blocks(title=f"Chat with {name}") as app:
+        gr.Markdown(f"### Chat with `{name}`")
         # Numbers, not sliders: a typed value reaches set_options, which says what is out of range.
         system = gr.Textbox(label="System text", value=chat.system or "", elem_id="system", render=False)
         settings = [

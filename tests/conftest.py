@@ -12,6 +12,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# hub_upload.py --dry-run checks that a token is there, as the upload would (never its value); no test uploads.
+os.environ.setdefault("HF_TOKEN", "hf_pocketlm_tests_never_sent")
 
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM  # noqa: E402
 from tokenization import train_bpe_tokenizer, train_char_tokenizer  # noqa: E402
@@ -128,3 +130,30 @@ for name in ("pocketlm", "modeling"):
     except ImportError:
         pass
 """
+
+
+def train_accented_model(tmp_path_factory) -> Path:
+    """A tiny GPT whose every byte is its own token (the smallest byte-level BPE), trained on accented and CJK
+    text: its replies split multi-byte characters across tokens, so a stream that shows what one token decodes to
+    would show half a character as U+FFFD."""
+    from pocketlm.options import TrainingOptions
+    from pocketlm.training import train
+    from tokenization import MIN_VOCAB_SIZE
+
+    words = "café crème brûlée thé à la française 日本語 テキスト です ça va très bien élève où garçon".split()
+    rng = random.Random(0)
+    data = tmp_path_factory.mktemp("accents") / "text.txt"
+    data.write_text("".join(" ".join(rng.choice(words) for _ in range(30)) + ".\n\n" for _ in range(80)))
+    model = tmp_path_factory.mktemp("accents-model")
+    train(TrainingOptions(data=[str(data)], output_dir=str(model), model_config=TINY_SHAPES["transformer"],
+                          block_size=64, batch_size=8, max_steps=150, vocab_size=MIN_VOCAB_SIZE, samples=0,
+                          eval_every=150, lr=1e-2))
+    return model
+
+
+def broken_characters(shown: list[str], final: str) -> list[str]:
+    """The texts of a stream that showed a broken character (U+FFFD) where the finished reply has a whole one (a reply
+    cut at its length limit may end in a genuinely broken one, which the stream may show too)."""
+    finished = final + " " * max(map(len, shown), default=0)
+    return [text for text in shown if any(c == "\ufffd" != finished[i] for i, c in enumerate(text))]
+

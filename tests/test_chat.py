@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import REPO_ROOT, TINY_SHAPES, train_tiny_models
+from conftest import REPO_ROOT, TINY_SHAPES, broken_characters, train_accented_model, train_tiny_models
 
 from pocketlm.chat import ChatInterface
 from pocketlm.errors import UsageError
@@ -335,3 +335,14 @@ def test_chat_compare_and_upload_import_no_training_code(chat_models, tmp_path):
         # compare reads text to score the models on: it needs the data modules, never the training ones.
         allowed = {"pocketlm.data", "datasets"} if name == "compare" else set()
         assert set(eval(loaded)) <= allowed, (name, loaded)
+
+
+def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(tmp_path_factory):
+    chat = ChatInterface(str(train_accented_model(tmp_path_factory)), max_new_tokens=60, do_sample=False)
+    shown, text = [], ""
+    for piece in chat.stream("Café"):
+        text += piece
+        shown.append(text)
+    assert any(ord(character) > 127 for character in text), text
+    assert broken_characters(shown, text) == []
+

@@ -112,9 +112,9 @@ def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_o
     for format_name in ("transformers", "gguf", "onnx,gguf"):
         result = run_entry(export_main, str(trained["lstm"]), "--format", format_name, "--output-dir",
                            str(tmp_path / "out"))
-        assert_one_line_error(result, "cannot be exported as", "choose onnx or all")
+        assert_one_line_error(result, "cannot be exported as", "choose onnx, web or all")
     assert not (tmp_path / "out").exists()
-    assert_one_line_error(run_entry(export_main, str(trained["lstm"]), "--format", "tflite"), "unknown --format")
+    assert_one_line_error(run_entry(export_main, str(trained["lstm"]), "--format", "tflite"), "unknown format")
 
 
 def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_leaves_nothing(trained, tmp_path,

@@ -220,6 +220,37 @@ def test_someone_elses_repository_is_refused_cleanly(trained):
     _assert_clean_failure(result, "no permission to write to huggingface/not-mine", code=1)
 
 
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # a closed port: any request fails at once
+
+
+@pytest.mark.parametrize("family, flags, needle", [
+    ("transformer", ["--repo-id", "not a valid/repo id!"], "--repo-id 'not a valid/repo id!' must look like OWNER/NAME"),
+    ("lstm", ["--repo-id", "no-owner"], "--repo-id 'no-owner' must look like OWNER/NAME"),
+    ("lstm", ["--repo-id", "a/b/c"], "--repo-id 'a/b/c' must look like OWNER/NAME"),
+    ("lstm", ["--repo-id", "me/model", "--space-id", "me/chat space"], "--space-id 'me/chat space' must look like"),
+    ("transformer", ["--repo-id", "me/model", "--static-space", "me/page.."], "--static-space 'me/page..' must look"),
+    ("lstm", ["--repo-id", "me/model", "--formats", "gguf"], "the lstm cannot be exported as gguf"),
+    ("transformer", ["--repo-id", "me/model", "--formats", "onnx,pdf"], "unknown format 'pdf'"),
+    ("transformer", ["--repo-id", "me/model", "--formats", "web"], "pass --static-space OWNER/NAME"),
+    ("lstm", ["--repo-id", "me/model", "--token", ""], "no Hugging Face token"),
+])
+def test_a_dry_run_refuses_what_the_upload_would_refuse_with_its_message(family, flags, needle, trained, tmp_path,
+                                                                         monkeypatch):
+    for name, value in NO_HUB.items():
+        monkeypatch.setenv(name, value)
+    if "--token" in flags:  # and no saved login either
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+        monkeypatch.setenv("HF_TOKEN", "")
+    out = tmp_path / "hub"
+    dry = run_upload(str(trained[family]), *flags, "--dry-run", "--output-dir", str(out))
+    real = run_upload(str(trained[family]), *flags)
+    _assert_clean_failure(dry, needle, code=2)
+    _assert_clean_failure(real, needle, code=2)  # refused before the network, as the dry run was
+    assert dry.stderr == real.stderr and not out.exists()  # the same line; no folder half-built
+
+
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     result = run_upload(str(tmp_path), "--repo-id", "me/model", "--dry-run")
     _assert_clean_failure(result, "holds no model (no config.json)", code=2)

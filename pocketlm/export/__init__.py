@@ -4,44 +4,51 @@ runtimes, each proven there by the tests (the same greedy tokens as the model it
 - `transformers`: the GPT as a stock GPT-2 folder (`gpt2.py`), loaded without remote code;
 - `onnx`: both families as ONNX graphs, float32 and int8 (`onnx.py`), beside their config and tokenizer;
 - `gguf`: the GPT as one GGUF file for llama.cpp (`gguf.py`);
-- `web`: a static page that chats with the model in the reader's browser (`web.py`).
+- `web`: a static page that chats with the model in the reader's browser (`web.py`), both families.
 
 An export is built in a hidden folder beside its destination and moved into place when whole, so a failed one
 leaves nothing behind, and an existing destination is replaced only when asked to.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
 
-from tokenization import save_tokenizer
+from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family
+from ..run_folder import TOKENIZER_CONFIG_FILE
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
-FORMATS = {"transformer": ("transformers", "onnx", "gguf"), "lstm": ("onnx",)}
-ALL_FORMATS = ("transformers", "onnx", "gguf")
+FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
+ALL_FORMATS = ("transformers", "onnx", "gguf", "web")
+WEB_DIR = "web"  # where the page goes when other formats share the output folder
 
 
-def formats_for(family: str, asked: list[str]) -> list[str]:
-    """The formats to write for `asked` ("all" is every format of the family); one a family lacks is refused."""
-    known = [*ALL_FORMATS, "all"]
+def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FORMATS) -> list[str]:
+    """The formats to write for `asked` ("all" is every format of the family among `offered`); one a family lacks,
+    or one not offered here, is refused in one line naming the ones that are."""
+    kinds = [name for name in FORMATS[family] if name in offered]
+    choices = ", ".join(kinds) + " or all"
     for name in asked:
-        if name not in known:
-            raise UsageError(f"unknown --format {name!r}: choose {', '.join(known)}.")
+        if name not in (*offered, "all"):
+            raise UsageError(f"unknown format {name!r}: choose {choices}.")
     if "all" in asked:
-        return list(FORMATS[family])
+        return kinds
     for name in asked:
-        if name not in FORMATS[family]:
+        if name not in kinds:
             raise UsageError(f"the {family} cannot be exported as {name} (transformers and llama.cpp have no LSTM "
-                             f"language model): choose {', '.join(FORMATS[family])} or all.")
+                             f"language model): choose {choices}.")
     return list(dict.fromkeys(asked))
 
 
-def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False) -> list[Path]:
+def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False,
+           web_precision: str = "int8") -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
-    returns the files written."""
+    returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
+    float32."""
     family = model_family(model_path)
     formats = formats_for(family, formats)
     target = Path(output_dir)
@@ -54,7 +61,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     try:
         with full_disk_says(building.parent):
             building.mkdir(parents=True)
-            write_formats(model, tokenizer, family, formats, building, name)
+            write_formats(model, tokenizer, family, formats, building, name, web_precision)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -64,9 +71,11 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     return sorted(path for path in target.rglob("*") if path.is_file())
 
 
-def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str) -> None:
+def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
+                  web_precision: str = "int8") -> None:
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
-    at its top (they are the same files), the graphs in onnx/, the GGUF as `<name>-f32.gguf`."""
+    at its top (they are the same files), the graphs in onnx/, the GGUF as `<name>-f32.gguf`, the web page at the
+    top when it is alone, else in web/."""
     for format_name in formats:
         if format_name == "transformers":
             from .gpt2 import write_gpt2
@@ -81,6 +90,11 @@ def write_formats(model, tokenizer, family: str, formats: list[str], folder: Pat
             from .gguf import write_gguf
 
             write_gguf(model, tokenizer, folder / gguf_name(name), name)
+        elif format_name == "web":
+            from .web import write_web
+
+            write_web(model, tokenizer, family, folder if formats == ["web"] else folder / WEB_DIR, name,
+                      web_precision)
 
 
 def gguf_name(name: str) -> str:
@@ -98,3 +112,13 @@ def _write_beside_graph(model, tokenizer, family: str, folder: Path) -> None:
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
         save_tokenizer(tokenizer, folder)
+        template_in_config(folder)
+
+
+def template_in_config(folder: Path) -> None:
+    """The chat template inside tokenizer_config.json as well, without transformers' {% generation %} marker, for
+    runtimes that read it only there (transformers.js); Python's transformers prefers chat_template.jinja."""
+    config_file = folder / TOKENIZER_CONFIG_FILE
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["chat_template"] = PLAIN_CHAT_TEMPLATE
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

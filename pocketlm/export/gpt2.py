@@ -70,4 +70,7 @@ def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True) -> lis
         stock.config.save_pretrained(folder)
         stock.generation_config.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
+    from . import template_in_config
+
+    template_in_config(folder)
     return sorted(path for path in folder.rglob("*") if path.is_file() and path not in before)

@@ -10,7 +10,8 @@ looks for.
 
 The graphs are written with `torch.onnx` (optimum's exporter pins an older transformers). Each step below calls the
 model's own layers as modules; only the cache's plumbing is spelled out, because the model's forward takes a
-transformers Cache object and chooses fast paths by looking at the data, which a graph cannot.
+transformers Cache object and chooses fast paths by looking at the data, which a graph cannot. Every graph is checked
+to have kept its batch, sequence and cache lengths free before it is written.
 """
 
 import contextlib
@@ -101,14 +102,23 @@ def export_gpt(model, path: Path) -> Path:
 
 
 def export_lstm(model, path: Path) -> Path:
-    """Write the LSTM's graph to `path` (float32)."""
+    """Write the LSTM's graph to `path` (float32).
+
+    Through torch.onnx's TorchScript exporter: the newer one (torch.export) fixed nn.LSTM's sequence length at the
+    example's size whenever it had to fall back to a non-strict trace, which it did on every export after a
+    process's first; tracing keeps it free, and nn.LSTM becomes ONNX's own LSTM operator either way.
+    """
     config = model.config
     batch, length = 2, 3
     example = (torch.zeros(batch, length, dtype=torch.long), torch.zeros(config.num_layers, batch, config.hidden_size),
                torch.zeros(config.num_layers, batch, config.hidden_size))
-    dims = {name: torch.export.Dim(name) for name in ("batch_size", "sequence_length")}
-    shapes = ({0: dims["batch_size"], 1: dims["sequence_length"]}, {1: dims["batch_size"]}, {1: dims["batch_size"]})
-    return _export(LSTMStep(model), example, shapes, LSTM_INPUT_NAMES, LSTM_OUTPUT_NAMES, path)
+    free = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "h": {1: "batch_size"}, "c": {1: "batch_size"},
+            "logits": {0: "batch_size", 1: "sequence_length"}, "h_out": {1: "batch_size"}, "c_out": {1: "batch_size"}}
+    with torch.no_grad(), _quiet_exporter():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(LSTMStep(model).eval().float(), example, str(path), input_names=LSTM_INPUT_NAMES,
+                          output_names=LSTM_OUTPUT_NAMES, dynamic_axes=free, opset_version=OPSET, dynamo=False)
+    return _check_free(path, [free[name] for name in LSTM_INPUT_NAMES])
 
 
 def _export(step: nn.Module, example: tuple, shapes: tuple, inputs: list[str], outputs: list[str], path: Path
@@ -124,6 +134,20 @@ def _export(step: nn.Module, example: tuple, shapes: tuple, inputs: list[str], o
     graph = onnx.load(str(path))
     _forget_example_shapes(graph)
     onnx.save(graph, str(path))
+    return _check_free(path, [spec for entry in shapes for spec in (entry if isinstance(entry, tuple) else (entry,))])
+
+
+def _check_free(path: Path, free: list[dict]) -> Path:
+    """Refuse a graph whose inputs came out with a dimension fixed that must stay free (`free`, per input, the
+    axes that must): it would decode nothing but the example's sizes."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    fixed = [value.name for value, axes in zip(graph.graph.input, free)
+             if any(not value.type.tensor_type.shape.dim[axis].dim_param for axis in axes)]
+    if fixed:
+        path.unlink()
+        raise RuntimeError(f"the ONNX export fixed dimensions that must stay free, in {', '.join(fixed)}")
     return path
 
 

@@ -1,0 +1,386 @@
+"""export.py --format web: the static chat page, in a real browser (Debian's Chromium through Playwright), served
+from 127.0.0.1 with every other request aborted, for both families; and the static Space built from it.
+
+.ci/run installs Chromium and sets POCKETLM_REQUIRE_BROWSER=1, so there these tests run or fail.
+"""
+
+import http.server
+import json
+import os
+import shutil
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_SHAPES, broken_characters, run_entry, train_accented_model, train_tiny_models
+
+from pocketlm.chat import ChatInterface
+from pocketlm.cli import export_main, upload_main
+from pocketlm.generation import stop_token_ids
+from pocketlm.loading import load_pretrained
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+    pytest.importorskip("playwright", reason="the test extra: pip install -e '.[test]'")
+    if not shutil.which("npm"):
+        pytest.skip("the page's JavaScript comes from npm: install Node.js with npm", allow_module_level=True)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# A GPT whose window holds a reply of 2,000 tokens, so that one can be stopped halfway.
+SHAPES = {**TINY_SHAPES, "transformer": {**TINY_SHAPES["transformer"], "block_size": 4096}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    return train_tiny_models(tmp_path_factory, "page", SHAPES, max_steps=30, eval_every=30)
+
+
+@pytest.fixture(scope="module")
+def sites(trained, tmp_path_factory) -> Path:
+    """One folder served at once: each family's page with its int8 graph (the default), and with its float32 one."""
+    root = tmp_path_factory.mktemp("sites")
+    for family, model in trained.items():
+        for precision in ("int8", "float32"):
+            out = root / f"{family}-{precision}"
+            result = run_entry(export_main, str(model), "--format", "web", "--output-dir", str(out),
+                               "--web-precision", precision)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def at_least(model_dir: Path, tokens: int) -> dict:
+    """Make the model in `model_dir` write at least `tokens` tokens a reply (a tiny model may otherwise sample its end
+    token first, and a test of streaming needs a reply to stream); returns the generation config to put back."""
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**config, "min_new_tokens": tokens}))
+    return config
+
+
+class Server:
+    """A plain static file server on 127.0.0.1, as `python -m http.server` is."""
+
+    def __init__(self, root: Path):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(sites):
+    served = Server(sites)
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class ChatPage:
+    """The page as a user sees it, in a context where only `allowed` may be reached."""
+
+    def __init__(self, context, url: str, allowed: str, wait: bool = True, routes: dict | None = None):
+        self.outside = []
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(allowed)
+                      else (self.outside.append(route.request.url), route.abort()))
+        for pattern, handler in (routes or {}).items():  # registered later, so asked first
+            context.route(pattern, handler)
+        self.page = context.new_page()
+        self.errors = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # `shown`: every text the newest reply bubble is given, however briefly; `seen`: what it holds whenever the
+        # browser gets a turn to paint or take a click (a timer's turn), which is what a reader sees.
+        self.page.add_init_script("""
+            window.shown = []; window.seen = [];
+            const newest = () => { const b = document.querySelectorAll('.turn.assistant'); return b[b.length - 1]; };
+            document.addEventListener("DOMContentLoaded", () => new MutationObserver(() => {
+              if (newest()) window.shown.push(newest().textContent);
+            }).observe(document.body, {subtree: true, childList: true, characterData: true}));
+            setInterval(() => { if (newest()) window.seen.push(newest().textContent); }, 1);
+        """)
+        self.page.goto(url)
+        if wait:
+            self.page.wait_for_function("!document.getElementById('send').disabled", timeout=60_000)
+
+    def status(self) -> str:
+        return self.page.inner_text("#status")
+
+    def send(self, text: str) -> None:
+        before = self.figures()
+        self.page.fill("#message", text)
+        self.page.keyboard.press("Enter")
+        try:
+            self.page.wait_for_function(f"document.getElementById('figures').textContent != {json.dumps(before)} "
+                                        "&& !document.getElementById('send').disabled", timeout=60_000)
+        except Exception:
+            pytest.fail(f"no reply; status {self.status()!r}, replies {self.replies()}, errors {self.errors}")
+
+    def figures(self) -> str:
+        return self.page.inner_text("#figures")
+
+    def replies(self) -> list[str]:
+        return [e.inner_text() for e in self.page.query_selector_all(".turn.assistant")]
+
+    def last_tokens(self) -> list[int]:
+        tokens = self.page.query_selector_all(".turn.assistant")[-1].get_attribute("data-tokens")
+        return [int(t) for t in tokens.split(",") if t]
+
+    def set(self, name: str, value) -> None:
+        if not self.page.is_visible(f"#{name}"):
+            self.page.click("summary")
+        if name == "do_sample":
+            self.page.set_checked("#do_sample", bool(value))
+        else:
+            self.page.fill(f"#{name}", str(value))
+            self.page.keyboard.press("Tab")
+
+
+def prompt_tokens(figures: str) -> int:
+    return int(figures.split("prompt ")[1].split(" ")[0])
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_page_chats_in_the_browser_with_nothing_else_running(family, sites, server, browser, trained):
+    model_dir = sites / f"{family}-int8" / "model"
+    config = at_least(model_dir, 20)
+    context = browser.new_context()
+    try:
+        # A fixed seed, so the sampled reply (and whether it is long enough to be seen growing) is the same each run.
+        chat = ChatPage(context, f"{server.url}{family}-int8/?seed=1", server.url)
+        name = trained[family].name
+        assert chat.page.title() == f"Chat with {name}" and str(trained[family]) not in chat.page.content()
+        assert "running in this page" in chat.status()
+        chat.set("max_new_tokens", 40)
+        chat.send("Hello!")
+        reply, figures = chat.replies()[-1], chat.figures()
+        assert reply.strip() and "tokens/s" in figures and "first token after" in figures
+        grown = {text for text in chat.page.evaluate("window.seen") if text}
+        assert len(grown) >= 3, grown  # streamed: the reader saw it grow, token by token, while it was written
+        assert chat.outside == [] and chat.errors == []  # nothing but its own server
+    finally:
+        (model_dir / "generation_config.json").write_text(json.dumps(config))
+        context.close()
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_seed_in_the_address_repeats_a_sampled_reply_and_another_seed_changes_it(family, sites, server, browser):
+    def reply(seed: int) -> list[int]:
+        context = browser.new_context()
+        chat = ChatPage(context, f"{server.url}{family}-int8/?seed={seed}", server.url)
+        chat.set("max_new_tokens", 24)
+        chat.send("Tell me something.")
+        tokens = chat.last_tokens()
+        context.close()
+        return tokens
+
+    first, again = reply(7), reply(7)
+    assert first and first == again
+    assert any(reply(seed) != first for seed in (8, 9, 10))  # sampled: a different draw, a different reply
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_with_sampling_off_the_page_decodes_the_pytorch_model_s_greedy_tokens(family, sites, server, browser,
+                                                                               trained):
+    # Both sides kept from their end tokens for 30 tokens (a tiny model's greedy reply may otherwise end at once).
+    model_dir = sites / f"{family}-float32" / "model"
+    config = at_least(model_dir, 30)
+    context = browser.new_context()
+    try:
+        chat = ChatPage(context, f"{server.url}{family}-float32/", server.url)
+        for name, value in (("do_sample", False), ("repetition_penalty", 1.0), ("max_new_tokens", 30)):
+            chat.set(name, value)
+        chat.send("How are you?")
+    finally:
+        (model_dir / "generation_config.json").write_text(json.dumps(config))
+    model, tokenizer = load_pretrained(str(trained[family]))
+    prompt = ChatInterface(model, tokenizer, use_context=family == "transformer").prompt_ids("How are you?", 30)
+    assert prompt_tokens(chat.figures()) == len(prompt)  # the terminal chat's prompt, to the token
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=30, min_new_tokens=30, do_sample=False,
+                             repetition_penalty=1.0, eos_token_id=stop_token_ids(tokenizer))[0, len(prompt):].tolist()
+    expected = [token for token in out if token not in stop_token_ids(tokenizer)]
+    assert len(expected) == 30 and chat.last_tokens() == expected, (chat.replies(), chat.errors)
+    context.close()
+
+
+def test_stop_reset_settings_context_and_a_second_tab_behave_as_in_the_chat(sites, server, browser):
+    model_dir = sites / "transformer-int8" / "model"
+    config = at_least(model_dir, 5000)  # never ends early
+    context = browser.new_context()
+    chat = ChatPage(context, f"{server.url}transformer-int8/", server.url)
+    try:
+        chat.set("max_new_tokens", 12)
+        chat.send("Hello there")
+        first = chat.figures()
+        assert first.startswith("12 tokens")
+        chat.send("And then?")  # the first exchange comes along: the context is kept
+        assert prompt_tokens(chat.figures()) > prompt_tokens(first) + 12
+
+        # A value out of range is refused where it is typed, with /params' message; the last good value stays.
+        chat.set("temperature", 0)
+        assert chat.page.inner_text("#setting-error") == "temperature=0.0 is out of range."
+        assert chat.page.input_value("#temperature") == "0.7"
+        chat.set("top_k", "many")
+        assert chat.page.inner_text("#setting-error") == "top_k='many' is not a valid top_k value."
+
+        # Stop during a long reply: it ends between two tokens, far short of its length.
+        chat.set("max_new_tokens", 2000)
+        chat.page.fill("#message", "Tell me everything")
+        chat.page.keyboard.press("Enter")
+        # The reader's click, from inside the page as soon as 20 characters show (a tiny model writes fast).
+        chat.page.evaluate("""() => new Promise((done) => { const poll = setInterval(() => {
+            const reply = document.querySelectorAll('.turn.assistant')[2];
+            if (reply && reply.textContent.length > 20) { document.getElementById('stop').click();
+                                                          clearInterval(poll); done(); } }, 2); })""")
+        chat.page.wait_for_function("!document.getElementById('send').disabled", timeout=60_000)
+        stopped = chat.replies()[2]
+        assert chat.page.query_selector_all(".turn.assistant")[2].get_attribute("class").endswith("stopped")
+        assert int(chat.figures().split(" tokens")[0]) < 2000
+
+        # A second tab has its own conversation, and the first keeps its own.
+        other = ChatPage(context, f"{server.url}transformer-int8/", server.url)
+        assert other.replies() == [] and len(chat.replies()) == 3 and chat.replies()[2] == stopped
+
+        # Reset forgets the conversation: the next prompt holds only the new message.
+        chat.page.click("#reset")
+        assert chat.replies() == []
+        chat.set("max_new_tokens", 12)
+        chat.send("Hello there")
+        assert prompt_tokens(chat.figures()) == prompt_tokens(first)
+    finally:
+        (model_dir / "generation_config.json").write_text(json.dumps(config))
+        context.close()
+
+
+@pytest.mark.parametrize("damage", ["graph missing", "graph truncated", "no WebAssembly"])
+def test_a_page_that_cannot_load_its_model_says_so(damage, sites, browser, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sites / "lstm-int8", broken)
+    graph = broken / "model" / "onnx" / "model_quantized.onnx"
+    if damage == "graph missing":
+        graph.unlink()
+    elif damage == "graph truncated":
+        graph.write_bytes(graph.read_bytes()[:1000])
+    served = Server(tmp_path)
+    context = browser.new_context()
+    if damage == "no WebAssembly":
+        context.add_init_script("delete window.WebAssembly")
+    try:
+        chat = ChatPage(context, f"{served.url}broken/", served.url, wait=False)
+        chat.page.wait_for_selector("#status.error", timeout=60_000)
+        message = chat.status()
+        if damage == "no WebAssembly":
+            assert "cannot run WebAssembly" in message
+        else:
+            assert "could not be loaded" in message and "export.py" in message
+        assert chat.page.is_disabled("#send")
+    finally:
+        context.close()
+        served.close()
+
+
+def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(browser, tmp_path_factory):
+    model = train_accented_model(tmp_path_factory)
+    site = tmp_path_factory.mktemp("accents-site")
+    assert run_entry(export_main, str(model), "--format", "web", "--output-dir", str(site / "page"),
+                     "--web-precision", "float32").returncode == 0
+    served = Server(site)
+    context = browser.new_context()
+    try:
+        chat = ChatPage(context, f"{served.url}page/", served.url)
+        chat.set("max_new_tokens", 60)
+        chat.set("do_sample", False)
+        chat.send("Café")
+        final, shown = chat.replies()[-1], chat.page.evaluate("window.shown")
+        assert any(ord(character) > 127 for character in final), final  # multi-byte characters were written
+        assert len(shown) > 20 and broken_characters(shown, final) == []
+    finally:
+        context.close()
+        served.close()
+
+
+# ---------------------------------------------------------------------------------------------- static Space
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_static_space_chats_with_the_model_repository_routed_to_a_local_folder(family, trained, browser,
+                                                                                    tmp_path):
+    repo, space = f"someone/tiny-{family}", f"someone/tiny-{family}-page"
+    result = run_entry(upload_main, str(trained[family]), "--repo-id", repo, "--static-space", space, "--dry-run",
+                       "--output-dir", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "repo-static-space"
+    metadata = (folder / "README.md").read_text().split("---")[1]
+    assert "sdk: static" in metadata and "app_file: index.html" in metadata and f"- {repo}" in metadata
+    assert not (folder / "model").exists()  # the page loads the model from the repository
+    at_least(tmp_path / "repo" / ("gpt2" if family == "transformer" else ""), 10)
+    served = Server(folder)
+    context = browser.new_context()
+    hub = f"https://huggingface.co/{repo}/resolve/main/"
+
+    def from_the_repository(route):  # the Hub's URLs, answered from the dry run's repository folder
+        path = tmp_path / "repo" / route.request.url[len(hub):].split("?")[0]
+        if path.is_file():
+            route.fulfill(path=str(path))
+        else:
+            route.fulfill(status=404, body="not found")
+
+    try:
+        chat = ChatPage(context, served.url, served.url, routes={f"{hub}**": from_the_repository})
+        assert chat.page.title() == f"Chat with {repo}"
+        chat.set("max_new_tokens", 20)
+        chat.send("Hello!")
+        assert chat.replies()[-1].strip() and chat.errors == []
+        assert chat.outside == []  # only the page's server and the (routed) model repository
+    finally:
+        context.close()
+        served.close()
+
+
+# --------------------------------------------------------------------------------------------- README picture
+
+# As in test_web.py: the README's picture of the page shows the trained model named here, or is skipped.
+SCREENSHOT_MODEL = os.environ.get("POCKETLM_SCREENSHOT_MODEL")
+
+
+@pytest.mark.skipif(not SCREENSHOT_MODEL, reason="POCKETLM_SCREENSHOT_MODEL=models/transformer-small refreshes "
+                                                 "the README's picture of the exported page")
+def test_the_readme_picture_of_the_page_shows_a_trained_model_by_name(browser, tmp_path):
+    model = Path(SCREENSHOT_MODEL).resolve()
+    assert run_entry(export_main, str(model), "--format", "web", "--output-dir", str(tmp_path / "site")).returncode == 0
+    served = Server(tmp_path / "site")
+    context = browser.new_context(viewport={"width": 1000, "height": 720})
+    try:
+        chat = ChatPage(context, served.url, served.url)
+        assert chat.page.title() == f"Chat with {model.name}" and str(model) not in chat.page.content()
+        for message in ("Hello!", "What is your favorite book?"):
+            chat.send(message)
+        replies = chat.replies()
+        assert all(reply.strip() and "\ufffd" not in reply for reply in replies), replies
+        assert chat.outside == [] and chat.errors == []
+        chat.page.screenshot(path=str(Path(__file__).parent / "screenshots" / "web-page.png"))
+    finally:
+        context.close()
+        served.close()
