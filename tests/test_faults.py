@@ -8,6 +8,7 @@ checkpoints pocketlm did not write.
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -216,6 +217,88 @@ def test_a_binary_file_among_text_files_is_reported_and_the_rest_is_trained_on(t
     records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
     assert list(records["files_not_read"]) == [str(folder / "image.txt")]
     assert "image.txt" in result.stderr + result.stdout
+
+
+# ------------------------------------------------------------------------- any layout of enough text trains
+
+PROSE = make_text(0, 5200)  # about 1 MB of paragraphs
+ONE_LINE = PROSE.replace("\n", " ")[:1_000_000]
+
+
+def _messages(count: int) -> list[dict]:
+    sentences = [s.strip() + "." for s in PROSE.split(".") if s.strip()]
+    return [{"role": ("user", "assistant")[i % 2], "content": sentences[i]} for i in range(count)]
+
+
+# (file name, its content, the text pocketlm reads from it, and whether the run streams)
+LAYOUTS = {
+    "one line of 1 MB": ("book.txt", ONE_LINE, ONE_LINE),
+    "minified, no spaces": ("app.min.js.txt", "".join(f"v{i}=f({i},'{i % 13}');" for i in range(20_000)), None),
+    "a line per utterance": ("transcript.txt", "".join(f"{('ANA', 'BO')[i % 2]}: {line}\n" for i, line in
+                                                       enumerate(PROSE.replace("\n\n", "\n").splitlines()[:2500])),
+                             None),
+    "one huge JSONL record": ("dump.jsonl", json.dumps({"text": ONE_LINE[:400_000]}) + "\n", ONE_LINE[:400_000]),
+    "one conversation of 3,000 turns": ("chat.jsonl", json.dumps({"messages": _messages(3000)}) + "\n", None),
+    "one long record and two short": ("uneven.jsonl", _jsonl({"text": ONE_LINE[:60_000]}, {"text": "A short one."},
+                                                             {"text": "Another."}),
+                                      ONE_LINE[:60_000] + "A short one." + "Another."),
+    "600 characters on one line": ("note.txt", ONE_LINE[:600], ONE_LINE[:600]),
+}
+
+
+def _layout_run(tmp_path: Path, layout: str, *extra: str):
+    name, content, _ = LAYOUTS[layout]
+    return _train_on(tmp_path, name, content, "--eval-every=1", *extra)
+
+
+# Streamed too: a layout held out by the hash, one by the tail, and the line-per-utterance transcript.
+STREAMED = ("one line of 1 MB", "one long record and two short", "a line per utterance")
+
+
+@pytest.mark.parametrize("layout, streaming", [(layout, False) for layout in LAYOUTS]
+                         + [(layout, True) for layout in STREAMED])
+def test_any_layout_of_enough_text_trains_with_a_held_out_part_that_never_overlaps(layout, streaming, tmp_path):
+    result = _layout_run(tmp_path, layout, *(["--streaming"] if streaming else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    assert summary["data"]["validation_characters"] > 0 and math.isfinite(summary["best_val_bpc"])
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+    from pocketlm import data
+
+    corpus = data.load_corpus([str(tmp_path / LAYOUTS[layout][0])], seed=1337, streaming=streaming)
+    train = [row["text"] for row in corpus.train] if streaming else corpus.train["text"]
+    validation = corpus.validation["text"]
+    held = sum(map(len, validation)) / (sum(map(len, validation)) + sum(map(len, train)))
+    read = LAYOUTS[layout][2]
+    if read is not None:  # nothing lost and nothing on both sides: the two parts add up to the text, exactly
+        assert sum(map(len, validation)) + sum(map(len, train)) == len(read)
+    whole = "\0".join(train)  # and no held-out passage is in training (short ones may recur by chance in prose)
+    assert not set(validation) & set(train) and not any(len(piece) >= 200 and piece in whole for piece in validation)
+    if layout != "600 characters on one line" and not streaming:
+        assert 0.05 <= held <= 0.2, (corpus.validation_rule, held)  # about a tenth, as the hash or the tail holds out
+    assert summary["data"]["validation_rule"] == corpus.validation_rule
+
+
+def test_a_dataset_with_one_huge_row_trains(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"text": ONE_LINE[:300_000]}) + "\n")
+    result = run_entry(train_main, "--model-type=lstm", f"--dataset={folder}", f"--output-dir={tmp_path / 'out'}",
+                       "--block-size=32", "--batch-size=4", "--max-steps=1", "--samples=0",
+                       "--model-config=hidden_size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    assert summary["data"]["validation_documents"] >= 1 and summary["data"]["train_documents"] >= 10
+
+
+@pytest.mark.parametrize("content, needles", [
+    ("Too short.", ["not enough text for one block of 32 tokens", "1 kept"]),
+    ("x" * 12 + "\n\n" + "x" * 12, ["not enough text for one block of 32 tokens"]),
+])
+def test_text_too_short_for_one_block_is_still_refused_in_one_line(content, needles, tmp_path):
+    assert_one_line_error(_train_on(tmp_path, "short.txt", content), *needles)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 # --------------------------------------------------------------------------------------------- bad flags

@@ -11,6 +11,7 @@ import codecs
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import datasets
 import yaml
 
-from tokenization import ROLE_TOKENS, render_chat
+from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
 
@@ -26,10 +27,12 @@ logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
+# A dataset's size is not known before it is read: its long records are cut as a large corpus's are.
+DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 4
+DOCUMENT_SCHEMA = 5
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -40,7 +43,8 @@ DOCUMENT_FEATURES = datasets.Features({
 class ReadReport:
     """Every record read, accounted for: kept, an exact duplicate, or skipped with the reason and where.
 
-    A record is a JSONL line, a row of a `--dataset`, or a piece of a plain text file (see `split_into_documents`).
+    A record is a JSONL line, a row of a `--dataset`, or a piece of a plain text file (see `split_into_documents`);
+    a line or row longer than a piece is counted as its pieces (see `_pieces`).
     """
 
     records: int = 0
@@ -141,25 +145,51 @@ def _signature(path: str) -> str:
 # ------------------------------------------------------------------------------------------ reading documents
 
 
-def split_into_documents(lines: Iterable[str], total_chars: int) -> Iterator[str]:
-    """Cut one long text, given line by line, into documents at blank lines, about a fiftieth of the text each
-    (200 to 4,000 characters). A book or a chat log arrives as one file; splitting it lets validation hold out
-    whole passages, and reading it by lines means a file never has to fit in memory.
-    """
-    target = max(200, min(4000, total_chars // 50))
+def piece_target(total_chars: int) -> int:
+    """The length a long text is cut to: about a fiftieth of the whole (50 to 4,000 characters), so that even one
+    long line or one huge record becomes enough pieces to hold some out for validation."""
+    return max(50, min(4000, total_chars // 50))
+
+
+def cut_text(lines: Iterable[str], target: int) -> Iterator[str]:
+    """Cut one text, given line by line (lines of any length, or pieces of a line), into pieces of about `target`
+    characters: at a blank line once a piece is long enough, and once it has grown to four times that, at the end
+    of a line, or, in text without line breaks (a log on one line, minified code), at the last space."""
     current, size = [], 0
     for line in lines:
         current.append(line)
         size += len(line)
-        # Prefer a blank line as the cut; cut anywhere once a document has grown far past the target.
         if (size >= target and not line.strip()) or size >= 4 * target:
-            document = "".join(current)
-            if document.strip():
-                yield document
-            current, size = [], 0
-    document = "".join(current)
-    if document.strip():
-        yield document
+            text, carried = _at_a_space("".join(current)) if size >= 4 * target else ("".join(current), "")
+            if text.strip():
+                yield text
+            current, size = ([carried], len(carried)) if carried else ([], 0)
+    text = "".join(current)
+    if text.strip():
+        yield text
+
+
+def _at_a_space(text: str) -> tuple[str, str]:
+    """`text` cut after its last line break or, failing that, its last space in the second half; the rest is
+    carried into the next piece. Text with neither (a base64 blob) is cut where it stands."""
+    for separator in ("\n", " "):
+        at = text.rfind(separator, len(text) // 2)
+        if at >= 0:
+            return text[: at + 1], text[at + 1 :]
+    return text, ""
+
+
+def split_into_documents(lines: Iterable[str], total_chars: int) -> Iterator[str]:
+    """Cut a text file of `total_chars`, given line by line, into documents (`cut_text`). A book or a chat log
+    arrives as one file; cutting it lets validation hold out whole passages, and reading it in bounded pieces means
+    neither the file nor any one line of it has to fit in memory.
+    """
+    return cut_text(lines, piece_target(total_chars))
+
+
+def _bounded_lines(handle, limit: int) -> Iterator[str]:
+    """The lines of an open text file, a line longer than `limit` characters given in pieces of at most that."""
+    return iter(lambda: handle.readline(limit), "")
 
 
 def _row(text: str = "", origin: str = "", problem: str = "", is_chat: bool = False, ends: bool = True) -> dict:
@@ -168,7 +198,8 @@ def _row(text: str = "", origin: str = "", problem: str = "", is_chat: bool = Fa
 
 def _text_file_documents(path: Path, encoding: str):
     with open(path, encoding=encoding) as handle:
-        pieces = split_into_documents(handle, os.path.getsize(path))
+        total = os.path.getsize(path)
+        pieces = split_into_documents(_bounded_lines(handle, piece_target(total)), total)
         previous = next(pieces, None)
         if previous is None:
             yield _row(origin=str(path), problem="empty, or only whitespace")
@@ -207,7 +238,42 @@ def document_from_record(record, origin: str) -> dict:
     return _row(render_chat(messages), origin, is_chat=True)
 
 
+def _pieces(row: dict, target: int) -> Iterator[dict]:
+    """A usable record longer than four times `target` as several rows, cut as a text file is (a conversation
+    only between turns, so each piece keeps whole replies); only the last piece ends the record's text."""
+    if row["problem"] or len(row["text"]) < 4 * target:
+        yield row
+        return
+    lines = re.split(f"(?<={re.escape(END_OF_TURN)})", row["text"]) if row["is_chat"] else \
+        row["text"].splitlines(keepends=True)
+    pieces = [piece for line in lines for piece in ([line] if row["is_chat"] else _bounded(line, target))]
+    texts = cut_text(pieces, target) if not row["is_chat"] else _whole_turns(pieces, target)
+    previous = next(texts)
+    for text in texts:
+        yield {**row, "text": previous, "ends": False}
+        previous = text
+    yield {**row, "text": previous}
+
+
+def _bounded(line: str, limit: int) -> list[str]:
+    return [line[start : start + limit] for start in range(0, len(line), limit)] or [line]
+
+
+def _whole_turns(turns: list[str], target: int) -> Iterator[str]:
+    """Turns of a rendered conversation gathered into pieces of at least four times `target` characters."""
+    current, size = [], 0
+    for turn in turns:
+        current.append(turn)
+        size += len(turn)
+        if size >= 4 * target:
+            yield "".join(current)
+            current, size = [], 0
+    if current:
+        yield "".join(current)
+
+
 def _jsonl_documents(path: Path, encoding: str):
+    target = piece_target(os.path.getsize(path))
     with open(path, encoding=encoding) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -218,7 +284,7 @@ def _jsonl_documents(path: Path, encoding: str):
             except json.JSONDecodeError:
                 yield _row(origin=origin, problem="not valid JSON")
                 continue
-            yield document_from_record(record, origin)
+            yield from _pieces(document_from_record(record, origin), target)
 
 
 def _file_documents(files: list[str], encodings: list[str], signature: list[str] | None = None,
@@ -262,7 +328,8 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
 
     def to_documents(rows, indices):
         records = [dict(zip(rows, values)) for values in zip(*rows.values())]
-        documents = [document_from_record(record, f"{name} row {index + 1}") for record, index in zip(records, indices)]
+        documents = [piece for record, index in zip(records, indices)
+                     for piece in _pieces(document_from_record(record, f"{name} row {index + 1}"), DATASET_TARGET)]
         return {key: [document[key] for document in documents] for key in DOCUMENT_FEATURES}
 
     return split.map(to_documents, batched=True, with_indices=True, remove_columns=columns, features=DOCUMENT_FEATURES)

@@ -3,6 +3,11 @@
 One rule decides both (`HoldOut`): the first copy of each distinct text is kept, and about a tenth of the
 distinct documents are held out for validation, chosen by a seeded hash of their text. The Arrow path, a stream
 and `--validation-data` all call it, so a document lands on the same side wherever it is read.
+
+Reading has already cut long texts into pieces of at most a few thousand characters, so a one-line file or a huge
+record arrives as many documents. Where the documents are still too few (under 20) or so uneven that the hashed
+tenth holds under half or over twice its share of the characters, the text is split as nanoGPT splits it: the
+last tenth of the characters, in reading order, is validation (`tail_split`). Either way nothing is on both sides.
 """
 
 import hashlib
@@ -38,6 +43,7 @@ class Corpus:
     is_chat: bool  # documents are conversations rendered through the chat template
     report: ReadReport = None  # every record read: kept, a duplicate, or skipped and why
     name: str = ""  # the data's public name: file and folder names, never a path (the model card shows it)
+    validation_rule: str = ""  # how validation was chosen: HASHED, TAIL or GIVEN
 
     @property
     def streaming(self) -> bool:
@@ -98,59 +104,119 @@ class HoldOut:
         return self.place(*self.keys(text), blank=not text.strip())
 
 
-def split(documents: datasets.Dataset, rule: HoldOut, report: ReadReport | None = None
-          ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The training and validation documents `rule` makes of an Arrow dataset, duplicates counted into `report`.
+def split(documents: datasets.Dataset, rule: HoldOut, report: ReadReport | None = None) -> dict[str, list[tuple]]:
+    """The rows `rule` places on each side of an Arrow dataset, as (key, row, length) in reading order, duplicates
+    counted into `report`.
 
-    The keys are computed in one batched pass (cached by datasets), so only two integers per document are ever
+    The keys are computed in one batched pass (cached by datasets), so only three integers per document are ever
     held in memory, not the text.
     """
+    placed = {"train": [], "validation": []}
     if len(documents) == 0:
-        return [], []
+        return placed
     keys = documents.map(
         lambda batch: {"identity": [_hash(t) for t in batch["text"]],
                        "key": [_hash(t, rule.seed) for t in batch["text"]],
-                       "blank": [not t.strip() for t in batch["text"]]},
+                       "blank": [not t.strip() for t in batch["text"]],
+                       "length": [len(t) for t in batch["text"]]},
         batched=True, remove_columns=documents.column_names, desc="finding duplicates",
     )
-    rows = {"train": [], "validation": []}
-    for row, (identity, key, blank) in enumerate(zip(keys["identity"], keys["key"], keys["blank"])):
+    for row, (identity, key, blank, length) in enumerate(zip(keys["identity"], keys["key"], keys["blank"],
+                                                             keys["length"])):
         side = rule.place(identity, key, blank)
         if side is not None:
-            rows[side].append((key, row))
+            placed[side].append((key, row, length))
     if report is not None:
         report.duplicates += rule.duplicates
-    return rows["train"], rows["validation"]
+    return placed
+
+
+MIN_DOCUMENTS = 20  # fewer distinct documents than this, and a hashed tenth is too coarse: split the text instead
+
+
+def whole_documents_hold_out(documents: int, validation_chars: int, total_chars: int,
+                             fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether holding out the hashed documents is a fair validation set: enough of them, and their share of the
+    characters within a factor of two of `fraction`. Otherwise the text's last `fraction` is held out."""
+    share = validation_chars / max(1, total_chars)
+    return documents >= MIN_DOCUMENTS and fraction / 2 <= share <= fraction * 2
+
+
+HASHED, TAIL, GIVEN = "hashed documents", "the text's last tenth", "--validation-data"  # how validation was chosen
 
 
 def deduplicate_and_split(
     documents: datasets.Dataset, seed: int = 0, validation_fraction: float = VALIDATION_FRACTION,
     report: ReadReport | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Drop exact duplicate documents, then hold out about `validation_fraction` of them (`HoldOut`)."""
-    train_rows, validation_rows = split(documents, HoldOut(seed, validation_fraction), report)
-    if len(train_rows) + len(validation_rows) < 2:
-        found = f" ({report.describe()})" if report is not None else ""
-        raise UsageError(
-            f"not enough text to hold out validation: the data holds one distinct document{found}; "
-            "add more text (a few KB at least)."
-        )
-    # Small corpora can draw no validation document, or only validation documents: move the extreme one over.
-    if not validation_rows:
-        validation_rows.append(train_rows.pop(min(range(len(train_rows)), key=lambda i: train_rows[i][0])))
-    if not train_rows:
-        train_rows.append(validation_rows.pop(max(range(len(validation_rows)), key=lambda i: validation_rows[i][0])))
-    return (
-        documents.select(sorted(row for _, row in train_rows)),
-        documents.select(sorted(row for _, row in validation_rows)),
-    )
+    """Drop exact duplicate documents, then hold out about `validation_fraction` of them (`HoldOut`), or, when they
+    are too few or too uneven for that, the last `validation_fraction` of the text (`tail_split`)."""
+    train, validation, _ = _hold_out(documents, seed, validation_fraction, report)
+    return train, validation
+
+
+def _hold_out(documents: datasets.Dataset, seed: int, fraction: float, report: ReadReport | None
+              ) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    placed = split(documents, HoldOut(seed, fraction), report)
+    train_rows, validation_rows = placed["train"], placed["validation"]
+    distinct = sorted(train_rows + validation_rows, key=lambda placed_row: placed_row[1])
+    total = sum(length for _, _, length in distinct)
+    if whole_documents_hold_out(len(distinct), sum(length for _, _, length in validation_rows), total, fraction):
+        logger.info("validation: %d of %d documents, chosen by a seeded hash of their text", len(validation_rows),
+                    len(distinct))
+        return (documents.select([row for _, row, _ in train_rows]),
+                documents.select([row for _, row, _ in validation_rows]), HASHED)
+    return *tail_split(documents, [(row, length) for _, row, length in distinct], fraction), TAIL
+
+
+def tail_split(documents: datasets.Dataset, rows: list[tuple[int, int]], fraction: float = VALIDATION_FRACTION
+               ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Training and validation from the distinct `rows` (row, length) in reading order: validation is the last
+    `fraction` of their characters, the document it starts in cut at a line break or space near the mark."""
+    total = sum(length for _, length in rows)
+    wanted = max(1, round(total * fraction))
+    held = 0
+    for at in range(len(rows) - 1, -1, -1):
+        row, length = rows[at]
+        if held + length >= wanted:
+            break
+        held += length
+    boundary = documents[row]
+    head, tail = _cut_near(boundary["text"], length - (wanted - held))
+    if not head.strip() and at == 0 or not tail.strip() and at == len(rows) - 1:
+        raise UsageError(f"not enough text to hold out validation: {total} characters; add more text (a few KB at "
+                         "least).")
+    train = _with_row(documents.select([r for r, _ in rows[:at]]), {**boundary, "text": head, "ends": False}
+                      if "ends" in boundary else {**boundary, "text": head}, last=True)
+    validation = _with_row(documents.select([r for r, _ in rows[at + 1 :]]), {**boundary, "text": tail}, last=False)
+    logger.info("validation: the last %.0f%% of the text (%d of %d characters), as the documents are too few or "
+                "too uneven to hold whole ones out", 100 * fraction, held + len(tail), total)
+    return train, validation
+
+
+def _with_row(documents: datasets.Dataset, row: dict, last: bool) -> datasets.Dataset:
+    """`documents` with `row` added at the end (`last`) or the start, unless its text is blank."""
+    if not row["text"].strip():
+        return documents
+    added = datasets.Dataset.from_list([row], features=documents.features)
+    return datasets.concatenate_datasets([documents, added] if last else [added, documents])
+
+
+def _cut_near(text: str, mark: int) -> tuple[str, str]:
+    """`text` cut at the line break or space nearest before `mark` (within a tenth of it), else at `mark`."""
+    mark = min(max(mark, 1), len(text) - 1) if len(text) > 1 else len(text)
+    for separator in ("\n", " "):
+        at = text.rfind(separator, max(0, mark - max(1, mark // 10)), mark)
+        if at >= 0:
+            return text[: at + 1], text[at + 1 :]
+    return text[:mark], text[mark:]
 
 
 def deduplicate(documents: datasets.Dataset, drop: Iterable[int] = (), report: ReadReport | None = None
                 ) -> datasets.Dataset:
     """Keep the first copy of each distinct text, and none whose identity is in `drop` (counted as duplicates)."""
-    train_rows, _ = split(documents, HoldOut(fraction=0.0, drop=drop), report)
-    return documents.select([row for _, row in train_rows])
+    placed = split(documents, HoldOut(fraction=0.0, drop=drop), report)
+    return documents.select([row for _, row, _ in placed["train"]])
 
 
 def identities(documents: datasets.Dataset) -> set[int]:
@@ -187,12 +253,13 @@ def load_corpus(
         validation = deduplicate(keep_readable_records(held_out, report), drop=identities(train), report=report)
         if len(validation) == 0:
             raise UsageError("--validation-data holds no text that is not also in the training data.")
+        rule = GIVEN
     else:
-        train, validation = deduplicate_and_split(documents, seed, report=report)
+        train, validation, rule = _hold_out(documents, seed, VALIDATION_FRACTION, report)
     total_chars = sum(len(t) for t in train["text"]) + sum(len(t) for t in validation["text"])
     _warn_if_small(total_chars)
     return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]),
-                  report=report, name=public_name(data, dataset))
+                  report=report, name=public_name(data, dataset), validation_rule=rule)
 
 
 def _warn_if_small(total_chars: int) -> None:
@@ -215,18 +282,49 @@ def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
         held_out, _ = load_documents(validation_data, report=report)
         validation = deduplicate(keep_readable_records(held_out, report), report=report)
         train = stream_split(documents, seed, "all", drop=identities(validation))
+        rule = GIVEN
     else:
-        rows = _first_characters(_split_stream(documents, seed, "validation", report=report),
-                                 STREAMING_VALIDATION_CHARS, length=lambda row: len(row["text"]))
-        validation = datasets.Dataset.from_list(list(rows), features=DOCUMENT_FEATURES)
-        if len(validation) == 0:
-            raise UsageError(
-                f"{source}: too few documents to hold one out for validation (about 1 in 10 is); add text "
-                "or pass --validation-data."
-            )
-        train = stream_split(documents, seed, "train")
+        held, tail = _stream_validation(documents, seed, report, source)
+        validation = datasets.Dataset.from_list(held, features=DOCUMENT_FEATURES)
+        train = stream_split(documents, seed, "all", drop=tail) if tail else stream_split(documents, seed, "train")
+        rule = TAIL if tail else HASHED
     return Corpus(train=train, validation=validation, source=source, is_chat=any(row["is_chat"] for row in opening),
-                  report=report, name=public_name(data, dataset))
+                  report=report, name=public_name(data, dataset), validation_rule=rule)
+
+
+def _stream_validation(documents: datasets.IterableDataset, seed: int, report: ReadReport, source: str
+                       ) -> tuple[list[dict], frozenset[int]]:
+    """The validation documents of a stream, and the identities training must then drop (none when they were
+    chosen by the hash, which training applies itself).
+
+    The stream is read until the hashed validation documents hold `STREAMING_VALIDATION_CHARS`, or to its end. A
+    stream read to its end is judged as the Arrow path judges a corpus (`whole_documents_hold_out`); where that
+    fails, validation is the stream's last documents, whole, holding at least a tenth of its characters.
+    """
+    held, distinct, held_chars = [], [], 0
+    for side, row in _placed_stream(documents, seed, report=report):
+        distinct.append((_hash(row["text"]), len(row["text"])))
+        if side == "validation":
+            held.append(row)
+            held_chars += len(row["text"])
+            if held_chars >= STREAMING_VALIDATION_CHARS:
+                return held, frozenset()
+    total = sum(length for _, length in distinct)
+    if whole_documents_hold_out(len(distinct), held_chars, total):
+        return held, frozenset()
+    tail, tail_chars = set(), 0
+    for identity, length in reversed(distinct):
+        if tail_chars >= total * VALIDATION_FRACTION:
+            break
+        tail.add(identity)
+        tail_chars += length
+    if len(tail) == len(distinct):
+        raise UsageError(f"{source}: too little text to stream ({total:,} characters in {len(distinct)} "
+                         "document(s)); drop --streaming for data this small, or pass --validation-data.")
+    logger.info("validation: the stream's last %d documents (%d of %d characters), as its documents are too few "
+                "or too uneven to hold out hashed ones", len(tail), tail_chars, total)
+    rows = [row for _, row in _placed_stream(documents, seed) if _hash(row["text"]) in tail]
+    return rows, frozenset(tail)
 
 
 def stream_split(
@@ -248,9 +346,18 @@ def stream_split(
 _warned_origins: set[str] = set()  # a stream is read on every pass: warn about each unusable record once
 
 
-def _split_stream(documents: Iterable[dict], seed: int, part: str, drop: frozenset = frozenset(),
-                  report: ReadReport | None = None):
-    rule = HoldOut(seed, fraction=0.0 if part == "all" else VALIDATION_FRACTION, drop=drop)
+def _split_stream(documents: Iterable[dict], seed: int, part: str, drop: frozenset = frozenset()):
+    fraction = 0.0 if part == "all" else VALIDATION_FRACTION
+    for side, row in _placed_stream(documents, seed, fraction, drop):
+        if part == "all" or side == part:
+            yield row
+
+
+def _placed_stream(documents: Iterable[dict], seed: int, fraction: float = VALIDATION_FRACTION,
+                   drop: frozenset = frozenset(), report: ReadReport | None = None) -> Iterator[tuple[str, dict]]:
+    """(side, row) for each distinct usable document of a stream, in reading order, by the `HoldOut` rule;
+    every record counted into `report`."""
+    rule = HoldOut(seed, fraction=fraction, drop=drop)
     for row in documents:
         if report is not None:
             report.records += 1
@@ -266,6 +373,4 @@ def _split_stream(documents: Iterable[dict], seed: int, part: str, drop: frozens
             if report is not None:
                 report.duplicates += 1
             continue
-        if part == "all" or side == part:
-            yield row
-
+        yield side, row
