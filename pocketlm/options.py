@@ -80,6 +80,8 @@ class TrainingOptions:
     seed: int = option(1337, "seed for initialisation, data order and split", type=int)
     resume: bool = option(False, "continue from the newest checkpoint in the output folder", action="store_true")
     overwrite: bool = option(False, "replace whatever the output folder holds", action="store_true")
+    accept_changes: bool = option(False, "with --resume, continue although the data or the options that decide the "
+                                         "batches changed since the checkpoint", action="store_true")
     tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
     vocab_size: int | None = option(None, f"BPE vocabulary size ({RECIPE})", type=int)
     init_from: str | None = option(None, "fine-tune this pocketlm model instead of starting fresh",
@@ -100,7 +102,7 @@ class TrainingOptions:
         parts = ["python train.py"]
         for spec in dataclasses.fields(self):
             value, flag = getattr(self, spec.name), "--" + spec.name.replace("_", "-")
-            if spec.name in ("resume", "overwrite") or value in (None, False, {}) or value == spec.default:
+            if spec.name in ("resume", "overwrite", "accept_changes") or value in (None, False, {}) or value == spec.default:
                 continue
             if value is True:
                 parts.append(flag)
@@ -151,6 +153,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     for first, second, why in CONTRADICTIONS:
         if getattr(options, first) and getattr(options, second):
             raise UsageError(f"contradictory options: {why}.")
+    if options.accept_changes and not options.resume:
+        raise UsageError("--accept-changes accepts changes to a run being resumed: add --resume, or drop it.")
     options.model_type = _family(options)
     if options.model_size not in PRESETS:
         raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")

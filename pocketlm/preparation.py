@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import torch
@@ -28,7 +29,7 @@ from configs import load_recipe
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
 from tokenization import train_bpe_tokenizer, train_char_tokenizer
 
-from . import data
+from . import continuity, data
 from .checkpoints import CheckpointManager
 from .errors import UsageError
 from .generation import default_generation_config
@@ -70,6 +71,7 @@ class Run:
     checkpoints: CheckpointManager
     metrics: MetricsLog
     state: dict  # step, tokens, best results: what a checkpoint restores
+    decided_by: dict  # the data, tokenizer and options that decide the run, recorded with each checkpoint
     process_group: object = field(default=None, repr=False)  # held until the wrapped model is let go: release()
 
     def release(self) -> None:
@@ -96,8 +98,17 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         if options.overwrite and accelerator.is_main_process:
             folder.clear_for_a_new_run()
         stages = Stages(show=accelerator.is_main_process)
+        checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
+        decided_by = continuity.fingerprint(options, accelerator.num_processes)
+        # What a resume continues is checked before any reading: a changed option or file is named at once.
+        resumed_from = checkpoints.newest_trusted() if options.resume else None
+        if resumed_from:
+            _compare(resumed_from, decided_by, options, accelerator)
         corpus = read_corpus(options, accelerator, stages)
         tokenizer = load_or_train_tokenizer(options, folder, corpus, accelerator, stages)
+        decided_by = continuity.with_tokenizer(decided_by, tokenizer)
+        if resumed_from:
+            _compare(resumed_from, decided_by, options, accelerator, quiet=True)
         model = build_model(options, tokenizer)
         block_size = min(options.block_size, model.config.block_size) if _window(model) else options.block_size
         masked = bool(options.assistant_only_loss and corpus.is_chat)
@@ -109,14 +120,15 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
             model.compile()
-        checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
         # For the full-disk message before the first checkpoint exists: weights and AdamW's two moments.
         checkpoints.expected_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
         model, optimizer = accelerator.prepare(model, optimizer)
         # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
         accelerator.register_for_checkpointing(schedule)
         metrics = MetricsLog(folder.metrics_file, accelerator)
-        state = resume(checkpoints, metrics, accelerator) if options.resume else fresh_state()
+        state = resume(checkpoints, resumed_from, metrics, accelerator) if resumed_from else fresh_state()
+        if resumed_from:
+            continuity.apply_accepted(optimizer, schedule, resumed_from[1].get("decided_by"), options)
         if options.report_to == "tensorboard":
             accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(options).items()})
     except BaseException:
@@ -126,7 +138,7 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
     return Run(options=options, folder=folder, accelerator=accelerator, stages=stages, corpus=corpus,
                tokenizer=tokenizer, batches=batches, validation=validation, plan=plan, model=model,
                optimizer=optimizer, schedule=schedule, checkpoints=checkpoints, metrics=metrics, state=state,
-               process_group=group)
+               decided_by=decided_by, process_group=group)
 
 
 def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerator:
@@ -346,9 +358,20 @@ def fresh_state() -> dict:
     return {"step": 0, "best_val_loss": math.inf, "best_val_bpc": math.inf, "tokens": 0}
 
 
-def resume(checkpoints: CheckpointManager, metrics: MetricsLog, accelerator: Accelerator) -> dict:
-    """Every process's state restored from the newest trusted checkpoint; the step counters it recorded."""
-    checkpoint, record = checkpoints.newest_trusted()
+def _compare(resumed_from: tuple[Path, dict], decided_by: dict, options: TrainingOptions, accelerator: Accelerator,
+             quiet: bool = False) -> None:
+    """Stop a resume whose run changed in a way that matters (`continuity`), or print what changed that does not."""
+    checkpoint, record = resumed_from
+    notes = continuity.compare(record.get("decided_by"), decided_by, record.get("step", 0), options.accept_changes)
+    if not quiet:
+        for note in notes:
+            accelerator.print(f"note: {note}")
+
+
+def resume(checkpoints: CheckpointManager, resumed_from: tuple[Path, dict], metrics: MetricsLog,
+           accelerator: Accelerator) -> dict:
+    """Every process's state restored from the checkpoint `newest_trusted` found; the step counters it recorded."""
+    checkpoint, record = resumed_from
     state = checkpoints.load(checkpoint, record)
     metrics.truncate_after(state["step"])
     accelerator.print(f"resumed from step {state['step']} ({checkpoint})")

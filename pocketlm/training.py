@@ -175,7 +175,7 @@ def describe_evaluation(record: dict) -> str:
 
 
 def save_checkpoint(run: Run) -> None:
-    run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options)})
+    run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options), "decided_by": run.decided_by})
 
 
 def finish(run: Run, interrupted: bool, speed: float) -> TrainResult:

@@ -478,6 +478,115 @@ def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(corpus, tmp_pat
     assert "resumed from step 2" in result.stdout + result.stderr
 
 
+# -------------------------------------------------------------------------- a resume notices what changed
+
+
+@pytest.fixture
+def interrupted(tmp_path) -> tuple[Path, Path]:
+    """A run of 2 steps on a data folder, checkpointed: what a --resume to step 4 continues."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(make_text(0))
+    (folder / "b.txt").write_text(make_text(1))
+    out = tmp_path / "out"
+    first = _train(folder, out, "--save-every=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    return folder, out
+
+
+def _resume(folder: Path, out: Path, *extra: str):
+    return _train(folder, out, "--resume", "--max-steps=4", *extra)
+
+
+def _append(folder: Path) -> None:
+    with open(folder / "a.txt", "a") as handle:
+        handle.write("One more paragraph, appended after the checkpoint.\n")
+
+
+@pytest.mark.parametrize("change, flags, needles", [
+    ("appended to", [], ["a.txt changed (", "bytes then,", "--accept-changes"]),
+    ("a file added", [], ["c.txt was added"]),
+    ("a file removed", [], ["b.txt is gone"]),
+    ("batch size", ["--batch-size=8"], ["--batch-size is 8 here, 4 in the run"]),
+    ("seed", ["--seed=7"], ["--seed is 7 here, 1337 in the run"]),
+    ("block size", ["--block-size=16"], ["--block-size is 16 here, 32 in the run"]),
+    ("learning rate", ["--lr=0.01"], ["--lr is 0.01 here"]),
+    ("precision", ["--mixed-precision=bf16"], ["--mixed-precision is bf16 here, no in the run"]),
+])
+def test_a_resume_refuses_a_change_that_decides_the_batches_until_it_is_accepted(change, flags, needles,
+                                                                                 interrupted):
+    folder, out = interrupted
+    if change == "appended to":
+        _append(folder)
+    elif change == "a file added":
+        (folder / "c.txt").write_text(make_text(2))
+    elif change == "a file removed":
+        (folder / "b.txt").unlink()
+    before = snapshot(out)
+    refused = _resume(folder, out, *flags)
+    assert_one_line_error(refused, "--resume: since the checkpoint at step 2", *needles)
+    assert {k: v for k, v in snapshot(out).items() if k != ".lock"} == \
+        {k: v for k, v in before.items() if k != ".lock"}  # nothing written
+    accepted = _resume(folder, out, *flags, "--accept-changes")
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    output = accepted.stdout + accepted.stderr
+    assert "continuing with changes (--accept-changes)" in output and needles[0] in output
+    assert (out / "checkpoints" / "step-4").exists()
+
+
+@pytest.mark.parametrize("change, flags, needle", [
+    ("model shape", ["--model-config=n_layer=2"], "--model-config is n_layer=2 here, n_layer=1 in the run"),
+    ("model family", ["--model-type=lstm"], "holds a pocketlm_gpt model, not a lstm"),  # the folder says it first
+    ("tokenizer edited", [], "the tokenizer's vocabulary is not the one the run trained with"),
+])
+def test_a_resume_into_another_model_is_refused_even_with_accept_changes(change, flags, needle, interrupted):
+    folder, out = interrupted
+    if change == "tokenizer edited":
+        tokenizer = next(out.rglob("tokenizer.json"))
+        vocabulary = json.loads(tokenizer.read_text())
+        vocabulary["model"]["vocab"]["pocketlm-extra-token"] = len(vocabulary["model"]["vocab"])
+        tokenizer.write_text(json.dumps(vocabulary))
+    if change == "model family":
+        flags = [*flags, "--model-config=hidden_size=32"]
+        result = run_entry(train_main, f"--data={folder}", f"--output-dir={out}", "--block-size=32", "--batch-size=4",
+                           "--samples=0", "--resume", "--max-steps=4", "--accept-changes", *flags)
+    else:
+        result = _resume(folder, out, *flags, "--accept-changes")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert needle in result.stderr, result.stderr[-3000:]
+    assert not (out / "checkpoints" / "step-4").exists()
+
+
+def test_a_resume_continues_with_a_note_where_the_change_cannot_matter(interrupted):
+    folder, out = interrupted
+    os.utime(folder / "a.txt", ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
+    result = _resume(folder, out, "--eval-every=1", "--samples=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "a.txt was touched but holds the same bytes" in output
+    assert "--max-steps is 4 here, 2 in the run: the schedule now runs to the new end" in output
+    assert "continuing with changes" not in output and (out / "checkpoints" / "step-4").exists()
+
+
+def test_an_accepted_learning_rate_is_the_one_the_resumed_steps_use(interrupted, tmp_path):
+    folder, out = interrupted
+    result = _resume(folder, out, "--lr=0.01", "--accept-changes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = _train(folder, tmp_path / "fresh", "--lr=0.01", "--max-steps=4")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+
+    def lr_at_step_4(run: Path) -> float:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return next(r["lr"] for r in records if r.get("step") == 4 and "lr" in r)
+
+    # The schedule of a run started with --lr 0.01, not the checkpoint's saved one.
+    assert lr_at_step_4(out) == pytest.approx(lr_at_step_4(tmp_path / "fresh"), rel=1e-9)
+
+
+def test_accept_changes_without_resume_is_refused(corpus, tmp_path):
+    assert_one_line_error(_train(corpus, tmp_path / "out", "--accept-changes"), "--accept-changes", "add --resume")
+
+
 @pytest.mark.parametrize("tampering", ["no manifest", "a pickle replaced", "a manifest from elsewhere"])
 def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tmp_path):
     out = tmp_path / "run"

@@ -1,0 +1,156 @@
+"""What decides a run, recorded with every checkpoint and compared when the run is resumed.
+
+`--resume` claims to continue a run; it can only if what decided that run is unchanged. Each kind of change has
+one answer, decided by what it would do to the run:
+
+- the model's shape or its tokenizer: the checkpoint's weights cannot be continued as another model: refused;
+- the data (each file's size, time and digest), what cuts and orders the batches (seed, batch and block size,
+  gradient accumulation, processes, streaming, assistant-only loss), the arithmetic (mixed precision) and the
+  optimizer's settings: the run would no longer be the one it continues: refused, unless `--accept-changes`,
+  which continues with the change applied and says so;
+- the run's length (`--max-steps`, `--epochs`): resuming to extend or shorten a run is what it is for: continued,
+  with a note; its bookkeeping (evaluation and checkpoint intervals, samples, compile, logging): continued.
+
+A file touched but not changed (same bytes, new time) continues with a note.
+"""
+
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+from .data.reading import find_data_files
+from .errors import UsageError
+
+SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
+DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
+            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip")
+LENGTH = ("max_steps", "epochs")
+
+
+def fingerprint(options, num_processes: int) -> dict:
+    """What decides a run of resolved `options` in `num_processes` processes, but its tokenizer (`with_tokenizer`)."""
+    return {"options": {name: getattr(options, name) for name in (*SHAPE, *DECIDING, *LENGTH)},
+            "num_processes": num_processes,
+            "data": _data_fingerprint(options.data, options.dataset),
+            "validation_data": _files(options.validation_data) if options.validation_data else None}
+
+
+def with_tokenizer(record: dict, tokenizer) -> dict:
+    """`record` with the digest of `tokenizer`'s vocabulary, which the model's embedding rows are indexed by."""
+    vocabulary = "\n".join(f"{token}\t{index}" for token, index in sorted(tokenizer.get_vocab().items()))
+    return {**record, "tokenizer": hashlib.blake2b(vocabulary.encode(), digest_size=16).hexdigest()}
+
+
+def _data_fingerprint(data: list[str] | None, dataset: str | None) -> dict:
+    if dataset:
+        local = Path(dataset).expanduser()
+        # A Hub dataset is known by its name only (offline, its files are datasets' cache).
+        return {"dataset": dataset, **({"files": _files([str(local)], every_file=True)} if local.exists() else {})}
+    if data:
+        return {"files": _files(data)}
+    return {"built-in": f"chatterbot-corpus {importlib.metadata.version('chatterbot-corpus')}"}
+
+
+def _files(paths: list[str], every_file: bool = False) -> dict[str, dict]:
+    found = sorted(p for p in Path(paths[0]).rglob("*") if p.is_file()) if every_file else find_data_files(paths)
+    return {str(path.resolve()): _file(path) for path in found}
+
+
+def _file(path: Path) -> dict:
+    stat = path.stat()
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": digest}
+
+
+# ------------------------------------------------------------------------------------------------ comparing
+
+
+def compare(recorded: dict | None, current: dict, step: int, accept_changes: bool) -> list[str]:
+    """The notes a resume prints, having compared the checkpoint's `recorded` fingerprint with the `current` one;
+    a change that stops the resume raises a UsageError naming every such change and the way on."""
+    if recorded is None:
+        return ["the checkpoint predates pocketlm's record of what decides a run: nothing was compared"]
+    old, new = recorded["options"], current["options"]
+    shape = [_flag_change(name, old.get(name), new[name]) for name in SHAPE if old.get(name) != new[name]]
+    if recorded.get("tokenizer") and current.get("tokenizer") and recorded["tokenizer"] != current["tokenizer"]:
+        shape.append("the tokenizer's vocabulary is not the one the run trained with")
+    if shape:
+        raise UsageError(f"--resume: {'; '.join(shape)}, and the checkpoint's weights belong to the run's own model: "
+                         "continue it with the run's options, or start a new run with --overwrite or another "
+                         "--output-dir.")
+    deciding = [_flag_change(name, old.get(name), new[name]) for name in DECIDING if old.get(name) != new[name]]
+    if recorded.get("num_processes") != current["num_processes"]:
+        deciding.append(f"{current['num_processes']} process(es) here, {recorded.get('num_processes')} in the run")
+    touched = []
+    for part in ("data", "validation_data"):
+        changed, same_bytes = _data_changes(recorded.get(part), current[part], part)
+        deciding += changed
+        touched += same_bytes
+    notes = [f"{name} was touched but holds the same bytes" for name in touched]
+    notes += [_flag_change(name, old.get(name), new[name]) + ": the schedule now runs to the new end"
+              for name in LENGTH if old.get(name) != new[name]]
+    if deciding and not accept_changes:
+        raise UsageError(f"--resume: since the checkpoint at step {step}, {'; '.join(deciding)}, so this would not "
+                         "continue the run it claims to: undo the change, or pass --accept-changes to continue "
+                         "with it.")
+    if deciding:
+        notes.insert(0, f"continuing with changes (--accept-changes): {'; '.join(deciding)}")
+    return notes
+
+
+def _flag_change(name: str, before, after) -> str:
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} is {_shown(after)} here, {_shown(before)} in the run"
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
+    return "not set" if value is None else str(value)
+
+
+def _data_changes(before: dict | None, after: dict | None, part: str) -> tuple[list[str], list[str]]:
+    """What changed between two data fingerprints, in words, and the files touched with their bytes unchanged."""
+    flag = "--validation-data" if part == "validation_data" else "the data"
+    if before == after:
+        return [], []
+    if before is None or after is None or set(before) - {"files"} != set(after) - {"files"} or \
+            any(before[key] != after[key] for key in before if key != "files"):
+        return [f"{flag} is {_data_name(after)} here, {_data_name(before)} in the run"], []
+    old, new = before.get("files", {}), after.get("files", {})
+    changed, touched = [], []
+    for name in sorted(set(old) | set(new)):
+        short = Path(name).name
+        if name not in new:
+            changed.append(f"{short} is gone")
+        elif name not in old:
+            changed.append(f"{short} was added")
+        elif old[name]["digest"] != new[name]["digest"]:
+            changed.append(f"{short} changed ({old[name]['size']:,} bytes then, {new[name]['size']:,} now)")
+        elif old[name]["mtime_ns"] != new[name]["mtime_ns"]:
+            touched.append(short)
+    return changed, touched
+
+
+def _data_name(fingerprint: dict | None) -> str:
+    if not fingerprint:
+        return "not set"
+    if "dataset" in fingerprint:
+        return f"the dataset {fingerprint['dataset']}"
+    if "built-in" in fingerprint:
+        return f"the built-in {fingerprint['built-in']}"
+    return ", ".join(Path(name).name for name in fingerprint.get("files", {})) or "no files"
+
+
+def apply_accepted(optimizer, schedule, recorded: dict | None, options) -> None:
+    """Give the optimizer and the schedule restored from a checkpoint an accepted new --lr or --weight-decay: both
+    live in their saved state, which would otherwise quietly win over the command line."""
+    old = (recorded or {}).get("options", {})
+    if old.get("lr", options.lr) != options.lr:
+        schedule.base_lrs = [options.lr for _ in optimizer.param_groups]
+        factor = schedule.lr_lambdas[0](schedule.last_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * factor
+    if old.get("weight_decay", options.weight_decay) != options.weight_decay:
+        optimizer.param_groups[0]["weight_decay"] = options.weight_decay  # the matrices' group (make_optimizer)
