@@ -42,3 +42,14 @@ step generate_static 120 python3 bench/generate_throughput.py --models small med
 # Quality: char-level GPT at nanoGPT's shape, 5,000 steps (target: best validation at most 1.46 nats/char).
 step shakespeare 170 python3 bench/shakespeare.py --text "$text" --models char-gpt --steps 5000 --batch-size 64 \
     --mixed-precision bf16 --compile --eval-every 500
+# What only a GPU shows of the scale work (tests/test_scale.py proves the rest on CPU processes): fp16 with its
+# loss scaler against bf16 and float32, 200 steps of the small preset on the benchmark text, tokens/s in each log;
+# and FSDP2 through accelerate, which shards only on GPUs (one process per GPU, the model gathered to be saved).
+for precision in no bf16 fp16; do
+    step "precision_$precision" 60 python3 train.py --data "$text" --output-dir "$logs/run-$precision" --overwrite \
+        --max-steps 200 --eval-every 200 --samples 0 --mixed-precision "$precision"
+done
+gpus=$(python3 -c "import torch; print(max(1, torch.cuda.device_count()))")
+step fsdp 90 python3 -m accelerate.commands.launch --use_fsdp --fsdp_version 2 --num_processes "$gpus" \
+    --num_machines 1 --mixed_precision bf16 --dynamo_backend no --fsdp_state_dict_type FULL_STATE_DICT \
+    train.py --data "$text" --output-dir "$logs/run-fsdp" --overwrite --max-steps 200 --eval-every 100 --samples 0

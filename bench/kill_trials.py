@@ -15,6 +15,7 @@ being written.
 
     python bench/kill_trials.py                 # 24 trials
     python bench/kill_trials.py --trials 5 --steps 20
+    python bench/kill_trials.py --trials 300 --jobs 2 --keep-different /tmp/kept   # two trials at a time
 """
 
 import argparse
@@ -26,11 +27,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from pocketlm.checkpoints import TEMPORARY_PREFIX  # noqa: E402  (after the path is set)
+from pocketlm.run_folder import CHECKPOINTS_DIR, MODEL_FILE, SAVING_DIR  # noqa: E402
 
 WORDS = "the a king queen speaks softly to of my lord lady sword crown night day fair foul".split()
 
@@ -52,17 +58,21 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+_loading = threading.Lock()  # transformers' loading is not thread-safe: two at once can miss the tied head
+
+
 def loadable(folder: Path) -> bool:
     from pocketlm.errors import UsageError
     from pocketlm.loading import load_pretrained
 
-    try:
-        model, tokenizer = load_pretrained(str(folder))
-        model.generate(**tokenizer("the king", return_tensors="pt"), max_new_tokens=2, do_sample=False)
-        return True
-    except UsageError as error:
-        print(f"    not loadable: {error}")
-        return False
+    with _loading:
+        try:
+            model, tokenizer = load_pretrained(str(folder))
+            model.generate(**tokenizer("the king", return_tensors="pt"), max_new_tokens=2, do_sample=False)
+            return True
+        except UsageError as error:
+            print(f"    not loadable: {error}")
+            return False
 
 
 def wait_for_training(process: subprocess.Popen, out: Path) -> float:
@@ -72,17 +82,17 @@ def wait_for_training(process: subprocess.Popen, out: Path) -> float:
     imports torch, which tests nothing a user relies on.
     """
     started = time.perf_counter()
-    while process.poll() is None and not (out / "checkpoints").exists():
+    while process.poll() is None and not (out / CHECKPOINTS_DIR).exists():
         time.sleep(0.01)
     return time.perf_counter() - started
 
 
 def writing_checkpoint(out: Path) -> bool:
-    return any((out / "checkpoints").glob(".tmp-step-*"))
+    return any((out / CHECKPOINTS_DIR).glob(f"{TEMPORARY_PREFIX}*"))
 
 
 def writing_model(out: Path) -> bool:
-    return (out / ".saving").exists()
+    return (out / SAVING_DIR).exists()
 
 
 def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random,
@@ -104,17 +114,18 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
         "delay": delay, "finished_first": finished_first,
         # A save's temporary folder, left behind by the kill.
         "during_checkpoint": writing_checkpoint(out), "during_model_save": writing_model(out),
-        "had_weights": (out / "model.safetensors").exists(),
+        "had_weights": (out / MODEL_FILE).exists(),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None
-    has_checkpoint = any((out / "checkpoints").glob("step-*"))
+    has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
     again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
     resumed = subprocess.run(again, capture_output=True, text=True)
     record["resumed"] = resumed.returncode == 0
+    record["resume_said"] = [line for line in resumed.stdout.splitlines() if "resumed from" in line]
     if not record["resumed"]:
         print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
-    compared = ("model.safetensors", f"checkpoints/step-{steps}/model.safetensors",
-                f"checkpoints/step-{steps}/optimizer.bin")
+    compared = (MODEL_FILE, f"{CHECKPOINTS_DIR}/step-{steps}/{MODEL_FILE}",
+                f"{CHECKPOINTS_DIR}/step-{steps}/optimizer.bin")
     record["different"] = [name for name in compared
                            if not (out / name).exists() or digest(out / name) != digest(reference / name)]
     record["identical"] = record["resumed"] and not record["different"]
@@ -126,6 +137,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--jobs", type=int, default=1, help="trials run at the same time (each is two processes "
+                        "one after the other)")
     parser.add_argument("--keep-different", type=Path, metavar="DIR",
                         help="copy the folder of every trial that ends different from the uninterrupted run here")
     args = parser.parse_args()
@@ -144,21 +157,29 @@ def main() -> None:
         print(f"reference run: {args.steps} steps, a checkpoint and an evaluation every step; {startup:.1f} s to "
               f"the first checkpoint, then {duration:.1f} s over which the kills are spread")
         records = []
-        for number in range(args.trials):
-            record = trial(data, scratch / f"trial-{number}", args.steps, duration, reference, rng,
-                           in_a_save=number % 2 == 1)
-            records.append(record)
-            print(f"trial {number + 1:>2}: killed {record['delay']:5.2f} s into training"
-                  f"{' (after it had finished)' if record['finished_first'] else ''}"
-                  f"{', writing a checkpoint' if record['during_checkpoint'] else ''}"
-                  f"{', writing the model' if record['during_model_save'] else ''}; "
-                  f"weights {'loadable' if record['loadable'] else 'absent' if record['loadable'] is None else 'BROKEN'}, "
-                  f"{'resumed' if record['resumed'] else 'RESUME FAILED'}, "
-                  f"{'identical to the uninterrupted run' if record['identical'] else 'DIFFERENT'}")
-            if record["different"]:
-                print(f"    differs from the uninterrupted run: {', '.join(record['different'])}")
-                if args.keep_different:  # the folder, to find out why
-                    shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
+
+        def one(number: int) -> dict:
+            # Each trial draws from its own seeded generator: the same kills whatever order the jobs finish in.
+            return trial(data, scratch / f"trial-{number}", args.steps, duration, reference,
+                         random.Random(f"{args.seed}-{number}"), in_a_save=number % 2 == 1)
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for number, record in enumerate(pool.map(one, range(args.trials))):
+                records.append(record)
+                print(f"trial {number + 1:>2}: killed {record['delay']:5.2f} s into training"
+                      f"{' (after it had finished)' if record['finished_first'] else ''}"
+                      f"{', writing a checkpoint' if record['during_checkpoint'] else ''}"
+                      f"{', writing the model' if record['during_model_save'] else ''}; weights "
+                      f"{'loadable' if record['loadable'] else 'absent' if record['loadable'] is None else 'BROKEN'}, "
+                      f"{'resumed' if record['resumed'] else 'RESUME FAILED'}, "
+                      f"{'identical to the uninterrupted run' if record['identical'] else 'DIFFERENT'}", flush=True)
+                if record["different"]:
+                    print(f"    differs from the uninterrupted run: {', '.join(record['different'])}; "
+                          f"{' '.join(record['resume_said']) or 'started afresh'}", flush=True)
+                    if args.keep_different:  # the folder, and the run it differs from, to find out why
+                        shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
+                        if not (args.keep_different / "reference").exists():
+                            shutil.copytree(reference, args.keep_different / "reference")
     count = len(records)
     summary = {
         "trials": count,

@@ -19,6 +19,7 @@ from .signing import sign, verify
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written: `.tmp-step-N`, renamed `step-N` once whole
 STATE_KEYS = ("step", "best_val_loss", "best_val_bpc", "best_val_assistant_bpc", "tokens")
 
 
@@ -46,7 +47,7 @@ class CheckpointManager:
         """Save every process's training state and `state` (step counters, best results) as checkpoint `step`;
         `record` (the run's options and what decides it) goes beside them."""
         final = self.folder / f"step-{step}"
-        temporary = self.folder / f".tmp-step-{step}"
+        temporary = self.folder / f"{TEMPORARY_PREFIX}step-{step}"
         if self.accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
         self.accelerator.wait_for_everyone()

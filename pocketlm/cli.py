@@ -7,6 +7,7 @@ with Ctrl-C saves a checkpoint and exits 130.
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -98,7 +99,10 @@ def train_main(argv: list[str] | None = None) -> int:
                 f"\nsaved {result.output_dir} (best validation {result.best_val_bpc:.3f} bits/char, "
                 f"loss {result.best_val_loss:.4f}) after {result.steps} steps at {result.tokens_per_second:,.0f} tokens/s"
             )
-        return EXIT_INTERRUPTED if result.interrupted else 0
+        if not result.interrupted:
+            return 0
+        # As a shell reports a process a signal stopped: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
+        return 128 + signal.Signals[result.stopped_by].value if result.stopped_by else EXIT_INTERRUPTED
 
     return _run(job)
 

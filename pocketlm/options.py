@@ -80,6 +80,8 @@ class TrainingOptions:
     seed: int = option(1337, "seed for initialisation, data order and split", type=int)
     resume: bool = option(False, "continue from the newest checkpoint in the output folder", action="store_true")
     overwrite: bool = option(False, "replace whatever the output folder holds", action="store_true")
+    auto_resume: bool = option(False, "resume when the output folder has a checkpoint, else start a new run: one "
+                                      "command for a job a scheduler may stop and start again", action="store_true")
     accept_changes: bool = option(False, "with --resume, continue although the data or the options that decide the "
                                          "batches changed since the checkpoint", action="store_true")
     tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
@@ -102,7 +104,7 @@ class TrainingOptions:
         parts = ["python train.py"]
         for spec in dataclasses.fields(self):
             value, flag = getattr(self, spec.name), "--" + spec.name.replace("_", "-")
-            if spec.name in ("resume", "overwrite", "accept_changes") or value in (None, False, {}) or value == spec.default:
+            if spec.name in ("resume", "overwrite", "accept_changes", "auto_resume") or value in (None, False, {}) or value == spec.default:
                 continue
             if value is True:
                 parts.append(flag)
@@ -138,6 +140,8 @@ def from_arguments(arguments: argparse.Namespace) -> TrainingOptions:
 CONTRADICTIONS = [
     ("resume", "overwrite", "--resume continues the run in the folder, --overwrite throws it away: pass one"),
     ("resume", "init_from", "--resume continues a run, --init-from starts a new one from a model: pass one"),
+    ("auto_resume", "overwrite", "--auto-resume continues the run in the folder, --overwrite throws it away: pass one"),
+    ("auto_resume", "resume", "--auto-resume already resumes when there is a checkpoint: pass one"),
     ("data", "dataset", "--data and --dataset both name the training text: pass one"),
     ("tokenizer", "init_from", "--init-from brings its model's own tokenizer: drop --tokenizer"),
 ]
@@ -153,7 +157,7 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     for first, second, why in CONTRADICTIONS:
         if getattr(options, first) and getattr(options, second):
             raise UsageError(f"contradictory options: {why}.")
-    if options.accept_changes and not options.resume:
+    if options.accept_changes and not (options.resume or options.auto_resume):
         raise UsageError("--accept-changes accepts changes to a run being resumed: add --resume, or drop it.")
     options.model_type = _family(options)
     if options.model_size not in PRESETS:

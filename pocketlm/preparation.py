@@ -11,6 +11,7 @@ tokenizer and tokenizing once took about 100 seconds with nothing on screen.)
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -142,14 +143,30 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
 
 
 def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerator:
-    if options.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 on the CPU, or no.")
     # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision=options.mixed_precision,
-                       log_with="tensorboard" if options.report_to == "tensorboard" else None,
-                       project_dir=str(folder.path))
+    accelerator = Accelerator(mixed_precision=options.mixed_precision,
+                              log_with="tensorboard" if options.report_to == "tensorboard" else None,
+                              project_dir=str(folder.path))
+    if options.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        _fp16_on_cpu(accelerator)
+    asked_to_shard = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked_to_shard and accelerator.distributed_type != DistributedType.FSDP:
+        # accelerate 1.15 shards only on accelerators (AcceleratorState: FSDP for MULTI_GPU and its kin); on CPU
+        # processes it runs the config as DDP without a word. Said once, so no one counts on memory they lack.
+        accelerator.print(f"note: FSDP was asked for, but accelerate runs it as {accelerator.distributed_type.value} "
+                          "on CPU processes: every process holds the whole model (FSDP shards on GPUs)")
+    return accelerator
+
+
+def _fp16_on_cpu(accelerator: Accelerator) -> None:
+    """fp16 autocast with a loss scaler on CPU processes, as on a GPU. accelerate 1.15 turns both off on a CPU
+    (its fp16 there computes in float32, without a word), though torch has float16 autocast and GradScaler("cpu")
+    for it; set before `prepare`, accelerate wraps the forward in that autocast, scales the loss in `backward`,
+    unscales before clipping, skips the steps whose gradients overflowed and checkpoints the scaler."""
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 def any_process(accelerator: Accelerator, flag: bool) -> bool:

@@ -6,6 +6,7 @@ lives in `preparation.py`; what is here reads top to bottom: step, log, evaluate
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -39,6 +40,7 @@ class TrainResult:
     tokens_per_second: float
     interrupted: bool = False
     samples: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that stopped the run: SIGINT (Ctrl-C), SIGTERM or SIGUSR1
 
 
 def train(options: TrainingOptions) -> TrainResult:
@@ -52,6 +54,8 @@ def train(options: TrainingOptions) -> TrainResult:
         # Any write of the run (tokenizer, metrics, curve, summary) may meet a full disk; the saves say how much
         # they needed.
         with full_disk_says(folder.path):
+            if options.auto_resume and folder.has_checkpoints():  # a restarted job: continue, as --resume would
+                options = dataclasses.replace(options, resume=True, init_from=None)
             folder.check_reusable(options.model_type, MODEL_TYPES[options.model_type], options.resume,
                                   options.overwrite)
             run = prepare(options, folder)
@@ -90,17 +94,18 @@ def run_loop(run: Run) -> TrainResult:
                                    "lr": run.schedule.get_last_lr()[0], "tokens_per_second": speed,
                                    "tokens": state["tokens"]})
                 window_losses = []
-            if step % plan.eval_every == 0 and step < plan.total_steps:
+            # Checked before evaluating: a scheduler's SIGTERM leaves seconds, which go to the checkpoint.
+            interrupted = any_process(accelerator, stop.raised)
+            if step % plan.eval_every == 0 and step < plan.total_steps and not interrupted:
                 record = evaluate_and_keep_best(run, step)
                 if accelerator.is_main_process:
                     bar.write(describe_evaluation(record))
-            interrupted = any_process(accelerator, stop.raised)
             if step % plan.save_every == 0 or interrupted:
                 save_checkpoint(run)
             if interrupted:
                 break
     speed = (state["step"] - start_step) * plan.tokens_per_step / max(time.perf_counter() - started, 1e-9)
-    return finish(run, interrupted, speed)
+    return finish(run, interrupted, speed, stop.name if interrupted else None)
 
 
 def optimizer_step(run: Run, step: int) -> float:
@@ -178,7 +183,7 @@ def save_checkpoint(run: Run) -> None:
     run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options), "decided_by": run.decided_by})
 
 
-def finish(run: Run, interrupted: bool, speed: float) -> TrainResult:
+def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None) -> TrainResult:
     """Final checkpoint and evaluation, loss curve, samples and the run's summary."""
     state, folder, accelerator = run.state, run.folder, run.accelerator
     if not interrupted and not run.checkpoints.has(state["step"]):
@@ -199,11 +204,13 @@ def finish(run: Run, interrupted: bool, speed: float) -> TrainResult:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if interrupted:
-        accelerator.print(f"interrupted at step {state['step']}: checkpoint saved; "
-                          f"resume with: {run.options.command_line()} --resume")
+        again = ("run the same command to continue" if run.options.auto_resume else
+                 f"resume with: {run.options.command_line()} --resume")
+        what = "interrupted" if stopped_by in (None, "SIGINT") else f"stopped by {stopped_by}"
+        accelerator.print(f"{what} at step {state['step']}: checkpoint saved; {again}")
     return TrainResult(output_dir=folder.path, steps=state["step"], best_val_loss=state["best_val_loss"],
                        best_val_bpc=state["best_val_bpc"], tokens_per_second=speed, interrupted=interrupted,
-                       samples=samples)
+                       samples=samples, stopped_by=stopped_by)
 
 
 def summary(run: Run, speed: float) -> dict:
@@ -227,22 +234,32 @@ def summary(run: Run, speed: float) -> dict:
     }
 
 
+# What stops a run between steps, with a checkpoint: Ctrl-C, and what schedulers send before they kill a job
+# (SLURM: SIGTERM at preemption or the time limit, SIGUSR1 ahead of it with --signal; Kubernetes: SIGTERM).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
 class _StopFlag:
-    """Set by Ctrl-C; the loop checks it between steps so a checkpoint is never half-written."""
+    """Set by a stop signal; the loop checks it between steps so a checkpoint is never half-written."""
 
     def __init__(self):
-        self.raised = False
+        self.raised, self.name = False, None
+        self._previous = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        for number in STOP_SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if self.raised:  # a second Ctrl-C means "now"
+        if self.raised and signum == signal.SIGINT:  # a second Ctrl-C means "now"
             raise KeyboardInterrupt
         self.raised = True
+        self.name = self.name or signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+
 
 __all__ = ["TrainingOptions", "TrainResult", "train"]
