@@ -157,3 +157,22 @@ def broken_characters(shown: list[str], final: str) -> list[str]:
     finished = final + " " * max(map(len, shown), default=0)
     return [text for text in shown if any(c == "\ufffd" != finished[i] for i, c in enumerate(text))]
 
+
+
+# ------------------------------------------------------------------------------------------------- Chromium
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright's own browser download cannot be reached
+# The probe's flags: without the background-networking ones Chromium keeps trying hosts this machine cannot reach.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium driven by Playwright, for one test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -15,19 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry
+from conftest import CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry
 
 from pocketlm.training import TrainingOptions, train
 
-CHROMIUM = "/usr/bin/chromium"
 if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
     if not Path(CHROMIUM).exists():
         pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
     pytest.importorskip("gradio", reason="the web extra: pip install -e '.[web]'")
     pytest.importorskip("playwright", reason="the test extra: pip install -e '.[test]'")
-# The probe's flags: without the background-networking ones Chromium keeps trying hosts this machine cannot reach.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +58,6 @@ def serve(command: list[str], port: int, cwd: Path = REPO_ROOT, env: dict | None
             server.kill()
             pytest.fail(f"the server did not start:\n{server.communicate()[0][-3000:]}")
         time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SHAPES, broken_characters, run_entry, train_accented_model, train_tiny_models
+from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, run_entry, train_accented_model,
+                      train_tiny_models)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import export_main, upload_main
 from pocketlm.generation import stop_token_ids
 from pocketlm.loading import load_pretrained
 
-CHROMIUM = "/usr/bin/chromium"
 if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
     if not Path(CHROMIUM).exists():
         pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
     pytest.importorskip("playwright", reason="the test extra: pip install -e '.[test]'")
     if not shutil.which("npm"):
         pytest.skip("the page's JavaScript comes from npm: install Node.js with npm", allow_module_level=True)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 # A GPT whose window holds a reply of 2,000 tokens, so that one can be stopped halfway.
 SHAPES = {**TINY_SHAPES, "transformer": {**TINY_SHAPES["transformer"], "block_size": 4096}}
 
@@ -83,16 +81,6 @@ def server(sites):
     served = Server(sites)
     yield served
     served.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class ChatPage:
