@@ -5,9 +5,10 @@ one answer, decided by what it would do to the run:
 
 - the model's shape or its tokenizer: the checkpoint's weights cannot be continued as another model: refused;
 - the data (each file's size, time and digest), what cuts and orders the batches (seed, batch and block size,
-  gradient accumulation, processes, streaming, assistant-only loss), the arithmetic (mixed precision) and the
-  optimizer's settings: the run would no longer be the one it continues: refused, unless `--accept-changes`,
-  which continues with the change applied and says so;
+  gradient accumulation, processes, streaming, assistant-only loss), the arithmetic (mixed precision), the
+  optimizer's settings and the validation sample (`--eval-tokens`, which best-model choices compare on): the run
+  would no longer be the one it continues: refused, unless `--accept-changes`, which continues with the change
+  applied and says so;
 - the run's length (`--max-steps`, `--epochs`): resuming to extend or shorten a run is what it is for: continued,
   with a note; its bookkeeping (evaluation and checkpoint intervals, samples, compile, logging): continued.
 
@@ -18,12 +19,13 @@ import hashlib
 import importlib.metadata
 from pathlib import Path
 
+from .data.blocks import tokenizer_digest
 from .data.reading import find_data_files
 from .errors import UsageError
 
 SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
 DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
-            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip")
+            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens")
 LENGTH = ("max_steps", "epochs")
 
 
@@ -36,9 +38,8 @@ def fingerprint(options, num_processes: int) -> dict:
 
 
 def with_tokenizer(record: dict, tokenizer) -> dict:
-    """`record` with the digest of `tokenizer`'s vocabulary, which the model's embedding rows are indexed by."""
-    vocabulary = "\n".join(f"{token}\t{index}" for token, index in sorted(tokenizer.get_vocab().items()))
-    return {**record, "tokenizer": hashlib.blake2b(vocabulary.encode(), digest_size=16).hexdigest()}
+    """`record` with the digest of `tokenizer`, whose vocabulary the model's embedding rows are indexed by."""
+    return {**record, "tokenizer": tokenizer_digest(tokenizer)}
 
 
 def _data_fingerprint(data: list[str] | None, dataset: str | None) -> dict:
@@ -74,7 +75,7 @@ def compare(recorded: dict | None, current: dict, step: int, accept_changes: boo
     old, new = recorded["options"], current["options"]
     shape = [_flag_change(name, old.get(name), new[name]) for name in SHAPE if old.get(name) != new[name]]
     if recorded.get("tokenizer") and current.get("tokenizer") and recorded["tokenizer"] != current["tokenizer"]:
-        shape.append("the tokenizer's vocabulary is not the one the run trained with")
+        shape.append("the tokenizer is not the one the run trained with")
     if shape:
         raise UsageError(f"--resume: {'; '.join(shape)}, and the checkpoint's weights belong to the run's own model: "
                          "continue it with the run's options, or start a new run with --overwrite or another "

@@ -76,6 +76,8 @@ class TrainingOptions:
                                           "recipe's)", type=int)
     eval_every: int | None = option(None, "steps between validation passes (default: about ten per run, at most the "
                                           "recipe's)", type=int)
+    eval_tokens: int = option(65_536, "validation tokens an evaluation scores: past this, a fixed sample of blocks "
+                                        "drawn once per run (0: all of them)", type=int)
     keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep", type=int)
     seed: int = option(1337, "seed for initialisation, data order and split", type=int)
     resume: bool = option(False, "continue from the newest checkpoint in the output folder", action="store_true")
@@ -147,7 +149,7 @@ CONTRADICTIONS = [
 ]
 POSITIVE = ("lr", "batch_size", "epochs", "max_steps", "grad_accum", "save_every", "eval_every", "block_size",
             "vocab_size", "keep_checkpoints", "grad_clip")
-NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay")
+NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay", "eval_tokens")
 
 
 def resolve_options(options: TrainingOptions) -> TrainingOptions:

@@ -10,8 +10,10 @@ tokenizer and tokenizing once took about 100 seconds with nothing on screen.)
 """
 
 import contextlib
+import hashlib
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from transformers import AutoTokenizer
 
 from configs import load_recipe
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import train_bpe_tokenizer, train_char_tokenizer
+from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -38,6 +40,7 @@ from .loading import load_pretrained
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import RunFolder
+from .signing import KEY_FILE
 
 
 @dataclass
@@ -238,6 +241,10 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
     return corpus
 
 
+TOKENIZER_CACHE = KEY_FILE.parent / "tokenizers"  # trained tokenizers, by the text and settings they came from
+TOKENIZER_SCHEMA = 1  # part of their key: bump when tokenization/ trains a different tokenizer from the same text
+
+
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
                             accelerator: Accelerator, stages: Stages):
     """--tokenizer's, --init-from's or a resumed run's tokenizer; else one trained on the training text."""
@@ -248,22 +255,46 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
     kind = "character" if options.model_type == "lstm" else f"byte-level BPE ({options.vocab_size:,}-token)"
+    # An Arrow corpus's fingerprint names its text exactly: the same text and settings train the same tokenizer,
+    # so a second run reuses the first's (and, through it, its tokenized blocks). A stream is not fingerprinted.
+    cached = None if corpus.streaming else TOKENIZER_CACHE / hashlib.blake2b(
+        f"{TOKENIZER_SCHEMA}|{corpus.train._fingerprint}|{options.model_type}|{options.vocab_size}".encode(),
+        digest_size=12).hexdigest()
     with stages.stage("tokenizer", f"training the {kind} tokenizer") as stage:
         if accelerator.is_main_process:
-            texts = corpus.tokenizer_texts()
-            if options.model_type == "lstm":
-                tokenizer = train_char_tokenizer(texts)
+            if cached is not None and cached.is_dir():
+                tokenizer = AutoTokenizer.from_pretrained(cached)
+                stage["done"] = f"{len(tokenizer):,} tokens, the one trained on this text before ({cached})"
             else:
-                try:
-                    length = None if corpus.streaming else len(texts)
-                    tokenizer = train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length,
-                                                    show_progress=stages.show and sys.stderr.isatty())
-                except ValueError as error:
-                    raise UsageError(str(error))
+                tokenizer = _train_tokenizer(options, corpus, stages.show)
+                stage["done"] = f"{len(tokenizer):,} tokens"
+                if cached is not None:
+                    _keep(tokenizer, cached)
             folder.save_run_tokenizer(tokenizer)
-            stage["done"] = f"{len(tokenizer):,} tokens"
         accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(folder.run_tokenizer)
+
+
+def _train_tokenizer(options: TrainingOptions, corpus: data.Corpus, show: bool):
+    texts = corpus.tokenizer_texts()
+    if options.model_type == "lstm":
+        return train_char_tokenizer(texts)
+    try:
+        length = None if corpus.streaming else len(texts)
+        return train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length,
+                                   show_progress=show and sys.stderr.isatty())
+    except ValueError as error:
+        raise UsageError(str(error))
+
+
+def _keep(tokenizer, folder: Path) -> None:
+    """Save `tokenizer` into the cache `folder`, whole or not at all (written aside, then renamed)."""
+    scratch = folder.with_name(f".{folder.name}-{os.getpid()}")
+    try:
+        save_tokenizer(tokenizer, scratch)
+        os.replace(scratch, folder)
+    except OSError:  # a full or read-only cache costs the reuse, not the run
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_size: int, masked: bool,
@@ -276,15 +307,17 @@ def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_s
     with stages.stage("tokenizing", "tokenizing the documents") as stage:
         with accelerator.main_process_first():
             validation = data.validation_set(corpus.validation, tokenizer, block_size,
-                                             with_assistant_mask=corpus.is_chat)
+                                             with_assistant_mask=corpus.is_chat, max_tokens=options.eval_tokens,
+                                             seed=options.seed)
             batches = data.training_batches(corpus.train, tokenizer, block_size, options.batch_size, options.seed,
                                             accelerator.process_index, accelerator.num_processes, masked)
         if any_process(accelerator, not batches.has_a_block()):  # every process stops, or none waits on a stopped one
             raise UsageError(f"not enough text for one block of {block_size} tokens ({corpus.report.describe()}): "
                              "add text or pass a smaller --block-size.")
         counted = "streamed" if corpus.streaming else f"{batches.count:,}"
+        scored = "" if validation.scored == "all of it" else f"; each evaluation scores {validation.scored}"
         stage["done"] = (f"{counted} training blocks of {block_size} tokens, {validation.tokens:,} validation "
-                         "tokens")
+                         f"tokens{scored}")
     return batches, validation
 
 

@@ -139,12 +139,14 @@ def evaluate_and_keep_best(run: Run, step: int) -> dict:
     # must make the same choice (under FSDP or DeepSpeed, gathering the weights is collective).
     no_model_yet = not run.folder.has_model()
     validation, state = run.validation, run.state
+    started = time.perf_counter()
     val_nats, assistant_nats = evaluate(run)
     record = {
         "step": step,
         "val_loss": val_nats / validation.targets,
         "val_ppl": math.exp(min(val_nats / validation.targets, 50)),
         "val_bpc": val_nats / math.log(2) / validation.characters,
+        "eval_seconds": round(time.perf_counter() - started, 3),
     }
     if assistant_nats is not None and validation.assistant_characters:
         record["val_assistant_bpc"] = assistant_nats / math.log(2) / validation.assistant_characters
@@ -223,6 +225,7 @@ def summary(run: Run, speed: float) -> dict:
                  "validation_documents": len(corpus.validation),
                  "train_tokens": state["tokens"] if corpus.streaming else run.batches.count * (plan.block_size - 1),
                  "validation_characters": run.validation.characters, "validation_rule": corpus.validation_rule,
+                 "validation_scored": run.validation.scored,
                  "name": corpus.name,
                  "records": corpus.report.summary()},
         "preparation_seconds": run.stages.seconds,

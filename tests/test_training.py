@@ -608,3 +608,71 @@ def test_each_preparation_stage_says_what_it_does_and_the_summary_keeps_its_time
     seconds = summary["preparation_seconds"]
     assert set(seconds) == {"reading", "tokenizer", "tokenizing"}
     assert all(isinstance(value, float | int) and value >= 0 for value in seconds.values())
+
+
+def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_char_match_the_whole(tmp_path):
+    from pocketlm.scoring import bits_per_character, sum_token_losses
+
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("".join(make_text(seed) for seed in range(12)))  # about 170 KB
+    out = tmp_path / "out"
+    result = run_cli("--model-type=lstm", f"--data={corpus}", f"--output-dir={out}", "--block-size=64",
+                     "--batch-size=8", "--max-steps=60", "--samples=0", "--eval-tokens=2000", "--lr=0.01",
+                     "--model-config=hidden_size=64", "--model-config=embedding_dim=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    scored = summary["data"]["validation_scored"]
+    assert scored.startswith("a fixed sample of 31 of its") and "each evaluation scores a fixed sample" in result.stdout
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    held_out = data.load_corpus([str(corpus)], seed=1337).validation
+    whole = data.validation_set(held_out, tokenizer, 64)
+    sample = data.validation_set(held_out, tokenizer, 64, max_tokens=2000, seed=1337)
+    assert sample.blocks == data.validation_set(held_out, tokenizer, 64, max_tokens=2000, seed=1337).blocks  # fixed
+    assert sample.blocks != data.validation_set(held_out, tokenizer, 64, max_tokens=2000, seed=1).blocks
+    assert len(sample.blocks["input_ids"]) == 31 < len(whole.blocks["input_ids"])
+
+    def bits_per_char(validation) -> float:
+        nats = sum_token_losses(model, validation.blocks, tokenizer.pad_token_id, 8, model.device)[0].item()
+        return nats / math.log(2) / validation.characters
+
+    # The sample's figure estimates the whole set's, which compare.py's scoring measures.
+    assert bits_per_char(whole) == pytest.approx(bits_per_character(model, tokenizer, held_out, 64)["bits_per_char"])
+    assert bits_per_char(sample) == pytest.approx(bits_per_char(whole), rel=0.05)
+    assert summary["best_val_bpc"] == pytest.approx(bits_per_char(sample), rel=1e-4)
+    # Far past the sample, only a seeded share of the documents is tokenized at all; the estimate still holds.
+    narrowed = data.validation_set(held_out, tokenizer, 64, max_tokens=500, seed=1337)
+    assert narrowed.characters < whole.characters / 2 and len(narrowed.blocks["input_ids"]) == 7
+    assert bits_per_char(narrowed) == pytest.approx(bits_per_char(whole), rel=0.1)
+
+
+def test_a_second_run_on_unchanged_data_reuses_the_tokenizer_and_tokens_and_a_change_invalidates_them(tmp_path,
+                                                                                                       monkeypatch):
+    monkeypatch.setattr("pocketlm.preparation.TOKENIZER_CACHE", tmp_path / "tokenizers")
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(make_text(3) + make_text(4))
+
+    def run(name: str, *extra: str):
+        result = run_cli(f"--data={corpus}", f"--output-dir={tmp_path / name}", "--block-size=32", "--batch-size=4",
+                         "--max-steps=1", "--samples=0", "--vocab-size=300", "--model-config=n_layer=1", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr, json.loads((tmp_path / name / "training_summary.json").read_text())
+
+    def arrow_files() -> set[str]:
+        documents, _ = data.load_documents([str(corpus)])
+        return {p.name for p in Path(documents.cache_files[0]["filename"]).parent.glob("cache-*.arrow")}
+
+    first, _ = run("first")
+    assert "trained on this text before" not in first
+    made = arrow_files()
+    second, summary = run("second")
+    assert "trained on this text before" in second and arrow_files() == made  # nothing computed again
+    assert (tmp_path / "first" / "tokenizer.json").read_bytes() == (tmp_path / "second" / "tokenizer.json").read_bytes()
+    assert "tokenizing" not in summary["preparation_seconds"] or summary["preparation_seconds"]["tokenizing"] < 5
+
+    other_blocks, _ = run("blocks", "--block-size=16")  # the tokens are reused, the blocks cut again
+    assert "trained on this text before" in other_blocks and len(arrow_files() - made) == 1
+    with open(corpus, "a") as handle:
+        handle.write("A new paragraph changes the text, so the tokenizer is trained again.\n")
+    changed, _ = run("changed")
+    assert "trained on this text before" not in changed

@@ -5,7 +5,10 @@ overlap by one token, so every token but the very first is a target exactly once
 here too: batch k of a run is a pure function of the seed and k, which is what makes resuming exact.
 """
 
+import hashlib
+import json
 import os
+import random
 import re
 from dataclasses import dataclass
 
@@ -59,10 +62,28 @@ def assistant_mask(ids: list[int], assistant_id: int, end_id: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------------- blocks
 
 
+TOKENS_SCHEMA = 1  # part of the tokenized data's cache key: bump when tokenize or training_blocks change output
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What identifies a tokenizer's output: its full definition (vocabulary, merges, normalizer, special tokens)
+    when it has a `tokenizers` backend, else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.blake2b(definition.encode(), digest_size=16).hexdigest()
+
+
+def _cache_key(*parts) -> str:
+    """A datasets fingerprint for a derived dataset: the same inputs give the same key, so a second run on
+    unchanged data, tokenizer and block size reads the first run's Arrow files instead of computing them."""
+    return hashlib.blake2b("|".join(map(str, (TOKENS_SCHEMA, *parts))).encode(), digest_size=8).hexdigest()
+
+
 def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, num_proc: int | None = None,
              with_assistant_mask: bool = False):
     """Token ids of every document, each whole document followed by the end-of-text token (lazily, if streamed);
-    with `with_assistant_mask`, also an `assistant_mask` column marking the assistant's replies."""
+    with `with_assistant_mask`, also an `assistant_mask` column marking the assistant's replies. On an Arrow corpus
+    the result is cached under a key of the documents, the tokenizer and the mask."""
     assistant_id, end_id = tokenizer.convert_tokens_to_ids([ROLE_TOKENS["assistant"], END_OF_TURN])
 
     def encode(batch):
@@ -79,8 +100,9 @@ def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, 
     # Worker processes cost seconds to start: worth it only for large corpora.
     if num_proc is None:
         num_proc = min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
+    key = _cache_key("tokens", documents._fingerprint, tokenizer_digest(tokenizer), with_assistant_mask)
     return documents.map(encode, batched=True, remove_columns=documents.column_names, num_proc=num_proc,
-                         desc="tokenizing")
+                         desc="tokenizing", new_fingerprint=key)
 
 
 def blocks_from_ids(ids: list[int], block_size: int, pad_id: int, keep_partial: bool) -> list[list[int]]:
@@ -115,7 +137,8 @@ def training_blocks(token_ids: datasets.Dataset | datasets.IterableDataset, bloc
 
     if isinstance(token_ids, datasets.IterableDataset):
         return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns)
-    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns, desc="cutting blocks")
+    return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns, desc="cutting blocks",
+                         new_fingerprint=_cache_key("blocks", token_ids._fingerprint, block_size, columns))
 
 
 def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[dict[str, list], int]:
@@ -137,23 +160,76 @@ class ValidationSet:
 
     blocks: dict[str, list]  # "input_ids" (the last block padded), and "assistant_mask" on conversations
     tokens: int  # real tokens in the blocks
-    characters: int  # characters of the text, each special token as one
+    characters: int  # characters of the text scored, each special token as one
     assistant_characters: int  # characters of the assistant's replies (0 outside conversations)
-
-    @property
-    def targets(self) -> int:
-        """Tokens predicted: every real token but the first."""
-        return max(1, self.tokens - 1)
+    targets: int = 0  # tokens predicted: every real token of a block but its first
+    scored: str = "all of it"  # which part of the validation text an evaluation scores, in words
 
 
-def validation_set(documents: datasets.Dataset, tokenizer, block_size: int, with_assistant_mask: bool = False
-                   ) -> ValidationSet:
-    """Every validation document tokenized and cut into blocks of `block_size`, with its character counts."""
+def validation_set(documents: datasets.Dataset, tokenizer, block_size: int, with_assistant_mask: bool = False,
+                   max_tokens: int = 0, seed: int = 0) -> ValidationSet:
+    """Every validation document tokenized and cut into blocks of `block_size`, with its character counts; past
+    `max_tokens` (0: no limit), a fixed sample of the blocks (`sample_blocks`).
+
+    A validation set far larger than the sample (a gigabyte's tenth) is first narrowed to a seeded sample of its
+    documents holding `CHARACTERS_PER_TOKEN` times `max_tokens` characters, so that only they are tokenized and held
+    in memory; their characters per token then stand for the whole set's.
+    """
+    if max_tokens:
+        documents = _sample_documents(documents, max_tokens * CHARACTERS_PER_TOKEN, seed)
     token_ids = tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask)
     blocks, length = validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
     assistant = sum(count_assistant_characters(text) for text in documents["text"]) if with_assistant_mask else 0
-    return ValidationSet(blocks=blocks, tokens=length, characters=characters_of(documents),
-                         assistant_characters=assistant)
+    whole = ValidationSet(blocks=blocks, tokens=length, characters=characters_of(documents),
+                          assistant_characters=assistant, targets=max(1, length - 1))
+    return sample_blocks(whole, max_tokens, seed) if max_tokens and length > max_tokens else whole
+
+
+CHARACTERS_PER_TOKEN = 8  # more than any of our tokenizers packs into a token of prose: the narrowed set still
+# holds more than `max_tokens` tokens, and the blocks are sampled from it
+
+
+def _sample_documents(documents: datasets.Dataset, characters: int, seed: int) -> datasets.Dataset:
+    """`documents` whole when they hold at most twice `characters`; else a seeded sample of them, in reading order,
+    holding at least `characters`."""
+    lengths = [len(text) for text in documents["text"]]
+    if sum(lengths) <= 2 * characters:
+        return documents
+    chosen, held = [], 0
+    for row in random.Random(seed).sample(range(len(lengths)), len(lengths)):
+        chosen.append(row)
+        held += lengths[row]
+        if held >= characters:
+            break
+    return documents.select(sorted(chosen))
+
+
+def sample_blocks(whole: ValidationSet, max_tokens: int, seed: int) -> ValidationSet:
+    """About `max_tokens` of `whole`'s blocks, drawn once by `seed`: every evaluation of a run scores the same text,
+    so its best-model choices compare like with like, and an evaluation costs the same at 10 MB as at 1 GB.
+
+    Its characters are the whole set's in proportion to the targets scored (and the replies' to the reply tokens
+    scored), so bits per character estimate the whole set's, as compare.py measures it.
+    """
+    ids = whole.blocks["input_ids"]
+    block_size = len(ids[0])
+    count = max(1, min(len(ids), max_tokens // block_size))
+    chosen = sorted(random.Random(seed).sample(range(len(ids)), count))
+    # Only the last block is padded: each other holds block_size real tokens, block_size - 1 of them targets.
+    targets = [len(ids[i]) - 1 if i < len(ids) - 1 else whole.tokens - i * (block_size - 1) - 1 for i in chosen]
+    share = sum(targets) / whole.targets
+    assistant_characters = 0
+    if "assistant_mask" in whole.blocks and whole.assistant_characters:
+        masks = whole.blocks["assistant_mask"]
+        replies = sum(sum(mask[1:]) for mask in masks)
+        assistant_characters = round(whole.assistant_characters * sum(sum(masks[i][1:]) for i in chosen)
+                                     / max(1, replies))
+    return ValidationSet(
+        blocks={name: [rows[i] for i in chosen] for name, rows in whole.blocks.items()},
+        tokens=sum(targets) + count, characters=max(1, round(whole.characters * share)),
+        assistant_characters=assistant_characters, targets=max(1, sum(targets)),
+        scored=f"a fixed sample of {count:,} of its {len(ids):,} blocks ({sum(targets):,} of {whole.targets:,} "
+               "tokens)")
 
 
 # --------------------------------------------------------------------------------------------------- batches
