@@ -270,3 +270,96 @@ def test_an_fsdp_config_on_cpu_processes_says_it_runs_as_ddp_and_trains(corpus_f
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True) is not None
+
+
+# ---------------------------------------------------------------------------------------------------- inductor
+
+
+@pytest.mark.skipif(not os.environ.get("POCKETLM_INDUCTOR"), reason="inductor compiles for minutes on 2 cores: "
+                    "POCKETLM_INDUCTOR=1 runs it (bench/gpu_suite.sh compiles on the GPU)")
+def test_a_model_compiled_by_inductor_trains_to_the_loss_of_eager(corpus_file, tmp_path):
+    from conftest import run_entry
+
+    from pocketlm.cli import train_main
+
+    losses = {}
+    for name, extra in (("eager", []), ("inductor", ["--compile"])):
+        started = time.perf_counter()
+        result = run_entry(train_main, *train_args(corpus_file, tmp_path / name, "--max-steps=20", "--eval-every=20",
+                                                   *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["train_loss"] for r in records if "train_loss" in r] + [records[-1]["val_loss"]]
+        print(f"{name}: {time.perf_counter() - started:.1f} s")
+    # Inductor fuses and reorders float32 arithmetic: the same run, to a few parts in ten thousand.
+    assert losses["inductor"] == pytest.approx(losses["eager"], rel=1e-3)
+
+
+SHARDED = """
+import json, sys, torch, torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+from modeling import GPTConfig, GPTForCausalLM
+dist.init_process_group("gloo")
+rank, config, out = dist.get_rank(), GPTConfig(**json.loads(sys.argv[1])), sys.argv[2]
+torch.manual_seed(0)
+model = GPTForCausalLM(config)
+for block in model.model.h:  # as accelerate's FSDP2 plugin wraps it: each Block (_no_split_modules), then the whole
+    fully_shard(block)
+fully_shard(model)
+held = sum(p.to_local().numel() for p in model.parameters())
+optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # linear in the gradients: no noise amplified, as Adam's
+batches = torch.randint(0, config.vocab_size, (3, 8, 32), generator=torch.Generator().manual_seed(1))
+for batch in batches:  # each process its half of the batch
+    ids = batch[rank * 4 : rank * 4 + 4]
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if rank == 0:
+    plain = GPTForCausalLM(config)
+    plain.load_state_dict(whole, strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(out)
+print(json.dumps({"rank": rank, "held": held, "total": sum(p.numel() for p in model.parameters())}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_the_model_shards_under_torch_fsdp2_on_cpu_processes_and_gathers_into_one_that_loads(tmp_path):
+    # What accelerate will not do on a CPU, torch does: the GPT under FSDP2 (fully_shard per Block) on two gloo
+    # processes, against the same three steps on one unsharded model over the whole batches.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+    from modeling import GPTForCausalLM
+
+    config = tiny_config("transformer", vocab_size=300)
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(script), json.dumps(config.to_diff_dict()), str(tmp_path / "gathered")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**CPU_PROCESSES, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    assert all(r["held"] * 2 == r["total"] for r in reports)  # each process holds half of every parameter
+
+    torch.manual_seed(0)
+    reference = GPTForCausalLM(config)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    for batch in torch.randint(0, config.vocab_size, (3, 8, 32), generator=torch.Generator().manual_seed(1)):
+        # FSDP averages the two halves' gradients; each half's loss is its own mean over the same number of targets.
+        loss = (reference(input_ids=batch[:4], labels=batch[:4]).loss
+                + reference(input_ids=batch[4:], labels=batch[4:]).loss) / 2
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    gathered = AutoModelForCausalLM.from_pretrained(tmp_path / "gathered")
+    torch.manual_seed(0)
+    untrained = GPTForCausalLM(config).state_dict()
+    for (name, mine), theirs in zip(reference.state_dict().items(), gathered.state_dict().values()):
+        torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(gathered.state_dict()["model.wte.weight"], untrained["model.wte.weight"])  # it trained
