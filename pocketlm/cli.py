@@ -336,22 +336,14 @@ def upload_main(argv: list[str] | None = None) -> int:
         import tempfile
         from pathlib import Path
 
-        from .export import formats_for
-        from .hub import REPOSITORY_FORMATS, check_repo_ids, prepare_folder, resolve_token, upload
+        from .hub import check_repo_ids, prepare_folder, resolve_token, upload
         from .loading import model_family
         from .spaces import prepare_space, prepare_static_space
 
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
         check_repo_ids({"--repo-id": args.repo_id, "--space-id": args.space_id, "--static-space": args.static_space})
         family = model_family(args.model_dir)
-        # The repository carries the model's files; its web page is a Space of its own (--static-space).
-        asked = [name.strip() for name in args.formats.split(",") if name.strip()]
-        if "web" in asked:
-            raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
-                             "--static-space OWNER/NAME instead of --formats web.")
-        formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
-        if args.static_space and "onnx" not in formats:
-            formats.append("onnx")  # the static page loads the graph from the model repository
+        formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
         output = args.output_dir or args.model_dir.rstrip("/") + "-hub"
         with tempfile.TemporaryDirectory() as scratch:
@@ -359,12 +351,7 @@ def upload_main(argv: list[str] | None = None) -> int:
                      "static": args.static_space_output_dir or output.rstrip("/") + "-static-space"}
             if not args.dry_run:
                 where = {name: str(Path(scratch) / name) for name in where}
-            for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
-                                       ("static", "--static-space-output-dir", args.static_space)):
-                target = Path(where[name])  # all checked before any is built: nothing half-done
-                if wanted and target.exists() and (not target.is_dir() or any(target.iterdir())):
-                    raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was "
-                                     "touched.")
+            _refuse_used_folders(where, args)
             folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, args.license,
                                        data_name=args.data_name, formats=formats), args.repo_id, None)]
             if args.space_id:
@@ -384,6 +371,32 @@ def upload_main(argv: list[str] | None = None) -> int:
         return 0
 
     return _run(job)
+
+
+def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
+    """The formats the model repository carries beside the native model: --formats, and ONNX for a static page."""
+    from .export import formats_for
+    from .hub import REPOSITORY_FORMATS
+
+    asked = [name.strip() for name in args.formats.split(",") if name.strip()]
+    if "web" in asked:  # the repository carries the model's files; its page is a Space of its own
+        raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
+                         "--static-space OWNER/NAME instead of --formats web.")
+    formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
+    if args.static_space and "onnx" not in formats:
+        formats.append("onnx")  # the static page loads the graph from the model repository
+    return formats
+
+
+def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> None:
+    """Every folder the upload would build, checked before any is built: nothing half-done."""
+    from pathlib import Path
+
+    for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
+                               ("static", "--static-space-output-dir", args.static_space)):
+        target = Path(where[name])
+        if wanted and target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
 
 
 # --------------------------------------------------------------------------------------------------- export
