@@ -4,8 +4,8 @@ text, for both families, read whole (Arrow) or streamed, a second run on the sam
 The text is generated (words drawn from the benchmark corpus's vocabulary, in paragraphs, by a seeded generator),
 so every size is distinct text with no exact duplicates; it is written to a scratch folder, never committed.
 Each run is `train.py --max-steps 1` in its own process: its preparation (reading, tokenizer, tokenizing, from
-`training_summary.json`), the seconds from its start to its first step (the evaluation's seconds taken out), and its
-peak resident memory, that process tree's (`getrusage(RUSAGE_CHILDREN)` of a wrapper that runs only it).
+`training_summary.json`), the seconds from its start to its first step (the evaluation's seconds taken out), and the
+peak memory of its process tree (`measured`).
 
     python bench/data_prep.py                              # 10 and 100 MB, both families, whole and streamed
     python bench/data_prep.py --sizes 1000 --families transformer --modes streamed
@@ -24,13 +24,48 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-WRAPPER = """
-import resource, subprocess, sys, time
-started = time.perf_counter()
-code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
-seconds = time.perf_counter() - started
-print(code, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process below it (datasets' tokenizing workers, accelerate's processes)."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return []
+    return [pid, *(p for child in children for p in _tree(int(child)))]
+
+
+def _proportional_memory(pid: int) -> tuple[int, int]:
+    """(all, anonymous) of a process's proportional set size, in kB: a page shared by n processes counts 1/n in
+    each, so a forked worker's inherited pages are not counted twice, as summed resident sizes would."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                name, value, *_ = line.split()
+                fields[name] = int(value)
+    except (OSError, ValueError):
+        return 0, 0
+    return fields.get("Pss:", 0), fields.get("Pss_Anon:", 0)
+
+
+def measured(command: list[str]) -> tuple[int, float, float, float, str]:
+    """Run `command`; its exit code, wall seconds, and the peak memory of its process tree (MB, proportional set
+    size summed over the tree, sampled every 0.2 s: all of it, and the anonymous part, without the pages of
+    memory-mapped Arrow files, which the kernel can drop and read again), and its stderr's tail."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        peak, peak_anonymous = 0, 0
+        while process.poll() is None:
+            sizes = [_proportional_memory(pid) for pid in _tree(process.pid)]
+            peak = max(peak, sum(size for size, _ in sizes))
+            peak_anonymous = max(peak_anonymous, sum(anonymous for _, anonymous in sizes))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        errors.seek(0)
+        tail = errors.read()[-3000:].decode(errors="replace")
+    return process.returncode, seconds, peak / 1024, peak_anonymous / 1024, tail
 
 
 def write_text(path: Path, megabytes: int) -> Path:
@@ -53,14 +88,13 @@ def run(data: Path, out: Path, family: str, streamed: bool) -> dict:
     command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data={data}", f"--output-dir={out}",
                f"--model-type={family}", "--max-steps=1", "--samples=0", "--batch-size=8", "--block-size=128",
                *(["--streaming"] if streamed else [])]
-    result = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True)
-    code, seconds, peak_kb = result.stdout.split()
-    if code != "0":
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    code, seconds, peak, peak_anonymous, errors = measured(command)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{errors}")
     summary = json.loads((out / "training_summary.json").read_text())
     evaluations = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     eval_seconds = sum(r.get("eval_seconds", 0) for r in evaluations)
-    return {"seconds_to_first_step": float(seconds) - eval_seconds, "peak_mb": int(peak_kb) / 1024,
+    return {"seconds_to_first_step": seconds - eval_seconds, "peak_mb": peak, "peak_anonymous_mb": peak_anonymous,
             "preparation": sum(summary["preparation_seconds"].values()), "eval_seconds": eval_seconds,
             "stages": summary["preparation_seconds"], "validation_scored": summary["data"].get("validation_scored")}
 
@@ -74,9 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         scratch = Path(scratch)
-        print("| text | family | read | preparation: s | first step after: s | peak MB | second run's preparation: s "
-              "| of the first's | one evaluation: s | scored |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| text | family | read | preparation: s | first step after: s | peak MB | of it anonymous | second "
+              "run's preparation: s | of the first's | one evaluation: s | scored |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for size in args.sizes:
             started = time.perf_counter()
             data = write_text(scratch / f"text-{size}mb.txt", size)
@@ -89,6 +123,7 @@ def main() -> None:
                     ratio = second["preparation"] / first["preparation"]
                     print(f"| {size} MB | {family} | {mode} | {first['preparation']:.1f} | "
                           f"{first['seconds_to_first_step']:.0f} | {first['peak_mb']:,.0f} | "
+                          f"{first['peak_anonymous_mb']:,.0f} | "
                           f"{second['preparation']:.1f} | {ratio:.0%} | {first['eval_seconds']:.1f} | "
                           f"{first['validation_scored']} |", flush=True)
                     print(f"<!-- stages, first run: {first['stages']}; second: {second['stages']} -->", flush=True)

@@ -242,7 +242,7 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
 
 
 TOKENIZER_CACHE = KEY_FILE.parent / "tokenizers"  # trained tokenizers, by the text and settings they came from
-TOKENIZER_SCHEMA = 1  # part of their key: bump when tokenization/ trains a different tokenizer from the same text
+TOKENIZER_SCHEMA = 2  # part of their key: bump when tokenization/ trains a different tokenizer from the same text
 
 
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
@@ -276,11 +276,10 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
 
 
 def _train_tokenizer(options: TrainingOptions, corpus: data.Corpus, show: bool):
-    texts = corpus.tokenizer_texts()
     if options.model_type == "lstm":
-        return train_char_tokenizer(texts)
+        return train_char_tokenizer(corpus.tokenizer_texts(every_character=True)[0])
+    texts, length = corpus.tokenizer_texts()
     try:
-        length = None if corpus.streaming else len(texts)
         return train_bpe_tokenizer(texts, vocab_size=options.vocab_size, length=length,
                                    show_progress=show and sys.stderr.isatty())
     except ValueError as error:

@@ -325,13 +325,17 @@ def test_chat_compare_and_upload_import_no_training_code(chat_models, tmp_path):
                   f"{str(tmp_path / 'hub')!r}])",
         "compare": f"compare_main([{model!r}, '--output', {str(tmp_path / 'c.md')!r}, '--max-new-tokens', '2'])",
     }
-    for name, call in commands.items():
-        script = (f"import sys\nfrom pocketlm.cli import chat_main, compare_main, upload_main\ncode = {call}\n"
-                  f"print(code, sorted(m for m in {TRAINING_CODE!r} if m in sys.modules))")
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
-                                timeout=300)
-        code, loaded = result.stdout.strip().splitlines()[-1].split(" ", 1)
-        assert code == "0", result.stderr[-2000:]
+    # One process runs the three in turn (compare last: it alone may load the data modules), checking after each.
+    script = "import sys\nfrom pocketlm.cli import chat_main, compare_main, upload_main\n" + "".join(
+        f"print('exit of', {name!r}, {call}, sorted(m for m in {TRAINING_CODE!r} if m in sys.modules))\n"
+        for name, call in commands.items())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [line.split(" ", 4)[2:] for line in result.stdout.splitlines() if line.startswith("exit of ")]
+    assert [name for name, _, _ in reports] == list(commands), result.stdout[-2000:]
+    for name, code, loaded in reports:
+        assert code == "0", (name, result.stderr[-2000:])
         # compare reads text to score the models on: it needs the data modules, never the training ones.
         allowed = {"pocketlm.data", "datasets"} if name == "compare" else set()
         assert set(eval(loaded)) <= allowed, (name, loaded)

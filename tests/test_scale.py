@@ -49,13 +49,23 @@ def wait_for_training(out: Path, process: subprocess.Popen, timeout: float = 120
 JOB = ["--max-steps=120", "--save-every=50", "--eval-every=40", "--auto-resume"]
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGUSR1"])
-def test_a_stopped_job_saves_a_checkpoint_and_the_same_command_continues_it_exactly(stop, corpus_file, tmp_path):
-    command = [sys.executable, str(REPO_ROOT / "train.py")]
-    reference = subprocess.run([*command, *train_args(corpus_file, tmp_path / "reference", *JOB)],
+@pytest.fixture(scope="module")
+def job_reference(tmp_path_factory) -> tuple[Path, Path]:
+    """The job's corpus and the folder of its uninterrupted run, which every stopped job must end like."""
+    folder = tmp_path_factory.mktemp("job")
+    data = folder / "corpus.txt"
+    data.write_text(make_text(0) + make_text(1))
+    reference = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *train_args(data, folder / "reference",
+                                                                                         *JOB)],
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
+    return data, folder / "reference"
 
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGUSR1"])
+def test_a_stopped_job_saves_a_checkpoint_and_the_same_command_continues_it_exactly(stop, job_reference, tmp_path):
+    corpus_file, reference = job_reference
+    command = [sys.executable, str(REPO_ROOT / "train.py")]
     job = [*command, *train_args(corpus_file, tmp_path / "job", *JOB)]
     process = subprocess.Popen(job, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_training(tmp_path / "job", process)
@@ -71,7 +81,7 @@ def test_a_stopped_job_saves_a_checkpoint_and_the_same_command_continues_it_exac
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from step {step}" in again.stdout + again.stderr
     for name in ("model.safetensors", "checkpoints/step-120/model.safetensors", "checkpoints/step-120/optimizer.bin"):
-        assert digest(tmp_path / "reference" / name) == digest(tmp_path / "job" / name), name
+        assert digest(reference / name) == digest(tmp_path / "job" / name), name
 
 
 def test_auto_resume_starts_a_new_run_in_an_empty_folder_and_refuses_overwrite(corpus_file, tmp_path):

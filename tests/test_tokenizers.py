@@ -1,6 +1,7 @@
 """Tokenizers: exact round trips, the unknown-character fallback, special tokens and the chat template."""
 
 import random
+import re
 
 import pytest
 from conftest import SAMPLE_TEXT
@@ -68,6 +69,22 @@ def test_char_tokenizer_maps_unseen_characters_to_unknown(char_tokenizer):
     ids = char_tokenizer.encode("to 🤖 be")
     assert char_tokenizer.unk_token_id in ids
     assert char_tokenizer.decode(ids) == "to <unk> be"
+
+
+def test_char_tokenizer_gives_each_character_its_own_token_and_special_tokens_whole(char_tokenizer):
+    # The reference, written here by hand: special tokens matched first, then a token per character, <unk> for
+    # an unseen one (one per character, never fused).
+    vocabulary = char_tokenizer.get_vocab()
+    specials = "|".join(re.escape(token) for token in char_tokenizer.all_special_tokens)
+    rng = random.Random(1)
+    alphabet = [*SAMPLE_TEXT, "🤖", "é", "\n", " ", "\t"]
+    for _ in range(100):
+        pieces = [rng.choice(char_tokenizer.all_special_tokens) if rng.random() < 0.2 else
+                  "".join(rng.choices(alphabet, k=rng.randrange(0, 12))) for _ in range(rng.randrange(1, 6))]
+        text = "".join(pieces)
+        expected = [vocabulary.get(part, char_tokenizer.unk_token_id) for chunk in re.split(f"({specials})", text) for part in
+                    ([chunk] if chunk in char_tokenizer.all_special_tokens else list(chunk))]
+        assert char_tokenizer(text)["input_ids"] == expected, text
 
 
 def test_both_tokenizers_define_end_padding_and_chat_tokens(char_tokenizer, bpe_tokenizer):

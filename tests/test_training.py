@@ -676,3 +676,53 @@ def test_a_second_run_on_unchanged_data_reuses_the_tokenizer_and_tokens_and_a_ch
         handle.write("A new paragraph changes the text, so the tokenizer is trained again.\n")
     changed, _ = run("changed")
     assert "trained on this text before" not in changed
+
+
+def test_tokens_are_stored_narrow_and_equal_the_tokenizers_ids_and_the_templates_reply_mask(family, tokenizer_for,
+                                                                                          tmp_path):
+    from pocketlm.data.blocks import BlockBatches, tokenize, training_blocks
+
+    tokenizer = tokenizer_for(family)
+    conversations = [[{"role": "user", "content": f"To be, or not {i}"},
+                      {"role": "assistant", "content": "that is the question." * (i % 3 + 1)},
+                      {"role": "user", "content": "Whether"}, {"role": "assistant", "content": "to suffer"}]
+                     for i in range(40)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations))
+    documents = data.keep_readable_records(data.load_documents([str(path)])[0], data.ReadReport())
+    tokens = tokenize(documents, tokenizer, with_assistant_mask=True)
+    assert tokens.features["input_ids"].feature.dtype == "uint16"  # two bytes a token on disk, not eight
+    for row, messages in zip(tokens, conversations):
+        # transformers' own reading of the template's {% generation %} block is the reference for the mask.
+        expected = tokenizer.apply_chat_template(messages, tokenize=True, return_assistant_tokens_mask=True,
+                                                 return_dict=True)
+        assert row["input_ids"] == expected["input_ids"] + [tokenizer.eos_token_id]
+        assert row["assistant_mask"] == expected["assistant_masks"] + [0]
+    batches = BlockBatches(training_blocks(tokens, 16, with_assistant_mask=True), 4, seed=0, rank=0, world=1)
+    batch = batches.batch(3)
+    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (4, 16)
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
+
+
+def test_a_bpe_learns_from_a_sample_spread_over_a_large_corpus_and_a_character_tokenizer_from_all_of_it(
+        tmp_path, monkeypatch):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for number in range(5):
+        (folder / f"book{number}.txt").write_text(make_text(number, paragraphs=200))
+    (folder / "book4.txt").write_text((folder / "book4.txt").read_text().replace(".", "ß."))  # only the last has ß
+    corpus = data.load_corpus([str(folder)], seed=0)
+    texts, count = corpus.tokenizer_texts()
+    everything = list(corpus.train["text"])
+    assert list(texts) == everything and count == len(everything)  # under the limit: all of it
+
+    limit = sum(map(len, everything)) // 5
+    monkeypatch.setattr("pocketlm.data.splitting.TOKENIZER_CHARS", limit)
+    texts, count = corpus.tokenizer_texts()
+    sample = list(texts)
+    assert count == len(sample) and 0.8 * limit <= sum(map(len, sample)) <= 1.2 * limit
+    assert set(sample) <= set(everything)
+    origins = set(corpus.train.select([everything.index(text) for text in sample])["origin"])
+    assert origins == {str(folder / f"book{number}.txt") for number in range(5)}  # every file has its say
+    characters, _ = corpus.tokenizer_texts(every_character=True)
+    assert "ß" in train_char_tokenizer(characters).get_vocab()

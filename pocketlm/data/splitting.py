@@ -12,22 +12,26 @@ last tenth of the characters, in reading order, is validation (`tail_split`). Ei
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import datasets
 
 from ..errors import UsageError
-from .reading import DOCUMENT_FEATURES, ReadReport, keep_readable_records, load_documents, public_name
+from .reading import (DOCUMENT_FEATURES, ReadReport, keep_readable_records, load_documents, public_name,
+                      text_lengths)
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.1
 SMALL_CORPUS_CHARS = 10_000  # below this, models mostly memorise: warn, as the old guide did
-# A streamed corpus is never held whole: validation keeps the first this many characters of held-out documents,
-# and the tokenizer is trained on the first this many characters of training documents.
+# A streamed corpus is never held whole: validation keeps the first this many characters of held-out documents.
 STREAMING_VALIDATION_CHARS = 1_000_000
-STREAMING_TOKENIZER_CHARS = 50_000_000
+# A BPE learns its merges from at most this many characters: a sample spread over an Arrow corpus, the first ones
+# of a stream. Learning them from all of a gigabyte took most of the ten minutes before the first step and held
+# every text in memory; 50M characters hold each common word thousands of times, which is what merges count.
+TOKENIZER_CHARS = 50_000_000
 
 
 @dataclass
@@ -49,11 +53,17 @@ class Corpus:
     def streaming(self) -> bool:
         return isinstance(self.train, datasets.IterableDataset)
 
-    def tokenizer_texts(self) -> Iterable[str]:
-        """The training text a tokenizer learns from: all of it, or the first 50M characters of a stream."""
-        if not self.streaming:
-            return self.train["text"]
-        return _first_characters((row["text"] for row in self.train), STREAMING_TOKENIZER_CHARS)
+    def tokenizer_texts(self, every_character: bool = False) -> tuple[Iterable[str], int | None]:
+        """The training texts a tokenizer learns from, and how many there are (None for a stream): the first
+        `TOKENIZER_CHARS` characters of a stream; of an Arrow corpus all its texts when they hold at most that
+        (or with `every_character`, for a character tokenizer, where a sample could leave a rare one unknown),
+        else evenly spaced documents holding about that, so that every file has its say. Read a thousand at a
+        time: a gigabyte's text is never all in memory at once."""
+        if self.streaming:
+            return _first_characters((row["text"] for row in self.train), TOKENIZER_CHARS), None
+        step = 1 if every_character else max(1, math.ceil(text_lengths(self.train).sum() / TOKENIZER_CHARS))
+        sample = self.train.select(range(0, len(self.train), step)) if step > 1 else self.train
+        return (text for batch in sample.iter(batch_size=1000) for text in batch["text"]), len(sample)
 
 
 def _first_characters(items: Iterable, limit: int, length=len) -> Iterator:
@@ -256,8 +266,7 @@ def load_corpus(
         rule = GIVEN
     else:
         train, validation, rule = _hold_out(documents, seed, VALIDATION_FRACTION, report)
-    total_chars = sum(len(t) for t in train["text"]) + sum(len(t) for t in validation["text"])
-    _warn_if_small(total_chars)
+    _warn_if_small(int(text_lengths(train).sum() + text_lengths(validation).sum()))
     return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]),
                   report=report, name=public_name(data, dataset), validation_rule=rule)
 
