@@ -41,10 +41,11 @@ def _proportional_memory(pid: int) -> tuple[int, int]:
     fields = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                name, value, *_ = line.split()
-                fields[name] = int(value)
-    except (OSError, ValueError):
+            for line in handle:  # "Pss:  1234 kB" lines, after a header line naming the address range
+                name, value, *_ = line.split() + ["", ""]
+                if value.isdigit():
+                    fields[name] = int(value)
+    except OSError:  # the process ended between listing and reading
         return 0, 0
     return fields.get("Pss:", 0), fields.get("Pss_Anon:", 0)
 

@@ -20,7 +20,7 @@ from datasets.distributed import split_dataset_by_node
 from tokenization import END_OF_TEXT, END_OF_TURN, ROLE_TOKENS, SPECIAL_TOKENS
 from tokenization.char import UNKNOWN
 
-from .reading import DOCUMENT_FEATURES, text_lengths
+from .reading import DOCUMENT_FEATURES, column, text_lengths
 
 SHUFFLE_BUFFER_BLOCKS = 1000  # a streamed corpus is shuffled within a window of this many blocks
 
@@ -44,7 +44,7 @@ def count_assistant_characters(text: str) -> int:
 
 def characters_of(documents: datasets.Dataset) -> int:
     """Characters a model is scored on: the text, each special token as one, and one per end-of-text token."""
-    return sum(count_characters(text) for text in documents["text"]) + sum(documents["ends"])
+    return sum(count_characters(text) for text in column(documents, "text")) + sum(column(documents, "ends"))
 
 
 def assistant_mask(ids, assistant_id: int, end_id: int) -> np.ndarray:
@@ -189,7 +189,8 @@ def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int)
     blocks, length = {}, 0
     for name in TOKEN_COLUMNS:
         if name in token_ids.column_names:
-            stream = _joined(token_ids.with_format("numpy")[name]).astype(np.int64)
+            chunks = token_ids.with_format("arrow")[name].chunks  # each a list array: its values, in order
+            stream = _joined([chunk.flatten().to_numpy(zero_copy_only=False) for chunk in chunks]).astype(np.int64)
             blocks[name] = cut(stream, block_size, pad_id if name == "input_ids" else 0, keep_partial=True).tolist()
             length = max(length, len(stream))  # the mask runs beside the tokens: the same length
     return blocks, length
@@ -221,7 +222,8 @@ def validation_set(documents: datasets.Dataset, tokenizer, block_size: int, with
         documents = _sample_documents(documents, max_tokens * CHARACTERS_PER_TOKEN, seed)
     token_ids = tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask)
     blocks, length = validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
-    assistant = sum(count_assistant_characters(text) for text in documents["text"]) if with_assistant_mask else 0
+    assistant = sum(count_assistant_characters(text) for text in column(documents, "text")) if with_assistant_mask \
+        else 0
     whole = ValidationSet(blocks=blocks, tokens=length, characters=characters_of(documents),
                           assistant_characters=assistant, targets=max(1, length - 1))
     return sample_blocks(whole, max_tokens, seed) if max_tokens and length > max_tokens else whole

@@ -381,6 +381,12 @@ def public_name(data: list[str] | None, dataset: str | None) -> str:
     return ", ".join(Path(path).expanduser().resolve().name for path in data)
 
 
+def column(documents: datasets.Dataset, name: str) -> list:
+    """A column's values as a list, read by Arrow at once: `documents[name]` is a lazy column that reads row by row
+    (3 s for 50,000 integers, where this takes 0.05 s)."""
+    return documents.with_format("arrow")[name].to_pylist()
+
+
 def text_lengths(documents: datasets.Dataset) -> np.ndarray:
     """Each document's length in characters, counted by Arrow in batches: a gigabyte's text is never all in Python
     strings at once."""
@@ -391,13 +397,13 @@ def text_lengths(documents: datasets.Dataset) -> np.ndarray:
 
 def keep_readable_records(documents: datasets.Dataset, report: ReadReport) -> datasets.Dataset:
     """Count every record into `report`, warn once per kind of problem, and keep the usable ones."""
-    problems = documents["problem"]
+    problems = column(documents, "problem")
     report.records += len(problems)
     bad = [row for row, problem in enumerate(problems) if problem]
     if not bad:
         return documents
     found = ReadReport()
-    for row, origin in zip(bad, documents.select(bad)["origin"]):
+    for row, origin in zip(bad, column(documents.select(bad), "origin")):
         found.skip(problems[row], origin)
     for reason, count in found.skipped.items():
         report.skip(reason, found.first_at[reason], count)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import datasets
 
 from ..errors import UsageError
-from .reading import (DOCUMENT_FEATURES, ReadReport, keep_readable_records, load_documents, public_name,
+from .reading import (DOCUMENT_FEATURES, ReadReport, column, keep_readable_records, load_documents, public_name,
                       text_lengths)
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def split(documents: datasets.Dataset, rule: HoldOut, report: ReadReport | None 
                        "length": [len(t) for t in batch["text"]]},
         batched=True, remove_columns=documents.column_names, desc="finding duplicates",
     )
-    for row, (identity, key, blank, length) in enumerate(zip(keys["identity"], keys["key"], keys["blank"],
-                                                             keys["length"])):
+    for row, (identity, key, blank, length) in enumerate(zip(*(column(keys, name) for name in
+                                                               ("identity", "key", "blank", "length")))):
         side = rule.place(identity, key, blank)
         if side is not None:
             placed[side].append((key, row, length))
@@ -230,7 +230,7 @@ def deduplicate(documents: datasets.Dataset, drop: Iterable[int] = (), report: R
 
 
 def identities(documents: datasets.Dataset) -> set[int]:
-    return {_hash(text) for text in documents["text"]}
+    return {_hash(text) for batch in documents.iter(batch_size=1000) for text in batch["text"]}
 
 
 # ----------------------------------------------------------------------------------------------- corpora
@@ -267,7 +267,7 @@ def load_corpus(
     else:
         train, validation, rule = _hold_out(documents, seed, VALIDATION_FRACTION, report)
     _warn_if_small(int(text_lengths(train).sum() + text_lengths(validation).sum()))
-    return Corpus(train=train, validation=validation, source=source, is_chat=any(documents["is_chat"]),
+    return Corpus(train=train, validation=validation, source=source, is_chat=any(column(documents, "is_chat")),
                   report=report, name=public_name(data, dataset), validation_rule=rule)
 
 
