@@ -670,7 +670,7 @@ def test_a_second_run_on_unchanged_data_reuses_the_tokenizer_and_tokens_and_a_ch
     assert (tmp_path / "first" / "tokenizer.json").read_bytes() == (tmp_path / "second" / "tokenizer.json").read_bytes()
     assert "tokenizing" not in summary["preparation_seconds"] or summary["preparation_seconds"]["tokenizing"] < 5
 
-    other_blocks, _ = run("blocks", "--block-size=16")  # the tokens are reused, the blocks cut again
+    other_blocks, _ = run("blocks", "--block-size=16")  # the tokenizer is reused; the blocks are cut anew
     assert "trained on this text before" in other_blocks and len(arrow_files() - made) == 1
     with open(corpus, "a") as handle:
         handle.write("A new paragraph changes the text, so the tokenizer is trained again.\n")
@@ -698,7 +698,10 @@ def test_tokens_are_stored_narrow_and_equal_the_tokenizers_ids_and_the_templates
                                                  return_dict=True)
         assert row["input_ids"] == expected["input_ids"] + [tokenizer.eos_token_id]
         assert row["assistant_mask"] == expected["assistant_masks"] + [0]
-    batches = BlockBatches(training_blocks(tokens, 16, with_assistant_mask=True), 4, seed=0, rank=0, world=1)
+    blocks = training_blocks(documents, tokenizer, 16, with_assistant_mask=True)
+    stream = [token for row in tokens for token in row["input_ids"]]
+    assert blocks["input_ids"] == data.blocks_from_ids(stream, 16, tokenizer.pad_token_id, keep_partial=False)
+    batches = BlockBatches(blocks, 4, seed=0, rank=0, world=1)
     batch = batches.batch(3)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (4, 16)
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()

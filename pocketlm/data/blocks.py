@@ -97,33 +97,45 @@ def _token_features(dtype: np.dtype, with_assistant_mask: bool) -> datasets.Feat
     return datasets.Features(columns)
 
 
-def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, num_proc: int | None = None,
-             with_assistant_mask: bool = False):
-    """Token ids of every document, each whole document followed by the end-of-text token (lazily, if streamed);
-    with `with_assistant_mask`, also an `assistant_mask` column marking the assistant's replies. On an Arrow corpus
-    the result is cached under a key of the documents, the tokenizer and the mask."""
+def _encoder(tokenizer, with_assistant_mask: bool):
+    """The function a `map` tokenizes a batch of documents with, and the features of what it returns: each whole
+    document's ids followed by the end-of-text token, and with `with_assistant_mask` a mask of the assistant's
+    replies."""
     assistant_id, end_id = tokenizer.convert_tokens_to_ids([ROLE_TOKENS["assistant"], END_OF_TURN])
     dtype = token_dtype(len(tokenizer))
-    features = _token_features(dtype, with_assistant_mask)
     encode_ids = _id_encoder(tokenizer)
 
     def encode(batch):
         texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
-        ids = [np.array(row, dtype=dtype) for row in encode_ids(texts)]  # Arrow takes arrays whole, not int by int
+        # 200 texts at a time: a batch's encodings are held whole until converted (a thousand of the character
+        # tokenizer's took 700 MB more in each worker), and smaller batches cost no measurable time.
+        ids = [np.array(row, dtype=dtype)  # Arrow takes arrays whole, not int by int
+               for start in range(0, len(texts), ENCODE_BATCH) for row in encode_ids(texts[start:start + ENCODE_BATCH])]
         if not with_assistant_mask:
             return {"input_ids": ids}
         return {"input_ids": ids, "assistant_mask": [assistant_mask(row, assistant_id, end_id) for row in ids]}
 
+    return encode, _token_features(dtype, with_assistant_mask)
+
+
+ENCODE_BATCH = 200
+
+
+def _workers(documents: datasets.Dataset) -> int | None:
+    # Worker processes cost seconds to start: worth it only for large corpora.
+    return min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
+
+
+def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, with_assistant_mask: bool = False):
+    """Token ids of every document, each whole document followed by the end-of-text token (lazily, if streamed);
+    with `with_assistant_mask`, also an `assistant_mask` column marking the assistant's replies. On an Arrow corpus
+    the result is cached under a key of the documents, the tokenizer and the mask."""
+    encode, features = _encoder(tokenizer, with_assistant_mask)
     if isinstance(documents, datasets.IterableDataset):
         return documents.map(encode, batched=True, remove_columns=list(DOCUMENT_FEATURES), features=features)
-    # Worker processes cost seconds to start: worth it only for large corpora.
-    if num_proc is None:
-        num_proc = min(4, os.cpu_count() or 1) if len(documents) > 20_000 else None
     key = _cache_key("tokens", documents._fingerprint, tokenizer_digest(tokenizer), with_assistant_mask)
-    # 200 documents a batch: a batch's encodings are held whole while it is converted (1000 of a character
-    # tokenizer's took 700 MB more in each worker), and smaller batches cost no measurable time.
-    return documents.map(encode, batched=True, batch_size=200, remove_columns=documents.column_names,
-                         num_proc=num_proc, features=features, desc="tokenizing", new_fingerprint=key)
+    return documents.map(encode, batched=True, remove_columns=documents.column_names, num_proc=_workers(documents),
+                         features=features, desc="tokenizing", new_fingerprint=key)
 
 
 def _id_encoder(tokenizer):
@@ -167,20 +179,28 @@ def _joined(rows) -> np.ndarray:
     return np.concatenate([np.asarray(row) for row in rows]) if len(rows) else np.zeros(0, dtype=np.int64)
 
 
-def training_blocks(token_ids: datasets.Dataset | datasets.IterableDataset, block_size: int,
+def training_blocks(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, block_size: int,
                     with_assistant_mask: bool = False):
-    """Training blocks, cut from the concatenated documents a thousand at a time (a partial tail is dropped)."""
-    columns = TOKEN_COLUMNS if with_assistant_mask else TOKEN_COLUMNS[:1]
+    """Training blocks: the documents tokenized and their tokens cut into blocks a thousand documents at a time
+    (each thousand's partial tail dropped), lazily if streamed. On an Arrow corpus, cached under a key of the
+    documents, the tokenizer, the block size and the mask.
 
-    def group(batch):
-        return {name: cut(_joined(batch[name]), block_size, pad_id=0, keep_partial=False) for name in columns}
+    One pass from text to blocks: the tokens are never written on their own and read back, which at a gigabyte
+    of characters would be 2 GB more to write and to map into memory.
+    """
+    encode, features = _encoder(tokenizer, with_assistant_mask)
+    columns = tuple(features)
 
-    if isinstance(token_ids, datasets.IterableDataset):
-        return token_ids.map(group, batched=True, batch_size=1000, remove_columns=columns)
-    # Handed over as arrays, the thousand documents' tokens are joined and cut by numpy, not one int at a time.
-    return token_ids.with_format("numpy").map(
-        group, batched=True, batch_size=1000, remove_columns=columns, features=token_ids.features,
-        desc="cutting blocks", new_fingerprint=_cache_key("blocks", token_ids._fingerprint, block_size, columns))
+    def tokenize_and_cut(batch):
+        tokens = encode(batch)
+        return {name: cut(_joined(tokens[name]), block_size, pad_id=0, keep_partial=False) for name in columns}
+
+    if isinstance(documents, datasets.IterableDataset):
+        return documents.map(tokenize_and_cut, batched=True, batch_size=1000, remove_columns=list(DOCUMENT_FEATURES))
+    key = _cache_key("blocks", documents._fingerprint, tokenizer_digest(tokenizer), block_size, columns)
+    return documents.map(tokenize_and_cut, batched=True, batch_size=1000, remove_columns=documents.column_names,
+                         num_proc=_workers(documents), features=features, desc="tokenizing into blocks",
+                         new_fingerprint=key)
 
 
 def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[dict[str, list], int]:
@@ -285,12 +305,9 @@ def training_batches(documents, tokenizer, block_size: int, batch_size: int, see
     Arrow corpus, or read from a stream, where each process tokenizes only its share of the documents."""
     if isinstance(documents, datasets.IterableDataset):
         mine = split_dataset_by_node(documents, rank, world)
-        blocks = training_blocks(tokenize(mine, tokenizer, with_assistant_mask=with_assistant_mask), block_size,
-                                 with_assistant_mask)
-        return StreamBatches(blocks, batch_size, seed)
-    blocks = training_blocks(tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask), block_size,
-                             with_assistant_mask)
-    return BlockBatches(blocks, batch_size, seed, rank, world)
+        return StreamBatches(training_blocks(mine, tokenizer, block_size, with_assistant_mask), batch_size, seed)
+    return BlockBatches(training_blocks(documents, tokenizer, block_size, with_assistant_mask), batch_size, seed,
+                        rank, world)
 
 
 def with_labels(blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
