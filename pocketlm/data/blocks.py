@@ -109,8 +109,8 @@ def _encoder(tokenizer, with_assistant_mask: bool):
         texts = [t + END_OF_TEXT if ends else t for t, ends in zip(batch["text"], batch["ends"])]
         # 200 texts at a time: a batch's encodings are held whole until converted (a thousand of the character
         # tokenizer's took 700 MB more in each worker), and smaller batches cost no measurable time.
-        ids = [np.array(row, dtype=dtype)  # Arrow takes arrays whole, not int by int
-               for start in range(0, len(texts), ENCODE_BATCH) for row in encode_ids(texts[start:start + ENCODE_BATCH])]
+        pieces = (texts[start : start + ENCODE_BATCH] for start in range(0, len(texts), ENCODE_BATCH))
+        ids = [np.array(row, dtype=dtype) for piece in pieces for row in encode_ids(piece)]  # Arrow takes arrays whole
         if not with_assistant_mask:
             return {"input_ids": ids}
         return {"input_ids": ids, "assistant_mask": [assistant_mask(row, assistant_id, end_id) for row in ids]}
