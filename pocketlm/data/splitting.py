@@ -48,6 +48,7 @@ class Corpus:
     report: ReadReport = None  # every record read: kept, a duplicate, or skipped and why
     name: str = ""  # the data's public name: file and folder names, never a path (the model card shows it)
     validation_rule: str = ""  # how validation was chosen: HASHED, TAIL or GIVEN
+    train_characters: int = 0  # characters of the training text (0 for a stream, which is never counted)
 
     @property
     def streaming(self) -> bool:
@@ -61,7 +62,7 @@ class Corpus:
         time: a gigabyte's text is never all in memory at once."""
         if self.streaming:
             return _first_characters((row["text"] for row in self.train), TOKENIZER_CHARS), None
-        step = 1 if every_character else max(1, math.ceil(text_lengths(self.train).sum() / TOKENIZER_CHARS))
+        step = 1 if every_character else max(1, math.ceil(self.train_characters / TOKENIZER_CHARS))
         sample = self.train.select(range(0, len(self.train), step)) if step > 1 else self.train
         return (text for batch in sample.iter(batch_size=1000) for text in batch["text"]), len(sample)
 
@@ -266,9 +267,11 @@ def load_corpus(
         rule = GIVEN
     else:
         train, validation, rule = _hold_out(documents, seed, VALIDATION_FRACTION, report)
-    _warn_if_small(int(text_lengths(train).sum() + text_lengths(validation).sum()))
+    train_characters = int(text_lengths(train).sum())  # counted once: the tokenizer's sample is sized by it too
+    _warn_if_small(train_characters + int(text_lengths(validation).sum()))
     return Corpus(train=train, validation=validation, source=source, is_chat=any(column(documents, "is_chat")),
-                  report=report, name=public_name(data, dataset), validation_rule=rule)
+                  report=report, name=public_name(data, dataset), validation_rule=rule,
+                  train_characters=train_characters)
 
 
 def _warn_if_small(total_chars: int) -> None:
