@@ -1,10 +1,15 @@
 """metrics.jsonl, TensorBoard scalars and the loss-curve image of a training run."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
 from accelerate import Accelerator
+
+from .run_folder import write_whole
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -24,13 +29,21 @@ class MetricsLog:
     def records(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, torn = [], 0
+        for line in filter(str.strip, self.path.read_text().splitlines()):
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line cut short by a full disk, say: the rest of the record is still good
+                torn += 1
+        if torn:
+            logger.warning("%s: skipped %d damaged line(s)", self.path, torn)
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Forget records past `step`: a resumed run rewrites them, so the log reads like one uninterrupted run."""
         if self.accelerator.is_main_process and self.path.exists():
-            kept = [r for r in self.records() if r["step"] <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = "".join(json.dumps(r) + "\n" for r in self.records() if r["step"] <= step)
+            write_whole(self.path, lambda path: path.write_text(kept))
 
     def plot(self, target: Path) -> Path:
         """Train and validation loss against step, drawn into `target` (a PNG)."""
@@ -51,6 +64,6 @@ class MetricsLog:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(target, dpi=100)
+        write_whole(target, lambda path: figure.savefig(path, dpi=100, format="png"))
         plt.close(figure)
         return target

@@ -6,12 +6,13 @@
         metrics.jsonl, loss_curve.png, training_summary.json             the run's records
         checkpoints/step-N/                                              resumable training state (checkpoints.py)
         .lock                                                            held by the run under way
-        .tokenizer/, .saving/                                            a run's tokenizer before its first model; a
+        .tokenizer/, .saving/                                            a run's tokenizer until it has finished; a
                                                                          model being written
 
 Every other module asks this one for a path, a record or a write; no file name of the folder is spelled anywhere
-else. Every write goes to a hidden temporary place first and is then renamed into place: a rename is atomic, so a
-run killed mid-save leaves the previous model as it was.
+else. Every write goes to a hidden temporary place first and is then renamed into place (`write_whole`), but for
+metrics.jsonl, which grows a line at a time: a rename is atomic, so a run killed mid-save leaves the previous
+model, checkpoint or record as it was.
 """
 
 import fcntl
@@ -22,6 +23,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tokenization import save_tokenizer
 
@@ -136,11 +138,21 @@ class RunFolder:
         temporary.rmdir()
 
     def save_run_tokenizer(self, tokenizer) -> None:
-        save_tokenizer(tokenizer, self.run_tokenizer)
+        """The run's tokenizer, whole or not at all: a resume loads it from here."""
+        temporary = self.path / f"{RUN_TOKENIZER_DIR}.writing"
+        shutil.rmtree(temporary, ignore_errors=True)
+        save_tokenizer(tokenizer, temporary)
+        shutil.rmtree(self.run_tokenizer, ignore_errors=True)  # an earlier run's, which --overwrite replaces
+        os.replace(temporary, self.run_tokenizer)
 
     def forget_run_tokenizer(self) -> None:
-        """A finished run's tokenizer is the one beside its model."""
-        shutil.rmtree(self.run_tokenizer, ignore_errors=True)
+        """A finished run's tokenizer is the one beside its model. Moved away before it is removed: a run killed
+        while removing it must not leave half a tokenizer where a resume would load it."""
+        leaving = self.path / f"{RUN_TOKENIZER_DIR}.removing"
+        shutil.rmtree(leaving, ignore_errors=True)
+        if self.run_tokenizer.exists():
+            os.replace(self.run_tokenizer, leaving)
+            shutil.rmtree(leaving)
 
     def tokenizer_to_resume(self) -> Path:
         """Where a resumed run's tokenizer is: its own, until a finished run left it beside the model."""
@@ -149,7 +161,7 @@ class RunFolder:
     # ---------------------------------------------------------------------------------------------- records
 
     def write_summary(self, summary: dict) -> None:
-        self.summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+        write_whole(self.summary_file, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
 
     def read_summary(self) -> dict:
         """What the run recorded (data, options, results); {} for a folder without a record, such as a Hub model."""
@@ -166,6 +178,14 @@ class RunFolder:
 
     def lock(self) -> "FolderLock":
         return FolderLock(self.path / LOCK_FILE)
+
+
+def write_whole(path: Path, write: Callable[[Path], object]) -> None:
+    """Write a file whole or not at all: `write` fills a hidden file beside it, which is then renamed over it (a
+    run killed while writing a record must leave the previous one, not half of the new one)."""
+    temporary = path.with_name(f".{path.name}.writing")
+    write(temporary)
+    os.replace(temporary, path)
 
 
 def _bytes_of(path: Path) -> int:
