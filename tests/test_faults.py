@@ -583,6 +583,21 @@ def test_an_accepted_learning_rate_is_the_one_the_resumed_steps_use(interrupted,
     assert lr_at_step_4(out) == pytest.approx(lr_at_step_4(tmp_path / "fresh"), rel=1e-9)
 
 
+def test_a_resume_past_a_torn_line_in_the_metrics_keeps_every_good_record(interrupted, caplog):
+    folder, out = interrupted
+    metrics = out / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"step": 2, "val_lo')  # a line cut short, as a full disk leaves it
+    result = _resume(folder, out, "--eval-every=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any("metrics.jsonl: skipped 1 damaged line" in r.getMessage() for r in caplog.records)
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert records[: len(good.splitlines())] == [json.loads(line) for line in good.splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r][-2:] == [3, 4]
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.writing"))  # records are written aside and renamed into place
+
+
 def test_accept_changes_without_resume_is_refused(corpus, tmp_path):
     assert_one_line_error(_train(corpus, tmp_path / "out", "--accept-changes"), "--accept-changes", "add --resume")
 
@@ -618,3 +633,19 @@ def test_runs_killed_at_random_moments_keep_a_loadable_model_and_resume_to_ident
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["trials"] == 2 and summary["bitwise identical to the uninterrupted run"] == 2
+
+
+def test_runs_killed_just_before_a_save_is_published_resume_to_identical_weights():
+    """A short form of bench/kill_points.py (a kill before every change to the disk there): killed with a checkpoint
+    written but not yet renamed into place, in the middle of removing the oldest checkpoint, with a tokenizer not
+    yet renamed into the cache, and halfway through a finished run's removal of its own tokenizer (which a resume
+    used to load, half gone, instead of the whole one beside the model)."""
+    wanted = (r"rename run:checkpoints/\.tmp-step-2 |remove run:checkpoints/step-1/model|rename home:tokenizers/"
+              r"|remove run:\.tokenizer[^ ]*/tokenizer_config\.json")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "kill_points.py"), "--steps", "4",
+                             "--matching", wanted], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "a second run makes the same ones in the same order" in result.stdout
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["trials"] == 4 and summary["bitwise identical to the uninterrupted run"] == 4
+    assert all(said in result.stdout for said in ("resumed from step 1", "resumed from step 4", "started afresh"))

@@ -1,0 +1,233 @@
+"""SIGKILL a training run just before each change it makes to the disk, one trial per change, and check each resumes.
+
+What a killed run leaves behind is decided by which of its changes to the disk had been made, nothing else: a kill
+in the middle of a step's arithmetic leaves the same files as one just before the step's next write. Random kills
+(`kill_trials.py`) land where the time goes, in the arithmetic, and reach a given gap between two writes by chance;
+this bench visits every gap. A counting run lists every change a short run makes, in order, to its output folder
+and to the caches it shares with later runs (pocketlm's home: the checkpoint-signing key and the tokenizers;
+datasets' cache: the corpus, tokens and blocks): each file opened for writing, rename, removal and folder made or
+removed, as Python's audit hooks report them (`sys.addaudithook`; bytes that native code writes into a file it
+opened itself, such as safetensors' weights, are published by the rename that follows them, which is listed).
+Then trial N runs the same command in a fresh folder with fresh caches, kills it with SIGKILL just before change
+N, and checks what `kill_trials.py` checks: the folder holds a loadable best model whenever it holds weights;
+`--resume` (or a fresh start when no checkpoint was written) ends without error; the model and the last checkpoint
+are bitwise identical to the uninterrupted run's.
+
+    python bench/kill_points.py                       # every change of a 4-step run
+    python bench/kill_points.py --steps 3 --jobs 2 --keep-different /tmp/kept
+    python bench/kill_points.py --matching "rename .*step-"      # only before each checkpoint is renamed
+"""
+
+import argparse
+import json
+import os
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kill_trials import command, corpus, digest, loadable  # the same run and the same checks as the random trials
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from pocketlm.checkpoints import TEMPORARY_PREFIX  # noqa: E402  (after the path is set)
+from pocketlm.run_folder import CHECKPOINTS_DIR, MODEL_FILE, SAVING_DIR  # noqa: E402
+
+# What the run writes to, each under a name that is the same in every trial (the changes are compared by it).
+PLACES = {"run": "", "home": "POCKETLM_HOME", "datasets": "HF_DATASETS_CACHE"}
+WRITING = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.link", "os.symlink")
+
+
+# ------------------------------------------------------------------------------------- inside the killed run
+
+
+def run_and_kill(listing: Path, kill_before: int, roots: dict[str, str], train_args: list[str]) -> None:
+    """Run train.py in this process, writing each change to the disk under `roots` to `listing` as it comes; with
+    `kill_before` >= 0, SIGKILL this process just before that change (numbered from 0) is made."""
+    log = os.open(listing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # opened before the hook: not a change
+    count, busy = 0, False
+
+    def place(path, dir_fd: int = -1) -> str | None:
+        if isinstance(path, int):
+            return None
+        path = os.fsdecode(path)
+        if dir_fd not in (-1, None) and not os.path.isabs(path):  # shutil.rmtree removes relative to a folder
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        path = os.path.abspath(path)
+        for name, root in roots.items():
+            if path == root or path.startswith(root + os.sep):
+                return f"{name}:{os.path.relpath(path, root)}"
+        return None
+
+    def hook(event: str, args: tuple) -> None:
+        nonlocal count, busy
+        if busy or (event != "open" and event not in CHANGES):
+            return
+        busy = True  # the hook's own calls raise audit events too
+        try:
+            if event == "open":
+                path, mode, flags = args
+                writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITING)
+                where = [place(path)] if writes else []
+            elif event == "os.rename":
+                where = [place(args[0], args[2]), place(args[1], args[3])]
+            else:
+                where = [place(args[0], args[-1] if event in ("os.remove", "os.rmdir", "os.mkdir") else -1)]
+            where = [w for w in where if w]
+            if where:
+                os.write(log, f"{event} {' -> '.join(where)}\n".encode())  # the last line: the change not made
+                if count == kill_before:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                count += 1
+        finally:
+            busy = False
+
+    sys.argv = [str(REPO_ROOT / "train.py"), *train_args]
+    sys.path[0] = str(REPO_ROOT)  # as when train.py is run as a script
+    sys.addaudithook(hook)
+    runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
+
+
+# ---------------------------------------------------------------------------------------------- the trials
+
+
+def places(folder: Path) -> dict[str, str]:
+    """A run folder and its own caches, all under `folder`."""
+    return {name: os.path.realpath(folder / name) for name in PLACES}
+
+
+def environment(roots: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **{variable: roots[name] for name, variable in PLACES.items() if variable},
+            "HF_HUB_OFFLINE": "1"}
+
+
+def killed_run(data: Path, folder: Path, steps: int, kill_before: int) -> tuple[subprocess.CompletedProcess, list]:
+    """The run of `kill_trials.command` in `folder`, killed just before change `kill_before` (-1: never); returns
+    the process and the changes it made, in order."""
+    roots = places(folder)
+    listing = folder / "changes.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    train_args = command(data, Path(roots["run"]), steps)[2:]
+    done = subprocess.run([sys.executable, __file__, "--child", str(listing), str(kill_before), json.dumps(roots),
+                           "--", *train_args], env=environment(roots), capture_output=True, text=True)
+    return done, listing.read_text().splitlines()
+
+
+def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str, reference: Path) -> dict:
+    done, made = killed_run(data, folder, steps, kill_before)
+    out = Path(places(folder)["run"])
+    record = {"had_weights": (out / MODEL_FILE).exists(), "resumed": False, "different": [], "identical": False,
+              "loadable": None}
+    if done.returncode != -signal.SIGKILL or len(made) != kill_before + 1 or not same_change(made[-1], expected):
+        record["said"] = (f"the run was not killed before that change (exit {done.returncode}, "
+                          f"{len(made)} changes, the last {made[-1:]}): {done.stderr.strip()[-300:]}")
+        return record
+    record["loadable"] = loadable(out) if record["had_weights"] else None
+    has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
+    again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
+    resumed = subprocess.run(again, env=environment(places(folder)), capture_output=True, text=True)
+    record["resumed"] = resumed.returncode == 0
+    record["said"] = next((line for line in resumed.stdout.splitlines() if "resumed from" in line), "started afresh")
+    if not record["resumed"]:
+        record["said"] = f"resume failed: {(resumed.stderr.strip().splitlines() or ['?'])[-1]}"
+    compared = (MODEL_FILE, f"{CHECKPOINTS_DIR}/step-{steps}/{MODEL_FILE}",
+                f"{CHECKPOINTS_DIR}/step-{steps}/optimizer.bin")
+    record["different"] = [name for name in compared
+                           if not (out / name).exists() or digest(out / name) != digest(reference / name)]
+    record["identical"] = record["resumed"] and not record["different"]
+    return record
+
+
+def verdict(record: dict) -> str:
+    if record["identical"]:
+        return "identical"
+    return f"DIFFERENT: {', '.join(record['different'])}" if record["resumed"] else "NOT RESUMED"
+
+
+def phase(change: str) -> str:
+    """What a change belongs to, for the summary."""
+    if f"{CHECKPOINTS_DIR}/" in change:
+        return "a checkpoint"
+    if SAVING_DIR in change:
+        return "the model"
+    if "home:" in change or "datasets:" in change:
+        return "the caches"
+    return "the run's other files"
+
+
+def same_change(a: str, b: str) -> bool:
+    """Two runs' changes are the same up to process ids, the random names of temporary files and cache keys."""
+    return re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", a) == re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", b)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        listing, kill_before, roots, _, *train_args = sys.argv[2:]
+        return run_and_kill(Path(listing), int(kill_before), json.loads(roots), train_args)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="steps of the run (a checkpoint and an evaluation at "
+                        "each; from step 4 the oldest of three checkpoints is removed)")
+    parser.add_argument("--jobs", type=int, default=1, help="trials run at the same time")
+    parser.add_argument("--matching", metavar="REGEX", help="kill only before the changes whose line (as the "
+                        "counting run prints them) matches REGEX")
+    parser.add_argument("--keep-different", type=Path, metavar="DIR",
+                        help="copy the folders of every trial that ends different from the uninterrupted run here")
+    parser.add_argument("--list", action="store_true", help="print the changes of the uninterrupted run and stop")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data = corpus(scratch / "corpus.txt")
+        done, changes = killed_run(data, scratch / "reference", args.steps, -1)
+        if done.returncode != 0:
+            sys.exit(f"the uninterrupted run failed: {done.stderr[-2000:]}")
+        _, again = killed_run(data, scratch / "again", args.steps, -1)
+        # The numbering means the same change in every trial only if every run makes the same changes in order.
+        differing = [(a, b) for a, b in zip(changes, again) if not same_change(a, b)]
+        print(f"the uninterrupted run makes {len(changes)} changes to the disk; a second run makes "
+              f"{'the same ones in the same order' if len(again) == len(changes) and not differing else 'OTHERS'}")
+        for a, b in differing[:5]:
+            print(f"    {a}  /  {b}")
+        if args.list:
+            print("\n".join(f"{number:>4} {change}" for number, change in enumerate(changes)))
+            return
+        reference = Path(places(scratch / "reference")["run"])
+        chosen = [n for n, change in enumerate(changes) if not args.matching or re.search(args.matching, change)]
+
+        def one(number: int) -> dict:
+            return trial(data, scratch / f"trial-{number}", args.steps, number, changes[number], reference)
+
+        records = {}
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for number, record in zip(chosen, pool.map(one, chosen)):
+                records[number] = record
+                weights = ("absent" if record["loadable"] is None else "loadable" if record["loadable"] else "BROKEN")
+                print(f"before change {number:>3} ({changes[number]}): weights {weights}, {record['said']}, "
+                      f"{verdict(record)}", flush=True)
+                if not record["identical"] and args.keep_different:
+                    shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
+                    shutil.copytree(reference, args.keep_different / "reference", dirs_exist_ok=True)
+                shutil.rmtree(scratch / f"trial-{number}", ignore_errors=True)
+    by_phase = Counter(phase(changes[n]) for n in records)
+    summary = {
+        "changes": len(changes), "trials": len(records),
+        "trials by what was being written": dict(by_phase),
+        "with weights after the kill": sum(r["had_weights"] for r in records.values()),
+        "of those, loadable": sum(bool(r["loadable"]) for r in records.values()),
+        "resumed or restarted to the end": sum(r["resumed"] for r in records.values()),
+        "bitwise identical to the uninterrupted run": sum(r["identical"] for r in records.values()),
+    }
+    print(json.dumps(summary, indent=1))
+    sys.exit(0 if summary["bitwise identical to the uninterrupted run"] == len(records)
+             and summary["of those, loadable"] == summary["with weights after the kill"] else 1)
+
+
+if __name__ == "__main__":
+    main()
