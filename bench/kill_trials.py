@@ -10,12 +10,16 @@ is spent on Python's start-up; every other trial then waits for the next save to
   start works when the kill came before the first checkpoint;
 - the finished run's model and last checkpoint are bitwise identical to an uninterrupted run's.
 
+With `--controls N`, N more uninterrupted runs are compared with the first in the same way: a difference after a
+kill means something only if uninterrupted runs do not differ among themselves.
+
 It counts the kills that landed while a checkpoint (`checkpoints/.tmp-step-N/`) or the model (`.saving/`) was
 being written.
 
     python bench/kill_trials.py                 # 24 trials
     python bench/kill_trials.py --trials 5 --steps 20
     python bench/kill_trials.py --trials 300 --jobs 2 --keep-different /tmp/kept   # two trials at a time
+    python bench/kill_trials.py --trials 0 --controls 100 --jobs 2                  # is a run reproducible at all?
 """
 
 import argparse
@@ -124,12 +128,22 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["resume_said"] = [line for line in resumed.stdout.splitlines() if "resumed from" in line]
     if not record["resumed"]:
         print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
-    compared = (MODEL_FILE, f"{CHECKPOINTS_DIR}/step-{steps}/{MODEL_FILE}",
-                f"{CHECKPOINTS_DIR}/step-{steps}/optimizer.bin")
-    record["different"] = [name for name in compared
-                           if not (out / name).exists() or digest(out / name) != digest(reference / name)]
+    record["different"] = differences(out, reference, steps)
     record["identical"] = record["resumed"] and not record["different"]
     return record
+
+
+def differences(out: Path, reference: Path, steps: int) -> list[str]:
+    """The files of a finished run's model and last checkpoint that are not bitwise those of `reference`."""
+    compared = (MODEL_FILE, f"{CHECKPOINTS_DIR}/step-{steps}/{MODEL_FILE}",
+                f"{CHECKPOINTS_DIR}/step-{steps}/optimizer.bin")
+    return [name for name in compared if not (out / name).exists() or digest(out / name) != digest(reference / name)]
+
+
+def control(data: Path, out: Path, steps: int, reference: Path) -> bool:
+    """An uninterrupted run like the reference: True when it ends bitwise identical to it."""
+    done = subprocess.run(command(data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return done.returncode == 0 and not differences(out, reference, steps)
 
 
 def main() -> None:
@@ -141,6 +155,8 @@ def main() -> None:
                         "one after the other)")
     parser.add_argument("--keep-different", type=Path, metavar="DIR",
                         help="copy the folder of every trial that ends different from the uninterrupted run here")
+    parser.add_argument("--controls", type=int, default=0, metavar="N",
+                        help="also run N more uninterrupted runs and compare them with the first")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
@@ -180,6 +196,14 @@ def main() -> None:
                         shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
                         if not (args.keep_different / "reference").exists():
                             shutil.copytree(reference, args.keep_different / "reference")
+
+        def uninterrupted(number: int) -> bool:
+            same = control(data, scratch / f"control-{number}", args.steps, reference)
+            shutil.rmtree(scratch / f"control-{number}")
+            return same
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            controls = list(pool.map(uninterrupted, range(args.controls)))
     count = len(records)
     summary = {
         "trials": count,
@@ -189,10 +213,12 @@ def main() -> None:
         "of those, loadable": sum(bool(r["loadable"]) for r in records),
         "resumed or restarted to the end": sum(r["resumed"] for r in records),
         "bitwise identical to the uninterrupted run": sum(r["identical"] for r in records),
+        "more uninterrupted runs": len(controls),
+        "of those, bitwise identical to the first": sum(controls),
     }
     print(json.dumps(summary, indent=1))
     failed = summary["of those, loadable"] < summary["with weights after the kill"] or \
-        summary["bitwise identical to the uninterrupted run"] < count
+        summary["bitwise identical to the uninterrupted run"] < count or not all(controls)
     sys.exit(1 if failed else 0)
 
 
