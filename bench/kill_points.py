@@ -43,6 +43,7 @@ from pocketlm.run_folder import CHECKPOINTS_DIR, MODEL_FILE, SAVING_DIR  # noqa:
 # What the run writes to, each under a name that is the same in every trial (the changes are compared by it).
 PLACES = {"run": "", "home": "POCKETLM_HOME", "datasets": "HF_DATASETS_CACHE"}
 WRITING = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+SCRATCH_NAMES = r"reference|again|trial-\d+"  # the folders of the runs, each with its own caches
 CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.link", "os.symlink")
 
 
@@ -164,8 +165,11 @@ def phase(change: str) -> str:
 
 
 def same_change(a: str, b: str) -> bool:
-    """Two runs' changes are the same up to process ids, the random names of temporary files and cache keys."""
-    return re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", a) == re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", b)
+    """Two runs' changes are the same up to process ids, the random names of temporary files, cache keys and the
+    run's own folder (datasets names a lock file after the cache's path)."""
+    def general(change: str) -> str:
+        return re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", re.sub(SCRATCH_NAMES, "run", change))
+    return general(a) == general(b)
 
 
 def main() -> None:
