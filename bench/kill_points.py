@@ -32,7 +32,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kill_trials import command, corpus, digest, loadable  # the same run and the same checks as the random trials
+from kill_trials import command, corpus, differences, loadable, resume_or_restart  # the random trials' run and checks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -132,17 +132,12 @@ def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str,
                           f"{len(made)} changes, the last {made[-1:]}): {done.stderr.strip()[-300:]}")
         return record
     record["loadable"] = loadable(out) if record["had_weights"] else None
-    has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
-    again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
-    resumed = subprocess.run(again, env=environment(places(folder)), capture_output=True, text=True)
+    resumed = resume_or_restart(data, out, steps, environment(places(folder)))
     record["resumed"] = resumed.returncode == 0
     record["said"] = next((line for line in resumed.stdout.splitlines() if "resumed from" in line), "started afresh")
     if not record["resumed"]:
         record["said"] = f"resume failed: {(resumed.stderr.strip().splitlines() or ['?'])[-1]}"
-    compared = (MODEL_FILE, f"{CHECKPOINTS_DIR}/step-{steps}/{MODEL_FILE}",
-                f"{CHECKPOINTS_DIR}/step-{steps}/optimizer.bin")
-    record["different"] = [name for name in compared
-                           if not (out / name).exists() or digest(out / name) != digest(reference / name)]
+    record["different"] = differences(out, reference, steps)
     record["identical"] = record["resumed"] and not record["different"]
     return record
 

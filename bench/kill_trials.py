@@ -121,9 +121,7 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
         "had_weights": (out / MODEL_FILE).exists(),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None
-    has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
-    again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
-    resumed = subprocess.run(again, capture_output=True, text=True)
+    resumed = resume_or_restart(data, out, steps)
     record["resumed"] = resumed.returncode == 0
     record["resume_said"] = [line for line in resumed.stdout.splitlines() if "resumed from" in line]
     if not record["resumed"]:
@@ -131,6 +129,13 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["different"] = differences(out, reference, steps)
     record["identical"] = record["resumed"] and not record["different"]
     return record
+
+
+def resume_or_restart(data: Path, out: Path, steps: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """What a user does after a kill: `--resume` from the newest checkpoint, or start afresh when none was written."""
+    has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
+    again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
+    return subprocess.run(again, env=env, capture_output=True, text=True)
 
 
 def differences(out: Path, reference: Path, steps: int) -> list[str]:
