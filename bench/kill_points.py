@@ -13,7 +13,16 @@ N, and checks what `kill_trials.py` checks: the folder holds a loadable best mod
 `--resume` (or a fresh start when no checkpoint was written) ends without error; the model and the last checkpoint
 are bitwise identical to the uninterrupted run's.
 
+Native code (safetensors, torch.save, tokenizers, Arrow) writes without passing the audit hooks, and a SIGKILL can
+stop a write halfway. `--writes` runs the uninterrupted run under strace and lists every file any system call
+writes in those places and how: aside (at a name that it, or a folder above it, is later renamed from) or in place.
+Only the lock and the metrics log may be written in place (a resume skips a torn last line). With `--tear`, each
+trial then cuts every file the kill left at an aside name to half its size, which is what a kill in the middle of
+that file's writing leaves, before it checks and resumes.
+
     python bench/kill_points.py                       # every change of a 4-step run
+    python bench/kill_points.py --writes              # how each file is written, system calls included
+    python bench/kill_points.py --tear --jobs 2       # every change, with what was being written left torn
     python bench/kill_points.py --steps 3 --jobs 2 --keep-different /tmp/kept
     python bench/kill_points.py --matching "rename .*step-"      # only before each checkpoint is renamed
 """
@@ -38,13 +47,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pocketlm.checkpoints import TEMPORARY_PREFIX  # noqa: E402  (after the path is set)
-from pocketlm.run_folder import CHECKPOINTS_DIR, MODEL_FILE, SAVING_DIR  # noqa: E402
+from pocketlm.run_folder import CHECKPOINTS_DIR, LOCK_FILE, METRICS_FILE, MODEL_FILE, SAVING_DIR  # noqa: E402
 
 # What the run writes to, each under a name that is the same in every trial (the changes are compared by it).
 PLACES = {"run": "", "home": "POCKETLM_HOME", "datasets": "HF_DATASETS_CACHE"}
 WRITING = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 SCRATCH_NAMES = r"reference|again|trial-\d+"  # the folders of the runs, each with its own caches
 CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.link", "os.symlink")
+# What strace records of a run: the calls that write into a file, and those that name a file or move it.
+WRITE_CALLS = ("write", "pwrite64", "writev", "pwritev", "pwritev2", "ftruncate", "fallocate")
+TRACED_CALLS = ("openat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir",
+                *WRITE_CALLS)
+# The files a run may write in place: the lock (its text only says who holds it) and the append-only metrics log,
+# whose torn last line a resume skips.
+IN_PLACE = {f"run:{LOCK_FILE}", f"run:{METRICS_FILE}"}
 
 
 # ------------------------------------------------------------------------------------- inside the killed run
@@ -59,14 +75,9 @@ def run_and_kill(listing: Path, kill_before: int, roots: dict[str, str], train_a
     def place(path, dir_fd: int = -1) -> str | None:
         if isinstance(path, int):
             return None
-        path = os.fsdecode(path)
-        if dir_fd not in (-1, None) and not os.path.isabs(path):  # shutil.rmtree removes relative to a folder
-            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-        path = os.path.abspath(path)
-        for name, root in roots.items():
-            if path == root or path.startswith(root + os.sep):
-                return f"{name}:{os.path.relpath(path, root)}"
-        return None
+        # shutil.rmtree removes relative to a folder
+        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd not in (-1, None) else None
+        return named(os.fsdecode(path), roots, folder)
 
     def hook(event: str, args: tuple) -> None:
         nonlocal count, busy
@@ -97,6 +108,64 @@ def run_and_kill(listing: Path, kill_before: int, roots: dict[str, str], train_a
     runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
 
 
+def named(path: str, roots: dict[str, str], folder: str | None = None) -> str | None:
+    """`path` as "place:relative/path" when it lies under one of `roots`, else None; a relative path is taken from
+    `folder` (or the current folder)."""
+    path = os.path.abspath(os.path.join(folder, path) if folder and not os.path.isabs(path) else path)
+    for name, root in roots.items():
+        if path == root or path.startswith(root + os.sep):
+            return f"{name}:{os.path.relpath(path, root)}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- the system calls
+
+
+def how_written(trace: Path, roots: dict[str, str]) -> dict[str, tuple[int, str]]:
+    """From strace's record of a run: each file under `roots` that a system call wrote into (by its general name),
+    with the number of such calls and "aside" when it, or a folder above it, was later renamed from, else
+    "in place"."""
+    calls, moved, renamed_later = Counter(), {}, set()
+    for line in trace.read_text(errors="replace").splitlines():
+        found = re.match(r"\d+\s+(\w+)\((.*)", line)
+        if not found:
+            continue
+        call, arguments = found.groups()
+        if call in WRITE_CALLS:
+            target = re.match(r"\d+<([^>]*)>", arguments)
+            name = target and named(target.group(1), roots)
+            if name:
+                calls[name] += 1
+                moved.setdefault(name, len(renamed_later))
+        elif call.startswith("rename"):
+            # rename("old", "new") or renameat(dirfd<folder>, "old", dirfd<folder>, "new"): the first path.
+            source = re.match(r'(?:[\w-]+<([^>]*)>, )?"([^"]*)"', arguments)
+            name = source and named(source.group(2), roots, source.group(1))
+            if name:
+                renamed_later.add(general(name))
+    return {general(name): (count, "aside" if any(general(above) in renamed_later for above in and_above(name))
+                            else "in place") for name, count in calls.items()}
+
+
+def and_above(name: str) -> list[str]:
+    """"run:a/b/c" -> ["run:a/b/c", "run:a/b", "run:a"]."""
+    parts = name.split("/")
+    return ["/".join(parts[:end]) for end in range(len(parts), 0, -1)]
+
+
+def tear(roots: dict[str, str], aside: set[str]) -> list[str]:
+    """Cut to half its size every file under `roots` whose general name is one written aside: what a kill in the
+    middle of writing it leaves (the kernel stops a killed write at a page). Returns their names."""
+    torn = []
+    for name, root in roots.items():
+        for path in sorted(Path(root).rglob("*")):
+            where = f"{name}:{path.relative_to(root)}"
+            if path.is_file() and not path.is_symlink() and general(where) in aside and path.stat().st_size:
+                os.truncate(path, path.stat().st_size // 2)
+                torn.append(where)
+    return torn
+
+
 # ---------------------------------------------------------------------------------------------- the trials
 
 
@@ -110,27 +179,35 @@ def environment(roots: dict[str, str]) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1"}
 
 
-def killed_run(data: Path, folder: Path, steps: int, kill_before: int) -> tuple[subprocess.CompletedProcess, list]:
-    """The run of `kill_trials.command` in `folder`, killed just before change `kill_before` (-1: never); returns
-    the process and the changes it made, in order."""
+def killed_run(data: Path, folder: Path, steps: int, kill_before: int,
+               trace: Path | None = None) -> tuple[subprocess.CompletedProcess, list]:
+    """The run of `kill_trials.command` in `folder`, killed just before change `kill_before` (-1: never), with its
+    system calls recorded in `trace` when given; returns the process and the changes it made, in order."""
     roots = places(folder)
     listing = folder / "changes.txt"
     folder.mkdir(parents=True, exist_ok=True)
     train_args = command(data, Path(roots["run"]), steps)[2:]
-    done = subprocess.run([sys.executable, __file__, "--child", str(listing), str(kill_before), json.dumps(roots),
-                           "--", *train_args], env=environment(roots), capture_output=True, text=True)
+    strace = ["strace", "-f", "-qq", "-y", "-s", "0", "-e", "signal=none", "-e", f"trace={','.join(TRACED_CALLS)}",
+              "-o", str(trace)] if trace else []
+    done = subprocess.run([*strace, sys.executable, __file__, "--child", str(listing), str(kill_before),
+                           json.dumps(roots), "--", *train_args], env=environment(roots), capture_output=True,
+                          text=True)
     return done, listing.read_text().splitlines()
 
 
-def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str, reference: Path) -> dict:
+def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str, reference: Path,
+          aside: set[str] | None = None) -> dict:
+    """Kill before change `kill_before`, cut what was being written aside when `aside` names it, check, resume."""
     done, made = killed_run(data, folder, steps, kill_before)
     out = Path(places(folder)["run"])
     record = {"had_weights": (out / MODEL_FILE).exists(), "resumed": False, "different": [], "identical": False,
-              "loadable": None}
+              "loadable": None, "torn": []}
     if done.returncode != -signal.SIGKILL or len(made) != kill_before + 1 or not same_change(made[-1], expected):
         record["said"] = (f"the run was not killed before that change (exit {done.returncode}, "
                           f"{len(made)} changes, the last {made[-1:]}): {done.stderr.strip()[-300:]}")
         return record
+    if aside:
+        record["torn"] = tear(places(folder), aside)
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps, environment(places(folder)))
     record["resumed"] = resumed.returncode == 0
@@ -159,11 +236,13 @@ def phase(change: str) -> str:
     return "the run's other files"
 
 
+def general(change: str) -> str:
+    """A change or a file's name with what differs from run to run replaced by "#": process ids, the random names
+    of temporary files, cache keys and the run's own folder (datasets names a lock file after the cache's path)."""
+    return re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", re.sub(SCRATCH_NAMES, "run", change))
+
+
 def same_change(a: str, b: str) -> bool:
-    """Two runs' changes are the same up to process ids, the random names of temporary files, cache keys and the
-    run's own folder (datasets names a lock file after the cache's path)."""
-    def general(change: str) -> str:
-        return re.sub(r"tmp\w+|[0-9a-f]{8,}|\d+", "#", re.sub(SCRATCH_NAMES, "run", change))
     return general(a) == general(b)
 
 
@@ -180,14 +259,25 @@ def main() -> None:
     parser.add_argument("--keep-different", type=Path, metavar="DIR",
                         help="copy the folders of every trial that ends different from the uninterrupted run here")
     parser.add_argument("--list", action="store_true", help="print the changes of the uninterrupted run and stop")
+    parser.add_argument("--writes", action="store_true", help="print how the run writes each file, system calls "
+                        "included (strace), and stop: exit 1 when one besides the lock and the log is written in place")
+    parser.add_argument("--tear", action="store_true", help="after each kill, cut every file left at a name the run "
+                        "writes aside to half its size, as a kill in the middle of its writing would (needs strace)")
     args = parser.parse_args()
+    traced = args.writes or args.tear
+    if traced and not shutil.which("strace"):
+        sys.exit("--writes and --tear record the run's system calls with strace: apt-get install strace")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = corpus(scratch / "corpus.txt")
         done, changes = killed_run(data, scratch / "reference", args.steps, -1)
         if done.returncode != 0:
             sys.exit(f"the uninterrupted run failed: {done.stderr[-2000:]}")
-        _, again = killed_run(data, scratch / "again", args.steps, -1)
+        # The second run, which checks the numbering, is the one whose system calls are recorded when asked.
+        trace = scratch / "again.strace" if traced else None
+        done, again = killed_run(data, scratch / "again", args.steps, -1, trace)
+        if done.returncode != 0:
+            sys.exit(f"the second uninterrupted run failed: {done.stderr[-2000:]}")
         # The numbering means the same change in every trial only if every run makes the same changes in order.
         differing = [(a, b) for a, b in zip(changes, again) if not same_change(a, b)]
         print(f"the uninterrupted run makes {len(changes)} changes to the disk; a second run makes "
@@ -197,18 +287,29 @@ def main() -> None:
         if args.list:
             print("\n".join(f"{number:>4} {change}" for number, change in enumerate(changes)))
             return
+        written = how_written(trace, places(scratch / "again")) if traced else {}
+        misplaced = sorted(name for name, (_, how) in written.items() if how == "in place" and name not in IN_PLACE)
+        if args.writes:
+            print("the files the run writes with system calls (calls, how; # stands for what differs per run):")
+            print("\n".join(f"{calls:>6}  {how:<8}  {name}" for name, (calls, how) in sorted(written.items())))
+            print(json.dumps({"files": len(written), "written in place": sorted(
+                name for name, (_, how) in written.items() if how == "in place"), "in place and should not be":
+                misplaced}, indent=1))
+            sys.exit(1 if misplaced else 0)
+        aside = {name for name, (_, how) in written.items() if how == "aside"}
         reference = Path(places(scratch / "reference")["run"])
         chosen = [n for n, change in enumerate(changes) if not args.matching or re.search(args.matching, change)]
 
         def one(number: int) -> dict:
-            return trial(data, scratch / f"trial-{number}", args.steps, number, changes[number], reference)
+            return trial(data, scratch / f"trial-{number}", args.steps, number, changes[number], reference, aside)
 
         records = {}
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for number, record in zip(chosen, pool.map(one, chosen)):
                 records[number] = record
                 weights = ("absent" if record["loadable"] is None else "loadable" if record["loadable"] else "BROKEN")
-                print(f"before change {number:>3} ({changes[number]}): weights {weights}, {record['said']}, "
+                torn = f"{len(record['torn'])} torn, " if record["torn"] else ""
+                print(f"before change {number:>3} ({changes[number]}): {torn}weights {weights}, {record['said']}, "
                       f"{verdict(record)}", flush=True)
                 if not record["identical"] and args.keep_different:
                     shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
@@ -218,13 +319,16 @@ def main() -> None:
     summary = {
         "changes": len(changes), "trials": len(records),
         "trials by what was being written": dict(by_phase),
+        "trials with files torn before the resume": sum(bool(r["torn"]) for r in records.values()),
         "with weights after the kill": sum(r["had_weights"] for r in records.values()),
         "of those, loadable": sum(bool(r["loadable"]) for r in records.values()),
         "resumed or restarted to the end": sum(r["resumed"] for r in records.values()),
         "bitwise identical to the uninterrupted run": sum(r["identical"] for r in records.values()),
     }
+    if traced:  # a file written in place would be left torn where a resume reads it
+        summary["written in place and should not be"] = misplaced
     print(json.dumps(summary, indent=1))
-    sys.exit(0 if summary["bitwise identical to the uninterrupted run"] == len(records)
+    sys.exit(0 if summary["bitwise identical to the uninterrupted run"] == len(records) and not misplaced
              and summary["of those, loadable"] == summary["with weights after the kill"] else 1)
 
 

@@ -639,13 +639,23 @@ def test_runs_killed_just_before_a_save_is_published_resume_to_identical_weights
     """A short form of bench/kill_points.py (a kill before every change to the disk there): killed with a checkpoint
     written but not yet renamed into place, in the middle of removing the oldest checkpoint, with a tokenizer not
     yet renamed into the cache, and halfway through a finished run's removal of its own tokenizer (which a resume
-    used to load, half gone, instead of the whole one beside the model)."""
+    used to load, half gone, instead of the whole one beside the model).
+
+    With strace (.ci/run installs it and sets POCKETLM_REQUIRE_STRACE=1) the bench also records every system call
+    that writes a file, native code's included: each file but the lock and the metrics log must be written aside
+    and renamed in (the summary, loss curve and run tokenizer once were not), and what was being written aside is
+    left cut in half after the kill, as a kill in the middle of a native write leaves it."""
     wanted = (r"rename run:checkpoints/\.tmp-step-2 |remove run:checkpoints/step-1/model|rename home:tokenizers/"
               r"|remove run:\.tokenizer[^ ]*/tokenizer_config\.json")
+    tear = ["--tear"] if shutil.which("strace") or os.environ.get("POCKETLM_REQUIRE_STRACE") else []
     result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "kill_points.py"), "--steps", "4",
-                             "--matching", wanted], capture_output=True, text=True, timeout=900)
+                             "--matching", wanted, *tear], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "a second run makes the same ones in the same order" in result.stdout
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["trials"] == 4 and summary["bitwise identical to the uninterrupted run"] == 4
     assert all(said in result.stdout for said in ("resumed from step 1", "resumed from step 4", "started afresh"))
+    if tear:
+        assert summary["written in place and should not be"] == []
+        # the checkpoint not yet renamed and the tokenizer not yet in the cache
+        assert summary["trials with files torn before the resume"] == 2
