@@ -211,7 +211,8 @@ def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str,
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps, environment(places(folder)))
     record["resumed"] = resumed.returncode == 0
-    record["said"] = next((line for line in resumed.stdout.splitlines() if "resumed from" in line), "started afresh")
+    said = [line for line in resumed.stdout.splitlines() if "resumed from" in line or line.startswith("note:")]
+    record["said"] = "; ".join(said) or "started afresh"
     if not record["resumed"]:
         record["said"] = f"resume failed: {(resumed.stderr.strip().splitlines() or ['?'])[-1]}"
     record["different"] = differences(out, reference, steps)

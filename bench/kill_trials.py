@@ -123,7 +123,9 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps)
     record["resumed"] = resumed.returncode == 0
-    record["resume_said"] = [line for line in resumed.stdout.splitlines() if "resumed from" in line]
+    # The resume's notes name what it computes differently from the run it continues (threads, say), if anything.
+    record["resume_said"] = [line for line in resumed.stdout.splitlines()
+                             if "resumed from" in line or line.startswith("note:")]
     if not record["resumed"]:
         print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
     record["different"] = differences(out, reference, steps)

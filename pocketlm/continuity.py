@@ -13,11 +13,17 @@ one answer, decided by what it would do to the run:
   with a note; its bookkeeping (evaluation and checkpoint intervals, samples, compile, logging): continued.
 
 A file touched but not changed (same bytes, new time) continues with a note.
+
+What computes the numbers (torch's release, the device, the CPU's instruction set and threads) does not change what
+the run is, but it changes the order in which a matrix product adds, and so the last bits: a resume under another
+one continues, with a note that it will not be bitwise what the uninterrupted run would have been.
 """
 
 import hashlib
 import importlib.metadata
 from pathlib import Path
+
+import torch
 
 from .data.blocks import tokenizer_digest
 from .data.reading import find_data_files
@@ -29,12 +35,25 @@ DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assi
 LENGTH = ("max_steps", "epochs")
 
 
-def fingerprint(options, num_processes: int) -> dict:
-    """What decides a run of resolved `options` in `num_processes` processes, but its tokenizer (`with_tokenizer`)."""
+def fingerprint(options, num_processes: int, device: torch.device) -> dict:
+    """What decides a run of resolved `options` in `num_processes` processes on `device`, but its tokenizer
+    (`with_tokenizer`)."""
     return {"options": {name: getattr(options, name) for name in (*SHAPE, *DECIDING, *LENGTH)},
             "num_processes": num_processes,
             "data": _data_fingerprint(options.data, options.dataset),
-            "validation_data": _files(options.validation_data) if options.validation_data else None}
+            "validation_data": _files(options.validation_data) if options.validation_data else None,
+            "arithmetic": arithmetic(device)}
+
+
+def arithmetic(device: torch.device) -> dict:
+    """What computes the run's numbers on `device`, in the words a resume's note uses."""
+    found = {"torch": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        found.update({"GPU": torch.cuda.get_device_name(device), "CUDA": torch.version.cuda})
+    elif device.type == "cpu":
+        found.update({"CPU instructions": torch.backends.cpu.get_cpu_capability(),
+                      "CPU threads": torch.get_num_threads()})
+    return found
 
 
 def with_tokenizer(record: dict, tokenizer) -> dict:
@@ -97,6 +116,12 @@ def compare(recorded: dict | None, current: dict, step: int, accept_changes: boo
                          "with it.")
     if deciding:
         notes.insert(0, f"continuing with changes (--accept-changes): {'; '.join(deciding)}")
+    before, here = recorded.get("arithmetic"), current.get("arithmetic")
+    if before and here and before != here:
+        differing = [f"{name} {here.get(name, 'none')} here, {before.get(name, 'none')} in the run"
+                     for name in {**before, **here} if before.get(name) != here.get(name)]
+        notes.append(f"the numbers are computed differently ({'; '.join(differing)}): the run continues, but its "
+                     "last bits will differ from what the uninterrupted run would have computed")
     return notes
 
 

@@ -103,7 +103,7 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
             folder.clear_for_a_new_run()
         stages = Stages(show=accelerator.is_main_process)
         checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
-        decided_by = continuity.fingerprint(options, accelerator.num_processes)
+        decided_by = continuity.fingerprint(options, accelerator.num_processes, accelerator.device)
         # What a resume continues is checked before any reading: a changed option or file is named at once.
         resumed_from = checkpoints.newest_trusted() if options.resume else None
         if resumed_from:

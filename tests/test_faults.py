@@ -568,6 +568,37 @@ def test_a_resume_continues_with_a_note_where_the_change_cannot_matter(interrupt
     assert "continuing with changes" not in output and (out / "checkpoints" / "step-4").exists()
 
 
+def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(interrupted, tmp_path):
+    """Threads change the order in which a matrix product adds: a resume with other threads than the run's says so,
+    and it is true (its weights differ from a resume with the run's threads, which is bitwise reproducible and says
+    nothing of the kind)."""
+    import torch
+
+    folder, out = interrupted
+    threads = torch.get_num_threads()
+    copies = {name: tmp_path / name for name in ("same", "again", "fewer")}
+    for copy in copies.values():
+        shutil.copytree(out, copy)
+    results = {}
+    try:
+        for name, copy in copies.items():
+            torch.set_num_threads(threads if name != "fewer" else max(1, threads - 1))
+            results[name] = _resume(folder, copy)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(result.returncode == 0 for result in results.values()), results
+    if threads == 1:
+        pytest.skip("one CPU thread: no fewer to resume with")
+    said = results["fewer"].stdout + results["fewer"].stderr
+    assert f"CPU threads {threads - 1} here, {threads} in the run" in said and "last bits will differ" in said
+    assert "computed differently" not in results["same"].stdout + results["same"].stderr
+
+    def weights(run: Path) -> bytes:
+        return (run / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
+
+    assert weights(copies["same"]) == weights(copies["again"]) != weights(copies["fewer"])
+
+
 def test_an_accepted_learning_rate_is_the_one_the_resumed_steps_use(interrupted, tmp_path):
     folder, out = interrupted
     result = _resume(folder, out, "--lr=0.01", "--accept-changes")
