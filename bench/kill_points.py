@@ -123,28 +123,38 @@ def named(path: str, roots: dict[str, str], folder: str | None = None) -> str | 
 
 def how_written(trace: Path, roots: dict[str, str]) -> dict[str, tuple[int, str]]:
     """From strace's record of a run: each file under `roots` that a system call wrote into (by its general name),
-    with the number of such calls and "aside" when it, or a folder above it, was later renamed from, else
-    "in place"."""
-    calls, moved, renamed_later = Counter(), {}, set()
+    with the number of such calls and "aside" when it, or a folder above it, is later renamed into place, else
+    "in place". A rename that only retires a name (the next change inside its destination removes it, as a run's
+    tokenizer is moved aside to be removed) publishes nothing."""
+    events = []  # ("write", name) / ("rename", source, destination) / ("remove", name), in order
     for line in trace.read_text(errors="replace").splitlines():
         found = re.match(r"\d+\s+(\w+)\((.*)", line)
         if not found:
             continue
         call, arguments = found.groups()
+        # a path argument: "path", or folder<path>, "relative" as the *at calls give it
+        paths = [named(path, roots, folder or None)
+                 for folder, path in re.findall(r'(?:[\w-]+<([^>]*)>, )?"([^"]*)"', arguments)]
         if call in WRITE_CALLS:
             target = re.match(r"\d+<([^>]*)>", arguments)
-            name = target and named(target.group(1), roots)
-            if name:
-                calls[name] += 1
-                moved.setdefault(name, len(renamed_later))
-        elif call.startswith("rename"):
-            # rename("old", "new") or renameat(dirfd<folder>, "old", dirfd<folder>, "new"): the first path.
-            source = re.match(r'(?:[\w-]+<([^>]*)>, )?"([^"]*)"', arguments)
-            name = source and named(source.group(2), roots, source.group(1))
-            if name:
-                renamed_later.add(general(name))
-    return {general(name): (count, "aside" if any(general(above) in renamed_later for above in and_above(name))
-                            else "in place") for name, count in calls.items()}
+            if target and named(target.group(1), roots):
+                events.append(("write", named(target.group(1), roots)))
+        elif call.startswith("rename") and len(paths) >= 2 and paths[0]:
+            events.append(("rename", paths[0], paths[1]))
+        elif call in ("unlink", "unlinkat", "rmdir") and paths and paths[0]:
+            events.append(("remove", paths[0]))
+    published = set()
+    for number, event in enumerate(events):
+        if event[0] != "rename":
+            continue
+        _, source, destination = event
+        inside = (later for later in events[number + 1:] if destination in and_above(later[1]))
+        if next(inside, ("",))[0] != "remove":
+            published.add((number, source))
+    calls = Counter(event[1] for event in events if event[0] == "write")
+    aside = {event[1] for number, event in enumerate(events) if event[0] == "write" and any(
+        after > number and source in and_above(event[1]) for after, source in published)}
+    return {general(name): (count, "aside" if name in aside else "in place") for name, count in calls.items()}
 
 
 def and_above(name: str) -> list[str]:
