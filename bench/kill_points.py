@@ -25,6 +25,7 @@ that file's writing leaves, before it checks and resumes.
     python bench/kill_points.py --tear --jobs 2       # every change, with what was being written left torn
     python bench/kill_points.py --steps 3 --jobs 2 --keep-different /tmp/kept
     python bench/kill_points.py --matching "rename .*step-"      # only before each checkpoint is renamed
+    python bench/kill_points.py --steps 30 --first 980           # the end of a 30-step run
 """
 
 import argparse
@@ -267,6 +268,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trials run at the same time")
     parser.add_argument("--matching", metavar="REGEX", help="kill only before the changes whose line (as the "
                         "counting run prints them) matches REGEX")
+    parser.add_argument("--first", type=int, default=0, metavar="N",
+                        help="kill only before change N and the later ones (the end of a longer run, say)")
     parser.add_argument("--keep-different", type=Path, metavar="DIR",
                         help="copy the folders of every trial that ends different from the uninterrupted run here")
     parser.add_argument("--list", action="store_true", help="print the changes of the uninterrupted run and stop")
@@ -309,7 +312,8 @@ def main() -> None:
             sys.exit(1 if misplaced else 0)
         aside = {name for name, (_, how) in written.items() if how == "aside"}
         reference = Path(places(scratch / "reference")["run"])
-        chosen = [n for n, change in enumerate(changes) if not args.matching or re.search(args.matching, change)]
+        chosen = [n for n, change in enumerate(changes)
+                  if n >= args.first and (not args.matching or re.search(args.matching, change))]
 
         def one(number: int) -> dict:
             return trial(data, scratch / f"trial-{number}", args.steps, number, changes[number], reference, aside)
