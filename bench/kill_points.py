@@ -9,7 +9,9 @@ datasets' cache: the corpus, tokens and blocks): each file opened for writing, r
 removed, as Python's audit hooks report them (`sys.addaudithook`; bytes that native code writes into a file it
 opened itself, such as safetensors' weights, are published by the rename that follows them, which is listed).
 Then trial N runs the same command in a fresh folder with fresh caches, kills it with SIGKILL just before change
-N, and checks what `kill_trials.py` checks: the folder holds a loadable best model whenever it holds weights;
+N (checking that the N changes it made are as many as the counting run's and its last is the same one: `--list`
+also compares a second whole run), and checks what `kill_trials.py` checks: the folder holds a loadable best
+model whenever it holds weights;
 `--resume` (or a fresh start when no checkpoint was written) ends without error; the model and the last checkpoint
 are bitwise identical to the uninterrupted run's.
 
@@ -284,24 +286,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = corpus(scratch / "corpus.txt")
-        done, changes = killed_run(data, scratch / "reference", args.steps, -1)
+        trace = scratch / "reference.strace" if traced else None
+        done, changes = killed_run(data, scratch / "reference", args.steps, -1, trace)
         if done.returncode != 0:
             sys.exit(f"the uninterrupted run failed: {done.stderr[-2000:]}")
-        # The second run, which checks the numbering, is the one whose system calls are recorded when asked.
-        trace = scratch / "again.strace" if traced else None
-        done, again = killed_run(data, scratch / "again", args.steps, -1, trace)
-        if done.returncode != 0:
-            sys.exit(f"the second uninterrupted run failed: {done.stderr[-2000:]}")
-        # The numbering means the same change in every trial only if every run makes the same changes in order.
-        differing = [(a, b) for a, b in zip(changes, again) if not same_change(a, b)]
-        print(f"the uninterrupted run makes {len(changes)} changes to the disk; a second run makes "
-              f"{'the same ones in the same order' if len(again) == len(changes) and not differing else 'OTHERS'}")
-        for a, b in differing[:5]:
-            print(f"    {a}  /  {b}")
+        print(f"the uninterrupted run makes {len(changes)} changes to the disk")
         if args.list:
+            # A kill point means the same change in every trial only if every run makes the same changes in order
+            # (each trial also checks that its kill came just before the change it was meant for).
+            _, again = killed_run(data, scratch / "again", args.steps, -1)
+            differing = [(a, b) for a, b in zip(changes, again) if not same_change(a, b)]
+            same = len(again) == len(changes) and not differing
+            print(f"a second run makes {'the same ones in the same order' if same else 'OTHERS'}")
+            print("\n".join(f"    {a}  /  {b}" for a, b in differing[:5]))
             print("\n".join(f"{number:>4} {change}" for number, change in enumerate(changes)))
             return
-        written = how_written(trace, places(scratch / "again")) if traced else {}
+        written = how_written(trace, places(scratch / "reference")) if traced else {}
         misplaced = sorted(name for name, (_, how) in written.items() if how == "in place" and name not in IN_PLACE)
         if args.writes:
             print("the files the run writes with system calls (calls, how; # stands for what differs per run):")

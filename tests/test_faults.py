@@ -682,7 +682,6 @@ def test_runs_killed_just_before_a_save_is_published_resume_to_identical_weights
     result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "kill_points.py"), "--steps", "4",
                              "--matching", wanted, *tear], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "a second run makes the same ones in the same order" in result.stdout
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["trials"] == 4 and summary["bitwise identical to the uninterrupted run"] == 4
     assert all(said in result.stdout for said in ("resumed from step 1", "resumed from step 4", "started afresh"))
