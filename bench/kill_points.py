@@ -127,8 +127,8 @@ def named(path: str, roots: dict[str, str], folder: str | None = None) -> str | 
 def how_written(trace: Path, roots: dict[str, str]) -> dict[str, tuple[int, str]]:
     """From strace's record of a run: each file under `roots` that a system call wrote into (by its general name),
     with the number of such calls and "aside" when it, or a folder above it, is later renamed into place, else
-    "in place". A rename that only retires a name (the next change inside its destination removes it, as a run's
-    tokenizer is moved aside to be removed) publishes nothing."""
+    "in place". A rename that only retires a name (the very next rename or removal removes something inside its
+    destination, as a run's tokenizer is moved aside to be removed) publishes nothing."""
     events = []  # ("write", name) / ("rename", source, destination) / ("remove", name), in order
     for line in trace.read_text(errors="replace").splitlines():
         found = re.match(r"\d+\s+(\w+)\((.*)", line)
@@ -151,13 +151,18 @@ def how_written(trace: Path, roots: dict[str, str]) -> dict[str, tuple[int, str]
         if event[0] != "rename":
             continue
         _, source, destination = event
-        inside = (later for later in events[number + 1:] if destination in and_above(later[1]))
-        if next(inside, ("",))[0] != "remove":
+        # (a checkpoint removed steps later, when it is the oldest of those kept, was published all the same)
+        kind, name = next((later[:2] for later in events[number + 1:] if later[0] != "write"), ("", ""))
+        if not (kind == "remove" and destination in and_above(name)):
             published.add((number, source))
     calls = Counter(event[1] for event in events if event[0] == "write")
     aside = {event[1] for number, event in enumerate(events) if event[0] == "write" and any(
         after > number and source in and_above(event[1]) for after, source in published)}
-    return {general(name): (count, "aside" if name in aside else "in place") for name, count in calls.items()}
+    found = {}  # by general name: in place when any one of its files was
+    for name, count in calls.items():
+        total, how = found.get(general(name), (0, "aside"))
+        found[general(name)] = (total + count, how if name in aside else "in place")
+    return found
 
 
 def and_above(name: str) -> list[str]:
