@@ -44,7 +44,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kill_trials import command, corpus, differences, loadable, resume_or_restart  # the random trials' run and checks
+# the random trials' run and checks
+from kill_trials import command, corpus, differences, loadable, resume_or_restart, resume_said
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -140,8 +141,9 @@ def how_written(trace: Path, roots: dict[str, str]) -> dict[str, tuple[int, str]
                  for folder, path in re.findall(r'(?:[\w-]+<([^>]*)>, )?"([^"]*)"', arguments)]
         if call in WRITE_CALLS:
             target = re.match(r"\d+<([^>]*)>", arguments)
-            if target and named(target.group(1), roots):
-                events.append(("write", named(target.group(1), roots)))
+            name = target and named(target.group(1), roots)
+            if name:
+                events.append(("write", name))
         elif call.startswith("rename") and len(paths) >= 2 and paths[0]:
             events.append(("rename", paths[0], paths[1]))
         elif call in ("unlink", "unlinkat", "rmdir") and paths and paths[0]:
@@ -229,8 +231,7 @@ def trial(data: Path, folder: Path, steps: int, kill_before: int, expected: str,
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps, environment(places(folder)))
     record["resumed"] = resumed.returncode == 0
-    said = [line for line in resumed.stdout.splitlines() if "resumed from" in line or line.startswith("note:")]
-    record["said"] = "; ".join(said) or "started afresh"
+    record["said"] = "; ".join(resume_said(resumed)) or "started afresh"
     if not record["resumed"]:
         record["said"] = f"resume failed: {(resumed.stderr.strip().splitlines() or ['?'])[-1]}"
     record["different"] = differences(out, reference, steps)

@@ -123,9 +123,7 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps)
     record["resumed"] = resumed.returncode == 0
-    # The resume's notes name what it computes differently from the run it continues (threads, say), if anything.
-    record["resume_said"] = [line for line in resumed.stdout.splitlines()
-                             if "resumed from" in line or line.startswith("note:")]
+    record["resume_said"] = resume_said(resumed)
     if not record["resumed"]:
         print("    resume failed:", resumed.stderr.strip().splitlines()[-1:] or resumed.returncode)
     record["different"] = differences(out, reference, steps)
@@ -138,6 +136,12 @@ def resume_or_restart(data: Path, out: Path, steps: int, env: dict | None = None
     has_checkpoint = any((out / CHECKPOINTS_DIR).glob("step-*"))
     again = command(data, out, steps, "--resume" if has_checkpoint else "--overwrite")
     return subprocess.run(again, env=env, capture_output=True, text=True)
+
+
+def resume_said(resumed: subprocess.CompletedProcess) -> list[str]:
+    """Where a resume started, and its notes, which name what it computes differently from the run it continues
+    (threads, say), if anything."""
+    return [line for line in resumed.stdout.splitlines() if "resumed from" in line or line.startswith("note:")]
 
 
 def differences(out: Path, reference: Path, steps: int) -> list[str]:
