@@ -300,7 +300,9 @@ def main() -> None:
         if args.list:
             # A kill point means the same change in every trial only if every run makes the same changes in order
             # (each trial also checks that its kill came just before the change it was meant for).
-            _, again = killed_run(data, scratch / "again", args.steps, -1)
+            done, again = killed_run(data, scratch / "again", args.steps, -1)
+            if done.returncode != 0:
+                sys.exit(f"the second uninterrupted run failed: {done.stderr[-2000:]}")
             differing = [(a, b) for a, b in zip(changes, again) if not same_change(a, b)]
             same = len(again) == len(changes) and not differing
             print(f"a second run makes {'the same ones in the same order' if same else 'OTHERS'}")
