@@ -74,6 +74,23 @@ def run_entry(main, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
+def run_at_once(*commands: list[str], timeout: int = 300, **popen) -> list[subprocess.CompletedProcess]:
+    """Independent commands started together and each waited for: a script spends its first seconds importing
+    torch and transformers on one core, so on two cores two start-ups overlap instead of queueing."""
+    popen = {"stdin": subprocess.DEVNULL, "cwd": REPO_ROOT, **popen}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                 for command in commands]
+    try:
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+        return [subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+                for command, process, (stdout, stderr) in zip(commands, processes, outputs)]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, status: int = 2) -> None:
     """Exit status 2 (or `status`), no traceback, and exactly one `error:` line holding every needle."""
     assert result.returncode == status, result.stderr[-3000:]

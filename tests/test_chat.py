@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import REPO_ROOT, TINY_SHAPES, broken_characters, train_accented_model, train_tiny_models
+from conftest import REPO_ROOT, TINY_SHAPES, broken_characters, run_at_once, train_accented_model, train_tiny_models
 
 from pocketlm.chat import ChatInterface
 from pocketlm.errors import UsageError
@@ -46,9 +46,12 @@ def endless_models(chat_models, tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
+def chat_command(*args: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "chat.py"), *args]
+
+
 def run_chat(*args: str, stdin: str = "", cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "chat.py"), *args], input=stdin, capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+    return subprocess.run(chat_command(*args), input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def spawn_chat(*args: str, preexec_fn=None) -> pexpect.spawn:
@@ -145,8 +148,8 @@ def test_ctrl_d_at_the_prompt_leaves_cleanly(chat_models):
 
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_prompt_flag_prints_one_reproducible_reply(family, chat_models):
-    first = run_chat("--model", str(chat_models[family]), "--prompt", "Hello", "--seed", "11")
-    second = run_chat("--model", str(chat_models[family]), "--prompt", "Hello", "--seed", "11")
+    first, second = run_at_once(*[chat_command("--model", str(chat_models[family]), "--prompt", "Hello", "--seed",
+                                               "11")] * 2)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout == second.stdout and first.stdout.strip()
     assert "you>" not in first.stdout
@@ -286,12 +289,12 @@ def test_int8_chat_runs_torch_ao_linear_layers_and_predicts_what_float32_does(fa
 
 
 def test_chat_py_takes_a_dtype_and_refuses_an_unknown_one(chat_models):
-    for dtype in ("bfloat16", "int8"):
-        result = run_chat("--model", str(chat_models["transformer"]), "--dtype", dtype, "--prompt", "Hello",
-                          "--seed", "2")
+    *replies, refused = run_at_once(*[chat_command("--model", str(chat_models["transformer"]), "--dtype", dtype,
+                                                   "--prompt", "Hello", "--seed", "2")
+                                      for dtype in ("bfloat16", "int8", "int4")])
+    for result in replies:
         assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
         assert "Warning" not in result.stderr, result.stderr[-2000:]  # torch.ao's deprecation notes stay quiet
-    refused = run_chat("--model", str(chat_models["transformer"]), "--dtype", "int4", "--prompt", "Hello")
     assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
 
 

@@ -671,7 +671,7 @@ def test_runs_killed_just_before_a_save_is_published_resume_to_identical_weights
               r"|remove run:\.tokenizer[^ ]*/tokenizer_config\.json")
     tear = ["--tear"] if shutil.which("strace") or os.environ.get("POCKETLM_REQUIRE_STRACE") else []
     result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "kill_points.py"), "--steps", "4",
-                             "--matching", wanted, *tear], capture_output=True, text=True, timeout=900)
+                             "--matching", wanted, "--jobs", "2", *tear], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["trials"] == 4 and summary["bitwise identical to the uninterrupted run"] == 4

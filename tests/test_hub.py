@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, run_entry, train_tiny_models
+from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, run_at_once, run_entry, train_tiny_models
 
 from pocketlm.cli import upload_main
 from pocketlm.loading import load_pretrained
@@ -292,13 +292,14 @@ def _cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
 def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_path):
     cache = tmp_path / "hub-cache"
     _cache_as_hub_repo(trained["transformer"], cache, "someone/tiny-chat")
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    chat = run_script("chat.py", "--model", "someone/tiny-chat", "--prompt", "Hello", "--seed", "1", env=env)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    chat, tuned, missing = run_at_once(
+        [sys.executable, "chat.py", "--model", "someone/tiny-chat", "--prompt", "Hello", "--seed", "1"],
+        [sys.executable, "train.py", "--init-from", "someone/tiny-chat", "--output-dir", str(tmp_path / "tuned"),
+         "--max-steps", "1", "--block-size", "32", "--batch-size", "4", "--samples", "0"],
+        [sys.executable, "chat.py", "--model", "someone/not-cached", "--prompt", "Hello"], env=env)
     assert chat.returncode == 0, chat.stderr[-3000:]
-    tuned = run_script("train.py", "--init-from", "someone/tiny-chat", "--output-dir", str(tmp_path / "tuned"),
-                       "--max-steps", "1", "--block-size", "32", "--batch-size", "4", "--samples", "0", env=env)
     assert tuned.returncode == 0, tuned.stderr[-3000:]
-    missing = run_script("chat.py", "--model", "someone/not-cached", "--prompt", "Hello", env=env)
     assert missing.returncode == 2 and "local Hub cache" in missing.stderr
 
 

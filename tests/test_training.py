@@ -407,15 +407,15 @@ def _wait_for_a_checkpoint(out: Path, process: subprocess.Popen, at_least: int, 
 
 def test_a_killed_run_resumes_to_bitwise_identical_weights(corpus_file, tmp_path):
     args = ["--max-steps=150", "--save-every=10", "--eval-every=25", "--seed=7"]
-    reference = tmp_path / "reference"
-    done = run_script("train.py", *cli_args("transformer", corpus_file, reference, *args))
-    assert done.returncode == 0, done.stderr[-3000:]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
 
-    resumed = tmp_path / "resumed"
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "train.py"), *cli_args("transformer", corpus_file, resumed, *args)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    def start(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"),
+                                 *cli_args("transformer", corpus_file, out, *args)],
+                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # The uninterrupted run goes on beside the killed one and its resume (two cores): the same numbers either way.
+    uninterrupted, process = start(reference), start(resumed)
     _wait_for_a_checkpoint(resumed, process, at_least=20)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -424,6 +424,8 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(corpus_file, tmp_path
     finished = run_script("train.py", *cli_args("transformer", corpus_file, resumed, *args, "--resume"))
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "resumed from step" in finished.stdout + finished.stderr
+    errors = uninterrupted.communicate(timeout=300)[1]
+    assert uninterrupted.returncode == 0, errors[-3000:]
     for name in ("model.safetensors", "checkpoints/step-150/model.safetensors"):
         assert file_hash(reference / name) == file_hash(resumed / name), name
 
