@@ -11,14 +11,10 @@ import signal
 import sys
 from collections.abc import Callable
 
+from .choices import DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES
 from .errors import HubError, TrainingDiverged, UsageError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
-# The chat's choices, named here so that `--help` needs no torch: copies of modeling's PRESETS and loading's DTYPES
-# and RUNTIMES, which tests/test_chat.py keeps equal to them.
-MODEL_SIZES = ["small", "medium", "large"]
-DTYPES = ["float32", "float16", "bfloat16", "int8"]
-RUNTIMES = ["torch", "onnx"]
 
 
 def _quiet_libraries(datasets_too: bool = False) -> None:
@@ -131,7 +127,7 @@ def legacy_main(argv: list[str] | None = None) -> int:
     mode.add_argument("--chat", action="store_true", help="chat with a trained model (chat.py)")
     mode.add_argument("--compare", action="store_true", help="compare trained models (compare.py)")
     mode.add_argument("--export", action="store_true", help="export a model for other runtimes (export.py)")
-    parser.add_argument("--model-type", default="lstm", choices=["lstm", "transformer"], help="default: lstm")
+    parser.add_argument("--model-type", default="lstm", choices=MODEL_TYPES, help="default: lstm")
     parser.add_argument(
         "--mixed-precision", nargs="?", const="auto", choices=["auto", "no", "fp16", "bf16"],
         help="bare: bf16 where supported, else fp16",

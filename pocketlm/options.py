@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs import load_recipe
-from modeling import MODEL_TYPES, PRESETS, GPTConfig, LSTMConfig
 
+from .choices import MODEL_SIZES, MODEL_TYPES  # the command line's choices; the checks below ask modeling
 from .errors import UsageError
-from .loading import check_model_folder, model_family
-from .run_folder import default_output_dir
 
 RECIPE = "recipe: configs/<model-type>.json"
 
@@ -47,8 +45,8 @@ class TrainingOptions:
     """Everything `train.py` accepts; None means "the model family's recipe in configs/ decides"."""
 
     model_type: str | None = option(None, "model family (default: transformer, or --init-from's family)",
-                                    choices=list(MODEL_TYPES))
-    model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=list(PRESETS))
+                                    choices=MODEL_TYPES)
+    model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=MODEL_SIZES)
     data: list[str] | None = option(None, "a text file or folder of .txt/.md/.jsonl; repeatable", action="append",
                                     metavar="PATH")
     dataset: str | None = option(None, "anything datasets.load_dataset takes, with a text or messages column",
@@ -155,6 +153,12 @@ NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay", "eval_tokens")
 def resolve_options(options: TrainingOptions) -> TrainingOptions:
     """A copy of `options` with the recipe's defaults filled in; an impossible or contradictory value is refused
     with a message naming the fix."""
+    # The model code and the run folder's are imported here, not at the top, so that `train.py --help` and a
+    # mistyped option answer before torch and transformers load (seconds).
+    from modeling import PRESETS
+
+    from .run_folder import default_output_dir
+
     options = dataclasses.replace(options, model_config=dict(options.model_config))
     for first, second, why in CONTRADICTIONS:
         if getattr(options, first) and getattr(options, second):
@@ -188,6 +192,10 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
 
 def _family(options: TrainingOptions) -> str:
     """The model family: --model-type, else --init-from's, else the Transformer."""
+    from modeling import MODEL_TYPES
+
+    from .loading import check_model_folder, model_family
+
     if options.init_from:
         if Path(options.init_from).expanduser().is_dir():
             check_model_folder(Path(options.init_from).expanduser())
@@ -221,6 +229,8 @@ def _check_numbers(options: TrainingOptions) -> None:
 def _check_model_config(options: TrainingOptions) -> None:
     """Refuse a --model-config field the family's config does not have (a typo would train the default and save
     the stray key), or one that --init-from's model already fixes."""
+    from modeling import GPTConfig, LSTMConfig
+
     config_class = LSTMConfig if options.model_type == "lstm" else GPTConfig
     known = [name for name in inspect.signature(config_class.__init__).parameters if name not in ("self", "kwargs")]
     for name in options.model_config:

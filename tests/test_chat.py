@@ -298,22 +298,30 @@ def test_chat_py_takes_a_dtype_and_refuses_an_unknown_one(chat_models):
     assert refused.returncode == 2 and "invalid choice: 'int4'" in refused.stderr
 
 
-def test_the_chat_command_offers_exactly_the_library_s_sizes_and_precisions():
-    # The choices are named in pocketlm/cli.py so that `chat.py --help` needs no torch; they must stay the library's.
-    from modeling import PRESETS
-    from pocketlm import cli
+def test_every_command_offers_exactly_the_library_s_choices_and_answers_help_without_torch():
+    # The choices are named in pocketlm/choices.py so that `--help` and a mistyped option need no torch or
+    # transformers (seconds of imports); they must stay the library's.
+    import modeling
+    from pocketlm import choices
     from pocketlm.loading import DTYPES, RUNTIMES
 
-    assert cli.MODEL_SIZES == list(PRESETS) and cli.DTYPES == list(DTYPES) and cli.RUNTIMES == list(RUNTIMES)
+    assert choices.MODEL_TYPES == list(modeling.MODEL_TYPES) and choices.MODEL_SIZES == list(modeling.PRESETS)
+    assert choices.DTYPES == list(DTYPES) and choices.RUNTIMES == list(RUNTIMES)
     started = time.perf_counter()
     help_text = run_chat("--help")
     assert help_text.returncode == 0 and "--dtype {float32,float16,bfloat16,int8}" in help_text.stdout
-    probe = subprocess.run([sys.executable, "-c", "import sys; from pocketlm.cli import chat_parser, "
-                            "compare_parser, upload_parser; [p() for p in (chat_parser, compare_parser, "
-                            "upload_parser)]; print('torch' in sys.modules)"], capture_output=True, text=True,
-                           cwd=REPO_ROOT)
-    assert probe.stdout.strip() == "False", probe.stderr[-2000:]
-    assert time.perf_counter() - started < 30
+    for script, choice in (("train.py", "--model-type {transformer,lstm}"), ("main.py", "--model-type {transformer,lstm}")):
+        shown = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], capture_output=True, text=True)
+        assert shown.returncode == 0 and choice in " ".join(shown.stdout.split()), shown.stderr[-2000:]
+    libraries = ("torch", "transformers", "datasets", "accelerate", "tokenizers")
+    probe = subprocess.run([sys.executable, "-c", "import sys; from pocketlm import cli; [getattr(cli, name)() for "
+                            "name in dir(cli) if name.endswith('_parser')]; print(sorted(m for m in "
+                            f"{libraries!r} if m in sys.modules))"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr[-2000:]
+    assert time.perf_counter() - started < 10  # each of the three scripts took 8 s or more with torch imported
+    mistyped = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--model-size", "huge"],
+                              capture_output=True, text=True)
+    assert mistyped.returncode == 2 and "invalid choice: 'huge'" in mistyped.stderr
 
 
 TRAINING_CODE = ("pocketlm.training", "pocketlm.preparation", "pocketlm.options", "pocketlm.checkpoints",
