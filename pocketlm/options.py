@@ -192,7 +192,7 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
 
 def _family(options: TrainingOptions) -> str:
     """The model family: --model-type, else --init-from's, else the Transformer."""
-    from modeling import MODEL_TYPES
+    import modeling
 
     from .loading import check_model_folder, model_family
 
@@ -205,7 +205,7 @@ def _family(options: TrainingOptions) -> str:
                              f"drop --model-type or pass --model-type {found}.")
         return found
     family = options.model_type or "transformer"
-    if family not in MODEL_TYPES:
+    if family not in modeling.MODEL_TYPES:
         raise UsageError(f"unknown model type {family!r}: choose transformer or lstm.")
     return family
 
