@@ -310,15 +310,15 @@ def test_every_command_offers_exactly_the_library_s_choices_and_answers_help_wit
     started = time.perf_counter()
     help_text = run_chat("--help")
     assert help_text.returncode == 0 and "--dtype {float32,float16,bfloat16,int8}" in help_text.stdout
-    for script, choice in (("train.py", "--model-type {transformer,lstm}"), ("main.py", "--model-type {transformer,lstm}")):
+    for script in ("train.py", "main.py"):
         shown = subprocess.run([sys.executable, str(REPO_ROOT / script), "--help"], capture_output=True, text=True)
-        assert shown.returncode == 0 and choice in " ".join(shown.stdout.split()), shown.stderr[-2000:]
+        assert shown.returncode == 0 and "--model-type {transformer,lstm}" in shown.stdout, shown.stderr[-2000:]
     libraries = ("torch", "transformers", "datasets", "accelerate", "tokenizers")
     probe = subprocess.run([sys.executable, "-c", "import sys; from pocketlm import cli; [getattr(cli, name)() for "
                             "name in dir(cli) if name.endswith('_parser')]; print(sorted(m for m in "
                             f"{libraries!r} if m in sys.modules))"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr[-2000:]
-    assert time.perf_counter() - started < 10  # each of the three scripts took 8 s or more with torch imported
+    assert time.perf_counter() - started < 10  # train.py --help alone took 8 s or more with torch imported
     mistyped = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--model-size", "huge"],
                               capture_output=True, text=True)
     assert mistyped.returncode == 2 and "invalid choice: 'huge'" in mistyped.stderr
