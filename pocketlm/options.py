@@ -47,7 +47,9 @@ class TrainingOptions:
     model_type: str | None = option(None, "model family (default: transformer, or --init-from's family)",
                                     choices=MODEL_TYPES)
     model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=MODEL_SIZES)
-    data: list[str] | None = option(None, "a text file or folder of .txt/.md/.jsonl; repeatable", action="append",
+    data: list[str] | None = option(None, "a file or folder: text (.txt, .md, or any other name), records "
+                                    "(.jsonl, .json, .csv, .tsv, .parquet), each maybe .gz/.bz2/.xz; repeatable",
+                                    action="append",
                                     metavar="PATH")
     dataset: str | None = option(None, "anything datasets.load_dataset takes, with a text or messages column",
                                  metavar="NAME_OR_PATH")

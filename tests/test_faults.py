@@ -219,6 +219,183 @@ def test_a_binary_file_among_text_files_is_reported_and_the_rest_is_trained_on(t
     assert "image.txt" in result.stderr + result.stdout
 
 
+# ------------------------------------------------------------------------------ files of records, compressed files
+
+# Records a spreadsheet or an export holds: commas, quotes, a line break and other scripts inside a field. Each
+# is short enough to stay whole (a long record is cut as a long text is: see the layouts below).
+RECORDS = [{"text": text} for text in (
+    "Plain words, with a comma.", 'She said "hello", then left.', "Two lines\nin one field.", "Ça va? 你好 🙂",
+    *(make_text(i, 1)[:150] for i in range(12)))]
+CONVERSATION = [{"role": "user", "content": "Hi, how are you?"}, {"role": "assistant", "content": "Well, thanks."}]
+
+
+def _write_records(path: Path, opener=open) -> None:
+    """RECORDS in the format `path`'s name says (a .gz, .bz2 or .xz ending: through `opener`)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    form = Path(path.name.removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")).suffix
+    if form == ".parquet":
+        pq.write_table(pa.table({"id": list(range(len(RECORDS))), "text": [r["text"] for r in RECORDS]}), path)
+        return
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        if form in (".csv", ".tsv"):
+            writer = csv.DictWriter(handle, ["id", "text"], delimiter="\t" if form == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows({"id": i, **record} for i, record in enumerate(RECORDS))
+        elif form == ".json":
+            json.dump(RECORDS, handle, ensure_ascii=False)
+        else:
+            handle.write(_jsonl(*RECORDS))
+
+
+@pytest.mark.parametrize("name, builder", [
+    ("data.csv", "csv"), ("data.tsv", "csv"), ("data.json", "json"), ("data.parquet", "parquet"),
+    ("data.jsonl", "json"), ("data.csv.gz", "csv"), ("data.json.bz2", "json"), ("data.jsonl.xz", "json"),
+])
+def test_files_of_records_read_the_text_column_datasets_reads(name, builder, tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    import datasets
+
+    from pocketlm import data
+
+    path = tmp_path / name
+    _write_records(path, {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open))
+    documents, _ = data.load_documents([str(path)])
+    options = {"delimiter": "\t"} if ".tsv" in name else {}
+    # Read as transformers' run_clm.py reads such a file: datasets' own builder for the format, its text column.
+    expected = datasets.load_dataset(builder, data_files=str(path), split="train", **options)["text"]
+    assert documents["text"] == expected == [r["text"] for r in RECORDS]
+    assert not any(documents["problem"])
+
+
+def test_json_records_may_be_wrapped_in_an_object_or_be_json_lines_and_parquet_may_hold_conversations(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pocketlm import data
+
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": 2, "data": RECORDS}))
+    (tmp_path / "lines.json").write_text(_jsonl(*RECORDS))
+    pq.write_table(pa.table({"messages": [CONVERSATION]}), tmp_path / "chat.parquet")
+    for name in ("wrapped.json", "lines.json"):
+        assert data.load_documents([str(tmp_path / name)])[0]["text"] == [r["text"] for r in RECORDS]
+    from tokenization import render_chat
+
+    chat = data.load_documents([str(tmp_path / "chat.parquet")])[0]
+    assert chat["text"] == [render_chat(CONVERSATION)] and chat["is_chat"] == [True]
+
+
+@pytest.mark.parametrize("streaming, compressions", [(False, ["gzip", "bz2", "lzma"]), (True, ["gzip"])])
+def test_a_compressed_text_file_trains_as_the_file_itself(streaming, compressions, tmp_path):
+    import importlib
+
+    text = make_text(4, 120).encode()
+    files = {"book.txt": text, **{f"book.txt.{ {'gzip': 'gz', 'bz2': 'bz2', 'lzma': 'xz'}[kind]}":
+                                  importlib.import_module(kind).compress(text) for kind in compressions}}
+    summaries, weights = [], []
+    for name, content in files.items():
+        (tmp_path / name).mkdir()
+        result = _train_on(tmp_path / name, name, content, "--max-steps=3", *(["--streaming"] if streaming else []))
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries.append(json.loads((tmp_path / name / "out" / "training_summary.json").read_text())["data"])
+        weights.append((tmp_path / name / "out" / "model.safetensors").read_bytes())
+    for summary, model in zip(summaries[1:], weights[1:]):
+        assert summary["records"] == summaries[0]["records"]
+        assert summary["validation_characters"] == summaries[0]["validation_characters"] > 0
+        assert model == weights[0]  # the same pieces, split and batches: bitwise the same model
+
+
+def _damaged_gzip() -> bytes:
+    import gzip
+
+    return gzip.compress(make_text(5).encode())[:-100]
+
+
+def _parquet_bytes(**columns) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+UNREADABLE = {
+    # file name, its bytes, what the line says
+    "a damaged gzip file": ("notes.txt.gz", _damaged_gzip, "a damaged gzip file"),
+    "CSV without a text column": ("table.csv", lambda: b"title,body\nA,B\n", "no 'text' column in its header row "
+                                                                             "(its columns: title, body)"),
+    "Parquet without a text column": ("table.parquet", lambda: _parquet_bytes(body=["x"]),
+                                      "no 'text' or 'messages' column (its columns: body)"),
+    "not Parquet inside": ("fake.parquet", lambda: make_text(6).encode(), "not a Parquet file"),
+    "Parquet compressed whole": ("table.parquet.gz", lambda: __import__("gzip").compress(_parquet_bytes(text=["x"])),
+                                 "gzip-compressed Parquet file: decompress it"),
+    "a zip archive": ("corpus.txt", lambda: b"PK\x03\x04" + bytes(200), "a zip archive: unzip it"),
+    "zstd": ("corpus.txt.zst", lambda: b"(\xb5/\xfd" + bytes(200), "zstd, which Python cannot read"),
+    "a PDF": ("paper.txt", lambda: b"%PDF-1.7\n" + bytes(200), "a PDF: save its text"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_an_unreadable_data_file_alone_is_refused_in_one_line_with_its_fix(case, tmp_path):
+    name, content, needle = UNREADABLE[case]
+    assert_one_line_error(_train_on(tmp_path, name, content()), name, needle)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_unreadable_data_files_among_good_ones_are_each_named_and_the_rest_is_trained_on(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "good.txt").write_text(make_text(3))
+    for name, content, _ in UNREADABLE.values():
+        (folder / name).write_bytes(content())
+    given = [f"--data={path}" for path in sorted(folder.iterdir())]  # by name: a folder's search skips some
+    result = run_entry(train_main, "--model-type=lstm", *given, f"--output-dir={tmp_path / 'out'}",
+                       "--block-size=32", "--batch-size=4", "--max-steps=1", "--samples=0",
+                       "--model-config=hidden_size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
+    assert records["kept"] > 0
+    for name, _, needle in UNREADABLE.values():
+        assert needle in records["files_not_read"][str(folder / name)]
+        said = result.stdout.split(f"{folder / name} not read (")[1]  # the reading line on the screen
+        assert needle in said.split(f", {folder}/")[0], said[:300]
+    assert len(records["files_not_read"]) == len(UNREADABLE)
+
+
+@pytest.mark.parametrize("name, content, reason, where", [
+    ("data.json", json.dumps([*GOOD, {"text": 42}]), "'text' is not a string", "data.json record 31"),
+    ("data.json", json.dumps(GOOD)[:-40], "not valid JSON", "data.json:1:"),
+    ("data.json", _jsonl(*GOOD, "{broken"), "not valid JSON", "data.json:31"),
+    # Each text spans several lines, quoted: the bad record is named by the line it starts on, the file's last.
+    ("data.csv", "text\n" + "".join(f'"{r["text"]}"\n' for r in GOOD) + '""\n', "empty 'text'", "last line"),
+    ("data.tsv", "id\ttext\n" + "".join(f'{i}\t"{r["text"]}"\n' for i, r in enumerate(GOOD)) + "30\n",
+     "no 'text' string or 'messages' list", "last line"),
+])
+def test_bad_records_in_json_csv_and_tsv_files_are_skipped_counted_and_named(name, content, reason, where,
+                                                                            tmp_path):
+    result = _train_on(tmp_path, name, content)
+    if reason == "not valid JSON" and where.endswith(":"):  # a JSON document cut short: nothing in it is usable
+        assert_one_line_error(result, "no usable text", "not valid JSON", f"{tmp_path / where}")
+        return
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
+    assert records["skipped"] == {reason: 1}, records
+    assert records["kept"] + records["duplicates_dropped"] == len(GOOD)  # every good record trained on
+    if where == "last line":
+        where = f"{name}:{len(content.splitlines())}"
+    assert records["first_skipped_at"][reason] == str(tmp_path / where)
+    assert reason in result.stdout
+
+
 # ------------------------------------------------------------------------- any layout of enough text trains
 
 PROSE = make_text(0, 5200)  # about 1 MB of paragraphs

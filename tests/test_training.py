@@ -159,7 +159,7 @@ def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def test_directories_are_searched_for_text_markdown_and_jsonl(tmp_path, caplog):
+def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     folder = tmp_path / "data"
     (folder / "nested").mkdir(parents=True)
     (folder / "a.txt").write_text(make_text(1, 10))
@@ -170,12 +170,14 @@ def test_directories_are_searched_for_text_markdown_and_jsonl(tmp_path, caplog):
         + "\n"
     )
     (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00binary")
-    (folder / "ignored.csv").write_text("not,read\n")
+    (folder / "table.csv").write_text("not,read\n")  # a record file without a text column: reported
+    (folder / "picture.png").write_bytes(b"\x89PNG\x00\x00binary")  # not a data file: not looked at
     documents, _ = data.load_documents([str(folder)])
     texts = documents["text"]
     assert "a jsonl document" in texts
     assert "<|user|>hi<|end|><|assistant|>hello<|end|>" in texts
-    assert any("binary" in r.message or "image.txt" in r.message for r in caplog.records)
+    warned = " ".join(r.message for r in caplog.records)
+    assert "image.txt: binary" in warned and "table.csv: no 'text' column" in warned and "picture.png" not in warned
     assert not any("not,read" in t for t in texts)
 
 
@@ -340,7 +342,7 @@ def test_bad_data_fails_with_one_line(tmp_path):
     tiny.write_text("Too short.\n\nStill short.\n")
     out = tmp_path / "out"
     # Once through the real script, to check the process exit status; in-process afterwards, for speed.
-    assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "no .txt, .md or .jsonl")
+    assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "holds no text (.txt, .md) or records")
     assert_one_line_error(run_cli(*cli_args("lstm", binary, out)), "binary or not UTF-8")
     assert_one_line_error(run_cli(*cli_args("lstm", tiny, out)), "not enough text")
     one_block_short = tmp_path / "short.txt"

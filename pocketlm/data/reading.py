@@ -2,14 +2,20 @@
 
 Every record read becomes a row (`text`, `is_chat`, `ends`, `origin`, `problem`), the unusable ones with the
 reason in `problem`, so each is counted and reported (`ReadReport`). Plain files are read line by line and cut
-into documents; JSONL lines and dataset rows hold a `text` string or a `messages` conversation. The rows are a
-`datasets` dataset: Arrow-backed and memory-mapped, or, when streamed, an `IterableDataset` read afresh on every
-pass, so a corpus larger than memory never has to fit in it.
+into documents; the records of JSONL, JSON, CSV, TSV and Parquet files and dataset rows hold a `text` string or a
+`messages` conversation. Any file but Parquet may be compressed (gzip, bzip2, xz: found by its first bytes). The
+rows are a `datasets` dataset: Arrow-backed and memory-mapped, or, when streamed, an `IterableDataset` read afresh
+on every pass, so a corpus larger than memory never has to fit in it.
 """
 
+import bz2
 import codecs
+import csv
+import gzip
+import io
 import json
 import logging
+import lzma
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -18,7 +24,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
 from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
@@ -29,12 +37,28 @@ logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
+# Files of records, each a `text` string or a `messages` conversation (CSV and TSV: a `text` column, as
+# transformers' run_clm.py reads them). Any other file given by name is read as plain text.
+RECORD_SUFFIXES = (JSONL_SUFFIX, ".json", ".csv", ".tsv", ".parquet")
+RECORD_COLUMNS = ("text", "messages")
+# Compressed files are opened through Python's own decompressors. Which one is told by the file's first bytes, not
+# its name, so a renamed file reads too; the name's inner suffix says what the decompressed file holds.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+DECOMPRESSORS = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
+# Other binary files a user may point at by mistake, and the way to their text.
+OTHER_BINARIES = {
+    b"PK\x03\x04": "a zip archive: unzip it and pass the folder",
+    b"(\xb5/\xfd": "compressed with zstd, which Python cannot read: decompress it (zstd -d) or recompress it with gzip",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it and pass the folder",
+    b"%PDF": "a PDF: save its text as a .txt file",
+}
+BINARY = "binary or not UTF-8 or UTF-16 text: convert it to UTF-8 text"
 # A dataset's size is not known before it is read: its long records are cut as a large corpus's are.
 DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 5
+DOCUMENT_SCHEMA = 6
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -83,8 +107,27 @@ class ReadReport:
 # ---------------------------------------------------------------------------------------------- finding files
 
 
+def _name_inside(path: Path) -> str:
+    """The file's name, lower case, without a .gz, .bz2 or .xz ending: what the decompressed file holds."""
+    name = path.name.lower()
+    for ending in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(ending)
+    return name
+
+
+def data_format(path: Path) -> str:
+    """What a file holds, told by its name inside any compression: one of RECORD_SUFFIXES, or "text"."""
+    suffix = Path(_name_inside(path)).suffix
+    return suffix if suffix in RECORD_SUFFIXES else "text"
+
+
+def _is_data_file(path: Path) -> bool:
+    return _name_inside(path).endswith((*TEXT_SUFFIXES, *RECORD_SUFFIXES))
+
+
 def find_data_files(paths: list[str]) -> list[Path]:
-    """Every .txt, .md and .jsonl file under `paths` (files or directories, searched recursively), sorted."""
+    """Every file `paths` name, and under the directories among them (searched recursively) every text and record
+    file (see TEXT_SUFFIXES, RECORD_SUFFIXES), compressed or not; sorted."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -93,48 +136,115 @@ def find_data_files(paths: list[str]) -> list[Path]:
         if path.is_file():
             found.append(path)
             continue
-        matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*TEXT_SUFFIXES, JSONL_SUFFIX))
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
         if not matches:
-            raise UsageError(f"--data {raw}: the directory holds no .txt, .md or .jsonl files; add some or point elsewhere.")
+            raise UsageError(f"--data {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
+                             ".tsv, .parquet); add some or point elsewhere.")
         found.extend(matches)
     return found
 
 
-def text_encoding(path: Path) -> str | None:
-    """The encoding `path` reads in: UTF-8 (a BOM is dropped), or UTF-16 with its BOM (as Windows Notepad saves);
-    None for binary or undecodable files."""
+def compression(path: Path) -> str | None:
+    """The decompressor `path` needs (a key of DECOMPRESSORS), told by its first bytes; None for a plain file."""
     with open(path, "rb") as handle:
+        head = handle.read(10)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    # "BZh", the block size, then the magic of a first block or of the end of an empty stream: text may start "BZh".
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"
+    return None
+
+
+def open_data(path: Path, mode: str = "rb", **text_options):
+    """`path` opened as `open` would, through its decompressor when it is compressed."""
+    kind = compression(path)
+    return (DECOMPRESSORS[kind] if kind else open)(path, mode, **text_options)
+
+
+def text_encoding(path: Path) -> tuple[str | None, int]:
+    """The encoding `path` reads in, decompressed: UTF-8 (a BOM is dropped), or UTF-16 with its BOM (as Windows
+    Notepad saves), or None for binary or undecodable files; and its size in bytes, decompressed. A damaged
+    compressed file raises its decompressor's error (OSError, EOFError, lzma.LZMAError)."""
+    with open_data(path) as handle:
         head = handle.read(4)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     else:
         encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
-    decoder = codecs.getincrementaldecoder(encoding)()
+    decoder, size = codecs.getincrementaldecoder(encoding)(), 0
     try:
-        with open(path, "rb") as handle:
+        with open_data(path) as handle:
             while chunk := handle.read(1 << 20):
+                size += len(chunk)
                 # UTF-8 text holds no NUL bytes; binary files usually do.
                 if "\x00" in decoder.decode(chunk):
-                    return None
+                    return None, size
             decoder.decode(b"", final=True)
-    except (UnicodeDecodeError, OSError):
-        return None
-    return encoding
+    except UnicodeDecodeError:
+        return None, size
+    return encoding, size
 
 
-def readable_files(files: list[Path], report: ReadReport) -> list[tuple[Path, str]]:
-    """Each readable file with its encoding; binary and undecodable files are reported and left out."""
-    good = []
-    for path in files:
-        encoding = text_encoding(path)
+@dataclass(frozen=True)
+class DataFile:
+    """A file to read: its encoding ("" for Parquet, which is not text) and its size in bytes once decompressed,
+    which sets the length its long texts are cut to, so that a compressed file reads as the file itself."""
+
+    path: Path
+    encoding: str
+    size: int
+
+
+def inspect_file(path: Path) -> DataFile | str:
+    """The file to read, or why `path` cannot be read and what to do."""
+    kind = compression(path)
+    form = data_format(path)
+    try:
+        if form == ".parquet":
+            if kind:
+                return f"a {kind}-compressed Parquet file: decompress it (Parquet compresses its own columns)"
+            columns = pq.ParquetFile(path).schema_arrow.names
+            if not set(columns) & set(RECORD_COLUMNS):
+                return (f"no 'text' or 'messages' column (its columns: {', '.join(columns)}): name the column that holds "
+                        "the text 'text'")
+            return DataFile(path, "", os.path.getsize(path))
+        if kind is None:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+            for magic, why in OTHER_BINARIES.items():
+                if head.startswith(magic):
+                    return why
+        encoding, size = text_encoding(path)
         if encoding is None:
-            report.skipped_files[str(path)] = "binary, or not UTF-8 or UTF-16 text"
-            logger.warning("skipping %s: binary, or not UTF-8 or UTF-16 text; convert it to UTF-8 to train on it", path)
-        else:
-            good.append((path, encoding))
+            return BINARY
+        if form in (".csv", ".tsv"):
+            with open_data(path, "rt", encoding=encoding, newline="") as handle:
+                header = next(csv.reader(handle, delimiter=_delimiter(path)), [])
+            if "text" not in header:
+                return (f"no 'text' column in its header row (its columns: {', '.join(header)}): name the column that "
+                        "holds the text 'text'")
+        return DataFile(path, encoding, size)
+    except (OSError, EOFError, lzma.LZMAError, pa.ArrowException, csv.Error) as error:
+        what = f"a damaged {kind} file" if kind else "not a Parquet file" if form == ".parquet" else "unreadable"
+        return f"{what} ({error})"
+
+
+def readable_files(files: list[Path], report: ReadReport) -> list[DataFile]:
+    """Each readable file; binary, damaged and column-less files are reported and left out."""
+    good, refused = [], []
+    for path in files:
+        found = inspect_file(path)
+        if isinstance(found, DataFile):
+            good.append(found)
+            continue
+        report.skipped_files[str(path)] = found
+        refused.append(f"{path}: {found}")
+        logger.warning("skipping %s: %s", path, found)
     if not good:
-        names = ", ".join(str(p) for p in files[:3]) + (" ..." if len(files) > 3 else "")
-        raise UsageError(f"no readable text in {names}: the files are binary or not UTF-8; convert them to UTF-8 text.")
+        raise UsageError(f"no readable text: {'; '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}.")
     return good
 
 
@@ -198,9 +308,8 @@ def _row(text: str = "", origin: str = "", problem: str = "", is_chat: bool = Fa
     return {"text": text, "is_chat": is_chat, "ends": ends, "origin": origin, "problem": problem}
 
 
-def _text_file_documents(path: Path, encoding: str):
-    with open(path, encoding=encoding) as handle:
-        total = os.path.getsize(path)
+def _text_file_documents(path: Path, encoding: str, total: int):
+    with open_data(path, "rt", encoding=encoding) as handle:
         pieces = split_into_documents(_bounded_lines(handle, piece_target(total)), total)
         previous = next(pieces, None)
         if previous is None:
@@ -274,28 +383,90 @@ def _whole_turns(turns: list[str], target: int) -> Iterator[str]:
         yield "".join(current)
 
 
-def _jsonl_documents(path: Path, encoding: str):
-    target = piece_target(os.path.getsize(path))
-    with open(path, encoding=encoding) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            origin = f"{path}:{number}"
+def _jsonl_documents(path: Path, encoding: str, size: int):
+    with open_data(path, "rt", encoding=encoding) as handle:
+        yield from _json_lines(handle, path, piece_target(size))
+
+
+def _json_lines(lines: Iterable[str], path: Path, target: int):
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        origin = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            yield _row(origin=origin, problem="not valid JSON")
+            continue
+        yield from _pieces(document_from_record(record, origin), target)
+
+
+def _json_documents(path: Path, encoding: str, size: int):
+    """A .json file: a list of records, an object holding one list of them (as `{"data": [...]}`), one record, or
+    JSON Lines under a .json name, as many exports are. Read whole, as JSON has no line to stop at."""
+    with open_data(path, "rt", encoding=encoding) as handle:
+        text = handle.read()
+    target = piece_target(size)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # a whole value, then another: JSON Lines
+            yield from _json_lines(io.StringIO(text), path, target)
+        else:
+            yield _row(origin=f"{path}:{error.lineno}:{error.colno}", problem="not valid JSON")
+        return
+    if isinstance(value, dict) and not set(value) & set(RECORD_COLUMNS):
+        lists = [item for item in value.values() if isinstance(item, list)]
+        value = lists[0] if len(lists) == 1 else value
+    for number, record in enumerate(value if isinstance(value, list) else [value], 1):
+        yield from _pieces(document_from_record(record, f"{path} record {number}"), target)
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if data_format(path) == ".tsv" else ","
+
+
+def _table_documents(path: Path, encoding: str, size: int):
+    """A .csv or .tsv file whose header row names a `text` column: each row's text is a record (a field may span
+    lines, as CSV quotes them)."""
+    target = piece_target(size)
+    csv.field_size_limit(2**31 - 1)  # the default, 128 KiB, would refuse a long text
+    with open_data(path, "rt", encoding=encoding, newline="") as handle:
+        rows = csv.DictReader(handle, delimiter=_delimiter(path))
+        while True:
+            line = rows.line_num + 1  # where the record starts; a quoted field can run over several lines
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                yield _row(origin=origin, problem="not valid JSON")
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error:
+                yield _row(origin=f"{path}:{line}", problem="not valid CSV")
                 continue
-            yield from _pieces(document_from_record(record, origin), target)
+            yield from _pieces(document_from_record({"text": row.get("text")}, f"{path}:{line}"), target)
 
 
-def _file_documents(files: list[str], encodings: list[str], signature: list[str] | None = None,
+def _parquet_documents(path: Path, encoding: str, size: int):
+    """A Parquet file's `text` or `messages` column, read a batch of rows at a time."""
+    target = piece_target(size)
+    table = pq.ParquetFile(path)
+    columns = [name for name in RECORD_COLUMNS if name in table.schema_arrow.names]
+    number = 0
+    for batch in table.iter_batches(batch_size=1024, columns=columns):
+        for record in batch.to_pylist():
+            number += 1
+            yield from _pieces(document_from_record(record, f"{path} row {number}"), target)
+
+
+READERS = {"text": _text_file_documents, JSONL_SUFFIX: _jsonl_documents, ".json": _json_documents,
+           ".csv": _table_documents, ".tsv": _table_documents, ".parquet": _parquet_documents}
+
+
+def _file_documents(files: list[str], encodings: list[str], sizes: list[int], signature: list[str] | None = None,
                     schema: int = DOCUMENT_SCHEMA):
     """Generator for `from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
-    for name, encoding in zip(files, encodings):
+    for name, encoding, size in zip(files, encodings, sizes):
         path = Path(name)
-        read = _jsonl_documents if path.suffix.lower() == JSONL_SUFFIX else _text_file_documents
-        yield from read(path, encoding)
+        yield from READERS[data_format(path)](path, encoding, size)
 
 
 def default_conversations() -> list[list[dict]]:
@@ -354,17 +525,17 @@ def load_documents(
         return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
                         features=DOCUMENT_FEATURES), DEFAULT_CORPUS_NAME
     files = readable_files(find_data_files(data), report)
-    names, encodings = [str(path) for path, _ in files], [encoding for _, encoding in files]
+    names = [str(file.path) for file in files]
+    read = {"files": names, "encodings": [file.encoding for file in files], "sizes": [file.size for file in files]}
     source = ", ".join(str(p) for p in data)
     if streaming:
-        return datasets.IterableDataset.from_generator(
-            _file_documents, gen_kwargs={"files": names, "encodings": encodings}, features=DOCUMENT_FEATURES
-        ), source
+        return datasets.IterableDataset.from_generator(_file_documents, gen_kwargs=read,
+                                                       features=DOCUMENT_FEATURES), source
     # Keyed by absolute paths, sizes and times: the same text is read once, a changed file again.
     signature = [f"{Path(name).resolve()}|{_signature(name)}" for name in names]
     documents = datasets.Dataset.from_generator(
         _file_documents, features=DOCUMENT_FEATURES,
-        gen_kwargs={"files": names, "encodings": encodings, "signature": signature, "schema": DOCUMENT_SCHEMA},
+        gen_kwargs={**read, "signature": signature, "schema": DOCUMENT_SCHEMA},
     )
     changed = [name for name, before in zip(names, signature) if f"{Path(name).resolve()}|{_signature(name)}" != before]
     if changed:
