@@ -351,6 +351,15 @@ def test_an_unreadable_data_file_alone_is_refused_in_one_line_with_its_fix(case,
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_a_file_given_as_a_dataset_is_pointed_to_data(tmp_path):
+    # datasets.load_dataset takes a folder or a Hub name: a file's name it looks up on the Hub, and offline says
+    # only that it could not reach it.
+    table = tmp_path / "table.csv"
+    table.write_text("text\n" + "".join(f'"{r["text"]}"\n' for r in GOOD))
+    result = run_entry(train_main, f"--dataset={table}", f"--output-dir={tmp_path / 'out'}", "--max-steps=1")
+    assert_one_line_error(result, f"--dataset {table} is a file: pass it as --data {table}")
+
+
 def test_unreadable_data_files_among_good_ones_are_each_named_and_the_rest_is_trained_on(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

@@ -490,10 +490,14 @@ def _default_documents(schema: int):
 
 
 def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    if Path(name).expanduser().is_file():  # datasets takes a folder or a Hub name, and looks a file up on the Hub
+        raise UsageError(f"--dataset {name} is a file: pass it as --data {name}, which reads text and the records of "
+                         ".jsonl, .json, .csv, .tsv and .parquet files.")
     try:
         loaded = datasets.load_dataset(name, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
-        raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local path or a cached dataset name.")
+        raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local folder or a cached dataset "
+                         "name.")
     split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
     columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
     if "text" not in columns and "messages" not in columns:
