@@ -47,17 +47,17 @@ class TrainingOptions:
     model_type: str | None = option(None, "model family (default: transformer, or --init-from's family)",
                                     choices=MODEL_TYPES)
     model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=MODEL_SIZES)
-    data: list[str] | None = option(None, "a file or folder: text (.txt, .md, or any other name), records "
-                                    "(.jsonl, .json, .csv, .tsv, .parquet), each maybe .gz/.bz2/.xz; repeatable",
-                                    action="append",
-                                    metavar="PATH")
+    # Several paths after one flag, as the shell expands `--data notes/*.txt`, and the flag repeatable.
+    data: list[str] | None = option(None, "files, folders or quoted patterns ('notes/**/*.md'): text (.txt, .md, or "
+                                    "any other name), records (.jsonl, .json, .csv, .tsv, .parquet), each maybe "
+                                    ".gz/.bz2/.xz", action="extend", nargs="+", metavar="PATH")
     dataset: str | None = option(None, "anything datasets.load_dataset takes, with a text or messages column",
                                  metavar="NAME_OR_PATH")
     streaming: bool = option(False, "read the data as a stream, never whole, for corpora larger than memory "
                                     "(needs --max-steps)", action="store_true")
     validation_data: list[str] | None = option(
-        None, "validate on this file or folder instead of a held-out 10%% of the data; repeatable", action="append",
-        metavar="PATH")
+        None, "validate on these files or folders instead of a held-out 10%% of the data", action="extend",
+        nargs="+", metavar="PATH")
     output_dir: str | None = option(None, "where the model goes (default: models/lstm or models/transformer-<size>)")
     epochs: int | None = option(None, f"passes over the training data ({RECIPE})", type=int)
     max_steps: int | None = option(None, "optimizer steps; wins over --epochs", type=int)

@@ -181,6 +181,24 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     assert not any("not,read" in t for t in texts)
 
 
+def test_data_takes_what_a_shell_expands_and_patterns_it_did_not(tmp_path):
+    from pocketlm.cli import train_parser
+    from pocketlm.errors import UsageError
+
+    (tmp_path / "notes" / "2026").mkdir(parents=True)
+    for index, name in enumerate(["a.md", "2026/b.md", "2026/c.txt"]):
+        (tmp_path / "notes" / name).write_text(f"Note {index}: " + make_text(index, 3))
+    # `train.py --data notes/*.md other.txt` after the shell's expansion, and the flag repeated.
+    parsed = train_parser().parse_args(["--data", "x.md", "y.md", "--data", "z.txt", "--max-steps", "1"])
+    assert parsed.data == ["x.md", "y.md", "z.txt"] and parsed.max_steps == 1
+    # A quoted pattern, which the shell left alone: ** reaches into folders.
+    documents, _ = data.load_documents([str(tmp_path / "notes" / "**" / "*.md")])
+    notes = tmp_path / "notes"
+    assert sorted(set(documents["origin"])) == [str(notes / "2026" / "b.md"), str(notes / "a.md")]
+    with pytest.raises(UsageError, match="the pattern matches no file"):
+        data.load_documents([str(tmp_path / "notes" / "*.rst")])
+
+
 def test_duplicates_are_dropped_and_validation_never_overlaps_training():
 
     texts = [f"document number {i}" for i in range(200)] * 2

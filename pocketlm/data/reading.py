@@ -11,6 +11,7 @@ on every pass, so a corpus larger than memory never has to fit in it.
 import bz2
 import codecs
 import csv
+import glob
 import gzip
 import io
 import json
@@ -126,11 +127,17 @@ def _is_data_file(path: Path) -> bool:
 
 
 def find_data_files(paths: list[str]) -> list[Path]:
-    """Every file `paths` name, and under the directories among them (searched recursively) every text and record
-    file (see TEXT_SUFFIXES, RECORD_SUFFIXES), compressed or not; sorted."""
+    """Every file `paths` name or match (a pattern such as `notes/**/*.md`), and under the directories among them
+    (searched recursively) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES), compressed or not."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
+        if not path.exists() and any(sign in raw for sign in "*?["):  # a pattern the shell was not given to expand
+            matches = sorted(Path(name) for name in glob.glob(str(path), recursive=True) if Path(name).is_file())
+            if not matches:
+                raise UsageError(f"--data {raw}: the pattern matches no file; check it.")
+            found.extend(matches)
+            continue
         if not path.exists():
             raise UsageError(f"--data {raw}: no such file or directory; check the path.")
         if path.is_file():
