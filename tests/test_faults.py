@@ -240,9 +240,10 @@ def _write_records(path: Path, opener=open) -> None:
     if form == ".parquet":
         pq.write_table(pa.table({"id": list(range(len(RECORDS))), "text": [r["text"] for r in RECORDS]}), path)
         return
-    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+    excel = path.name.startswith("excel")  # as a spreadsheet in a comma-decimal locale saves: a BOM, semicolons
+    with opener(path, "wt", encoding="utf-8-sig" if excel else "utf-8", newline="") as handle:
         if form in (".csv", ".tsv"):
-            writer = csv.DictWriter(handle, ["id", "text"], delimiter="\t" if form == ".tsv" else ",")
+            writer = csv.DictWriter(handle, ["id", "text"], delimiter="\t" if form == ".tsv" else ";" if excel else ",")
             writer.writeheader()
             writer.writerows({"id": i, **record} for i, record in enumerate(RECORDS))
         elif form == ".json":
@@ -254,6 +255,7 @@ def _write_records(path: Path, opener=open) -> None:
 @pytest.mark.parametrize("name, builder", [
     ("data.csv", "csv"), ("data.tsv", "csv"), ("data.json", "json"), ("data.parquet", "parquet"),
     ("data.jsonl", "json"), ("data.csv.gz", "csv"), ("data.json.bz2", "json"), ("data.jsonl.xz", "json"),
+    ("excel.csv", "csv"),
 ])
 def test_files_of_records_read_the_text_column_datasets_reads(name, builder, tmp_path):
     import bz2
@@ -267,7 +269,7 @@ def test_files_of_records_read_the_text_column_datasets_reads(name, builder, tmp
     path = tmp_path / name
     _write_records(path, {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open))
     documents, _ = data.load_documents([str(path)])
-    options = {"delimiter": "\t"} if ".tsv" in name else {}
+    options = {"delimiter": "\t"} if ".tsv" in name else {"delimiter": ";"} if "excel" in name else {}
     # Read as transformers' run_clm.py reads such a file: datasets' own builder for the format, its text column.
     expected = datasets.load_dataset(builder, data_files=str(path), split="train", **options)["text"]
     assert documents["text"] == expected == [r["text"] for r in RECORDS]
@@ -331,8 +333,8 @@ def _parquet_bytes(**columns) -> bytes:
 UNREADABLE = {
     # file name, its bytes, what the line says
     "a damaged gzip file": ("notes.txt.gz", _damaged_gzip, "a damaged gzip file"),
-    "CSV without a text column": ("table.csv", lambda: b"title,body\nA,B\n", "no 'text' column in its header row "
-                                                                             "(its columns: title, body)"),
+    "CSV without a text column": ("table.csv", lambda: b"title;body\nA;B\n", "no 'text' column in its header row "
+                                                                             "('title;body')"),
     "Parquet without a text column": ("table.parquet", lambda: _parquet_bytes(body=["x"]),
                                       "no 'text' or 'messages' column (its columns: body)"),
     "not Parquet inside": ("fake.parquet", lambda: make_text(6).encode(), "not a Parquet file"),

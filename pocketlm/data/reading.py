@@ -227,12 +227,10 @@ def inspect_file(path: Path) -> DataFile | str:
         encoding, size = text_encoding(path)
         if encoding is None:
             return BINARY
-        if form in (".csv", ".tsv"):
-            with open_data(path, "rt", encoding=encoding, newline="") as handle:
-                header = next(csv.reader(handle, delimiter=_delimiter(path)), [])
-            if "text" not in header:
-                return (f"no 'text' column in its header row (its columns: {', '.join(header)}): name the column that "
-                        "holds the text 'text'")
+        if form in (".csv", ".tsv") and _delimiter(path, encoding) is None:
+            with open_data(path, "rt", encoding=encoding) as handle:
+                header = handle.readline().strip()
+            return f"no 'text' column in its header row ({header[:200]!r}): name the column that holds the text 'text'"
         return DataFile(path, encoding, size)
     except (OSError, EOFError, lzma.LZMAError, pa.ArrowException, csv.Error) as error:
         what = f"a damaged {kind} file" if kind else "not a Parquet file" if form == ".parquet" else "unreadable"
@@ -429,8 +427,17 @@ def _json_documents(path: Path, encoding: str, size: int):
         yield from _pieces(document_from_record(record, f"{path} record {number}"), target)
 
 
-def _delimiter(path: Path) -> str:
-    return "\t" if data_format(path) == ".tsv" else ","
+# A .csv file from a spreadsheet in a locale whose decimal mark is a comma separates its fields with semicolons.
+DELIMITERS = {".csv": (",", ";", "\t", "|"), ".tsv": ("\t",)}
+
+
+def _delimiter(path: Path, encoding: str) -> str | None:
+    """The field separator of a .csv or .tsv file: the first of DELIMITERS whose header row names a `text` column."""
+    for delimiter in DELIMITERS[data_format(path)]:
+        with open_data(path, "rt", encoding=encoding, newline="") as handle:
+            if "text" in next(csv.reader(handle, delimiter=delimiter), []):
+                return delimiter
+    return None
 
 
 def _table_documents(path: Path, encoding: str, size: int):
@@ -439,7 +446,7 @@ def _table_documents(path: Path, encoding: str, size: int):
     target = piece_target(size)
     csv.field_size_limit(2**31 - 1)  # the default, 128 KiB, would refuse a long text
     with open_data(path, "rt", encoding=encoding, newline="") as handle:
-        rows = csv.DictReader(handle, delimiter=_delimiter(path))
+        rows = csv.DictReader(handle, delimiter=_delimiter(path, encoding))
         while True:
             line = rows.line_num + 1  # where the record starts; a quoted field can run over several lines
             try:
