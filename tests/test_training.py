@@ -195,7 +195,10 @@ def test_data_takes_what_a_shell_expands_and_patterns_it_did_not(tmp_path):
     documents, _ = data.load_documents([str(tmp_path / "notes" / "**" / "*.md")])
     notes = tmp_path / "notes"
     assert sorted(set(documents["origin"])) == [str(notes / "2026" / "b.md"), str(notes / "a.md")]
-    with pytest.raises(UsageError, match="the pattern matches no file"):
+    folders, _ = data.load_documents([str(tmp_path / "note?")])  # a folder matched is searched as one given
+    assert sorted(set(folders["origin"])) == [str(notes / "2026" / "b.md"), str(notes / "2026" / "c.txt"),
+                                              str(notes / "a.md")]
+    with pytest.raises(UsageError, match="the pattern matches no file or folder"):
         data.load_documents([str(tmp_path / "notes" / "*.rst")])
 
 

@@ -133,10 +133,10 @@ def find_data_files(paths: list[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists() and any(sign in raw for sign in "*?["):  # a pattern the shell was not given to expand
-            matches = sorted(Path(name) for name in glob.glob(str(path), recursive=True) if Path(name).is_file())
+            matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
-                raise UsageError(f"--data {raw}: the pattern matches no file; check it.")
-            found.extend(matches)
+                raise UsageError(f"--data {raw}: the pattern matches no file or folder; check it.")
+            found.extend(find_data_files(matches))  # files as given, folders searched
             continue
         if not path.exists():
             raise UsageError(f"--data {raw}: no such file or directory; check the path.")
