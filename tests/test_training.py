@@ -172,7 +172,11 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00binary")
     (folder / "table.csv").write_text("not,read\n")  # a record file without a text column: reported
     (folder / "picture.png").write_bytes(b"\x89PNG\x00\x00binary")  # not a data file: not looked at
+    for hidden in (".venv/lib/LICENSE.txt", ".git/description.md", "__pycache__/notes.txt", ".draft.txt"):
+        (folder / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (folder / hidden).write_text("hidden text, never read\n")  # as `--data .` in a project folder finds
     documents, _ = data.load_documents([str(folder)])
+    assert not any("hidden text" in text for text in documents["text"])
     texts = documents["text"]
     assert "a jsonl document" in texts
     assert "<|user|>hi<|end|><|assistant|>hello<|end|>" in texts

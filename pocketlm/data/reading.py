@@ -126,9 +126,16 @@ def _is_data_file(path: Path) -> bool:
     return _name_inside(path).endswith((*TEXT_SUFFIXES, *RECORD_SUFFIXES))
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    """Under a hidden or private folder, or hidden itself (`.venv/`, `.git/`, `__pycache__/`, `.notes.txt`): a folder's
+    search skips them, as datasets' own search of a folder does, so `--data .` never reads a virtualenv's files."""
+    return any(part.startswith((".", "__")) for part in path.relative_to(folder).parts)
+
+
 def find_data_files(paths: list[str]) -> list[Path]:
     """Every file `paths` name or match (a pattern such as `notes/**/*.md`), and under the directories among them
-    (searched recursively) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES), compressed or not."""
+    (searched recursively, hidden ones left out) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES),
+    compressed or not."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -143,7 +150,7 @@ def find_data_files(paths: list[str]) -> list[Path]:
         if path.is_file():
             found.append(path)
             continue
-        matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p) and not _hidden(p, path))
         if not matches:
             raise UsageError(f"--data {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
                              ".tsv, .parquet); add some or point elsewhere.")
