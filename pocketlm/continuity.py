@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .data.blocks import tokenizer_digest
-from .data.reading import find_data_files
+from .data.formats import find_data_files
 from .errors import UsageError
 
 SHAPE = ("model_type", "model_size", "model_config", "vocab_size")

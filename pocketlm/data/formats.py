@@ -1,0 +1,189 @@
+"""Data files: which files `--data` names, what each holds and how to open it.
+
+A file's format is told by its name (`.jsonl`, `.json`, `.csv`, `.tsv`, `.parquet`, or plain text), its compression
+by its first bytes (gzip, bzip2, xz), and whether it can be read at all by looking inside: the encoding of its text,
+the columns of its table, the decompressor's verdict. `reading` turns the files found readable into documents.
+"""
+
+import bz2
+import codecs
+import csv
+import glob
+import gzip
+import lzma
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import UsageError
+
+TEXT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIX = ".jsonl"
+# Files of records, each a `text` string or a `messages` conversation (CSV and TSV: a `text` column, as
+# transformers' run_clm.py reads them). Any other file given by name is read as plain text.
+RECORD_SUFFIXES = (JSONL_SUFFIX, ".json", ".csv", ".tsv", ".parquet")
+RECORD_COLUMNS = ("text", "messages")
+# Compressed files are opened through Python's own decompressors. Which one is told by the file's first bytes, not
+# its name, so a renamed file reads too; the name's inner suffix says what the decompressed file holds.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+DECOMPRESSORS = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
+# Other binary files a user may point at by mistake, and the way to their text.
+OTHER_BINARIES = {
+    b"PK\x03\x04": "a zip archive: unzip it and pass the folder",
+    b"(\xb5/\xfd": "compressed with zstd, which Python cannot read: decompress it (zstd -d) or recompress it with gzip",
+    b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive: unpack it and pass the folder",
+    b"%PDF": "a PDF: save its text as a .txt file",
+}
+BINARY = "binary or not UTF-8 or UTF-16 text: convert it to UTF-8 text"
+
+
+def _name_inside(path: Path) -> str:
+    """The file's name, lower case, without a .gz, .bz2 or .xz ending: what the decompressed file holds."""
+    name = path.name.lower()
+    for ending in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(ending)
+    return name
+
+
+def data_format(path: Path) -> str:
+    """What a file holds, told by its name inside any compression: one of RECORD_SUFFIXES, or "text"."""
+    suffix = Path(_name_inside(path)).suffix
+    return suffix if suffix in RECORD_SUFFIXES else "text"
+
+
+def _is_data_file(path: Path) -> bool:
+    return _name_inside(path).endswith((*TEXT_SUFFIXES, *RECORD_SUFFIXES))
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Under a hidden or private folder, or hidden itself (`.venv/`, `.git/`, `__pycache__/`, `.notes.txt`): a folder's
+    search skips them, as datasets' own search of a folder does, so `--data .` never reads a virtualenv's files."""
+    return any(part.startswith((".", "__")) for part in path.relative_to(folder).parts)
+
+
+def find_data_files(paths: list[str]) -> list[Path]:
+    """Every file `paths` name or match (a pattern such as `notes/**/*.md`), and under the directories among them
+    (searched recursively, hidden ones left out) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES),
+    compressed or not."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists() and any(sign in raw for sign in "*?["):  # a pattern the shell was not given to expand
+            matches = sorted(glob.glob(str(path), recursive=True))
+            if not matches:
+                raise UsageError(f"--data {raw}: the pattern matches no file or folder; check it.")
+            found.extend(find_data_files(matches))  # files as given, folders searched
+            continue
+        if not path.exists():
+            raise UsageError(f"--data {raw}: no such file or directory; check the path.")
+        if path.is_file():
+            found.append(path)
+            continue
+        matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p) and not _hidden(p, path))
+        if not matches:
+            raise UsageError(f"--data {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
+                             ".tsv, .parquet); add some or point elsewhere.")
+        found.extend(matches)
+    return found
+
+
+def compression(path: Path) -> str | None:
+    """The decompressor `path` needs (a key of DECOMPRESSORS), told by its first bytes; None for a plain file."""
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    # "BZh", the block size, then the magic of a first block or of the end of an empty stream: text may start "BZh".
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"
+    return None
+
+
+def open_data(path: Path, mode: str = "rb", **text_options):
+    """`path` opened as `open` would, through its decompressor when it is compressed."""
+    kind = compression(path)
+    return (DECOMPRESSORS[kind] if kind else open)(path, mode, **text_options)
+
+
+def text_encoding(path: Path) -> tuple[str | None, int]:
+    """The encoding `path` reads in, decompressed: UTF-8 (a BOM is dropped), or UTF-16 with its BOM (as Windows
+    Notepad saves), or None for binary or undecodable files; and its size in bytes, decompressed. A damaged
+    compressed file raises its decompressor's error (OSError, EOFError, lzma.LZMAError)."""
+    with open_data(path) as handle:
+        head = handle.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
+    decoder, size = codecs.getincrementaldecoder(encoding)(), 0
+    try:
+        with open_data(path) as handle:
+            while chunk := handle.read(1 << 20):
+                size += len(chunk)
+                # UTF-8 text holds no NUL bytes; binary files usually do.
+                if "\x00" in decoder.decode(chunk):
+                    return None, size
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None, size
+    return encoding, size
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file to read: its encoding ("" for Parquet, which is not text) and its size in bytes once decompressed,
+    which sets the length its long texts are cut to, so that a compressed file reads as the file itself."""
+
+    path: Path
+    encoding: str
+    size: int
+
+
+def inspect_file(path: Path) -> DataFile | str:
+    """The file to read, or why `path` cannot be read and what to do."""
+    kind = compression(path)
+    form = data_format(path)
+    try:
+        if form == ".parquet":
+            if kind:
+                return f"a {kind}-compressed Parquet file: decompress it (Parquet compresses its own columns)"
+            columns = pq.ParquetFile(path).schema_arrow.names
+            if not set(columns) & set(RECORD_COLUMNS):
+                return (f"no 'text' or 'messages' column (its columns: {', '.join(columns)}): name the column that holds "
+                        "the text 'text'")
+            return DataFile(path, "", os.path.getsize(path))
+        if kind is None:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+            for magic, why in OTHER_BINARIES.items():
+                if head.startswith(magic):
+                    return why
+        encoding, size = text_encoding(path)
+        if encoding is None:
+            return BINARY
+        if form in (".csv", ".tsv") and delimiter(path, encoding) is None:
+            with open_data(path, "rt", encoding=encoding) as handle:
+                header = handle.readline().strip()
+            return f"no 'text' column in its header row ({header[:200]!r}): name the column that holds the text 'text'"
+        return DataFile(path, encoding, size)
+    except (OSError, EOFError, lzma.LZMAError, pa.ArrowException, csv.Error) as error:
+        what = f"a damaged {kind} file" if kind else "not a Parquet file" if form == ".parquet" else "unreadable"
+        return f"{what} ({error})"
+
+
+# A .csv file from a spreadsheet in a locale whose decimal mark is a comma separates its fields with semicolons.
+DELIMITERS = {".csv": (",", ";", "\t", "|"), ".tsv": ("\t",)}
+
+
+def delimiter(path: Path, encoding: str) -> str | None:
+    """The field separator of a .csv or .tsv file: the first of DELIMITERS whose header row names a `text` column."""
+    for delimiter in DELIMITERS[data_format(path)]:
+        with open_data(path, "rt", encoding=encoding, newline="") as handle:
+            if "text" in next(csv.reader(handle, delimiter=delimiter), []):
+                return delimiter
+    return None
