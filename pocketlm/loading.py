@@ -174,7 +174,8 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
         if "mismatched_sizes" in reason or "size mismatch" in reason:
             raise UsageError(f"the weights in {path_or_repo} do not fit its config.json (tensors of other shapes): "
                              f"{DAMAGED_FIX}.")
-        raise UsageError(f"could not load the {family} model in {path_or_repo} ({reason[:300]}): {DAMAGED_FIX}.")
+        raise UsageError(f"could not load the {family} model in {path_or_repo} ({reason[:300].rstrip('.')}): "
+                         f"{DAMAGED_FIX}.")
     # transformers fills weights the file lacks with random values and only logs it: that would be a model that
     # talks nonsense without a word.
     missing = sorted(set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ())))

@@ -181,12 +181,12 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     for spec in dataclasses.fields(options):
         if getattr(options, spec.name) is None and spec.name in recipe:
             setattr(options, spec.name, recipe[spec.name])
-    if options.block_size is None:
-        options.block_size = PRESETS[options.model_size]["block_size"]
+    _check_model_config(options)
+    if options.block_size is None:  # the model's context, --model-config's where it sets one
+        options.block_size = options.model_config.get("block_size", PRESETS[options.model_size]["block_size"])
     _check_numbers(options)
     if options.streaming and options.max_steps is None:
         raise UsageError("--streaming reads the corpus without counting it first: pass --max-steps N as well.")
-    _check_model_config(options)
     if options.output_dir is None:
         options.output_dir = str(default_output_dir(options.model_type, options.model_size))
     return options
@@ -228,9 +228,15 @@ def _check_numbers(options: TrainingOptions) -> None:
         raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
 
 
+# --model-config fields a new model takes from its tokenizer: set by hand, the model disagrees with its tokenizer
+# (an index error in training, or generation that never stops).
+FROM_THE_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def _check_model_config(options: TrainingOptions) -> None:
     """Refuse a --model-config field the family's config does not have (a typo would train the default and save
-    the stray key), or one that --init-from's model already fixes."""
+    the stray key), one the tokenizer decides, one that --init-from's model already fixes, or a value the config
+    refuses: here, before the data is read and the tokenizer trained, not minutes later."""
     from modeling import GPTConfig, LSTMConfig
 
     config_class = LSTMConfig if options.model_type == "lstm" else GPTConfig
@@ -239,10 +245,21 @@ def _check_model_config(options: TrainingOptions) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
+            settable = [field for field in known if field not in FROM_THE_TOKENIZER]
             raise UsageError(f"--model-config {name}: the {options.model_type} has no such field; {hint}"
-                             f"choose from {', '.join(known)}.")
+                             f"choose from {', '.join(settable)}.")
+        if name in FROM_THE_TOKENIZER:
+            fix = "drop it"
+            if name == "vocab_size":
+                fix = ("drop it: the LSTM's vocabulary is the text's characters" if options.model_type == "lstm"
+                       else "set the tokenizer's with --vocab-size")
+            raise UsageError(f"--model-config {name}: the model takes it from its tokenizer; {fix}.")
     if options.init_from and options.model_config:
         raise UsageError("--model-config shapes a new model; --init-from's model keeps its own: drop one of them.")
-    dropout = options.model_config.get("dropout")
-    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise UsageError(f"--model-config dropout must be at least 0 and below 1, got {dropout}.")
+    try:
+        if options.model_type == "lstm":
+            config_class(**options.model_config)
+        else:
+            config_class.from_preset(options.model_size, **options.model_config)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--model-config: {error}")

@@ -49,12 +49,20 @@ def _other_weights(folder: Path, trained: dict[str, Path]) -> None:
     shutil.copy(other / "model.safetensors", folder / "model.safetensors")
 
 
+def _set_config(folder: Path, **fields) -> None:
+    """config.json edited by hand: `fields` written over what it holds."""
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
 DAMAGE = {
     "config.json missing": (lambda f, t: (f / "config.json").unlink(), "no config.json"),
     "config.json not JSON": (lambda f, t: (f / "config.json").write_text("{'model_type': "), "config.json"),
     "config.json truncated": (lambda f, t: _truncate(f / "config.json"), "config.json"),
     "config.json of another library": (
         lambda f, t: (f / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1})), "'gpt2'"),
+    "config.json with a field of the wrong type": (
+        lambda f, t: _set_config(f, n_head="four", hidden_size=0), "must be a whole number of at least 1"),
     "weights missing": (lambda f, t: (f / "model.safetensors").unlink(), "model.safetensors"),
     "weights truncated": (lambda f, t: _truncate(f / "model.safetensors"), "model.safetensors"),
     "weights of another model": (_other_weights, "do not fit"),
@@ -101,7 +109,8 @@ def test_a_damaged_model_folder_is_refused_in_one_line(command, damage, trained,
     assert snapshot(folder) == before
 
 
-@pytest.mark.parametrize("damage", ["weights truncated", "tokenizer.json missing", "chat template missing"])
+@pytest.mark.parametrize("damage", ["weights truncated", "tokenizer.json missing", "chat template missing",
+                                    "config.json with a field of the wrong type"])
 def test_the_python_api_raises_a_usage_error_for_a_damaged_folder(damage, trained, tmp_path):
     folder, needle = _damaged_copy(trained, "lstm", damage, tmp_path)
     with pytest.raises(UsageError, match=needle.replace(".", r"\.")):
@@ -514,13 +523,24 @@ def _train(corpus: Path, out: Path, *extra: str):
     ("--eval-every=-5", "--eval-every must be positive"),
     ("--vocab-size=0", "--vocab-size must be positive"),
     ("--samples=-1", "--samples must be 0 or more"),
-    ("--model-config=dropout=1.5", "dropout must be at least 0 and below 1"),
-    ("--model-config=n_head=3", "n_embd"),
+    ("--model-config=dropout=1.5", "dropout must be a number of at least 0 and below 1, got 1.5"),
+    ("--model-config=n_head=3", "n_embd (128) must be a multiple of n_head (3)"),
     ("--model-config=n_layers=4", "did you mean n_layer"),
     ("--model-config=hidden=64", "has no such field"),
+    ("--model-config=n_embd=abc", "n_embd must be a whole number of at least 1, got 'abc'"),
+    ("--model-config=n_layer=0", "n_layer must be a whole number of at least 1, got 0"),
+    ("--model-config=use_cache=maybe", "use_cache must be true or false"),
+    ("--model-config=vocab_size=100", "vocab_size: the model takes it from its tokenizer; set the tokenizer's with "
+                                      "--vocab-size"),
+    ("--model-config=eos_token_id=5", "eos_token_id: the model takes it from its tokenizer; drop it"),
+    ("--model-type=lstm --model-config=hidden_size=0", "hidden_size must be a whole number of at least 1"),
+    ("--model-type=lstm --model-config=vocab_size=50", "the LSTM's vocabulary is the text's characters"),
 ])
 def test_numbers_out_of_range_and_unknown_config_fields(flag, needle, corpus, tmp_path):
-    assert_one_line_error(_train(corpus, tmp_path / "out", flag), needle)
+    result = run_entry(train_main, f"--data={corpus}", f"--output-dir={tmp_path / 'out'}", "--max-steps=2",
+                       *flag.split())
+    assert_one_line_error(result, needle)
+    assert not result.stdout  # refused before the data is read and the tokenizer trained, not minutes later
     assert not (tmp_path / "out" / "config.json").exists()
 
 

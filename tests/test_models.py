@@ -223,6 +223,35 @@ def test_loading_a_foreign_model_names_its_type(tmp_path):
         GPTForCausalLM.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("family, field, value, needle", [
+    ("transformer", "n_embd", "abc", "n_embd must be a whole number of at least 1, got 'abc'"),
+    ("transformer", "n_layer", 0, "n_layer must be a whole number of at least 1, got 0"),
+    ("transformer", "n_head", 2.0, "n_head must be a whole number of at least 1, got 2.0"),
+    ("transformer", "dropout", float("nan"), "dropout must be a number of at least 0 and below 1, got nan"),
+    ("transformer", "use_cache", "maybe", "use_cache must be true or false"),
+    ("transformer", "eos_token_id", [3, -1], "eos_token_id must be a token id, a list of them, or null"),
+    ("transformer", "layer_norm_epsilon", 0, "layer_norm_epsilon must be a number above 0"),
+    ("lstm", "hidden_size", 0, "hidden_size must be a whole number of at least 1, got 0"),
+    ("lstm", "num_layers", True, "num_layers must be a whole number of at least 1, got True"),
+    ("lstm", "dropout", 1, "dropout must be a number of at least 0 and below 1, got 1"),
+    ("lstm", "pad_token_id", "0", "pad_token_id must be a token id"),
+])
+def test_a_config_refuses_a_field_of_the_wrong_type_or_range_by_name(family, field, value, needle, tmp_path):
+    """As transformers' own configs check their fields when built, so that a wrong one is named where it enters
+    instead of failing inside the model (a string n_embd did, with a string-formatting error); a hand-edited
+    config.json is refused the same way when the folder loads."""
+    config_class = GPTConfig if family == "transformer" else LSTMConfig
+    with pytest.raises(ValueError) as refused:
+        config_class(**{field: value})
+    assert needle in str(refused.value)
+    tiny_config(family).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(ValueError) as refused:
+        AutoConfig.from_pretrained(tmp_path)
+    assert needle.split(", got")[0] in str(refused.value)
+
+
 def test_presets_have_the_promised_sizes():
     expected = {"small": (2e6, 256), "medium": (8e6, 512), "large": (30e6, 1024)}
     for name, (params, context) in expected.items():

@@ -758,3 +758,13 @@ def test_a_bpe_learns_from_a_sample_spread_over_a_large_corpus_and_a_character_t
     assert origins == {str(folder / f"book{number}.txt") for number in range(5)}  # every file has its say
     characters, _ = corpus.tokenizer_texts(every_character=True)
     assert "ß" in train_char_tokenizer(characters).get_vocab()
+
+
+def test_a_context_set_with_model_config_is_the_default_block_size():
+    """`--model-config block_size=512` asks for a 512-token context: the blocks are cut to it unless --block-size
+    says otherwise (they were cut to the preset's 256, so the model never trained past position 256)."""
+    from pocketlm.options import TrainingOptions, resolve_options
+
+    assert resolve_options(TrainingOptions(model_config={"block_size": 512})).block_size == 512
+    assert resolve_options(TrainingOptions()).block_size == 256
+    assert resolve_options(TrainingOptions(block_size=64, model_config={"block_size": 512})).block_size == 64

@@ -41,6 +41,40 @@ AUTO_MAP = {
 }
 
 
+# What each kind of config field takes, in the words an error gives.
+WANTED = {
+    "count": "a whole number of at least 1",
+    "token": "a token id (a whole number of 0 or more) or null",
+    "tokens": "a token id, a list of them, or null",
+    "fraction": "a number of at least 0 and below 1",
+    "positive": "a number above 0",
+    "not negative": "a number of 0 or more",
+    "flag": "true or false",
+}
+
+
+def check_field(name: str, value, kind: str) -> None:
+    """Refuse a field of the wrong type or range, naming it and what it takes (a kind of WANTED).
+
+    transformers' own configs check their fields' types when built; without this, `n_embd="abc"` from a command
+    line failed inside the model as a string-formatting error and `n_layer=0` trained a model with no blocks."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+    token = value is None or (whole and value >= 0)
+    fits = {
+        "count": whole and value >= 1,
+        "token": token,
+        "tokens": token or (isinstance(value, list) and bool(value) and all(
+            isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value)),
+        "fraction": number and 0 <= value < 1,
+        "positive": number and 0 < value < float("inf"),
+        "not negative": number and 0 <= value < float("inf"),
+        "flag": isinstance(value, bool),
+    }[kind]
+    if not fits:
+        raise ValueError(f"{name} must be {WANTED[kind]}, got {value!r}.")
+
+
 class GPTConfig(PreTrainedConfig):
     """Shape and regularisation of a pocketlm GPT.
 
@@ -85,6 +119,12 @@ class GPTConfig(PreTrainedConfig):
         pad_token_id: int | None = None,
         **kwargs,
     ):
+        for name, kind in (("vocab_size", "count"), ("block_size", "count"), ("n_layer", "count"),
+                           ("n_head", "count"), ("n_embd", "count"), ("dropout", "fraction"), ("bias", "flag"),
+                           ("layer_norm_epsilon", "positive"), ("initializer_range", "not negative"),
+                           ("tie_word_embeddings", "flag"), ("use_cache", "flag"), ("bos_token_id", "token"),
+                           ("eos_token_id", "tokens"), ("pad_token_id", "token")):
+            check_field(name, locals()[name], kind)
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head}).")
         self.vocab_size = vocab_size
