@@ -115,6 +115,11 @@ def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_o
         assert_one_line_error(result, "cannot be exported as", "choose onnx, web or all")
     assert not (tmp_path / "out").exists()
     assert_one_line_error(run_entry(export_main, str(trained["lstm"]), "--format", "tflite"), "unknown format")
+    for nothing in (",", "", " , "):  # an empty folder written with exit 0 would read as an export done
+        result = run_entry(export_main, str(trained["lstm"]), "--format", nothing, "--output-dir",
+                           str(tmp_path / "out"))
+        assert_one_line_error(result, "no format named: choose onnx, web or all")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_leaves_nothing(trained, tmp_path,

@@ -32,6 +32,8 @@ def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FO
     or one not offered here, is refused in one line naming the ones that are."""
     kinds = [name for name in FORMATS[family] if name in offered]
     choices = ", ".join(kinds) + " or all"
+    if not asked:  # `--format ,` or `--format ""`: an empty export folder would read as done
+        raise UsageError(f"no format named: choose {choices}.")
     for name in asked:
         if name not in (*offered, "all"):
             raise UsageError(f"unknown format {name!r}: choose {choices}.")
