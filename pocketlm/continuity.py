@@ -41,7 +41,8 @@ def fingerprint(options, num_processes: int, device: torch.device) -> dict:
     return {"options": {name: getattr(options, name) for name in (*SHAPE, *DECIDING, *LENGTH)},
             "num_processes": num_processes,
             "data": _data_fingerprint(options.data, options.dataset),
-            "validation_data": _files(options.validation_data) if options.validation_data else None,
+            "validation_data": (_files(options.validation_data, flag="--validation-data") if options.validation_data
+                                else None),
             "arithmetic": arithmetic(device)}
 
 
@@ -71,8 +72,9 @@ def _data_fingerprint(data: list[str] | None, dataset: str | None) -> dict:
     return {"built-in": f"chatterbot-corpus {importlib.metadata.version('chatterbot-corpus')}"}
 
 
-def _files(paths: list[str], every_file: bool = False) -> dict[str, dict]:
-    found = sorted(p for p in Path(paths[0]).rglob("*") if p.is_file()) if every_file else find_data_files(paths)
+def _files(paths: list[str], every_file: bool = False, flag: str = "--data") -> dict[str, dict]:
+    found = (sorted(p for p in Path(paths[0]).rglob("*") if p.is_file()) if every_file else
+             find_data_files(paths, flag))
     return {str(path.resolve()): _file(path) for path in found}
 
 

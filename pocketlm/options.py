@@ -51,8 +51,8 @@ class TrainingOptions:
     data: list[str] | None = option(None, "files, folders or quoted patterns ('notes/**/*.md'): text (.txt, .md, or "
                                     "any other name), records (.jsonl, .json, .csv, .tsv, .parquet), each maybe "
                                     ".gz/.bz2/.xz", action="extend", nargs="+", metavar="PATH")
-    dataset: str | None = option(None, "anything datasets.load_dataset takes, with a text or messages column",
-                                 metavar="NAME_OR_PATH")
+    dataset: str | None = option(None, "anything datasets.load_dataset takes, or a folder datasets' save_to_disk "
+                                       "wrote, with a text or messages column", metavar="NAME_OR_PATH")
     streaming: bool = option(False, "read the data as a stream, never whole, for corpora larger than memory "
                                     "(needs --max-steps)", action="store_true")
     validation_data: list[str] | None = option(

@@ -371,6 +371,47 @@ def test_a_file_given_as_a_dataset_is_pointed_to_data(tmp_path):
     assert_one_line_error(result, f"--dataset {table} is a file: pass it as --data {table}")
 
 
+def test_a_dataset_saved_with_save_to_disk_trains_as_datasets_reads_it_and_is_pointed_to_from_data(tmp_path):
+    """load_dataset refuses a save_to_disk folder (naming load_from_disk, which a pocketlm user cannot call), and
+    --data read its metadata as JSON records without text. As --dataset it is the same data as the Parquet file
+    of its rows, read by datasets' own Parquet builder: the same model, bitwise."""
+    import datasets
+
+    rows = datasets.Dataset.from_list(GOOD)
+    rows.save_to_disk(tmp_path / "saved")
+    datasets.DatasetDict({"train": rows, "test": rows.select(range(3))}).save_to_disk(tmp_path / "saved-splits")
+    (tmp_path / "parquet").mkdir()
+    rows.to_parquet(tmp_path / "parquet" / "train.parquet")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "book.txt").write_text(make_text(5))
+    train = ["--block-size=32", "--batch-size=4", "--max-steps=2", "--samples=0", "--model-config=n_layer=1"]
+    for name in ("saved", "saved-splits", "parquet"):
+        result = run_entry(train_main, f"--dataset={tmp_path / name}", f"--output-dir={tmp_path / f'out-{name}'}",
+                           *train)
+        assert result.returncode == 0, result.stderr[-3000:]
+    weights = {name: (tmp_path / f"out-{name}" / "model.safetensors").read_bytes()
+               for name in ("saved", "saved-splits", "parquet")}
+    assert weights["saved"] == weights["parquet"] == weights["saved-splits"]  # a DatasetDict trains on its train
+    result = run_entry(train_main, f"--data={tmp_path / 'saved'}", f"--output-dir={tmp_path / 'out'}", *train)
+    assert_one_line_error(result, "is a dataset saved with datasets' save_to_disk: pass it as --dataset")
+    # The flag a bad path came in is the one named.
+    for validation, needle in ((tmp_path / "saved", "save_to_disk: write its rows to a file"),
+                               (tmp_path / "nowhere", "no such file or directory")):
+        result = run_entry(train_main, f"--data={tmp_path / 'notes'}", f"--validation-data={validation}",
+                           f"--output-dir={tmp_path / 'out'}", *train)
+        assert_one_line_error(result, f"--validation-data {validation}", needle)
+    # Inside a folder of text, it is named with the fix and the text is trained on.
+    shutil.copytree(tmp_path / "saved-splits", tmp_path / "notes" / "rows")
+    result = run_entry(train_main, f"--data={tmp_path / 'notes'}", f"--output-dir={tmp_path / 'out'}", *train)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
+    assert records["kept"] > 0
+    assert set(records["files_not_read"]) == {str(tmp_path / "notes" / "rows" / name) for name in (
+        "dataset_dict.json", "train/state.json", "train/dataset_info.json", "test/state.json",
+        "test/dataset_info.json")}
+    assert all(f"pass {tmp_path / 'notes' / 'rows'} as --dataset" in why for why in records["files_not_read"].values())
+
+
 def test_unreadable_data_files_among_good_ones_are_each_named_and_the_rest_is_trained_on(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

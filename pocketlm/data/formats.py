@@ -64,27 +64,46 @@ def _hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith((".", "__")) for part in path.relative_to(folder).parts)
 
 
-def find_data_files(paths: list[str]) -> list[Path]:
+def saved_dataset(path: Path) -> bool:
+    """`path` is a folder datasets' `save_to_disk` wrote, a Dataset's or a DatasetDict's: Arrow files and JSON
+    metadata, read whole with `load_from_disk` (`--dataset`), not file by file."""
+    return path.is_dir() and ((path / "dataset_dict.json").is_file()
+                              or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()))
+
+
+def saved_dataset_of(path: Path) -> Path | None:
+    """The save_to_disk folder file `path` is part of (a DatasetDict's rather than its split's), or None."""
+    found = None
+    for folder in (path.parent, path.parent.parent):
+        found = folder if saved_dataset(folder) else found
+    return found
+
+
+def find_data_files(paths: list[str], flag: str = "--data") -> list[Path]:
     """Every file `paths` name or match (a pattern such as `notes/**/*.md`), and under the directories among them
     (searched recursively, hidden ones left out) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES),
-    compressed or not."""
+    compressed or not. `flag` is the option they came from, for the errors."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists() and any(sign in raw for sign in "*?["):  # a pattern the shell was not given to expand
             matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
-                raise UsageError(f"--data {raw}: the pattern matches no file or folder; check it.")
-            found.extend(find_data_files(matches))  # files as given, folders searched
+                raise UsageError(f"{flag} {raw}: the pattern matches no file or folder; check it.")
+            found.extend(find_data_files(matches, flag))  # files as given, folders searched
             continue
         if not path.exists():
-            raise UsageError(f"--data {raw}: no such file or directory; check the path.")
+            raise UsageError(f"{flag} {raw}: no such file or directory; check the path.")
         if path.is_file():
             found.append(path)
             continue
+        if saved_dataset(path):  # its metadata would read as JSON records without text, its Arrow files not at all
+            fix = (f"pass it as --dataset {raw}" if flag == "--data" else
+                   "write its rows to a file (Dataset.to_json) and pass that")
+            raise UsageError(f"{flag} {raw} is a dataset saved with datasets' save_to_disk: {fix}.")
         matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p) and not _hidden(p, path))
         if not matches:
-            raise UsageError(f"--data {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
+            raise UsageError(f"{flag} {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
                              ".tsv, .parquet); add some or point elsewhere.")
         found.extend(matches)
     return found
@@ -146,6 +165,8 @@ class DataFile:
 
 def inspect_file(path: Path) -> DataFile | str:
     """The file to read, or why `path` cannot be read and what to do."""
+    if saved := saved_dataset_of(path):
+        return f"part of a dataset saved with datasets' save_to_disk: pass {saved} as --dataset"
     kind = compression(path)
     form = data_format(path)
     try:

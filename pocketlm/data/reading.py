@@ -28,7 +28,7 @@ from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, DataFile, data_format, delimiter, find_data_files, inspect_file,
-                      open_data)
+                      open_data, saved_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -344,11 +344,19 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
         raise UsageError(f"--dataset {name} is a file: pass it as --data {name}, which reads text and the records of "
                          ".jsonl, .json, .csv, .tsv and .parquet files.")
     try:
-        loaded = datasets.load_dataset(name, streaming=streaming)
+        if saved_dataset(Path(name).expanduser()):  # load_dataset refuses these, naming load_from_disk
+            loaded = datasets.load_from_disk(str(Path(name).expanduser()))
+        else:
+            loaded = datasets.load_dataset(name, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
         raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local folder or a cached dataset "
                          "name.")
-    split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
+        split = loaded
+    else:
+        split = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    if streaming and isinstance(split, datasets.Dataset):  # a saved dataset, read a shard at a time
+        split = split.to_iterable_dataset()
     columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
     if "text" not in columns and "messages" not in columns:
         raise UsageError(f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(columns)}.")
@@ -364,10 +372,10 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
 
 def load_documents(
     data: list[str] | None = None, dataset: str | None = None, streaming: bool = False,
-    report: ReadReport | None = None,
+    report: ReadReport | None = None, flag: str = "--data",
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """Every record read, as rows with `text`, `is_chat`, `ends`, `origin` and `problem`, and a description of their
-    source. Unreadable files go into `report`.
+    source. Unreadable files go into `report`; `flag` is the option `data` came from, for the errors.
 
     With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
     """
@@ -378,7 +386,7 @@ def load_documents(
         generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
         return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
                         features=DOCUMENT_FEATURES), DEFAULT_CORPUS_NAME
-    files = readable_files(find_data_files(data), report)
+    files = readable_files(find_data_files(data, flag), report)
     names = [str(file.path) for file in files]
     read = {"files": names, "encodings": [file.encoding for file in files], "sizes": [file.size for file in files]}
     source = ", ".join(str(p) for p in data)

@@ -260,7 +260,7 @@ def load_corpus(
         raise UsageError(f"{source}: holds no usable text ({report.describe()}); point --data at files with text in them.")
     if validation_data:
         train = deduplicate(documents, report=report)
-        held_out, _ = load_documents(validation_data, report=report)
+        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data")
         validation = deduplicate(keep_readable_records(held_out, report), drop=identities(train), report=report)
         if len(validation) == 0:
             raise UsageError("--validation-data holds no text that is not also in the training data.")
@@ -291,7 +291,7 @@ def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
         raise UsageError(f"{source}: holds no usable text; point --data at files with text in them.")
     _warn_if_small(sum(len(row["text"]) for row in opening))
     if validation_data:
-        held_out, _ = load_documents(validation_data, report=report)
+        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data")
         validation = deduplicate(keep_readable_records(held_out, report), report=report)
         train = stream_split(documents, seed, "all", drop=identities(validation))
         rule = GIVEN
