@@ -153,7 +153,8 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
     ("bad JSON", _jsonl(*GOOD, "{not json", "[1, 2"), "not valid JSON"),
     ("not an object", _jsonl(*GOOD, [1, 2], "3"), "not a JSON object"),
     ("wrong type", _jsonl(*GOOD, {"text": 42}), "'text' is not a string"),
-    ("missing keys", _jsonl(*GOOD, {"body": "no text key"}), "no 'text' string or 'messages' list"),
+    ("missing keys", _jsonl(*GOOD, {"body": "no text key", "id": 7}),
+     "no 'text' string or 'messages' list; its keys: body, id; name the one holding the text 'text'"),
     ("unknown role", _jsonl(*GOOD, {"messages": [{"role": "bot", "content": "hi"}]}),
      "unknown role 'bot' (use system, user or assistant)"),
     ("empty messages", _jsonl(*GOOD, {"messages": []}), "'messages' is not a non-empty list"),
@@ -439,7 +440,9 @@ def test_unreadable_data_files_among_good_ones_are_each_named_and_the_rest_is_tr
     # Each text spans several lines, quoted: the bad record is named by the line it starts on, the file's last.
     ("data.csv", "text\n" + "".join(f'"{r["text"]}"\n' for r in GOOD) + '""\n', "empty 'text'", "last line"),
     ("data.tsv", "id\ttext\n" + "".join(f'{i}\t"{r["text"]}"\n' for i, r in enumerate(GOOD)) + "30\n",
-     "no 'text' string or 'messages' list", "last line"),
+     "no value for 'text'", "last line"),
+    ("data.json", json.dumps([*GOOD, {"text": None, "messages": None}]), "no value for 'text' or 'messages'",
+     "data.json record 31"),
 ])
 def test_bad_records_in_json_csv_and_tsv_files_are_skipped_counted_and_named(name, content, reason, where,
                                                                             tmp_path):

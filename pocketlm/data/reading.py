@@ -37,7 +37,7 @@ DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 6
+DOCUMENT_SCHEMA = 7
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -189,7 +189,12 @@ def document_from_record(record, origin: str) -> dict:
         return _row(record["text"], origin)
     messages = record.get("messages")
     if messages is None:
-        return _row(origin=origin, problem="no 'text' string or 'messages' list")
+        present = [f"'{key}'" for key in RECORD_COLUMNS if key in record]
+        if present:  # the column is there, this record's value is not: a short CSV row, a null
+            return _row(origin=origin, problem=f"no value for {' or '.join(present)}")
+        keys = ", ".join(sorted(map(str, record))[:5]) or "none"  # the key that holds the text is most often here
+        return _row(origin=origin, problem=f"no 'text' string or 'messages' list; its keys: {keys}; name the one "
+                                           "holding the text 'text'")
     if not isinstance(messages, list) or not messages:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
     for message in messages:
