@@ -95,6 +95,10 @@ def _config_of(path_or_repo: str) -> dict:
         if not (local / CONFIG_FILE).exists():
             raise UsageError(f"{path_or_repo} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
         return _read_json(local / CONFIG_FILE)
+    if local.is_file():  # a model's file given for its folder (model.safetensors, config.json)
+        fix = (f"pass its folder, {local.parent}" if (local.parent / CONFIG_FILE).is_file()
+               else "point at a folder train.py wrote")
+        raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
     if local.exists() or path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
         raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
     from huggingface_hub import hf_hub_download

@@ -109,6 +109,21 @@ def test_a_damaged_model_folder_is_refused_in_one_line(command, damage, trained,
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("command", ["chat.py", "compare.py", "hub_upload.py", "train.py --init-from", "export.py"])
+def test_a_model_file_given_for_its_folder_is_pointed_to_the_folder(command, trained, tmp_path):
+    given = str(trained["transformer"] / "model.safetensors")
+    result = {
+        "chat.py": lambda: run_entry(chat_main, "--model", given, "--prompt", "Hello"),
+        "compare.py": lambda: run_entry(compare_main, given, "--output", str(tmp_path / "c.md")),
+        "hub_upload.py": lambda: run_entry(upload_main, given, "--repo-id", "me/model", "--dry-run"),
+        "train.py --init-from": lambda: run_entry(train_main, "--init-from", given, "--output-dir",
+                                                  str(tmp_path / "tuned"), "--max-steps", "1"),
+        "export.py": lambda: run_entry(export_main, given, "--output-dir", str(tmp_path / "exported")),
+    }[command]()
+    assert_one_line_error(result, f"{given} is a file, not a model folder: pass its folder, {trained['transformer']}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("damage", ["weights truncated", "tokenizer.json missing", "chat template missing",
                                     "config.json with a field of the wrong type"])
 def test_the_python_api_raises_a_usage_error_for_a_damaged_folder(damage, trained, tmp_path):
