@@ -332,12 +332,13 @@ def upload_main(argv: list[str] | None = None) -> int:
         import tempfile
         from pathlib import Path
 
-        from .hub import check_repo_ids, prepare_folder, resolve_token, upload
+        from .hub import check_branch, check_repo_ids, prepare_folder, resolve_token, upload
         from .loading import model_family
         from .spaces import prepare_space, prepare_static_space
 
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
         check_repo_ids({"--repo-id": args.repo_id, "--space-id": args.space_id, "--static-space": args.static_space})
+        check_branch(args.revision)
         family = model_family(args.model_dir)
         formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network

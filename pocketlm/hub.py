@@ -5,6 +5,7 @@ The folder holds only what a Hub model repository needs, and loads anywhere with
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -110,6 +111,18 @@ def check_repo_ids(ids: dict[str, str | None]) -> None:
         except HFValidationError:
             raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
                              "pick a valid id.") from None
+
+
+# What git refuses in a branch name (`git check-ref-format --branch`), which the Hub's branches are: a dry run
+# finds it here instead of the upload at the network.
+BAD_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock(/|$)")
+
+
+def check_branch(branch: str | None) -> None:
+    """Refuse a --revision git would not take as a branch name."""
+    if branch is not None and (not branch or BAD_BRANCH.search(branch)):
+        raise UsageError(f"--revision {branch!r} is not a branch name git accepts (no spaces, '..', '~', '^', ':', "
+                         "'?', '*', '[', '\\', no leading '-' or '.', no trailing '/', '.' or '.lock'): choose another.")
 
 
 def resolve_token(token: str | None) -> str:

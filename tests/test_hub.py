@@ -233,6 +233,8 @@ NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # a close
     ("transformer", ["--repo-id", "me/model", "--formats", "onnx,pdf"], "unknown format 'pdf'"),
     ("transformer", ["--repo-id", "me/model", "--formats", "web"], "pass --static-space OWNER/NAME"),
     ("lstm", ["--repo-id", "me/model", "--token", ""], "no Hugging Face token"),
+    ("lstm", ["--repo-id", "me/model", "--revision", "my branch"], "--revision 'my branch' is not a branch name git"),
+    ("transformer", ["--repo-id", "me/model", "--revision", "v1..2"], "--revision 'v1..2' is not a branch name"),
 ])
 def test_a_dry_run_refuses_what_the_upload_would_refuse_with_its_message(family, flags, needle, trained, tmp_path,
                                                                          monkeypatch):
@@ -249,6 +251,22 @@ def test_a_dry_run_refuses_what_the_upload_would_refuse_with_its_message(family,
     _assert_clean_failure(dry, needle, code=2)
     _assert_clean_failure(real, needle, code=2)  # refused before the network, as the dry run was
     assert dry.stderr == real.stderr and not out.exists()  # the same line; no folder half-built
+
+
+@pytest.mark.parametrize("branch", ["main", "v1.0", "feature/x", "dev-2026_12", "refs/pr/1", "日本", "my branch",
+                                    "a..b", "-x", "x/", "x.lock", "x.lock/y", "x.", ".x", "a/.b", "x~1", "a:b", "a^",
+                                    "a?", "a*", "a[b", "a\\b", "a@{b", "a//b", "tab\there"])
+def test_a_branch_name_is_checked_as_git_checks_it(branch):
+    from pocketlm.errors import UsageError
+    from pocketlm.hub import check_branch
+
+    git = subprocess.run(["git", "check-ref-format", "--branch", branch], capture_output=True).returncode == 0
+    try:
+        check_branch(branch)
+        ours = True
+    except UsageError:
+        ours = False
+    assert ours == git
 
 
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
