@@ -45,6 +45,10 @@ LOCK_FILE = ".lock"
 RUN_TOKENIZER_DIR = ".tokenizer"  # a run's tokenizer until a finished run leaves it beside the model
 SAVING_DIR = ".saving"  # a model being written
 MODELS_DIR = Path("models")  # where runs go unless --output-dir says otherwise
+# What any run leaves in its folder from its first moment (the lock) to its end: a folder without one of these is
+# not a run's.
+RUN_MARKERS = {LOCK_FILE, RUN_TOKENIZER_DIR, SAVING_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_FILE, METRICS_FILE,
+               SUMMARY_FILE}
 
 
 def default_output_dir(family: str, model_size: str = "small") -> Path:
@@ -78,6 +82,16 @@ class RunFolder:
                 if not os.access(parent, os.W_OK | os.X_OK):
                     raise UsageError(f"--output-dir {self.path}: {parent} is not writable; pick another --output-dir.")
                 return
+
+    def check_is_a_run_folder(self) -> None:
+        """Refuse an existing folder that holds files but none of a run's (`--output-dir notes`, or `.` in a
+        project): the model would be written among the user's files, and a later `--data` of the folder would read
+        the model's JSON files as records. --overwrite replaces a run, never the user's own files."""
+        entries = sorted(entry.name for entry in self.path.iterdir()) if self.path.is_dir() else []
+        if entries and not set(entries) & RUN_MARKERS:
+            shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
+            raise UsageError(f"--output-dir {self.path} holds files that are not a training run's ({shown}): choose "
+                             "a new or empty folder; nothing there was touched.")
 
     def check_reusable(self, family: str, model_type: str, resume: bool, overwrite: bool) -> None:
         """Refuse to clobber another family's model (`model_type` is what config.json names a `family` model) or an

@@ -49,6 +49,7 @@ def train(options: TrainingOptions) -> TrainResult:
         options = resolve_options(options)
         folder = RunFolder(options.output_dir)
         folder.check_writable()
+        folder.check_is_a_run_folder()
     # Taken before anything in the folder is read or cleared, by the main process of a multi-process run.
     with folder.lock() if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         # Any write of the run (tokenizer, metrics, curve, summary) may meet a full disk; the saves say how much

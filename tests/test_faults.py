@@ -641,6 +641,26 @@ def test_outputs_below_a_file_or_in_a_missing_folder_are_refused(corpus, trained
     assert blocker.read_text() == "not a folder"
 
 
+def test_a_folder_of_the_users_own_files_is_never_made_an_output_folder(tmp_path):
+    """`--output-dir notes` (the data's own folder, or `.` in a project) wrote the model among the user's files, and
+    the next `--data notes` read the model's JSON files as records; --overwrite replaces a run, not someone's files.
+    A run's folder stays reusable with files of the user's added to it."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "book.txt").write_text(make_text(1))
+    before = snapshot(notes)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert_one_line_error(_train(notes, notes, *extra), f"--output-dir {notes} holds files that are not a "
+                              "training run's (book.txt): choose a new or empty folder")
+        assert snapshot(notes) == before
+    run = tmp_path / "run"
+    assert _train(notes, run).returncode == 0
+    (run / "NOTES.md").write_text("what this model is for")
+    result = _train(notes, run, "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "NOTES.md").read_text() == "what this model is for"
+
+
 def test_an_unwritable_output_folder_is_refused(corpus, tmp_path, monkeypatch):
     locked = tmp_path / "read-only"
     locked.mkdir()
