@@ -8,6 +8,7 @@ answers the official OpenAI client.
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -145,6 +146,25 @@ def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_
     assert run_entry(export_main, str(trained["lstm"]), "--format", "onnx", "--output-dir", str(out),
                      "--overwrite").returncode == 0
     assert not (out / "mine.txt").exists() and (out / "onnx" / "model.onnx").exists()
+
+
+def test_an_export_never_replaces_the_model_it_reads_or_the_folder_the_user_is_in(trained, tmp_path, monkeypatch):
+    """--overwrite replaces the export's folder whole: asked for `.`, or a folder holding the model, it removed
+    the model itself (or, for `.` without --overwrite, ended in a traceback)."""
+    project = tmp_path / "project"
+    shutil.copytree(trained["lstm"], project / "model")
+    (project / "notes.txt").write_text("keep me")
+    before = sorted(str(p.relative_to(project)) for p in project.rglob("*"))
+    monkeypatch.chdir(project)
+    for output, needle in ((".", "holds the model being exported"), ("model", "holds the model being exported"),
+                           (str(tmp_path), "holds the model being exported")):
+        for extra in ([], ["--overwrite"]):
+            result = run_entry(export_main, "model", "--format", "onnx", "--output-dir", output, *extra)
+            assert_one_line_error(result, f"--output-dir {output} {needle}")
+    monkeypatch.chdir(project / "model")  # the model elsewhere, the output the folder the user is in
+    result = run_entry(export_main, str(trained["lstm"]), "--format", "onnx", "--output-dir", ".", "--overwrite")
+    assert_one_line_error(result, "--output-dir . is the folder you are in")
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
 
 
 def test_main_py_exports_too(trained, tmp_path):

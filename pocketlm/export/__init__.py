@@ -53,12 +53,20 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     float32."""
     family = model_family(model_path)
     formats = formats_for(family, formats)
-    target = Path(output_dir)
+    target = Path(output_dir).expanduser()
+    # An export replaces its folder whole: never the one the model is read from, or the one the user is in.
+    whole, source = target.resolve(), Path(model_path).expanduser().resolve()
+    if source.is_dir() and (whole == source or whole in source.parents):
+        raise UsageError(f"--output-dir {output_dir} holds the model being exported, {model_path}: choose another "
+                         "folder.")
+    if whole == Path.cwd() or whole in Path.cwd().parents:
+        raise UsageError(f"--output-dir {output_dir} is the folder you are in, or holds it, and an export replaces its "
+                         "folder whole: choose a new folder.")
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
     model, tokenizer = load_pretrained(model_path)
     name = Path(model_path.rstrip("/")).name
-    building = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     try:
         with full_disk_says(building.parent):
