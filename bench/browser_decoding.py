@@ -144,7 +144,7 @@ def main() -> None:
                        web_precision=precision)
             httpd, url = serve(scratch / "site")
             prompt = ChatInterface(model, tokenizer, use_context=name != "lstm").prompt_ids(MESSAGE, args.new_tokens)
-            sides = {f"PyTorch, 1 thread": torch_side(model, prompt, args.new_tokens, 1),
+            sides = {"PyTorch, 1 thread": torch_side(model, prompt, args.new_tokens, 1),
                      f"PyTorch, {all_threads} threads": torch_side(model, prompt, args.new_tokens, all_threads)}
             pages = {f"page, {precision}": PageSide(browser, f"{url}{name}-{precision}/", args.new_tokens)
                      for precision in ("int8", "float32")}

@@ -50,7 +50,6 @@ from kill_trials import command, corpus, differences, loadable, resume_or_restar
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pocketlm.checkpoints import TEMPORARY_PREFIX  # noqa: E402  (after the path is set)
 from pocketlm.run_folder import CHECKPOINTS_DIR, LOCK_FILE, METRICS_FILE, MODEL_FILE, SAVING_DIR  # noqa: E402
 
 # What the run writes to, each under a name that is the same in every trial (the changes are compared by it).

@@ -169,7 +169,6 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=0, metavar="N",
                         help="also run N more uninterrupted runs and compare them with the first")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = corpus(scratch / "corpus.txt")

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from functools import partial
 from pathlib import Path
 
