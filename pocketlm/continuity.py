@@ -74,7 +74,7 @@ def _data_fingerprint(data: list[str] | None, dataset: str | None) -> dict:
 
 def _files(paths: list[str], every_file: bool = False, flag: str = "--data") -> dict[str, dict]:
     found = (sorted(p for p in Path(paths[0]).rglob("*") if p.is_file()) if every_file else
-             find_data_files(paths, flag))
+             find_data_files(paths, flag, quiet=True))
     return {str(path.resolve()): _file(path) for path in found}
 
 

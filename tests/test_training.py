@@ -21,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config
+from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config, tiny_model
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import train_main
@@ -175,13 +175,18 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     for hidden in (".venv/lib/LICENSE.txt", ".git/description.md", "__pycache__/notes.txt", ".draft.txt"):
         (folder / hidden).parent.mkdir(parents=True, exist_ok=True)
         (folder / hidden).write_text("hidden text, never read\n")  # as `--data .` in a project folder finds
+    # A model trained here before (`--data .` in a project with models/): its JSON files are not records.
+    tiny_model("lstm").save_pretrained(folder / "models" / "lstm")
+    (folder / "models" / "lstm" / "notes.md").write_text("beside the model, never read\n")
     documents, _ = data.load_documents([str(folder)])
-    assert not any("hidden text" in text for text in documents["text"])
+    assert not any("hidden text" in text or "never read" in text for text in documents["text"])
+    assert not any("models" in origin for origin in documents["origin"])
     texts = documents["text"]
     assert "a jsonl document" in texts
     assert "<|user|>hi<|end|><|assistant|>hello<|end|>" in texts
     warned = " ".join(r.message for r in caplog.records)
     assert "image.txt: binary" in warned and "table.csv: no 'text' column" in warned and "picture.png" not in warned
+    assert f"leaving out {folder / 'models' / 'lstm'}: a model folder, not text" in warned
     assert not any("not,read" in t for t in texts)
 
 

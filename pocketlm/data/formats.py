@@ -10,6 +10,7 @@ import codecs
 import csv
 import glob
 import gzip
+import logging
 import lzma
 import os
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
@@ -64,6 +67,11 @@ def _hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith((".", "__")) for part in path.relative_to(folder).parts)
 
 
+def _model_folder(path: Path) -> bool:
+    """A folder save_pretrained wrote (a config and weights): a model's files are not text to train on."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
 def saved_dataset(path: Path) -> bool:
     """`path` is a folder datasets' `save_to_disk` wrote, a Dataset's or a DatasetDict's: Arrow files and JSON
     metadata, read whole with `load_from_disk` (`--dataset`), not file by file."""
@@ -79,10 +87,11 @@ def saved_dataset_of(path: Path) -> Path | None:
     return found
 
 
-def find_data_files(paths: list[str], flag: str = "--data") -> list[Path]:
+def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False) -> list[Path]:
     """Every file `paths` name or match (a pattern such as `notes/**/*.md`), and under the directories among them
     (searched recursively, hidden ones left out) every text and record file (see TEXT_SUFFIXES, RECORD_SUFFIXES),
-    compressed or not. `flag` is the option they came from, for the errors."""
+    compressed or not. `flag` is the option they came from, for the errors; `quiet` leaves out saying which model
+    folders the search left out (said once, when the files are read)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -90,7 +99,7 @@ def find_data_files(paths: list[str], flag: str = "--data") -> list[Path]:
             matches = sorted(glob.glob(str(path), recursive=True))
             if not matches:
                 raise UsageError(f"{flag} {raw}: the pattern matches no file or folder; check it.")
-            found.extend(find_data_files(matches, flag))  # files as given, folders searched
+            found.extend(find_data_files(matches, flag, quiet))  # files as given, folders searched
             continue
         if not path.exists():
             raise UsageError(f"{flag} {raw}: no such file or directory; check the path.")
@@ -102,6 +111,10 @@ def find_data_files(paths: list[str], flag: str = "--data") -> list[Path]:
                    "write its rows to a file (Dataset.to_json) and pass that")
             raise UsageError(f"{flag} {raw} is a dataset saved with datasets' save_to_disk: {fix}.")
         matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p) and not _hidden(p, path))
+        models = sorted({p.parent for p in matches if _model_folder(p.parent)})
+        for model in models if not quiet else []:  # `--data .` in a project that keeps its models under models/
+            logger.warning("leaving out %s: a model folder, not text", model)
+        matches = [p for p in matches if not any(model in p.parents for model in models)]
         if not matches:
             raise UsageError(f"{flag} {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
                              ".tsv, .parquet); add some or point elsewhere.")
