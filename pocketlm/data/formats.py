@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
+from ..run_folder import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _hidden(path: Path, folder: Path) -> bool:
 
 def _model_folder(path: Path) -> bool:
     """A folder save_pretrained wrote (a config and weights): a model's files are not text to train on."""
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    return (path / CONFIG_FILE).is_file() and any(path.glob("*.safetensors"))
 
 
 def saved_dataset(path: Path) -> bool:
