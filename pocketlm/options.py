@@ -168,6 +168,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     if options.accept_changes and not (options.resume or options.auto_resume):
         raise UsageError("--accept-changes accepts changes to a run being resumed: add --resume, or drop it.")
     options.model_type = _family(options)
+    if options.tokenizer:
+        _check_tokenizer_path(options.tokenizer)
     if options.model_size not in PRESETS:
         raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")
     for name, values in (("mixed_precision", ("no", "fp16", "bf16")), ("report_to", ("none", "tensorboard"))):
@@ -210,6 +212,21 @@ def _family(options: TrainingOptions) -> str:
     if family not in modeling.MODEL_TYPES:
         raise UsageError(f"unknown model type {family!r}: choose transformer or lstm.")
     return family
+
+
+def _check_tokenizer_path(given: str) -> None:
+    """A --tokenizer that names a path must be a folder (a saved tokenizer's, or a model's): refused here, before the
+    data is read, instead of by transformers as a malformed Hub id. A Hub id is looked up when it is loaded."""
+    from .run_folder import TOKENIZER_FILE
+
+    path = Path(given).expanduser()
+    if path.is_file():
+        fix = (f"pass its folder, {path.parent}" if (path.parent / TOKENIZER_FILE).is_file()
+               else "pass the folder a tokenizer was saved in (a model folder works)")
+        raise UsageError(f"--tokenizer {given} is a file: {fix}.")
+    if not path.exists() and (given.startswith((".", "/", "~")) or given.count("/") != 1):
+        raise UsageError(f"--tokenizer {given}: no such folder; pass the folder a tokenizer was saved in (a model "
+                         "folder works).")
 
 
 def _check_numbers(options: TrainingOptions) -> None:

@@ -124,6 +124,18 @@ def test_a_model_file_given_for_its_folder_is_pointed_to_the_folder(command, tra
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_tokenizer_path_that_is_no_folder_is_refused_before_the_data_is_read(trained, tmp_path):
+    """--tokenizer of a missing path, or of tokenizer.json itself, was refused after the data was read, with
+    transformers' text about malformed Hub ids."""
+    tokenizer_file = trained["transformer"] / "tokenizer.json"
+    for given, needle in ((str(tmp_path / "nowhere"), f"--tokenizer {tmp_path / 'nowhere'}: no such folder"),
+                          (str(tokenizer_file), f"is a file: pass its folder, {trained['transformer']}")):
+        result = _train(tmp_path / "corpus.txt", tmp_path / "out", f"--tokenizer={given}")
+        assert_one_line_error(result, needle)
+        assert not result.stdout  # before anything was read
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("damage", ["weights truncated", "tokenizer.json missing", "chat template missing",
                                     "config.json with a field of the wrong type"])
 def test_the_python_api_raises_a_usage_error_for_a_damaged_folder(damage, trained, tmp_path):
