@@ -350,13 +350,10 @@ def _fresh_model(options: TrainingOptions, tokenizer):
         "pad_token_id": tokenizer.pad_token_id,
         "dropout": load_recipe(options.model_type)["dropout"],
     }
-    try:
-        if options.model_type == "lstm":
-            return LSTMForCausalLM(LSTMConfig(**{**special, **options.model_config}))
-        config = GPTConfig.from_preset(options.model_size, **{**special, **options.model_config})
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"--model-config: {error}")
-    return GPTForCausalLM(config)
+    # --model-config was checked against the config with the options (which refuse the fields set here).
+    if options.model_type == "lstm":
+        return LSTMForCausalLM(LSTMConfig(**special, **options.model_config))
+    return GPTForCausalLM(GPTConfig.from_preset(options.model_size, **special, **options.model_config))
 
 
 # ----------------------------------------------------------------------------------- steps and optimizer
