@@ -130,13 +130,15 @@ def test_the_page_streams_keeps_context_stops_resets_validates_and_keeps_tabs_ap
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     chat = Page(context.new_page(), web_server)
 
-    # A reply appears in pieces: its text is seen growing before it ends.
+    # A reply appears in pieces: a part of it is shown before it ends. (One part is the proof: a 120-token reply
+    # of this tiny model takes a fraction of a second, and on a loaded machine the browser may draw few of them.)
     chat.send("Hello there")
     seen, deadline = set(), time.time() + 120
     while not chat.has_figures() and time.time() < deadline:
         seen.update(reply for reply in chat.replies() if reply)
         time.sleep(0.02)
-    assert len(seen) >= 3, seen
+    whole = chat.replies()[0]
+    assert any(part != whole and whole.startswith(part) for part in seen), (seen, whole)
     first = chat.figures()
     assert "120 tokens" in first and "tokens/s" in first
 
