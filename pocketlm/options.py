@@ -12,6 +12,8 @@ import importlib.util
 import inspect
 import json
 import math
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,15 +25,23 @@ from .errors import UsageError
 RECIPE = "recipe: configs/<model-type>.json"
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    """--model-config's KEY=VALUE, the value read as JSON when it is JSON (numbers, booleans), else as text."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+# A comma starts a new pair only where a KEY= follows, so that a value may hold commas of its own.
+_NEXT_PAIR = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+def _key_values(text: str) -> list[tuple[str, object]]:
+    """--model-config's KEY=VALUE, or several joined by commas as run_clm.py's --config_overrides takes them; a value
+    is read as JSON when it is JSON (numbers, booleans), else as text."""
+    pairs = []
+    for pair in _NEXT_PAIR.split(text.strip()):
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. n_layer=4, or n_layer=4,n_embd=128), got {text!r}")
+        try:
+            pairs.append((key.strip(), json.loads(value)))
+        except ValueError:
+            pairs.append((key.strip(), value))
+    return pairs
 
 
 def option(default, help: str, **argument):
@@ -97,8 +107,8 @@ class TrainingOptions:
     assistant_only_loss: bool | None = option(None, f"on conversations, learn only the assistant's replies ({RECIPE})",
                                               action=argparse.BooleanOptionalAction)
     report_to: str = option("none", "also log to TensorBoard", choices=["none", "tensorboard"])
-    model_config: dict = option(dict, "override a model config field, e.g. n_layer=4; repeatable", type=_key_value,
-                                action="append", metavar="KEY=VALUE")
+    model_config: dict = option(dict, "override model config fields, e.g. n_layer=4 or n_layer=4,n_embd=128; "
+                                "repeatable", type=_key_values, action="extend", metavar="KEY=VALUE[,...]")
     samples: int = option(3, "sample outputs to print at the end", type=int)
 
     def command_line(self) -> str:
@@ -113,11 +123,12 @@ class TrainingOptions:
             elif spec.name == "assistant_only_loss":
                 parts.append(flag if value else "--no-assistant-only-loss")
             elif spec.name == "model_config":
-                parts.extend(f"{flag} {k}={v}" for k, v in value.items())
+                parts.extend(f"{flag} " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+                             for k, v in value.items())
             elif isinstance(value, list):
-                parts.extend(f"{flag} {v}" for v in value)
+                parts.extend(f"{flag} {shlex.quote(str(v))}" for v in value)
             else:
-                parts.append(f"{flag} {value}")
+                parts.append(f"{flag} {shlex.quote(str(value))}")
         return " ".join(parts)
 
 
@@ -125,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One argument per option, named, defaulted and explained by its field."""
     for spec in dataclasses.fields(TrainingOptions):
         argument = dict(spec.metadata)
-        default = [] if spec.name == "model_config" else spec.default  # append's start; the options take a dict
+        default = [] if spec.name == "model_config" else spec.default  # extend's start; the options take a dict
         if default not in (None, False, []):
             argument["help"] += " (default: %(default)s)"
         parser.add_argument("--" + spec.name.replace("_", "-"), default=default, **argument)
