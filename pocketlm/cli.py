@@ -267,8 +267,17 @@ def compare_main(argv: list[str] | None = None) -> int:
 
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
+        named = {}
+        for model in args.models:  # a folder named twice (as a/ and ./a, say) is one row twice, not a comparison
+            key = str(Path(model).resolve()) if Path(model).exists() else model
+            if key in named:
+                raise UsageError(f"{model} is the same model as {named[key]}: name each model once.")
+            named[key] = model
         output = Path(args.output)
         chart = Path(args.chart) if args.chart else output.with_suffix(".png")
+        if chart.resolve() == output.resolve():
+            fix = "give --chart a path of its own" if args.chart else "give --output a name ending in .md"
+            raise UsageError(f"the report and the chart would both be {output}: {fix}.")
         for path in (output, chart):
             if path.is_dir() or not path.parent.is_dir():
                 raise UsageError(f"cannot write {path}: its folder does not exist or it is a folder; pick another path.")

@@ -59,12 +59,14 @@ def test_main_py_compare_dispatches(trained, tmp_path):
     assert (tmp_path / "c.md").exists() and (tmp_path / "c.png").exists()
 
 
-@pytest.mark.parametrize("case", ["not a model", "missing", "hub offline", "empty text", "empty prompts"])
+@pytest.mark.parametrize("case", ["not a model", "missing", "hub offline", "empty text", "empty prompts", "twice",
+                                  "chart is the report"])
 def test_bad_input_ends_in_one_line(case, trained, tmp_path):
     models = [str(trained["lstm"])]
     extra = []
     needle = {"not a model": "holds no model", "missing": "no model folder", "hub offline": "local Hub cache",
-              "empty text": "no usable text", "empty prompts": "holds no prompt"}[case]
+              "empty text": "no usable text", "empty prompts": "holds no prompt", "twice": "name each model once",
+              "chart is the report": "give --chart a path of its own"}[case]
     if case == "not a model":
         (tmp_path / "folder").mkdir()
         models.append(str(tmp_path / "folder"))
@@ -75,6 +77,10 @@ def test_bad_input_ends_in_one_line(case, trained, tmp_path):
     elif case == "empty text":
         (tmp_path / "empty.txt").write_text("  \n\n")
         extra = ["--data", str(tmp_path / "empty.txt")]
+    elif case == "twice":  # the same folder under another spelling
+        models.append(str(trained["lstm"].parent / ".." / trained["lstm"].parent.name / trained["lstm"].name) + "/")
+    elif case == "chart is the report":
+        extra = ["--chart", str(tmp_path / "out.md")]
     else:
         (tmp_path / "prompts.txt").write_text("\n")
         extra = ["--prompts", str(tmp_path / "prompts.txt")]
