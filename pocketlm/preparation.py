@@ -315,6 +315,9 @@ def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_s
                              "add text or pass a smaller --block-size.")
         counted = "streamed" if corpus.streaming else f"{batches.count:,}"
         scored = "" if validation.scored == "all of it" else f"; each evaluation scores {validation.scored}"
+        if batches.batch_size < options.batch_size:  # said, since it changes the tokens per step the user asked for
+            scored += (f"; fewer blocks than --batch-size {options.batch_size}, so a batch is {batches.batch_size:,} "
+                       f"blocks{' per process' if accelerator.num_processes > 1 else ''}")
         stage["done"] = (f"{counted} training blocks of {block_size} tokens, {validation.tokens:,} validation "
                          f"tokens{scored}")
     return batches, validation

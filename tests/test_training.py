@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -663,6 +664,14 @@ def test_each_preparation_stage_says_what_it_does_and_the_summary_keeps_its_time
     seconds = summary["preparation_seconds"]
     assert set(seconds) == {"reading", "tokenizer", "tokenizing"}
     assert all(isinstance(value, float | int) and value >= 0 for value in seconds.values())
+
+
+def test_a_batch_larger_than_the_text_is_said_with_the_batch_it_became(corpus_file, tmp_path, capsys):
+    train(tiny_options("lstm", corpus_file, tmp_path / "m", batch_size=1_000_000, max_steps=1, samples=0))
+    out = capsys.readouterr().out
+    said = re.search(r"tokenizing: ([\d,]+) training blocks of 32 tokens, .*; fewer blocks than --batch-size 1000000, so "
+                     r"a batch is ([\d,]+) blocks \(", out)
+    assert said and said.group(1) == said.group(2), out  # one step takes every block, and says so
 
 
 def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_char_match_the_whole(tmp_path):
