@@ -370,6 +370,7 @@ def test_text_longer_than_the_window_is_read_without_a_false_alarm():
     "args, needles",
     [
         (["--data=/no/such/path"], ["/no/such/path", "no such file"]),
+        (["--data=/dev/null"], ["--data /dev/null is a pipe or a device", "save the text to a file"]),
         (["--model-type=gru"], ["gru"]),
         (["--model-size=huge"], ["huge"]),
         (["--lr=0"], ["--lr must be positive"]),
@@ -396,6 +397,8 @@ def test_bad_data_fails_with_one_line(tmp_path):
     # Once through the real script, to check the process exit status; in-process afterwards, for speed.
     assert_one_line_error(run_script("train.py", *cli_args("lstm", empty, out)), "holds no text (.txt, .md) or records")
     assert_one_line_error(run_cli(*cli_args("lstm", binary, out)), "binary or not UTF-8")
+    os.mkfifo(tmp_path / "pipe")  # as `--data <(zcat notes.gz)` gives it: refused before anything waits on it
+    assert_one_line_error(run_cli(*cli_args("lstm", tmp_path / "pipe", out)), "is a pipe or a device")
     assert_one_line_error(run_cli(*cli_args("lstm", tiny, out)), "not enough text")
     one_block_short = tmp_path / "short.txt"
     one_block_short.write_text(make_text(9, 12))

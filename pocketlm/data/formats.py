@@ -107,6 +107,9 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
         if path.is_file():
             found.append(path)
             continue
+        if not path.is_dir():  # a pipe (`--data <(zcat ...)`) or a device: read once, nothing to record for a resume
+            raise UsageError(f"{flag} {raw} is a pipe or a device, not a file or folder: save the text to a file and "
+                             "pass that.")
         if saved_dataset(path):  # its metadata would read as JSON records without text, its Arrow files not at all
             fix = (f"pass it as --dataset {raw}" if flag == "--data" else
                    "write its rows to a file (Dataset.to_json) and pass that")
