@@ -9,6 +9,7 @@ seed the replies are the same, since the logits agree to about 1e-6 and the samp
 
 import hashlib
 import inspect
+import shutil
 import sys
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
     cached = EXPORT_CACHE / key
     if not (cached / ONNX_DIR / INT8_FILE).is_file():
         print(f"exporting {path_or_repo} to ONNX for onnxruntime (once; kept in {cached}) ...", file=sys.stderr)
-        export(str(folder), ["onnx"], cached, overwrite=True)
+        shutil.rmtree(cached, ignore_errors=True)  # pocketlm's own cache, whatever an older version left there
+        export(str(folder), ["onnx"], cached)
     model = OnnxCausalLM.from_export(cached, int8=dtype == "int8")
     model.name_or_path = str(path_or_repo)
     return model, AutoTokenizer.from_pretrained(cached)

@@ -128,9 +128,16 @@ def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    assert_one_line_error(run_entry(export_main, str(trained["lstm"]), "--format", "onnx", "--output-dir", str(out)),
+    lstm = str(trained["lstm"])
+    assert_one_line_error(run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out)),
                           "already exists", "--overwrite")
+    # --overwrite replaces an export, never a folder of the user's own files.
+    assert_one_line_error(run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out), "--overwrite"),
+                          "holds files it did not write (mine.txt)", "nothing there was touched")
     assert (out / "mine.txt").read_text() == "keep me"
+    (out / "mine.txt").unlink()
+    assert run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out)).returncode == 0  # empty: fine
+    first = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
 
     from pocketlm.export import onnx as onnx_export
 
@@ -138,14 +145,23 @@ def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(onnx_export, "quantize", full_disk)  # fails halfway, after the float32 graph
-    result = run_entry(export_main, str(trained["lstm"]), "--format", "onnx", "--output-dir", str(out), "--overwrite")
+    result = run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out), "--overwrite")
     assert_one_line_error(result, "no space left")
-    assert (out / "mine.txt").read_text() == "keep me"  # the old folder stands
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == first  # the old export stands
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # and nothing half-written beside it
     monkeypatch.undo()
-    assert run_entry(export_main, str(trained["lstm"]), "--format", "onnx", "--output-dir", str(out),
-                     "--overwrite").returncode == 0
-    assert not (out / "mine.txt").exists() and (out / "onnx" / "model.onnx").exists()
+    # An earlier export is replaced whole (the page where the graphs were), but not once the user adds a file.
+    assert run_entry(export_main, lstm, "--format", "web", "--output-dir", str(out), "--overwrite").returncode == 0
+    assert not (out / "onnx").exists() and (out / "index.html").exists()
+    (out / "notes").mkdir()
+    (out / "notes" / "deploy.md").write_text("how I host it")
+    assert_one_line_error(run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out), "--overwrite"),
+                          "holds files it did not write (notes/deploy.md)")
+    assert (out / "notes" / "deploy.md").exists() and (out / "index.html").exists()
+    (tmp_path / "a-file").write_text("keep me")
+    assert_one_line_error(run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(tmp_path / "a-file"),
+                                    "--overwrite"), "is a file: choose a folder")
+    assert (tmp_path / "a-file").read_text() == "keep me"
 
 
 def test_an_export_never_replaces_the_model_it_reads_or_the_folder_the_user_is_in(trained, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ runtimes, each proven there by the tests (the same greedy tokens as the model it
 - `web`: a static page that chats with the model in the reader's browser (`web.py`), both families.
 
 An export is built in a hidden folder beside its destination and moved into place when whole, so a failed one
-leaves nothing behind, and an existing destination is replaced only when asked to.
+leaves nothing behind. It lists what it wrote in a hidden EXPORT_RECORD, and --overwrite replaces an existing
+destination only when that list holds everything there: an export's folder, never the user's own files.
 """
 
 import json
@@ -25,6 +26,7 @@ from ..run_folder import TOKENIZER_CONFIG_FILE
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
 ALL_FORMATS = ("transformers", "onnx", "gguf", "web")
 WEB_DIR = "web"  # where the page goes when other formats share the output folder
+EXPORT_RECORD = ".pocketlm-export.json"  # hidden: a web host or a Hub upload of the folder serves it harmlessly
 
 
 def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FORMATS) -> list[str]:
@@ -62,8 +64,12 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     if whole == Path.cwd() or whole in Path.cwd().parents:
         raise UsageError(f"--output-dir {output_dir} is the folder you are in, or holds it, and an export replaces its "
                          "folder whole: choose a new folder.")
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--output-dir {output_dir} is a file: choose a folder.")
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
+        _check_replaceable(target)
     model, tokenizer = load_pretrained(model_path)
     name = Path(model_path.rstrip("/")).name
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
@@ -72,13 +78,36 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
         with full_disk_says(building.parent):
             building.mkdir(parents=True)
             write_formats(model, tokenizer, family, formats, building, name, web_precision)
+            written = _files_in(building)
+            (building / EXPORT_RECORD).write_text(json.dumps({"model": model_path, "formats": formats,
+                                                              "files": written}, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        shutil.rmtree(target)
     os.replace(building, target)
-    return sorted(path for path in target.rglob("*") if path.is_file())
+    return [target / file for file in written]
+
+
+def _files_in(folder: Path) -> list[str]:
+    """The files under `folder`, as paths relative to it, leaving out the export's record."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                  if path.is_file() and path.name != EXPORT_RECORD)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace a folder holding anything an export did not write there (`--output-dir ~/site
+    --overwrite`, or a file added to an earlier export): --overwrite replaces an export, never the user's files."""
+    try:
+        written = set(json.loads((target / EXPORT_RECORD).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        written = set()
+    others = [file for file in _files_in(target) if file not in written]
+    if others or not written:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "") if others else "no export's record"
+        raise UsageError(f"--overwrite replaces only a folder an export wrote, and {target} holds files it did not "
+                         f"write ({shown}): choose a new or empty --output-dir; nothing there was touched.")
 
 
 def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
