@@ -17,7 +17,8 @@ HELP = """commands:
   /help                  this text
   /reset                 forget the conversation
   /params                show the sampling settings; /params temperature=0.9 top_k=20 changes them
-  /save FILE             write the conversation to FILE as JSON messages
+  /save FILE             write the conversation to FILE as JSON messages (again to update it; a file this chat
+                         did not write needs /save --overwrite FILE)
   /stats                 tokens, time to first token and tokens/s of the last reply
   /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
 
@@ -27,6 +28,7 @@ class TerminalChat:
 
     def __init__(self, chat: ChatInterface):
         self.chat = chat
+        self.saved: set[Path] = set()  # the files /save wrote: updating one loses nothing
 
     def run(self, interactive: bool | None = None) -> int:
         """The terminal loop. With standard input not a terminal, each line is a turn and each reply a line.
@@ -106,16 +108,31 @@ class TerminalChat:
                 print(f"error: {message}")
             print(" ".join(f"{k}={v}" for k, v in self.chat.options.items()))
         elif name == "/save":
-            if not argument:
-                print("error: write /save FILE")
-            else:
-                try:
-                    Path(argument).write_text(json.dumps(self.chat.transcript(), ensure_ascii=False, indent=2) + "\n")
-                    print(f"saved {len(self.chat.transcript())} messages to {argument}")
-                except OSError as error:
-                    print(f"error: could not write {argument}: {error.strerror}")
+            self._save(argument)
         elif name == "/stats":
             print(describe_stats(self.chat.last_stats) if self.chat.last_stats else "no reply yet")
         else:
             print(f"unknown command {name}: /help lists them")
         return None
+
+    def _save(self, argument: str) -> None:
+        """/save FILE: the conversation as JSON messages; a file this chat did not write is replaced only with
+        --overwrite (`/save notes.txt` must not lose the notes)."""
+        overwrite = argument.startswith("--overwrite")
+        name = argument.removeprefix("--overwrite").strip()
+        if not name:
+            print("error: write /save FILE")
+            return
+        path = Path(name).expanduser()
+        if path.exists() and not path.is_dir() and not overwrite and path.resolve() not in self.saved:
+            print(f"error: {name} already exists and this chat did not write it: choose another name, or "
+                  f"/save --overwrite {name}")
+            return
+        messages = self.chat.transcript()
+        try:
+            path.write_text(json.dumps(messages, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            print(f"error: could not write {name}: {error.strerror}")
+            return
+        self.saved.add(path.resolve())
+        print(f"saved {len(messages)} messages to {name}")

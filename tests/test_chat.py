@@ -94,6 +94,15 @@ def test_a_terminal_session(family, chat_models, tmp_path):
     messages = json.loads(transcript.read_text())
     assert [m["role"] for m in messages] == ["user", "assistant"] * 3
     assert messages[1]["content"] == messages[1]["content"].strip()
+    # /save again updates the file it wrote; a file the chat did not write is kept unless --overwrite is given.
+    assert "bot> " in say(child, "One more")
+    assert "saved 8 messages" in say(child, f"/save {transcript}")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert "already exists and this chat did not write it" in say(child, f"/save {notes}")
+    assert notes.read_text() == "my notes"
+    assert "saved 8 messages" in say(child, f"/save --overwrite {notes}")
+    assert json.loads(notes.read_text()) == json.loads(transcript.read_text())
     assert "forgotten" in say(child, "/reset")
     assert "commands:" in say(child, "/help")
     child.sendline("/quit")
