@@ -384,7 +384,7 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
     from .export import formats_for
     from .hub import REPOSITORY_FORMATS
 
-    asked = [name.strip() for name in args.formats.split(",") if name.strip()]
+    asked = [name.strip().lower() for name in args.formats.split(",") if name.strip()]
     if "web" in asked:  # the repository carries the model's files; its page is a Space of its own
         raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
                          "--static-space OWNER/NAME instead of --formats web.")
@@ -434,7 +434,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
         from .export import export
 
-        formats = [name.strip() for name in args.format.split(",") if name.strip()]
+        formats = [name.strip().lower() for name in args.format.split(",") if name.strip()]
         output = args.output_dir or f"{Path(args.model.rstrip('/')).name}-{'-'.join(formats)}"
         files = export(args.model, formats, output, overwrite=args.overwrite, web_precision=args.web_precision)
         size = sum(path.stat().st_size for path in files)
