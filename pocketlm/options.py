@@ -72,7 +72,8 @@ class TrainingOptions:
     epochs: int | None = option(None, f"passes over the training data ({RECIPE})", type=int)
     max_steps: int | None = option(None, "optimizer steps; wins over --epochs", type=int)
     lr: float | None = option(None, f"peak learning rate ({RECIPE})", type=float)
-    warmup_steps: int | None = option(None, f"steps of linear warm-up before the cosine decay ({RECIPE})", type=int)
+    warmup_steps: int | None = option(None, "steps of linear warm-up before the cosine decay, at most a tenth of the "
+                                            f"run ({RECIPE})", type=int)
     min_lr_ratio: float | None = option(None, f"where the cosine decay ends, as a fraction of --lr ({RECIPE})",
                                         type=float)
     weight_decay: float | None = option(None, f"AdamW weight decay on weight matrices ({RECIPE})", type=float)
@@ -254,6 +255,8 @@ def _check_numbers(options: TrainingOptions) -> None:
         raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {options.min_lr_ratio}.")
     if options.block_size < 2:
         raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
+    if not 0 <= options.seed < 2**32:  # numpy's seeding, which accelerate's set_seed does, takes no other
+        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {options.seed}.")
 
 
 # --model-config fields a new model takes from its tokenizer: set by hand, the model disagrees with its tokenizer

@@ -120,6 +120,9 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         plan = make_plan(options, batches, block_size, masked, accelerator.num_processes)
         optimizer = make_optimizer(model, options.lr, options.weight_decay)
         schedule = make_schedule(optimizer, options.warmup_steps, plan.total_steps, options.min_lr_ratio)
+        if warmup_of(options.warmup_steps, plan.total_steps) < options.warmup_steps and accelerator.is_main_process:
+            print(f"warm-up: {warmup_of(options.warmup_steps, plan.total_steps)} steps, a tenth of this "
+                  f"{plan.total_steps:,}-step run (--warmup-steps {options.warmup_steps} is for a longer one)")
         if options.compile:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
@@ -387,9 +390,14 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimiz
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
+def warmup_of(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run of `total_steps` takes: at most a tenth of it, so that a short run reaches its peak rate."""
+    return min(warmup_steps, max(1, total_steps // 10))
+
+
 def make_schedule(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warm-up, then cosine decay to `min_ratio` of the peak learning rate."""
-    warmup_steps = min(warmup_steps, max(1, total_steps // 10))
+    """Linear warm-up (see warmup_of), then cosine decay to `min_ratio` of the peak learning rate."""
+    warmup_steps = warmup_of(warmup_steps, total_steps)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

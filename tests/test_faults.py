@@ -594,6 +594,8 @@ def _train(corpus: Path, out: Path, *extra: str):
     ("--eval-every=-5", "--eval-every must be positive"),
     ("--vocab-size=0", "--vocab-size must be positive"),
     ("--samples=-1", "--samples must be 0 or more"),
+    ("--seed=-1", "--seed must be a whole number from 0 to 4294967295, got -1"),
+    ("--seed=4294967296", "--seed must be a whole number from 0"),
     ("--model-config=dropout=1.5", "dropout must be a number of at least 0 and below 1, got 1.5"),
     ("--model-config=n_head=3", "n_embd (128) must be a multiple of n_head (3)"),
     ("--model-config=n_layers=4", "did you mean n_layer"),

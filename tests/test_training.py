@@ -677,6 +677,18 @@ def test_a_batch_larger_than_the_text_is_said_with_the_batch_it_became(corpus_fi
     assert said and said.group(1) == said.group(2), out  # one step takes every block, and says so
 
 
+def test_a_warm_up_longer_than_a_tenth_of_the_run_is_cut_and_said(corpus_file, tmp_path, capsys):
+    train(tiny_options("lstm", corpus_file, tmp_path / "m", warmup_steps=100, max_steps=20, eval_every=10, lr=1e-3,
+                       min_lr_ratio=0.1, samples=0))
+    assert "warm-up: 2 steps, a tenth of this 20-step run (--warmup-steps 100 is for a longer one)" in \
+        capsys.readouterr().out
+    logged = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "m" / "metrics.jsonl").read_text().splitlines())
+              if "lr" in r}
+    # Two steps up, then the cosine from the peak over the other 18: at step 10, 8/18 of the way down (a 100-step
+    # warm-up would still be at 11% of the peak).
+    assert logged[10] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 8 / 18))))
+
+
 def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_char_match_the_whole(tmp_path):
     from pocketlm.scoring import bits_per_character, sum_token_losses
 
