@@ -120,9 +120,10 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         plan = make_plan(options, batches, block_size, masked, accelerator.num_processes)
         optimizer = make_optimizer(model, options.lr, options.weight_decay)
         schedule = make_schedule(optimizer, options.warmup_steps, plan.total_steps, options.min_lr_ratio)
-        if warmup_of(options.warmup_steps, plan.total_steps) < options.warmup_steps and accelerator.is_main_process:
-            print(f"warm-up: {warmup_of(options.warmup_steps, plan.total_steps)} steps, a tenth of this "
-                  f"{plan.total_steps:,}-step run (--warmup-steps {options.warmup_steps} is for a longer one)")
+        warmup = warmup_of(options.warmup_steps, plan.total_steps)
+        if warmup < options.warmup_steps and accelerator.is_main_process:  # said: the schedule asked for is not run
+            print(f"warm-up: {warmup} steps, a tenth of this {plan.total_steps:,}-step run (--warmup-steps "
+                  f"{options.warmup_steps} is for a longer one)")
         if options.compile:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
