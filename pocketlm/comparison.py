@@ -16,7 +16,7 @@ import torch
 from . import data
 from .errors import UsageError
 from .generation import BALANCED_SAMPLING, SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
-from .loading import load_pretrained, model_family
+from .loading import as_model, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 
@@ -44,7 +44,7 @@ class ModelReport:
 
 def _summary_of(model: str) -> dict:
     try:
-        return RunFolder(model).read_summary()
+        return RunFolder(as_model(model)).read_summary()  # a checkpoint's is its run's
     except (OSError, UsageError):
         return {}  # a damaged record only costs the default text
 

@@ -28,6 +28,10 @@ CARD_FILE = "README.md"
 def _require_model_folder(model_dir: Path) -> str:
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir} is not a folder: pass the folder train.py wrote, e.g. models/transformer-small.")
+    run = RunFolder.holding_checkpoint(model_dir)
+    if run:  # its card would describe the run's model, not this checkpoint's
+        raise UsageError(f"{model_dir} is a training checkpoint, not a finished model with its card: publish the run, "
+                         f"{run.path}, or chat with, compare or export the checkpoint.")
     family = model_family(str(model_dir))
     check_model_folder(model_dir)
     return family

@@ -1,6 +1,9 @@
 """Load a trained pocketlm model and its tokenizer from a folder or a Hub repository, with errors a user can act on."""
 
+import hashlib
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -12,7 +15,8 @@ from modeling import MODEL_TYPES
 
 from .errors import UsageError
 from .run_folder import (CHAT_TEMPLATE_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
-                         TOKENIZER_FILE)
+                         TOKENIZER_FILE, RunFolder)
+from .signing import KEY_FILE
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
@@ -75,6 +79,7 @@ def _check_safetensors(path: Path) -> None:
 
 def check_model_folder(folder: Path) -> None:
     """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
+    folder = Path(as_model(str(folder)))
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing == [CHAT_TEMPLATE_FILE] and "chat_template" in _read_json(folder / TOKENIZER_CONFIG_FILE):
         missing = []  # an older layout: the template inside tokenizer_config.json
@@ -89,7 +94,41 @@ def check_model_folder(folder: Path) -> None:
     _check_safetensors(folder / MODEL_FILE)
 
 
+CHECKPOINT_MODELS = KEY_FILE.parent / "checkpoint-models"  # checkpoints seen as model folders (links, no copies)
+
+
+def as_model(path_or_repo: str) -> str:
+    """`path_or_repo`, or for a training checkpoint (`<run>/checkpoints/step-N`, which holds weights but no config
+    or tokenizer) a model folder of links to the run's config, code and tokenizer and the checkpoint's weights: so
+    that chat, compare and export take a checkpoint as nanoGPT's sample.py takes its ckpt.pt."""
+    folder = Path(path_or_repo).expanduser()
+    run = RunFolder.holding_checkpoint(folder) if folder.is_dir() else None
+    if run is None:
+        return path_or_repo
+    files = run.model_files_beside(folder.resolve() / MODEL_FILE)
+    if not files:
+        raise UsageError(f"{path_or_repo} is a checkpoint of a run that has saved no model yet ({run.path} has no "
+                         f"{CONFIG_FILE}): use a later checkpoint, or resume the run.")
+    links = {name: target.resolve() for name, target in files.items()}
+    view = CHECKPOINT_MODELS / hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:20]
+    # Rebuilt only when the run's files changed since an earlier look: another process may be loading from it.
+    if view.is_dir() and {p.name: p.readlink() for p in view.iterdir() if p.is_symlink()} == links:
+        return str(view)
+    building = view.with_name(f".{view.name}-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    for name, target in links.items():
+        (building / name).symlink_to(target)
+    shutil.rmtree(view, ignore_errors=True)
+    try:
+        os.replace(building, view)
+    except OSError:  # another process put the same links there in between
+        shutil.rmtree(building, ignore_errors=True)
+    return str(view)
+
+
 def _config_of(path_or_repo: str) -> dict:
+    path_or_repo = as_model(path_or_repo)
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         if not (local / CONFIG_FILE).exists():
@@ -117,7 +156,7 @@ def _config_of(path_or_repo: str) -> dict:
 def local_folder(path_or_repo: str) -> Path:
     """The folder holding `path_or_repo`'s files: itself, or a Hub repository's snapshot (from the local cache when
     offline)."""
-    local = Path(path_or_repo).expanduser()
+    local = Path(as_model(path_or_repo)).expanduser()
     if local.is_dir():
         return local
     _config_of(path_or_repo)  # a missing folder or an unreachable repository ends here, in one line
@@ -166,6 +205,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")
     family = model_family(path_or_repo)
+    path_or_repo = as_model(path_or_repo)
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         check_model_folder(local)

@@ -36,7 +36,7 @@ from . import continuity, data
 from .checkpoints import CheckpointManager
 from .errors import UsageError
 from .generation import default_generation_config
-from .loading import load_pretrained
+from .loading import as_model, load_pretrained
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import RunFolder
@@ -252,7 +252,8 @@ TOKENIZER_SCHEMA = 2  # part of their key: bump when tokenization/ trains a diff
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
                             accelerator: Accelerator, stages: Stages):
     """--tokenizer's, --init-from's or a resumed run's tokenizer; else one trained on the training text."""
-    source = options.tokenizer or options.init_from or (str(folder.tokenizer_to_resume()) if options.resume else None)
+    source = (options.tokenizer or (as_model(options.init_from) if options.init_from else None)
+              or (str(folder.tokenizer_to_resume()) if options.resume else None))
     if source:
         try:
             return AutoTokenizer.from_pretrained(source)

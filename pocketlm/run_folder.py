@@ -177,6 +177,26 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         write_whole(self.summary_file, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
 
+    @staticmethod
+    def holding_checkpoint(folder: Path) -> "RunFolder | None":
+        """The run whose checkpoint `folder` is (`<run>/checkpoints/step-N`: weights, no config or tokenizer), or
+        None for any other folder."""
+        folder = folder.expanduser().resolve()
+        if (folder.parent.name != CHECKPOINTS_DIR or not (folder / MODEL_FILE).is_file()
+                or (folder / CONFIG_FILE).exists()):
+            return None
+        return RunFolder(folder.parent.parent)
+
+    def model_files_beside(self, weights: Path) -> dict[str, Path]:
+        """A model folder's files (by name) made of this run's config, code and tokenizer and the weights file
+        `weights`: one of its checkpoints seen as a model. Empty while the run has saved no model yet."""
+        if not self.config_file.is_file():
+            return {}
+        files = {}
+        for folder in (self.path, self.tokenizer_to_resume()):  # a run under way keeps its tokenizer aside
+            files.update({p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")})
+        return {**files, MODEL_FILE: weights}
+
     def read_summary(self) -> dict:
         """What the run recorded (data, options, results); {} for a folder without a record, such as a Hub model."""
         if not self.summary_file.is_file():

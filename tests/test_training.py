@@ -689,6 +689,48 @@ def test_a_warm_up_longer_than_a_tenth_of_the_run_is_cut_and_said(corpus_file, t
     assert logged[10] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 8 / 18))))
 
 
+def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corpus_file, tmp_path):
+    """nanoGPT samples from any ckpt.pt: a checkpoint folder (weights, no config or tokenizer) loads with its run's
+    config and tokenizer, and scores what the run measured at its step."""
+    from safetensors.torch import load_file
+
+    from pocketlm.cli import compare_main
+    from pocketlm.hub import prepare_folder
+    from pocketlm.loading import load_pretrained
+
+    run = tmp_path / "run"
+    train(tiny_options("transformer", corpus_file, run, max_steps=4, eval_every=2, save_every=2, samples=0))
+    checkpoint = run / "checkpoints" / "step-2"
+    model, tokenizer = load_pretrained(str(checkpoint))
+    saved = load_file(checkpoint / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[name], saved[name]) for name in saved)
+    final = load_file(run / "model.safetensors")
+    assert not all(torch.equal(final[name], saved[name]) for name in saved)  # step 4's model is another
+    assert tokenizer.chat_template  # the run's tokenizer came along
+
+    # compare.py scores it on the run's validation documents at what the run's evaluation at step 2 measured.
+    measured = next(r["val_bpc"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                    if r["step"] == 2 and "val_bpc" in r)
+    result = run_entry(compare_main, str(checkpoint), "--output", str(tmp_path / "c.md"), "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = re.search(r"step-2\s+transformer\s+\S+\s+\S+\s+([\d.]+)", result.stdout)
+    assert row and float(row.group(1)) == pytest.approx(measured, abs=0.0015), result.stdout
+    assert "validation documents of" in result.stdout
+
+    # --init-from a checkpoint starts from its weights, with its tokenizer.
+    tuned = train(tiny_options("transformer", corpus_file, tmp_path / "tuned", init_from=str(checkpoint),
+                               model_config={}, max_steps=1, samples=0))
+    assert math.isfinite(tuned.best_val_bpc)
+    # A checkpoint is not published: its card would be the run's.
+    with pytest.raises(UsageError, match="is a training checkpoint, not a finished model"):
+        prepare_folder(str(checkpoint), str(tmp_path / "hub"), "me/model")
+    # A checkpoint of a run that has saved no model yet has no config to load with.
+    early = tmp_path / "early" / "checkpoints" / "step-2"
+    shutil.copytree(checkpoint, early)
+    with pytest.raises(UsageError, match="a run that has saved no model yet"):
+        load_pretrained(str(early))
+
+
 def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_char_match_the_whole(tmp_path):
     from pocketlm.scoring import bits_per_character, sum_token_losses
 
