@@ -193,13 +193,14 @@ def chat_main(argv: list[str] | None = None) -> int:
         from .run_folder import RunFolder, default_output_dir
 
         if args.web:
-            from .web import require_gradio
+            from .web import check_can_listen, require_gradio
 
             require_gradio()  # before minutes go into loading a model
             if args.prompt is not None:
                 raise UsageError("contradictory options: --prompt prints one reply in the terminal, --web serves a page.")
             if not 0 < args.port < 65536:
                 raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
+            check_can_listen(args.host, args.port)
         if args.model is None:
             default = RunFolder(default_output_dir(args.model_type, args.model_size))
             if not default.config_file.exists():

@@ -6,7 +6,9 @@ message), the model is shared, and replies are generated one at a time in the or
 optional extra: `pip install -e '.[web]'`.
 """
 
+import errno
 import importlib.util
+import socket
 
 from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
@@ -106,6 +108,30 @@ def build_app(chat: ChatInterface):
                 # Through the queue (Gradio shows warnings only there), beside any reply being generated.
                 event(web.check_setting(name), [field, accepted], [field, accepted], concurrency_limit=None)
     return app
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind `host`:`port` once to name what stands in the way, before the model is loaded: Gradio's own message is
+    "Cannot find empty port" whatever the cause, after uvicorn has logged the real one."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise UsageError(f"--host {host} is not a name or address this machine can resolve: use 127.0.0.1, or "
+                         "0.0.0.0 to serve on every interface.")
+    family, kind, protocol, _, address = addresses[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is in use by another program: pick another --port.")
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"--host {host} is not an address of this machine: use 127.0.0.1, or 0.0.0.0 to "
+                                 "serve on every interface.")
+            if error.errno == errno.EACCES:
+                raise UsageError(f"port {port} needs administrator rights here: pick a --port above 1023.")
+            raise UsageError(f"cannot serve on {host}:{port} ({error.strerror}): pick another --host or --port.")
 
 
 def serve(chat: ChatInterface, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> int:

@@ -259,6 +259,18 @@ def test_without_gradio_web_says_how_to_install_it(web_model, monkeypatch):
     assert_one_line_error(run_entry(chat_main, "--model", str(web_model), "--web"), "pip install -e '.[web]'")
 
 
+def test_a_port_in_use_or_a_host_not_of_this_machine_is_named_before_the_model_loads(web_app, tmp_path):
+    """Gradio says "Cannot find empty port" whatever stops it, after uvicorn logs the cause: the chat names it."""
+    from pocketlm.cli import chat_main
+
+    _, busy = web_app  # the running page's own port
+    missing = str(tmp_path / "no-model")  # never reached: the address is checked first
+    for flags, needle in ((["--port", str(busy)], f"port {busy} on 127.0.0.1 is in use by another program"),
+                          (["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
+                          (["--host", "no-such-host.invalid"], "is not a name or address this machine can resolve")):
+        assert_one_line_error(run_entry(chat_main, "--model", missing, "--web", *flags), needle)
+
+
 PROJECT_FREE_APP = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
     import runpy
