@@ -422,6 +422,16 @@ def test_a_dataset_saved_with_save_to_disk_trains_as_datasets_reads_it_and_is_po
     assert weights["saved"] == weights["parquet"] == weights["saved-splits"]  # a DatasetDict trains on its train
     result = run_entry(train_main, f"--data={tmp_path / 'saved'}", f"--output-dir={tmp_path / 'out'}", *train)
     assert_one_line_error(result, "is a dataset saved with datasets' save_to_disk: pass it as --dataset")
+    # A folder datasets cannot read as one table (files of other columns) is pointed to --data, which reads each
+    # file on its own; an unreachable name says why, in one line.
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.jsonl").write_text(json.dumps({"text": make_text(1)}) + "\n")
+    (tmp_path / "mixed" / "b.jsonl").write_text(json.dumps({"count": 3, "when": "today"}) + "\n")
+    result = run_entry(train_main, f"--dataset={tmp_path / 'mixed'}", f"--output-dir={tmp_path / 'out'}", *train)
+    assert_one_line_error(result, "datasets could not read the folder as one table",
+                          f"pass it as --data {tmp_path / 'mixed'}")
+    result = run_entry(train_main, "--dataset=nobody/no-such-dataset", f"--output-dir={tmp_path / 'out'}", *train)
+    assert_one_line_error(result, "--dataset nobody/no-such-dataset: could not be loaded (")
     # The flag a bad path came in is the one named.
     for validation, needle in ((tmp_path / "saved", "save_to_disk: write its rows to a file"),
                                (tmp_path / "nowhere", "no such file or directory")):

@@ -354,8 +354,13 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
         else:
             loaded = datasets.load_dataset(name, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
-        raise UsageError(f"--dataset {name}: could not be loaded ({error}); pass a local folder or a cached dataset "
-                         "name.")
+        cause = error.__cause__ or error
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if Path(name).expanduser().is_dir():  # datasets reads a folder as one table of its commonest file type
+            raise UsageError(f"--dataset {name}: datasets could not read the folder as one table ({reason[:200]}); "
+                             f"pass it as --data {name}, which reads each text and record file in it on its own.")
+        raise UsageError(f"--dataset {name}: could not be loaded ({reason[:300]}); pass a local folder or a cached "
+                         "dataset name.")
     if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
         split = loaded
     else:
