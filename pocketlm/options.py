@@ -158,6 +158,8 @@ CONTRADICTIONS = [
     ("auto_resume", "resume", "--auto-resume already resumes when there is a checkpoint: pass one"),
     ("data", "dataset", "--data and --dataset both name the training text: pass one"),
     ("tokenizer", "init_from", "--init-from brings its model's own tokenizer: drop --tokenizer"),
+    ("vocab_size", "init_from", "--init-from brings its model's own tokenizer, and so its vocabulary: drop --vocab-size"),
+    ("vocab_size", "tokenizer", "--tokenizer's vocabulary is the one it has: drop --vocab-size"),
 ]
 POSITIVE = ("lr", "batch_size", "epochs", "max_steps", "grad_accum", "save_every", "eval_every", "block_size",
             "vocab_size", "keep_checkpoints", "grad_clip")
@@ -219,6 +221,9 @@ def _family(options: TrainingOptions) -> str:
         if options.model_type and options.model_type != found:
             raise UsageError(f"--init-from {options.init_from} holds a {found} model, not a {options.model_type}: "
                              f"drop --model-type or pass --model-type {found}.")
+        if options.model_size != TrainingOptions.model_size:  # the preset would be ignored in silence
+            raise UsageError(f"contradictory options: --init-from's model keeps its own shape: drop --model-size "
+                             f"{options.model_size}.")
         return found
     family = options.model_type or "transformer"
     if family not in modeling.MODEL_TYPES:

@@ -635,6 +635,10 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
         ([f"--dataset={tmp_path}"], "--data and --dataset"),
         ([f"--init-from={trained['lstm']}", f"--tokenizer={trained['lstm']}"], "drop --tokenizer"),
         (["--model-type=transformer", f"--init-from={trained['lstm']}"], "holds a lstm model, not a transformer"),
+        # What --init-from's model or --tokenizer fixes, asked for anyway, was ignored in silence.
+        ([f"--init-from={trained['transformer']}", "--model-size=large"], "keeps its own shape: drop --model-size"),
+        ([f"--init-from={trained['transformer']}", "--vocab-size=999"], "so its vocabulary: drop --vocab-size"),
+        ([f"--tokenizer={trained['transformer']}", "--vocab-size=999"], "the one it has: drop --vocab-size"),
     ):
         assert_one_line_error(_train(corpus, out, *extra), needle)
     assert not out.exists()

@@ -719,7 +719,7 @@ def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corp
 
     # --init-from a checkpoint starts from its weights, with its tokenizer.
     tuned = train(tiny_options("transformer", corpus_file, tmp_path / "tuned", init_from=str(checkpoint),
-                               model_config={}, max_steps=1, samples=0))
+                               model_config={}, vocab_size=None, max_steps=1, samples=0))
     assert math.isfinite(tuned.best_val_bpc)
     # A checkpoint is not published: its card would be the run's.
     with pytest.raises(UsageError, match="is a training checkpoint, not a finished model"):
