@@ -230,10 +230,14 @@ def _duration(seconds: float) -> str:
 
 def _describe_input(options: TrainingOptions) -> str:
     if options.dataset:
-        return f"the dataset {options.dataset}"
-    if not options.data:
-        return f"the built-in corpus, {data.DEFAULT_CORPUS_NAME}"
-    return ", ".join(options.data)
+        described = f"the dataset {options.dataset}"
+    elif not options.data:
+        described = f"the built-in corpus, {data.DEFAULT_CORPUS_NAME}"
+    else:
+        described = ", ".join(options.data)
+    if options.validation_data:
+        described += f", and for validation {', '.join(options.validation_data)}"
+    return described
 
 
 def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stages) -> data.Corpus:
