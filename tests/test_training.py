@@ -245,6 +245,21 @@ def test_duplicates_are_dropped_and_validation_never_overlaps_training():
     assert again["text"] == train_docs["text"] and other["text"] != train_docs["text"]
 
 
+def test_validation_data_sharing_lines_with_the_training_text_is_said(tmp_path, caplog):
+    lines = [f"Line {i}: the {['cat', 'dog', 'owl'][i % 3]} walked the long road home past the river bank." for i in
+             range(60)]
+    (tmp_path / "train.txt").write_text("\n".join(lines[:50]) + "\n")
+    # Whole documents in both are dropped already; a chapter copied into a new file is not a whole document.
+    (tmp_path / "copied.txt").write_text("\n".join([*lines[3:5], *lines[50:53], "Short line."]) + "\n")
+    (tmp_path / "fresh.txt").write_text("\n".join([*lines[53:], "Short line."]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        data.load_corpus([str(tmp_path / "train.txt")], validation_data=[str(tmp_path / "fresh.txt")])
+    assert not [r for r in caplog.records if "also in the training text" in r.getMessage()]
+    data.load_corpus([str(tmp_path / "train.txt")], validation_data=[str(tmp_path / "copied.txt")])
+    said = [r.getMessage() for r in caplog.records if "also in the training text" in r.getMessage()]
+    assert said and said[0].startswith("2 of the 5 distinct long lines of --validation-data"), said
+
+
 def test_small_corpora_warn(tmp_path, caplog):
     small = tmp_path / "small.txt"
     small.write_text(make_text(5, 20))

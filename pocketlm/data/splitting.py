@@ -264,6 +264,7 @@ def load_corpus(
         validation = deduplicate(keep_readable_records(held_out, report), drop=identities(train), report=report)
         if len(validation) == 0:
             raise UsageError("--validation-data holds no text that is not also in the training data.")
+        _warn_of_shared_lines(train, validation)
         rule = GIVEN
     else:
         train, validation, rule = _hold_out(documents, seed, VALIDATION_FRACTION, report)
@@ -272,6 +273,32 @@ def load_corpus(
     return Corpus(train=train, validation=validation, source=source, is_chat=any(column(documents, "is_chat")),
                   report=report, name=public_name(data, dataset), validation_rule=rule,
                   train_characters=train_characters)
+
+
+SHARED_LINE_CHARS = 40  # shorter lines ("Thank you.", a speaker's name) recur in any two texts by themselves
+
+
+def _lines(documents: datasets.Dataset) -> Iterator[str]:
+    for batch in documents.select_columns(["text"]).iter(batch_size=1000):
+        for text in batch["text"]:
+            yield from (line for line in map(str.strip, text.split("\n")) if len(line) >= SHARED_LINE_CHARS)
+
+
+def _warn_of_shared_lines(train: datasets.Dataset, validation: datasets.Dataset) -> None:
+    """Say how much of --validation-data the training text holds line for line (a chapter copied into both, a
+    validation file cut from an older training file): whole documents in both are dropped, but a partial copy
+    would make validation flatter the model in silence. Memory is the validation side's; training is one pass."""
+    held_out = {hash(line) for line in _lines(validation)}
+    if not held_out:
+        return
+    shared = set()
+    for line in _lines(train):
+        if hash(line) in held_out:
+            shared.add(hash(line))
+    if shared:
+        logger.warning("%d of the %d distinct long lines of --validation-data (%d+ characters) are also in the training "
+                       "text: validation scores text the model trained on; remove them from one side", len(shared),
+                       len(held_out), SHARED_LINE_CHARS)
 
 
 def _warn_if_small(total_chars: int) -> None:
