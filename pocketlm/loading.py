@@ -116,9 +116,14 @@ def as_model(path_or_repo: str) -> str:
         return str(view)
     building = view.with_name(f".{view.name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    for name, target in links.items():
-        (building / name).symlink_to(target)
+    try:
+        building.mkdir(parents=True)
+        for name, target in links.items():
+            (building / name).symlink_to(target)
+    except OSError as error:
+        shutil.rmtree(building, ignore_errors=True)
+        raise UsageError(f"cannot link the checkpoint {path_or_repo} into {CHECKPOINT_MODELS} ({error.strerror}): "
+                         "make that folder writable, or chat with the run's model.")
     shutil.rmtree(view, ignore_errors=True)
     try:
         os.replace(building, view)
