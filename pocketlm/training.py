@@ -71,6 +71,9 @@ def run_loop(run: Run) -> TrainResult:
     state, plan, accelerator = run.state, run.plan, run.accelerator
     run.model.train()
     started, start_step = time.perf_counter(), state["step"]
+    if start_step >= plan.total_steps and accelerator.is_main_process:  # a finished run resumed as it was
+        print(f"the run is already at step {start_step} of {plan.total_steps}: nothing to train; pass a larger "
+              "--max-steps (or --epochs) to go on")
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not accelerator.is_main_process, unit="step",
                dynamic_ncols=True)
     interrupted, nonfinite, window_losses = False, 0, []
@@ -106,7 +109,7 @@ def run_loop(run: Run) -> TrainResult:
             if interrupted:
                 break
     speed = (state["step"] - start_step) * plan.tokens_per_step / max(time.perf_counter() - started, 1e-9)
-    return finish(run, interrupted, speed, stop.name if interrupted else None)
+    return finish(run, interrupted, speed, stop.name if interrupted else None, trained=state["step"] > start_step)
 
 
 def optimizer_step(run: Run, step: int) -> float:
@@ -186,12 +189,16 @@ def save_checkpoint(run: Run) -> None:
     run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options), "decided_by": run.decided_by})
 
 
-def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None) -> TrainResult:
-    """Final checkpoint and evaluation, loss curve, samples and the run's summary."""
+def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None, trained: bool = True
+           ) -> TrainResult:
+    """Final checkpoint and evaluation, loss curve, samples and the run's summary. A resume that `trained` no step
+    of a run that had ended adds no evaluation to the metrics and keeps the summary, with its measured speed."""
     state, folder, accelerator = run.state, run.folder, run.accelerator
+    ended = {} if trained else folder.read_summary()
+    ended = ended if ended.get("steps") == state["step"] else {}  # else it did not reach its summary: finish it
     if not interrupted and not run.checkpoints.has(state["step"]):
         save_checkpoint(run)  # so a later run can extend this one
-    if not interrupted or not folder.has_model():
+    if not ended and (not interrupted or not folder.has_model()):
         accelerator.print(describe_evaluation(evaluate_and_keep_best(run, state["step"])))
     samples = []
     if accelerator.is_main_process:
@@ -202,7 +209,8 @@ def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = N
             best = AutoModelForCausalLM.from_pretrained(folder.path).to(accelerator.device).eval()
             samples = sample_outputs(best, run.tokenizer, run.corpus.is_chat, run.options.samples,
                                      seed=run.options.seed)
-        folder.write_summary(summary(run, speed))
+        if not ended:
+            folder.write_summary(summary(run, speed))
     # The others wait for the main process's plot and samples, so that all leave the process group together.
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -211,9 +219,10 @@ def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = N
                  f"resume with: {run.options.command_line()} --resume")
         what = "interrupted" if stopped_by in (None, "SIGINT") else f"stopped by {stopped_by}"
         accelerator.print(f"{what} at step {state['step']}: checkpoint saved; {again}")
-    return TrainResult(output_dir=folder.path, steps=state["step"], best_val_loss=state["best_val_loss"],
-                       best_val_bpc=state["best_val_bpc"], tokens_per_second=speed, interrupted=interrupted,
-                       samples=samples, stopped_by=stopped_by)
+    return TrainResult(output_dir=folder.path, steps=state["step"],
+                       best_val_loss=ended.get("best_val_loss", state["best_val_loss"]),
+                       best_val_bpc=ended.get("best_val_bpc", state["best_val_bpc"]), tokens_per_second=speed,
+                       interrupted=interrupted, samples=samples, stopped_by=stopped_by)
 
 
 def summary(run: Run, speed: float) -> dict:

@@ -746,6 +746,19 @@ def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corp
         load_pretrained(str(early))
 
 
+def test_resuming_a_run_that_ended_trains_nothing_says_so_and_keeps_its_records(corpus_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = train(tiny_options("lstm", corpus_file, out, max_steps=4, samples=0))
+    records = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "training_summary.json",
+                                                            "model.safetensors")}
+    capsys.readouterr()
+    again = train(tiny_options("lstm", corpus_file, out, max_steps=4, samples=0, resume=True))
+    assert "the run is already at step 4 of 4: nothing to train" in capsys.readouterr().out
+    # No second evaluation of step 4 in the metrics, the summary keeps the speed it measured, the model is the same.
+    assert {name: (out / name).read_bytes() for name in records} == records
+    assert (again.steps, again.best_val_bpc, again.tokens_per_second) == (4, first.best_val_bpc, 0)
+
+
 def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_char_match_the_whole(tmp_path):
     from pocketlm.scoring import bits_per_character, sum_token_losses
 
