@@ -14,9 +14,9 @@ import modeling  # noqa: F401  (registers pocketlm's model types with the Auto c
 from modeling import MODEL_TYPES
 
 from .errors import UsageError
-from .run_folder import (CHAT_TEMPLATE_FILE, CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
-                         TOKENIZER_FILE, RunFolder)
-from .signing import KEY_FILE
+from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_FILE,
+                         TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
+from .signing import KEY_FILE, MANIFEST_FILE
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
@@ -77,6 +77,13 @@ def _check_safetensors(path: Path) -> None:
         raise UsageError(f"{path} is truncated or damaged ({error}): {DAMAGED_FIX}.")
 
 
+def _no_model(folder: Path, given: str | None = None) -> UsageError:
+    if (folder / MANIFEST_FILE).is_file():  # a checkpoint moved out of <run>/checkpoints/, where its config is
+        return UsageError(f"{given or folder} is a training checkpoint away from its run, whose config and tokenizer "
+                          f"it loads with: use it where train.py wrote it, <run>/{CHECKPOINTS_DIR}/step-N.")
+    return UsageError(f"{given or folder} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+
+
 def check_model_folder(folder: Path) -> None:
     """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
     folder = Path(as_model(str(folder)))
@@ -84,7 +91,7 @@ def check_model_folder(folder: Path) -> None:
     if missing == [CHAT_TEMPLATE_FILE] and "chat_template" in _read_json(folder / TOKENIZER_CONFIG_FILE):
         missing = []  # an older layout: the template inside tokenizer_config.json
     if CONFIG_FILE in missing:
-        raise UsageError(f"{folder} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+        raise _no_model(folder)
     if missing:
         what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
         raise UsageError(f"{folder} is an incomplete model folder, missing {what}: {DAMAGED_FIX}.")
@@ -137,7 +144,7 @@ def _config_of(path_or_repo: str) -> dict:
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         if not (local / CONFIG_FILE).exists():
-            raise UsageError(f"{path_or_repo} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+            raise _no_model(local, path_or_repo)
         return _read_json(local / CONFIG_FILE)
     if local.is_file():  # a model's file given for its folder (model.safetensors, config.json)
         fix = (f"pass its folder, {local.parent}" if (local.parent / CONFIG_FILE).is_file()

@@ -744,6 +744,10 @@ def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corp
     shutil.copytree(checkpoint, early)
     with pytest.raises(UsageError, match="a run that has saved no model yet"):
         load_pretrained(str(early))
+    # Moved out of its run, it has no config to load with: said, rather than "holds no model".
+    shutil.copytree(checkpoint, tmp_path / "lone")
+    with pytest.raises(UsageError, match="is a training checkpoint away from its run"):
+        load_pretrained(str(tmp_path / "lone"))
 
 
 def test_resuming_a_run_that_ended_trains_nothing_says_so_and_keeps_its_records(corpus_file, tmp_path, capsys):
