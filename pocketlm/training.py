@@ -194,11 +194,13 @@ def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = N
     """Final checkpoint and evaluation, loss curve, samples and the run's summary. A resume that `trained` no step
     of a run that had ended adds no evaluation to the metrics and keeps the summary, with its measured speed."""
     state, folder, accelerator = run.state, run.folder, run.accelerator
-    ended = {} if trained else folder.read_summary()
+    ended = {} if trained or not accelerator.is_main_process else folder.read_summary()
     ended = ended if ended.get("steps") == state["step"] else {}  # else it did not reach its summary: finish it
+    # The main process's folder decides for all: the evaluation below is one every process takes part in.
+    skip_evaluation = any_process(accelerator, bool(ended))
     if not interrupted and not run.checkpoints.has(state["step"]):
         save_checkpoint(run)  # so a later run can extend this one
-    if not ended and (not interrupted or not folder.has_model()):
+    if not skip_evaluation and (not interrupted or not folder.has_model()):
         accelerator.print(describe_evaluation(evaluate_and_keep_best(run, state["step"])))
     samples = []
     if accelerator.is_main_process:
@@ -209,7 +211,7 @@ def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = N
             best = AutoModelForCausalLM.from_pretrained(folder.path).to(accelerator.device).eval()
             samples = sample_outputs(best, run.tokenizer, run.corpus.is_chat, run.options.samples,
                                      seed=run.options.seed)
-        if not ended:
+        if not skip_evaluation:
             folder.write_summary(summary(run, speed))
     # The others wait for the main process's plot and samples, so that all leave the process group together.
     accelerator.wait_for_everyone()
