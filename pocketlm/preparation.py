@@ -122,8 +122,8 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         schedule = make_schedule(optimizer, options.warmup_steps, plan.total_steps, options.min_lr_ratio)
         warmup = warmup_of(options.warmup_steps, plan.total_steps)
         if warmup < options.warmup_steps and accelerator.is_main_process:  # said: the schedule asked for is not run
-            print(f"warm-up: {warmup} step{'s' * (warmup != 1)}, a tenth of this {plan.total_steps:,}-step run "
-                  f"(--warmup-steps {options.warmup_steps} is for a longer one)")
+            print(f"warm-up: {warmup} step{'s' * (warmup != 1)}, a tenth of this {plan.total_steps:,}-step run, "
+                  f"not the {options.warmup_steps} set by --warmup-steps or configs/{options.model_type}.json")
         if options.compile:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.

@@ -695,8 +695,8 @@ def test_a_batch_larger_than_the_text_is_said_with_the_batch_it_became(corpus_fi
 def test_a_warm_up_longer_than_a_tenth_of_the_run_is_cut_and_said(corpus_file, tmp_path, capsys):
     train(tiny_options("lstm", corpus_file, tmp_path / "m", warmup_steps=100, max_steps=20, eval_every=10, lr=1e-3,
                        min_lr_ratio=0.1, samples=0))
-    assert "warm-up: 2 steps, a tenth of this 20-step run (--warmup-steps 100 is for a longer one)" in \
-        capsys.readouterr().out
+    assert "warm-up: 2 steps, a tenth of this 20-step run, not the 100 set by --warmup-steps or configs/lstm.json" \
+        in capsys.readouterr().out
     logged = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "m" / "metrics.jsonl").read_text().splitlines())
               if "lr" in r}
     # Two steps up, then the cosine from the peak over the other 18: at step 10, 8/18 of the way down (a 100-step
