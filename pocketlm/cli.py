@@ -381,10 +381,10 @@ def upload_main(argv: list[str] | None = None) -> int:
 
 def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
     """The formats the model repository carries beside the native model: --formats, and ONNX for a static page."""
-    from .export import formats_for
+    from .export import formats_for, split_formats
     from .hub import REPOSITORY_FORMATS
 
-    asked = [name.strip().lower() for name in args.formats.split(",") if name.strip()]
+    asked = split_formats(args.formats)
     if "web" in asked:  # the repository carries the model's files; its page is a Space of its own
         raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
                          "--static-space OWNER/NAME instead of --formats web.")
@@ -432,9 +432,9 @@ def export_main(argv: list[str] | None = None) -> int:
     def job():
         from pathlib import Path
 
-        from .export import export
+        from .export import export, split_formats
 
-        formats = [name.strip().lower() for name in args.format.split(",") if name.strip()]
+        formats = split_formats(args.format)
         output = args.output_dir or f"{Path(args.model.rstrip('/')).name}-{'-'.join(formats)}"
         files = export(args.model, formats, output, overwrite=args.overwrite, web_precision=args.web_precision)
         size = sum(path.stat().st_size for path in files)

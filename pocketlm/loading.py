@@ -216,8 +216,8 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     if dtype == "int8" and device.type != "cpu":
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")
-    family = model_family(path_or_repo)
     path_or_repo = as_model(path_or_repo)
+    family = model_family(path_or_repo)
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         check_model_folder(local)

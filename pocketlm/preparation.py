@@ -119,8 +119,8 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         batches, validation = cut_blocks(options, corpus, tokenizer, block_size, masked, accelerator, stages)
         plan = make_plan(options, batches, block_size, masked, accelerator.num_processes)
         optimizer = make_optimizer(model, options.lr, options.weight_decay)
-        schedule = make_schedule(optimizer, options.warmup_steps, plan.total_steps, options.min_lr_ratio)
         warmup = warmup_of(options.warmup_steps, plan.total_steps)
+        schedule = make_schedule(optimizer, warmup, plan.total_steps, options.min_lr_ratio)
         if warmup < options.warmup_steps and accelerator.is_main_process:  # said: the schedule asked for is not run
             print(f"warm-up: {warmup} step{'s' * (warmup != 1)}, a tenth of this {plan.total_steps:,}-step run, "
                   f"not the {options.warmup_steps} set by --warmup-steps or configs/{options.model_type}.json")
@@ -402,8 +402,7 @@ def warmup_of(warmup_steps: int, total_steps: int) -> int:
 
 
 def make_schedule(optimizer, warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warm-up (see warmup_of), then cosine decay to `min_ratio` of the peak learning rate."""
-    warmup_steps = warmup_of(warmup_steps, total_steps)
+    """Linear warm-up over `warmup_steps` (warmup_of's), then cosine decay to `min_ratio` of the peak rate."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:

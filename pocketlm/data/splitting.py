@@ -291,10 +291,7 @@ def _warn_of_shared_lines(train: datasets.Dataset, validation: datasets.Dataset)
     held_out = {hash(line) for line in _lines(validation)}
     if not held_out:
         return
-    shared = set()
-    for line in _lines(train):
-        if hash(line) in held_out:
-            shared.add(hash(line))
+    shared = {key for key in map(hash, _lines(train)) if key in held_out}
     if shared:
         logger.warning("%d of the %d distinct long lines of --validation-data (%d+ characters) are also in the training "
                        "text: validation scores text the model trained on; remove them from one side", len(shared),

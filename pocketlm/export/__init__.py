@@ -29,6 +29,11 @@ WEB_DIR = "web"  # where the page goes when other formats share the output folde
 EXPORT_RECORD = ".pocketlm-export.json"  # hidden: a web host or a Hub upload of the folder serves it harmlessly
 
 
+def split_formats(text: str) -> list[str]:
+    """The format names of a `--format`/`--formats` value: joined by commas, in any case (GGUF, ONNX)."""
+    return [name.strip().lower() for name in text.split(",") if name.strip()]
+
+
 def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FORMATS) -> list[str]:
     """The formats to write for `asked` ("all" is every format of the family among `offered`); one a family lacks,
     or one not offered here, is refused in one line naming the ones that are."""
