@@ -13,6 +13,11 @@ is spent on Python's start-up; every other trial then waits for the next save to
 With `--controls N`, N more uninterrupted runs are compared with the first in the same way: a difference after a
 kill means something only if uninterrupted runs do not differ among themselves.
 
+Runs share pocketlm's home and datasets' cache, as a user's runs do, so the tokenizer is trained and the data
+prepared once. With `--fresh-caches` every run (the reference, each control, each trial with its resume) gets
+its own, so each trains its tokenizer and prepares its data from nothing: a run that reproduces itself only from
+a warm cache shows there.
+
 It counts the kills that landed while a checkpoint (`checkpoints/.tmp-step-N/`) or the model (`.saving/`) was
 being written.
 
@@ -20,11 +25,13 @@ being written.
     python bench/kill_trials.py --trials 5 --steps 20
     python bench/kill_trials.py --trials 300 --jobs 2 --keep-different /tmp/kept   # two trials at a time
     python bench/kill_trials.py --trials 0 --controls 100 --jobs 2                  # is a run reproducible at all?
+    python bench/kill_trials.py --trials 0 --controls 40 --fresh-caches             # ... from empty caches too?
 """
 
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -56,6 +63,13 @@ def command(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "train.py"), f"--data={data}", f"--output-dir={out}", "--block-size=32",
             "--batch-size=4", f"--max-steps={steps}", "--save-every=1", "--eval-every=1", "--samples=0",
             "--model-config=n_layer=2", "--model-config=n_embd=32", "--model-config=n_head=2", "--seed=3", *extra]
+
+
+def caches(out: Path, fresh: bool) -> dict | None:
+    """The environment of the runs in `out`: their own pocketlm home and datasets cache beside it when `fresh`."""
+    if not fresh:
+        return None
+    return {**os.environ, "POCKETLM_HOME": f"{out}.home", "HF_DATASETS_CACHE": f"{out}.datasets"}
 
 
 def digest(path: Path) -> str:
@@ -100,8 +114,9 @@ def writing_model(out: Path) -> bool:
 
 
 def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, rng: random.Random,
-          in_a_save: bool) -> dict:
-    process = subprocess.Popen(command(data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+          in_a_save: bool, env: dict | None = None) -> dict:
+    process = subprocess.Popen(command(data, out, steps), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     wait_for_training(process, out)
     delay = rng.uniform(0.0, duration)
     time.sleep(delay)
@@ -121,7 +136,7 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
         "had_weights": (out / MODEL_FILE).exists(),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None
-    resumed = resume_or_restart(data, out, steps)
+    resumed = resume_or_restart(data, out, steps, env)
     record["resumed"] = resumed.returncode == 0
     record["resume_said"] = resume_said(resumed)
     if not record["resumed"]:
@@ -151,9 +166,9 @@ def differences(out: Path, reference: Path, steps: int) -> list[str]:
     return [name for name in compared if not (out / name).exists() or digest(out / name) != digest(reference / name)]
 
 
-def control(data: Path, out: Path, steps: int, reference: Path) -> bool:
+def control(data: Path, out: Path, steps: int, reference: Path, env: dict | None = None) -> bool:
     """An uninterrupted run like the reference: True when it ends bitwise identical to it."""
-    done = subprocess.run(command(data, out, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command(data, out, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return done.returncode == 0 and not differences(out, reference, steps)
 
 
@@ -168,13 +183,15 @@ def main() -> None:
                         help="copy the folder of every trial that ends different from the uninterrupted run here")
     parser.add_argument("--controls", type=int, default=0, metavar="N",
                         help="also run N more uninterrupted runs and compare them with the first")
+    parser.add_argument("--fresh-caches", action="store_true",
+                        help="give every run its own empty pocketlm home and datasets cache")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         data = corpus(scratch / "corpus.txt")
         reference = scratch / "reference"
-        process = subprocess.Popen(command(data, reference, args.steps), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(command(data, reference, args.steps), env=caches(reference, args.fresh_caches),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         startup = wait_for_training(process, reference)
         started = time.perf_counter()
         if process.wait() != 0:
@@ -186,8 +203,9 @@ def main() -> None:
 
         def one(number: int) -> dict:
             # Each trial draws from its own seeded generator: the same kills whatever order the jobs finish in.
-            return trial(data, scratch / f"trial-{number}", args.steps, duration, reference,
-                         random.Random(f"{args.seed}-{number}"), in_a_save=number % 2 == 1)
+            out = scratch / f"trial-{number}"
+            return trial(data, out, args.steps, duration, reference, random.Random(f"{args.seed}-{number}"),
+                         in_a_save=number % 2 == 1, env=caches(out, args.fresh_caches))
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for number, record in enumerate(pool.map(one, range(args.trials))):
@@ -208,8 +226,10 @@ def main() -> None:
                             shutil.copytree(reference, args.keep_different / "reference")
 
         def uninterrupted(number: int) -> bool:
-            same = control(data, scratch / f"control-{number}", args.steps, reference)
-            shutil.rmtree(scratch / f"control-{number}")
+            out = scratch / f"control-{number}"
+            same = control(data, out, args.steps, reference, caches(out, args.fresh_caches))
+            for folder in (out, Path(f"{out}.home"), Path(f"{out}.datasets")):
+                shutil.rmtree(folder, ignore_errors=True)
             return same
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
