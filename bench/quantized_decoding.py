@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from pocketlm.generation import BALANCED_SAMPLING, sampling_arguments
+from pocketlm.choices import BALANCED_SAMPLING
+from pocketlm.generation import sampling_arguments
 
 VOCAB = 5000
 

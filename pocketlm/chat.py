@@ -14,7 +14,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from .errors import UsageError
-from .generation import BALANCED_SAMPLING, context_window, reply_budget, sampling_arguments, stop_token_ids
+from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
+from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
 from .loading import load_pretrained
 
 GENERATION_OPTIONS = {
@@ -25,8 +26,8 @@ GENERATION_OPTIONS = {
     "max_new_tokens": int,
     "do_sample": lambda text: str(text).lower() in ("1", "true", "yes", "on"),
 }
-DEFAULT_MAX_NEW_TOKENS = 128
 NO_REPLY = "[no reply: the model ended its turn at once]"
+
 
 def describe_stats(stats: dict) -> str:
     """A reply's figures in one line: what `/stats` prints and the web page shows under each reply."""
@@ -92,11 +93,11 @@ class ChatInterface:
         try:
             value = GENERATION_OPTIONS[name](value)
         except (TypeError, ValueError, OverflowError):
-            raise UsageError(f"{name}={value!r} is not a valid {name} value.")
+            raise UsageError(f"{name}={value!r} is not a valid {name} value: {OPTION_RANGES[name]}.")
         limits = {"temperature": 0 < value < float("inf"), "top_k": value >= 0, "top_p": 0 < value <= 1,
                   "repetition_penalty": 0 < value < float("inf"), "max_new_tokens": value > 0}
         if not limits.get(name, True):
-            raise UsageError(f"{name}={value} is out of range.")
+            raise UsageError(f"{name}={value} is out of range: {OPTION_RANGES[name]}.")
         return value
 
     def reset(self) -> None:

@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .choices import DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES
+from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES
 from .errors import HubError, TrainingDiverged, UsageError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -154,11 +154,12 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
     add("--model-type", choices=["transformer", "lstm"], default="transformer", help="picks models/<type> by default")
     add("--model-size", choices=MODEL_SIZES, default="small", help="picks models/transformer-<size> by default")
-    add("--temperature", type=float, help="sampling temperature (default 0.7)")
-    add("--top-k", type=int, help="sample among the k likeliest tokens (default 50)")
-    add("--top-p", type=float, help="nucleus sampling mass (default 0.9)")
-    add("--repetition-penalty", type=float, help="penalise repeated tokens (default 1.2)")
-    add("--max-new-tokens", type=int, help="longest reply, in tokens (default 128)")
+    add("--temperature", type=float, help=f"sampling temperature (default {BALANCED_SAMPLING['temperature']})")
+    add("--top-k", type=int, help=f"sample among the k likeliest tokens (default {BALANCED_SAMPLING['top_k']})")
+    add("--top-p", type=float, help=f"nucleus sampling mass (default {BALANCED_SAMPLING['top_p']})")
+    add("--repetition-penalty", type=float,
+        help=f"penalise repeated tokens (default {BALANCED_SAMPLING['repetition_penalty']})")
+    add("--max-new-tokens", type=int, help=f"longest reply, in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     add("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     add("--seed", type=int, help="seed the sampler for reproducible replies")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -15,7 +15,8 @@ import torch
 
 from . import data
 from .errors import UsageError
-from .generation import BALANCED_SAMPLING, SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
+from .choices import BALANCED_SAMPLING
+from .generation import SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
 from .loading import as_model, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character

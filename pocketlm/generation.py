@@ -5,8 +5,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from tokenization import END_OF_TEXT, END_OF_TURN
 
-# The old guide's "balanced" setting: readable, varied replies from small models.
-BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}
+from .choices import BALANCED_SAMPLING
 
 
 class TopKTopPSampling(LogitsProcessor):

@@ -12,7 +12,7 @@ import socket
 
 from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
-from .generation import BALANCED_SAMPLING
+from .choices import BALANCED_SAMPLING
 from .loading import model_name
 
 INSTALL_HINT = "pip install -e '.[web]'"

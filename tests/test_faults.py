@@ -645,11 +645,12 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
 
 
 @pytest.mark.parametrize("flag, needle", [
-    ("--temperature=0", "temperature=0.0 is out of range"),
-    ("--top-p=1.5", "top_p=1.5 is out of range"),
-    ("--top-k=-1", "top_k=-1 is out of range"),
-    ("--max-new-tokens=0", "max_new_tokens=0 is out of range"),
-    ("--repetition-penalty=0", "repetition_penalty=0.0 is out of range"),
+    # Each names what the setting takes: the value alone left the user guessing the range.
+    ("--temperature=0", "temperature=0.0 is out of range: use a number above 0"),
+    ("--top-p=1.5", "top_p=1.5 is out of range: use a number above 0 and at most 1"),
+    ("--top-k=-1", "top_k=-1 is out of range: use a whole number, 0 for no limit"),
+    ("--max-new-tokens=0", "max_new_tokens=0 is out of range: use a whole number of at least 1"),
+    ("--repetition-penalty=0", "repetition_penalty=0.0 is out of range: use a number above 0 (1 leaves"),
 ])
 def test_chat_sampling_settings_out_of_range(flag, needle, trained):
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), flag, "--prompt", "hi"), needle)

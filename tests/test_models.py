@@ -381,7 +381,8 @@ def test_fused_top_k_top_p_keeps_what_transformers_warpers_keep(temperature, top
 
 
 def test_fused_sampling_draws_the_same_tokens_as_generate_options(family):
-    from pocketlm.generation import BALANCED_SAMPLING, sampling_arguments
+    from pocketlm.choices import BALANCED_SAMPLING
+    from pocketlm.generation import sampling_arguments
 
     model = tiny_model(family)
     torch.manual_seed(3)

@@ -30,7 +30,8 @@ from pathlib import Path
 from tokenization import END_OF_TEXT, END_OF_TURN
 
 from ..errors import UsageError
-from ..generation import BALANCED_SAMPLING, context_window
+from ..choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
+from ..generation import context_window
 from ..signing import KEY_FILE
 from .onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 
@@ -45,7 +46,6 @@ RUNTIME_FILES = ("onnxruntime-web/dist/ort.wasm.bundle.min.mjs", "onnxruntime-we
                  "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm")
 TRANSFORMERS_JS = "@huggingface/transformers/dist/transformers.web.min.js"
 PRECISIONS = {"int8": ("q8", INT8_FILE), "float32": ("fp32", FLOAT32_FILE)}  # transformers.js's name, the graph
-DEFAULT_MAX_NEW_TOKENS = 128
 
 
 def npm_packages() -> Path:
@@ -97,7 +97,7 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
     settings = {
         "family": family, "name": name, "model": MODEL_DIR, "hub": hub, "dtype": dtype, "graph": graph,
         "window": window, "use_context": family == "transformer",  # the LSTM answers each message on its own
-        "defaults": {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
+        "defaults": {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}, "ranges": OPTION_RANGES,
         "stop_tokens": [END_OF_TEXT, END_OF_TURN],
     }
     (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")

@@ -20,12 +20,12 @@ function validate(name, text) {
   const integer = name === "top_k" || name === "max_new_tokens";
   const value = Number(text);
   if (String(text).trim() === "" || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-    throw new Error(`${name}='${String(text)}' is not a valid ${name} value.`);
+    throw new Error(`${name}='${String(text)}' is not a valid ${name} value: ${page.ranges[name]}.`);
   }
   const ok = { temperature: value > 0, top_k: value >= 0, top_p: value > 0 && value <= 1,
                repetition_penalty: value > 0, max_new_tokens: value > 0 }[name];
   const shown = !integer && Number.isInteger(value) ? value.toFixed(1) : String(value);
-  if (!ok) throw new Error(`${name}=${shown} is out of range.`);
+  if (!ok) throw new Error(`${name}=${shown} is out of range: ${page.ranges[name]}.`);
   return value;
 }
 
