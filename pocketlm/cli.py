@@ -50,17 +50,78 @@ def _run(job: Callable[[], int | None]) -> int:
         return EXIT_INTERRUPTED
 
 
+# Options as transformers' run_clm.py and Trainer, nanoGPT or other chat tools spell them (dashes for underscores),
+# and ours: a user who brings their habits gets the option they meant, not only "unrecognized arguments".
+OTHER_TOOLS_NAMES = {
+    "learning-rate": "--lr", "num-train-epochs": "--epochs", "max-iters": "--max-steps",
+    "per-device-train-batch-size": "--batch-size", "train-batch-size": "--batch-size",
+    "gradient-accumulation-steps": "--grad-accum", "max-grad-norm": "--grad-clip", "lr-warmup-steps": "--warmup-steps",
+    "train-file": "--data", "validation-file": "--validation-data", "dataset-name": "--dataset",
+    "tokenizer-name": "--tokenizer", "model-name-or-path": "--init-from", "save-steps": "--save-every",
+    "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
+    "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",
+    "bf16": "--mixed-precision bf16", "model-path": "--model", "max-length": "--max-new-tokens",
+    "max-tokens": "--max-new-tokens", "temp": "--temperature",
+}
+# Model shape fields, which nanoGPT takes as options of their own (tests/test_faults.py keeps them the models').
+MODEL_CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "dropout", "num_hidden_layers", "num_attention_heads",
+                       "hidden_size", "num_layers", "embedding_dim")
+OTHER_TOOLS_NAMES.update({field.replace("_", "-"): f"--model-config {field}=VALUE" for field in MODEL_CONFIG_FIELDS})
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line, with the fix, instead of the usage block.
 
     Abbreviations are off: main.py forwards unknown options, and `--model` must not be read as `--model-type`.
+    `path_option` is what a bare word that names a file or folder was likely meant for (`train.py notes.txt`).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, path_option: str | None = None, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.path_option = path_option
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(self.unknown_arguments(unknown))
+        return namespace
+
+    def unknown_arguments(self, unknown: list[str]) -> str:
+        """What is wrong with the arguments no option took, and the option each was likely meant to be."""
+        options = [word.split("=", 1)[0] for word in unknown if word.startswith("-") and not _is_number(word)]
+        if options:
+            return "unknown option " + ", ".join(f"{name}{self._meant(name)}" for name in options)
+        from pathlib import Path
+
+        word = unknown[0]
+        if self.path_option and Path(word).expanduser().exists():
+            return f"unexpected argument {word!r}: name it with its option, {self.path_option} {word}"
+        return f"unexpected argument {word!r}: every value follows its option"
+
+    def _meant(self, name: str) -> str:
+        import difflib
+
+        ours = [option for option in self._option_string_actions if option.startswith("--")]
+        spelled = "--" + name.lstrip("-").replace("_", "-").lower()
+        other = OTHER_TOOLS_NAMES.get(spelled[2:], "")
+        if spelled in ours and spelled != name:
+            meant = spelled
+        elif other.split(" ")[0] in ours:
+            meant = other
+        else:
+            meant = next(iter(difflib.get_close_matches(spelled, ours, n=1)), None)
+        return f" (did you mean {meant}?)" if meant else ""
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -70,7 +131,7 @@ def train_parser() -> argparse.ArgumentParser:
     from .options import add_arguments
 
     parser = _Parser(
-        prog="train.py",
+        prog="train.py", path_option="--data",
         description="Train a pocketlm model on your text (or the built-in English dialogs) with accelerate.",
         epilog="Several processes: accelerate launch --num_processes N train.py ... ; "
         "defaults marked 'recipe' come from configs/<model-type>.json.",
@@ -149,10 +210,10 @@ def legacy_main(argv: list[str] | None = None) -> int:
 
 
 def chat_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="chat.py", description="Chat with a trained pocketlm model in the terminal.")
+    parser = _Parser(prog="chat.py", path_option="--model", description="Chat with a trained pocketlm model in the terminal.")
     add = parser.add_argument
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
-    add("--model-type", choices=["transformer", "lstm"], default="transformer", help="picks models/<type> by default")
+    add("--model-type", choices=MODEL_TYPES, default="transformer", help="picks models/<type> by default")
     add("--model-size", choices=MODEL_SIZES, default="small", help="picks models/transformer-<size> by default")
     add("--temperature", type=float, help=f"sampling temperature (default {BALANCED_SAMPLING['temperature']})")
     add("--top-k", type=int, help=f"sample among the k likeliest tokens (default {BALANCED_SAMPLING['top_k']})")

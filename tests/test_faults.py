@@ -644,6 +644,58 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("main, given, hint, meant", [
+    # run_clm.py's and the Trainer's spellings, nanoGPT's, other chat tools': each refused with the option meant.
+    (train_main, ["--output_dir", "OUT"], "--output-dir", ["--output-dir", "OUT"]),
+    (train_main, ["--max_steps=2"], "--max-steps", ["--max-steps=2"]),
+    (train_main, ["--learning_rate", "3e-4"], "--lr", ["--lr", "3e-4"]),
+    (train_main, ["--learning-rate=3e-4"], "--lr", ["--lr=3e-4"]),
+    (train_main, ["--gradient_accumulation_steps", "2"], "--grad-accum", ["--grad-accum", "2"]),
+    (train_main, ["--num_train_epochs", "1"], "--epochs", ["--epochs", "1"]),
+    (train_main, ["--per_device_train_batch_size", "4"], "--batch-size", ["--batch-size", "4"]),
+    (train_main, ["--train_file", "CORPUS"], "--data", ["--data", "CORPUS"]),
+    (train_main, ["--bf16"], "--mixed-precision bf16", ["--mixed-precision", "bf16"]),
+    (train_main, ["--n_layer", "1"], "--model-config n_layer=VALUE", ["--model-config", "n_layer=1"]),
+    (train_main, ["--dropout", "0.1"], "--model-config dropout=VALUE", ["--model-config", "dropout=0.1"]),
+    (train_main, ["--eval-everyy", "1"], "--eval-every", ["--eval-every", "1"]),  # a typo: the closest of ours
+    (train_main, ["--Seed", "3"], "--seed", ["--seed", "3"]),
+    (chat_main, ["--model_type", "lstm"], "--model-type", ["--model-type", "lstm"]),
+    (chat_main, ["--max_length", "5"], "--max-new-tokens", ["--max-new-tokens", "5"]),
+    (chat_main, ["--temp", "0.5"], "--temperature", ["--temperature", "0.5"]),
+    (compare_main, ["MODEL", "--max_new_tokens", "5"], "--max-new-tokens", ["MODEL", "--max-new-tokens", "5"]),
+])
+def test_an_option_spelled_as_another_tool_spells_it_is_refused_naming_ours(main, given, hint, meant, corpus,
+                                                                            tmp_path):
+    """"unrecognized arguments: --learning_rate 3e-4" left the user to search --help; now the line names the option
+    meant, and the command with that option in its place parses."""
+    from pocketlm.cli import chat_parser, compare_parser, train_parser
+
+    places = {"OUT": str(tmp_path / "out"), "CORPUS": str(corpus), "MODEL": str(tmp_path)}
+    given, meant = ([places.get(word, word) for word in words] for words in (given, meant))
+    unknown = next(word for word in given if word.startswith("--")).split("=")[0]
+    assert_one_line_error(run_entry(main, *given), f"unknown option {unknown} (did you mean {hint}?)")
+    assert not (tmp_path / "out").exists()
+    parser = {train_main: train_parser, chat_main: chat_parser, compare_main: compare_parser}[main]()
+    parser.parse_args(meant)  # the hint is the fix: no error
+
+
+def test_a_bare_path_is_refused_naming_the_option_it_belongs_to(corpus, tmp_path):
+    assert_one_line_error(run_entry(train_main, str(corpus)), f"unexpected argument '{corpus}'",
+                          f"name it with its option, --data {corpus}")
+    assert_one_line_error(run_entry(chat_main, str(tmp_path)), f"--model {tmp_path}")
+    assert_one_line_error(run_entry(train_main, "hello"), "unexpected argument 'hello': every value follows its option")
+    assert_one_line_error(run_entry(train_main, "--nothing-like-ours"), "unknown option --nothing-like-ours (see")
+    assert sorted(tmp_path.iterdir()) == [corpus]  # nothing written
+
+
+def test_the_model_fields_the_option_hints_name_are_the_models_own():
+    from modeling import GPTConfig, LSTMConfig
+    from pocketlm.cli import MODEL_CONFIG_FIELDS
+
+    for field in MODEL_CONFIG_FIELDS:
+        assert any(hasattr(config(), field) for config in (GPTConfig, LSTMConfig)), field
+
+
 @pytest.mark.parametrize("flag, needle", [
     # Each names what the setting takes: the value alone left the user guessing the range.
     ("--temperature=0", "temperature=0.0 is out of range: use a number above 0"),
