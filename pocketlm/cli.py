@@ -403,13 +403,17 @@ def upload_main(argv: list[str] | None = None) -> int:
         import tempfile
         from pathlib import Path
 
-        from .hub import check_branch, check_repo_ids, prepare_folder, resolve_token, upload
+        from .hub import (
+            check_branch, check_data_name, check_license, check_repo_ids, prepare_folder, resolve_token, upload,
+        )
         from .loading import model_family
         from .spaces import prepare_space, prepare_static_space
 
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
         check_repo_ids({"--repo-id": args.repo_id, "--space-id": args.space_id, "--static-space": args.static_space})
         check_branch(args.revision)
+        license_id = check_license(args.license)
+        check_data_name(args.data_name)
         family = model_family(args.model_dir)
         formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
@@ -420,14 +424,14 @@ def upload_main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 where = {name: str(Path(scratch) / name) for name in where}
             _refuse_used_folders(where, args)
-            folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, args.license,
+            folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, license_id,
                                        data_name=args.data_name, formats=formats), args.repo_id, None)]
             if args.space_id:
-                folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, args.license),
+                folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id),
                                 args.space_id, "gradio"))
             if args.static_space:
                 folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
-                                                     args.model_dir, args.license, args.web_precision),
+                                                     args.model_dir, license_id, args.web_precision),
                                 args.static_space, "static"))
             for folder, repo_id, sdk in folders:
                 if args.dry_run:

@@ -4,6 +4,7 @@ The folder holds only what a Hub model repository needs, and loads anywhere with
 `AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)`: the family's source files travel with it.
 """
 
+import difflib
 import os
 import re
 import shutil
@@ -115,6 +116,39 @@ def check_repo_ids(ids: dict[str, str | None]) -> None:
         except HFValidationError:
             raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
                              "pick a valid id.") from None
+
+
+# The license ids a model card's `license:` may hold; the Hub refuses a commit whose card names another
+# ("Invalid metadata in README.md"). The list of https://huggingface.co/docs/hub/repositories-licenses (2026).
+HUB_LICENSES = (
+    "apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m "
+    "afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 "
+    "cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 "
+    "cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 "
+    "cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl "
+    "gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr "
+    "mpl-2.0 odc-by odbl openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr "
+    "deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 "
+    "grok2-community gemma unknown other"
+).split()
+
+
+def check_license(license_id: str) -> str:
+    """The Hub's id for --license (any case: SPDX writes `MIT`, `Apache-2.0`); one it does not know is refused
+    here, not by the upload after the weights are sent."""
+    if license_id.lower() in HUB_LICENSES:
+        return license_id.lower()
+    close = difflib.get_close_matches(license_id.lower().removesuffix("-only").removesuffix("-or-later"),
+                                      HUB_LICENSES, n=1, cutoff=0.75)
+    meant = f"did you mean {close[0]}? " if close else ""
+    raise UsageError(f"--license {license_id!r} is not a license id the Hub accepts: {meant}the ids are listed at "
+                     "https://huggingface.co/docs/hub/repositories-licenses ('other' for a license not there).")
+
+
+def check_data_name(name: str | None) -> None:
+    """--data-name goes into the card's prose and its results table: one line of text."""
+    if name is not None and (not name.strip() or any(not character.isprintable() for character in name)):
+        raise UsageError(f"--data-name {name!r} must be one line of printable text: name the data in a few words.")
 
 
 # What git refuses in a branch name (`git check-ref-format --branch`), which the Hub's branches are: a dry run

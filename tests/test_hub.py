@@ -235,6 +235,11 @@ NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # a close
     ("lstm", ["--repo-id", "me/model", "--token", ""], "no Hugging Face token"),
     ("lstm", ["--repo-id", "me/model", "--revision", "my branch"], "--revision 'my branch' is not a branch name git"),
     ("transformer", ["--repo-id", "me/model", "--revision", "v1..2"], "--revision 'v1..2' is not a branch name"),
+    # The Hub refuses a card whose license is not one of its ids ("Invalid metadata in README.md").
+    ("lstm", ["--repo-id", "me/model", "--license", "GPL-3.0-only"],
+     "--license 'GPL-3.0-only' is not a license id the Hub accepts: did you mean gpl-3.0?"),
+    ("transformer", ["--repo-id", "me/model", "--license", "proprietary"], "is not a license id the Hub accepts"),
+    ("lstm", ["--repo-id", "me/model", "--data-name", "two\nlines"], "--data-name 'two\\nlines' must be one line"),
 ])
 def test_a_dry_run_refuses_what_the_upload_would_refuse_with_its_message(family, flags, needle, trained, tmp_path,
                                                                          monkeypatch):
@@ -251,6 +256,17 @@ def test_a_dry_run_refuses_what_the_upload_would_refuse_with_its_message(family,
     _assert_clean_failure(dry, needle, code=2)
     _assert_clean_failure(real, needle, code=2)  # refused before the network, as the dry run was
     assert dry.stderr == real.stderr and not out.exists()  # the same line; no folder half-built
+
+
+def test_a_license_written_as_spdx_writes_it_reaches_the_cards_as_the_hub_spells_it(trained, tmp_path):
+    from huggingface_hub import ModelCard, SpaceCard
+
+    out = tmp_path / "hub"
+    result = run_upload(str(trained["lstm"]), "--repo-id", "me/model", "--space-id", "me/chat", "--license",
+                        "Apache-2.0", "--dry-run", "--output-dir", str(out), "--space-output-dir", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    assert ModelCard.load(out / "README.md").data.license == "apache-2.0"
+    assert SpaceCard.load(tmp_path / "s" / "README.md").data.license == "apache-2.0"
 
 
 @pytest.mark.parametrize("branch", ["main", "v1.0", "feature/x", "dev-2026_12", "refs/pr/1", "日本", "my branch",
