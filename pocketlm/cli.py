@@ -76,9 +76,10 @@ class _Parser(argparse.ArgumentParser):
     `path_option` is what a bare word that names a file or folder was likely meant for (`train.py notes.txt`).
     """
 
-    def __init__(self, *args, path_option: str | None = None, **kwargs):
+    def __init__(self, *args, path_option: str | None = None, may_be_empty: tuple[str, ...] = (), **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.path_option = path_option
+        self.may_be_empty = may_be_empty  # the options an empty value means something for (--system '')
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
@@ -87,7 +88,21 @@ class _Parser(argparse.ArgumentParser):
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
             self.error(self.unknown_arguments(unknown))
+        self.refuse_empty_values(namespace)
         return namespace
+
+    def refuse_empty_values(self, namespace: argparse.Namespace) -> None:
+        """An empty value (`--output-dir ""`, `--data "$UNSET"`) read as the option left out, or as `.`: the run went
+        to the default folder, trained on the built-in data or wrote into the current folder. Refused instead."""
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            given = value if isinstance(value, list) else [value]
+            if "" not in given or action.default == "" or action.dest in self.may_be_empty:
+                continue
+            if action.option_strings:
+                name = max(action.option_strings, key=len)
+                self.error(f"{name} was given an empty value: give it one, or leave {name} out for its default")
+            self.error(f"the {action.metavar or action.dest} argument is empty: name one")
 
     def unknown_arguments(self, unknown: list[str]) -> str:
         """What is wrong with the arguments no option took, and the option each was likely meant to be."""
@@ -112,7 +127,7 @@ class _Parser(argparse.ArgumentParser):
         elif other.split(" ")[0] in ours:
             meant = other
         else:
-            meant = next(iter(difflib.get_close_matches(spelled, ours, n=1)), None)
+            meant = next(iter(difflib.get_close_matches(spelled, ours, n=1, cutoff=0.75)), None)
         return f" (did you mean {meant}?)" if meant else ""
 
 
@@ -210,7 +225,8 @@ def legacy_main(argv: list[str] | None = None) -> int:
 
 
 def chat_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="chat.py", path_option="--model", description="Chat with a trained pocketlm model in the terminal.")
+    parser = _Parser(prog="chat.py", path_option="--model", may_be_empty=("system",),
+                     description="Chat with a trained pocketlm model in the terminal.")
     add = parser.add_argument
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
     add("--model-type", choices=MODEL_TYPES, default="transformer", help="picks models/<type> by default")
@@ -369,7 +385,8 @@ def compare_main(argv: list[str] | None = None) -> int:
 
 
 def upload_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hub_upload.py", description="Publish a trained pocketlm model on the Hugging Face Hub.")
+    parser = _Parser(prog="hub_upload.py", may_be_empty=("token",),  # an unset "$HF_TOKEN": says no token
+                     description="Publish a trained pocketlm model on the Hugging Face Hub.")
     add = parser.add_argument
     add("model_dir", help="the folder train.py wrote, e.g. models/transformer-small")
     add("--repo-id", required=True, metavar="OWNER/NAME", help="the Hub repository to create or update")
@@ -377,7 +394,8 @@ def upload_parser() -> argparse.ArgumentParser:
     add("--token", help="a Hub token (default: HF_TOKEN, then your saved `hf auth login`)")
     add("--commit-message", help="the upload's commit message")
     add("--revision", metavar="BRANCH", help="upload to this branch (created if needed)")
-    add("--license", default="mit", metavar="ID", help="license id for the model card (default: mit)")
+    add("--license", default="mit", metavar="ID",
+        help="the card's license, one of the Hub's ids: huggingface.co/docs/hub/repositories-licenses (default: mit)")
     add("--data-name", metavar="NAME",
         help="what the model card calls the training data (default: its file and folder names, never a path)")
     add("--dry-run", action="store_true", help="build the folder that would be uploaded and stop (no network)")

@@ -679,6 +679,43 @@ def test_an_option_spelled_as_another_tool_spells_it_is_refused_naming_ours(main
     parser.parse_args(meant)  # the hint is the fix: no error
 
 
+@pytest.mark.parametrize("main, args, needle", [
+    # An empty value ("$UNSET") read as the option left out, or as `.`: --data "" trained on the built-in dialogs,
+    # --tokenizer "" trained a new tokenizer, export's --output-dir "" wrote into the current folder, compare's
+    # --output "" raised ValueError, --commit-message "" let the upload pick its own.
+    (train_main, ["--data", ""], "--data was given an empty value"),
+    (train_main, ["--data", "CORPUS", ""], "--data was given an empty value"),
+    (train_main, ["--output-dir", ""], "--output-dir was given an empty value: give it one, or leave --output-dir out"),
+    (train_main, ["--tokenizer", ""], "--tokenizer was given an empty value"),
+    (train_main, ["--validation-data", ""], "--validation-data was given an empty value"),
+    (train_main, ["--dataset", ""], "--dataset was given an empty value"),
+    (train_main, ["--init-from", ""], "--init-from was given an empty value"),
+    (chat_main, ["--model", ""], "--model was given an empty value"),
+    (chat_main, ["--model", "MODEL", "--prompt", ""], "--prompt was given an empty value"),
+    (compare_main, ["MODEL", "--output", ""], "--output was given an empty value"),
+    (compare_main, ["MODEL", "--chart", ""], "--chart was given an empty value"),
+    (compare_main, [""], "the MODEL argument is empty"),
+    (export_main, ["MODEL", "--output-dir", ""], "--output-dir was given an empty value"),
+    (export_main, [""], "the MODEL argument is empty"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--output-dir", ""], "--output-dir was given an empty"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--commit-message", ""], "--commit-message was given"),
+])
+def test_an_empty_value_is_refused_not_read_as_the_default(main, args, needle, corpus, trained, tmp_path,
+                                                            monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    places = {"CORPUS": str(corpus), "MODEL": str(trained["lstm"])}
+    assert_one_line_error(run_entry(main, *[places.get(word, word) for word in args]), needle)
+    assert not any(work.iterdir())  # nothing trained, exported or written here
+
+
+def test_an_empty_system_text_is_no_system_text(trained):
+    result = run_entry(chat_main, "--model", str(trained["lstm"]), "--system", "", "--prompt", "hi",
+                       "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_bare_path_is_refused_naming_the_option_it_belongs_to(corpus, tmp_path):
     assert_one_line_error(run_entry(train_main, str(corpus)), f"unexpected argument '{corpus}'",
                           f"name it with its option, --data {corpus}")
