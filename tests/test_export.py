@@ -123,6 +123,13 @@ def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_o
     assert not (tmp_path / "out").exists()
 
 
+def test_a_format_named_twice_is_written_once_into_the_default_folder(trained, tmp_path, monkeypatch):
+    """`--format onnx,ONNX` named the default folder `MODEL-onnx-onnx`."""
+    monkeypatch.chdir(tmp_path)
+    assert run_entry(export_main, str(trained["lstm"]), "--format", "onnx,ONNX").returncode == 0
+    assert [path.name for path in tmp_path.iterdir()] == [f"{trained['lstm'].name}-onnx"]
+
+
 def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_leaves_nothing(trained, tmp_path,
                                                                                               monkeypatch):
     out = tmp_path / "out"

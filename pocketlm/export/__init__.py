@@ -30,8 +30,9 @@ EXPORT_RECORD = ".pocketlm-export.json"  # hidden: a web host or a Hub upload of
 
 
 def split_formats(text: str) -> list[str]:
-    """The format names of a `--format`/`--formats` value: joined by commas, in any case (GGUF, ONNX)."""
-    return [name.strip().lower() for name in text.split(",") if name.strip()]
+    """The format names of a `--format`/`--formats` value: joined by commas, in any case (GGUF, ONNX), each once
+    (`gguf,GGUF` named the default folder `MODEL-gguf-gguf`)."""
+    return list(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
 
 
 def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FORMATS) -> list[str]:
