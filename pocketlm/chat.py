@@ -81,9 +81,9 @@ class ChatInterface:
     # ----------------------------------------------------------------------------------------- settings
 
     def set_options(self, **options) -> None:
-        """Change generation options; unknown names or values out of range raise UsageError."""
-        for name, value in options.items():
-            self.options[name] = self.validate_option(name, value)
+        """Change generation options; unknown names or values out of range raise UsageError and change none
+        (`/params temperature=0.5 top_k=abc` changed the temperature before refusing top_k)."""
+        self.options.update({name: self.validate_option(name, value) for name, value in options.items()})
 
     @staticmethod
     def validate_option(name: str, value):

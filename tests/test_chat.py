@@ -250,6 +250,10 @@ def test_bad_settings_are_refused(chat_models):
         chat.set_options(beam=2)
     with pytest.raises(UsageError, match="out of range"):
         chat.set_options(top_p=1.5)
+    before = dict(chat.options)
+    with pytest.raises(UsageError, match="top_k='abc' is not a valid top_k value: use a whole number"):
+        chat.set_options(temperature=0.5, top_k="abc")
+    assert chat.options == before  # all or nothing: the temperature did not change either
     with pytest.raises(UsageError, match="unknown --dtype 'int4'"):
         ChatInterface(chat_models["lstm"], dtype="int4")
 

@@ -116,10 +116,11 @@ def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_o
         assert_one_line_error(result, "cannot be exported as", "choose onnx, web or all")
     assert not (tmp_path / "out").exists()
     assert_one_line_error(run_entry(export_main, str(trained["lstm"]), "--format", "tflite"), "unknown format")
-    for nothing in (",", "", " , "):  # an empty folder written with exit 0 would read as an export done
+    for nothing, needle in ((",", "no format named: choose onnx, web or all"), (" , ", "no format named"),
+                            ("", "--format was given an empty value")):  # an empty folder would read as done
         result = run_entry(export_main, str(trained["lstm"]), "--format", nothing, "--output-dir",
                            str(tmp_path / "out"))
-        assert_one_line_error(result, "no format named: choose onnx, web or all")
+        assert_one_line_error(result, needle)
     assert not (tmp_path / "out").exists()
 
 
