@@ -135,7 +135,7 @@ HUB_LICENSES = (
 
 def check_license(license_id: str) -> str:
     """The Hub's id for --license (any case: SPDX writes `MIT`, `Apache-2.0`); one it does not know is refused
-    here, not by the upload after the weights are sent."""
+    here, as the Hub would refuse the card, so that a dry run finds it too."""
     if license_id.lower() in HUB_LICENSES:
         return license_id.lower()
     close = difflib.get_close_matches(license_id.lower().removesuffix("-only").removesuffix("-or-later"),
