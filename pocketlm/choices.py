@@ -1,7 +1,7 @@
 """The names the command lines offer as choices, and the chat's sampling defaults, spelled here without importing
 torch or transformers, so that `--help` and a mistyped option answer at once instead of after seconds of imports.
 The names are copies of modeling's MODEL_TYPES and PRESETS and of loading's DTYPES and RUNTIMES, which
-tests/test_chat.py keeps equal to them; the sampling defaults live only here."""
+tests/test_chat.py keeps equal to them; the chat's defaults live only here."""
 
 MODEL_TYPES = ["transformer", "lstm"]
 MODEL_SIZES = ["small", "medium", "large"]
@@ -11,6 +11,8 @@ RUNTIMES = ["torch", "onnx"]
 # The old guide's "balanced" setting: readable, varied replies from small models.
 BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}
 DEFAULT_MAX_NEW_TOKENS = 128
+# Where chat.py --web serves: this machine only, on Gradio's usual port.
+WEB_HOST, WEB_PORT = "127.0.0.1", 7860
 # What each number takes, said when a value is refused: by the terminal and web chats, and by the static page
 # (its pocketlm.json carries these words).
 OPTION_RANGES = {

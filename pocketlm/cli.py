@@ -11,7 +11,9 @@ import signal
 import sys
 from collections.abc import Callable
 
-from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES
+from .choices import (
+    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT,
+)
 from .errors import HubError, TrainingDiverged, UsageError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -254,8 +256,8 @@ def chat_parser() -> argparse.ArgumentParser:
                          help="answer each message on its own (default for the lstm)")
     add("--prompt", metavar="TEXT", help="print one reply to TEXT and exit")
     add("--web", action="store_true", help="chat in the browser instead (Gradio: pip install -e '.[web]')")
-    add("--host", default="127.0.0.1", help="--web: the address to serve on (default: this machine only)")
-    add("--port", type=int, default=7860, help="--web: the port to serve on (default: 7860)")
+    add("--host", help=f"--web: the address to serve on (default: {WEB_HOST}, this machine only)")
+    add("--port", type=int, help=f"--web: the port to serve on (default: {WEB_PORT})")
     add("--share", action="store_true", help="--web: also open a public Gradio share link")
     return parser
 
@@ -269,6 +271,12 @@ def chat_main(argv: list[str] | None = None) -> int:
         from .loading import model_family, resolve_device
         from .run_folder import RunFolder, default_output_dir
 
+        web_only = [flag for flag, given in (("--host", args.host is not None), ("--port", args.port is not None),
+                                             ("--share", args.share)) if given]
+        if web_only and not args.web:  # the terminal chat would ignore them
+            raise UsageError(f"{web_only[0]} is for the browser chat: add --web, or drop {web_only[0]}.")
+        args.host = WEB_HOST if args.host is None else args.host
+        args.port = WEB_PORT if args.port is None else args.port
         if args.web:
             from .web import check_can_listen, require_gradio
 

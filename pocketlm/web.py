@@ -12,7 +12,7 @@ import socket
 
 from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
-from .choices import BALANCED_SAMPLING
+from .choices import BALANCED_SAMPLING, WEB_HOST, WEB_PORT
 from .loading import model_name
 
 INSTALL_HINT = "pip install -e '.[web]'"
@@ -134,7 +134,7 @@ def check_can_listen(host: str, port: int) -> None:
             raise UsageError(f"cannot serve on {host}:{port} ({error.strerror}): pick another --host or --port.")
 
 
-def serve(chat: ChatInterface, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> int:
+def serve(chat: ChatInterface, host: str = WEB_HOST, port: int = WEB_PORT, share: bool = False) -> int:
     """Serve the page until Ctrl-C. Loopback only and no public link unless `host` or `share` say otherwise."""
     require_gradio()
     app = build_app(chat)

@@ -745,6 +745,14 @@ def test_chat_sampling_settings_out_of_range(flag, needle, trained):
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), flag, "--prompt", "hi"), needle)
 
 
+@pytest.mark.parametrize("flags", [["--port", "8000"], ["--share"], ["--host", "0.0.0.0"]])
+def test_a_browser_option_without_web_is_refused_not_ignored(flags, trained):
+    """`chat.py --port 8000` chatted in the terminal, the port ignored in silence."""
+    result = run_entry(chat_main, "--model", str(trained["lstm"]), *flags, "--prompt", "hi")
+    assert_one_line_error(result, f"{flags[0]} is for the browser chat: add --web, or drop {flags[0]}")
+    assert result.stdout == ""  # no reply was printed
+
+
 # ---------------------------------------------------------------------------------- paths that cannot be written
 
 
