@@ -286,6 +286,11 @@ def chat_main(argv: list[str] | None = None) -> int:
             if not 0 < args.port < 65536:
                 raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
             check_can_listen(args.host, args.port)
+        if args.model_size != chat_parser().get_default("model_size") and (args.model or args.model_type == "lstm"):
+            # It picks the default Transformer folder, and would be ignored in silence.
+            picked = f"--model {args.model}" if args.model else "--model-type lstm"
+            raise UsageError(f"--model-size {args.model_size} picks models/transformer-{args.model_size}, but "
+                             f"{picked} names another model: drop one of them.")
         if args.model is None:
             default = RunFolder(default_output_dir(args.model_type, args.model_size))
             if not default.config_file.exists():

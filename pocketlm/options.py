@@ -56,7 +56,7 @@ class TrainingOptions:
 
     model_type: str | None = option(None, "model family (default: transformer, or --init-from's family)",
                                     choices=MODEL_TYPES)
-    model_size: str = option("small", "Transformer preset (ignored for lstm)", choices=MODEL_SIZES)
+    model_size: str = option("small", "Transformer preset", choices=MODEL_SIZES)
     # Several paths after one flag, as the shell expands `--data notes/*.txt`, and the flag repeatable.
     data: list[str] | None = option(None, "files, folders or quoted patterns ('notes/**/*.md'): text (.txt, .md, or "
                                     "any other name), records (.jsonl, .json, .csv, .tsv, .parquet), each maybe "
@@ -228,6 +228,10 @@ def _family(options: TrainingOptions) -> str:
     family = options.model_type or "transformer"
     if family not in modeling.MODEL_TYPES:
         raise UsageError(f"unknown model type {family!r}: choose transformer or lstm.")
+    if family == "lstm" and options.model_size != TrainingOptions.model_size:  # it was ignored in silence
+        raise UsageError(f"--model-size {options.model_size} picks a Transformer preset, and this run trains the lstm: "
+                         "add --model-type transformer, or drop --model-size (the LSTM's shape: --model-config "
+                         "hidden_size=N,num_layers=N).")
     return family
 
 

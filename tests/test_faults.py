@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
-from pocketlm.cli import chat_main, compare_main, export_main, train_main, upload_main
+from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.hub import prepare_folder
 
@@ -639,6 +639,9 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
         ([f"--init-from={trained['transformer']}", "--model-size=large"], "keeps its own shape: drop --model-size"),
         ([f"--init-from={trained['transformer']}", "--vocab-size=999"], "so its vocabulary: drop --vocab-size"),
         ([f"--tokenizer={trained['transformer']}", "--vocab-size=999"], "the one it has: drop --vocab-size"),
+        # A Transformer preset asked of the LSTM was ignored: main.py's default family is the LSTM.
+        (["--model-type=lstm", "--model-size=large"], "--model-size large picks a Transformer preset, and this run "
+                                                      "trains the lstm: add --model-type transformer"),
     ):
         assert_one_line_error(_train(corpus, out, *extra), needle)
     assert not out.exists()
@@ -743,6 +746,14 @@ def test_the_model_fields_the_option_hints_name_are_the_models_own():
 ])
 def test_chat_sampling_settings_out_of_range(flag, needle, trained):
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), flag, "--prompt", "hi"), needle)
+
+
+def test_a_model_size_the_chat_would_ignore_is_refused(trained):
+    """`--model-size` picks models/transformer-<size>; with --model or --model-type lstm it was ignored."""
+    assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), "--model-size", "medium"),
+                          f"--model-size medium picks models/transformer-medium, but --model {trained['lstm']} names")
+    assert_one_line_error(run_entry(legacy_main, "--chat", "--model-size", "large"),
+                          "but --model-type lstm names another model: drop one of them")
 
 
 @pytest.mark.parametrize("flags", [["--port", "8000"], ["--share"], ["--host", "0.0.0.0"]])
