@@ -7,8 +7,10 @@ quantization, forward hooks) takes effect. This file travels to the Hub unchange
 so it imports nothing from pocketlm.
 """
 
+import functools
 import inspect
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils import is_torchdynamo_compiling
 
 from .configuration_lstm import LSTMConfig
 
@@ -29,13 +31,37 @@ from .configuration_lstm import LSTMConfig
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-# Copied from modeling.gpt.modeling_gpt.accepts_old_cache_name
-def accepts_old_cache_name(old_name: str):
-    """Where the installed transformers names the cache `cache`, an old name still works until 5.40 but warns, as
-    built-in models do; where the old name is still the current one (5.17), it passes through quietly."""
-    if CACHE_FIELD == "cache":
-        return deprecate_kwarg(old_name, "5.40.0", new_name="cache")
-    return lambda forward: forward
+# Copied from modeling.gpt.modeling_gpt.accepts_old_cache_names
+def accepts_old_cache_names(*old_names: str):
+    """Where the installed transformers names the cache `cache`, the old names still work until 5.40 but warn, with
+    transformers' deprecate_kwarg message, as built-in models do; where an old name is still the current one
+    (5.17), it passes through quietly. One wrapper for all the names: torch.compile traces a forward through its
+    wrappers, and one deprecate_kwarg per name (the LSTM has two) ran the LSTM past dynamo's recompile limit."""
+    if CACHE_FIELD != "cache":
+        return lambda forward: forward
+
+    def wrap(forward):
+        @functools.wraps(forward)
+        def renamed(self, *args, **kwargs):
+            for old_name in old_names:
+                if old_name not in kwargs:
+                    continue
+                where = f"{type(self).__name__}.{forward.__name__}"
+                if "cache" in kwargs:
+                    message = (f"Both `{old_name}` and `cache` are set for `{where}`. Using `cache` and ignoring "
+                               f"deprecated `{old_name}`.")
+                    kwargs.pop(old_name)
+                else:
+                    message = (f"`{old_name}` is deprecated and will be removed in version 5.40.0 for `{where}`. "
+                               "Use `cache` instead.")
+                    kwargs["cache"] = kwargs.pop(old_name)
+                if not is_torchdynamo_compiling():  # a warning would break the compiled graph
+                    warnings.warn(message, FutureWarning, stacklevel=2)
+            return forward(self, *args, **kwargs)
+
+        return renamed
+
+    return wrap
 
 
 # Copied from modeling.gpt.modeling_gpt.output_flags
@@ -189,8 +215,7 @@ class LSTMModel(LSTMPreTrainedModel):
         self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
         self.post_init()
 
-    @accepts_old_cache_name("past_key_values")
-    @accepts_old_cache_name("cache_params")
+    @accepts_old_cache_names("past_key_values", "cache_params")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -276,8 +301,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
-    @accepts_old_cache_name("past_key_values")
-    @accepts_old_cache_name("cache_params")
+    @accepts_old_cache_names("past_key_values", "cache_params")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
