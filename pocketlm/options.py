@@ -182,6 +182,9 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     if options.accept_changes and not (options.resume or options.auto_resume):
         raise UsageError("--accept-changes accepts changes to a run being resumed: add --resume, or drop it.")
     options.model_type = _family(options)
+    if options.model_type == "lstm" and options.vocab_size is not None:  # it was ignored in silence
+        raise UsageError("--vocab-size sizes the Transformer's BPE; the LSTM reads characters, as many as the text "
+                         "holds: drop --vocab-size.")
     if options.tokenizer:
         _check_tokenizer_path(options.tokenizer)
     if options.model_size not in PRESETS:

@@ -639,6 +639,7 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
         ([f"--init-from={trained['transformer']}", "--model-size=large"], "keeps its own shape: drop --model-size"),
         ([f"--init-from={trained['transformer']}", "--vocab-size=999"], "so its vocabulary: drop --vocab-size"),
         ([f"--tokenizer={trained['transformer']}", "--vocab-size=999"], "the one it has: drop --vocab-size"),
+        (["--model-type=lstm", "--vocab-size=1000"], "the LSTM reads characters, as many as the text holds: drop"),
         # A Transformer preset asked of the LSTM was ignored: main.py's default family is the LSTM.
         (["--model-type=lstm", "--model-size=large"], "--model-size large picks a Transformer preset, and this run "
                                                       "trains the lstm: add --model-type transformer"),

@@ -51,7 +51,7 @@ def tiny_options(family: str, data_path: Path, out: Path, **overrides) -> Traini
         "model_config": TINY[family],
         "block_size": 32,
         "batch_size": 4,
-        "vocab_size": 300,
+        "vocab_size": 300 if family == "transformer" else None,  # the LSTM reads characters
         "max_steps": 4,
         "eval_every": 2,
         "save_every": 2,
@@ -62,7 +62,7 @@ def tiny_options(family: str, data_path: Path, out: Path, **overrides) -> Traini
 
 def cli_args(family: str, data_path: Path, out: Path, *extra: str) -> list[str]:
     args = [f"--model-type={family}", f"--data={data_path}", f"--output-dir={out}", "--block-size=32"]
-    args += ["--batch-size=4", "--vocab-size=300", "--samples=0"]
+    args += ["--batch-size=4", "--samples=0", *(["--vocab-size=300"] if family == "transformer" else [])]
     args += [f"--model-config={key}={value}" for key, value in TINY[family].items()]
     return [*args, *extra]
 
