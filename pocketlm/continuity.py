@@ -30,6 +30,8 @@ from .data.formats import find_data_files
 from .errors import UsageError
 
 SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
+# What no LSTM reads: a run started before they were refused may have recorded any value (model_size large).
+NOT_THE_LSTMS = ("model_size", "vocab_size")
 DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
             "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens")
 LENGTH = ("max_steps", "epochs")
@@ -94,7 +96,9 @@ def compare(recorded: dict | None, current: dict, step: int, accept_changes: boo
     if recorded is None:
         return ["the checkpoint predates pocketlm's record of what decides a run: nothing was compared"]
     old, new = recorded["options"], current["options"]
-    shape = [_flag_change(name, old.get(name), new[name]) for name in SHAPE if old.get(name) != new[name]]
+    ignored = NOT_THE_LSTMS if new["model_type"] == "lstm" else ()
+    shape = [_flag_change(name, old.get(name), new[name]) for name in SHAPE
+             if old.get(name) != new[name] and name not in ignored]
     if recorded.get("tokenizer") and current.get("tokenizer") and recorded["tokenizer"] != current["tokenizer"]:
         shape.append("the tokenizer is not the one the run trained with")
     if shape:

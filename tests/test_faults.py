@@ -993,6 +993,29 @@ def test_a_resume_continues_with_a_note_where_the_change_cannot_matter(interrupt
     assert "continuing with changes" not in output and (out / "checkpoints" / "step-4").exists()
 
 
+def test_an_lstm_run_that_recorded_a_size_or_vocabulary_it_never_read_resumes(tmp_path):
+    """Before --model-size and --vocab-size were refused with the LSTM, a run could record them (ignored); its
+    resume, now without them, must not read their absence as another model. For the Transformer they are its shape."""
+    import torch
+
+    from pocketlm.continuity import compare, fingerprint
+    from pocketlm.options import resolve_options
+    from pocketlm.training import TrainingOptions
+
+    data = tmp_path / "a.txt"
+    data.write_text(make_text(0))
+    for family in ("lstm", "transformer"):
+        options = resolve_options(TrainingOptions(model_type=family, data=[str(data)],
+                                                  output_dir=str(tmp_path / family)))
+        now = fingerprint(options, 1, torch.device("cpu"))
+        then = {**now, "options": {**now["options"], "model_size": "large", "vocab_size": 1000}}
+        if family == "lstm":
+            assert compare(then, now, step=2, accept_changes=False) == []
+        else:
+            with pytest.raises(UsageError, match="--model-size is small here, large in the run"):
+                compare(then, now, step=2, accept_changes=False)
+
+
 def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(interrupted, tmp_path):
     """Threads change the order in which a matrix product adds: a resume with other threads than the run's says so,
     and it is true (its weights differ from a resume with the run's threads, which is bitwise reproducible and says
