@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from .choices import (
     BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT,
+    WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 
@@ -421,8 +422,8 @@ def upload_parser() -> argparse.ArgumentParser:
     add("--static-space", metavar="OWNER/NAME",
         help="also publish a static Space whose page runs the model in the visitor's browser (carries onnx)")
     add("--static-space-output-dir", help="where --dry-run builds the static Space (default: <output-dir>-static-space)")
-    add("--web-precision", default="int8", choices=["int8", "float32"],
-        help="the static Space's graph: int8 weights (default) or float32")
+    add("--web-precision", choices=WEB_PRECISIONS,
+        help=f"the static Space's graph: int8 weights or float32 (default: {WEB_PRECISIONS[0]})")
     return parser
 
 
@@ -443,6 +444,16 @@ def upload_main(argv: list[str] | None = None) -> int:
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
         check_repo_ids({"--repo-id": args.repo_id, "--space-id": args.space_id, "--static-space": args.static_space})
         check_branch(args.revision)
+        for flag, value, needs, given in (  # each would be ignored in silence without the option it serves
+                ("--output-dir", args.output_dir, "--dry-run", args.dry_run),
+                ("--space-output-dir", args.space_output_dir, "--dry-run", args.dry_run),
+                ("--space-output-dir", args.space_output_dir, "--space-id OWNER/NAME", args.space_id),
+                ("--static-space-output-dir", args.static_space_output_dir, "--dry-run", args.dry_run),
+                ("--static-space-output-dir", args.static_space_output_dir, "--static-space OWNER/NAME",
+                 args.static_space),
+                ("--web-precision", args.web_precision, "--static-space OWNER/NAME", args.static_space)):
+            if value is not None and not given:
+                raise UsageError(f"{flag} serves {needs.split()[0]}: add {needs}, or drop {flag}.")
         license_id = check_license(args.license)
         check_data_name(args.data_name)
         family = model_family(args.model_dir)
@@ -462,7 +473,8 @@ def upload_main(argv: list[str] | None = None) -> int:
                                 args.space_id, "gradio"))
             if args.static_space:
                 folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
-                                                     args.model_dir, license_id, args.web_precision),
+                                                     args.model_dir, license_id,
+                                                     args.web_precision or WEB_PRECISIONS[0]),
                                 args.static_space, "static"))
             for folder, repo_id, sdk in folders:
                 if args.dry_run:
@@ -516,8 +528,8 @@ def export_parser() -> argparse.ArgumentParser:
         help="transformers, onnx, gguf, web or all (every format the family has), or several joined by commas "
              "(default: all); the LSTM has onnx and web")
     add("--output-dir", help="where the export goes (default: <MODEL>-<format>)")
-    add("--web-precision", default="int8", choices=["int8", "float32"],
-        help="the web page's graph: int8 weights, a quarter of the bytes (default), or float32")
+    add("--web-precision", choices=WEB_PRECISIONS,
+        help=f"the web page's graph: int8 weights, a quarter of the bytes, or float32 (default: {WEB_PRECISIONS[0]})")
     add("--overwrite", action="store_true", help="replace the output folder if it exists")
     return parser
 
@@ -532,8 +544,11 @@ def export_main(argv: list[str] | None = None) -> int:
         from .export import export, split_formats
 
         formats = split_formats(args.format)
+        if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
+            raise UsageError("--web-precision sets the web page's graph: add web to --format, or drop --web-precision.")
         output = args.output_dir or f"{Path(args.model.rstrip('/')).name}-{'-'.join(formats)}"
-        files = export(args.model, formats, output, overwrite=args.overwrite, web_precision=args.web_precision)
+        files = export(args.model, formats, output, overwrite=args.overwrite,
+                       web_precision=args.web_precision or WEB_PRECISIONS[0])
         size = sum(path.stat().st_size for path in files)
         print(f"wrote {output} ({len(files)} files, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))

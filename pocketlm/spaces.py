@@ -14,6 +14,7 @@ import yaml
 
 from modeling import MIN_TRANSFORMERS
 
+from .choices import WEB_PRECISIONS
 from .errors import UsageError
 from .export.web import write_page
 from .hub import STOCK_SUBFOLDER
@@ -46,7 +47,7 @@ def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, lic
 
 
 def prepare_static_space(output_dir: str, repo_id: str, space_id: str, model_dir: str, license_id: str = "mit",
-                         precision: str = "int8") -> Path:
+                         precision: str = WEB_PRECISIONS[0]) -> Path:
     """Build, in `output_dir` (new or empty), a static Space (`sdk: static`) whose page chats with the model in the
     visitor's browser, loading its ONNX graph of `precision` from the model repository `repo_id`."""
     from transformers import AutoConfig

@@ -765,6 +765,29 @@ def test_a_browser_option_without_web_is_refused_not_ignored(flags, trained):
     assert result.stdout == ""  # no reply was printed
 
 
+@pytest.mark.parametrize("main, args, needle", [
+    # Each was ignored in silence: the page's precision without a page, a dry run's folders in a real upload.
+    (export_main, ["MODEL", "--format", "onnx", "--web-precision", "float32", "--output-dir", "OUT"],
+     "--web-precision sets the web page's graph: add web to --format, or drop --web-precision"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--output-dir", "OUT"],
+     "--output-dir serves --dry-run: add --dry-run, or drop --output-dir"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--space-id", "me/s", "--space-output-dir", "OUT"],
+     "--space-output-dir serves --dry-run"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--space-output-dir", "OUT"],
+     "--space-output-dir serves --space-id: add --space-id OWNER/NAME"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--static-space-output-dir", "OUT"],
+     "--static-space-output-dir serves --static-space"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--web-precision", "float32", "--output-dir", "OUT"],
+     "--web-precision serves --static-space: add --static-space OWNER/NAME, or drop --web-precision"),
+])
+def test_an_option_for_another_mode_is_refused_not_ignored(main, args, needle, trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # a real upload is refused before it needs one
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    places = {"MODEL": str(trained["transformer"]), "OUT": str(tmp_path / "out")}
+    assert_one_line_error(run_entry(main, *[places.get(word, word) for word in args]), needle)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------- paths that cannot be written
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
+from ..choices import WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family
 from ..run_folder import TOKENIZER_CONFIG_FILE
@@ -55,7 +56,7 @@ def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FO
 
 
 def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False,
-           web_precision: str = "int8") -> list[Path]:
+           web_precision: str = WEB_PRECISIONS[0]) -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
     float32."""
@@ -117,7 +118,7 @@ def _check_replaceable(target: Path) -> None:
 
 
 def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
-                  web_precision: str = "int8") -> None:
+                  web_precision: str = WEB_PRECISIONS[0]) -> None:
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
     at its top (they are the same files), the graphs in onnx/, the GGUF as `<name>-f32.gguf`, the web page at the
     top when it is alone, else in web/."""
