@@ -114,7 +114,12 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         if resumed_from:
             _compare(resumed_from, decided_by, options, accelerator, quiet=True)
         model = build_model(options, tokenizer)
-        block_size = min(options.block_size, model.config.block_size) if _window(model) else options.block_size
+        block_size = min(options.block_size, _window(model) or options.block_size)
+        if block_size < options.block_size and accelerator.is_main_process:  # said: the blocks asked for are not cut
+            longer = ("--init-from's model has no longer one" if options.init_from else
+                      f"a longer one: --model-config block_size={options.block_size}")
+            print(f"block size: {block_size} tokens, the model's context window, not the {options.block_size} set "
+                  f"by --block-size ({longer})")
         masked = bool(options.assistant_only_loss and corpus.is_chat)
         batches, validation = cut_blocks(options, corpus, tokenizer, block_size, masked, accelerator, stages)
         plan = make_plan(options, batches, block_size, masked, accelerator.num_processes)

@@ -704,6 +704,19 @@ def test_a_warm_up_longer_than_a_tenth_of_the_run_is_cut_and_said(corpus_file, t
     assert logged[10] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 8 / 18))))
 
 
+def test_blocks_longer_than_the_model_s_window_are_cut_to_it_and_said(corpus_file, tmp_path, capsys):
+    """--block-size 128 on a model with a 64-token window trained 64-token blocks without a word."""
+    shape = {**TINY["transformer"], "block_size": 64}
+    train(tiny_options("transformer", corpus_file, tmp_path / "m", model_config=shape, block_size=128, max_steps=1))
+    out = capsys.readouterr().out
+    assert ("block size: 64 tokens, the model's context window, not the 128 set by --block-size (a longer one: "
+            "--model-config block_size=128)") in out
+    assert re.search(r"tokenizing: [\d,]+ training blocks of 64 tokens", out), out
+    train(tiny_options("transformer", corpus_file, tmp_path / "tuned", init_from=str(tmp_path / "m"), model_config={},
+                       vocab_size=None, block_size=128, max_steps=1))
+    assert "not the 128 set by --block-size (--init-from's model has no longer one)" in capsys.readouterr().out
+
+
 def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corpus_file, tmp_path):
     """nanoGPT samples from any ckpt.pt: a checkpoint folder (weights, no config or tokenizer) loads with its run's
     config and tokenizer, and scores what the run measured at its step."""
