@@ -172,7 +172,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
             speed = f" at {result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else ""
             print(f"\nsaved {result.output_dir} (best validation {result.best_val_bpc:.3f} bits/char, "
-                  f"loss {result.best_val_loss:.4f}) after {result.steps} steps{speed}")
+                  f"loss {result.best_val_loss:.4f}) after {result.steps:,} step{'s' * (result.steps != 1)}{speed}")
         if not result.interrupted:
             return 0
         # As a shell reports a process a signal stopped: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
