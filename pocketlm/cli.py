@@ -166,7 +166,7 @@ def train_main(argv: list[str] | None = None) -> int:
         from .options import from_arguments
         from .training import train
 
-        result = train(from_arguments(args))
+        result = train(from_arguments(args, given=_given_options(train_parser(), argv)))
         for sample in result.samples:
             print(f"\n{sample}")
         if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
@@ -222,6 +222,13 @@ def legacy_main(argv: list[str] | None = None) -> int:
             forwarded += ["--mixed-precision", precision]
         return train_main(forwarded)
     return chat_main(forwarded)
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The options written on the command line, as against those left at their defaults."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 # ----------------------------------------------------------------------------------------------------- chat

@@ -1039,6 +1039,28 @@ def test_an_lstm_run_that_recorded_a_size_or_vocabulary_it_never_read_resumes(tm
                 compare(then, now, step=2, accept_changes=False)
 
 
+def test_a_resume_given_only_its_folder_continues_the_run_as_it_was_started(corpus, tmp_path):
+    """`train.py --resume --output-dir RUN` compared the run with the defaults and refused it ("--model-config is none
+    here, n_layer=1 in the run"), unless every option was typed again; an option left out of a resume is now the
+    run's own, and the resumed run ends bitwise the uninterrupted one. An option given again that differs is still
+    a change."""
+    started = tmp_path / "run"
+    options = [f"--data={corpus}", "--block-size=32", "--batch-size=8", "--lr=0.01", "--seed=5", "--max-steps=4",
+               "--save-every=2", "--eval-every=2", "--vocab-size=300", "--samples=0",
+               "--model-config=n_layer=1,n_embd=32,n_head=2"]
+    assert run_entry(train_main, f"--output-dir={started}", *options).returncode == 0
+    resumed = tmp_path / "resumed"
+    shutil.copytree(started, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-4")  # as if stopped after step 2's checkpoint
+    result = run_entry(train_main, "--resume", f"--output-dir={resumed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from step 2" in result.stdout + result.stderr
+    for name in ("model.safetensors", "checkpoints/step-4/model.safetensors", "checkpoints/step-4/optimizer.bin"):
+        assert (resumed / name).read_bytes() == (started / name).read_bytes(), name
+    assert_one_line_error(run_entry(train_main, "--resume", f"--output-dir={resumed}", "--batch-size=4"),
+                          "--batch-size is 4 here, 8 in the run")
+
+
 def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(interrupted, tmp_path):
     """Threads change the order in which a matrix product adds: a resume with other threads than the run's says so,
     and it is true (its weights differ from a resume with the run's threads, which is bitwise reproducible and says
