@@ -12,13 +12,15 @@ one answer, decided by what it would do to the run:
 - the run's length (`--max-steps`, `--epochs`): resuming to extend or shorten a run is what it is for: continued,
   with a note; its bookkeeping (evaluation and checkpoint intervals, samples, compile, logging): continued.
 
-A file touched but not changed (same bytes, new time) continues with a note.
+A file touched but not changed (same bytes, new time) continues with a note. An option the resume's command line
+leaves out is the run's own, from the checkpoint (`continued`): only what is given again can differ.
 
 What computes the numbers (torch's release, the device, the CPU's instruction set and threads) does not change what
 the run is, but it changes the order in which a matrix product adds, and so the last bits: a resume under another
 one continues, with a note that it will not be bitwise what the uninterrupted run would have been.
 """
 
+import dataclasses
 import hashlib
 import importlib.metadata
 from pathlib import Path
@@ -35,6 +37,35 @@ NOT_THE_LSTMS = ("model_size", "vocab_size")
 DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
             "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens")
 LENGTH = ("max_steps", "epochs")
+
+
+# Options of this invocation, never taken from the run it resumes.
+NOT_CONTINUED = ("resume", "overwrite", "auto_resume", "accept_changes", "output_dir", "init_from")
+
+
+def continued(options, given: set[str]):
+    """`options` for a resume: those `given` on the command line, and the run's own, from its newest trusted
+    checkpoint, for every other, so that `train.py --resume --output-dir RUN` continues the run as it was started
+    (nanoGPT's init_from='resume') instead of comparing it with the defaults. A given one that differs is a change,
+    refused or accepted by the resume as any is. Without a trusted checkpoint there is nothing to take: the resume
+    itself says why."""
+    from .checkpoints import CheckpointManager
+    from .run_folder import RunFolder, default_output_dir
+
+    folder = RunFolder(options.output_dir or default_output_dir(options.model_type or "transformer",
+                                                                options.model_size))
+    try:
+        recorded = CheckpointManager(folder.checkpoints, accelerator=None).newest_trusted()[1]["options"]
+    except (UsageError, OSError, KeyError, ValueError):
+        return options
+    if "model_type" in given and options.model_type != recorded.get("model_type"):
+        return options  # another family's run: nothing of it applies, and the resume refuses it
+    skipped = {*given, *NOT_CONTINUED, *(NOT_THE_LSTMS if recorded.get("model_type") == "lstm" else ())}
+    taken = {name: recorded[name] for name in (spec.name for spec in dataclasses.fields(options))
+             if name in recorded and name not in skipped}
+    if "model_config" in given:  # fields named again on top of the run's
+        taken["model_config"] = {**recorded.get("model_config", {}), **options.model_config}
+    return dataclasses.replace(options, **taken)
 
 
 def fingerprint(options, num_processes: int, device: torch.device) -> dict:

@@ -144,39 +144,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(arguments: argparse.Namespace, given: set[str] | None = None) -> TrainingOptions:
-    """The options of a command line; for a resume, those not `given` on it are the run's own (`continued`)."""
+    """The options of a command line; for a resume, those not `given` on it are the run's own
+    (continuity.continued)."""
     options = TrainingOptions(**{**vars(arguments), "model_config": dict(arguments.model_config)})
-    return continued(options, given) if given is not None and (options.resume or options.auto_resume) else options
+    if given is not None and (options.resume or options.auto_resume):
+        from .continuity import continued  # it reads the run's checkpoint: torch, only when resuming
 
-
-# Options of this invocation, never taken from the run it resumes.
-NOT_CONTINUED = ("resume", "overwrite", "auto_resume", "accept_changes", "output_dir", "init_from")
-
-
-def continued(options: TrainingOptions, given: set[str]) -> TrainingOptions:
-    """`options` for a resume: those `given` on the command line, and the run's own, from its newest trusted
-    checkpoint, for every other, so that `train.py --resume --output-dir RUN` continues the run as it was started
-    (nanoGPT's init_from='resume') instead of comparing it with the defaults. A given one that differs is a change,
-    refused or accepted by the resume as any is. Without a trusted checkpoint there is nothing to take: the resume
-    itself says why."""
-    from .checkpoints import CheckpointManager
-    from .continuity import NOT_THE_LSTMS
-    from .run_folder import RunFolder, default_output_dir
-
-    folder = RunFolder(options.output_dir or default_output_dir(options.model_type or "transformer",
-                                                                options.model_size))
-    try:
-        recorded = CheckpointManager(folder.checkpoints, accelerator=None).newest_trusted()[1]["options"]
-    except (UsageError, OSError, KeyError, ValueError):
-        return options
-    if "model_type" in given and options.model_type != recorded.get("model_type"):
-        return options  # another family's run: nothing of it applies, and the resume refuses it
-    skipped = {*given, *NOT_CONTINUED, *(NOT_THE_LSTMS if recorded.get("model_type") == "lstm" else ())}
-    taken = {name: recorded[name] for name in (spec.name for spec in dataclasses.fields(options))
-             if name in recorded and name not in skipped}
-    if "model_config" in given:  # fields named again on top of the run's
-        taken["model_config"] = {**recorded.get("model_config", {}), **options.model_config}
-    return dataclasses.replace(options, **taken)
+        return continued(options, given)
+    return options
 
 
 # ----------------------------------------------------------------------------------------------- checking
