@@ -108,8 +108,11 @@ class TrainingOptions:
     assistant_only_loss: bool | None = option(None, f"on conversations, learn only the assistant's replies ({RECIPE})",
                                               action=argparse.BooleanOptionalAction)
     report_to: str = option("none", "also log to TensorBoard", choices=["none", "tensorboard"])
-    model_config: dict = option(dict, "override model config fields, e.g. n_layer=4 or n_layer=4,n_embd=128; "
-                                "repeatable", type=_key_values, action="extend", metavar="KEY=VALUE[,...]")
+    # Several fields after one flag (`n_layer=4 n_embd=128`, as HfArgumentParser and accelerate take lists), joined
+    # by commas as run_clm.py's --config_overrides, or the flag repeated.
+    model_config: dict = option(dict, "override model config fields, e.g. n_layer=4, or n_layer=4 n_embd=128 "
+                                "(or n_layer=4,n_embd=128); repeatable", type=_key_values, action="extend", nargs="+",
+                                metavar="KEY=VALUE")
     samples: int = option(3, "sample outputs to print at the end", type=int)
 
     def command_line(self) -> str:
@@ -146,7 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_arguments(arguments: argparse.Namespace, given: set[str] | None = None) -> TrainingOptions:
     """The options of a command line; for a resume, those not `given` on it are the run's own
     (continuity.continued)."""
-    options = TrainingOptions(**{**vars(arguments), "model_config": dict(arguments.model_config)})
+    fields = [pair for pairs in arguments.model_config for pair in pairs]  # each value's pairs, in order
+    options = TrainingOptions(**{**vars(arguments), "model_config": dict(fields)})
     if given is not None and (options.resume or options.auto_resume):
         from .continuity import continued  # it reads the run's checkpoint: torch, only when resuming
 

@@ -212,19 +212,21 @@ def test_data_takes_what_a_shell_expands_and_patterns_it_did_not(tmp_path):
         data.load_documents([str(tmp_path / "notes" / "*.rst")])
 
 
-def test_model_config_takes_pairs_joined_by_commas_and_the_resume_hint_gives_them_back(capsys):
+def test_model_config_takes_pairs_joined_by_commas_or_spaces_and_the_resume_hint_gives_them_back(capsys):
     import shlex
 
     from pocketlm.cli import train_parser
     from pocketlm.options import from_arguments
 
     # run_clm.py's --config_overrides form, the flag repeated, spaces after commas, and a value with a comma of its
-    # own (no KEY= follows it).
+    # own (no KEY= follows it); several pairs after one flag, as HfArgumentParser takes a list.
     given = ["--model-config", "n_layer=2,n_embd=64", "--model-config", "dropout=0.1, tie_word_embeddings=false",
-             "--model-config", "note=a,b", "--max-steps", "3", "--output-dir", "my runs/first"]
+             "--model-config", "note=a,b", "n_head=2", "block_size=32", "--max-steps", "3",
+             "--output-dir", "my runs/first"]
     options = from_arguments(train_parser().parse_args(given))
     assert options.model_config == {"n_layer": 2, "n_embd": 64, "dropout": 0.1, "tie_word_embeddings": False,
-                                    "note": "a,b"}
+                                    "note": "a,b", "n_head": 2, "block_size": 32}
+    assert options.max_steps == 3 and options.output_dir == "my runs/first"
     # The command the resume hint prints parses back to the same options (false, not Python's False).
     hint = shlex.split(options.command_line())[2:]
     assert from_arguments(train_parser().parse_args(hint)) == options
