@@ -18,13 +18,24 @@ from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
 from .loading import load_pretrained
 
+
+def _yes_or_no(value) -> bool:
+    """A switch as typed (`do_sample=off`), or as a caller passes it; anything else is refused, not read as off."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if str(value).strip().lower() not in words:
+        raise ValueError(value)
+    return words[str(value).strip().lower()]
+
+
 GENERATION_OPTIONS = {
     "temperature": float,
     "top_k": int,
     "top_p": float,
     "repetition_penalty": float,
     "max_new_tokens": int,
-    "do_sample": lambda text: str(text).lower() in ("1", "true", "yes", "on"),
+    "do_sample": _yes_or_no,
 }
 NO_REPLY = "[no reply: the model ended its turn at once]"
 

@@ -17,9 +17,12 @@ WEB_HOST, WEB_PORT = "127.0.0.1", 7860
 # What each number takes, said when a value is refused: by the terminal and web chats, and by the static page
 # (its pocketlm.json carries these words).
 OPTION_RANGES = {
-    "temperature": "use a number above 0 (lower is more predictable)",
+    # 0 means greedy in llama.cpp and ollama; here greedy is sampling switched off, named where 0 is refused.
+    "temperature": "use a number above 0 (lower is more predictable; for the likeliest token every time, switch "
+                   "sampling off: --greedy, /params do_sample=false)",
     "top_k": "use a whole number, 0 for no limit",
     "top_p": "use a number above 0 and at most 1",
     "repetition_penalty": "use a number above 0 (1 leaves repetition alone)",
     "max_new_tokens": "use a whole number of at least 1",
+    "do_sample": "use true or false",
 }

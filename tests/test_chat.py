@@ -254,6 +254,13 @@ def test_bad_settings_are_refused(chat_models):
     with pytest.raises(UsageError, match="top_k='abc' is not a valid top_k value: use a whole number"):
         chat.set_options(temperature=0.5, top_k="abc")
     assert chat.options == before  # all or nothing: the temperature did not change either
+    # A switch typed wrong was read as off: `do_sample=ture` decoded greedily in silence.
+    with pytest.raises(UsageError, match="do_sample='ture' is not a valid do_sample value: use true or false"):
+        chat.set_options(do_sample="ture")
+    chat.set_options(do_sample="OFF")
+    assert chat.options["do_sample"] is False
+    chat.set_options(do_sample="yes")
+    assert chat.options["do_sample"] is True
     with pytest.raises(UsageError, match="unknown --dtype 'int4'"):
         ChatInterface(chat_models["lstm"], dtype="int4")
 

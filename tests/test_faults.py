@@ -739,7 +739,8 @@ def test_the_model_fields_the_option_hints_name_are_the_models_own():
 
 @pytest.mark.parametrize("flag, needle", [
     # Each names what the setting takes: the value alone left the user guessing the range.
-    ("--temperature=0", "temperature=0.0 is out of range: use a number above 0"),
+    ("--temperature=0", "temperature=0.0 is out of range: use a number above 0 (lower is more predictable; for the "
+                        "likeliest token every time, switch sampling off: --greedy"),
     ("--top-p=1.5", "top_p=1.5 is out of range: use a number above 0 and at most 1"),
     ("--top-k=-1", "top_k=-1 is out of range: use a whole number, 0 for no limit"),
     ("--max-new-tokens=0", "max_new_tokens=0 is out of range: use a whole number of at least 1"),
