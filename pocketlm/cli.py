@@ -305,7 +305,7 @@ def chat_main(argv: list[str] | None = None) -> int:
                 flags = "--model-type lstm" if args.model_type == "lstm" else f"--model-size {args.model_size}"
                 raise UsageError(f"no trained model in {default.path}: train one with: python train.py {flags}")
             args.model = str(default.path)
-        family = model_family(args.model)
+        family = model_family(args.model, exports=True)
         use_context = args.context if args.context is not None else family == "transformer"
         options = {name: getattr(args, name) for name in
                    ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")

@@ -16,8 +16,8 @@ import torch
 from . import data
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING
-from .generation import SAMPLE_QUESTIONS, chat_reply, complete, sampling_arguments
-from .loading import as_model, load_pretrained, model_family
+from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
+from .loading import as_model, export_record, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 
@@ -44,8 +44,9 @@ class ModelReport:
 
 
 def _summary_of(model: str) -> dict:
+    record = export_record(model)  # an export's training record is its model's
     try:
-        return RunFolder(as_model(model)).read_summary()  # a checkpoint's is its run's
+        return RunFolder(as_model(record["model"] if record else model)).read_summary()  # a checkpoint's is its run's
     except (OSError, UsageError):
         return {}  # a damaged record only costs the default text
 
@@ -134,7 +135,7 @@ def _scoring_block_size(model, model_dir: str) -> int:
     """The block size the model was validated at in training (so the number matches its own record), else its
     whole context window, else 256 tokens."""
     recorded = _summary_of(model_dir).get("options", {}).get("block_size")
-    window = getattr(model.config, "block_size", None)
+    window = context_window(model)
     return min(recorded or window or 256, window or recorded or 256)
 
 
@@ -142,12 +143,12 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
                    max_new_tokens: int = 60, device: str = "cpu", progress=print) -> list[ModelReport]:
     """Measure every model on the same documents, prompts and seed."""
     for model_dir in models:
-        model_family(model_dir)  # every name checked before minutes are spent on the first
+        model_family(model_dir, exports=True)  # every name checked before minutes are spent on the first
     reports = []
     for model_dir in models:
         progress(f"measuring {model_dir} ...")
         model, tokenizer = load_pretrained(model_dir, device)
-        family = model_family(model_dir)
+        family = model_family(model_dir, exports=True)
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
         is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],

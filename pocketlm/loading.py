@@ -14,8 +14,8 @@ import modeling  # noqa: F401  (registers pocketlm's model types with the Auto c
 from modeling import MODEL_TYPES
 
 from .errors import UsageError
-from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, GENERATION_CONFIG_FILE, MODEL_FILE,
-                         TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
+from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD, GENERATION_CONFIG_FILE,
+                         MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
 from .signing import KEY_FILE, MANIFEST_FILE
 
 
@@ -159,7 +159,8 @@ def _config_of(path_or_repo: str) -> dict:
         return json.loads(Path(hf_hub_download(path_or_repo, CONFIG_FILE)).read_text())
     except LocalEntryNotFoundError:
         raise UsageError(
-            f"{path_or_repo} is not in the local Hub cache and the Hub cannot be reached: download it while online."
+            f"no folder {path_or_repo} here, and the Hub model {path_or_repo} is not in the local cache (the Hub "
+            "cannot be reached): check the path, or download the model while online."
         )
     except (HfHubHTTPError, OSError, ValueError) as error:
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
@@ -183,13 +184,34 @@ def model_name(path_or_repo: str) -> str:
     return local.resolve().name if local.exists() else path_or_repo
 
 
-def model_family(path_or_repo: str) -> str:
-    """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else."""
+def export_record(path_or_repo: str) -> dict | None:
+    """What export.py wrote into `path_or_repo` and from which model, when it is such a folder."""
+    try:
+        record = json.loads((Path(path_or_repo).expanduser() / EXPORT_RECORD).read_text())
+        return record if isinstance(record.get("model"), str) and isinstance(record.get("formats"), list) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def model_family(path_or_repo: str, exports: bool = False) -> str:
+    """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
+
+    With `exports`, export.py's stock GPT-2 folder is a `transformer` too: chat and compare run it as transformers
+    runs any GPT-2 (its tokenizer and chat template are the model's). Training, export and upload need the pocketlm
+    folder an export came from, which the refusal names; so do the exports torch cannot run (ONNX, the web page).
+    """
     model_type = _config_of(path_or_repo).get("model_type")
+    record = export_record(as_model(path_or_repo))
+    if record is not None:
+        if exports and model_type == "gpt2" and (Path(path_or_repo).expanduser() / MODEL_FILE).is_file():
+            return "transformer"
+        raise UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
+                         f"{record['model']}, for other runtimes: use {record['model']} itself here.")
     for family, name in MODEL_TYPES.items():
         if name == model_type:
             return family
-    raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm.")
+    raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at a "
+                     "folder train.py wrote.")
 
 
 RUNTIMES = ("torch", "onnx")
@@ -217,7 +239,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")
     path_or_repo = as_model(path_or_repo)
-    family = model_family(path_or_repo)
+    family = model_family(path_or_repo, exports=True)
     local = Path(path_or_repo).expanduser()
     if local.is_dir():
         check_model_folder(local)

@@ -229,9 +229,9 @@ def _family(options: TrainingOptions) -> str:
     from .loading import check_model_folder, model_family
 
     if options.init_from:
+        found = model_family(options.init_from)  # first: an export is named as one, not as a folder missing files
         if Path(options.init_from).expanduser().is_dir():
             check_model_folder(Path(options.init_from).expanduser())
-        found = model_family(options.init_from)
         if options.model_type and options.model_type != found:
             raise UsageError(f"--init-from {options.init_from} holds a {found} model, not a {options.model_type}: "
                              f"drop --model-type or pass --model-type {found}.")

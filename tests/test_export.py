@@ -20,7 +20,7 @@ import torch
 from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
-from pocketlm.cli import export_main, legacy_main
+from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.loading import load_pretrained
 
 PROMPTS = ["Hello!", "What is your favorite book?", "Tell me a joke about computers, please."]
@@ -276,6 +276,37 @@ def test_chat_on_the_onnx_runtime_replies_as_pytorch_does_under_one_seed(family,
         replies[runtime] = [chat.reply(text) for text in PROMPTS[:2]]  # sampled, with the chat's settings
     assert replies["onnx"] == replies["torch"]
     assert type(chat.model).__name__ == "OnnxCausalLM" and len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_tools_name_the_model(trained, exported,
+                                                                                                 tmp_path):
+    """export.py's GPT-2 folder was "a 'gpt2' model, not a pocketlm transformer or lstm" to chat and compare, the
+    two tools that check an export is the model it came from; the tools that need the model itself say which."""
+    replies = {}
+    for name, folder in (("model", trained["transformer"]), ("export", exported["transformer"])):
+        chat = ChatInterface(str(folder), max_new_tokens=20)
+        torch.manual_seed(5)
+        replies[name] = [chat.reply(text) for text in PROMPTS[:2]]  # sampled, with the chat's settings
+        assert type(chat.model).__name__ == {"model": "GPTForCausalLM", "export": "GPT2LMHeadModel"}[name]
+    assert replies["export"] == replies["model"]
+    report = tmp_path / "comparison.md"
+    result = run_entry(compare_main, str(trained["transformer"]), str(exported["transformer"]), "--output",
+                       str(report), "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|") for line in report.read_text().splitlines() if line.startswith("| ") and "bits" not in line]
+    assert len(rows) == 2 and rows[0][5] == rows[1][5]  # bits/char on the model's own validation text, equal
+    for family, folder in exported.items():
+        origin = trained[family].resolve()
+        needle = f"is export.py's {'transformers, onnx, gguf, web' if family == 'transformer' else 'onnx, web'} export "
+        for main, args in ((export_main, [str(folder), "--format", "onnx", "--output-dir", str(tmp_path / "again")]),
+                           (upload_main, [str(folder), "--repo-id", "me/m", "--dry-run", "--output-dir",
+                                          str(tmp_path / "hub")]),
+                           (train_main, ["--init-from", str(folder), "--output-dir", str(tmp_path / "tuned")])):
+            assert_one_line_error(run_entry(main, *args), needle, f"of {origin}, for other runtimes: use {origin} itself")
+    # The LSTM's export holds ONNX graphs only: the chat names the model, not a missing weights file.
+    assert_one_line_error(run_entry(chat_main, "--model", str(exported["lstm"]), "--prompt", "hi"),
+                          f"of {trained['lstm'].resolve()}, for other runtimes")
+    assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
 
 
 # ------------------------------------------------------------------------------------------------------ GGUF

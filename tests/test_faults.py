@@ -150,7 +150,9 @@ def test_the_real_script_exits_2_for_a_hub_id_it_cannot_fetch(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "chat.py"), "--model", "nobody/not-cached", "--prompt",
                              "hi"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert_one_line_error(result, "nobody/not-cached", "local Hub cache")
+    # A mistyped folder with one slash reads as a Hub id: the line says both, not only the Hub's cache.
+    assert_one_line_error(result, "no folder nobody/not-cached here, and the Hub model nobody/not-cached is not in "
+                          "the local cache", "check the path, or download the model while online")
 
 
 # ----------------------------------------------------------------------------------------- malformed data

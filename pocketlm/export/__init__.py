@@ -21,13 +21,12 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 from ..choices import WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family
-from ..run_folder import TOKENIZER_CONFIG_FILE
+from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
 ALL_FORMATS = ("transformers", "onnx", "gguf", "web")
 WEB_DIR = "web"  # where the page goes when other formats share the output folder
-EXPORT_RECORD = ".pocketlm-export.json"  # hidden: a web host or a Hub upload of the folder serves it harmlessly
 
 
 def split_formats(text: str) -> list[str]:
@@ -86,7 +85,9 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
             building.mkdir(parents=True)
             write_formats(model, tokenizer, family, formats, building, name, web_precision)
             written = _files_in(building)
-            (building / EXPORT_RECORD).write_text(json.dumps({"model": model_path, "formats": formats,
+            # The model it came from, as a path that still holds from another folder (loading.exported_from).
+            origin = str(source) if source.is_dir() else model_path
+            (building / EXPORT_RECORD).write_text(json.dumps({"model": origin, "formats": formats,
                                                               "files": written}, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
