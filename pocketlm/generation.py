@@ -63,6 +63,9 @@ def default_generation_config(tokenizer, max_new_tokens: int = 128) -> Generatio
     """What a trained pocketlm model's `generate()` does by default: balanced sampling, stopping at a turn's end."""
     return GenerationConfig(
         **BALANCED_SAMPLING,
+        # Said, as GenerationConfig.from_model_config says it for a built-in model: generate() reads unset as on,
+        # but transformers' torch.export recipe (TorchExportableModuleForDecoderOnlyLM) refuses unset.
+        use_cache=True,
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,

@@ -109,6 +109,30 @@ def test_the_gpt_exports_as_a_stock_gpt2_that_decodes_the_same_greedy_tokens_wit
     assert sorted(eos) == sorted(model.generation_config.eos_token_id)  # it stops where a reply ends
 
 
+def test_the_gpt_goes_through_transformers_torch_export_recipe_and_decodes_the_same_greedy_tokens(trained):
+    """ExecuTorch's way in, transformers' TorchExportableModuleForDecoderOnlyLM (a static cache under torch.export),
+    refused a trained model: its generation config left `use_cache` unset, which a built-in model's says."""
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    model.generation_config.cache_implementation = "static"  # the recipe's one ask, as of a built-in model
+    graph = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=96).export(
+        input_ids=torch.tensor([[tokenizer.eos_token_id]])).module()  # any one token: it takes one at a time
+    rendered = [chat_prompt(tokenizer, text) for text in PROMPTS]
+    expected = greedy(model, rendered, tokenizer.pad_token_id)
+    ends = model.generation_config.eos_token_id  # which greedy()'s min_new_tokens holds back
+    for prompt, tokens in zip(rendered, expected):
+        # As ExecuTorch's runner feeds it: a token and its position per call. (The recipe's own generate() feeds
+        # the prompt's last token twice, so it does not decode as generate() does, for GPT-2 either.)
+        ids = prompt + []
+        for position, token in enumerate(prompt):
+            logits = graph(input_ids=torch.tensor([[token]]), cache_position=torch.tensor([position]))
+        while len(ids) < len(prompt) + NEW_TOKENS:
+            ids.append(int(logits.reshape(-1).index_fill(0, torch.tensor(ends), -torch.inf).argmax()))
+            logits = graph(input_ids=torch.tensor([ids[-1:]]), cache_position=torch.tensor([len(ids) - 1]))
+        assert ids[len(prompt):] == tokens
+
+
 def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_ones_it_has(trained, tmp_path):
     for format_name in ("transformers", "gguf", "onnx,gguf"):
         result = run_entry(export_main, str(trained["lstm"]), "--format", format_name, "--output-dir",
