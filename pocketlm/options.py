@@ -77,7 +77,8 @@ class TrainingOptions:
     min_lr_ratio: float | None = option(None, f"where the cosine decay ends, as a fraction of --lr ({RECIPE})",
                                         type=float)
     weight_decay: float | None = option(None, f"AdamW weight decay on weight matrices ({RECIPE})", type=float)
-    grad_clip: float | None = option(None, f"clip the gradients' norm to this ({RECIPE})", type=float)
+    grad_clip: float | None = option(None, f"clip the gradients' norm to this, 0 for no clipping ({RECIPE})",
+                                     type=float)
     batch_size: int | None = option(None, f"blocks per device per micro-step ({RECIPE})", type=int)
     block_size: int | None = option(None, "tokens per training block (default: the preset's context; lstm: "
                                           f"{RECIPE})", type=int)
@@ -173,8 +174,9 @@ CONTRADICTIONS = [
     ("vocab_size", "tokenizer", "--tokenizer's vocabulary is the one it has: drop --vocab-size"),
 ]
 POSITIVE = ("lr", "batch_size", "epochs", "max_steps", "grad_accum", "save_every", "eval_every", "block_size",
-            "vocab_size", "keep_checkpoints", "grad_clip")
-NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay", "eval_tokens")
+            "vocab_size", "keep_checkpoints")
+# --grad-clip 0 switches clipping off, as nanoGPT's grad_clip=0.0 and the Trainer's max_grad_norm=0 do.
+NOT_NEGATIVE = ("samples", "warmup_steps", "weight_decay", "eval_tokens", "grad_clip")
 
 
 def resolve_options(options: TrainingOptions) -> TrainingOptions:

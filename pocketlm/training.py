@@ -125,7 +125,8 @@ def optimizer_step(run: Run, step: int) -> float:
             loss = model(**inputs, use_cache=False).loss / options.grad_accum
             accelerator.backward(loss)
         loss_sum += loss.detach()
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.plan.grad_clip)
+    # An infinite limit clips nothing but still measures the norm, which the check below reads.
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), run.plan.grad_clip or math.inf)
     loss_value = accelerator.reduce(loss_sum, "mean").item()  # the step's one host sync
     # Under fp16 the scaler skips steps whose gradients overflowed; otherwise skip non-finite ones here.
     if math.isfinite(loss_value) and (options.mixed_precision == "fp16" or math.isfinite(float(grad_norm))):

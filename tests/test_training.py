@@ -636,6 +636,19 @@ def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
     assert state["options"]["mixed_precision"] == "bf16"
 
 
+def test_grad_clip_0_trains_without_clipping(corpus_file, tmp_path):
+    """`--grad-clip 0`, nanoGPT's and the Trainer's way to switch clipping off, was refused as not positive."""
+    weights = {}
+    for name, clip in (("off", 0.0), ("never reached", 1e9), ("tight", 0.01)):
+        train(tiny_options("lstm", corpus_file, tmp_path / name, grad_clip=clip, max_steps=3, eval_every=3, samples=0))
+        with safe_open(tmp_path / name / "model.safetensors", "pt") as saved:
+            weights[name] = {key: saved.get_tensor(key) for key in saved.keys()}
+    assert all(torch.equal(weights["off"][key], weights["never reached"][key]) for key in weights["off"])
+    assert not all(torch.equal(weights["off"][key], weights["tight"][key]) for key in weights["off"])
+    with pytest.raises(UsageError, match="--grad-clip must be 0 or more, got -1.0"):
+        train(tiny_options("lstm", corpus_file, tmp_path / "negative", grad_clip=-1.0))
+
+
 def test_bad_model_config_fails_cleanly(corpus_file, tmp_path):
     with pytest.raises(UsageError, match="--model-config"):
         train(tiny_options("transformer", corpus_file, tmp_path / "m", model_config={"n_embd": 30, "n_head": 4}))
