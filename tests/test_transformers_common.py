@@ -116,6 +116,9 @@ class Tester:
 
 class CommonTest(ModelTesterMixin):
     pipeline_model_mapping = {}
+    # Upstream runs this only for models added since 2023 (read from a copyright line ours have no need of) and a
+    # few chosen older ones: every weight from_pretrained must create is one _init_weights initializes.
+    test_can_init_all_missing_weights_before_2023 = True
 
     @unittest.skip("the source archive ships no generation tests: tests/test_models.py runs generate()'s output "
                    "options on both families instead")
