@@ -196,22 +196,22 @@ def export_record(path_or_repo: str) -> dict | None:
 def model_family(path_or_repo: str, exports: bool = False) -> str:
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
 
-    With `exports`, export.py's stock GPT-2 folder is a `transformer` too: chat and compare run it as transformers
-    runs any GPT-2 (its tokenizer and chat template are the model's). Training, export and upload need the pocketlm
-    folder an export came from, which the refusal names; so do the exports torch cannot run (ONNX, the web page).
+    With `exports`, a folder export.py wrote is its model's family too: chat and compare run its stock GPT-2 as
+    transformers runs any GPT-2, and its ONNX graphs in onnxruntime (tokenizer and chat template are the model's).
+    Training, export and upload need the pocketlm folder an export came from, which the refusal names.
     """
     model_type = _config_of(path_or_repo).get("model_type")
+    family = next((family for family, name in MODEL_TYPES.items() if name == model_type), None)
     record = export_record(as_model(path_or_repo))
     if record is not None:
-        if exports and model_type == "gpt2" and (Path(path_or_repo).expanduser() / MODEL_FILE).is_file():
-            return "transformer"
+        if exports and (family or model_type == "gpt2"):
+            return family or "transformer"
         raise UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
                          f"{record['model']}, for other runtimes: use {record['model']} itself here.")
-    for family, name in MODEL_TYPES.items():
-        if name == model_type:
-            return family
-    raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at a "
-                     "folder train.py wrote.")
+    if family is None:
+        raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
+                         "a folder train.py wrote.")
+    return family
 
 
 RUNTIMES = ("torch", "onnx")
@@ -241,6 +241,10 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     path_or_repo = as_model(path_or_repo)
     family = model_family(path_or_repo, exports=True)
     local = Path(path_or_repo).expanduser()
+    record = export_record(path_or_repo)
+    if record is not None and not (local / MODEL_FILE).is_file():
+        raise UsageError(f"{path_or_repo} holds export.py's ONNX graphs of {record['model']}, no weights for torch: "
+                         f"add --runtime onnx, or use {record['model']} itself.")
     if local.is_dir():
         check_model_folder(local)
     try:

@@ -128,23 +128,31 @@ OnnxCausalLM.forward.__signature__ = inspect.signature(OnnxCausalLM.forward)
 
 def load_onnx(path_or_repo: str, dtype: str = "float32"):
     """The pocketlm model at `path_or_repo` (a folder or Hub id) running in onnxruntime, float32 or int8, and its
-    tokenizer. The model is exported once, into pocketlm's cache, keyed by its files' digests."""
+    tokenizer. The model is exported once, into pocketlm's cache, keyed by its files' digests; a folder export.py
+    wrote ONNX into runs its own graphs."""
     from transformers import AutoTokenizer
 
     from .export import export
-    from .loading import check_model_folder, local_folder
+    from .loading import check_model_folder, export_record, local_folder
 
     if dtype not in ("float32", "int8"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
     folder = local_folder(path_or_repo)
-    check_model_folder(folder)
-    key = hashlib.sha256("".join(digest(path) for path in sorted(folder.iterdir())
-                                 if path.suffix in (".safetensors", ".json")).encode()).hexdigest()[:20]
-    cached = EXPORT_CACHE / key
-    if not (cached / ONNX_DIR / INT8_FILE).is_file():
-        print(f"exporting {path_or_repo} to ONNX for onnxruntime (once; kept in {cached}) ...", file=sys.stderr)
-        shutil.rmtree(cached, ignore_errors=True)  # pocketlm's own cache, whatever an older version left there
-        export(str(folder), ["onnx"], cached)
+    record = export_record(str(folder))
+    if record is not None and "onnx" in record["formats"]:  # export.py's own graphs: what was exported is what runs
+        graph = folder / ONNX_DIR / (INT8_FILE if dtype == "int8" else FLOAT32_FILE)
+        if not graph.is_file():
+            raise UsageError(f"{graph} is missing from the export: export {record['model']} again.")
+        cached = folder
+    else:
+        check_model_folder(folder)
+        key = hashlib.sha256("".join(digest(path) for path in sorted(folder.iterdir())
+                                     if path.suffix in (".safetensors", ".json")).encode()).hexdigest()[:20]
+        cached = EXPORT_CACHE / key
+        if not (cached / ONNX_DIR / INT8_FILE).is_file():
+            print(f"exporting {path_or_repo} to ONNX for onnxruntime (once; kept in {cached}) ...", file=sys.stderr)
+            shutil.rmtree(cached, ignore_errors=True)  # pocketlm's own cache, whatever an older version left there
+            export(str(folder), ["onnx"], cached)
     model = OnnxCausalLM.from_export(cached, int8=dtype == "int8")
     model.name_or_path = str(path_or_repo)
     return model, AutoTokenizer.from_pretrained(cached)

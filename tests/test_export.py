@@ -327,10 +327,24 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
                                           str(tmp_path / "hub")]),
                            (train_main, ["--init-from", str(folder), "--output-dir", str(tmp_path / "tuned")])):
             assert_one_line_error(run_entry(main, *args), needle, f"of {origin}, for other runtimes: use {origin} itself")
-    # The LSTM's export holds ONNX graphs only: the chat names the model, not a missing weights file.
-    assert_one_line_error(run_entry(chat_main, "--model", str(exported["lstm"]), "--prompt", "hi"),
-                          f"of {trained['lstm'].resolve()}, for other runtimes")
     assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_chat_on_the_onnx_runtime_runs_an_export_s_own_graphs(family, trained, exported, monkeypatch, tmp_path):
+    """`chat.py --model EXPORT --runtime onnx` refused the folder export.py had just written its graphs into."""
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
+    replies = {}
+    for name, folder, runtime in (("model", trained[family], "torch"), ("export", exported[family], "onnx")):
+        chat = ChatInterface(str(folder), runtime=runtime, max_new_tokens=20)
+        torch.manual_seed(5)
+        replies[name] = [chat.reply(text) for text in PROMPTS[:2]]
+    assert replies["export"] == replies["model"]
+    assert chat.model.folder == exported[family] and not (tmp_path / "cache").exists()  # nothing exported again
+    if family == "lstm":  # ONNX graphs only: the torch runtime says what runs them, not that weights are missing
+        assert_one_line_error(run_entry(chat_main, "--model", str(exported["lstm"]), "--prompt", "hi"),
+                              f"holds export.py's ONNX graphs of {trained['lstm'].resolve()}, no weights for torch: "
+                              "add --runtime onnx")
 
 
 # ------------------------------------------------------------------------------------------------------ GGUF
