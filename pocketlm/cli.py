@@ -303,7 +303,11 @@ def chat_main(argv: list[str] | None = None) -> int:
             default = RunFolder(default_output_dir(args.model_type, args.model_size))
             if not default.config_file.exists():
                 flags = "--model-type lstm" if args.model_type == "lstm" else f"--model-size {args.model_size}"
-                raise UsageError(f"no trained model in {default.path}: train one with: python train.py {flags}")
+                # The default is the small Transformer's folder: after `train.py --model-type lstm` it is empty.
+                trained = sorted(config.parent for config in default.path.parent.glob(f"*/{default.config_file.name}"))
+                other = f"; {default.path.parent} holds {', '.join(p.name for p in trained)}: pass one, e.g. " \
+                        f"--model {trained[0]}, or" if trained else ":"
+                raise UsageError(f"no trained model in {default.path}{other} train one with: python train.py {flags}")
             args.model = str(default.path)
         family = model_family(args.model, exports=True)
         use_context = args.context if args.context is not None else family == "transformer"

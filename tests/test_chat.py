@@ -185,11 +185,19 @@ def test_main_py_chat_dispatches_to_chat(chat_models):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_without_a_model_one_line_says_how_to_train(tmp_path):
+def test_without_a_model_one_line_says_how_to_train(chat_models, tmp_path):
     result = run_chat("--prompt", "hi", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: no trained model in models/transformer-small: train one with: " \
                                     "python train.py --model-size small"
+    # Only an LSTM trained (train.py --model-type lstm): the line names it rather than only the default's absence.
+    shutil.copytree(chat_models["lstm"], tmp_path / "models" / "lstm")
+    result = run_chat("--prompt", "hi", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no trained model in models/transformer-small; models holds lstm: pass " \
+                                    "one, e.g. --model models/lstm, or train one with: python train.py " \
+                                    "--model-size small"
+    assert run_chat("--model", "models/lstm", "--prompt", "hi", cwd=tmp_path).returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------------ API
