@@ -166,7 +166,11 @@ def train_main(argv: list[str] | None = None) -> int:
         from .options import from_arguments
         from .training import train
 
-        result = train(from_arguments(args, given=_given_options(train_parser(), argv)))
+        given = _given_options(train_parser(), argv)
+        if {"epochs", "max_steps"} <= given and os.environ.get("LOCAL_RANK", "0") == "0":  # said, not left silent
+            print(f"note: --max-steps {args.max_steps} sets the run's length, so --epochs {args.epochs} is not used "
+                  "(as in the Trainer, steps win)")
+        result = train(from_arguments(args, given=given))
         for sample in result.samples:
             print(f"\n{sample}")
         if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":

@@ -109,6 +109,9 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         if resumed_from:
             _compare(resumed_from, decided_by, options, accelerator)
         corpus = read_corpus(options, accelerator, stages)
+        if options.assistant_only_loss and not corpus.is_chat:  # it would learn every token, not what was asked
+            raise UsageError("--assistant-only-loss learns only the assistant's turns of conversations, and this data "
+                             "holds none (plain text): drop it, or train on records with a messages column.")
         tokenizer = load_or_train_tokenizer(options, folder, corpus, accelerator, stages)
         decided_by = continuity.with_tokenizer(decided_by, tokenizer)
         if resumed_from:

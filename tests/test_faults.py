@@ -760,6 +760,28 @@ def test_a_model_size_the_chat_would_ignore_is_refused(trained):
                           "but --model-type lstm names another model: drop one of them")
 
 
+def test_assistant_only_loss_on_text_without_conversations_is_refused(tmp_path):
+    """`--assistant-only-loss` on plain text trained on every token, in silence: the opposite of what it asks."""
+    result = _train_on(tmp_path, "notes.txt", "\n\n".join(f"Note {i}: the river ran past the mill." for i in
+                                                            range(60)), "--assistant-only-loss")
+    assert_one_line_error(result, "--assistant-only-loss learns only the assistant's turns of conversations, and "
+                          "this data holds none (plain text): drop it")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    chats = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                           {"role": "assistant", "content": f"Answer {i}, said plainly."}]} for i in range(60)]
+    result = _train_on(tmp_path, "chats.jsonl", "\n".join(json.dumps(chat) for chat in chats), "--assistant-only-loss")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_epochs_given_beside_max_steps_are_said_to_be_unused(tmp_path):
+    """`--epochs 5 --max-steps 1` ran one step without a word about the five epochs asked for."""
+    result = _train_on(tmp_path, "notes.txt", "\n\n".join(f"Note {i}: the river ran past the mill." for i in
+                                                            range(60)), "--epochs=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: --max-steps 1 sets the run's length, so --epochs 5 is not used" in result.stdout
+    assert json.loads((tmp_path / "out" / "training_summary.json").read_text())["steps"] == 1
+
+
 @pytest.mark.parametrize("flags", [["--port", "8000"], ["--share"], ["--host", "0.0.0.0"]])
 def test_a_browser_option_without_web_is_refused_not_ignored(flags, trained):
     """`chat.py --port 8000` chatted in the terminal, the port ignored in silence."""
