@@ -554,14 +554,12 @@ def export_main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from pathlib import Path
-
-        from .export import export, split_formats
+        from .export import export, export_name, split_formats
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
             raise UsageError("--web-precision sets the web page's graph: add web to --format, or drop --web-precision.")
-        output = args.output_dir or f"{Path(args.model.rstrip('/')).name}-{'-'.join(formats)}"
+        output = args.output_dir or f"{export_name(args.model)}-{'-'.join(formats)}"
         files = export(args.model, formats, output, overwrite=args.overwrite,
                        web_precision=args.web_precision or WEB_PRECISIONS[0])
         size = sum(path.stat().st_size for path in files)

@@ -179,9 +179,13 @@ def local_folder(path_or_repo: str) -> Path:
 
 
 def model_name(path_or_repo: str) -> str:
-    """What pages call a model: its folder's name, or its Hub id, never a path of this machine."""
+    """What pages and exports call a model: its folder's name (`run-step-N` for a training checkpoint, not
+    `step-N`), or its Hub id, never a path of this machine."""
     local = Path(path_or_repo).expanduser()
-    return local.resolve().name if local.exists() else path_or_repo
+    if not local.exists():
+        return path_or_repo
+    run = RunFolder.holding_checkpoint(local) if local.is_dir() else None
+    return f"{run.path.name}-{local.resolve().name}" if run else local.resolve().name
 
 
 def export_record(path_or_repo: str) -> dict | None:
@@ -238,7 +242,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     if dtype == "int8" and device.type != "cpu":
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")
-    path_or_repo = as_model(path_or_repo)
+    given, path_or_repo = path_or_repo, as_model(path_or_repo)
     family = model_family(path_or_repo, exports=True)
     local = Path(path_or_repo).expanduser()
     record = export_record(path_or_repo)
@@ -267,6 +271,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     if tokenizer.chat_template is None:
         raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
     model = model.to(device).eval()
+    model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
     return (quantize_int8(model) if dtype == "int8" else model), tokenizer
 
 

@@ -732,14 +732,14 @@ def test_blocks_longer_than_the_model_s_window_are_cut_to_it_and_said(corpus_fil
     assert "not the 128 set by --block-size (--init-from's model has no longer one)" in capsys.readouterr().out
 
 
-def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corpus_file, tmp_path):
+def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corpus_file, tmp_path, monkeypatch):
     """nanoGPT samples from any ckpt.pt: a checkpoint folder (weights, no config or tokenizer) loads with its run's
     config and tokenizer, and scores what the run measured at its step."""
     from safetensors.torch import load_file
 
-    from pocketlm.cli import compare_main
+    from pocketlm.cli import compare_main, export_main
     from pocketlm.hub import prepare_folder
-    from pocketlm.loading import load_pretrained
+    from pocketlm.loading import load_pretrained, model_name
 
     run = tmp_path / "run"
     train(tiny_options("transformer", corpus_file, run, max_steps=4, eval_every=2, save_every=2, samples=0))
@@ -750,6 +750,12 @@ def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corp
     final = load_file(run / "model.safetensors")
     assert not all(torch.equal(final[name], saved[name]) for name in saved)  # step 4's model is another
     assert tokenizer.chat_template  # the run's tokenizer came along
+    # Named as the run's step-2, not as the folder of links it loads through (the web chat's title was its hash).
+    assert model.name_or_path == str(checkpoint) and model_name(str(checkpoint)) == "run-step-2"
+    monkeypatch.chdir(tmp_path)
+    assert run_entry(export_main, str(checkpoint), "--format", "gguf").returncode == 0
+    assert [path.name for path in (tmp_path / "run-step-2-gguf").iterdir() if not path.name.startswith(".")] == [
+        "run-step-2-f32.gguf"]
 
     # compare.py scores it on the run's validation documents at what the run's evaluation at step 2 measured.
     measured = next(r["val_bpc"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())

@@ -20,7 +20,7 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
 from ..choices import WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
-from ..loading import load_pretrained, model_family
+from ..loading import load_pretrained, model_family, model_name
 from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
@@ -54,6 +54,12 @@ def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FO
     return list(dict.fromkeys(asked))
 
 
+def export_name(model_path: str) -> str:
+    """What an export calls the model (files, the GGUF's name, the default folder): its folder's or repo's name, a
+    checkpoint's with its run's."""
+    return model_name(model_path.rstrip("/")).rsplit("/", 1)[-1]
+
+
 def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False,
            web_precision: str = WEB_PRECISIONS[0]) -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
@@ -77,7 +83,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
             raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
         _check_replaceable(target)
     model, tokenizer = load_pretrained(model_path)
-    name = Path(model_path.rstrip("/")).name
+    name = export_name(model_path)
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     try:
