@@ -91,7 +91,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
             building.mkdir(parents=True)
             write_formats(model, tokenizer, family, formats, building, name, web_precision)
             written = _files_in(building)
-            # The model it came from, as a path that still holds from another folder (loading.exported_from).
+            # The model it came from, as a path that still holds from another folder (loading.export_record).
             origin = str(source) if source.is_dir() else model_path
             (building / EXPORT_RECORD).write_text(json.dumps({"model": origin, "formats": formats,
                                                               "files": written}, indent=1) + "\n")
