@@ -64,7 +64,8 @@ def test_main_py_compare_dispatches(trained, tmp_path):
 def test_bad_input_ends_in_one_line(case, trained, tmp_path):
     models = [str(trained["lstm"])]
     extra = []
-    needle = {"not a model": "holds no model", "missing": "no model folder", "hub offline": "is not in the local cache (the Hub cannot be reached)",
+    needle = {"not a model": "holds no model", "missing": "no model folder",
+              "hub offline": "is not in the local cache (the Hub cannot be reached)",
               "empty text": "no usable text", "empty prompts": "holds no prompt", "twice": "name each model once",
               "chart is the report": "give --chart a path of its own"}[case]
     if case == "not a model":

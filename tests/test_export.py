@@ -326,7 +326,8 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
                            (upload_main, [str(folder), "--repo-id", "me/m", "--dry-run", "--output-dir",
                                           str(tmp_path / "hub")]),
                            (train_main, ["--init-from", str(folder), "--output-dir", str(tmp_path / "tuned")])):
-            assert_one_line_error(run_entry(main, *args), needle, f"of {origin}, for other runtimes: use {origin} itself")
+            assert_one_line_error(run_entry(main, *args), needle,
+                                  f"of {origin}, for other runtimes: use {origin} itself")
     assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
 
 
