@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import json
 import math
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -115,6 +116,19 @@ class TrainingOptions:
                                 "(or n_layer=4,n_embd=128); repeatable", type=_key_values, action="extend", nargs="+",
                                 metavar="KEY=VALUE")
     samples: int = option(3, "sample outputs to print at the end", type=int)
+
+    def __post_init__(self):
+        # The Python API takes paths as a caller has them: `data="book.txt"` was read as the list of its letters
+        # ("--data b: no such file"), and a Path object reached the run's JSON records.
+        for name in ("data", "validation_data"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if value is not None:
+                setattr(self, name, [os.fspath(path) for path in value])
+        for name in ("dataset", "output_dir", "tokenizer", "init_from"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
 
     def command_line(self) -> str:
         """A `train.py` command that reproduces these options (used in the resume hint)."""

@@ -636,6 +636,16 @@ def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
     assert state["options"]["mixed_precision"] == "bf16"
 
 
+def test_the_python_api_takes_one_path_or_path_objects_where_the_command_line_takes_lists(corpus_file, tmp_path):
+    """`TrainingOptions(data="book.txt")` was read as the list of its letters: "--data b: no such file"."""
+    assert TrainingOptions(data="book.txt").data == ["book.txt"]
+    assert TrainingOptions(data=[Path("a.txt"), "b.txt"], validation_data=Path("v.txt")).validation_data == ["v.txt"]
+    result = train(tiny_options("lstm", corpus_file, tmp_path / "run", data=corpus_file, max_steps=2, samples=0))
+    assert result.steps == 2 and TrainingOptions(output_dir=tmp_path / "run").output_dir == str(tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "training_summary.json").read_text())["options"]
+    assert recorded["data"] == [str(corpus_file)]
+
+
 def test_grad_clip_0_trains_without_clipping(corpus_file, tmp_path):
     """`--grad-clip 0`, nanoGPT's and the Trainer's way to switch clipping off, was refused as not positive."""
     weights = {}
