@@ -5,6 +5,7 @@ Bits per character divides the summed loss by the text's characters, not tokens,
 and a Transformer reading BPE tokens compare on it.
 """
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ def _scoring_block_size(model, model_dir: str) -> int:
 def compare_models(models: list[str], documents: datasets.Dataset, prompts: list[str], seed: int = 0,
                    max_new_tokens: int = 60, device: str = "cpu", progress=print) -> list[ModelReport]:
     """Measure every model on the same documents, prompts and seed."""
+    models = [os.fspath(model_dir) for model_dir in models]  # Paths from the Python API read as the CLI's strings
     for model_dir in models:
         model_family(model_dir, exports=True)  # every name checked before minutes are spent on the first
     reports = []

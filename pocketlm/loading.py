@@ -242,7 +242,8 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     if dtype == "int8" and device.type != "cpu":
         raise UsageError("--dtype int8 runs on the CPU only (torch.ao's dynamic quantization): add --device cpu, "
                          "or use --dtype bfloat16 on the GPU.")
-    given, path_or_repo = path_or_repo, as_model(path_or_repo)
+    given = os.fspath(path_or_repo)  # a Path from the Python API reads as the string the command line gives
+    path_or_repo = as_model(given)
     family = model_family(path_or_repo, exports=True)
     local = Path(path_or_repo).expanduser()
     record = export_record(path_or_repo)

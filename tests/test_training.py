@@ -644,6 +644,15 @@ def test_the_python_api_takes_one_path_or_path_objects_where_the_command_line_ta
     assert result.steps == 2 and TrainingOptions(output_dir=tmp_path / "run").output_dir == str(tmp_path / "run")
     recorded = json.loads((tmp_path / "run" / "training_summary.json").read_text())["options"]
     assert recorded["data"] == [str(corpus_file)]
+    # And so do the loader and the export ("'PosixPath' object has no attribute 'count'").
+    from pocketlm.export import export
+    from pocketlm.loading import load_pretrained
+
+    model, _ = load_pretrained(tmp_path / "run")
+    assert model.name_or_path == str(tmp_path / "run")
+    with pytest.raises(UsageError, match="no model folder at"):
+        load_pretrained(tmp_path / "nowhere")
+    assert {"model.onnx", "config.json"} <= {path.name for path in export(tmp_path / "run", ["onnx"], tmp_path / "x")}
 
 
 def test_grad_clip_0_trains_without_clipping(corpus_file, tmp_path):

@@ -65,6 +65,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
     float32."""
+    model_path = os.fspath(model_path)  # a Path from the Python API reads as the string the command line gives
     family = model_family(model_path)
     formats = formats_for(family, formats)
     target = Path(output_dir).expanduser()
