@@ -37,7 +37,10 @@ def _key_values(text: str) -> list[tuple[str, object]]:
     for pair in _NEXT_PAIR.split(text.strip()):
         key, equals, value = pair.partition("=")
         if not equals or not key.strip():
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. n_layer=4, or n_layer=4,n_embd=128), got {text!r}")
+            # --model-config takes every word up to the next option: a file left after it was meant for --data.
+            file = f"; a file is named with its option, --data {text}" if Path(text).expanduser().exists() else ""
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. n_layer=4, or n_layer=4,n_embd=128), got "
+                                             f"{text!r}{file}")
         try:
             pairs.append((key.strip(), json.loads(value)))
         except ValueError:

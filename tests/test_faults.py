@@ -726,6 +726,9 @@ def test_a_bare_path_is_refused_naming_the_option_it_belongs_to(corpus, tmp_path
     assert_one_line_error(run_entry(train_main, str(corpus)), f"unexpected argument '{corpus}'",
                           f"name it with its option, --data {corpus}")
     assert_one_line_error(run_entry(chat_main, str(tmp_path)), f"--model {tmp_path}")
+    # After --model-config, which takes every KEY=VALUE up to the next option.
+    assert_one_line_error(run_entry(train_main, "--model-config", "n_layer=2", str(corpus)),
+                          f"got '{corpus}'; a file is named with its option, --data {corpus}")
     assert_one_line_error(run_entry(train_main, "hello"), "unexpected argument 'hello': every value follows its option")
     assert_one_line_error(run_entry(train_main, "--nothing-like-ours"), "unknown option --nothing-like-ours (see")
     assert sorted(tmp_path.iterdir()) == [corpus]  # nothing written
