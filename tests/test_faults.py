@@ -183,7 +183,8 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
     ("not an object", _jsonl(*GOOD, [1, 2], "3"), "not a JSON object"),
     ("wrong type", _jsonl(*GOOD, {"text": 42}), "'text' is not a string"),
     ("missing keys", _jsonl(*GOOD, {"body": "no text key", "id": 7}),
-     "no 'text' string or 'messages' list; its keys: body, id; name the one holding the text 'text'"),
+     "no 'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or 'conversations'; its keys: body, id; "
+     "name the one holding the text 'text'"),
     ("unknown role", _jsonl(*GOOD, {"messages": [{"role": "bot", "content": "hi"}]}),
      "unknown role 'bot' (use system, user or assistant)"),
     ("empty messages", _jsonl(*GOOD, {"messages": []}), "'messages' is not a non-empty list"),
@@ -203,7 +204,7 @@ def test_bad_jsonl_records_are_skipped_counted_and_named(case, content, reason, 
 
 
 @pytest.mark.parametrize("case, content, needles", [
-    ("no usable record", _jsonl({"body": 1}, {"title": "x"}), ["no usable text", "no 'text' string", "data.jsonl:1"]),
+    ("no usable record", _jsonl({"body": 1}, {"title": "x"}), ["no usable text", "no 'text', 'messages'", "data.jsonl:1"]),
     ("only bad roles", _jsonl({"messages": [{"role": "narrator", "content": "x"}]}), ["unknown role 'narrator'"]),
     ("empty file", "", ["no usable text", "empty"]),
     ("only whitespace", " \n\n\t\n", ["no usable text", "empty"]),
@@ -375,7 +376,8 @@ UNREADABLE = {
     "CSV without a text column": ("table.csv", lambda: b"title;body\nA;B\n", "no 'text' column in its header row "
                                                                              "('title;body')"),
     "Parquet without a text column": ("table.parquet", lambda: _parquet_bytes(body=["x"]),
-                                      "no 'text' or 'messages' column (its columns: body)"),
+                                      "no 'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or "
+                                      "'conversations' column (its columns: body)"),
     "not Parquet inside": ("fake.parquet", lambda: make_text(6).encode(), "not a Parquet file"),
     "Parquet compressed whole": ("table.parquet.gz", lambda: __import__("gzip").compress(_parquet_bytes(text=["x"])),
                                  "gzip-compressed Parquet file: decompress it"),

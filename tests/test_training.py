@@ -212,6 +212,41 @@ def test_data_takes_what_a_shell_expands_and_patterns_it_did_not(tmp_path):
         data.load_documents([str(tmp_path / "notes" / "*.rst")])
 
 
+def test_other_tools_conversation_layouts_read_as_the_conversations_they_hold(tmp_path):
+    """TRL's prompt and completion, Alpaca's instruction, input and output, and ShareGPT's conversations were each
+    skipped, record by record ("no 'text' string or 'messages' list"): the chat data most people already have."""
+    from tokenization import render_chat
+
+    user, reply = {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}
+    system = {"role": "system", "content": "Answer briefly."}
+    layouts = [  # (file, record, the conversation it holds)
+        ("trl.jsonl", {"prompt": "What is 2+2?", "completion": "It is 4."}, [user, reply]),
+        ("trl-conversational.parquet", {"prompt": [system, user], "completion": [reply]}, [system, user, reply]),
+        ("alpaca.json", {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
+         [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}]),
+        ("alpaca-no-input.jsonl", {"instruction": "What is 2+2?", "input": "", "output": "It is 4."}, [user, reply]),
+        ("sharegpt.parquet", {"conversations": [{"from": "system", "value": "Answer briefly."},
+                                                {"from": "human", "value": "What is 2+2?"},
+                                                {"from": "gpt", "value": "It is 4."}]}, [system, user, reply]),
+    ]
+    for name, record, conversation in layouts:
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            datasets.Dataset.from_list([record]).to_parquet(str(path))
+        else:
+            path.write_text(json.dumps([record] if name.endswith(".json") else record))
+        documents, _ = data.load_documents([str(path)])
+        assert documents["text"] == [render_chat(conversation)] and documents["is_chat"] == [True], name
+        assert documents["problem"] == [""], name
+    # --dataset reads the same layouts (a save_to_disk folder here), and half a layout is named, not guessed.
+    datasets.Dataset.from_list([layouts[-1][1]]).save_to_disk(str(tmp_path / "saved"))
+    documents, _ = data.load_documents(dataset=str(tmp_path / "saved"))
+    assert documents["text"] == [render_chat(layouts[-1][2])]
+    (tmp_path / "half.jsonl").write_text(json.dumps({"prompt": "What is 2+2?"}))
+    documents, _ = data.load_documents([str(tmp_path / "half.jsonl")])
+    assert documents["problem"] == ["'prompt' without 'completion'"]
+
+
 def test_model_config_takes_pairs_joined_by_commas_or_spaces_and_the_resume_hint_gives_them_back(capsys):
     import shlex
 

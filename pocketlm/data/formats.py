@@ -29,7 +29,11 @@ JSONL_SUFFIX = ".jsonl"
 # Files of records, each a `text` string or a `messages` conversation (CSV and TSV: a `text` column, as
 # transformers' run_clm.py reads them). Any other file given by name is read as plain text.
 RECORD_SUFFIXES = (JSONL_SUFFIX, ".json", ".csv", ".tsv", ".parquet")
-RECORD_COLUMNS = ("text", "messages")
+# Beside `messages`, the layouts other tools give a conversation (reading.chat_messages): TRL's prompt and
+# completion, Alpaca's instruction, input and output, ShareGPT's conversations.
+CHAT_LAYOUTS = ("prompt", "completion", "instruction", "input", "output", "conversations")
+RECORD_COLUMNS = ("text", "messages", *CHAT_LAYOUTS)
+RECORD_KINDS = "'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or 'conversations'"
 # Compressed files are opened through Python's own decompressors. Which one is told by the file's first bytes, not
 # its name, so a renamed file reads too; the name's inner suffix says what the decompressed file holds.
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
@@ -192,7 +196,7 @@ def inspect_file(path: Path) -> DataFile | str:
                 return f"a {kind}-compressed Parquet file: decompress it (Parquet compresses its own columns)"
             columns = pq.ParquetFile(path).schema_arrow.names
             if not set(columns) & set(RECORD_COLUMNS):
-                return (f"no 'text' or 'messages' column (its columns: {', '.join(columns)}): name the column that holds "
+                return (f"no {RECORD_KINDS} column (its columns: {', '.join(columns)}): name the column that holds "
                         "the text 'text'")
             return DataFile(path, "", os.path.getsize(path))
         if kind is None:

@@ -27,7 +27,7 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
-from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, DataFile, data_format, delimiter, find_data_files, inspect_file,
+from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, DataFile, data_format, delimiter, find_data_files, inspect_file,
                       open_data, saved_dataset)
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 7
+DOCUMENT_SCHEMA = 8
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -176,9 +176,37 @@ def _text_file_documents(path: Path, encoding: str, total: int):
         yield _row(previous, str(path), ends=True)
 
 
+# ShareGPT's speakers, as the chat template names them.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "model": "assistant", "system": "system"}
+
+
+def chat_messages(record: dict) -> list | None:
+    """The conversation a record holds in another tool's layout, as `messages`, or None for none of them: TRL's
+    `prompt` and `completion` (strings: the user's turn and the reply; lists of messages: the conversation's two
+    parts), Alpaca's `instruction`, optional `input` and `output` (the instruction and input are the user's turn),
+    and ShareGPT's `conversations` of `from`/`value` turns. A malformed one comes back as messages the checks
+    that follow refuse, naming what is wrong."""
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if prompt is not None and completion is not None:
+        if isinstance(prompt, list) and isinstance(completion, list):
+            return prompt + completion
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    instruction, output = record.get("instruction"), record.get("output")
+    if instruction is not None and output is not None:
+        extra = record.get("input")
+        asked = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+        return [{"role": "user", "content": asked}, {"role": "assistant", "content": output}]
+    turns = record.get("conversations")
+    if isinstance(turns, list):
+        return [{"role": SHAREGPT_ROLES.get(str(turn.get("from")).lower(), str(turn.get("from"))),
+                 "content": turn.get("value")} if isinstance(turn, dict) else turn for turn in turns]
+    return None
+
+
 def document_from_record(record, origin: str) -> dict:
-    """The document a JSONL line or dataset row holds (a `text` string, or a `messages` conversation), or a row
-    that says what is wrong with it."""
+    """The document a JSONL line or dataset row holds (a `text` string, or a conversation: `messages`, or another
+    tool's layout, `chat_messages`), or a row that says what is wrong with it."""
     if not isinstance(record, dict):
         return _row(origin=origin, problem="not a JSON object")
     if "text" in record and record["text"] is not None:
@@ -189,12 +217,18 @@ def document_from_record(record, origin: str) -> dict:
         return _row(record["text"], origin)
     messages = record.get("messages")
     if messages is None:
-        present = [f"'{key}'" for key in RECORD_COLUMNS if key in record]
+        messages = chat_messages(record)
+    if messages is None:
+        for first, second in (("prompt", "completion"), ("instruction", "output")):
+            if (record.get(first) is None) != (record.get(second) is None):  # half a layout
+                has, lacks = (first, second) if record.get(first) is not None else (second, first)
+                return _row(origin=origin, problem=f"'{has}' without '{lacks}'")
+        present = [f"'{key}'" for key in ("text", "messages", "conversations") if key in record]
         if present:  # the column is there, this record's value is not: a short CSV row, a null
             return _row(origin=origin, problem=f"no value for {' or '.join(present)}")
         keys = ", ".join(sorted(map(str, record))[:5]) or "none"  # the key that holds the text is most often here
-        return _row(origin=origin, problem=f"no 'text' string or 'messages' list; its keys: {keys}; name the one "
-                                           "holding the text 'text'")
+        return _row(origin=origin, problem=f"no {RECORD_KINDS}; its keys: {keys}; name the one holding the text "
+                                           "'text'")
     if not isinstance(messages, list) or not messages:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
     for message in messages:
@@ -368,8 +402,8 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
     if streaming and isinstance(split, datasets.Dataset):  # a saved dataset, read a shard at a time
         split = split.to_iterable_dataset()
     columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
-    if "text" not in columns and "messages" not in columns:
-        raise UsageError(f"--dataset {name}: needs a 'text' or 'messages' column, found {', '.join(columns)}.")
+    if not set(columns) & set(RECORD_COLUMNS):
+        raise UsageError(f"--dataset {name}: needs a {RECORD_KINDS} column, found {', '.join(columns)}.")
 
     def to_documents(rows, indices):
         records = [dict(zip(rows, values)) for values in zip(*rows.values())]
