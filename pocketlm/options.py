@@ -66,7 +66,8 @@ class TrainingOptions:
                                     "any other name), records (.jsonl, .json, .csv, .tsv, .parquet), each maybe "
                                     ".gz/.bz2/.xz", action="extend", nargs="+", metavar="PATH")
     dataset: str | None = option(None, "anything datasets.load_dataset takes, or a folder datasets' save_to_disk "
-                                       "wrote, with a text or messages column", metavar="NAME_OR_PATH")
+                                       "wrote, with a text or messages column (or TRL's, Alpaca's or ShareGPT's)",
+                                 metavar="NAME_OR_PATH")
     streaming: bool = option(False, "read the data as a stream, never whole, for corpora larger than memory "
                                     "(needs --max-steps)", action="store_true")
     validation_data: list[str] | None = option(

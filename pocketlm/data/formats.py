@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
-# Files of records, each a `text` string or a `messages` conversation (CSV and TSV: a `text` column, as
+# Files of records, each a `text` string or a conversation (CSV and TSV: a `text` column, as
 # transformers' run_clm.py reads them). Any other file given by name is read as plain text.
 RECORD_SUFFIXES = (JSONL_SUFFIX, ".json", ".csv", ".tsv", ".parquet")
 # Beside `messages`, the layouts other tools give a conversation (reading.chat_messages): TRL's prompt and

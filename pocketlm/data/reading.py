@@ -2,8 +2,8 @@
 
 Every record read becomes a row (`text`, `is_chat`, `ends`, `origin`, `problem`), the unusable ones with the
 reason in `problem`, so each is counted and reported (`ReadReport`). Plain files are read line by line and cut
-into documents; the records of JSONL, JSON, CSV, TSV and Parquet files and dataset rows hold a `text` string or a
-`messages` conversation. Any file but Parquet may be compressed (gzip, bzip2, xz: found by its first bytes). The
+into documents; the records of JSONL, JSON, CSV, TSV and Parquet files and dataset rows hold a `text` string or
+a conversation (`messages`, or another tool's layout of one). Any file but Parquet may be compressed (gzip, bzip2, xz: found by its first bytes). The
 rows are a `datasets` dataset: Arrow-backed and memory-mapped, or, when streamed, an `IterableDataset` read afresh
 on every pass, so a corpus larger than memory never has to fit in it.
 """
@@ -27,8 +27,8 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
-from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, DataFile, data_format, delimiter, find_data_files, inspect_file,
-                      open_data, saved_dataset)
+from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, DataFile, data_format, delimiter, find_data_files,
+                      inspect_file, open_data, saved_dataset)
 
 logger = logging.getLogger(__name__)
 
