@@ -373,8 +373,9 @@ def _parquet_bytes(**columns) -> bytes:
 UNREADABLE = {
     # file name, its bytes, what the line says
     "a damaged gzip file": ("notes.txt.gz", _damaged_gzip, "a damaged gzip file"),
-    "CSV without a text column": ("table.csv", lambda: b"title;body\nA;B\n", "no 'text' column in its header row "
-                                                                             "('title;body')"),
+    "CSV without a text column": ("table.csv", lambda: b"title;body\nA;B\n", "no 'text' column (nor 'prompt'+"
+                                                                             "'completion' or 'instruction'+'output') "
+                                                                             "in its header row ('title;body')"),
     "Parquet without a text column": ("table.parquet", lambda: _parquet_bytes(body=["x"]),
                                       "no 'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or "
                                       "'conversations' column (its columns: body)"),

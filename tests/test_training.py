@@ -1,6 +1,7 @@
 """Training: data handling, outputs, resuming, several processes and every bad input, with tiny models."""
 
 import contextlib
+import csv
 import hashlib
 import json
 import logging
@@ -225,6 +226,9 @@ def test_other_tools_conversation_layouts_read_as_the_conversations_they_hold(tm
         ("alpaca.json", {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
          [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}]),
         ("alpaca-no-input.jsonl", {"instruction": "What is 2+2?", "input": "", "output": "It is 4."}, [user, reply]),
+        ("alpaca.csv", {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
+         [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}]),
+        ("trl.tsv", {"prompt": "What is 2+2?", "completion": "It is 4."}, [user, reply]),
         ("sharegpt.parquet", {"conversations": [{"from": "system", "value": "Answer briefly."},
                                                 {"from": "human", "value": "What is 2+2?"},
                                                 {"from": "gpt", "value": "It is 4."}]}, [system, user, reply]),
@@ -233,6 +237,11 @@ def test_other_tools_conversation_layouts_read_as_the_conversations_they_hold(tm
         path = tmp_path / name
         if name.endswith(".parquet"):
             datasets.Dataset.from_list([record]).to_parquet(str(path))
+        elif name.endswith((".csv", ".tsv")):  # as a spreadsheet saves them: a header row, the fields quoted
+            with open(path, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, list(record), delimiter="," if name.endswith(".csv") else "\t")
+                writer.writeheader()
+                writer.writerow(record)
         else:
             path.write_text(json.dumps([record] if name.endswith(".json") else record))
         documents, _ = data.load_documents([str(path)])

@@ -34,6 +34,9 @@ RECORD_SUFFIXES = (JSONL_SUFFIX, ".json", ".csv", ".tsv", ".parquet")
 CHAT_LAYOUTS = ("prompt", "completion", "instruction", "input", "output", "conversations")
 RECORD_COLUMNS = ("text", "messages", *CHAT_LAYOUTS)
 RECORD_KINDS = "'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or 'conversations'"
+# A CSV or TSV row holds strings: a `text`, or one of the layouts of a conversation whose parts are strings.
+TABLE_COLUMNS = ("text", "prompt", "completion", "instruction", "input", "output")
+TABLE_KINDS = (("text",), ("prompt", "completion"), ("instruction", "output"))
 # Compressed files are opened through Python's own decompressors. Which one is told by the file's first bytes, not
 # its name, so a renamed file reads too; the name's inner suffix says what the decompressed file holds.
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
@@ -211,7 +214,8 @@ def inspect_file(path: Path) -> DataFile | str:
         if form in (".csv", ".tsv") and delimiter(path, encoding) is None:
             with open_data(path, "rt", encoding=encoding) as handle:
                 header = handle.readline().strip()
-            return f"no 'text' column in its header row ({header[:200]!r}): name the column that holds the text 'text'"
+            return (f"no 'text' column (nor 'prompt'+'completion' or 'instruction'+'output') in its header row "
+                    f"({header[:200]!r}): name the column that holds the text 'text'")
         return DataFile(path, encoding, size)
     except (OSError, EOFError, lzma.LZMAError, pa.ArrowException, csv.Error) as error:
         what = f"a damaged {kind} file" if kind else "not a Parquet file" if form == ".parquet" else "unreadable"
@@ -223,9 +227,11 @@ DELIMITERS = {".csv": (",", ";", "\t", "|"), ".tsv": ("\t",)}
 
 
 def delimiter(path: Path, encoding: str) -> str | None:
-    """The field separator of a .csv or .tsv file: the first of DELIMITERS whose header row names a `text` column."""
+    """The field separator of a .csv or .tsv file: the first of DELIMITERS whose header row names a `text` column, or
+    the columns of a conversation's layout (TABLE_KINDS)."""
     for delimiter in DELIMITERS[data_format(path)]:
         with open_data(path, "rt", encoding=encoding, newline="") as handle:
-            if "text" in next(csv.reader(handle, delimiter=delimiter), []):
+            header = next(csv.reader(handle, delimiter=delimiter), [])
+            if any(set(kind) <= set(header) for kind in TABLE_KINDS):
                 return delimiter
     return None

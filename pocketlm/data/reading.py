@@ -27,8 +27,8 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
-from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, DataFile, data_format, delimiter, find_data_files,
-                      inspect_file, open_data, saved_dataset)
+from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, TABLE_COLUMNS, DataFile, data_format, delimiter,
+                      find_data_files, inspect_file, open_data, saved_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +316,8 @@ def _json_documents(path: Path, encoding: str, size: int):
 
 
 def _table_documents(path: Path, encoding: str, size: int):
-    """A .csv or .tsv file whose header row names a `text` column: each row's text is a record (a field may span
-    lines, as CSV quotes them)."""
+    """A .csv or .tsv file whose header row names a `text` column, or a conversation's (`prompt` and `completion`,
+    `instruction` and `output`): each row is a record (a field may span lines, as CSV quotes them)."""
     target = piece_target(size)
     csv.field_size_limit(2**31 - 1)  # the default, 128 KiB, would refuse a long text
     with open_data(path, "rt", encoding=encoding, newline="") as handle:
@@ -331,7 +331,8 @@ def _table_documents(path: Path, encoding: str, size: int):
             except csv.Error:
                 yield _row(origin=f"{path}:{line}", problem="not valid CSV")
                 continue
-            yield from _pieces(document_from_record({"text": row.get("text")}, f"{path}:{line}"), target)
+            record = {name: value for name, value in row.items() if name in TABLE_COLUMNS}
+            yield from _pieces(document_from_record(record, f"{path}:{line}"), target)
 
 
 def _parquet_documents(path: Path, encoding: str, size: int):
