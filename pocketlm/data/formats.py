@@ -36,7 +36,9 @@ RECORD_COLUMNS = ("text", "messages", *CHAT_LAYOUTS)
 RECORD_KINDS = "'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or 'conversations'"
 # A CSV or TSV row holds strings: a `text`, or one of the layouts of a conversation whose parts are strings.
 TABLE_COLUMNS = ("text", "prompt", "completion", "instruction", "input", "output")
-TABLE_KINDS = (("text",), ("prompt", "completion"), ("instruction", "output"))
+# The layouts made of two string parts, each part useless without the other.
+STRING_PAIRS = (("prompt", "completion"), ("instruction", "output"))
+TABLE_KINDS = (("text",), *STRING_PAIRS)
 # Compressed files are opened through Python's own decompressors. Which one is told by the file's first bytes, not
 # its name, so a renamed file reads too; the name's inner suffix says what the decompressed file holds.
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")

@@ -27,8 +27,8 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
 
 from ..errors import UsageError
-from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, TABLE_COLUMNS, DataFile, data_format, delimiter,
-                      find_data_files, inspect_file, open_data, saved_dataset)
+from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
+                      delimiter, find_data_files, inspect_file, open_data, saved_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def document_from_record(record, origin: str) -> dict:
     if messages is None:
         messages = chat_messages(record)
     if messages is None:
-        for first, second in (("prompt", "completion"), ("instruction", "output")):
+        for first, second in STRING_PAIRS:
             if (record.get(first) is None) != (record.get(second) is None):  # half a layout
                 has, lacks = (first, second) if record.get(first) is not None else (second, first)
                 return _row(origin=origin, problem=f"'{has}' without '{lacks}'")
