@@ -1,9 +1,11 @@
 """The rest of the Hugging Face toolbox on pocketlm's models, as on a built-in transformers model: PEFT, TRL, the
 Trainer, gradient checkpointing, hooks and quantization, each shown to take effect, not only to run."""
 
+import random
+
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import SAMPLE_TEXT, tiny_model
 from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM, TextIteratorStreamer, Trainer, TrainingArguments
@@ -14,6 +16,8 @@ PROMPT = torch.tensor([[5, 9, 3, 17]])
 # LoRA's targets: every linear layer of the GPT; the LSTM's own weights live in nn.LSTM, which PEFT cannot wrap,
 # so its adapters go on the embedding and the output head.
 LORA_TARGETS = {"transformer": ["c_attn", "c_proj", "c_fc"], "lstm": ["embed_tokens", "lm_head"]}
+# A classifier has no lm_head; its new head, `score`, trains whole (PEFT's SEQ_CLS task saves it with the adapters).
+CLASSIFIER_LORA_TARGETS = {"transformer": LORA_TARGETS["transformer"], "lstm": ["embed_tokens"]}
 
 
 def greedy(model, input_ids=PROMPT, max_new_tokens=12):
@@ -210,6 +214,65 @@ def test_trl_sft_trainer_fine_tunes_with_its_defaults(family, tokenizer_for, ass
     assert args.gradient_checkpointing and model.is_gradient_checkpointing
     losses = [record["loss"] for record in trainer.state.log_history if "loss" in record]
     assert losses[-1] < losses[0]
+
+
+def preference_pairs(count: int, seed: int) -> list[dict]:
+    """Texts of the sample's words that differ in one word anywhere in them: the chosen one holds "fortune", the
+    rejected one "troubles". Only a model that reads the whole text, not just its end, tells them apart."""
+    words = sorted(set(SAMPLE_TEXT.replace(",", " ").replace(".", " ").replace(":", " ").split())
+                   - {"fortune", "troubles"})
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        text = rng.sample(words, rng.randint(3, 7))
+        at = rng.randint(0, len(text))
+        pairs.append({kind: " ".join(text[:at] + [word] + text[at:])
+                      for kind, word in (("chosen", "fortune"), ("rejected", "troubles"))})
+    return pairs
+
+
+def test_trl_reward_trainer_with_a_lora_adapter_learns_which_text_is_preferred(family, tokenizer_for, tmp_path):
+    """A saved language model is a reward model's start: RewardTrainer builds it through
+    AutoModelForSequenceClassification (one label), PEFT adds the adapters and trains the new head with them, and the
+    saved adapter reloads to the same rewards."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    tokenizer = tokenizer_for(family)
+    tiny_model(family, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    held_out = preference_pairs(64, seed=1)
+
+    def rewards(model) -> torch.Tensor:
+        """Each held-out pair's chosen reward less its rejected one."""
+        model.eval()
+        scores = []
+        for kind in ("chosen", "rejected"):
+            batch = tokenizer([pair[kind] for pair in held_out], padding=True, return_tensors="pt")
+            with torch.no_grad():
+                scores.append(model(**batch).logits[:, 0])
+        return scores[0] - scores[1]
+
+    # RewardConfig's defaults but float32 (its bf16 autocast stays on the trained model's forward, and the reloaded
+    # one is compared with it exactly), the CPU and the budget.
+    args = RewardConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=60,
+                        per_device_train_batch_size=8, learning_rate=3e-2, max_length=64, report_to="none",
+                        save_strategy="no")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=CLASSIFIER_LORA_TARGETS[family], task_type="SEQ_CLS")
+    trainer = RewardTrainer(model=str(tmp_path / "lm"), args=args, processing_class=tokenizer, peft_config=lora,
+                            train_dataset=Dataset.from_list(preference_pairs(256, seed=0)))
+    assert type(trainer.model.base_model.model).__name__.endswith("ForSequenceClassification")
+    before = rewards(trainer.model)
+    trainer.train()
+    after = rewards(trainer.model)
+    assert (after > 0).float().mean() >= 0.95 > (before > 0).float().mean()
+    assert after.mean() > 1.0 > before.abs().mean()
+
+    trainer.save_model(tmp_path / "adapter")
+    base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=1,
+                                                              pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(rewards(PeftModel.from_pretrained(base, tmp_path / "adapter")), after)
 
 
 # ------------------------------------------------------------------------------ what already worked, kept

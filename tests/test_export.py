@@ -109,6 +109,56 @@ def test_the_gpt_exports_as_a_stock_gpt2_that_decodes_the_same_greedy_tokens_wit
     assert sorted(eos) == sorted(model.generation_config.eos_token_id)  # it stops where a reply ends
 
 
+STOCK_GPT2_CLASSIFIER = """
+import json, torch
+from transformers import AutoTokenizer, GPT2ForSequenceClassification
+folder, texts, head, labels = {folder!r}, {texts!r}, {head!r}, {labels!r}
+model = GPT2ForSequenceClassification.from_pretrained(folder, num_labels=len(head)).eval()
+with torch.no_grad():
+    model.score.weight.copy_(torch.tensor(head))
+tokenizer = AutoTokenizer.from_pretrained(folder)
+scores = []
+for side in ("left", "right"):
+    tokenizer.padding_side = side
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    # GPT-2 counts positions from the row's first slot, padding or not; generate() passes them from the first real
+    # token, as pocketlm's model counts them itself.
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(**batch, position_ids=positions, labels=torch.tensor(labels))
+    scores.append([out.logits.tolist(), out.loss.item()])
+print(json.dumps(scores))
+"""
+
+
+def test_a_trained_gpt_loads_as_a_classifier_that_scores_as_gpt2_s_own_does_on_its_export(trained, exported,
+                                                                                         tmp_path):
+    """AutoModelForSequenceClassification builds the classifier Trainer, TRL's RewardTrainer and PEFT fine-tune from
+    a trained folder; the reference is transformers' GPT2ForSequenceClassification on the stock export, given the
+    same head, in a process without pocketlm: the same scores and loss on padded batches, left or right."""
+    from transformers import AutoModelForSequenceClassification
+
+    texts = ["Hello!", "What is your favorite book?", "Tell me a joke about computers, please."]
+    labels = [2, 0, 1]
+    model = AutoModelForSequenceClassification.from_pretrained(str(trained["transformer"]), num_labels=3).eval()
+    assert type(model).__name__ == "GPTForSequenceClassification"
+    _, tokenizer = load_pretrained(str(trained["transformer"]))
+    ours = []
+    for side in ("left", "right"):
+        tokenizer.padding_side = side
+        with torch.no_grad():
+            out = model(**tokenizer(texts, padding=True, return_tensors="pt"), labels=torch.tensor(labels))
+        ours.append((out.logits, out.loss))
+    with torch.no_grad():  # one text alone, unpadded: padding changes nothing
+        alone = model(**tokenizer(texts[:1], return_tensors="pt")).logits
+    torch.testing.assert_close(alone[0], ours[0][0][0], rtol=1e-4, atol=1e-5)
+    script = STOCK_GPT2_CLASSIFIER.format(folder=str(exported["transformer"]), texts=texts,
+                                          head=model.score.weight.tolist(), labels=labels)
+    for (logits, loss), (their_logits, their_loss) in zip(ours, run_without_pocketlm(script, tmp_path)):
+        torch.testing.assert_close(torch.tensor(their_logits), logits, rtol=1e-4, atol=1e-4)
+        assert abs(their_loss - loss.item()) < 1e-4
+
+
 def test_the_gpt_goes_through_transformers_torch_export_recipe_and_decodes_the_same_greedy_tokens(trained):
     """ExecuTorch's way in, transformers' TorchExportableModuleForDecoderOnlyLM (a static cache under torch.export),
     refused a trained model: its generation config left `use_cache` unset, which a built-in model's says."""

@@ -274,7 +274,8 @@ def test_lstm_defaults_match_the_old_system():
 PROJECT_FREE_LOAD = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoTokenizer)
     model = AutoModelForCausalLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
     # AutoTokenizer reads config.json too, so it needs the same trust as the model.
     tokenizer = AutoTokenizer.from_pretrained({folder!r}, trust_remote_code=True)
@@ -284,8 +285,15 @@ PROJECT_FREE_LOAD = PROJECT_FREE_PRELUDE + textwrap.dedent(
     config = AutoConfig.from_pretrained({folder!r}, trust_remote_code=True)
     trunk = AutoModel.from_pretrained({folder!r}, trust_remote_code=True).eval()
     assert type(config).__name__.endswith("Config") and type(trunk).__name__.endswith("Model"), (config, trunk)
+    # A language model's folder is a classifier's starting point too (Trainer, TRL's RewardTrainer), its new head
+    # initialised: the saved code holds that class as well.
+    classifier = AutoModelForSequenceClassification.from_pretrained({folder!r}, trust_remote_code=True,
+                                                                    num_labels=3).eval()
+    assert type(classifier).__name__.endswith("ForSequenceClassification"), classifier
     with torch.no_grad():
         assert torch.equal(trunk(ids).last_hidden_state, model.model(ids).last_hidden_state)
+        assert torch.equal(classifier.model(ids).last_hidden_state, model.model(ids).last_hidden_state)
+        assert classifier(ids).logits.shape == (1, 3)
     print(type(model).__module__, out[0].tolist())
     """
 )

@@ -41,7 +41,7 @@ def tiny_folder(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["peft", "trl", "trainer"])
+@pytest.mark.parametrize("name", ["peft", "trl", "trainer", "reward"])
 def test_the_readme_ecosystem_examples_run(name, tiny_folder, tmp_path):
     # Run as written, on a tiny model in place of models/transformer-small, in a folder of its own.
     code = _example(name).replace("models/transformer-small", str(tiny_folder))
@@ -50,5 +50,6 @@ def test_the_readme_ecosystem_examples_run(name, tiny_folder, tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    made = {"peft": "models/lora-adapter/adapter_model.safetensors", "trl": "models/sft", "trainer": "models/trainer"}
+    made = {"peft": "models/lora-adapter/adapter_model.safetensors", "trl": "models/sft", "trainer": "models/trainer",
+            "reward": "models/reward/adapter_model.safetensors"}
     assert (tmp_path / made[name]).exists()

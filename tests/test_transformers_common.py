@@ -19,7 +19,8 @@ import pytest
 import torch
 import transformers
 
-from modeling import GPTConfig, GPTForCausalLM, GPTModel, LSTMConfig, LSTMForCausalLM, LSTMModel
+from modeling import (GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel, LSTMConfig, LSTMForCausalLM,
+                      LSTMForSequenceClassification, LSTMModel)
 
 CACHE = Path(os.environ.get("POCKETLM_HOME", Path.home() / ".cache" / "pocketlm"))
 PACKAGE = "transformers_common_tests"
@@ -79,7 +80,9 @@ def listed_like_built_in_models():
     transformers' own tables of built-in models; ours are registered with the Auto classes at run time instead, so
     they are listed there for these tests, as a built-in model is, and taken out again after."""
     tables = [(modeling_auto.MODEL_MAPPING_NAMES, "GPTModel", "LSTMModel"),
-              (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "GPTForCausalLM", "LSTMForCausalLM")]
+              (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "GPTForCausalLM", "LSTMForCausalLM"),
+              (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "GPTForSequenceClassification",
+               "LSTMForSequenceClassification")]
     for table, gpt, lstm in tables:
         table[GPTConfig.model_type], table[LSTMConfig.model_type] = gpt, lstm
     yield
@@ -139,14 +142,14 @@ class CommonTest(ModelTesterMixin):
 
 
 class GPTCommonTest(CommonTest, unittest.TestCase):
-    all_model_classes = (GPTModel, GPTForCausalLM)
+    all_model_classes = (GPTModel, GPTForCausalLM, GPTForSequenceClassification)
 
     def setUp(self):
         self.model_tester = Tester(self, GPTConfig)
 
 
 class LSTMCommonTest(CommonTest, unittest.TestCase):
-    all_model_classes = (LSTMModel, LSTMForCausalLM)
+    all_model_classes = (LSTMModel, LSTMForCausalLM, LSTMForSequenceClassification)
     has_attentions = False  # an LSTM has no attention to return, as Mamba has none
 
     def setUp(self):

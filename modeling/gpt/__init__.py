@@ -1,4 +1,4 @@
 from .configuration_gpt import PRESETS, GPTConfig
-from .modeling_gpt import GPTForCausalLM, GPTModel
+from .modeling_gpt import GPTForCausalLM, GPTForSequenceClassification, GPTModel
 
-__all__ = ["PRESETS", "GPTConfig", "GPTModel", "GPTForCausalLM"]
+__all__ = ["PRESETS", "GPTConfig", "GPTModel", "GPTForCausalLM", "GPTForSequenceClassification"]

@@ -32,12 +32,14 @@ PRESETS: dict[str, dict[str, int]] = {
     "large": {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 1024},
 }
 
-# save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
-# AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+# save_pretrained records only the saving class in auto_map; list every class, so AutoModel and
+# AutoModelForSequenceClassification (not only the saving AutoModelForCausalLM) resolve a saved folder where pocketlm
+# is not installed.
 AUTO_MAP = {
     "AutoConfig": "configuration_gpt.GPTConfig",
     "AutoModel": "modeling_gpt.GPTModel",
     "AutoModelForCausalLM": "modeling_gpt.GPTForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_gpt.GPTForSequenceClassification",
 }
 
 

@@ -1,4 +1,4 @@
 from .configuration_lstm import LSTMConfig
-from .modeling_lstm import LSTMForCausalLM, LSTMModel
+from .modeling_lstm import LSTMForCausalLM, LSTMForSequenceClassification, LSTMModel
 
-__all__ = ["LSTMConfig", "LSTMModel", "LSTMForCausalLM"]
+__all__ = ["LSTMConfig", "LSTMModel", "LSTMForCausalLM", "LSTMForSequenceClassification"]

@@ -27,12 +27,14 @@ require_transformers(MIN_TRANSFORMERS, "LSTM")
 from transformers import PreTrainedConfig  # noqa: E402  (after the check: 4.x has no such class)
 
 # Copied from modeling.gpt.configuration_gpt.AUTO_MAP with gpt->lstm, GPT->LSTM
-# save_pretrained records only the saving class in auto_map; list the trunk too, so AutoModel (and not only
-# AutoModelForCausalLM) resolves a saved folder where pocketlm is not installed.
+# save_pretrained records only the saving class in auto_map; list every class, so AutoModel and
+# AutoModelForSequenceClassification (not only the saving AutoModelForCausalLM) resolve a saved folder where pocketlm
+# is not installed.
 AUTO_MAP = {
     "AutoConfig": "configuration_lstm.LSTMConfig",
     "AutoModel": "modeling_lstm.LSTMModel",
     "AutoModelForCausalLM": "modeling_lstm.LSTMForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_lstm.LSTMForSequenceClassification",
 }
 
 

@@ -20,7 +20,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
+                                           SequenceClassifierOutputWithPast)
 from transformers.utils import is_torchdynamo_compiling
 
 from .configuration_lstm import LSTMConfig
@@ -353,4 +354,80 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
 # for the retired cache_position argument): about 30 us a token, 8 us with the signature computed once, here.
 LSTMForCausalLM.forward.__signature__ = inspect.signature(LSTMForCausalLM.forward)
 
-__all__ = ["LSTMModel", "LSTMForCausalLM", "LSTMPreTrainedModel"]
+
+
+# Copied from modeling.gpt.modeling_gpt.last_token_positions
+def last_token_positions(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                         pad_token_id: int | None, rows: int, device: torch.device) -> torch.Tensor:
+    """Each row's last real token: the one position of a causal model that has read the whole text. The padding
+    mask says it when given (padding on either side), else the rightmost token that is not `pad_token_id`, as
+    GPT-2's classifier finds it; without either, the last position."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask.to(device=device, dtype=torch.int32)
+    elif input_ids is not None and pad_token_id is not None:
+        real = (input_ids != pad_token_id).to(device=device, dtype=torch.int32)
+    else:
+        return torch.full((rows,), -1, dtype=torch.long, device=device)
+    return (torch.arange(real.shape[-1], device=device, dtype=torch.int32) * real).argmax(-1)
+
+
+class LSTMForSequenceClassification(LSTMPreTrainedModel):
+    """The LSTM with a linear head scoring the whole text from the state after its last real character.
+
+    What transformers' Trainer fine-tunes with `num_labels` classes, TRL's RewardTrainer as a reward model
+    (`num_labels=1`) and PEFT as a `SEQ_CLS` task; a trained language model's folder loads into it, the new head
+    initialised.
+    """
+
+    # A language model's folder loads into it: the head it leaves behind is expected, not a mismatch.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LSTMModel(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @accepts_old_cache_names("past_key_values", "cache_params")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        """One row of `num_labels` scores per text; with `labels`, transformers' loss for the config's problem type
+        (cross-entropy over classes, mean squared error for one label, binary cross-entropy for several)."""
+        _, output_hidden_states, return_dict = output_flags(self.config, output_attentions, output_hidden_states,
+                                                            return_dict)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.score(self.drop(outputs.last_hidden_state))
+        rows = logits.shape[0]
+        last = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, rows, logits.device)
+        pooled = logits[torch.arange(rows, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        output = SequenceClassifierOutputWithPast(loss=loss, logits=pooled, hidden_states=outputs.hidden_states,
+                                                  **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["LSTMModel", "LSTMForCausalLM", "LSTMForSequenceClassification", "LSTMPreTrainedModel"]
