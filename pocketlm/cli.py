@@ -313,7 +313,7 @@ def chat_main(argv: list[str] | None = None) -> int:
                         f"--model {trained[0]}, or" if trained else ":"
                 raise UsageError(f"no trained model in {default.path}{other} train one with: python train.py {flags}")
             args.model = str(default.path)
-        family = model_family(args.model, exports=True)
+        family = model_family(args.model, exports=True, adapters=True)
         use_context = args.context if args.context is not None else family == "transformer"
         options = {name: getattr(args, name) for name in
                    ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")

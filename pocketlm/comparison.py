@@ -145,12 +145,12 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
     """Measure every model on the same documents, prompts and seed."""
     models = [os.fspath(model_dir) for model_dir in models]  # Paths from the Python API read as the CLI's strings
     for model_dir in models:
-        model_family(model_dir, exports=True)  # every name checked before minutes are spent on the first
+        model_family(model_dir, exports=True, adapters=True)  # every name checked before minutes are spent on the first
     reports = []
     for model_dir in models:
         progress(f"measuring {model_dir} ...")
         model, tokenizer = load_pretrained(model_dir, device)
-        family = model_family(model_dir, exports=True)
+        family = model_family(model_dir, exports=True, adapters=True)
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
         is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],

@@ -197,14 +197,62 @@ def export_record(path_or_repo: str) -> dict | None:
         return None
 
 
-def model_family(path_or_repo: str, exports: bool = False) -> str:
+# PEFT's file: a folder holding it and no config.json is an adapter, saved by PeftModel or the Trainer's save_model.
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def adapter_of(path_or_repo: str) -> dict | None:
+    """The PEFT adapter config of a local folder that holds an adapter and no model, else None."""
+    folder = Path(path_or_repo).expanduser()
+    if not (folder / ADAPTER_CONFIG_FILE).is_file() or (folder / CONFIG_FILE).exists():
+        return None
+    return _read_json(folder / ADAPTER_CONFIG_FILE)
+
+
+def _adapter_family(path_or_repo: str, adapter: dict, adapters: bool) -> str:
+    """The family of the model a PEFT adapter was trained on; a usage error for an adapter the caller cannot run."""
+    task, base = adapter.get("task_type"), adapter.get("base_model_name_or_path")
+    if task not in (None, "CAUSAL_LM"):
+        raise UsageError(f"{path_or_repo} holds a PEFT adapter for a {task} model, not a language model: load it "
+                         "with PeftModel onto AutoModelForSequenceClassification; pocketlm's tools take language "
+                         "models.")
+    if not adapters:  # upload, a Space and --init-from read a model folder's files
+        raise UsageError(f"{path_or_repo} holds a PEFT adapter, not a model: merge it into its model first "
+                         "(PeftModel.from_pretrained(model, adapter).merge_and_unload(), then save_pretrained(FOLDER) "
+                         "of it and of the tokenizer) and use FOLDER here; chat, compare and export take the adapter "
+                         "itself.")
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{path_or_repo} holds a PEFT adapter naming no model it was trained on: set "
+                         f"base_model_name_or_path in its {ADAPTER_CONFIG_FILE} to that model's folder.")
+    try:
+        return model_family(base)
+    except UsageError as error:
+        raise UsageError(f"{path_or_repo} holds a PEFT adapter of {base} (its {ADAPTER_CONFIG_FILE}'s "
+                         f"base_model_name_or_path), which cannot be read: {error}")
+
+
+def _check_language_model(path_or_repo: str, config: dict) -> None:
+    """Refuse a classifier or reward model: its folder loads as a language model with a head it never trained."""
+    heads = [name for name in config.get("architectures") or [] if str(name).endswith("ForSequenceClassification")]
+    if heads:
+        raise UsageError(f"{path_or_repo} holds a {heads[0]} (a classifier or reward model), not a language model: "
+                         "load it with AutoModelForSequenceClassification; pocketlm's tools take the language model "
+                         "it was trained from.")
+
+
+def model_family(path_or_repo: str, exports: bool = False, adapters: bool = False) -> str:
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
 
     With `exports`, a folder export.py wrote is its model's family too: chat and compare run its stock GPT-2 as
     transformers runs any GPT-2, and its ONNX graphs in onnxruntime (tokenizer and chat template are the model's).
-    Training, export and upload need the pocketlm folder an export came from, which the refusal names.
+    Training, export and upload need the pocketlm folder an export came from, which the refusal names. With
+    `adapters`, a PEFT adapter is its model's family: loading merges it into that model.
     """
-    model_type = _config_of(path_or_repo).get("model_type")
+    adapter = adapter_of(as_model(path_or_repo))
+    if adapter is not None:
+        return _adapter_family(path_or_repo, adapter, adapters)
+    config = _config_of(path_or_repo)
+    model_type = config.get("model_type")
     family = next((family for family, name in MODEL_TYPES.items() if name == model_type), None)
     record = export_record(as_model(path_or_repo))
     if record is not None:
@@ -215,6 +263,7 @@ def model_family(path_or_repo: str, exports: bool = False) -> str:
     if family is None:
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
                          "a folder train.py wrote.")
+    _check_language_model(path_or_repo, config)
     return family
 
 
@@ -244,7 +293,20 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
                          "or use --dtype bfloat16 on the GPU.")
     given = os.fspath(path_or_repo)  # a Path from the Python API reads as the string the command line gives
     path_or_repo = as_model(given)
-    family = model_family(path_or_repo, exports=True)
+    family = model_family(path_or_repo, exports=True, adapters=True)
+    adapter = adapter_of(path_or_repo)
+    if adapter is not None:
+        model, tokenizer = _merged_adapter(path_or_repo, adapter["base_model_name_or_path"])
+        model = model.to(DTYPES[dtype])
+    else:
+        model, tokenizer = _load_folder(path_or_repo, family, dtype)
+    model = model.to(device).eval()
+    model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
+    return (quantize_int8(model) if dtype == "int8" else model), tokenizer
+
+
+def _load_folder(path_or_repo: str, family: str, dtype: str):
+    """The model (weights in `dtype`, on the CPU) and tokenizer of a model folder or Hub repository, checked."""
     local = Path(path_or_repo).expanduser()
     record = export_record(path_or_repo)
     if record is not None and not (local / MODEL_FILE).is_file():
@@ -271,9 +333,27 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
                          f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
     if tokenizer.chat_template is None:
         raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
-    model = model.to(device).eval()
-    model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
-    return (quantize_int8(model) if dtype == "int8" else model), tokenizer
+    return model, tokenizer
+
+
+def _merged_adapter(folder: str, base: str):
+    """A PEFT adapter merged into the model it was trained on (float32, on the CPU): a plain pocketlm model again,
+    which generate(), every export and the int8 path take as they take any. The tokenizer is the one saved beside
+    the adapter when there is one (the Trainer's save_model writes it), else the model's."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UsageError(f"{folder} holds a PEFT adapter, which needs peft to load: pip install peft.")
+    model, tokenizer = load_pretrained(base)
+    try:
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"could not put the PEFT adapter in {folder} onto {base} ({reason[:300].rstrip('.')}): "
+                         "it was trained on another model, or the folder is damaged.")
+    if (Path(folder) / TOKENIZER_FILE).is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

@@ -133,7 +133,7 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
     from transformers import AutoTokenizer
 
     from .export import export
-    from .loading import check_model_folder, export_record, local_folder
+    from .loading import adapter_of, check_model_folder, export_record, local_folder, model_family
 
     if dtype not in ("float32", "int8"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
@@ -145,8 +145,14 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
             raise UsageError(f"{graph} is missing from the export: export {record['model']} again.")
         cached = folder
     else:
-        check_model_folder(folder)
-        key = hashlib.sha256("".join(digest(path) for path in sorted(folder.iterdir())
+        sources = [folder]
+        adapter = adapter_of(str(folder))
+        if adapter is None:
+            check_model_folder(folder)
+        else:  # a PEFT adapter: its graphs are its merged model's, so the model's files are part of the key
+            model_family(str(folder), adapters=True)
+            sources.append(local_folder(adapter["base_model_name_or_path"]))
+        key = hashlib.sha256("".join(digest(path) for source in sources for path in sorted(source.iterdir())
                                      if path.suffix in (".safetensors", ".json")).encode()).hexdigest()[:20]
         cached = EXPORT_CACHE / key
         if not (cached / ONNX_DIR / INT8_FILE).is_file():

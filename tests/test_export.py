@@ -416,6 +416,95 @@ PROBES = ["Hello!", "héllo wörld 日本語 🤖", "tabs\tand  double  spaces\r
           "<|user|>Hi!<|end|><|assistant|>", "   leading spaces", ""]
 
 
+def test_a_lora_adapter_chats_compares_and_exports_as_the_model_it_merges_into(trained, tmp_path, monkeypatch):
+    """What README's PEFT example saves, a folder holding only an adapter, was "no model (no config.json)" to every
+    tool. Chat, compare and export now merge it into the model it was trained on (its adapter_config.json says
+    which): the stock GPT-2 export decodes the adapted model's greedy tokens without pocketlm, and chat and compare
+    give what the merged model saved as a folder gives. Tools that read a model folder's files say how to merge."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    rendered = [chat_prompt(tokenizer, text) for text in PROMPTS]
+    before = greedy(model, rendered, tokenizer.pad_token_id)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"],
+                                            task_type="CAUSAL_LM"))
+    taught = torch.tensor([rendered[0] + tokenizer("fortune fortune fortune")["input_ids"]])
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    lora.train()
+    for _ in range(30):
+        lora(input_ids=taught, labels=taught).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lora.eval()
+    lora.save_pretrained(tmp_path / "adapter")  # names the model folder it was loaded from as its base
+    merged = lora.merge_and_unload()
+    expected = greedy(merged, rendered, tokenizer.pad_token_id)
+    assert expected != before  # the adapter changes what the model says
+    merged.save_pretrained(tmp_path / "merged")  # the merge the refusals below describe, with the tokenizer
+    tokenizer.save_pretrained(tmp_path / "merged")
+
+    loaded, _ = load_pretrained(str(tmp_path / "adapter"))
+    assert greedy(loaded, rendered, tokenizer.pad_token_id) == expected
+    out = tmp_path / "export"
+    result = run_entry(export_main, str(tmp_path / "adapter"), "--format", "transformers", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = STOCK_GPT2.format(folder=str(out), prompts=PROMPTS, new_tokens=NEW_TOKENS)
+    assert run_without_pocketlm(script, tmp_path)[3] == expected
+
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
+    replies = {}
+    for name in ("adapter", "merged"):
+        chat = ChatInterface(str(tmp_path / name), max_new_tokens=20)
+        torch.manual_seed(5)
+        replies[name] = [chat.reply(text) for text in PROMPTS[:2]]  # sampled, with the chat's settings
+    chat = ChatInterface(str(tmp_path / "adapter"), runtime="onnx", max_new_tokens=20)  # merged, then exported
+    torch.manual_seed(5)
+    replies["onnx"] = [chat.reply(text) for text in PROMPTS[:2]]
+    assert replies["adapter"] == replies["merged"] == replies["onnx"]
+    report = tmp_path / "comparison.md"
+    result = run_entry(compare_main, str(tmp_path / "adapter"), str(tmp_path / "merged"), "--output", str(report),
+                       "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|") for line in report.read_text().splitlines() if line.startswith("| ") and "bits" not in line]
+    assert len(rows) == 2 and rows[0][5] == rows[1][5]  # bits/char, equal
+
+    for main, args in ((upload_main, [str(tmp_path / "adapter"), "--repo-id", "me/m", "--dry-run", "--output-dir",
+                                      str(tmp_path / "hub")]),
+                       (train_main, ["--init-from", str(tmp_path / "adapter"), "--output-dir", str(tmp_path / "t")])):
+        assert_one_line_error(run_entry(main, *args), "holds a PEFT adapter, not a model: merge it into its model",
+                              "save_pretrained(FOLDER)")
+    assert not (tmp_path / "hub").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_classifier_or_an_adapter_the_tools_cannot_run_is_refused_in_one_line(trained, tmp_path):
+    """A reward model or classifier: the GPT's loaded as a language model in silence (its head is the embedding),
+    the LSTM's was "weights that do not fit" its config."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    for family, model in trained.items():
+        classifier = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=1)
+        classifier.save_pretrained(tmp_path / f"reward-{family}")
+        load_pretrained(str(model))[1].save_pretrained(tmp_path / f"reward-{family}")
+    get_peft_model(classifier, LoraConfig(r=2, target_modules=["embed_tokens"], task_type="SEQ_CLS")).save_pretrained(
+        tmp_path / "reward-adapter")
+    adapter_config = json.loads((tmp_path / "reward-adapter" / "adapter_config.json").read_text())
+    (tmp_path / "orphan").mkdir()
+    (tmp_path / "orphan" / "adapter_config.json").write_text(json.dumps({**adapter_config, "task_type": "CAUSAL_LM",
+                                                                         "base_model_name_or_path": None}))
+    cases = {"reward-transformer": "holds a GPTForSequenceClassification (a classifier or reward model), not a "
+                                   "language model: load it with AutoModelForSequenceClassification",
+             "reward-lstm": "holds a LSTMForSequenceClassification (a classifier or reward model)",
+             "reward-adapter": "holds a PEFT adapter for a SEQ_CLS model, not a language model",
+             "orphan": "holds a PEFT adapter naming no model it was trained on: set base_model_name_or_path"}
+    for name, needle in cases.items():
+        for main, args in ((chat_main, ["--model", str(tmp_path / name), "--prompt", "Hi"]),
+                           (export_main, [str(tmp_path / name), "--format", "onnx", "--output-dir",
+                                          str(tmp_path / "out")])):
+            assert_one_line_error(run_entry(main, *args), needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding(trained, exported):
     llama_cpp = _llama_cpp()
     model, tokenizer = load_pretrained(str(trained["transformer"]))

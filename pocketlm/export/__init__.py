@@ -66,7 +66,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
     float32."""
     model_path = os.fspath(model_path)  # a Path from the Python API reads as the string the command line gives
-    family = model_family(model_path)
+    family = model_family(model_path, adapters=True)
     formats = formats_for(family, formats)
     target = Path(output_dir).expanduser()
     # An export replaces its folder whole: never the one the model is read from, or the one the user is in.
