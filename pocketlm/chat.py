@@ -206,3 +206,21 @@ class ChatInterface:
     def transcript(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + self.history
+
+    def continue_from(self, messages) -> None:
+        """Take up a conversation `transcript()` gave (what /save writes), or a `{"messages": [...]}` record of the
+        training data: its system text and turns replace this chat's. Anything else raises UsageError and changes
+        nothing."""
+        if isinstance(messages, dict) and "messages" in messages:
+            messages = messages["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise UsageError("it holds no conversation: a JSON list of messages, as /save writes, is expected.")
+        for number, message in enumerate(messages, 1):
+            if not (isinstance(message, dict) and message.get("role") in ("system", "user", "assistant")
+                    and isinstance(message.get("content"), str)):
+                raise UsageError(f"message {number} is not a role (system, user or assistant) with a content "
+                                 "string.")
+            if message["role"] == "system" and number > 1:
+                raise UsageError(f"message {number} is a system message: only the first may be.")
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        self.system, self.history = system, [dict(m) for m in messages[1 if system is not None else 0 :]]

@@ -17,8 +17,10 @@ HELP = """commands:
   /help                  this text
   /reset                 forget the conversation
   /params                show the sampling settings; /params temperature=0.9 top_k=20 changes them
+  /system                show the system text; /system TEXT sets it, /system --clear drops it
   /save FILE             write the conversation to FILE as JSON messages (again to update it; a file this chat
                          did not write needs /save --overwrite FILE)
+  /load FILE             continue a conversation /save wrote (its system text too)
   /stats                 tokens, time to first token and tokens/s of the last reply
   /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
 
@@ -107,13 +109,45 @@ class TerminalChat:
                 message = str(error) if isinstance(error, UsageError) else "write /params name=value ..."
                 print(f"error: {message}")
             print(" ".join(f"{k}={v}" for k, v in self.chat.options.items()))
+        elif name == "/system":
+            self._system(argument)
         elif name == "/save":
             self._save(argument)
+        elif name == "/load":
+            self._load(argument)
         elif name == "/stats":
             print(describe_stats(self.chat.last_stats) if self.chat.last_stats else "no reply yet")
         else:
             print(f"unknown command {name}: /help lists them")
         return None
+
+    def _system(self, argument: str) -> None:
+        """/system shows the system text, /system TEXT sets it for the turns to come, /system --clear drops it."""
+        if argument == "--clear":
+            self.chat.system = None
+        elif argument:
+            self.chat.system = argument
+        print(f"system: {self.chat.system}" if self.chat.system else "no system text")
+
+    def _load(self, argument: str) -> None:
+        """/load FILE: continue the conversation in FILE; a file that holds none changes nothing. /save may then
+        update FILE: the conversation it writes starts with what FILE holds."""
+        if not argument:
+            print("error: write /load FILE")
+            return
+        path = Path(argument).expanduser()
+        try:
+            messages = json.loads(path.read_text(encoding="utf-8"))
+            self.chat.continue_from(messages)
+        except OSError as error:
+            print(f"error: could not read {argument}: {error.strerror}")
+            return
+        except (UnicodeDecodeError, ValueError, UsageError) as error:
+            reason = str(error) if isinstance(error, UsageError) else "it is not a JSON file"
+            print(f"error: {argument}: {reason.rstrip('.')}; the conversation was not changed.")
+            return
+        self.saved.add(path.resolve())
+        print(f"loaded {len(self.chat.transcript())} messages from {argument}")
 
     def _save(self, argument: str) -> None:
         """/save FILE: the conversation as JSON messages; a file this chat did not write is replaced only with

@@ -176,6 +176,42 @@ def test_piped_input_is_script_friendly(family, chat_models):
     assert "tokens/s" in result.stdout
 
 
+def test_a_conversation_saved_and_loaded_continues_as_the_unbroken_one_and_a_bad_file_changes_nothing(chat_models,
+                                                                                                    tmp_path):
+    """/save had no way back: a conversation could be written but never taken up again, and the system text set
+    only by --system when the chat started."""
+    model = ["--model", str(chat_models["transformer"]), "--greedy", "--max-new-tokens", "8"]
+    first, whole, resumed = tmp_path / "first.json", tmp_path / "whole.json", tmp_path / "resumed.json"
+    unbroken = run_chat(*model, stdin=f"/system Answer briefly.\nHello there\n/save {first}\nWhat is your name?\n"
+                                      f"/save {whole}\n")
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    assert "system: Answer briefly." in unbroken.stdout
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a conversation")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}]))
+    later = run_chat(*model, stdin=f"/load {first}\n/load {notes}\n/load {broken}\n/load {tmp_path / 'none.json'}\n"
+                                   f"/system\nWhat is your name?\n/save {resumed}\n")
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert f"loaded 3 messages from {first}" in later.stdout
+    assert f"error: {notes}: it is not a JSON file; the conversation was not changed." in later.stdout
+    assert f"error: {broken}: message 2 is a system message: only the first may be; the conversation was not " \
+           "changed." in later.stdout
+    assert "error: could not read" in later.stdout and "system: Answer briefly." in later.stdout
+    saved = json.loads(resumed.read_text())
+    assert saved == json.loads(whole.read_text())  # the same turns, and the same greedy reply to the last
+    assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
+    # Taken up through the API, the next prompt is the unbroken conversation's, not a fresh chat's.
+    chat, fresh = ChatInterface(chat_models["transformer"]), ChatInterface(chat_models["transformer"])
+    chat.continue_from({"messages": saved})
+    assert chat.transcript() == saved and chat.prompt_ids("And?", 8) != fresh.prompt_ids("And?", 8)
+    assert chat.tokenizer.decode(chat.prompt_ids("And?", 8)).startswith("<|system|>Answer briefly.<|end|><|user|>"
+                                                                         "Hello there<|end|>")
+    with pytest.raises(UsageError, match="message 1 is not a role"):
+        chat.continue_from([{"role": "narrator", "content": "x"}])
+    assert chat.transcript() == saved
+
+
 def test_main_py_chat_dispatches_to_chat(chat_models):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "--chat", "--model-type", "lstm", "--model",
