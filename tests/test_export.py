@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry, train_tiny_models
 
+from modeling import GPTConfig, GPTForCausalLM
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.loading import load_pretrained
@@ -533,6 +534,54 @@ def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding
             assert (ours == theirs).float().mean() >= 0.99, (tokens, expected)
         assert len(tokens) >= 20
         assert llm.metadata["tokenizer.chat_template"] and llm.metadata["general.architecture"] == "gpt2"
+    finally:
+        llm.close()
+
+
+STOCK_GPT2_LOGITS = """
+import json, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({folder!r}).eval()
+with torch.no_grad():
+    print(json.dumps(model(torch.tensor([{ids!r}])).logits[0].tolist()))
+"""
+
+
+@pytest.mark.parametrize("shape", [{"bias": False}, {"tie_word_embeddings": False},
+                                   {"bias": False, "tie_word_embeddings": False, "n_head": 1}],
+                         ids=["no-biases", "untied-head", "both-one-head"])
+def test_every_shape_the_gpt_config_allows_exports_to_the_same_function(shape, bpe_tokenizer, tmp_path):
+    """A head untied by `--model-config tie_word_embeddings=false` went into the stock GPT-2 tied to the embedding:
+    other logits, in silence. Each runtime's logits are checked against the model's, on weights far from their
+    initial values (a head and an embedding that happen to be alike would hide it)."""
+    torch.manual_seed(0)
+    config = GPTConfig(**{"vocab_size": len(bpe_tokenizer), "block_size": 64, "n_layer": 2, "n_head": 2,
+                          "n_embd": 32, "dropout": 0.0, **shape})
+    model = GPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    model.save_pretrained(tmp_path / "model")
+    bpe_tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "export"
+    result = run_entry(export_main, str(tmp_path / "model"), "--format", "transformers,onnx,gguf", "--output-dir",
+                       str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = bpe_tokenizer("To be, or not to be, that is the question.")["input_ids"]
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0]
+    stock = run_without_pocketlm(STOCK_GPT2_LOGITS.format(folder=str(out), ids=ids), tmp_path)
+    torch.testing.assert_close(torch.tensor(stock), expected, rtol=1e-4, atol=1e-4)
+    onnx_model, _ = load_pretrained(str(out), runtime="onnx")
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model(torch.tensor([ids])).logits[0], expected, rtol=1e-4, atol=1e-4)
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(next(out.glob("*.gguf"))), n_ctx=64, logits_all=True, verbose=False,
+                          n_threads=2)
+    try:
+        llm.eval(ids)
+        # llama.cpp's CPU GELU reads a 16-bit table: close (within 3e-3 here), not equal; a wrong head is off by 1.
+        torch.testing.assert_close(torch.tensor(llm.scores[: len(ids)]), expected, rtol=1e-2, atol=1e-2)
     finally:
         llm.close()
 

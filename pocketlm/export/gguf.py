@@ -28,7 +28,7 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
         "position_embd.weight": state["model.wpe.weight"],
         "output_norm.weight": state["model.ln_f.weight"],
         "output_norm.bias": bias("model.ln_f.bias", width),
-        "output.weight": state["lm_head.weight"],  # tied: the same values as token_embd
+        "output.weight": state["lm_head.weight"],  # token_embd's values when tied; its own when not
     }
     for i in range(config.n_layer):
         block = f"model.h.{i}."

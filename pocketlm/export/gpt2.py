@@ -1,7 +1,8 @@
 """A pocketlm GPT as the stock transformers GPT-2 it is: no remote code, no pocketlm needed to load it.
 
 pocketlm's GPT is GPT-2's architecture (pre-norm blocks, learned absolute positions, tanh-approximated GELU,
-biases, a head tied to the token embedding), so its weights map one to one onto `GPT2LMHeadModel`: the trunk's
+biases, a head tied to the token embedding unless its config unties it, as GPT-2's can), so its weights map one to
+one onto `GPT2LMHeadModel`: the trunk's
 `model.` becomes `transformer.`, and the linear layers are transposed, as GPT-2 keeps them in `Conv1D` layers that
 store [in, out]. On a trained small model the logits came out equal to the last bit.
 """
@@ -25,7 +26,8 @@ def gpt2_config(config, tokenizer) -> GPT2Config:
         activation_function="gelu_pytorch_tanh",  # the tanh approximation pocketlm trains with; "gelu" would differ
         layer_norm_epsilon=config.layer_norm_epsilon,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=True,
+        # An untied head (`--model-config tie_word_embeddings=false`) exported tied computed other logits in silence.
+        tie_word_embeddings=config.tie_word_embeddings,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         architectures=["GPT2LMHeadModel"],
     )
@@ -34,10 +36,12 @@ def gpt2_config(config, tokenizer) -> GPT2Config:
 def gpt2_weights(model, stock: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
     """The GPT's weights under `stock` GPT2LMHeadModel's names and layouts. A model trained without biases
     (`--model-config bias=false`) gets zero biases, which GPT-2 always has: the same function."""
-    weights = {}
+    weights, tied = {}, model.config.tie_word_embeddings
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
-            continue  # tied to the token embedding
+            if not tied:
+                weights[name] = tensor.detach().to(torch.float32).contiguous()
+            continue  # tied: the token embedding is the head
         target = "transformer." + name.removeprefix("model.")
         if name.endswith(".weight") and any(f".{layer}." in name for layer in CONV1D_LAYERS):
             tensor = tensor.t()
@@ -52,7 +56,8 @@ def to_gpt2(model, tokenizer) -> GPT2LMHeadModel:
     """A GPT2LMHeadModel computing what the pocketlm GPT `model` computes, with its generation settings."""
     stock = GPT2LMHeadModel(gpt2_config(model.config, tokenizer))
     missing, unexpected = stock.load_state_dict(gpt2_weights(model, stock), strict=False)
-    if [name for name in missing if name != "lm_head.weight"] or unexpected:  # only the tied head is not loaded
+    tied_head = ["lm_head.weight"] if stock.config.tie_word_embeddings else []  # loaded as the token embedding
+    if [name for name in missing if name not in tied_head] or unexpected:
         raise RuntimeError(f"the GPT's weights do not map onto GPT-2: missing {missing}, unexpected {unexpected}")
     stock.generation_config = model.generation_config
     return stock.eval()
