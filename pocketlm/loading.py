@@ -333,6 +333,10 @@ def _load_folder(path_or_repo: str, family: str, dtype: str):
                          f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
     if tokenizer.chat_template is None:
         raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
+    if len(tokenizer) > model.config.vocab_size:  # its last tokens would index past the embedding, mid-reply
+        raise UsageError(f"the tokenizer in {path_or_repo} has {len(tokenizer):,} tokens and the model rows for "
+                         f"{model.config.vocab_size:,}: it is not the tokenizer the model was trained with; "
+                         f"{DAMAGED_FIX}.")
     return model, tokenizer
 
 

@@ -548,15 +548,19 @@ with torch.no_grad():
 
 
 @pytest.mark.parametrize("shape", [{"bias": False}, {"tie_word_embeddings": False},
-                                   {"bias": False, "tie_word_embeddings": False, "n_head": 1}],
-                         ids=["no-biases", "untied-head", "both-one-head"])
+                                   {"bias": False, "tie_word_embeddings": False, "n_head": 1},
+                                   {"padded_vocabulary": True}],
+                         ids=["no-biases", "untied-head", "both-one-head", "padded-vocabulary"])
 def test_every_shape_the_gpt_config_allows_exports_to_the_same_function(shape, bpe_tokenizer, tmp_path):
     """A head untied by `--model-config tie_word_embeddings=false` went into the stock GPT-2 tied to the embedding:
-    other logits, in silence. Each runtime's logits are checked against the model's, on weights far from their
-    initial values (a head and an embedding that happen to be alike would hide it)."""
+    other logits, in silence; an embedding padded to a multiple of 64 past the tokenizer (TRL's and Unsloth's
+    resize) stopped the GGUF export with a traceback. Each runtime's logits are checked against the model's, on
+    weights far from their initial values (a head and an embedding that happen to be alike would hide it)."""
     torch.manual_seed(0)
-    config = GPTConfig(**{"vocab_size": len(bpe_tokenizer), "block_size": 64, "n_layer": 2, "n_head": 2,
-                          "n_embd": 32, "dropout": 0.0, **shape})
+    shape = dict(shape)
+    rows = -(-len(bpe_tokenizer) // 64) * 64 if shape.pop("padded_vocabulary", False) else len(bpe_tokenizer)
+    config = GPTConfig(**{"vocab_size": rows, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                          "dropout": 0.0, **shape})
     model = GPTForCausalLM(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
@@ -55,6 +56,14 @@ def _set_config(folder: Path, **fields) -> None:
     (folder / "config.json").write_text(json.dumps({**config, **fields}))
 
 
+def _grown_tokenizer(folder: Path, trained) -> None:
+    """Tokens the model has no embedding rows for (a tokenizer swapped for another's, or grown after training):
+    chat ended mid-reply in an IndexError, the GGUF export in a ValueError."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens([f"extra-{index}" for index in range(600)])
+    tokenizer.save_pretrained(folder)
+
+
 DAMAGE = {
     "config.json missing": (lambda f, t: (f / "config.json").unlink(), "no config.json"),
     "config.json not JSON": (lambda f, t: (f / "config.json").write_text("{'model_type': "), "config.json"),
@@ -71,6 +80,7 @@ DAMAGE = {
     "tokenizer_config.json missing": (lambda f, t: (f / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
     "tokenizer_config.json not JSON": (lambda f, t: _truncate(f / "tokenizer_config.json"), "tokenizer_config.json"),
     "chat template missing": (lambda f, t: (f / "chat_template.jinja").unlink(), "chat_template.jinja"),
+    "a tokenizer larger than the model": (_grown_tokenizer, "it is not the tokenizer the model was trained with"),
     "generation_config.json not JSON": (
         lambda f, t: (f / "generation_config.json").write_text("max_new_tokens: 3"), "generation_config.json"),
     "an empty folder": (lambda f, t: [p.unlink() for p in f.iterdir() if p.is_file()], "no config.json"),

@@ -55,8 +55,10 @@ def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
 
     config = model.config
     tokens, merges = _vocabulary(tokenizer)
-    if len(tokens) != config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokens)} tokens and the model {config.vocab_size}")
+    # An embedding padded past the tokenizer (resize_token_embeddings(pad_to_multiple_of=64), as TRL and Unsloth
+    # do) has rows no text reaches: named and marked unused, as llama.cpp's own converter does, where the export
+    # used to stop with a traceback. (load_pretrained refuses a tokenizer larger than the model.)
+    padding = [f"[PAD{index}]" for index in range(len(tokens), config.vocab_size)]
     special = set(SPECIAL_TOKENS)
     ids = tokenizer.convert_tokens_to_ids
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,9 +73,9 @@ def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
-    writer.add_token_list(tokens)
+    writer.add_token_list(tokens + padding)
     writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
-                            for token in tokens])
+                            for token in tokens] + [gguf.TokenType.UNUSED] * len(padding))
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.eos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
