@@ -300,6 +300,7 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
         model = model.to(DTYPES[dtype])
     else:
         model, tokenizer = _load_folder(path_or_repo, family, dtype)
+    _check_tokenizer(path_or_repo, model, tokenizer)
     model = model.to(device).eval()
     model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
     return (quantize_int8(model) if dtype == "int8" else model), tokenizer
@@ -331,13 +332,17 @@ def _load_folder(path_or_repo: str, family: str, dtype: str):
     if missing:
         raise UsageError(f"the weights in {path_or_repo} do not fit its config.json (missing or misshapen: "
                          f"{', '.join(map(str, missing[:3]))}{' ...' if len(missing) > 3 else ''}): {DAMAGED_FIX}.")
+    return model, tokenizer
+
+
+def _check_tokenizer(path_or_repo: str, model, tokenizer) -> None:
+    """Refuse a tokenizer the model cannot chat with: no chat template, or tokens past the model's rows."""
     if tokenizer.chat_template is None:
         raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
     if len(tokenizer) > model.config.vocab_size:  # its last tokens would index past the embedding, mid-reply
         raise UsageError(f"the tokenizer in {path_or_repo} has {len(tokenizer):,} tokens and the model rows for "
                          f"{model.config.vocab_size:,}: it is not the tokenizer the model was trained with; "
                          f"{DAMAGED_FIX}.")
-    return model, tokenizer
 
 
 def _merged_adapter(folder: str, base: str):
