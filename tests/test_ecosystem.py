@@ -216,6 +216,47 @@ def test_trl_sft_trainer_fine_tunes_with_its_defaults(family, tokenizer_for, ass
     assert losses[-1] < losses[0]
 
 
+def reply_log_probability(model, tokenizer, prompt: list[dict], reply: list[dict]) -> float:
+    """The model's log-probability of `reply`'s tokens after `prompt`, both rendered by the chat template."""
+    start = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+                ["input_ids"])
+    ids = torch.tensor([tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"]])
+    with torch.no_grad():
+        log_probs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return log_probs[start - 1 :].gather(-1, ids[0, start:, None]).sum().item()
+
+
+def test_trl_dpo_trainer_raises_the_chosen_reply_over_the_rejected_one(family, tokenizer_for, tmp_path):
+    """DPO, TRL's preference tuning of the language model itself, against its reference copy of the saved model."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = tokenizer_for(family)
+    tiny_model(family, vocab_size=len(tokenizer)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    prompt = [{"role": "user", "content": "To be, or not to be:"}]
+    chosen = [{"role": "assistant", "content": "that is the question."}]
+    rejected = [{"role": "assistant", "content": "the slings and arrows."}]
+
+    def margin() -> float:
+        model.eval()
+        return (reply_log_probability(model, tokenizer, prompt, chosen)
+                - reply_log_probability(model, tokenizer, prompt, rejected))
+
+    before = margin()
+    # DPOConfig's defaults but float32 (as for the reward model above), the CPU and the budget.
+    args = DPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=20,
+                     per_device_train_batch_size=4, learning_rate=5e-3, max_length=128, report_to="none",
+                     save_strategy="no")
+    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(
+        [{"prompt": prompt, "chosen": chosen, "rejected": rejected}] * 32))
+    trainer.train()
+    assert margin() > before + 5  # nats: the chosen reply now far likelier than the rejected one, against before
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")  # the saved model DPO measured against
+    assert all(torch.equal(p, q) for p, q in zip(trainer.ref_model.parameters(), reference.parameters()))
+
+
 def preference_pairs(count: int, seed: int) -> list[dict]:
     """Texts of the sample's words that differ in one word anywhere in them: the chosen one holds "fortune", the
     rejected one "troubles". Only a model that reads the whole text, not just its end, tells them apart."""
