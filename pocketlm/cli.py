@@ -504,7 +504,9 @@ def upload_main(argv: list[str] | None = None) -> int:
 
 
 def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
-    """The formats the model repository carries beside the native model: --formats, and ONNX for a static page."""
+    """The formats the model repository carries beside the native model, as asked (`all` kept: the model's
+    tokenizer decides whether it holds GGUF): --formats, and ONNX for a static page. Checked here, before anything
+    is built."""
     from .export import formats_for, split_formats
     from .hub import REPOSITORY_FORMATS
 
@@ -512,10 +514,11 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
     if "web" in asked:  # the repository carries the model's files; its page is a Space of its own
         raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
                          "--static-space OWNER/NAME instead of --formats web.")
-    formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
-    if args.static_space and "onnx" not in formats:
-        formats.append("onnx")  # the static page loads the graph from the model repository
-    return formats
+    if asked:
+        formats_for(family, asked, offered=REPOSITORY_FORMATS)
+    if args.static_space and not {"onnx", "all"} & set(asked):
+        asked.append("onnx")  # the static page loads the graph from the model repository
+    return asked
 
 
 def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> None:

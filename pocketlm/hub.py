@@ -14,7 +14,7 @@ from tokenization import save_tokenizer
 
 from .card import model_card
 from .errors import HubError, UsageError
-from .export import formats_for, write_formats
+from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
@@ -58,10 +58,11 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     """
     source, target = Path(model_dir), Path(output_dir)
     family = _require_model_folder(source)
-    formats = formats_for(family, list(formats), offered=REPOSITORY_FORMATS) if formats else []
+    asked, formats = list(formats), formats_for(family, list(formats), offered=REPOSITORY_FORMATS) if formats else []
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))
+    formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     summary = RunFolder(source).read_summary()
     is_chat = summary.get("data", {}).get("is_chat", True)
     samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)

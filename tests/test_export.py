@@ -590,6 +590,33 @@ def test_every_shape_the_gpt_config_allows_exports_to_the_same_function(shape, b
         llm.close()
 
 
+def test_a_gpt_with_a_character_tokenizer_leaves_gguf_out_and_says_why(char_tokenizer, tmp_path):
+    """A Transformer trained with a character tokenizer (`--tokenizer` of an LSTM's folder) was written into a GGUF
+    file llama.cpp refused to load: its vocabulary holds byte-level BPEs only. Named, GGUF is refused in one line;
+    in "all" it is left out with a line saying why; the other formats are written, in export and upload alike."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=len(char_tokenizer), block_size=64, n_layer=2, n_head=2, n_embd=32)
+    GPTForCausalLM(config).save_pretrained(tmp_path / "model")
+    char_tokenizer.save_pretrained(tmp_path / "model")
+    why = "a GGUF file carries a byte-level BPE (llama.cpp's gpt2 vocabulary), and this model's tokenizer is a " \
+          "character-level one"
+    for formats in ("gguf", "onnx,gguf"):
+        result = run_entry(export_main, str(tmp_path / "model"), "--format", formats, "--output-dir",
+                           str(tmp_path / "one"))
+        assert_one_line_error(result, why, "nothing was written")
+        assert not (tmp_path / "one").exists()
+    result = run_entry(export_main, str(tmp_path / "model"), "--format", "all", "--output-dir", str(tmp_path / "all"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"left out gguf: {why}." in result.stderr
+    assert not list((tmp_path / "all").rglob("*.gguf")) and (tmp_path / "all" / "model.safetensors").is_file()
+    assert (tmp_path / "all" / "onnx" / "model.onnx").is_file() and (tmp_path / "all" / "web" / "index.html").is_file()
+    result = run_entry(upload_main, str(tmp_path / "model"), "--repo-id", "me/m", "--dry-run", "--formats", "all",
+                       "--output-dir", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"left out gguf: {why}." in result.stderr
+    assert not list((tmp_path / "hub").rglob("*.gguf")) and list((tmp_path / "hub").rglob("model.onnx"))
+
+
 # ------------------------------------------------------------------------------------------- transformers serve
 
 

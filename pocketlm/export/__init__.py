@@ -14,6 +14,7 @@ destination only when that list holds everything there: an export's folder, neve
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
@@ -54,6 +55,23 @@ def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FO
     return list(dict.fromkeys(asked))
 
 
+def formats_the_tokenizer_takes(formats: list[str], asked: list[str], tokenizer) -> list[str]:
+    """`formats` less GGUF when llama.cpp's vocabulary cannot hold the tokenizer: refused in one line when GGUF was
+    named, left out with a line on standard error when "all" picked it (all: every format this model takes)."""
+    from .gguf import vocabulary_problem
+
+    problem = vocabulary_problem(tokenizer) if "gguf" in formats else None
+    if problem is None:
+        return formats
+    others = [name for name in formats if name != "gguf"]
+    why = f"a GGUF file carries a byte-level BPE (llama.cpp's gpt2 vocabulary), and this model's tokenizer is {problem}"
+    if "gguf" in asked or not others:
+        raise UsageError(f"{why}: export {', '.join(others) or 'transformers, onnx or web'} instead; nothing was "
+                         "written.")
+    print(f"left out gguf: {why}.", file=sys.stderr)
+    return others
+
+
 def export_name(model_path: str) -> str:
     """What an export calls the model (files, the GGUF's name, the default folder): its folder's or repo's name, a
     checkpoint's with its run's."""
@@ -67,7 +85,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     float32."""
     model_path = os.fspath(model_path)  # a Path from the Python API reads as the string the command line gives
     family = model_family(model_path, adapters=True)
-    formats = formats_for(family, formats)
+    asked, formats = formats, formats_for(family, formats)
     target = Path(output_dir).expanduser()
     # An export replaces its folder whole: never the one the model is read from, or the one the user is in.
     whole, source = target.resolve(), Path(model_path).expanduser().resolve()
@@ -84,6 +102,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
             raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
         _check_replaceable(target)
     model, tokenizer = load_pretrained(model_path)
+    formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     name = export_name(model_path)
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)

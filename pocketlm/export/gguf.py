@@ -40,6 +40,22 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()}
 
 
+def vocabulary_problem(tokenizer) -> str | None:
+    """What keeps `tokenizer` out of llama.cpp's gpt2 vocabulary, which holds a byte-level BPE only, or None.
+
+    A Transformer trained with a character tokenizer (`--tokenizer` of an LSTM's folder) was written into a GGUF
+    file that llama.cpp refused to load ("Failed to load model")."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    kinds = {pre.get("type"), *(part.get("type") for part in pre.get("pretokenizers") or [])}
+    model = spec.get("model") or {}
+    if model.get("type") == "BPE" and "ByteLevel" in kinds:
+        return None
+    if model.get("type") == "BPE" and not model.get("merges"):
+        return "a character-level one"
+    return f"a {model.get('type') or 'non-BPE'} one without byte-level pre-tokenization"
+
+
 def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
     """The tokens in id order (in the byte-level alphabet llama.cpp's gpt2 vocabulary uses) and the merges."""
     bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
