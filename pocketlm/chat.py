@@ -82,10 +82,11 @@ class ChatInterface:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.use_context = use_context
-        self.system = system
+        self.system = None
         self.history: list[dict] = []
         self.options = {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
         self.set_options(**generation_options)
+        self.set_system(system)
         self.last_stats: dict | None = None
         self._stop = threading.Event()
 
@@ -111,6 +112,25 @@ class ChatInterface:
             raise UsageError(f"{name}={value} is out of range: {OPTION_RANGES[name]}.")
         return value
 
+    def set_system(self, system: str | None) -> None:
+        """Set the system text (None or empty drops it); one the model's window cannot hold beside a reply and a
+        message raises UsageError and changes nothing."""
+        self._check_system(system or None, self.options["max_new_tokens"])
+        self.system = system or None
+
+    def _check_system(self, system: str | None, max_new_tokens: int) -> None:
+        """A system text longer than the window leaves (it always stays in the prompt) ended the reply in a
+        traceback from the model: refused here, in one line naming its size and the room."""
+        window = context_window(self.model)
+        if not system or window is None:
+            return
+        reply = reply_budget(window, max_new_tokens)
+        room = window - reply - len(self._reply_cue()) - 2  # a message of at least its role token and one more
+        size = len(self._encode([{"role": "system", "content": system}]))
+        if size > room:
+            raise UsageError(f"the system text is {size:,} tokens, and this model's {window:,}-token window leaves "
+                             f"it {max(room, 0):,} beside a reply of {reply:,}: shorten it, or lower max_new_tokens.")
+
     def reset(self) -> None:
         """Forget the conversation (the system text stays)."""
         self.history = []
@@ -131,6 +151,7 @@ class ChatInterface:
         """The prompt for a reply to `text`: system, as many recent turns as fit, the message, the reply cue."""
         window = context_window(self.model)
         budget = None if window is None else window - max_new_tokens
+        self._check_system(self.system, max_new_tokens)  # max_new_tokens may have grown since it was set
         system = [{"role": "system", "content": self.system}] if self.system else []
         fixed = self._encode(system) if system else []
         message = self._encode([{"role": "user", "content": text}])
@@ -223,4 +244,5 @@ class ChatInterface:
             if message["role"] == "system" and number > 1:
                 raise UsageError(f"message {number} is a system message: only the first may be.")
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
-        self.system, self.history = system, [dict(m) for m in messages[1 if system is not None else 0 :]]
+        self._check_system(system, self.options["max_new_tokens"])
+        self.system, self.history = system or None, [dict(m) for m in messages[1 if system is not None else 0 :]]

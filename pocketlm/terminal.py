@@ -86,6 +86,9 @@ class TerminalChat:
         except KeyboardInterrupt:
             print(" [stopped]", end="")
             shown = True
+        except UsageError as error:  # a setting the conversation cannot follow: said, and the session goes on
+            print(f"error: {error}", end="")
+            shown = True
         if interactive and not shown:
             # The model ended its turn at once: say so rather than leave a blank line.
             print(NO_REPLY, end="")
@@ -123,10 +126,11 @@ class TerminalChat:
 
     def _system(self, argument: str) -> None:
         """/system shows the system text, /system TEXT sets it for the turns to come, /system --clear drops it."""
-        if argument == "--clear":
-            self.chat.system = None
-        elif argument:
-            self.chat.system = argument
+        try:
+            if argument:
+                self.chat.set_system(None if argument == "--clear" else argument)
+        except UsageError as error:
+            print(f"error: {error}")
         print(f"system: {self.chat.system}" if self.chat.system else "no system text")
 
     def _load(self, argument: str) -> None:

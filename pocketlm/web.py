@@ -48,12 +48,15 @@ class WebChat:
         """Yield the reply to `message` as it grows, and its figures once it ends."""
         import gradio as gr
 
-        conversation = ChatInterface(self.chat.model, self.chat.tokenizer, use_context=self.chat.use_context,
-                                     system=system.strip() or None)
+        conversation = ChatInterface(self.chat.model, self.chat.tokenizer, use_context=self.chat.use_context)
         try:
             conversation.set_options(**{**self.chat.options, **dict(zip(SETTINGS, settings))})
         except UsageError as error:
             raise gr.Error(str(error), title="Setting out of range")
+        try:
+            conversation.set_system(system.strip() or None)
+        except UsageError as error:
+            raise gr.Error(str(error), title="System text too long")
         conversation.history = [{"role": turn["role"], "content": _text(turn["content"])} for turn in history
                                 if turn.get("role") in ("user", "assistant")]
         reply = ""

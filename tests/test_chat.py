@@ -212,6 +212,48 @@ def test_a_conversation_saved_and_loaded_continues_as_the_unbroken_one_and_a_bad
     assert chat.transcript() == saved
 
 
+def test_a_system_text_the_window_cannot_hold_is_refused_in_one_line_and_the_session_goes_on(chat_models):
+    """It always stays in the prompt, so one longer than the window leaves ended the reply in a traceback from the
+    model, from --system and /system alike."""
+    model = str(chat_models["transformer"])  # a 96-token window
+    long, short = "word " * 200, "Answer briefly."
+    result = run_chat("--model", model, "--system", long, "--prompt", "Hi")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert "the system text is" in result.stderr and "96-token window leaves it" in result.stderr
+    session = run_chat("--model", model, "--greedy", "--max-new-tokens", "8",
+                       stdin=f"/system {short}\n/system {long}\nHello\n/params max_new_tokens=60\nHello\n")
+    assert session.returncode == 0, session.stderr[-2000:]
+    lines = session.stdout.splitlines()
+    assert lines[0] == f"system: {short}" and lines[1].startswith("error: the system text is")
+    assert lines[2] == f"system: {short}"  # the refused one changed nothing
+    chat = ChatInterface(chat_models["transformer"], system=short, max_new_tokens=8)
+    with pytest.raises(UsageError, match="shorten it, or lower max_new_tokens"):
+        chat.set_system(long)
+    with pytest.raises(UsageError, match="the system text is"):
+        ChatInterface(chat_models["transformer"], system=long)
+    assert chat.system == short and chat.reply("Hello") is not None
+    chat.set_system(None)
+    assert chat.system is None
+
+    # One that fits beside a short reply, and not beside a longer one asked for later: that reply is refused, in the
+    # terminal as a line, and the session goes on.
+    def fits(text: str, max_new_tokens: int) -> bool:
+        try:
+            ChatInterface(chat.model, chat.tokenizer, system=text, max_new_tokens=max_new_tokens)
+            return True
+        except UsageError:
+            return False
+
+    middle = next(text for text in ("word " * count for count in range(1, 200)) if fits(text, 8)
+                  and not fits(text, 60))
+    session = run_chat("--model", model, "--greedy", "--max-new-tokens", "8",
+                       stdin=f"/system {middle}\nHello\n/params max_new_tokens=60\nHello\n/system --clear\nHello\n")
+    assert session.returncode == 0, session.stderr[-2000:]
+    replies = [line for line in session.stdout.splitlines() if not line.startswith(("system:", "no system", "do_sample"))]
+    assert len(replies) == 3 and replies[1].startswith("error: the system text is")
+    assert not replies[0].startswith("error") and not replies[2].startswith("error")
+
+
 def test_main_py_chat_dispatches_to_chat(chat_models):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "--chat", "--model-type", "lstm", "--model",

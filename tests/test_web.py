@@ -225,6 +225,9 @@ def test_gradio_client_calls_the_running_app(web_server):
     reply, figures = client.predict("Hello!", "", 0.7, 50, 0.9, 1.2, 16, api_name="/chat")
     assert isinstance(reply, str) and reply.strip()
     assert "16 tokens" in figures
+    # A system text the window cannot hold is named in the page, as a setting out of range is.
+    with pytest.raises(Exception, match="the system text is .* tokens, and this model's 4,096-token window"):
+        client.predict("Hello!", "word " * 5000, 0.7, 50, 0.9, 1.2, 16, api_name="/chat")
 
 
 def test_the_web_page_binds_to_this_machine_only_and_never_shares_by_default(web_app):
