@@ -18,7 +18,7 @@ from . import data
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING
 from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
-from .loading import as_model, export_record, load_pretrained, model_family
+from .loading import adapter_of, as_model, export_record, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 
@@ -140,6 +140,17 @@ def _scoring_block_size(model, model_dir: str) -> int:
     return min(recorded or window or 256, window or recorded or 256)
 
 
+def _family_label(model_dir: str, family: str) -> str:
+    """The family as the report shows it, saying when the model ran as an export or an adapter merged into its
+    model: the comparison a user makes to check one against the other would otherwise show two alike rows."""
+    folder = as_model(model_dir)
+    if adapter_of(folder) is not None:
+        return f"{family}, PEFT adapter"
+    if export_record(folder) is not None:
+        return f"{family}, stock GPT-2 export"
+    return family
+
+
 def compare_models(models: list[str], documents: datasets.Dataset, prompts: list[str], seed: int = 0,
                    max_new_tokens: int = 60, device: str = "cpu", progress=print) -> list[ModelReport]:
     """Measure every model on the same documents, prompts and seed."""
@@ -150,7 +161,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
     for model_dir in models:
         progress(f"measuring {model_dir} ...")
         model, tokenizer = load_pretrained(model_dir, device)
-        family = model_family(model_dir, exports=True, adapters=True)
+        family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
         is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],

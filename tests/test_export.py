@@ -370,6 +370,7 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|") for line in report.read_text().splitlines() if line.startswith("| ") and "bits" not in line]
     assert len(rows) == 2 and rows[0][5] == rows[1][5]  # bits/char on the model's own validation text, equal
+    assert [row[2].strip() for row in rows] == ["transformer", "transformer, stock GPT-2 export"]
     for family, folder in exported.items():
         origin = trained[family].resolve()
         needle = f"is export.py's {'transformers, onnx, gguf, web' if family == 'transformer' else 'onnx, web'} export "
@@ -468,6 +469,7 @@ def test_a_lora_adapter_chats_compares_and_exports_as_the_model_it_merges_into(t
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|") for line in report.read_text().splitlines() if line.startswith("| ") and "bits" not in line]
     assert len(rows) == 2 and rows[0][5] == rows[1][5]  # bits/char, equal
+    assert [row[2].strip() for row in rows] == ["transformer, PEFT adapter", "transformer"]
 
     for main, args in ((upload_main, [str(tmp_path / "adapter"), "--repo-id", "me/m", "--dry-run", "--output-dir",
                                       str(tmp_path / "hub")]),
