@@ -90,6 +90,17 @@ def listed_like_built_in_models():
         del table[GPTConfig.model_type], table[LSTMConfig.model_type]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def transformers_default_logging():
+    """Some common tests read transformers' warnings (the classifiers' "Reinit due to size mismatch"); the command
+    line tests before them in the same process quiet transformers to errors (cli._quiet_libraries), so the default
+    level is set back for these and the earlier one restored after."""
+    earlier = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    yield
+    transformers.logging.set_verbosity(earlier)
+
+
 class Tester:
     """What ModelTesterMixin asks of a model's tester: tiny shapes, a config, inputs."""
 
