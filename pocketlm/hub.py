@@ -58,7 +58,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     """
     source, target = Path(model_dir), Path(output_dir)
     family = _require_model_folder(source)
-    asked, formats = list(formats), formats_for(family, list(formats), offered=REPOSITORY_FORMATS) if formats else []
+    asked = list(formats)  # `all` stays itself until the tokenizer is read: it decides whether GGUF is among them
+    formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
     model, tokenizer = load_pretrained(str(source))

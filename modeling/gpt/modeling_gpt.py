@@ -505,18 +505,25 @@ GPTForCausalLM.forward.__signature__ = inspect.signature(GPTForCausalLM.forward)
 
 
 
-def last_token_positions(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
-                         pad_token_id: int | None, rows: int, device: torch.device) -> torch.Tensor:
-    """Each row's last real token: the one position of a causal model that has read the whole text. The padding
-    mask says it when given (padding on either side), else the rightmost token that is not `pad_token_id`, as
-    GPT-2's classifier finds it; without either, the last position."""
+def score_last_tokens(model, logits: torch.Tensor, input_ids: torch.Tensor | None,
+                      attention_mask: torch.Tensor | None, labels: torch.Tensor | None):
+    """Each row's scores at its last real token, the one position of a causal model that has read the whole text,
+    and transformers' loss for them with `labels`. The padding mask finds that token when given (padding on either
+    side), else the rightmost token that is not the pad token, as GPT-2's classifier finds it, else the last."""
+    rows, device = logits.shape[0], logits.device
+    pad_token_id = model.config.pad_token_id
     if attention_mask is not None and attention_mask.dim() == 2:
         real = attention_mask.to(device=device, dtype=torch.int32)
     elif input_ids is not None and pad_token_id is not None:
         real = (input_ids != pad_token_id).to(device=device, dtype=torch.int32)
     else:
-        return torch.full((rows,), -1, dtype=torch.long, device=device)
-    return (torch.arange(real.shape[-1], device=device, dtype=torch.int32) * real).argmax(-1)
+        real = torch.ones(rows, logits.shape[1], dtype=torch.int32, device=device)
+    last = (torch.arange(real.shape[-1], device=device, dtype=torch.int32) * real).argmax(-1)
+    pooled = logits[torch.arange(rows, device=device), last]
+    loss = None
+    if labels is not None:
+        loss = model.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=model.config)
+    return pooled, loss
 
 
 class GPTForSequenceClassification(GPTPreTrainedModel):
@@ -569,12 +576,7 @@ class GPTForSequenceClassification(GPTPreTrainedModel):
             return_dict=True,
         )
         logits = self.score(outputs.last_hidden_state)
-        rows = logits.shape[0]
-        last = last_token_positions(input_ids, attention_mask, self.config.pad_token_id, rows, logits.device)
-        pooled = logits[torch.arange(rows, device=logits.device), last]
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        pooled, loss = score_last_tokens(self, logits, input_ids, attention_mask, labels)
         output = SequenceClassifierOutputWithPast(
             loss=loss, logits=pooled, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
