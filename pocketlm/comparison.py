@@ -18,7 +18,8 @@ from . import data
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING
 from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
-from .loading import adapter_of, as_model, export_record, load_pretrained, model_family
+from .adapters import adapter_of
+from .loading import as_model, export_record, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import modeling  # noqa: F401  (registers pocketlm's model types with the Auto classes)
 from modeling import MODEL_TYPES
 
+from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, merge_adapter
 from .errors import UsageError
 from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD, GENERATION_CONFIG_FILE,
                          MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
@@ -197,40 +198,6 @@ def export_record(path_or_repo: str) -> dict | None:
         return None
 
 
-# PEFT's file: a folder holding it and no config.json is an adapter, saved by PeftModel or the Trainer's save_model.
-ADAPTER_CONFIG_FILE = "adapter_config.json"
-
-
-def adapter_of(path_or_repo: str) -> dict | None:
-    """The PEFT adapter config of a local folder that holds an adapter and no model, else None."""
-    folder = Path(path_or_repo).expanduser()
-    if not (folder / ADAPTER_CONFIG_FILE).is_file() or (folder / CONFIG_FILE).exists():
-        return None
-    return _read_json(folder / ADAPTER_CONFIG_FILE)
-
-
-def _adapter_family(path_or_repo: str, adapter: dict, adapters: bool) -> str:
-    """The family of the model a PEFT adapter was trained on; a usage error for an adapter the caller cannot run."""
-    task, base = adapter.get("task_type"), adapter.get("base_model_name_or_path")
-    if task not in (None, "CAUSAL_LM"):
-        raise UsageError(f"{path_or_repo} holds a PEFT adapter for a {task} model, not a language model: load it "
-                         "with PeftModel onto AutoModelForSequenceClassification; pocketlm's tools take language "
-                         "models.")
-    if not adapters:  # upload, a Space and --init-from read a model folder's files
-        raise UsageError(f"{path_or_repo} holds a PEFT adapter, not a model: merge it into its model first "
-                         "(PeftModel.from_pretrained(model, adapter).merge_and_unload(), then save_pretrained(FOLDER) "
-                         "of it and of the tokenizer) and use FOLDER here; chat, compare and export take the adapter "
-                         "itself.")
-    if not isinstance(base, str) or not base:
-        raise UsageError(f"{path_or_repo} holds a PEFT adapter naming no model it was trained on: set "
-                         f"base_model_name_or_path in its {ADAPTER_CONFIG_FILE} to that model's folder.")
-    try:
-        return model_family(base)
-    except UsageError as error:
-        raise UsageError(f"{path_or_repo} holds a PEFT adapter of {base} (its {ADAPTER_CONFIG_FILE}'s "
-                         f"base_model_name_or_path), which cannot be read: {error}")
-
-
 def _check_language_model(path_or_repo: str, config: dict) -> None:
     """Refuse a classifier or reward model: its folder loads as a language model with a head it never trained."""
     heads = [name for name in config.get("architectures") or [] if str(name).endswith("ForSequenceClassification")]
@@ -250,7 +217,12 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     """
     adapter = adapter_of(as_model(path_or_repo))
     if adapter is not None:
-        return _adapter_family(path_or_repo, adapter, adapters)
+        base = adapter_base(path_or_repo, adapter, adapters)
+        try:
+            return model_family(base)
+        except UsageError as error:
+            raise UsageError(f"{path_or_repo} holds a PEFT adapter of {base} (its {ADAPTER_CONFIG_FILE}'s "
+                             f"base_model_name_or_path), which cannot be read: {error}")
     config = _config_of(path_or_repo)
     model_type = config.get("model_type")
     family = next((family for family, name in MODEL_TYPES.items() if name == model_type), None)
@@ -296,7 +268,8 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     family = model_family(path_or_repo, exports=True, adapters=True)
     adapter = adapter_of(path_or_repo)
     if adapter is not None:
-        model, tokenizer = _merged_adapter(path_or_repo, adapter["base_model_name_or_path"])
+        base = adapter["base_model_name_or_path"]  # checked by model_family above
+        model, tokenizer = merge_adapter(*load_pretrained(base), path_or_repo, base)
         model = model.to(DTYPES[dtype])
     else:
         model, tokenizer = _load_folder(path_or_repo, family, dtype)
@@ -343,26 +316,6 @@ def _check_tokenizer(path_or_repo: str, model, tokenizer) -> None:
         raise UsageError(f"the tokenizer in {path_or_repo} has {len(tokenizer):,} tokens and the model rows for "
                          f"{model.config.vocab_size:,}: it is not the tokenizer the model was trained with; "
                          f"{DAMAGED_FIX}.")
-
-
-def _merged_adapter(folder: str, base: str):
-    """A PEFT adapter merged into the model it was trained on (float32, on the CPU): a plain pocketlm model again,
-    which generate(), every export and the int8 path take as they take any. The tokenizer is the one saved beside
-    the adapter when there is one (the Trainer's save_model writes it), else the model's."""
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise UsageError(f"{folder} holds a PEFT adapter, which needs peft to load: pip install peft.")
-    model, tokenizer = load_pretrained(base)
-    try:
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"could not put the PEFT adapter in {folder} onto {base} ({reason[:300].rstrip('.')}): "
-                         "it was trained on another model, or the folder is damaged.")
-    if (Path(folder) / TOKENIZER_FILE).is_file():
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

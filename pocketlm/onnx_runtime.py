@@ -133,7 +133,8 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
     from transformers import AutoTokenizer
 
     from .export import export
-    from .loading import adapter_of, check_model_folder, export_record, local_folder, model_family
+    from .adapters import adapter_of
+    from .loading import check_model_folder, export_record, local_folder, model_family
 
     if dtype not in ("float32", "int8"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
