@@ -1,6 +1,8 @@
 """The README promises what the code does: its preset table is generated, its commands are the CI's."""
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,24 @@ def test_readme_opens_with_the_two_commands():
     assert len(commands) == 2
     assert commands[0].endswith("python train.py")
     assert "pytest" in commands[1]
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    """Each `python SCRIPT.py ...` the README shows, in a code block or inline, as (script, its arguments); the
+    README's `[--private]` marks an optional part, read as written."""
+    found = re.findall(r"python (train|chat|compare|export|hub_upload)\.py([^`#\n|]*)", README)
+    return [(script, shlex.split(rest.replace("[", "").replace("]", ""))) for script, rest in found]
+
+
+@pytest.mark.parametrize("script, args", _command_lines(), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_command_line_the_readme_shows_parses(script, args):
+    """An option renamed or made positional left the README's lines giving "unknown option"; each line must parse
+    as the script parses it (running them all would take the suite's hours)."""
+    from pocketlm import cli
+
+    parser = {"train": cli.train_parser, "chat": cli.chat_parser, "compare": cli.compare_parser,
+              "export": cli.export_parser, "hub_upload": cli.upload_parser}[script]()
+    parser.parse_args(args)  # exits 2 with the reason where it would not parse
 
 
 def _example(name: str) -> str:
