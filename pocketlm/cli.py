@@ -242,6 +242,8 @@ def chat_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="chat.py", path_option="--model", may_be_empty=("system",),
                      description="Chat with a trained pocketlm model in the terminal.")
     add = parser.add_argument
+    # Positional as in compare.py, export.py and hub_upload.py; --model as main.py and older commands spell it.
+    add("model_path", nargs="*", metavar="MODEL", help="a model folder or Hub repo id, the same as --model")
     add("--model", metavar="PATH_OR_REPO", help="a model folder or Hub repo id (default: from --model-type/--model-size)")
     add("--model-type", choices=MODEL_TYPES, default="transformer", help="picks models/<type> by default")
     add("--model-size", choices=MODEL_SIZES, default="small", help="picks models/transformer-<size> by default")
@@ -275,7 +277,13 @@ def chat_parser() -> argparse.ArgumentParser:
 
 
 def chat_main(argv: list[str] | None = None) -> int:
-    args = chat_parser().parse_args(argv)
+    parser = chat_parser()
+    args = parser.parse_args(argv)
+    named = list(dict.fromkeys(args.model_path + ([args.model] if args.model else [])))
+    if len(named) > 1:
+        parser.error(f"chat.py talks with one model, got {len(named)} ({', '.join(named)}): name one, or put them "
+                     f"side by side with: python compare.py {' '.join(named)}")
+    args.model = named[0] if named else None
     _quiet_libraries()
 
     def job():
@@ -298,7 +306,7 @@ def chat_main(argv: list[str] | None = None) -> int:
             if not 0 < args.port < 65536:
                 raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
             check_can_listen(args.host, args.port)
-        if args.model_size != chat_parser().get_default("model_size") and (args.model or args.model_type == "lstm"):
+        if args.model_size != parser.get_default("model_size") and (args.model or args.model_type == "lstm"):
             # It picks the default Transformer folder, and would be ignored in silence.
             picked = f"--model {args.model}" if args.model else "--model-type lstm"
             raise UsageError(f"--model-size {args.model_size} picks models/transformer-{args.model_size}, but "

@@ -176,6 +176,22 @@ def test_piped_input_is_script_friendly(family, chat_models):
     assert "tokens/s" in result.stdout
 
 
+def test_the_model_named_bare_is_the_model_named_with_its_option_and_two_are_sent_to_compare(chat_models):
+    """compare.py, export.py and hub_upload.py take MODEL bare, chat.py only --model: `chat.py MODEL` was refused."""
+    model, other = str(chat_models["transformer"]), str(chat_models["lstm"])
+    reply = ["--greedy", "--max-new-tokens", "8", "--prompt", "Hello"]
+    bare, named, both = run_chat(model, *reply), run_chat("--model", model, *reply), run_chat(model, "--model",
+                                                                                              model, *reply)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert bare.stdout == named.stdout == both.stdout and bare.stdout.strip()
+    for two in ([model, other], [model, "--model", other]):
+        refused = run_chat(*two, *reply)
+        assert refused.returncode == 2 and not refused.stdout
+        assert refused.stderr.strip().splitlines() == [
+            f"error: chat.py talks with one model, got 2 ({model}, {other}): name one, or put them side by side "
+            f"with: python compare.py {model} {other} (see chat.py --help)"]
+
+
 def test_a_conversation_saved_and_loaded_continues_as_the_unbroken_one_and_a_bad_file_changes_nothing(chat_models,
                                                                                                     tmp_path):
     """/save had no way back: a conversation could be written but never taken up again, and the system text set
