@@ -773,6 +773,8 @@ def test_a_model_size_the_chat_would_ignore_is_refused(trained):
     """`--model-size` picks models/transformer-<size>; with --model or --model-type lstm it was ignored."""
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), "--model-size", "medium"),
                           f"--model-size medium picks models/transformer-medium, but --model {trained['lstm']} names")
+    assert_one_line_error(run_entry(chat_main, str(trained["lstm"]), "--model-size", "medium"),
+                          f"but {trained['lstm']} names another model")
     assert_one_line_error(run_entry(legacy_main, "--chat", "--model-size", "large"),
                           "but --model-type lstm names another model: drop one of them")
 
