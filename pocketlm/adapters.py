@@ -5,6 +5,8 @@ that model. Loading asks here; this module loads no model itself."""
 import json
 from pathlib import Path
 
+import torch
+
 from .errors import UsageError
 from .run_folder import CONFIG_FILE, TOKENIZER_FILE
 
@@ -28,8 +30,8 @@ def adapter_of(path_or_repo: str) -> dict | None:
 
 def adapter_base(path_or_repo: str, adapter: dict, runnable: bool) -> str:
     """The model a PEFT adapter was trained on (its base_model_name_or_path); a usage error for an adapter the
-    caller cannot run (`runnable`: chat, compare and export merge it; upload, a Space and --init-from read a model
-    folder's files)."""
+    caller cannot run (`runnable`: chat, compare, export and --init-from merge it; upload and a Space publish a
+    model folder's files)."""
     task, base = adapter.get("task_type"), adapter.get("base_model_name_or_path")
     if task not in (None, "CAUSAL_LM"):
         raise UsageError(f"{path_or_repo} holds a PEFT adapter for a {task} model, not a language model: load it "
@@ -38,8 +40,8 @@ def adapter_base(path_or_repo: str, adapter: dict, runnable: bool) -> str:
     if not runnable:
         raise UsageError(f"{path_or_repo} holds a PEFT adapter, not a model: merge it into its model first "
                          "(PeftModel.from_pretrained(model, adapter).merge_and_unload(), then save_pretrained(FOLDER) "
-                         "of it and of the tokenizer) and use FOLDER here; chat, compare and export take the adapter "
-                         "itself.")
+                         "of it and of the tokenizer) and use FOLDER here; chat, compare, export and train.py "
+                         "--init-from take the adapter itself.")
     if not isinstance(base, str) or not base:
         raise UsageError(f"{path_or_repo} holds a PEFT adapter naming no model it was trained on: set "
                          f"base_model_name_or_path in its {ADAPTER_CONFIG_FILE} to that model's folder.")
@@ -55,13 +57,22 @@ def merge_adapter(model, tokenizer, folder: str, base: str):
     except ImportError:
         raise UsageError(f"{folder} holds a PEFT adapter, which needs peft to load: pip install peft.")
     try:
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        # PEFT draws the adapter's layers at random before reading its weights: from a stream of its own, so that
+        # loading an adapter leaves the caller's (a training run's seeded one) as loading a model folder does.
+        with torch.random.fork_rng(devices=[]):
+            model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"could not put the PEFT adapter in {folder} onto {base} ({reason[:300].rstrip('.')}): "
                          "it was trained on another model, or the folder is damaged.")
-    if (Path(folder) / TOKENIZER_FILE).is_file():
+    if adapter_tokenizer(folder, base) == folder:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
+
+
+def adapter_tokenizer(folder: str, base: str) -> str:
+    """Where an adapter's tokenizer is read from: beside it when saved there (the Trainer's save_model writes it),
+    else its model's."""
+    return folder if (Path(folder).expanduser() / TOKENIZER_FILE).is_file() else base

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import modeling  # noqa: F401  (registers pocketlm's model types with the Auto classes)
 from modeling import MODEL_TYPES
 
-from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, merge_adapter
+from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
 from .errors import UsageError
 from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD, GENERATION_CONFIG_FILE,
                          MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
@@ -237,6 +237,13 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
                          "a folder train.py wrote.")
     _check_language_model(path_or_repo, config)
     return family
+
+
+def tokenizer_source(path_or_repo: str) -> str:
+    """Where the tokenizer of a model folder, Hub repo, checkpoint or PEFT adapter is read from."""
+    path_or_repo = as_model(path_or_repo)
+    adapter = adapter_of(path_or_repo)
+    return path_or_repo if adapter is None else adapter_tokenizer(path_or_repo, adapter["base_model_name_or_path"])
 
 
 RUNTIMES = ("torch", "onnx")

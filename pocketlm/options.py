@@ -105,7 +105,8 @@ class TrainingOptions:
                                          "batches changed since the checkpoint", action="store_true")
     tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
     vocab_size: int | None = option(None, f"BPE vocabulary size ({RECIPE})", type=int)
-    init_from: str | None = option(None, "fine-tune this pocketlm model instead of starting fresh",
+    init_from: str | None = option(None, "fine-tune this pocketlm model (a folder, Hub repo id, checkpoint or PEFT "
+                                   "adapter) instead of starting fresh",
                                    metavar="PATH_OR_REPO")
     compile: bool = option(False, "torch.compile the model", action="store_true")
     gradient_checkpointing: bool = option(
@@ -246,11 +247,13 @@ def _family(options: TrainingOptions) -> str:
     """The model family: --model-type, else --init-from's, else the Transformer."""
     import modeling
 
+    from .adapters import adapter_of
     from .loading import check_model_folder, model_family
 
     if options.init_from:
-        found = model_family(options.init_from)  # first: an export is named as one, not as a folder missing files
-        if Path(options.init_from).expanduser().is_dir():
+        # First: an export is named as one, not as a folder missing files; a PEFT adapter starts from its merge.
+        found = model_family(options.init_from, adapters=True)
+        if Path(options.init_from).expanduser().is_dir() and not adapter_of(options.init_from):
             check_model_folder(Path(options.init_from).expanduser())
         if options.model_type and options.model_type != found:
             raise UsageError(f"--init-from {options.init_from} holds a {found} model, not a {options.model_type}: "

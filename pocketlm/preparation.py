@@ -36,7 +36,7 @@ from . import continuity, data
 from .checkpoints import CheckpointManager
 from .errors import UsageError
 from .generation import default_generation_config
-from .loading import as_model, load_pretrained
+from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import RunFolder
@@ -264,7 +264,7 @@ TOKENIZER_SCHEMA = 2  # part of their key: bump when tokenization/ trains a diff
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
                             accelerator: Accelerator, stages: Stages):
     """--tokenizer's, --init-from's or a resumed run's tokenizer; else one trained on the training text."""
-    source = (options.tokenizer or (as_model(options.init_from) if options.init_from else None)
+    source = (options.tokenizer or (tokenizer_source(options.init_from) if options.init_from else None)
               or (str(folder.tokenizer_to_resume()) if options.resume else None))
     if source:
         try:
@@ -351,7 +351,9 @@ def build_model(options: TrainingOptions, tokenizer):
     """--init-from's model, or a fresh one of the chosen family sized by its preset and the tokenizer's vocabulary;
     its generation settings and the tokenizer's window set for what the run will save."""
     if options.init_from:
-        model = load_pretrained(options.init_from)[0].train()  # checked: a damaged folder ends in one line
+        # Checked: a damaged folder ends in one line. A PEFT adapter comes merged, its weights frozen as PEFT left
+        # them: all are trained here.
+        model = load_pretrained(options.init_from)[0].train().requires_grad_(True)
     else:
         model = _fresh_model(options, tokenizer)
     if options.gradient_checkpointing:

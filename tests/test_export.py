@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry, train_tiny_models
+from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
 from pocketlm.chat import ChatInterface
@@ -418,11 +419,12 @@ PROBES = ["Hello!", "héllo wörld 日本語 🤖", "tabs\tand  double  spaces\r
           "<|user|>Hi!<|end|><|assistant|>", "   leading spaces", ""]
 
 
-def test_a_lora_adapter_chats_compares_and_exports_as_the_model_it_merges_into(trained, tmp_path, monkeypatch):
+def test_a_lora_adapter_chats_compares_exports_and_trains_as_the_model_it_merges_into(trained, tmp_path, monkeypatch):
     """What README's PEFT example saves, a folder holding only an adapter, was "no model (no config.json)" to every
     tool. Chat, compare and export now merge it into the model it was trained on (its adapter_config.json says
     which): the stock GPT-2 export decodes the adapted model's greedy tokens without pocketlm, and chat and compare
-    give what the merged model saved as a folder gives. Tools that read a model folder's files say how to merge."""
+    give what the merged model saved as a folder gives, and training from it what training from that folder gives.
+    The upload, which publishes a model folder's files, says how to merge."""
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = load_pretrained(str(trained["transformer"]))
@@ -471,12 +473,25 @@ def test_a_lora_adapter_chats_compares_and_exports_as_the_model_it_merges_into(t
     assert len(rows) == 2 and rows[0][5] == rows[1][5]  # bits/char, equal
     assert [row[2].strip() for row in rows] == ["transformer, PEFT adapter", "transformer"]
 
-    for main, args in ((upload_main, [str(tmp_path / "adapter"), "--repo-id", "me/m", "--dry-run", "--output-dir",
-                                      str(tmp_path / "hub")]),
-                       (train_main, ["--init-from", str(tmp_path / "adapter"), "--output-dir", str(tmp_path / "t")])):
-        assert_one_line_error(run_entry(main, *args), "holds a PEFT adapter, not a model: merge it into its model",
-                              "save_pretrained(FOLDER)")
-    assert not (tmp_path / "hub").exists() and not (tmp_path / "t").exists()
+    # Training goes on from the adapter as from its merge saved as a model folder: every weight, bitwise. It failed
+    # first as "holds a PEFT adapter" (refused), then with "does not require grad" (PEFT had frozen the model's
+    # weights), then in other weights (PEFT drew the adapter's layers from the run's seeded random stream).
+    weights = {}
+    for name in ("adapter", "merged"):
+        result = run_entry(train_main, "--init-from", str(tmp_path / name), "--output-dir", str(tmp_path / f"t-{name}"),
+                           "--max-steps", "3", "--samples", "0", "--seed", "3")
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[name] = load_file(tmp_path / f"t-{name}" / "model.safetensors")
+    assert weights["adapter"].keys() == weights["merged"].keys()
+    assert all(torch.equal(weights["adapter"][key], weights["merged"][key]) for key in weights["adapter"])
+    started = load_file(tmp_path / "merged" / "model.safetensors")
+    assert all(not torch.equal(started[key], weights["adapter"][key]) for key in started)  # each one trained
+
+    result = run_entry(upload_main, str(tmp_path / "adapter"), "--repo-id", "me/m", "--dry-run", "--output-dir",
+                       str(tmp_path / "hub"))
+    assert_one_line_error(result, "holds a PEFT adapter, not a model: merge it into its model",
+                          "save_pretrained(FOLDER)")
+    assert not (tmp_path / "hub").exists()
 
 
 def test_a_classifier_or_an_adapter_the_tools_cannot_run_is_refused_in_one_line(trained, tmp_path):
