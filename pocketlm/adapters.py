@@ -3,9 +3,8 @@ LoRA run): found, checked, and merged into the model they were trained on, so ch
 that model. Loading asks here; this module loads no model itself."""
 
 import json
+import warnings
 from pathlib import Path
-
-import torch
 
 from .errors import UsageError
 from .run_folder import CONFIG_FILE, TOKENIZER_FILE
@@ -57,9 +56,9 @@ def merge_adapter(model, tokenizer, folder: str, base: str):
     except ImportError:
         raise UsageError(f"{folder} holds a PEFT adapter, which needs peft to load: pip install peft.")
     try:
-        # PEFT draws the adapter's layers at random before reading its weights: from a stream of its own, so that
-        # loading an adapter leaves the caller's (a training run's seeded one) as loading a model folder does.
-        with torch.random.fork_rng(devices=[]):
+        with warnings.catch_warnings():
+            # PEFT asks transformers 5.24 for is_gradient_checkpointing by its old name, which warns on each load.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

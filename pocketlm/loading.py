@@ -254,8 +254,16 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`; with
     `runtime="onnx"`, the same model decoding in onnxruntime (float32 or int8, on the CPU).
 
-    A damaged or incomplete folder, or one transformers cannot read, ends in a UsageError naming the file.
+    A damaged or incomplete folder, or one transformers cannot read, ends in a UsageError naming the file. Loading
+    leaves torch's random stream as it found it (PEFT draws an adapter's layers before reading them, the first
+    ONNX export draws too): a seed set before loading gives the same samples and the same training run however
+    the model came to be loaded.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _load_pretrained(path_or_repo, device, dtype, runtime)
+
+
+def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, runtime: str):
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
     if runtime not in RUNTIMES:
