@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from tokenization import message_text
+
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
@@ -238,11 +240,13 @@ class ChatInterface:
             raise UsageError("it holds no conversation: a JSON list of messages, as /save writes, is expected.")
         for number, message in enumerate(messages, 1):
             if not (isinstance(message, dict) and message.get("role") in ("system", "user", "assistant")
-                    and isinstance(message.get("content"), str)):
+                    and message_text(message.get("content")) is not None):
                 raise UsageError(f"message {number} is not a role (system, user or assistant) with a content "
-                                 "string.")
+                                 "string or list of text parts.")
             if message["role"] == "system" and number > 1:
                 raise UsageError(f"message {number} is a system message: only the first may be.")
+        # Text parts (an OpenAI or Gradio transcript) read as the text they hold, as in the training data.
+        messages = [{"role": m["role"], "content": message_text(m["content"])} for m in messages]
         system = messages[0]["content"] if messages[0]["role"] == "system" else None
         self._check_system(system, self.options["max_new_tokens"])
-        self.system, self.history = system or None, [dict(m) for m in messages[1 if system is not None else 0 :]]
+        self.system, self.history = system or None, messages[1 if system is not None else 0 :]

@@ -258,7 +258,9 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
 
 
 TOKENIZER_CACHE = KEY_FILE.parent / "tokenizers"  # trained tokenizers, by the text and settings they came from
-TOKENIZER_SCHEMA = 2  # part of their key: bump when tokenization/ trains a different tokenizer from the same text
+# Part of their key: bump when tokenization/ trains a different tokenizer from the same text, or saves another chat
+# template with it (3: message content as a list of text parts).
+TOKENIZER_SCHEMA = 3
 
 
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,

@@ -10,6 +10,8 @@ import errno
 import importlib.util
 import socket
 
+from tokenization import message_text
+
 from .chat import NO_REPLY, ChatInterface, describe_stats
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING, WEB_HOST, WEB_PORT
@@ -57,22 +59,14 @@ class WebChat:
             conversation.set_system(system.strip() or None)
         except UsageError as error:
             raise gr.Error(str(error), title="System text too long")
-        conversation.history = [{"role": turn["role"], "content": _text(turn["content"])} for turn in history
-                                if turn.get("role") in ("user", "assistant")]
+        # Gradio 6 sends each turn's content as a list of text parts.
+        conversation.history = [{"role": turn["role"], "content": message_text(turn["content"]) or ""}
+                                for turn in history if turn.get("role") in ("user", "assistant")]
         reply = ""
         for piece in conversation.stream(message):
             reply += piece
             yield reply, ""
         yield reply.strip() or NO_REPLY, describe_stats(conversation.last_stats)
-
-
-def _text(content) -> str:
-    """A message's text, whether Gradio sends it as a string or as a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return str(content)
 
 
 def build_app(chat: ChatInterface):

@@ -225,6 +225,14 @@ def test_a_conversation_saved_and_loaded_continues_as_the_unbroken_one_and_a_bad
                                                                          "Hello there<|end|>")
     with pytest.raises(UsageError, match="message 1 is not a role"):
         chat.continue_from([{"role": "narrator", "content": "x"}])
+    # An OpenAI or Gradio transcript gives each content as text parts: it was "message 1 is not a role ... with a
+    # content string"; it is taken up as the same conversation.
+    as_parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in saved]
+    parted = ChatInterface(chat_models["transformer"])
+    parted.continue_from(as_parts)
+    assert parted.transcript() == saved and parted.prompt_ids("And?", 8) == chat.prompt_ids("And?", 8)
+    with pytest.raises(UsageError, match="message 2 is not a role"):
+        chat.continue_from([saved[0], {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
     assert chat.transcript() == saved
 
 

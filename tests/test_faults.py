@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
@@ -201,6 +202,12 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
     ("message without content", _jsonl(*GOOD, {"messages": [{"role": "user"}]}),
      "a message lacks a 'role' or 'content' string"),
     ("empty text", _jsonl(*GOOD, {"text": "   "}), "empty 'text'"),
+    ("image part", _jsonl(*GOOD, {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "cat.png"}}, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A cat."}]}),
+     "a message holds a part of type 'image_url', and pocketlm models learn text only"),
+    ("text part without text", _jsonl(*GOOD, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
+     "a message's content list holds a part that is not {'type': 'text', 'text': '...'}"),
 ])
 def test_bad_jsonl_records_are_skipped_counted_and_named(case, content, reason, tmp_path):
     result = _train_on(tmp_path, "data.jsonl", content)
@@ -211,6 +218,27 @@ def test_bad_jsonl_records_are_skipped_counted_and_named(case, content, reason, 
     assert records["kept"] + records["duplicates_dropped"] == len(GOOD)  # every good line trained on
     assert records["first_skipped_at"][reason] == f"{tmp_path / 'data.jsonl'}:{len(GOOD) + 1}"
     assert reason in result.stdout  # on the screen, where the user looks
+
+
+def test_conversations_in_text_parts_train_as_the_same_conversations_in_strings(tmp_path):
+    """OpenAI's fine-tuning layout and TRL's give a message's content as a list of text parts: every such record
+    was skipped ("a message lacks a 'role' or 'content' string"). Now they train to the same weights, bitwise."""
+    from safetensors.torch import load_file
+
+    chats = [[{"role": "user", "content": make_text(i, 1)}, {"role": "assistant", "content": make_text(i + 50, 1)}]
+             for i in range(30)]
+    in_parts = [[{"role": m["role"], "content": [{"type": "text", "text": m["content"][:9]},
+                                                 {"type": "text", "text": m["content"][9:]}]} for m in chat]
+                for chat in chats]
+    weights = {}
+    for name, records in (("strings", chats), ("parts", in_parts)):
+        (tmp_path / name).mkdir()
+        result = _train_on(tmp_path / name, "chats.jsonl", _jsonl(*[{"messages": chat} for chat in records]))
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads((tmp_path / name / "out" / "training_summary.json").read_text())
+        assert summary["data"]["records"]["kept"] == len(chats) and not summary["data"]["records"]["skipped"]
+        weights[name] = load_file(tmp_path / name / "out" / "model.safetensors")
+    assert all(torch.equal(weights["strings"][key], weights["parts"][key]) for key in weights["strings"])
 
 
 @pytest.mark.parametrize("case, content, needles", [

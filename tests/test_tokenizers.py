@@ -112,3 +112,22 @@ def test_chat_template_builds_the_prompt(saved_bpe):
     assert saved_bpe.decode(ids) == prompt
     with pytest.raises(Exception, match="chat roles are system, user and assistant"):
         saved_bpe.apply_chat_template([{"role": "robot", "content": "beep"}], tokenize=False)
+
+
+def test_chat_template_reads_content_given_as_text_parts(saved_bpe):
+    """OpenAI's API, TRL and Gradio give a message's content as a list of parts: the template concatenated the list
+    with a string ("can only concatenate list"). Text parts read as their text; an image part is refused."""
+    strings = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+               {"role": "assistant", "content": "Hello."}]
+    parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"][:3]},
+                                             {"type": "text", "text": m["content"][3:]}]} for m in strings]
+    for generation_prompt in (False, True):
+        assert saved_bpe.apply_chat_template(parts, add_generation_prompt=generation_prompt, tokenize=False) == \
+            saved_bpe.apply_chat_template(strings, add_generation_prompt=generation_prompt, tokenize=False)
+    marked = saved_bpe.apply_chat_template(parts, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert saved_bpe.decode([t for t, m in zip(marked["input_ids"], marked["assistant_masks"]) if m]) == \
+        "Hello.<|end|>"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "cat.png"}},
+                                          {"type": "text", "text": "What is this?"}]}]
+    with pytest.raises(Exception, match="pocketlm models read text, and a message holds a part of type image_url"):
+        saved_bpe.apply_chat_template(image, tokenize=False)

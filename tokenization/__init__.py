@@ -10,6 +10,7 @@ from .special_tokens import (
     PLAIN_CHAT_TEMPLATE,
     ROLE_TOKENS,
     SPECIAL_TOKENS,
+    message_text,
     render_chat,
     save_tokenizer,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "PLAIN_CHAT_TEMPLATE",
     "ROLE_TOKENS",
     "SPECIAL_TOKENS",
+    "message_text",
     "render_chat",
     "save_tokenizer",
 ]

@@ -19,6 +19,18 @@ SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_TOKENS.values()]
 # and its end-of-turn token are what the model writes after that prompt, so they sit inside transformers'
 # {% generation %} block: apply_chat_template(..., return_assistant_tokens_mask=True) marks them, and TRL's
 # assistant_only_loss trains on them alone (the end-of-turn token included, so the model learns to stop).
+#
+# A message's content is a string, or a list of parts as OpenAI's API, TRL and transformers' processors write it
+# ([{"type": "text", "text": ...}]): its text parts, in order, are the text; any other part (an image) is refused, as
+# a text model cannot read it. Written with a loop and tests every engine below knows (no filters, no namespace).
+_MESSAGE_TEXT = (
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- else -%}{{ raise_exception('pocketlm models read text, and a message holds a part of type ' + part['type']) }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '" + END_OF_TURN + "' }}"
+)
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
@@ -26,9 +38,8 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{{ '<|' + message['role'] + '|>' }}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{% generation %}{{ message['content'] + '" + END_OF_TURN + "' }}{% endgeneration %}"
-    "{%- else -%}"
-    "{{ message['content'] + '" + END_OF_TURN + "' }}"
+    "{% generation %}" + _MESSAGE_TEXT + "{% endgeneration %}"
+    "{%- else -%}" + _MESSAGE_TEXT +
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '" + ROLE_TOKENS["assistant"] + "' }}{%- endif -%}"
@@ -86,6 +97,18 @@ def save_tokenizer(tokenizer, folder) -> None:
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def message_text(content) -> str | None:
+    """A message's text as the chat template reads it: a string, or the text parts of a list joined in order
+    ([{"type": "text", "text": ...}], as OpenAI's API, TRL and Gradio write it); None for anything else (an image
+    part, a part without its text, no content)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content]
+    return "".join(texts) if all(isinstance(text, str) for text in texts) else None
 
 
 def render_chat(messages: list[dict]) -> str:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from tokenization import END_OF_TURN, ROLE_TOKENS, render_chat
+from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
@@ -37,7 +37,7 @@ DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 8
+DOCUMENT_SCHEMA = 9
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -233,13 +233,25 @@ def document_from_record(record, origin: str) -> dict:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
     for message in messages:
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            return _row(origin=origin, problem="a message lacks a 'role' or 'content' string")
+                and message_text(message.get("content")) is not None):
+            return _row(origin=origin, problem=_content_problem(message))
         if message["role"] not in ROLE_TOKENS:
             return _row(origin=origin, problem=f"unknown role {message['role']!r} (use system, user or assistant)")
-    if not any(message["content"].strip() for message in messages):
+    if not any(message_text(message["content"]).strip() for message in messages):
         return _row(origin=origin, problem="every message is empty")
     return _row(render_chat(messages), origin, is_chat=True)
+
+
+def _content_problem(message) -> str:
+    """What is wrong with a message whose text `message_text` could not read."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):
+        kinds = sorted({str(part.get("type")) for part in content if isinstance(part, dict)} - {"text"})
+        if kinds:  # an image or audio part: the record is about something the model cannot see
+            return f"a message holds a part of type {kinds[0]!r}, and pocketlm models learn text only"
+        if content:
+            return "a message's content list holds a part that is not {'type': 'text', 'text': '...'}"
+    return "a message lacks a 'role' or 'content' string"
 
 
 def _pieces(row: dict, target: int) -> Iterator[dict]:
