@@ -44,10 +44,24 @@ def reply_budget(window: int | None, max_new_tokens: int) -> int:
     return max(1, min(max_new_tokens, window // 2))
 
 
+# Copied from tokenization.special_tokens.message_text
+def message_text(content) -> str | None:
+    """A message's text as the chat template reads it: a string, or the text parts of a list joined in order
+    ([{"type": "text", "text": ...}], as OpenAI's API, TRL and Gradio write it); None for anything else (an image
+    part, a part without its text, no content)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not content:
+        return None
+    texts = [part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content]
+    return "".join(texts) if all(isinstance(text, str) for text in texts) else None
+
+
 def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
-    """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window."""
-    turns = [{"role": t["role"], "content": t["content"]} for t in history
-             if t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)] if WINDOW else []
+    """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window. Gradio 6
+    sends each earlier turn's content as a list of text parts: read as its text, not dropped."""
+    turns = [{"role": t["role"], "content": message_text(t.get("content"))} for t in history
+             if t.get("role") in ("user", "assistant") and message_text(t.get("content")) is not None] if WINDOW else []
     while True:
         messages = turns + [{"role": "user", "content": message}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",

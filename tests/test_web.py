@@ -276,7 +276,17 @@ def test_a_port_in_use_or_a_host_not_of_this_machine_is_named_before_the_model_l
 
 PROJECT_FREE_APP = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
-    import runpy
+    import json, os, runpy
+    import transformers
+
+    # The test's window on the app: each conversation it renders, written where the test reads it.
+    render = transformers.PreTrainedTokenizerBase.apply_chat_template
+    def recorded(self, conversation, *args, **kwargs):
+        with open(os.environ["PROMPTS_LOG"], "a") as log:
+            log.write(json.dumps(conversation) + "\\n")
+        return render(self, conversation, *args, **kwargs)
+    transformers.PreTrainedTokenizerBase.apply_chat_template = recorded
+
     sys.argv = ["app.py"]
     runpy.run_path("app.py", run_name="__main__")
     """
@@ -296,19 +306,27 @@ def test_the_space_app_serves_the_model_without_pocketlm(web_model, browser, tmp
     metadata = (space / "README.md").read_text().split("---")[1]
     assert "sdk: gradio" in metadata and "app_file: app.py" in metadata and "- me/tiny" in metadata
 
-    port = free_port()
+    port, log = free_port(), tmp_path / "prompts.jsonl"
     env = {"POCKETLM_MODEL": str(tmp_path / "hub"), "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": "",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+           "HF_MODULES_CACHE": str(tmp_path / "modules"), "PROMPTS_LOG": str(log)}
     server = serve([sys.executable, "-c", PROJECT_FREE_APP.format(root=str(REPO_ROOT))], port, cwd=space, env=env)
     try:
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("textarea[data-testid='textbox']")
-        page.fill("textarea[data-testid='textbox']", "Hello!")
-        page.keyboard.press("Enter")
-        page.wait_for_function("(document.querySelector(\"[data-testid='bot']\") || {innerText: ''}).innerText.length > 0",
-                               timeout=120_000)
+        for turn, text in enumerate(["Hello!", "And again?"], 1):
+            page.fill("textarea[data-testid='textbox']", text)
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"document.querySelectorAll(\"[data-testid='bot']\").length == {turn} && "
+                                   "!document.querySelector('button.stop-button')", timeout=120_000)
         page.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # The second prompt holds the first exchange. Gradio 6 sends earlier turns' content as lists of text parts,
+    # which the app dropped as not strings: each message was answered as if it were the first.
+    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    assert first == [{"role": "user", "content": "Hello!"}]
+    assert [turn["role"] for turn in second] == ["user", "assistant", "user"]
+    assert second[0]["content"] == "Hello!" and second[2]["content"] == "And again?"
+    assert isinstance(second[1]["content"], str) and second[1]["content"].strip()  # the first reply, as text
