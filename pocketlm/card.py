@@ -13,7 +13,7 @@ from modeling import MIN_TRANSFORMERS
 
 from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE
 
-_HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def public_data_name(summary: dict, override: str | None = None) -> str:
@@ -26,15 +26,15 @@ def public_data_name(summary: dict, override: str | None = None) -> str:
         return data["name"]
     options = summary.get("options", {})
     if options.get("dataset"):
-        return options["dataset"] if _is_hub_dataset(options["dataset"]) else Path(options["dataset"]).name
+        return options["dataset"] if _is_hub_id(options["dataset"]) else Path(options["dataset"]).name
     if options.get("data"):
         return ", ".join(Path(path).name for path in options["data"])
     return data.get("source", "unknown text") if not data.get("source", "").startswith(("/", ".", "~")) else "local text"
 
 
-def _is_hub_dataset(name: str | None) -> bool:
-    """A Hub dataset id ("owner/name" or "name"), not a path on this machine."""
-    return bool(name) and _HUB_DATASET_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
+def _is_hub_id(name: str | None) -> bool:
+    """A Hub dataset or model id ("owner/name" or "name"), not a path on this machine."""
+    return bool(name) and _HUB_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
 
 
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
@@ -74,7 +74,7 @@ use it for decisions or advice.
 def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, data_name: str) -> dict:
     """The card's YAML header: what the Hub indexes (library, task, license, tags, data, results)."""
     dataset_on_hub = summary.get("options", {}).get("dataset")
-    dataset_on_hub = dataset_on_hub if _is_hub_dataset(dataset_on_hub) else None
+    dataset_on_hub = dataset_on_hub if _is_hub_id(dataset_on_hub) else None
     bpc, ppl = summary.get("best_val_bpc"), summary.get("best_val_ppl")
     metadata = {
         "library_name": "transformers",
@@ -84,6 +84,9 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
     }
     if dataset_on_hub:
         metadata["datasets"] = [dataset_on_hub]
+    base = summary.get("options", {}).get("init_from")
+    if _is_hub_id(base):  # the Hub shows the model it was fine-tuned from, and links the two
+        metadata["base_model"] = base
     if bpc is not None:
         metadata["model-index"] = [{
             "name": repo_id.split("/")[-1],
@@ -104,7 +107,8 @@ def architecture(config, family: str) -> str:
     if family == "transformer":
         return (f"GPT-style decoder-only Transformer: {config.n_layer} pre-norm blocks, width {config.n_embd}, "
                 f"{config.n_head} heads, context window {config.block_size} tokens, byte-level BPE vocabulary of "
-                f"{config.vocab_size} tokens, input and output embeddings tied")
+                f"{config.vocab_size} tokens, " + ("input and output embeddings tied" if config.tie_word_embeddings
+                                                   else "an output head of its own"))
     return (f"character-level LSTM: {config.num_layers} layers of {config.hidden_size} units, "
             f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
 
@@ -191,12 +195,19 @@ logits, h, c = session.run(None, {{"input_ids": np.array([tokenizer("Hello")["in
     return "\n".join(parts) + "\n"
 
 
-HYPER_PARAMETERS = ("model_type", "model_size", "lr", "batch_size", "block_size", "grad_accum", "epochs",
-                    "max_steps", "mixed_precision", "seed")
+HYPER_PARAMETERS = ("model_type", "model_size", "model_config", "init_from", "lr", "batch_size", "block_size",
+                    "grad_accum", "epochs", "max_steps", "mixed_precision", "seed")
 
 
 def _training_record(summary: dict, data_name: str) -> str:
-    data, options = summary["data"], summary.get("options", {})
+    data, options = summary["data"], dict(summary.get("options", {}))
+    if options.get("model_type") == "lstm" or options.get("init_from"):
+        options["model_size"] = None  # a Transformer preset, which neither the LSTM nor a fine-tuned model read
+    changed = options.get("model_config") or {}  # the preset's fields the run set otherwise
+    options["model_config"] = ", ".join(f"{key}={value}" for key, value in changed.items()) or None
+    if options.get("init_from"):  # a Hub id as it is; a local folder by its name, never its path
+        base = options["init_from"]
+        options["init_from"] = base if _is_hub_id(base) else f"a local model, {Path(base).name}"
     rows = "\n".join(f"| {name} | {options[name]} |" for name in HYPER_PARAMETERS if options.get(name) is not None)
     return f"""## Training data
 

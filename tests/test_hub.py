@@ -335,6 +335,14 @@ def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_pat
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     assert missing.returncode == 2 and "is not in the local cache (the Hub cannot be reached)" in missing.stderr
+    # The fine-tuned model's card names the model it came from, where the Hub links the two (its model tree); the
+    # card named neither, and showed the preset the run never read.
+    result = run_upload(str(tmp_path / "tuned"), "--repo-id", "me/tuned", "--dry-run", "--output-dir",
+                        str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata, body = read_card(tmp_path / "hub")
+    assert metadata["base_model"] == "someone/tiny-chat" and "| init_from | someone/tiny-chat |" in body
+    assert "| model_size |" not in body
 
 
 def test_no_path_of_this_machine_reaches_the_hub_folder(tmp_path):
@@ -358,6 +366,17 @@ def test_no_path_of_this_machine_reaches_the_hub_folder(tmp_path):
                     assert secret not in text, (path.name, secret)
         metadata, body = read_card(out)
         assert f"{name}: " in body and metadata["model-index"][0]["results"][0]["dataset"]["name"] == name
+        # The LSTM's card shows what shaped it, not the Transformer preset it never read.
+        assert "| model_config | hidden_size=32 |" in body and "| model_size |" not in body
+    # A model fine-tuned from a private folder names that folder, never its path, and claims no Hub base model.
+    tuned = tmp_path / "tuned"
+    train(TrainingOptions(init_from=str(model), data=[str(private)], output_dir=str(tuned), block_size=32,
+                          batch_size=4, max_steps=1, samples=0))
+    result = run_upload(str(tuned), "--repo-id", "me/diary-2", "--dry-run", "--output-dir", str(tmp_path / "hub-t"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata, body = read_card(tmp_path / "hub-t")
+    assert "| init_from | a local model, model |" in body and "base_model" not in metadata
+    assert str(tmp_path) not in (tmp_path / "hub-t" / "README.md").read_text()
 
 
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -387,3 +406,12 @@ def test_a_tinyshakespeare_lstm_shows_its_bits_per_character_in_the_card(tmp_pat
     metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
     assert metrics["bits_per_character"] == round(bpc, 4)
     assert f"| bits per character | {bpc:.4f} |" in body and "train.txt" in body
+
+
+def test_the_card_says_whether_the_output_head_is_the_input_embedding():
+    """Every GPT card said "input and output embeddings tied", an untied model's too."""
+    from modeling import GPTConfig
+    from pocketlm.card import architecture
+
+    assert architecture(GPTConfig(), "transformer").endswith("input and output embeddings tied")
+    assert architecture(GPTConfig(tie_word_embeddings=False), "transformer").endswith("an output head of its own")
