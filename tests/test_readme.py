@@ -61,15 +61,26 @@ def tiny_folder(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["peft", "trl", "trainer", "reward"])
-def test_the_readme_ecosystem_examples_run(name, tiny_folder, tmp_path):
-    # Run as written, on a tiny model in place of models/transformer-small, in a folder of its own.
+@pytest.mark.parametrize("name", ["peft", "trl", "trainer", "reward", "api", "plain"])
+def test_the_readme_python_examples_run(name, tiny_folder, tmp_path):
+    # Run as written, on a tiny model in place of models/transformer-small, in a folder of its own; the API
+    # example's training run shrunk to a tiny model and two steps on a short book.txt.
     code = _example(name).replace("models/transformer-small", str(tiny_folder))
+    if name == "api":
+        from conftest import make_text
+
+        (tmp_path / "book.txt").write_text(make_text(3))
+        shrunk = code.replace('model_size="small", data=["book.txt"], epochs=3',
+                              'data=["book.txt"], max_steps=2, block_size=32, batch_size=4, vocab_size=300, samples=0, '
+                              'model_config={"n_layer": 2, "n_head": 2, "n_embd": 32}')
+        assert shrunk != code
+        code = shrunk
     script = tmp_path / f"example_{name}.py"  # not peft.py: it would shadow the package
     script.write_text(code)
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     made = {"peft": "models/lora-adapter/adapter_model.safetensors", "trl": "models/sft", "trainer": "models/trainer",
-            "reward": "models/reward/adapter_model.safetensors"}
-    assert (tmp_path / made[name]).exists()
+            "reward": "models/reward/adapter_model.safetensors", "api": "models/transformer-small/model.safetensors"}
+    assert name not in made or (tmp_path / made[name]).exists()
+    assert name != "plain" or result.stdout.strip()  # the reply, printed
