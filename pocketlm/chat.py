@@ -137,6 +137,16 @@ class ChatInterface:
         """Forget the conversation (the system text stays)."""
         self.history = []
 
+    def undo(self) -> str | None:
+        """Forget the last exchange, the user's message and the reply to it, and give back the message (None when
+        there is none: a fresh chat, or a loaded one that holds no message of the user's)."""
+        asked = next((at for at in range(len(self.history) - 1, -1, -1) if self.history[at]["role"] == "user"), None)
+        if asked is None:
+            return None
+        text = self.history[asked]["content"]
+        self.history = self.history[:asked]
+        return text
+
     # --------------------------------------------------------------------------------------------- prompt
 
     def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:

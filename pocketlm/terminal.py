@@ -16,6 +16,8 @@ from .errors import UsageError
 HELP = """commands:
   /help                  this text
   /reset                 forget the conversation
+  /retry                 answer the last message again, in place of its reply (a new sample of it)
+  /undo                  forget the last message and its reply
   /params                show the sampling settings; /params temperature=0.9 top_k=20 changes them
   /system                show the system text; /system TEXT sets it, /system --clear drops it
   /save FILE             write the conversation to FILE as JSON messages (again to update it; a file this chat
@@ -69,7 +71,7 @@ class TerminalChat:
             if not line:
                 continue
             if line.startswith("/"):
-                if self._command(line) == "quit":
+                if self._command(line, interactive) == "quit":
                     return 0
                 continue
             self._print_reply(line, interactive)
@@ -94,7 +96,7 @@ class TerminalChat:
             print(NO_REPLY, end="")
         print(flush=True)
 
-    def _command(self, line: str) -> str | None:
+    def _command(self, line: str, interactive: bool) -> str | None:
         name, _, argument = line.partition(" ")
         argument = argument.strip()
         if name in ("/quit", "/exit"):
@@ -104,6 +106,8 @@ class TerminalChat:
         elif name == "/reset":
             self.chat.reset()
             print("conversation forgotten")
+        elif name in ("/retry", "/undo"):
+            self._retry_or_undo(name, interactive)
         elif name == "/params":
             try:
                 changes = dict(item.split("=", 1) for item in argument.split()) if argument else {}
@@ -123,6 +127,17 @@ class TerminalChat:
         else:
             print(f"unknown command {name}: /help lists them")
         return None
+
+    def _retry_or_undo(self, name: str, interactive: bool) -> None:
+        """/undo forgets the last exchange; /retry forgets it and asks its message again, so the new reply takes
+        the old one's place in the conversation."""
+        text = self.chat.undo()
+        if text is None:
+            print(f"nothing to {name[1:]}: no message yet")
+        elif name == "/undo":
+            print(f"forgot your last message and its reply: {_excerpt(text)}")
+        else:
+            self._print_reply(text, interactive)
 
     def _system(self, argument: str) -> None:
         """/system shows the system text, /system TEXT sets it for the turns to come, /system --clear drops it."""
@@ -174,3 +189,9 @@ class TerminalChat:
             return
         self.saved.add(path.resolve())
         print(f"saved {len(messages)} messages to {name}")
+
+
+def _excerpt(text: str, width: int = 60) -> str:
+    """A message on one short line."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."

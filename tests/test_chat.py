@@ -192,6 +192,31 @@ def test_the_model_named_bare_is_the_model_named_with_its_option_and_two_are_sen
             f"with: python compare.py {model} {other} (see chat.py --help)"]
 
 
+def test_retry_answers_the_last_message_again_in_place_of_its_reply_and_undo_forgets_it(endless_models, tmp_path):
+    """A small model's reply is often a bad one: the terminal had no way to ask again but to type the message anew,
+    which kept the bad reply in the conversation."""
+    model = ["--model", str(endless_models["transformer"]), "--max-new-tokens", "8"]  # replies never empty
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    sampled = run_chat(*model, "--seed", "3", stdin=f"Hello\n/retry\n/retry\n/save {first}\nHow are you?\n/undo\n"
+                                                    f"/save {second}\n/undo\n/undo\n/retry\n")
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    lines = sampled.stdout.splitlines()
+    assert lines[3] == f"saved 2 messages to {first}"
+    # Two retries leave one exchange: the message once, and the last reply printed.
+    assert json.loads(first.read_text()) == [{"role": "user", "content": "Hello"},
+                                             {"role": "assistant", "content": lines[2].strip()}]
+    assert lines[5] == "forgot your last message and its reply: How are you?"
+    assert json.loads(second.read_text()) == json.loads(first.read_text())
+    assert lines[7:] == ["forgot your last message and its reply: Hello", "nothing to undo: no message yet",
+                         "nothing to retry: no message yet"]
+    # The retried reply's prompt is the first reply's: the same message with the same context, the old reply not in
+    # it. Asked anew instead, the message's prompt holds the old exchange.
+    stats = run_chat(*model, "--seed", "3", stdin="Hello\nHow are you?\n/stats\n/retry\n/stats\nHow are you?\n/stats\n")
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    prompts = [line.rsplit("prompt ", 1)[1] for line in stats.stdout.splitlines() if "tokens/s" in line]
+    assert prompts[0] == prompts[1] != prompts[2], prompts
+
+
 def test_a_conversation_saved_and_loaded_continues_as_the_unbroken_one_and_a_bad_file_changes_nothing(chat_models,
                                                                                                     tmp_path):
     """/save had no way back: a conversation could be written but never taken up again, and the system text set
