@@ -140,12 +140,11 @@ class ChatInterface:
     def undo(self) -> str | None:
         """Forget the last exchange, the user's message and the reply to it, and give back the message (None when
         there is none: a fresh chat, or a loaded one that holds no message of the user's)."""
-        asked = next((at for at in range(len(self.history) - 1, -1, -1) if self.history[at]["role"] == "user"), None)
-        if asked is None:
-            return None
-        text = self.history[asked]["content"]
-        self.history = self.history[:asked]
-        return text
+        for at in reversed(range(len(self.history))):
+            if self.history[at]["role"] == "user":
+                text, self.history = self.history[at]["content"], self.history[:at]
+                return text
+        return None
 
     # --------------------------------------------------------------------------------------------- prompt
 

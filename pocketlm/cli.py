@@ -308,7 +308,10 @@ def chat_main(argv: list[str] | None = None) -> int:
             check_can_listen(args.host, args.port)
         if args.model_size != parser.get_default("model_size") and (args.model or args.model_type == "lstm"):
             # It picks the default Transformer folder, and would be ignored in silence.
-            picked = "--model-type lstm" if not args.model else args.model if args.model_path else f"--model {args.model}"
+            if not args.model:
+                picked = "--model-type lstm"
+            else:  # as it was given: bare, or with its option
+                picked = args.model if args.model_path else f"--model {args.model}"
             raise UsageError(f"--model-size {args.model_size} picks models/transformer-{args.model_size}, but "
                              f"{picked} names another model: drop one of them.")
         if args.model is None:
