@@ -64,6 +64,29 @@ def test_a_lora_adapter_changes_the_output_and_merging_or_reloading_it_keeps_it(
     assert torch.equal(greedy(merged), tuned)
 
 
+def test_peft_prompt_learning_changes_the_gpt_s_output_and_the_lstm_refuses_a_prefix_in_one_line(family):
+    """PEFT's methods beyond LoRA: prompt tuning feeds learned embeddings through `inputs_embeds`, prefix tuning
+    learned keys and values through the cache. The LSTM has no keys and values: prefix tuning failed inside it on a
+    missing attribute; it is refused naming what applies."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    target = torch.tensor([PROMPT[0].tolist() + [42] * 16])
+    if family == "lstm":
+        model = get_peft_model(tiny_model(family), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4,
+                                                                      num_attention_heads=1, token_dim=64))
+        with pytest.raises(ValueError, match="this LSTM carries a recurrent state, not attention keys and values"):
+            model(input_ids=target, labels=target)
+        return
+    before = greedy(tiny_model(family))
+    for config in (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+                   PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)):
+        model = get_peft_model(tiny_model(family), config)
+        assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+            "prompt_encoder.default.embedding.weight"}
+        fit(model, target, steps=60, lr=3e-2)
+        assert not torch.equal(greedy(model), before)
+
+
 # ------------------------------------------------------------------------------------- layers run as modules
 
 

@@ -238,6 +238,11 @@ class LSTMModel(LSTMPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
         cache = cache if cache is not None else past_key_values
+        if cache is not None and cache.layers and not hasattr(cache.layers[0], "recurrent_states"):
+            # It failed deep inside on a missing attribute.
+            raise ValueError("this LSTM carries a recurrent state, not attention keys and values: a cache of keys and "
+                             "values (as PEFT's prefix tuning passes) does not apply to it; use LoRA (on embed_tokens "
+                             "and lm_head).")
         x = self.drop(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
