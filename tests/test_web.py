@@ -131,13 +131,21 @@ def test_the_page_streams_keeps_context_stops_resets_validates_and_keeps_tabs_ap
     chat = Page(context.new_page(), web_server)
 
     # A reply appears in pieces: a part of it is shown before it ends. (One part is the proof: a 120-token reply
-    # of this tiny model takes a fraction of a second, and on a loaded machine the browser may draw few of them.)
+    # of this tiny model takes a fraction of a second, and on a loaded machine the browser may draw few of them.
+    # Each text the page draws is recorded in the page itself: polling from here missed every one once in CI.)
+    chat.page.evaluate("""() => {
+        window.shownReplies = [];
+        new MutationObserver(() => {
+            const bot = document.querySelector("#chatbot [data-testid='bot']");
+            if (bot) window.shownReplies.push(bot.innerText);
+        }).observe(document.querySelector("#chatbot"), {subtree: true, childList: true, characterData: true});
+    }""")
     chat.send("Hello there")
-    seen, deadline = set(), time.time() + 120
+    deadline = time.time() + 120
     while not chat.has_figures() and time.time() < deadline:
-        seen.update(reply for reply in chat.replies() if reply)
-        time.sleep(0.02)
+        time.sleep(0.05)
     whole = chat.replies()[0]
+    seen = {reply for reply in chat.page.evaluate("window.shownReplies") if reply}
     assert any(part != whole and whole.startswith(part) for part in seen), (seen, whole)
     first = chat.figures()
     assert "120 tokens" in first and "tokens/s" in first
