@@ -557,6 +557,31 @@ def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding
         llm.close()
 
 
+def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(trained, exported):
+    """What `llama-server` and llama-cpp-python's chat completion send the model comes from the chat template the
+    GGUF carries: the same prompt as pocketlm's chat for a multi-turn conversation with a system text, its content
+    as strings or as OpenAI's text parts, and a reply that ends where pocketlm's ends (at the end-of-turn)."""
+    llama_cpp = _llama_cpp()
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    llm = llama_cpp.Llama(model_path=str(next(exported["transformer"].glob("*.gguf"))), n_ctx=model.config.block_size,
+                          verbose=False, n_threads=2)
+    try:
+        chat = ChatInterface(model, tokenizer, system="Be brief.", do_sample=False, repetition_penalty=1.0,
+                             max_new_tokens=NEW_TOKENS)
+        chat.history = [{"role": "user", "content": PROMPTS[0]}, {"role": "assistant", "content": "Hi! How are you?"}]
+        ours = chat.prompt_ids(PROMPTS[1], NEW_TOKENS)
+        strings = [{"role": "system", "content": "Be brief."}, *chat.history, {"role": "user", "content": PROMPTS[1]}]
+        parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in strings]
+        for messages in (strings, parts):
+            out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=NEW_TOKENS,
+                                             repeat_penalty=1.0)
+            assert out["usage"]["prompt_tokens"] == len(ours)
+            assert out["choices"][0]["finish_reason"] in ("stop", "length")
+            assert "<|end|>" not in out["choices"][0]["message"]["content"]
+    finally:
+        llm.close()
+
+
 STOCK_GPT2_LOGITS = """
 import json, torch
 from transformers import AutoModelForCausalLM
