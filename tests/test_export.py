@@ -687,6 +687,10 @@ def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(
         stream = client.chat.completions.create(model=str(folder), messages=[{"role": "user", "content": PROMPTS[1]}],
                                                 stream=True, temperature=0, max_tokens=NEW_TOKENS)
         pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+        # OpenAI's other form of a message, its content as text parts: the same conversation, the same reply.
+        parted = client.chat.completions.create(
+            model=str(folder), messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[1]}]}],
+            temperature=0, max_tokens=NEW_TOKENS).choices[0].message.content
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -695,4 +699,4 @@ def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(
     prompt = torch.tensor([chat_prompt(tokenizer, PROMPTS[1])])
     out = model.generate(prompt, do_sample=False, max_new_tokens=NEW_TOKENS)
     assert len(pieces) > 1  # streamed, piece by piece
-    assert "".join(pieces) == tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+    assert "".join(pieces) == tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True) == parted
