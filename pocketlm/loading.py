@@ -250,9 +250,10 @@ RUNTIMES = ("torch", "onnx")
 
 
 def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype: str = "float32",
-                    runtime: str = "torch"):
+                    runtime: str = "torch", config: dict | None = None):
     """The model (in eval mode, on `device`, its weights in `dtype`) and tokenizer saved at `path_or_repo`; with
-    `runtime="onnx"`, the same model decoding in onnxruntime (float32 or int8, on the CPU).
+    `runtime="onnx"`, the same model decoding in onnxruntime (float32 or int8, on the CPU). `config` sets fields of
+    the model's config otherwise than saved (a fine-tuning run's dropout), as from_pretrained's keyword arguments do.
 
     A damaged or incomplete folder, or one transformers cannot read, ends in a UsageError naming the file. Loading
     leaves torch's random stream as it found it (PEFT draws an adapter's layers before reading them, the first
@@ -260,10 +261,10 @@ def load_pretrained(path_or_repo: str, device: str | torch.device = "cpu", dtype
     the model came to be loaded.
     """
     with torch.random.fork_rng(devices=[]):
-        return _load_pretrained(path_or_repo, device, dtype, runtime)
+        return _load_pretrained(path_or_repo, device, dtype, runtime, config or {})
 
 
-def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, runtime: str):
+def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, runtime: str, config: dict):
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: choose {', '.join(DTYPES)}.")
     if runtime not in RUNTIMES:
@@ -284,17 +285,17 @@ def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, 
     adapter = adapter_of(path_or_repo)
     if adapter is not None:
         base = adapter["base_model_name_or_path"]  # checked by model_family above
-        model, tokenizer = merge_adapter(*load_pretrained(base), path_or_repo, base)
+        model, tokenizer = merge_adapter(*load_pretrained(base, config=config), path_or_repo, base)
         model = model.to(DTYPES[dtype])
     else:
-        model, tokenizer = _load_folder(path_or_repo, family, dtype)
+        model, tokenizer = _load_folder(path_or_repo, family, dtype, config)
     _check_tokenizer(path_or_repo, model, tokenizer)
     model = model.to(device).eval()
     model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
     return (quantize_int8(model) if dtype == "int8" else model), tokenizer
 
 
-def _load_folder(path_or_repo: str, family: str, dtype: str):
+def _load_folder(path_or_repo: str, family: str, dtype: str, config: dict):
     """The model (weights in `dtype`, on the CPU) and tokenizer of a model folder or Hub repository, checked."""
     local = Path(path_or_repo).expanduser()
     record = export_record(path_or_repo)
@@ -304,7 +305,8 @@ def _load_folder(path_or_repo: str, family: str, dtype: str):
     if local.is_dir():
         check_model_folder(local)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype], output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path_or_repo, dtype=DTYPES[dtype], output_loading_info=True,
+                                                           **config)
         tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
         # What the checks above cannot foresee (a Hub repo's files, a weight of the wrong shape): one line.

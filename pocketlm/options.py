@@ -310,10 +310,15 @@ def _check_numbers(options: TrainingOptions) -> None:
 FROM_THE_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
+# --model-config fields a fine-tuned model may take otherwise than it was trained with: they change no weight
+# (nanoGPT's finetuning raises the dropout the same way).
+FINE_TUNING_FIELDS = ("dropout",)
+
+
 def _check_model_config(options: TrainingOptions) -> None:
     """Refuse a --model-config field the family's config does not have (a typo would train the default and save
-    the stray key), one the tokenizer decides, one that --init-from's model already fixes, or a value the config
-    refuses: here, before the data is read and the tokenizer trained, not minutes later."""
+    the stray key), one the tokenizer decides, one that shapes --init-from's model (which keeps its shape), or a
+    value the config refuses: here, before the data is read and the tokenizer trained, not minutes later."""
     from modeling import GPTConfig, LSTMConfig
 
     config_class = LSTMConfig if options.model_type == "lstm" else GPTConfig
@@ -331,8 +336,11 @@ def _check_model_config(options: TrainingOptions) -> None:
                 fix = ("drop it: the LSTM's vocabulary is the text's characters" if options.model_type == "lstm"
                        else "set the tokenizer's with --vocab-size")
             raise UsageError(f"--model-config {name}: the model takes it from its tokenizer; {fix}.")
-    if options.init_from and options.model_config:
-        raise UsageError("--model-config shapes a new model; --init-from's model keeps its own: drop one of them.")
+    if options.init_from:
+        shaping = [name for name in options.model_config if name not in FINE_TUNING_FIELDS]
+        if shaping:
+            raise UsageError(f"--model-config {shaping[0]} shapes a new model; --init-from's model keeps its own: "
+                             f"with --init-from only {', '.join(FINE_TUNING_FIELDS)} may be set.")
     try:
         if options.model_type == "lstm":
             config_class(**options.model_config)

@@ -354,8 +354,8 @@ def build_model(options: TrainingOptions, tokenizer):
     its generation settings and the tokenizer's window set for what the run will save."""
     if options.init_from:
         # Checked: a damaged folder ends in one line. A PEFT adapter comes merged, its weights frozen as PEFT left
-        # them: all are trained here.
-        model = load_pretrained(options.init_from)[0].train().requires_grad_(True)
+        # them: all are trained here. --model-config may set its dropout (only that: checked with the options).
+        model = load_pretrained(options.init_from, config=options.model_config)[0].train().requires_grad_(True)
     else:
         model = _fresh_model(options, tokenizer)
     if options.gradient_checkpointing:

@@ -158,6 +158,30 @@ def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
     assert result.steps == 2
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_fine_tuning_may_set_the_dropout_and_nothing_that_shapes_the_model(family, corpus_file, tmp_path):
+    """nanoGPT's fine-tuning raises the dropout of the model it starts from; --model-config with --init-from was
+    refused whole. Dropout is taken (saved, and in effect: a run at 0 ends elsewhere than one at 0.5); a field
+    that shapes the model is refused in one line."""
+    from safetensors.torch import load_file
+
+    train(tiny_options(family, corpus_file, tmp_path / "base", max_steps=2))
+    weights = {}
+    for dropout in (0.0, 0.5):
+        out = tmp_path / f"tuned-{dropout}"
+        train(TrainingOptions(init_from=str(tmp_path / "base"), data=[str(corpus_file)], output_dir=str(out),
+                              block_size=32, batch_size=4, max_steps=2, samples=0, model_config={"dropout": dropout}))
+        assert json.loads((out / "config.json").read_text())["dropout"] == dropout
+        weights[dropout] = load_file(out / "model.safetensors")
+    assert any(not torch.equal(weights[0.0][key], weights[0.5][key]) for key in weights[0.0])
+    shaping = {"transformer": "n_layer=3", "lstm": "hidden_size=48"}[family]
+    result = run_entry(train_main, "--init-from", str(tmp_path / "base"), "--data", str(corpus_file),
+                       "--output-dir", str(tmp_path / "refused"), "--model-config", shaping)
+    assert_one_line_error(result, f"--model-config {shaping.split('=')[0]} shapes a new model; --init-from's model "
+                                  "keeps its own: with --init-from only dropout may be set.")
+    assert not (tmp_path / "refused").exists()
+
+
 # ------------------------------------------------------------------------------------------------------ data
 
 
