@@ -374,10 +374,12 @@ def _fresh_model(options: TrainingOptions, tokenizer):
         "pad_token_id": tokenizer.pad_token_id,
         "dropout": load_recipe(options.model_type)["dropout"],
     }
-    # --model-config was checked against the config with the options (which refuse the fields set here).
+    # --model-config was checked against the config with the options (which refuse the fields the tokenizer sets
+    # here); its dropout overrides the recipe's.
+    fields = {**special, **options.model_config}
     if options.model_type == "lstm":
-        return LSTMForCausalLM(LSTMConfig(**special, **options.model_config))
-    return GPTForCausalLM(GPTConfig.from_preset(options.model_size, **special, **options.model_config))
+        return LSTMForCausalLM(LSTMConfig(**fields))
+    return GPTForCausalLM(GPTConfig.from_preset(options.model_size, **fields))
 
 
 # ----------------------------------------------------------------------------------- steps and optimizer

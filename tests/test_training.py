@@ -159,6 +159,17 @@ def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_new_model_takes_the_dropout_its_option_names(family, corpus_file, tmp_path):
+    """nanoGPT's --dropout is answered with "--model-config dropout=VALUE", which stopped in a TypeError (the recipe's
+    dropout was passed to the config beside it)."""
+    result = run_cli(*cli_args(family, corpus_file, tmp_path / "out", "--max-steps=1", "--model-config=dropout=0.35"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dropout"] == 0.35
+    assert_one_line_error(run_cli("--dropout", "0.35"), "unknown option --dropout (did you mean --model-config "
+                                                        "dropout=VALUE?)")
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_fine_tuning_may_set_the_dropout_and_nothing_that_shapes_the_model(family, corpus_file, tmp_path):
     """nanoGPT's fine-tuning raises the dropout of the model it starts from; --model-config with --init-from was
     refused whole. Dropout is taken (saved, and in effect: a run at 0 ends elsewhere than one at 0.5); a field
