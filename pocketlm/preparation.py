@@ -116,7 +116,7 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         decided_by = continuity.with_tokenizer(decided_by, tokenizer)
         if resumed_from:
             _compare(resumed_from, decided_by, options, accelerator, quiet=True)
-        model = build_model(options, tokenizer)
+        model = build_model(options, tokenizer, resumed_from[1] if resumed_from else None)
         block_size = min(options.block_size, _window(model) or options.block_size)
         if block_size < options.block_size and accelerator.is_main_process:  # said: the blocks asked for are not cut
             longer = ("--init-from's model has no longer one" if options.init_from else
@@ -270,9 +270,16 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
               or (str(folder.tokenizer_to_resume()) if options.resume else None))
     if source:
         try:
-            return AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
+        if not options.resume:
+            # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
+            # to it (a run killed before it saved a model had no tokenizer to resume with).
+            if accelerator.is_main_process:
+                folder.save_run_tokenizer(tokenizer)
+            accelerator.wait_for_everyone()
+        return tokenizer
     kind = "character" if options.model_type == "lstm" else f"byte-level BPE ({options.vocab_size:,}-token)"
     # An Arrow corpus's fingerprint names its text exactly: the same text and settings train the same tokenizer,
     # so a second run reuses the first's (and, through it, its tokenized blocks). A stream is not fingerprinted.
@@ -349,13 +356,18 @@ def _window(model) -> int | None:
     return getattr(model.config, "block_size", None)
 
 
-def build_model(options: TrainingOptions, tokenizer):
-    """--init-from's model, or a fresh one of the chosen family sized by its preset and the tokenizer's vocabulary;
-    its generation settings and the tokenizer's window set for what the run will save."""
+def build_model(options: TrainingOptions, tokenizer, resumed: dict | None = None):
+    """--init-from's model, or a fresh one of the chosen family sized by its preset and the tokenizer's vocabulary
+    (for a resumed run started from --init-from, by the config its checkpoint recorded, as no preset rebuilds that
+    shape; the checkpoint's weights then replace the fresh ones); its generation settings and the tokenizer's window
+    set for what the run will save."""
     if options.init_from:
         # Checked: a damaged folder ends in one line. A PEFT adapter comes merged, its weights frozen as PEFT left
         # them: all are trained here. --model-config may set its dropout (only that: checked with the options).
         model = load_pretrained(options.init_from, config=options.model_config)[0].train().requires_grad_(True)
+    elif resumed and resumed.get("options", {}).get("init_from") and resumed.get("model_config"):
+        model_class = LSTMForCausalLM if options.model_type == "lstm" else GPTForCausalLM
+        model = model_class(model_class.config_class.from_dict(resumed["model_config"]))
     else:
         model = _fresh_model(options, tokenizer)
     if options.gradient_checkpointing:

@@ -187,7 +187,11 @@ def describe_evaluation(record: dict) -> str:
 
 
 def save_checkpoint(run: Run) -> None:
-    run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options), "decided_by": run.decided_by})
+    # The model's config too: a run started from --init-from has its model's shape, which its options cannot
+    # rebuild on a resume.
+    model_config = run.accelerator.unwrap_model(run.model).config.to_dict()
+    run.checkpoints.save(run.state["step"], run.state, {"options": asdict(run.options), "decided_by": run.decided_by,
+                                                        "model_config": model_config})
 
 
 def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None, trained: bool = True

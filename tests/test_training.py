@@ -583,6 +583,31 @@ def test_a_killed_run_resumes_to_bitwise_identical_weights(corpus_file, tmp_path
         assert file_hash(reference / name) == file_hash(resumed / name), name
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_killed_fine_tuning_run_resumes_to_bitwise_identical_weights(family, corpus_file, tmp_path):
+    """A run started from --init-from has its model's shape, not a preset's: its resume built the preset and
+    stopped on "size mismatch" loading the checkpoint. The checkpoint records the model's config now."""
+    train(tiny_options(family, corpus_file, tmp_path / "base", max_steps=1, samples=0,
+                       model_config={**TINY[family], "dropout": 0.0}))  # not the recipe's: the run sets its own
+    args = [f"--init-from={tmp_path / 'base'}", f"--data={corpus_file}", "--block-size=32", "--batch-size=4",
+            "--samples=0", "--max-steps=60", "--save-every=5", "--eval-every=30", "--seed=7",
+            "--model-config=dropout=0.2"]
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    start = [subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args, f"--output-dir={out}"],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for out in (reference, resumed)]
+    _wait_for_a_checkpoint(resumed, start[1], at_least=5)
+    start[1].send_signal(signal.SIGKILL)
+    start[1].wait()
+    assert max(int(p.name[5:]) for p in (resumed / "checkpoints").glob("step-*")) < 60, "it finished first"
+    finished = run_script("train.py", "--resume", f"--output-dir={resumed}")  # given only its folder
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resumed from step" in finished.stdout + finished.stderr
+    assert start[0].wait(timeout=300) == 0, start[0].communicate()[1][-3000:]
+    assert json.loads((resumed / "config.json").read_text())["dropout"] == 0.2
+    assert file_hash(reference / "model.safetensors") == file_hash(resumed / "model.safetensors")
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path):
     out = tmp_path / "model"
     process = subprocess.Popen(
