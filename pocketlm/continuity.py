@@ -61,6 +61,10 @@ def continued(options, given: set[str]):
     if "model_type" in given and options.model_type != recorded.get("model_type"):
         return options  # another family's run: nothing of it applies, and the resume refuses it
     skipped = {*given, *NOT_CONTINUED, *(NOT_THE_LSTMS if recorded.get("model_type") == "lstm" else ())}
+    if options.tokenizer or recorded.get("tokenizer"):
+        # The vocabulary is the tokenizer's: the recipe's size, recorded beside it, would read as a contradictory
+        # --vocab-size (every resume of a --tokenizer run was refused so).
+        skipped.add("vocab_size")
     taken = {name: recorded[name] for name in (spec.name for spec in dataclasses.fields(options))
              if name in recorded and name not in skipped}
     if "model_config" in given:  # fields named again on top of the run's

@@ -217,7 +217,7 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     if options.model_type == "lstm" and options.vocab_size is not None:  # it was ignored in silence
         raise UsageError("--vocab-size sizes the Transformer's BPE; the LSTM reads characters, as many as the text "
                          "holds: drop --vocab-size.")
-    if options.tokenizer:
+    if options.tokenizer and not options.resume:  # a resume reads the copy its run kept, wherever this one went
         _check_tokenizer_path(options.tokenizer)
     if options.model_size not in PRESETS:
         raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")

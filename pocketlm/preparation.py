@@ -39,7 +39,7 @@ from .generation import default_generation_config
 from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
-from .run_folder import RunFolder
+from .run_folder import TOKENIZER_FILE, RunFolder
 from .signing import KEY_FILE
 
 
@@ -265,9 +265,14 @@ TOKENIZER_SCHEMA = 3
 
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
                             accelerator: Accelerator, stages: Stages):
-    """--tokenizer's, --init-from's or a resumed run's tokenizer; else one trained on the training text."""
-    source = (options.tokenizer or (tokenizer_source(options.init_from) if options.init_from else None)
-              or (str(folder.tokenizer_to_resume()) if options.resume else None))
+    """A resumed run's own tokenizer, --tokenizer's or --init-from's; else one trained on the training text."""
+    source = options.tokenizer or (tokenizer_source(options.init_from) if options.init_from else None)
+    if options.resume:
+        own = folder.tokenizer_to_resume()
+        # What the run trained with, kept with it: --tokenizer's folder may have moved or changed since. (A run
+        # begun before runs kept a given tokenizer has none of its own until it saved a model.)
+        if (own / TOKENIZER_FILE).is_file() or source is None:
+            source = str(own)
     if source:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)

@@ -1014,6 +1014,28 @@ def interrupted(tmp_path) -> tuple[Path, Path]:
     return folder, out
 
 
+def test_a_run_on_a_given_tokenizer_resumes_after_that_tokenizer_moved(corpus, tmp_path):
+    """A --tokenizer run's resume read the tokenizer from where it had been: moved or deleted since, the run could
+    not go on. The run keeps the tokenizer it was given, as it keeps one it trained."""
+    given = tmp_path / "my-tokenizer"
+    first = _train(corpus, tmp_path / "base", "--max-steps=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    AutoTokenizer.from_pretrained(tmp_path / "base").save_pretrained(given)
+    out = tmp_path / "out"
+    started = _train(corpus, out, f"--tokenizer={given}", "--save-every=1")
+    assert started.returncode == 0, started.stderr[-3000:]
+    shutil.move(given, tmp_path / "moved")
+    # Given only its folder (the run's options, its --tokenizer among them, come from its checkpoint), then as the
+    # command that started it: each resume was refused, first as "--tokenizer's vocabulary is the one it has: drop
+    # --vocab-size" (the recipe's size recorded beside it), then as "no such folder".
+    alone = run_entry(train_main, "--resume", f"--output-dir={out}", "--max-steps=3")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "resumed from step 2" in alone.stdout + alone.stderr
+    again = _train(corpus, out, "--resume", "--max-steps=4", f"--tokenizer={given}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 3" in again.stdout + again.stderr
+
+
 def _resume(folder: Path, out: Path, *extra: str):
     return _train(folder, out, "--resume", "--max-steps=4", *extra)
 
