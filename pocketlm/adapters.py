@@ -59,7 +59,8 @@ def merge_adapter(model, tokenizer, folder: str, base: str):
         with warnings.catch_warnings():
             # PEFT asks transformers 5.24 for is_gradient_checkpointing by its old name, which warns on each load.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+            # Unfrozen: PEFT left the model's own weights frozen, which a merged model, a plain one again, is not.
+            model = PeftModel.from_pretrained(model, folder).merge_and_unload().requires_grad_(True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"could not put the PEFT adapter in {folder} onto {base} ({reason[:300].rstrip('.')}): "

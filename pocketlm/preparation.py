@@ -367,9 +367,9 @@ def build_model(options: TrainingOptions, tokenizer, resumed: dict | None = None
     shape; the checkpoint's weights then replace the fresh ones); its generation settings and the tokenizer's window
     set for what the run will save."""
     if options.init_from:
-        # Checked: a damaged folder ends in one line. A PEFT adapter comes merged, its weights frozen as PEFT left
-        # them: all are trained here. --model-config may set its dropout (only that: checked with the options).
-        model = load_pretrained(options.init_from, config=options.model_config)[0].train().requires_grad_(True)
+        # Checked: a damaged folder ends in one line; a PEFT adapter comes merged. --model-config may set its
+        # dropout (only that: checked with the options).
+        model = load_pretrained(options.init_from, config=options.model_config)[0].train()
     elif resumed and resumed.get("options", {}).get("init_from") and resumed.get("model_config"):
         model_class = LSTMForCausalLM if options.model_type == "lstm" else GPTForCausalLM
         model = model_class(model_class.config_class.from_dict(resumed["model_config"]))

@@ -60,8 +60,9 @@ def message_text(content) -> str | None:
 def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
     """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window. Gradio 6
     sends each earlier turn's content as a list of text parts: read as its text, not dropped."""
-    turns = [{"role": t["role"], "content": message_text(t.get("content"))} for t in history
-             if t.get("role") in ("user", "assistant") and message_text(t.get("content")) is not None] if WINDOW else []
+    said = [(turn.get("role"), message_text(turn.get("content"))) for turn in history] if WINDOW else []
+    turns = [{"role": role, "content": text} for role, text in said
+             if role in ("user", "assistant") and text is not None]
     while True:
         messages = turns + [{"role": "user", "content": message}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",

@@ -231,13 +231,15 @@ def document_from_record(record, origin: str) -> dict:
                                            "'text'")
     if not isinstance(messages, list) or not messages:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
+    texts = []
     for message in messages:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and message_text(message.get("content")) is not None):
+        text = message_text(message.get("content")) if isinstance(message, dict) else None
+        if text is None or not isinstance(message.get("role"), str):
             return _row(origin=origin, problem=_content_problem(message))
         if message["role"] not in ROLE_TOKENS:
             return _row(origin=origin, problem=f"unknown role {message['role']!r} (use system, user or assistant)")
-    if not any(message_text(message["content"]).strip() for message in messages):
+        texts.append(text)
+    if not any(text.strip() for text in texts):
         return _row(origin=origin, problem="every message is empty")
     return _row(render_chat(messages), origin, is_chat=True)
 
