@@ -206,6 +206,8 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
         {"type": "image_url", "image_url": {"url": "cat.png"}}, {"type": "text", "text": "What is this?"}]},
         {"role": "assistant", "content": "A cat."}]}),
      "a message holds a part of type 'image_url', and pocketlm models learn text only"),
+    ("text parts without a role", _jsonl(*GOOD, {"messages": [{"content": [{"type": "text", "text": "hi"}]}]}),
+     "a message lacks a 'role' or 'content' string"),
     ("text part without text", _jsonl(*GOOD, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
      "a message's content list holds a part that is not {'type': 'text', 'text': '...'}"),
 ])

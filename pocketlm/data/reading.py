@@ -245,8 +245,8 @@ def document_from_record(record, origin: str) -> dict:
 
 
 def _content_problem(message) -> str:
-    """What is wrong with a message whose text `message_text` could not read."""
-    content = message.get("content") if isinstance(message, dict) else None
+    """What is wrong with a message that has no role or whose text `message_text` could not read."""
+    content = message.get("content") if isinstance(message, dict) and isinstance(message.get("role"), str) else None
     if isinstance(content, list):
         kinds = sorted({str(part.get("type")) for part in content if isinstance(part, dict)} - {"text"})
         if kinds:  # an image or audio part: the record is about something the model cannot see
