@@ -439,7 +439,7 @@ def upload_parser() -> argparse.ArgumentParser:
     add("--data-name", metavar="NAME",
         help="what the model card calls the training data (default: its file and folder names, never a path)")
     add("--dry-run", action="store_true", help="build the folder that would be uploaded and stop (no network)")
-    add("--output-dir", help="where --dry-run builds the folder (default: <model_dir>-hub)")
+    add("--output-dir", help="where --dry-run builds the folder (default: <model_dir>-hub beside the model)")
     add("--formats", default="", metavar="FORMATS",
         help="also carry the model's exports, joined by commas: transformers (a stock GPT-2 in gpt2/), onnx, "
              "gguf, or all (see export.py)")
@@ -464,7 +464,7 @@ def upload_main(argv: list[str] | None = None) -> int:
         from .hub import (
             check_branch, check_data_name, check_license, check_repo_ids, prepare_folder, resolve_token, upload,
         )
-        from .loading import model_family
+        from .loading import beside, model_family
         from .spaces import prepare_space, prepare_static_space
 
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
@@ -485,7 +485,7 @@ def upload_main(argv: list[str] | None = None) -> int:
         family = model_family(args.model_dir)
         formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
-        output = args.output_dir or args.model_dir.rstrip("/") + "-hub"
+        output = args.output_dir or beside(args.model_dir, "hub")
         with tempfile.TemporaryDirectory() as scratch:
             where = {"model": output, "space": args.space_output_dir or output.rstrip("/") + "-space",
                      "static": args.static_space_output_dir or output.rstrip("/") + "-static-space"}
@@ -556,7 +556,8 @@ def export_parser() -> argparse.ArgumentParser:
     add("--format", default="all", metavar="FORMAT",
         help="transformers, onnx, gguf, web or all (every format the family has), or several joined by commas "
              "(default: all); the LSTM has onnx and web")
-    add("--output-dir", help="where the export goes (default: <MODEL>-<format>)")
+    add("--output-dir", help="where the export goes (default: <MODEL>-<format> beside the model; a Hub id's in "
+                             "the current folder)")
     add("--web-precision", choices=WEB_PRECISIONS,
         help=f"the web page's graph: int8 weights, a quarter of the bytes, or float32 (default: {WEB_PRECISIONS[0]})")
     add("--overwrite", action="store_true", help="replace the output folder if it exists")
@@ -568,12 +569,13 @@ def export_main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from .export import export, export_name, split_formats
+        from .export import export, split_formats
+        from .loading import beside
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
             raise UsageError("--web-precision sets the web page's graph: add web to --format, or drop --web-precision.")
-        output = args.output_dir or f"{export_name(args.model)}-{'-'.join(formats)}"
+        output = args.output_dir or beside(args.model, "-".join(formats))
         files = export(args.model, formats, output, overwrite=args.overwrite,
                        web_precision=args.web_precision or WEB_PRECISIONS[0])
         size = sum(path.stat().st_size for path in files)

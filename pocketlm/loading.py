@@ -189,6 +189,20 @@ def model_name(path_or_repo: str) -> str:
     return f"{run.path.name}-{local.resolve().name}" if run else local.resolve().name
 
 
+def beside(path_or_repo: str, suffix: str) -> str:
+    """The default folder for what a command makes of a model (an export, an upload's dry run): `<name>-<suffix>`
+    beside the model's folder, a checkpoint's beside its run (never among the run's checkpoints), or in the current
+    folder for a Hub id. An export of `/data/run` went into the folder the user happened to be in, and an upload's
+    dry run of `.` into `.-hub`, a hidden folder inside the model."""
+    local = Path(path_or_repo).expanduser()
+    name = f"{Path(model_name(path_or_repo)).name}-{suffix}"
+    if not local.is_dir():
+        return name
+    run = RunFolder.holding_checkpoint(local)
+    target = (run.path if run else local).resolve().parent / name
+    return str(target.relative_to(Path.cwd())) if target.is_relative_to(Path.cwd()) else str(target)
+
+
 def export_record(path_or_repo: str) -> dict | None:
     """What export.py wrote into `path_or_repo` and from which model, when it is such a folder."""
     try:

@@ -200,11 +200,28 @@ def test_an_lstm_asked_for_a_format_it_lacks_is_refused_in_one_line_naming_the_o
     assert not (tmp_path / "out").exists()
 
 
-def test_a_format_named_twice_is_written_once_into_the_default_folder(trained, tmp_path, monkeypatch):
-    """`--format onnx,ONNX` named the default folder `MODEL-onnx-onnx`."""
+def test_a_format_named_twice_is_written_once_into_the_default_folder_beside_the_model(trained, tmp_path,
+                                                                                       monkeypatch):
+    """`--format onnx,ONNX` named the default folder `MODEL-onnx-onnx`; and the default folder went into the
+    folder the user was in, not beside the model its name reads as (`<MODEL>-<format>`), as an upload's does."""
+    model = tmp_path / "models" / "mine"
+    shutil.copytree(trained["lstm"], model)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_entry(export_main, str(model), "--format", "onnx,ONNX")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in model.parent.iterdir()) == ["mine", "mine-onnx"]
+    assert not any(elsewhere.iterdir())
+    assert result.stdout.startswith(f"wrote {model.parent / 'mine-onnx'} ")
+    # From inside the model's folder, `.` is the model: its export goes beside it, named after it.
+    monkeypatch.chdir(model)
+    assert run_entry(export_main, ".", "--format", "web").returncode == 0
+    assert sorted(path.name for path in model.parent.iterdir()) == ["mine", "mine-onnx", "mine-web"]
+    # From the folder above, the path printed is the one to type.
     monkeypatch.chdir(tmp_path)
-    assert run_entry(export_main, str(trained["lstm"]), "--format", "onnx,ONNX").returncode == 0
-    assert [path.name for path in tmp_path.iterdir()] == [f"{trained['lstm'].name}-onnx"]
+    result = run_entry(export_main, "models/mine/", "--format", "onnx")
+    assert_one_line_error(result, "models/mine-onnx already exists")
 
 
 def test_an_existing_output_folder_is_kept_unless_overwrite_and_a_failed_export_leaves_nothing(trained, tmp_path,

@@ -78,6 +78,20 @@ def test_dry_run_never_overwrites(trained, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_a_dry_run_of_the_folder_you_are_in_builds_beside_it(trained, tmp_path, monkeypatch):
+    """`hub_upload.py . --dry-run` built `.-hub`, a hidden folder inside the model it was publishing."""
+    model = tmp_path / "mine"
+    shutil.copytree(trained["lstm"], model)
+    before = sorted(path.name for path in model.iterdir())
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.chdir(model)
+    result = run_upload(".", "--repo-id", "a/b", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in model.iterdir()) == before
+    assert (tmp_path / "mine-hub" / "model.safetensors").is_file()
+    assert str(tmp_path / "mine-hub") in result.stdout
+
+
 PROJECT_FREE = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
     import json

@@ -875,10 +875,11 @@ def test_a_checkpoint_is_a_model_to_chat_with_compare_export_and_train_from(corp
     assert tokenizer.chat_template  # the run's tokenizer came along
     # Named as the run's step-2, not as the folder of links it loads through (the web chat's title was its hash).
     assert model.name_or_path == str(checkpoint) and model_name(str(checkpoint)) == "run-step-2"
-    monkeypatch.chdir(tmp_path)
-    assert run_entry(export_main, str(checkpoint), "--format", "gguf").returncode == 0
+    monkeypatch.chdir(checkpoint)  # its default folder goes beside the run, not among the run's checkpoints
+    assert run_entry(export_main, ".", "--format", "gguf").returncode == 0
     assert [path.name for path in (tmp_path / "run-step-2-gguf").iterdir() if not path.name.startswith(".")] == [
         "run-step-2-f32.gguf"]
+    assert sorted(path.name for path in checkpoint.parent.iterdir()) == ["step-2", "step-4"]
 
     # compare.py scores it on the run's validation documents at what the run's evaluation at step 2 measured.
     measured = next(r["val_bpc"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
