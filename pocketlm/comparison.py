@@ -19,7 +19,7 @@ from .errors import UsageError
 from .choices import BALANCED_SAMPLING
 from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
 from .adapters import adapter_of
-from .loading import as_model, export_record, load_pretrained, model_family
+from .loading import as_model, export_record, holds_only_graphs, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 
@@ -96,7 +96,10 @@ def read_prompts(path: str | None) -> list[str]:
 
 
 def _disk_bytes(model_dir: str, model) -> int:
-    """Bytes of the weights file(s) as stored (the local folder, or the Hub cache's copy)."""
+    """Bytes of the weights file(s) as stored (the local folder, or the Hub cache's copy); an export's ONNX graph
+    holds its weights."""
+    if getattr(model, "graph_file", None) is not None:
+        return model.graph_file.stat().st_size
     folder = Path(model_dir) if Path(model_dir).is_dir() else Path(getattr(model, "name_or_path", model_dir))
     files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
     return sum(f.stat().st_size for f in files)
@@ -147,6 +150,8 @@ def _family_label(model_dir: str, family: str) -> str:
     folder = as_model(model_dir)
     if adapter_of(folder) is not None:
         return f"{family}, PEFT adapter"
+    if holds_only_graphs(folder):
+        return f"{family}, ONNX export in onnxruntime"
     if export_record(folder) is not None:
         return f"{family}, stock GPT-2 export"
     return family
@@ -161,7 +166,9 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
     reports = []
     for model_dir in models:
         progress(f"measuring {model_dir} ...")
-        model, tokenizer = load_pretrained(model_dir, device)
+        # An export of ONNX graphs alone runs in onnxruntime, on the CPU: comparing it with its model checks it.
+        runtime = "onnx" if holds_only_graphs(model_dir) else "torch"
+        model, tokenizer = load_pretrained(model_dir, "cpu" if runtime == "onnx" else device, runtime=runtime)
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
         is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
@@ -170,7 +177,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
                         if is_chat else prompts[0])
         tokens_per_second, first = decoding_speed(model, tokenizer, speed_prompt)
         reports.append(ModelReport(
-            name=model_dir, family=family, parameters=sum(p.numel() for p in model.parameters()),
+            name=model_dir, family=family, parameters=model.num_parameters(),
             disk_bytes=_disk_bytes(model_dir, model), bits_per_char=score["bits_per_char"],
             tokens_per_second=tokens_per_second, time_to_first_token=first,
             replies=_replies(model, tokenizer, prompts, is_chat, seed, max_new_tokens),

@@ -212,6 +212,14 @@ def export_record(path_or_repo: str) -> dict | None:
         return None
 
 
+def holds_only_graphs(path_or_repo: str) -> bool:
+    """Whether `path_or_repo` is an export of ONNX graphs without weights for torch (an ONNX export, the LSTM's
+    `all`): it runs in onnxruntime only."""
+    record = export_record(as_model(path_or_repo))
+    return (record is not None and "onnx" in record["formats"]
+            and not (Path(as_model(path_or_repo)).expanduser() / MODEL_FILE).is_file())
+
+
 def _check_language_model(path_or_repo: str, config: dict) -> None:
     """Refuse a classifier or reward model: its folder loads as a language model with a head it never trained."""
     heads = [name for name in config.get("architectures") or [] if str(name).endswith("ForSequenceClassification")]
@@ -219,6 +227,9 @@ def _check_language_model(path_or_repo: str, config: dict) -> None:
         raise UsageError(f"{path_or_repo} holds a {heads[0]} (a classifier or reward model), not a language model: "
                          "load it with AutoModelForSequenceClassification; pocketlm's tools take the language model "
                          "it was trained from.")
+
+
+RUNNABLE_EXPORTS = {"transformers", "onnx"}  # the export formats chat and compare run: a stock GPT-2, ONNX graphs
 
 
 def model_family(path_or_repo: str, exports: bool = False, adapters: bool = False) -> str:
@@ -237,15 +248,19 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         except UsageError as error:
             raise UsageError(f"{path_or_repo} holds a PEFT adapter of {base} (its {ADAPTER_CONFIG_FILE}'s "
                              f"base_model_name_or_path), which cannot be read: {error}")
+    record = export_record(as_model(path_or_repo))
+    refusal = UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
+                         f"{record['model']}, for other runtimes: use {record['model']} itself here."
+                         ) if record is not None else None
+    if refusal and not (exports and RUNNABLE_EXPORTS & set(record["formats"])):  # a web page alone has no config
+        raise refusal
     config = _config_of(path_or_repo)
     model_type = config.get("model_type")
     family = next((family for family, name in MODEL_TYPES.items() if name == model_type), None)
-    record = export_record(as_model(path_or_repo))
-    if record is not None:
-        if exports and (family or model_type == "gpt2"):
+    if refusal:
+        if family or model_type == "gpt2":
             return family or "transformer"
-        raise UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
-                         f"{record['model']}, for other runtimes: use {record['model']} itself here.")
+        raise refusal
     if family is None:
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
                          "a folder train.py wrote.")
@@ -312,10 +327,10 @@ def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, 
 def _load_folder(path_or_repo: str, family: str, dtype: str, config: dict):
     """The model (weights in `dtype`, on the CPU) and tokenizer of a model folder or Hub repository, checked."""
     local = Path(path_or_repo).expanduser()
-    record = export_record(path_or_repo)
-    if record is not None and not (local / MODEL_FILE).is_file():
-        raise UsageError(f"{path_or_repo} holds export.py's ONNX graphs of {record['model']}, no weights for torch: "
-                         f"add --runtime onnx, or use {record['model']} itself.")
+    if holds_only_graphs(path_or_repo):
+        source = export_record(path_or_repo)["model"]
+        raise UsageError(f"{path_or_repo} holds export.py's ONNX graphs of {source}, no weights for torch: add "
+                         f"--runtime onnx, or use {source} itself.")
     if local.is_dir():
         check_model_folder(local)
     try:

@@ -56,6 +56,7 @@ class OnnxCausalLM(PreTrainedModel, GenerationMixin):
         session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         config = AutoConfig.from_pretrained(folder)
         model = cls(config, session, folder)
+        model.graph_file = graph
         model.name_or_path = str(folder)
         model.generation_config = GenerationConfig.from_pretrained(folder)
         return model.eval()
@@ -70,6 +71,15 @@ class OnnxCausalLM(PreTrainedModel, GenerationMixin):
 
     def get_input_embeddings(self):
         return None  # the embedding lives inside the graph
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The exported model's parameters, which its graph holds and this wrapper does not: counted on a copy of
+        the model built on the meta device, which allocates nothing."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.config)
+        return model.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,

@@ -7,6 +7,7 @@ answers the official OpenAI client.
 
 import json
 import os
+import re
 import socket
 import shutil
 import subprocess
@@ -401,6 +402,33 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
             assert_one_line_error(run_entry(main, *args), needle,
                                   f"of {origin}, for other runtimes: use {origin} itself")
     assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_compare_runs_an_export_of_onnx_graphs_in_onnxruntime_as_its_model(family, trained, exported, tmp_path):
+    """`compare.py MODEL ONNX-EXPORT`, the check of an export a user reaches for, refused the export with "add
+    --runtime onnx", a flag compare.py does not have; a web page's export was "no model (no config.json)"."""
+    graphs = exported[family]
+    if family == "transformer":  # its `all` export holds a stock GPT-2, which runs in torch: the ONNX export alone
+        graphs = tmp_path / "onnx"
+        assert run_entry(export_main, str(trained[family]), "--format", "onnx", "--output-dir", str(graphs)
+                         ).returncode == 0
+    report = tmp_path / "comparison.md"
+    result = run_entry(compare_main, str(trained[family]), str(graphs), "--output", str(report),
+                       "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ") and "bits" not in line]
+    assert [row[2].strip() for row in rows] == [family, f"{family}, ONNX export in onnxruntime"]
+    assert rows[0][3] == rows[1][3] and rows[0][5] == rows[1][5]  # the same parameters; bits/char to 3 decimals
+    assert float(rows[1][4].split("kB")[0].split("MB")[0]) > 0  # the graph's bytes, where the weights are
+    replies = re.findall(r"^- `[^`]+`: (.*)$", text, flags=re.M)
+    assert len(replies) == 6 and replies[0::2] == replies[1::2]  # the same sampled replies under one seed
+    page = tmp_path / "page"
+    assert run_entry(export_main, str(trained[family]), "--format", "web", "--output-dir", str(page)).returncode == 0
+    for main in (compare_main, chat_main):
+        assert_one_line_error(run_entry(main, str(page), *(["--prompt", "hi"] if main is chat_main else [])),
+                              f"is export.py's web export of {trained[family].resolve()}, for other runtimes")
 
 
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
