@@ -110,9 +110,15 @@ def _data_fingerprint(data: list[str] | None, dataset: str | None) -> dict:
 
 
 def _files(paths: list[str], every_file: bool = False, flag: str = "--data") -> dict[str, dict]:
-    found = (sorted(p for p in Path(paths[0]).rglob("*") if p.is_file()) if every_file else
-             find_data_files(paths, flag, quiet=True))
+    found = (sorted(p for p in Path(paths[0]).rglob("*") if p.is_file() and not _datasets_cache(p)) if every_file
+             else find_data_files(paths, flag, quiet=True))
     return {str(path.resolve()): _file(path) for path in found}
+
+
+def _datasets_cache(path: Path) -> bool:
+    """A file datasets writes beside a saved dataset's own when a run reads it (`cache-<fingerprint>.arrow`, its
+    map's result): the first run adds them, and a resume counted them as data added since the checkpoint."""
+    return path.name.startswith("cache-") and path.suffix == ".arrow"
 
 
 def _file(path: Path) -> dict:

@@ -1112,6 +1112,28 @@ def test_a_resume_continues_with_a_note_where_the_change_cannot_matter(interrupt
     assert "continuing with changes" not in output and (out / "checkpoints" / "step-4").exists()
 
 
+def test_a_run_on_a_saved_dataset_resumes_though_datasets_wrote_its_cache_beside_it(tmp_path):
+    """datasets writes the result of reading a save_to_disk folder into it (`cache-<fingerprint>.arrow`): the
+    resume counted those as data added since the checkpoint and refused every such run. Its rows changing is
+    still a change."""
+    import datasets
+
+    texts = [make_text(0), make_text(1), make_text(2)]
+    saved, out = tmp_path / "saved", tmp_path / "out"
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(saved)
+    args = [f"--dataset={saved}", f"--output-dir={out}", "--block-size=32", "--batch-size=4", "--samples=0",
+            "--model-config=n_layer=1", "--save-every=1"]
+    assert run_entry(train_main, *args, "--max-steps=2").returncode == 0
+    assert list(saved.glob("cache-*.arrow"))  # what datasets left there
+    resumed = run_entry(train_main, *args, "--max-steps=3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "was added" not in resumed.stdout + resumed.stderr and (out / "checkpoints" / "step-3").exists()
+    shutil.rmtree(saved)
+    datasets.Dataset.from_dict({"text": [*texts, make_text(3)]}).save_to_disk(saved)
+    assert_one_line_error(run_entry(train_main, *args, "--max-steps=4", "--resume"),
+                          "--resume: since the checkpoint at step 3", "changed (")
+
+
 def test_an_lstm_run_that_recorded_a_size_or_vocabulary_it_never_read_resumes(tmp_path):
     """Before --model-size and --vocab-size were refused with the LSTM, a run could record them (ignored); its
     resume, now without them, must not read their absence as another model. For the Transformer they are its shape."""
