@@ -134,6 +134,10 @@ class TrainingOptions:
         for name in ("dataset", "output_dir", "tokenizer", "init_from"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        if self.dataset is not None and not isinstance(self.dataset, str):  # a datasets.Dataset object, say
+            from .data.reading import dataset_on_disk
+
+            self.dataset = dataset_on_disk(self.dataset)
 
     def command_line(self) -> str:
         """A `train.py` command that reproduces these options (used in the resume hint)."""

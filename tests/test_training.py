@@ -396,6 +396,34 @@ def assert_resuming_a_copy_reproduces(reference: Path, last_step: int, options: 
     assert file_hash(reference / final) == file_hash(resumed / final)
 
 
+def test_the_python_api_trains_on_a_dataset_object_as_on_its_saved_folder_and_resumes_with_it(corpus_file, tmp_path,
+                                                                                              monkeypatch):
+    """`TrainingOptions(dataset=rows)` with a datasets.Dataset, what a datasets user holds, failed with "expected
+    str, bytes or os.PathLike object, not Dataset". It trains as the folder save_to_disk writes of it does."""
+    monkeypatch.setattr("pocketlm.data.reading.IN_MEMORY_DATASETS", tmp_path / "cache")
+    texts = [text for text in corpus_file.read_text().split("\n\n") if text.strip()]
+    rows = datasets.Dataset.from_dict({"text": texts})
+    rows.save_to_disk(tmp_path / "saved")
+    options = {"data": None, "max_steps": 4, "save_every": 2, "samples": 0}
+    train(tiny_options("transformer", corpus_file, tmp_path / "object", dataset=rows, **options))
+    train(tiny_options("transformer", corpus_file, tmp_path / "folder", dataset=tmp_path / "saved", **options))
+    weights = "model.safetensors"
+    assert file_hash(tmp_path / "object" / weights) == file_hash(tmp_path / "folder" / weights)
+    # A DatasetDict trains on its train split, as --dataset does.
+    splits = datasets.DatasetDict({"train": rows, "test": rows.select(range(2))})
+    train(tiny_options("transformer", corpus_file, tmp_path / "splits", dataset=splits, **options))
+    assert file_hash(tmp_path / "splits" / weights) == file_hash(tmp_path / "folder" / weights)
+    # The same rows built again, for a resume, are the same data: the run continues to the same weights.
+    assert_resuming_a_copy_reproduces(tmp_path / "object", 4, tiny_options(
+        "transformer", corpus_file, tmp_path, dataset=datasets.Dataset.from_dict({"text": texts}), **options))
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # the Dataset and the DatasetDict, each saved once
+    # What cannot be read again, or is no dataset, is named.
+    with pytest.raises(UsageError, match="got an IterableDataset, which is read once"):
+        tiny_options("transformer", corpus_file, tmp_path / "x", dataset=rows.to_iterable_dataset(), **options)
+    with pytest.raises(UsageError, match="not a list: for files of text, pass data="):
+        tiny_options("transformer", corpus_file, tmp_path / "x", dataset=texts, **options)
+
+
 def test_streamed_training_resumes_exactly(corpus_file, tmp_path):
     reference = tmp_path / "reference"
     options = {"streaming": True, "max_steps": 12, "save_every": 6, "eval_every": 6, "samples": 0, "seed": 5}

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
+from ..signing import KEY_FILE
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
                       delimiter, find_data_files, inspect_file, open_data, saved_dataset)
 
@@ -391,6 +393,35 @@ def default_conversations() -> list[list[dict]]:
 def _default_documents(schema: int):
     for number, messages in enumerate(default_conversations(), 1):
         yield _row(render_chat(messages), f"{DEFAULT_CORPUS_NAME} #{number}", is_chat=True)
+
+
+# Datasets handed to the Python API as objects, saved once by their fingerprint beside pocketlm's other caches.
+IN_MEMORY_DATASETS = KEY_FILE.parent / "datasets"
+
+
+def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
+    """The folder `--dataset` takes for a Dataset or DatasetDict given to the Python API as an object: the run
+    records its data as a path (its options, the resume's check of the data, the card), so the object is saved
+    once into pocketlm's cache under datasets' fingerprint of its content and transforms, and the same dataset
+    built again, for a resume, finds the same folder."""
+    if isinstance(dataset, datasets.IterableDataset | datasets.IterableDatasetDict):
+        raise UsageError("dataset= got an IterableDataset, which is read once and cannot be read again for a "
+                         "resume: pass its name or folder as dataset= with streaming=True.")
+    if not isinstance(dataset, datasets.Dataset | datasets.DatasetDict):
+        raise UsageError(f"dataset= takes a dataset's name, a folder or a datasets.Dataset, not a "
+                         f"{type(dataset).__name__}: for files of text, pass data=[paths].")
+    splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
+    fingerprint = "-".join(split._fingerprint for split in splits)
+    named = next((split.info.dataset_name for split in splits if split.info.dataset_name), "dataset")
+    folder = IN_MEMORY_DATASETS / f"{named}-{fingerprint}"[:120]
+    if not folder.is_dir():
+        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        dataset.save_to_disk(str(partial))
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another run saved the same dataset first: its folder holds the same rows
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(folder)
 
 
 def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
