@@ -15,6 +15,7 @@ metrics.jsonl, which grows a line at a time: a rename is atomic, so a run killed
 model, checkpoint or record as it was.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -237,6 +238,7 @@ class FolderLock:
     def __init__(self, path: Path):
         self.path = path
         self.handle = None
+        self.made = []  # the lock file and the folders acquiring made, innermost first
 
     def __enter__(self) -> "FolderLock":
         self.acquire()
@@ -246,16 +248,25 @@ class FolderLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+        folder = self.path.parent.absolute()
+        self.made = [] if self.path.exists() else [self.path]
+        self.made += [parent for parent in (folder, *folder.parents) if not parent.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UsageError(f"{self.path.parent} is in use by another training run ({holder}): wait for it to "
+                                 "end, or pick another --output-dir.") from None
+            # A run that ended before writing anything removes its lock file (`release`): one that opened that
+            # file before and locked it after holds a lock on a name no longer there, and takes the new one.
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
             handle.close()
-            raise UsageError(f"{self.path.parent} is in use by another training run ({holder}): wait for it to end, "
-                             "or pick another --output-dir.") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
@@ -264,7 +275,16 @@ class FolderLock:
         self.handle = handle
 
     def release(self) -> None:
-        if self.handle is not None:
-            self.handle.truncate(0)
-            self.handle.close()  # closing drops the lock
-            self.handle = None
+        """Drop the lock. A run that wrote nothing beside it (refused before its first file: data without text, a
+        full disk) leaves no trace: the lock file, and the folders taking it made, go again (empty folders left
+        behind by a refused command read as runs to the next one)."""
+        if self.handle is None:
+            return
+        self.handle.truncate(0)
+        if self.made and self.made[0] == self.path and [*self.path.parent.iterdir()] == [self.path]:
+            self.path.unlink()  # while still locked: a run waiting on this file fails to lock it, and says so
+            for folder in self.made[1:]:
+                with contextlib.suppress(OSError):  # not empty after all: another run's, or a file put there
+                    folder.rmdir()
+        self.handle.close()  # closing drops the lock
+        self.handle = None

@@ -908,6 +908,20 @@ def test_an_unwritable_output_folder_is_refused(corpus, tmp_path, monkeypatch):
 # -------------------------------------------------------------------------------- one run per output folder
 
 
+def test_a_run_refused_before_writing_anything_leaves_no_folder_behind(tmp_path):
+    """A refused run (data without text) left its output folder, and every folder above it it had made, holding
+    only its lock file: a run folder to the next command, and litter. A folder that was there stays."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    for out in (tmp_path / "runs" / "new" / "model", tmp_path / "mine"):
+        if out.name == "mine":
+            out.mkdir()
+        result = run_entry(train_main, f"--data={empty}", f"--output-dir={out}", "--max-steps=1")
+        assert result.returncode == 2, result.stderr[-2000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty.txt", "mine"]
+    assert not any((tmp_path / "mine").iterdir())
+
+
 def test_a_second_run_on_a_busy_folder_stops_at_once_naming_the_first(corpus, tmp_path):
     out = tmp_path / "busy"
     first = subprocess.Popen(
