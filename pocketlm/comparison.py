@@ -71,7 +71,7 @@ def comparison_text(first_model: str, paths: list[str] | None = None, dataset: s
     if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
         try:
             corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
-                                      options.get("validation_data"))
+                                      options.get("validation_data"), text_column=options.get("text_column"))
             return corpus.validation, f"the validation documents of {first_model}'s run ({corpus.source})"
         except UsageError:
             pass  # the run's data moved or changed: fall back to the built-in corpus, and say so

@@ -4,7 +4,7 @@
 one answer, decided by what it would do to the run:
 
 - the model's shape or its tokenizer: the checkpoint's weights cannot be continued as another model: refused;
-- the data (each file's size, time and digest), what cuts and orders the batches (seed, batch and block size,
+- the data (each file's size, time and digest, and the column read as text), what cuts and orders the batches (seed, batch and block size,
   gradient accumulation, processes, streaming, assistant-only loss), the arithmetic (mixed precision), the
   optimizer's settings and the validation sample (`--eval-tokens`, which best-model choices compare on): the run
   would no longer be the one it continues: refused, unless `--accept-changes`, which continues with the change
@@ -35,7 +35,7 @@ SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
 # What no LSTM reads: a run started before they were refused may have recorded any value (model_size large).
 NOT_THE_LSTMS = ("model_size", "vocab_size")
 DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
-            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens")
+            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens", "text_column")
 LENGTH = ("max_steps", "epochs")
 
 

@@ -68,6 +68,10 @@ class TrainingOptions:
     dataset: str | None = option(None, "anything datasets.load_dataset takes, or a folder datasets' save_to_disk "
                                        "wrote, with a text or messages column (or TRL's, Alpaca's or ShareGPT's)",
                                  metavar="NAME_OR_PATH")
+    text_column: str | None = option(None, "the column or key of --data's records (CSV, JSON, Parquet) or --dataset's "
+                                           "rows that holds the text, a string, or a conversation, a list of "
+                                           "messages, where it is not 'text' (a CSV's 'content', a dataset's 'story')",
+                                     metavar="NAME")
     streaming: bool = option(False, "read the data as a stream, never whole, for corpora larger than memory "
                                     "(needs --max-steps)", action="store_true")
     validation_data: list[str] | None = option(
@@ -215,6 +219,11 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     for first, second, why in CONTRADICTIONS:
         if getattr(options, first) and getattr(options, second):
             raise UsageError(f"contradictory options: {why}.")
+    if options.text_column is not None and not (options.data or options.dataset):  # the built-in dialogs have none
+        raise UsageError("--text-column names the column of --data's or --dataset's records that holds the text: add "
+                         "one of them, or drop --text-column.")
+    if options.text_column is not None and not options.text_column.strip():
+        raise UsageError("--text-column was given an empty name: name the column that holds the text.")
     if options.accept_changes and not (options.resume or options.auto_resume):
         raise UsageError("--accept-changes accepts changes to a run being resumed: add --resume, or drop it.")
     options.model_type = _family(options)

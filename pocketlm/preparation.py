@@ -252,7 +252,7 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
     with stages.stage("reading", f"reading {_describe_input(options)}") as stage:
         with accelerator.main_process_first():
             corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data,
-                                      streaming=options.streaming)
+                                      streaming=options.streaming, text_column=options.text_column)
         stage["done"] = corpus.report.describe()
     return corpus
 

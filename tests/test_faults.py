@@ -195,7 +195,7 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
     ("wrong type", _jsonl(*GOOD, {"text": 42}), "'text' is not a string"),
     ("missing keys", _jsonl(*GOOD, {"body": "no text key", "id": 7}),
      "no 'text', 'messages', 'prompt'+'completion', 'instruction'+'output' or 'conversations'; its keys: body, id; "
-     "name the one holding the text 'text'"),
+     "name the one holding the text with --text-column"),
     ("unknown role", _jsonl(*GOOD, {"messages": [{"role": "bot", "content": "hi"}]}),
      "unknown role 'bot' (use system, user or assistant)"),
     ("empty messages", _jsonl(*GOOD, {"messages": []}), "'messages' is not a non-empty list"),

@@ -26,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config, tiny_model
 from modeling import GPTForCausalLM
 from pocketlm import data
-from pocketlm.cli import train_main
+from pocketlm.cli import compare_main, train_main
 from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
@@ -289,6 +289,74 @@ def test_other_tools_conversation_layouts_read_as_the_conversations_they_hold(tm
     (tmp_path / "half.jsonl").write_text(json.dumps({"prompt": "What is 2+2?"}))
     documents, _ = data.load_documents([str(tmp_path / "half.jsonl")])
     assert documents["problem"] == ["'prompt' without 'completion'"]
+
+
+def test_text_column_reads_the_text_of_records_that_keep_it_under_another_name(corpus_file, tmp_path):
+    """A CSV of `question,answer`, JSON Lines of `content`, a dataset of `story`: each was refused or skipped row
+    by row ("name the column that holds the text 'text'"), and the fix was to edit the data. `--text-column NAME`
+    reads that column, in every record format and in --dataset, as the same rows under `text` are read: the same
+    model, bitwise; a column of message lists reads as conversations."""
+    from tokenization import render_chat
+
+    texts = [text for text in corpus_file.read_text().split("\n\n") if text.strip()]
+    rows = [{"id": str(number), "story": text} for number, text in enumerate(texts)]
+
+    def write(name: str, records: list[dict]) -> Path:
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            datasets.Dataset.from_list(records).to_parquet(str(path))
+        elif name.endswith(".csv"):
+            with open(path, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, list(records[0]))
+                writer.writeheader()
+                writer.writerows(records)
+        elif name.endswith(".json"):
+            path.write_text(json.dumps({"data": records}))
+        else:
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))
+        return path
+
+    def weights(out: Path, *flags: str) -> bytes:
+        result = run_entry(train_main, *flags, f"--output-dir={out}", "--block-size=32", "--batch-size=4",
+                           "--vocab-size=300", "--max-steps=2", "--samples=0", "--model-config=n_layer=1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return (out / "model.safetensors").read_bytes()
+
+    reference = weights(tmp_path / "reference", f"--data={write('text.jsonl', [{'text': t} for t in texts])}")
+    for name in ("rows.csv", "rows.jsonl", "rows.json", "rows.parquet"):
+        assert weights(tmp_path / f"out-{name}", f"--data={write(name, rows)}", "--text-column=story") == reference
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "saved")
+    assert weights(tmp_path / "out-saved", f"--dataset={tmp_path / 'saved'}", "--text-column=story") == reference
+    # A column of message lists is a conversation, read as `messages` is.
+    talk = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]
+    documents, _ = data.load_documents([str(write("talk.jsonl", [{"dialog": talk}]))], text_column="dialog")
+    assert documents["text"] == [render_chat(talk)] and documents["is_chat"] == [True]
+    # Records without it are skipped and named with their keys, the others trained on; a table without it is
+    # left out, naming its header; a dataset without it, or the built-in corpus, is refused in one line.
+    mixed = write("mixed.jsonl", [*rows, {"id": "x", "body": "elsewhere"}, {"id": "y", "story": None}])
+    report = data.ReadReport()
+    documents, _ = data.load_documents([str(mixed)], report=report, text_column="story")
+    documents = data.keep_readable_records(documents, report)
+    assert len(documents) == len(rows) and report.skipped == {
+        "no 'story' (--text-column); its keys: body, id": 1, "no value for 'story' (--text-column)": 1}
+    result = run_entry(train_main, f"--data={tmp_path / 'rows.csv'}", "--text-column=body",
+                       f"--output-dir={tmp_path / 'x'}")
+    assert_one_line_error(result, "no 'body' column (--text-column) in its header row ('id,story')")
+    result = run_entry(train_main, f"--dataset={tmp_path / 'saved'}", "--text-column=body",
+                       f"--output-dir={tmp_path / 'x'}")
+    assert_one_line_error(result, "no 'body' column (--text-column), found id, story")
+    assert_one_line_error(run_entry(train_main, "--text-column=story", f"--output-dir={tmp_path / 'x'}"),
+                          "--text-column names the column of --data's or --dataset's records")
+    assert not (tmp_path / "x").exists()
+    # A resume reading another column would train on other text: refused, as other data is.
+    out = tmp_path / "out-rows.csv"
+    result = run_entry(train_main, f"--data={tmp_path / 'rows.csv'}", "--text-column=id", f"--output-dir={out}",
+                       "--resume", "--max-steps=3")
+    assert_one_line_error(result, "--text-column is id here, story in the run")
+    # compare.py scores the run on its own validation documents, read through its column again.
+    result = run_entry(compare_main, str(out), "--output", str(tmp_path / "c.md"), "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the validation documents of" in result.stdout and "built-in" not in result.stdout
 
 
 def test_model_config_takes_pairs_joined_by_commas_or_spaces_and_the_resume_hint_gives_them_back(capsys):

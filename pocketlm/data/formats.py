@@ -189,8 +189,9 @@ class DataFile:
     size: int
 
 
-def inspect_file(path: Path) -> DataFile | str:
-    """The file to read, or why `path` cannot be read and what to do."""
+def inspect_file(path: Path, text_column: str | None = None) -> DataFile | str:
+    """The file to read, or why `path` cannot be read and what to do; `text_column` is --text-column's column, the
+    one a table must then have."""
     if saved := saved_dataset_of(path):
         return f"part of a dataset saved with datasets' save_to_disk: pass {saved} as --dataset"
     kind = compression(path)
@@ -200,9 +201,11 @@ def inspect_file(path: Path) -> DataFile | str:
             if kind:
                 return f"a {kind}-compressed Parquet file: decompress it (Parquet compresses its own columns)"
             columns = pq.ParquetFile(path).schema_arrow.names
-            if not set(columns) & set(RECORD_COLUMNS):
-                return (f"no {RECORD_KINDS} column (its columns: {', '.join(columns)}): name the column that holds "
-                        "the text 'text'")
+            if text_column is not None and text_column not in columns:
+                return f"no '{text_column}' column (--text-column; its columns: {', '.join(columns)})"
+            if text_column is None and not set(columns) & set(RECORD_COLUMNS):
+                return (f"no {RECORD_KINDS} column (its columns: {', '.join(columns)}): name the one that holds "
+                        "the text with --text-column")
             return DataFile(path, "", os.path.getsize(path))
         if kind is None:
             with open(path, "rb") as handle:
@@ -213,11 +216,13 @@ def inspect_file(path: Path) -> DataFile | str:
         encoding, size = text_encoding(path)
         if encoding is None:
             return BINARY
-        if form in (".csv", ".tsv") and delimiter(path, encoding) is None:
+        if form in (".csv", ".tsv") and delimiter(path, encoding, text_column) is None:
             with open_data(path, "rt", encoding=encoding) as handle:
                 header = handle.readline().strip()
+            if text_column is not None:
+                return f"no '{text_column}' column (--text-column) in its header row ({header[:200]!r})"
             return (f"no 'text' column (nor 'prompt'+'completion' or 'instruction'+'output') in its header row "
-                    f"({header[:200]!r}): name the column that holds the text 'text'")
+                    f"({header[:200]!r}): name the column that holds the text with --text-column")
         return DataFile(path, encoding, size)
     except (OSError, EOFError, lzma.LZMAError, pa.ArrowException, csv.Error) as error:
         what = f"a damaged {kind} file" if kind else "not a Parquet file" if form == ".parquet" else "unreadable"
@@ -228,12 +233,13 @@ def inspect_file(path: Path) -> DataFile | str:
 DELIMITERS = {".csv": (",", ";", "\t", "|"), ".tsv": ("\t",)}
 
 
-def delimiter(path: Path, encoding: str) -> str | None:
+def delimiter(path: Path, encoding: str, text_column: str | None = None) -> str | None:
     """The field separator of a .csv or .tsv file: the first of DELIMITERS whose header row names a `text` column, or
-    the columns of a conversation's layout (TABLE_KINDS)."""
+    the columns of a conversation's layout (TABLE_KINDS), or `text_column` where --text-column names one."""
+    kinds = [(text_column,)] if text_column is not None else TABLE_KINDS
     for delimiter in DELIMITERS[data_format(path)]:
         with open_data(path, "rt", encoding=encoding, newline="") as handle:
             header = next(csv.reader(handle, delimiter=delimiter), [])
-            if any(set(kind) <= set(header) for kind in TABLE_KINDS):
+            if any(set(kind) <= set(header) for kind in kinds):
                 return delimiter
     return None

@@ -39,7 +39,7 @@ DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
 # Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
 # this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 9
+DOCUMENT_SCHEMA = 10
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -88,11 +88,11 @@ class ReadReport:
 # --------------------------------------------------------------------------------------------- readable files
 
 
-def readable_files(files: list[Path], report: ReadReport) -> list[DataFile]:
+def readable_files(files: list[Path], report: ReadReport, text_column: str | None = None) -> list[DataFile]:
     """Each readable file; binary, damaged and column-less files are reported and left out."""
     good, refused = [], []
     for path in files:
-        found = inspect_file(path)
+        found = inspect_file(path, text_column)
         if isinstance(found, DataFile):
             good.append(found)
             continue
@@ -164,7 +164,8 @@ def _row(text: str = "", origin: str = "", problem: str = "", is_chat: bool = Fa
     return {"text": text, "is_chat": is_chat, "ends": ends, "origin": origin, "problem": problem}
 
 
-def _text_file_documents(path: Path, encoding: str, total: int):
+def _text_file_documents(path: Path, encoding: str, total: int, text_column: str | None):
+    del text_column  # plain text has no columns: all of it is text
     with open_data(path, "rt", encoding=encoding) as handle:
         pieces = split_into_documents(_bounded_lines(handle, piece_target(total)), total)
         previous = next(pieces, None)
@@ -206,17 +207,22 @@ def chat_messages(record: dict) -> list | None:
     return None
 
 
-def document_from_record(record, origin: str) -> dict:
+def document_from_record(record, origin: str, text_column: str | None = None) -> dict:
     """The document a JSONL line or dataset row holds (a `text` string, or a conversation: `messages`, or another
-    tool's layout, `chat_messages`), or a row that says what is wrong with it."""
+    tool's layout, `chat_messages`), or a row that says what is wrong with it. With `text_column` (--text-column),
+    that key alone holds the text, or a conversation as a list of messages."""
     if not isinstance(record, dict):
         return _row(origin=origin, problem="not a JSON object")
+    if text_column is not None:
+        value = record.get(text_column)
+        if text_column not in record:
+            keys = ", ".join(sorted(map(str, record))[:5]) or "none"
+            return _row(origin=origin, problem=f"no '{text_column}' (--text-column); its keys: {keys}")
+        if value is None:  # the column is there, this record's value is not: a short CSV row, a null
+            return _row(origin=origin, problem=f"no value for '{text_column}' (--text-column)")
+        return _conversation_row(value, origin) if isinstance(value, list) else _text_row(value, text_column, origin)
     if "text" in record and record["text"] is not None:
-        if not isinstance(record["text"], str):
-            return _row(origin=origin, problem="'text' is not a string")
-        if not record["text"].strip():
-            return _row(origin=origin, problem="empty 'text'")
-        return _row(record["text"], origin)
+        return _text_row(record["text"], "text", origin)
     messages = record.get("messages")
     if messages is None:
         messages = chat_messages(record)
@@ -230,7 +236,19 @@ def document_from_record(record, origin: str) -> dict:
             return _row(origin=origin, problem=f"no value for {' or '.join(present)}")
         keys = ", ".join(sorted(map(str, record))[:5]) or "none"  # the key that holds the text is most often here
         return _row(origin=origin, problem=f"no {RECORD_KINDS}; its keys: {keys}; name the one holding the text "
-                                           "'text'")
+                                           "with --text-column")
+    return _conversation_row(messages, origin)
+
+
+def _text_row(text, key: str, origin: str) -> dict:
+    if not isinstance(text, str):
+        return _row(origin=origin, problem=f"'{key}' is not a string")
+    if not text.strip():
+        return _row(origin=origin, problem=f"empty '{key}'")
+    return _row(text, origin)
+
+
+def _conversation_row(messages, origin: str) -> dict:
     if not isinstance(messages, list) or not messages:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
     texts = []
@@ -292,12 +310,12 @@ def _whole_turns(turns: list[str], target: int) -> Iterator[str]:
         yield "".join(current)
 
 
-def _jsonl_documents(path: Path, encoding: str, size: int):
+def _jsonl_documents(path: Path, encoding: str, size: int, text_column: str | None):
     with open_data(path, "rt", encoding=encoding) as handle:
-        yield from _json_lines(handle, path, piece_target(size))
+        yield from _json_lines(handle, path, piece_target(size), text_column)
 
 
-def _json_lines(lines: Iterable[str], path: Path, target: int):
+def _json_lines(lines: Iterable[str], path: Path, target: int, text_column: str | None):
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -307,10 +325,10 @@ def _json_lines(lines: Iterable[str], path: Path, target: int):
         except json.JSONDecodeError:
             yield _row(origin=origin, problem="not valid JSON")
             continue
-        yield from _pieces(document_from_record(record, origin), target)
+        yield from _pieces(document_from_record(record, origin, text_column), target)
 
 
-def _json_documents(path: Path, encoding: str, size: int):
+def _json_documents(path: Path, encoding: str, size: int, text_column: str | None):
     """A .json file: a list of records, an object holding one list of them (as `{"data": [...]}`), one record, or
     JSON Lines under a .json name, as many exports are. Read whole, as JSON has no line to stop at."""
     with open_data(path, "rt", encoding=encoding) as handle:
@@ -320,24 +338,25 @@ def _json_documents(path: Path, encoding: str, size: int):
         value = json.loads(text)
     except json.JSONDecodeError as error:
         if error.msg == "Extra data":  # a whole value, then another: JSON Lines
-            yield from _json_lines(io.StringIO(text), path, target)
+            yield from _json_lines(io.StringIO(text), path, target, text_column)
         else:
             yield _row(origin=f"{path}:{error.lineno}:{error.colno}", problem="not valid JSON")
         return
-    if isinstance(value, dict) and not set(value) & set(RECORD_COLUMNS):
+    if isinstance(value, dict) and not set(value) & {*RECORD_COLUMNS, text_column}:
         lists = [item for item in value.values() if isinstance(item, list)]
         value = lists[0] if len(lists) == 1 else value
     for number, record in enumerate(value if isinstance(value, list) else [value], 1):
-        yield from _pieces(document_from_record(record, f"{path} record {number}"), target)
+        yield from _pieces(document_from_record(record, f"{path} record {number}", text_column), target)
 
 
-def _table_documents(path: Path, encoding: str, size: int):
+def _table_documents(path: Path, encoding: str, size: int, text_column: str | None):
     """A .csv or .tsv file whose header row names a `text` column, or a conversation's (`prompt` and `completion`,
-    `instruction` and `output`): each row is a record (a field may span lines, as CSV quotes them)."""
+    `instruction` and `output`), or --text-column's: each row is a record (a field may span lines, as CSV quotes
+    them)."""
     target = piece_target(size)
     csv.field_size_limit(2**31 - 1)  # the default, 128 KiB, would refuse a long text
     with open_data(path, "rt", encoding=encoding, newline="") as handle:
-        rows = csv.DictReader(handle, delimiter=delimiter(path, encoding))
+        rows = csv.DictReader(handle, delimiter=delimiter(path, encoding, text_column))
         while True:
             line = rows.line_num + 1  # where the record starts; a quoted field can run over several lines
             try:
@@ -347,32 +366,32 @@ def _table_documents(path: Path, encoding: str, size: int):
             except csv.Error:
                 yield _row(origin=f"{path}:{line}", problem="not valid CSV")
                 continue
-            record = {name: value for name, value in row.items() if name in TABLE_COLUMNS}
-            yield from _pieces(document_from_record(record, f"{path}:{line}"), target)
+            record = {name: value for name, value in row.items() if name in (text_column or TABLE_COLUMNS)}
+            yield from _pieces(document_from_record(record, f"{path}:{line}", text_column), target)
 
 
-def _parquet_documents(path: Path, encoding: str, size: int):
-    """A Parquet file's `text` or `messages` column, read a batch of rows at a time."""
+def _parquet_documents(path: Path, encoding: str, size: int, text_column: str | None):
+    """A Parquet file's `text` or `messages` column (or --text-column's), read a batch of rows at a time."""
     target = piece_target(size)
     table = pq.ParquetFile(path)
-    columns = [name for name in RECORD_COLUMNS if name in table.schema_arrow.names]
+    columns = [text_column] if text_column else [name for name in RECORD_COLUMNS if name in table.schema_arrow.names]
     number = 0
     for batch in table.iter_batches(batch_size=1024, columns=columns):
         for record in batch.to_pylist():
             number += 1
-            yield from _pieces(document_from_record(record, f"{path} row {number}"), target)
+            yield from _pieces(document_from_record(record, f"{path} row {number}", text_column), target)
 
 
 READERS = {"text": _text_file_documents, JSONL_SUFFIX: _jsonl_documents, ".json": _json_documents,
            ".csv": _table_documents, ".tsv": _table_documents, ".parquet": _parquet_documents}
 
 
-def _file_documents(files: list[str], encodings: list[str], sizes: list[int], signature: list[str] | None = None,
-                    schema: int = DOCUMENT_SCHEMA):
+def _file_documents(files: list[str], encodings: list[str], sizes: list[int], text_column: str | None = None,
+                    signature: list[str] | None = None, schema: int = DOCUMENT_SCHEMA):
     """Generator for `from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
     for name, encoding, size in zip(files, encodings, sizes):
         path = Path(name)
-        yield from READERS[data_format(path)](path, encoding, size)
+        yield from READERS[data_format(path)](path, encoding, size, text_column)
 
 
 def default_conversations() -> list[list[dict]]:
@@ -424,7 +443,8 @@ def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
     return str(folder)
 
 
-def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+def _dataset_documents(name: str, streaming: bool, text_column: str | None
+                       ) -> datasets.Dataset | datasets.IterableDataset:
     if Path(name).expanduser().is_file():  # datasets takes a folder or a Hub name, and looks a file up on the Hub
         raise UsageError(f"--dataset {name} is a file: pass it as --data {name}, which reads text and the records of "
                          ".jsonl, .json, .csv, .tsv and .parquet files.")
@@ -448,13 +468,17 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
     if streaming and isinstance(split, datasets.Dataset):  # a saved dataset, read a shard at a time
         split = split.to_iterable_dataset()
     columns = split.column_names or list(next(iter(split), {}))  # a stream may not declare its columns
-    if not set(columns) & set(RECORD_COLUMNS):
-        raise UsageError(f"--dataset {name}: needs a {RECORD_KINDS} column, found {', '.join(columns)}.")
+    if text_column is not None and text_column not in columns:
+        raise UsageError(f"--dataset {name}: no '{text_column}' column (--text-column), found {', '.join(columns)}.")
+    if not set(columns) & {*RECORD_COLUMNS, text_column}:
+        raise UsageError(f"--dataset {name}: needs a {RECORD_KINDS} column, found {', '.join(columns)}: name the "
+                         "one that holds the text with --text-column.")
 
     def to_documents(rows, indices):
         records = [dict(zip(rows, values)) for values in zip(*rows.values())]
         documents = [piece for record, index in zip(records, indices)
-                     for piece in _pieces(document_from_record(record, f"{name} row {index + 1}"), DATASET_TARGET)]
+                     for piece in _pieces(document_from_record(record, f"{name} row {index + 1}", text_column),
+                                          DATASET_TARGET)]
         return {key: [document[key] for document in documents] for key in DOCUMENT_FEATURES}
 
     return split.map(to_documents, batched=True, with_indices=True, remove_columns=columns, features=DOCUMENT_FEATURES)
@@ -462,23 +486,25 @@ def _dataset_documents(name: str, streaming: bool) -> datasets.Dataset | dataset
 
 def load_documents(
     data: list[str] | None = None, dataset: str | None = None, streaming: bool = False,
-    report: ReadReport | None = None, flag: str = "--data",
+    report: ReadReport | None = None, flag: str = "--data", text_column: str | None = None,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """Every record read, as rows with `text`, `is_chat`, `ends`, `origin` and `problem`, and a description of their
-    source. Unreadable files go into `report`; `flag` is the option `data` came from, for the errors.
+    source. Unreadable files go into `report`; `flag` is the option `data` came from, for the errors; `text_column`
+    is --text-column's, the column or key of the records that holds their text.
 
     With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
     """
     report = report if report is not None else ReadReport()
     if dataset:
-        return _dataset_documents(dataset, streaming), dataset
+        return _dataset_documents(dataset, streaming, text_column), dataset
     if not data:
         generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
         return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
                         features=DOCUMENT_FEATURES), DEFAULT_CORPUS_NAME
-    files = readable_files(find_data_files(data, flag), report)
+    files = readable_files(find_data_files(data, flag), report, text_column)
     names = [str(file.path) for file in files]
-    read = {"files": names, "encodings": [file.encoding for file in files], "sizes": [file.size for file in files]}
+    read = {"files": names, "encodings": [file.encoding for file in files], "sizes": [file.size for file in files],
+            "text_column": text_column}
     source = ", ".join(str(p) for p in data)
     if streaming:
         return datasets.IterableDataset.from_generator(_file_documents, gen_kwargs=read,

@@ -243,24 +243,27 @@ def load_corpus(
     seed: int = 0,
     validation_data: list[str] | None = None,
     streaming: bool = False,
+    text_column: str | None = None,
 ) -> Corpus:
     """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given).
 
     With `validation_data`, those files are the validation set and the training text is not split; text in
     both is dropped from validation (or, when streaming, from training). With `streaming`, training documents
     are read afresh on every pass and never held in memory (see `stream_split`). Every record read is accounted
-    for in the corpus's `report`.
+    for in the corpus's `report`. `text_column` (--text-column) names the records' column that holds the text,
+    in the training and the validation data alike.
     """
     if streaming:
-        return _streamed_corpus(data, dataset, seed, validation_data)
+        return _streamed_corpus(data, dataset, seed, validation_data, text_column)
     report = ReadReport()
-    documents, source = load_documents(data, dataset, report=report)
+    documents, source = load_documents(data, dataset, report=report, text_column=text_column)
     documents = keep_readable_records(documents, report)
     if len(documents) == 0:
         raise UsageError(f"{source}: holds no usable text ({report.describe()}); point --data at files with text in them.")
     if validation_data:
         train = deduplicate(documents, report=report)
-        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data")
+        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data",
+                                      text_column=text_column)
         validation = deduplicate(keep_readable_records(held_out, report), drop=identities(train), report=report)
         if len(validation) == 0:
             raise UsageError("--validation-data holds no text that is not also in the training data.")
@@ -305,9 +308,9 @@ def _warn_if_small(total_chars: int) -> None:
         )
 
 
-def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
+def _streamed_corpus(data, dataset, seed: int, validation_data, text_column: str | None) -> Corpus:
     report = ReadReport(streamed=True)
-    documents, source = load_documents(data, dataset, streaming=True, report=report)
+    documents, source = load_documents(data, dataset, streaming=True, report=report, text_column=text_column)
     # The opening 10 KB stand for the whole stream in the checks that need no more: empty, small, chat or not.
     opening = list(_first_characters((row for row in documents if not row["problem"]), SMALL_CORPUS_CHARS,
                                      length=lambda row: len(row["text"])))
@@ -315,7 +318,8 @@ def _streamed_corpus(data, dataset, seed: int, validation_data) -> Corpus:
         raise UsageError(f"{source}: holds no usable text; point --data at files with text in them.")
     _warn_if_small(sum(len(row["text"]) for row in opening))
     if validation_data:
-        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data")
+        held_out, _ = load_documents(validation_data, report=report, flag="--validation-data",
+                                      text_column=text_column)
         validation = deduplicate(keep_readable_records(held_out, report), report=report)
         train = stream_split(documents, seed, "all", drop=identities(validation))
         rule = GIVEN
