@@ -75,6 +75,7 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
     """The card's YAML header: what the Hub indexes (library, task, license, tags, data, results)."""
     dataset_on_hub = summary.get("options", {}).get("dataset")
     dataset_on_hub = dataset_on_hub if _is_hub_id(dataset_on_hub) else None
+    config = summary.get("options", {}).get("dataset_config") if dataset_on_hub else None  # wikitext's, say
     bpc, ppl = summary.get("best_val_bpc"), summary.get("best_val_ppl")
     metadata = {
         "library_name": "transformers",
@@ -92,7 +93,8 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
             "name": repo_id.split("/")[-1],
             "results": [{
                 "task": {"type": "text-generation", "name": "Text generation"},
-                "dataset": {"name": data_name, "type": dataset_on_hub or "custom"},
+                "dataset": {"name": data_name, "type": dataset_on_hub or "custom",
+                            **({"config": config} if config else {})},
                 "metrics": [
                     {"type": "bits_per_character", "value": round(bpc, 4), "name": "Validation bits per character"},
                     {"type": "perplexity", "value": round(ppl, 3), "name": "Validation perplexity (per token)"},

@@ -60,6 +60,7 @@ OTHER_TOOLS_NAMES = {
     "per-device-train-batch-size": "--batch-size", "train-batch-size": "--batch-size",
     "gradient-accumulation-steps": "--grad-accum", "max-grad-norm": "--grad-clip", "lr-warmup-steps": "--warmup-steps",
     "train-file": "--data", "validation-file": "--validation-data", "dataset-name": "--dataset",
+    "dataset-config-name": "--dataset-config", "text-column-name": "--text-column", "dataset-text-field": "--text-column",
     "tokenizer-name": "--tokenizer", "model-name-or-path": "--init-from", "save-steps": "--save-every",
     "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
     "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",
@@ -364,6 +365,9 @@ def compare_parser() -> argparse.ArgumentParser:
     text.add_argument("--data", action="append", metavar="PATH",
                       help="score on this file or folder (default: the first model's validation documents); repeatable")
     text.add_argument("--dataset", metavar="NAME_OR_PATH", help="score on this datasets.load_dataset dataset")
+    add("--dataset-config", metavar="NAME", help="the configuration of --dataset to read, where it has several")
+    add("--text-column", metavar="NAME", help="the column of --data's records or --dataset's rows holding the text, "
+                                              "where it is not 'text'")
     add("--prompts", metavar="FILE", help="prompts to reply to, one per line (default: three greetings)")
     add("--output", default="comparison.md", metavar="FILE.md", help="the markdown report (default: comparison.md)")
     add("--chart", metavar="FILE.png", help="the bar chart (default: the report's name with .png)")
@@ -399,8 +403,14 @@ def compare_main(argv: list[str] | None = None) -> int:
         for path in (output, chart):
             if path.is_dir() or not path.parent.is_dir():
                 raise UsageError(f"cannot write {path}: its folder does not exist or it is a folder; pick another path.")
+        for flag, value, needs in (("--dataset-config", args.dataset_config, args.dataset),
+                                   ("--text-column", args.text_column, args.data or args.dataset)):
+            if value is not None and not needs:  # it would be ignored in silence
+                raise UsageError(f"{flag} reads {'--dataset' if flag == '--dataset-config' else '--data or --dataset'}"
+                                 f": add it, or drop {flag}.")
         prompts = read_prompts(args.prompts)
-        documents, text = comparison_text(args.models[0], args.data, args.dataset)
+        documents, text = comparison_text(args.models[0], args.data, args.dataset, args.text_column,
+                                          args.dataset_config)
         reports = compare_models(args.models, documents, prompts, args.seed, args.max_new_tokens,
                                  resolve_device(args.device))
         print(f"\nbits per character on {text}:\n")

@@ -53,16 +53,19 @@ def _summary_of(model: str) -> dict:
         return {}  # a damaged record only costs the default text
 
 
-def comparison_text(first_model: str, paths: list[str] | None = None, dataset: str | None = None
+def comparison_text(first_model: str, paths: list[str] | None = None, dataset: str | None = None,
+                    text_column: str | None = None, dataset_config: str | None = None
                     ) -> tuple[datasets.Dataset, str]:
     """The documents every model is scored on, and what they are in words.
 
-    `paths` or `dataset` when given (all of it, deduplicated); else the validation documents the first model's
-    run held out, read again from the data its training summary names; else the built-in corpus's validation split.
+    `paths` or `dataset` when given (all of it, deduplicated, its text in `text_column` where given, `dataset` in
+    its configuration `dataset_config`); else the validation documents the first model's run held out, read again
+    from the data its training summary names; else the built-in corpus's validation split.
     """
     if paths or dataset:
         report = data.ReadReport()
-        documents, source = data.load_documents(paths, dataset, report=report)
+        documents, source = data.load_documents(paths, dataset, report=report, text_column=text_column,
+                                                dataset_config=dataset_config)
         documents = data.deduplicate(data.keep_readable_records(documents, report), report=report)
         if len(documents) == 0:
             raise UsageError(f"{source}: holds no usable text to score the models on ({report.describe()}).")
@@ -71,7 +74,8 @@ def comparison_text(first_model: str, paths: list[str] | None = None, dataset: s
     if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
         try:
             corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
-                                      options.get("validation_data"), text_column=options.get("text_column"))
+                                      options.get("validation_data"), text_column=options.get("text_column"),
+                                      dataset_config=options.get("dataset_config"))
             return corpus.validation, f"the validation documents of {first_model}'s run ({corpus.source})"
         except UsageError:
             pass  # the run's data moved or changed: fall back to the built-in corpus, and say so

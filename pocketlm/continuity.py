@@ -35,7 +35,8 @@ SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
 # What no LSTM reads: a run started before they were refused may have recorded any value (model_size large).
 NOT_THE_LSTMS = ("model_size", "vocab_size")
 DECIDING = ("seed", "batch_size", "block_size", "grad_accum", "streaming", "assistant_only_loss", "mixed_precision",
-            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens", "text_column")
+            "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "eval_tokens", "text_column",
+            "dataset_config")
 LENGTH = ("max_steps", "epochs")
 
 

@@ -68,6 +68,8 @@ class TrainingOptions:
     dataset: str | None = option(None, "anything datasets.load_dataset takes, or a folder datasets' save_to_disk "
                                        "wrote, with a text or messages column (or TRL's, Alpaca's or ShareGPT's)",
                                  metavar="NAME_OR_PATH")
+    dataset_config: str | None = option(None, "the configuration of --dataset to read, where it has several "
+                                              "(wikitext's wikitext-2-raw-v1)", metavar="NAME")
     text_column: str | None = option(None, "the column or key of --data's records (CSV, JSON, Parquet) or --dataset's "
                                            "rows that holds the text, a string, or a conversation, a list of "
                                            "messages, where it is not 'text' (a CSV's 'content', a dataset's 'story')",
@@ -222,6 +224,9 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     if options.text_column is not None and not (options.data or options.dataset):  # the built-in dialogs have none
         raise UsageError("--text-column names the column of --data's or --dataset's records that holds the text: add "
                          "one of them, or drop --text-column.")
+    if options.dataset_config is not None and not options.dataset:
+        raise UsageError("--dataset-config picks a configuration of --dataset: add --dataset, or drop "
+                         "--dataset-config.")
     if options.text_column is not None and not options.text_column.strip():
         raise UsageError("--text-column was given an empty name: name the column that holds the text.")
     if options.accept_changes and not (options.resume or options.auto_resume):

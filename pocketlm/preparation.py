@@ -239,6 +239,8 @@ def _duration(seconds: float) -> str:
 def _describe_input(options: TrainingOptions) -> str:
     if options.dataset:
         described = f"the dataset {options.dataset}"
+        if options.dataset_config:
+            described += f" ({options.dataset_config})"
     elif not options.data:
         described = f"the built-in corpus, {data.DEFAULT_CORPUS_NAME}"
     else:
@@ -252,7 +254,8 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
     with stages.stage("reading", f"reading {_describe_input(options)}") as stage:
         with accelerator.main_process_first():
             corpus = data.load_corpus(options.data, options.dataset, options.seed, options.validation_data,
-                                      streaming=options.streaming, text_column=options.text_column)
+                                      streaming=options.streaming, text_column=options.text_column,
+                                      dataset_config=options.dataset_config)
         stage["done"] = corpus.report.describe()
     return corpus
 

@@ -92,6 +92,20 @@ def test_a_dry_run_of_the_folder_you_are_in_builds_beside_it(trained, tmp_path, 
     assert str(tmp_path / "mine-hub") in result.stdout
 
 
+def test_the_card_names_a_hub_dataset_s_configuration_as_the_hub_indexes_it():
+    """A run on `--dataset Salesforce/wikitext --dataset-config wikitext-2-raw-v1`: the card's results say which
+    configuration they were measured on (the model-index's `config`), and its data line names it."""
+    from pocketlm.card import card_metadata, public_data_name
+
+    summary = {"options": {"dataset": "Salesforce/wikitext", "dataset_config": "wikitext-2-raw-v1"},
+               "data": {"name": "Salesforce/wikitext (wikitext-2-raw-v1)"}, "best_val_bpc": 2.0, "best_val_ppl": 9.0}
+    name = public_data_name(summary)
+    metadata = card_metadata("transformer", summary, "me/model", "mit", name)
+    assert name == "Salesforce/wikitext (wikitext-2-raw-v1)" and metadata["datasets"] == ["Salesforce/wikitext"]
+    assert metadata["model-index"][0]["results"][0]["dataset"] == {
+        "name": name, "type": "Salesforce/wikitext", "config": "wikitext-2-raw-v1"}
+
+
 PROJECT_FREE = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
     import json

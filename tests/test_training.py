@@ -357,6 +357,57 @@ def test_text_column_reads_the_text_of_records_that_keep_it_under_another_name(c
     result = run_entry(compare_main, str(out), "--output", str(tmp_path / "c.md"), "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "the validation documents of" in result.stdout and "built-in" not in result.stdout
+    # And on other data through its column, which without --data or --dataset would be ignored: refused.
+    result = run_entry(compare_main, str(out), "--data", str(tmp_path / "rows.parquet"), "--text-column", "story",
+                       "--output", str(tmp_path / "c.md"), "--max-new-tokens", "4")
+    assert result.returncode == 0 and f"bits per character on {tmp_path / 'rows.parquet'}" in result.stdout
+    assert_one_line_error(run_entry(compare_main, str(out), "--text-column", "story"),
+                          "--text-column reads --data or --dataset: add it")
+
+
+def test_dataset_config_picks_a_configuration_of_a_dataset_that_has_several(corpus_file, tmp_path):
+    """`--dataset wikitext` alone cannot be loaded ("Config name is missing"), and no option took the
+    configuration run_clm.py takes as --dataset_config_name: such a dataset could not be trained on."""
+    folder = tmp_path / "corpora"
+    folder.mkdir()
+    texts = [text for text in corpus_file.read_text().split("\n\n") if text.strip()]
+    for name, part in (("short", texts[: len(texts) // 2]), ("long", texts)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in part))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: short\n  data_files: short.jsonl\n"
+                                      "- config_name: long\n  data_files: long.jsonl\n---\n")
+    train = ["--block-size=32", "--batch-size=4", "--vocab-size=300", "--max-steps=2", "--samples=0",
+             "--model-config=n_layer=1", "--save-every=1"]
+    assert_one_line_error(run_entry(train_main, f"--dataset={folder}", f"--output-dir={tmp_path / 'x'}", *train),
+                          f"--dataset {folder} has several configurations: pick one with --dataset-config among "
+                          "['short', 'long']")
+    assert_one_line_error(run_entry(train_main, f"--dataset={folder}", "--dataset-config=medium",
+                                    f"--output-dir={tmp_path / 'x'}", *train),
+                          "has no configuration 'medium': pick one with --dataset-config among ['short', 'long']")
+    # The configuration read is the one named: the same model as its file read through --data.
+    for config in ("short", "long"):
+        result = run_entry(train_main, f"--dataset={folder}", f"--dataset-config={config}",
+                           f"--output-dir={tmp_path / config}", *train)
+        assert result.returncode == 0, result.stderr[-3000:]
+        result = run_entry(train_main, f"--data={folder / f'{config}.jsonl'}", f"--output-dir={tmp_path / 'files'}",
+                           "--overwrite", *train)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (tmp_path / config / "model.safetensors").read_bytes() == \
+            (tmp_path / "files" / "model.safetensors").read_bytes()
+    assert (tmp_path / "short" / "model.safetensors").read_bytes() != \
+        (tmp_path / "long" / "model.safetensors").read_bytes()
+    summary = json.loads((tmp_path / "short" / "training_summary.json").read_text())
+    assert summary["data"]["name"] == "corpora (short)"
+    # A resume reading another configuration would train on other text: refused, as other data is.
+    result = run_entry(train_main, f"--dataset={folder}", "--dataset-config=long", f"--output-dir={tmp_path / 'short'}",
+                       "--resume", *train[:-1], "--max-steps=3")
+    assert_one_line_error(result, "--dataset-config is long here, short in the run")
+    # Where it means nothing, it is refused rather than ignored.
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(tmp_path / "saved")
+    for flags, needle in (([f"--data={corpus_file}"], "--dataset-config picks a configuration of --dataset"),
+                          ([f"--dataset={tmp_path / 'saved'}"], "saved with save_to_disk, has none")):
+        assert_one_line_error(run_entry(train_main, *flags, "--dataset-config=short", f"--output-dir={tmp_path / 'x'}",
+                                        *train), needle)
+    assert not (tmp_path / "x").exists()
 
 
 def test_model_config_takes_pairs_joined_by_commas_or_spaces_and_the_resume_hint_gives_them_back(capsys):

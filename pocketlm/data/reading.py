@@ -443,19 +443,29 @@ def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
     return str(folder)
 
 
-def _dataset_documents(name: str, streaming: bool, text_column: str | None
+def _dataset_documents(name: str, streaming: bool, text_column: str | None, config: str | None
                        ) -> datasets.Dataset | datasets.IterableDataset:
     if Path(name).expanduser().is_file():  # datasets takes a folder or a Hub name, and looks a file up on the Hub
         raise UsageError(f"--dataset {name} is a file: pass it as --data {name}, which reads text and the records of "
                          ".jsonl, .json, .csv, .tsv and .parquet files.")
+    saved = saved_dataset(Path(name).expanduser())
+    if saved and config is not None:
+        raise UsageError(f"--dataset-config picks one of a dataset's configurations, and {name}, saved with "
+                         "save_to_disk, has none: drop --dataset-config.")
     try:
-        if saved_dataset(Path(name).expanduser()):  # load_dataset refuses these, naming load_from_disk
+        if saved:  # load_dataset refuses these, naming load_from_disk
             loaded = datasets.load_from_disk(str(Path(name).expanduser()))
         else:
-            loaded = datasets.load_dataset(name, streaming=streaming)
+            loaded = datasets.load_dataset(name, config, streaming=streaming)
     except Exception as error:  # datasets raises many types; the user needs the name and the reason
         cause = error.__cause__ or error
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        lines = str(cause).strip().splitlines() or [type(cause).__name__]
+        reason = lines[0]
+        if reason.startswith("Config name is missing") or "BuilderConfig" in reason:  # none given, or an unknown one
+            available = re.search(r"configs?: (\[.*?\])|Available: (\[.*?\])", str(cause))
+            among = f" among {available.group(1) or available.group(2)}" if available else ""
+            what = (f"has no configuration {config!r}" if config is not None else "has several configurations")
+            raise UsageError(f"--dataset {name} {what}: pick one with --dataset-config{among}.")
         if Path(name).expanduser().is_dir():  # datasets reads a folder as one table of its commonest file type
             raise UsageError(f"--dataset {name}: datasets could not read the folder as one table ({reason[:200]}); "
                              f"pass it as --data {name}, which reads each text and record file in it on its own.")
@@ -487,16 +497,19 @@ def _dataset_documents(name: str, streaming: bool, text_column: str | None
 def load_documents(
     data: list[str] | None = None, dataset: str | None = None, streaming: bool = False,
     report: ReadReport | None = None, flag: str = "--data", text_column: str | None = None,
+    dataset_config: str | None = None,
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """Every record read, as rows with `text`, `is_chat`, `ends`, `origin` and `problem`, and a description of their
     source. Unreadable files go into `report`; `flag` is the option `data` came from, for the errors; `text_column`
-    is --text-column's, the column or key of the records that holds their text.
+    is --text-column's, the column or key of the records that holds their text; `dataset_config` --dataset-config's,
+    the configuration of `dataset` to read (wikitext's wikitext-2-raw-v1).
 
     With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
     """
     report = report if report is not None else ReadReport()
     if dataset:
-        return _dataset_documents(dataset, streaming, text_column), dataset
+        return (_dataset_documents(dataset, streaming, text_column, dataset_config),
+                f"{dataset} ({dataset_config})" if dataset_config else dataset)
     if not data:
         generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
         return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
@@ -521,10 +534,12 @@ def load_documents(
     return documents, source
 
 
-def public_name(data: list[str] | None, dataset: str | None) -> str:
-    """What the model card may say the data was: file and folder names, or a dataset's name, never a local path."""
+def public_name(data: list[str] | None, dataset: str | None, dataset_config: str | None = None) -> str:
+    """What the model card may say the data was: file and folder names, or a dataset's name (and configuration),
+    never a local path."""
     if dataset:
-        return dataset if not Path(dataset).expanduser().exists() else Path(dataset).resolve().name
+        name = dataset if not Path(dataset).expanduser().exists() else Path(dataset).resolve().name
+        return f"{name} ({dataset_config})" if dataset_config else name
     if not data:
         return DEFAULT_CORPUS_NAME
     return ", ".join(Path(path).expanduser().resolve().name for path in data)

@@ -244,6 +244,7 @@ def load_corpus(
     validation_data: list[str] | None = None,
     streaming: bool = False,
     text_column: str | None = None,
+    dataset_config: str | None = None,
 ) -> Corpus:
     """Read, deduplicate and split the user's text (or the built-in dialog corpus when neither is given).
 
@@ -251,12 +252,14 @@ def load_corpus(
     both is dropped from validation (or, when streaming, from training). With `streaming`, training documents
     are read afresh on every pass and never held in memory (see `stream_split`). Every record read is accounted
     for in the corpus's `report`. `text_column` (--text-column) names the records' column that holds the text,
-    in the training and the validation data alike.
+    in the training and the validation data alike; `dataset_config` (--dataset-config) the configuration of
+    `dataset` to read.
     """
     if streaming:
-        return _streamed_corpus(data, dataset, seed, validation_data, text_column)
+        return _streamed_corpus(data, dataset, seed, validation_data, text_column, dataset_config)
     report = ReadReport()
-    documents, source = load_documents(data, dataset, report=report, text_column=text_column)
+    documents, source = load_documents(data, dataset, report=report, text_column=text_column,
+                                       dataset_config=dataset_config)
     documents = keep_readable_records(documents, report)
     if len(documents) == 0:
         raise UsageError(f"{source}: holds no usable text ({report.describe()}); point --data at files with text in them.")
@@ -274,7 +277,7 @@ def load_corpus(
     train_characters = int(text_lengths(train).sum())  # counted once: the tokenizer's sample is sized by it too
     _warn_if_small(train_characters + int(text_lengths(validation).sum()))
     return Corpus(train=train, validation=validation, source=source, is_chat=any(column(documents, "is_chat")),
-                  report=report, name=public_name(data, dataset), validation_rule=rule,
+                  report=report, name=public_name(data, dataset, dataset_config), validation_rule=rule,
                   train_characters=train_characters)
 
 
@@ -308,9 +311,11 @@ def _warn_if_small(total_chars: int) -> None:
         )
 
 
-def _streamed_corpus(data, dataset, seed: int, validation_data, text_column: str | None) -> Corpus:
+def _streamed_corpus(data, dataset, seed: int, validation_data, text_column: str | None,
+                     dataset_config: str | None) -> Corpus:
     report = ReadReport(streamed=True)
-    documents, source = load_documents(data, dataset, streaming=True, report=report, text_column=text_column)
+    documents, source = load_documents(data, dataset, streaming=True, report=report, text_column=text_column,
+                                       dataset_config=dataset_config)
     # The opening 10 KB stand for the whole stream in the checks that need no more: empty, small, chat or not.
     opening = list(_first_characters((row for row in documents if not row["problem"]), SMALL_CORPUS_CHARS,
                                      length=lambda row: len(row["text"])))
@@ -329,7 +334,7 @@ def _streamed_corpus(data, dataset, seed: int, validation_data, text_column: str
         train = stream_split(documents, seed, "all", drop=tail) if tail else stream_split(documents, seed, "train")
         rule = TAIL if tail else HASHED
     return Corpus(train=train, validation=validation, source=source, is_chat=any(row["is_chat"] for row in opening),
-                  report=report, name=public_name(data, dataset), validation_rule=rule)
+                  report=report, name=public_name(data, dataset, dataset_config), validation_rule=rule)
 
 
 def _stream_validation(documents: datasets.IterableDataset, seed: int, report: ReadReport, source: str
