@@ -38,9 +38,10 @@ def _is_hub_id(name: str | None) -> bool:
 
 
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
-               has_curve: bool, data_name: str | None = None, formats: list[str] = ()) -> str:
+               has_curve: bool, data_name: str | None = None, formats: list[str] = (),
+               gguf_precisions: tuple[str, ...] = ("f32",)) -> str:
     """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model, and how
-    to run each export the repository carries (`formats`)."""
+    to run each export the repository carries (`formats`, its GGUF files in `gguf_precisions`)."""
     source = public_data_name(summary, data_name)
     metadata = card_metadata(family, summary, repo_id, license_id, source)
     metadata["tags"] += list(formats)
@@ -54,7 +55,7 @@ A small language model trained with pocketlm: a {architecture(model.config, fami
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
 {_how_to_use(repo_id, MIN_TRANSFORMERS[family])}
-{_elsewhere(repo_id, family, formats, model.config)}{record}
+{_elsewhere(repo_id, family, formats, model.config, gguf_precisions)}{record}
 {curve}
 ## Samples
 
@@ -142,7 +143,10 @@ def _documents(data: dict) -> str:
     return f"{data['train_documents']:,} training and {validation}"
 
 
-def _elsewhere(repo_id: str, family: str, formats: list[str], config) -> str:
+GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0"}  # each GGUF precision, as the card says it
+
+
+def _elsewhere(repo_id: str, family: str, formats: list[str], config, gguf_precisions: tuple[str, ...]) -> str:
     """How to run each export in its own runtime, with the paths it has in this repository (hub.py's layout)."""
     if not formats:
         return ""
@@ -163,8 +167,8 @@ An OpenAI-compatible server: `hf download {repo_id} --include "gpt2/*" --local-d
 `transformers serve {name}/gpt2` (with `pip install 'transformers[serving]'`).
 """)
     if "gguf" in formats:
-        parts.append(f"""**llama.cpp and ollama.** `{name}-f32.gguf` (float32, GPT-2 architecture, with the tokenizer and
-chat template): `llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
+        files = ", ".join(f"`{name}-{precision}.gguf` ({GGUF_WORDS[precision]})" for precision in gguf_precisions)
+        parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and chat template; `llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
 `ollama run hf.co/{repo_id}`.
 """)
     if "onnx" in formats and family == "transformer":

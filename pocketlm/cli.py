@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from .choices import (
     BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT,
+    GGUF_PRECISIONS,
     WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
@@ -434,6 +435,11 @@ def compare_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------- upload
 
 
+# export.py's and hub_upload.py's --gguf-precision, in llama.cpp's names.
+GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes) or q8_0 (about a quarter), or several "
+                       f"joined by commas, a file each (default: {GGUF_PRECISIONS[0]})")
+
+
 def upload_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hub_upload.py", may_be_empty=("token",),  # an unset "$HF_TOKEN": says no token
                      description="Publish a trained pocketlm model on the Hugging Face Hub.")
@@ -460,6 +466,7 @@ def upload_parser() -> argparse.ArgumentParser:
     add("--static-space-output-dir", help="where --dry-run builds the static Space (default: <output-dir>-static-space)")
     add("--web-precision", choices=WEB_PRECISIONS,
         help=f"the static Space's graph: int8 weights or float32 (default: {WEB_PRECISIONS[0]})")
+    add("--gguf-precision", metavar="PRECISION", help=GGUF_PRECISION_HELP)
     return parser
 
 
@@ -474,6 +481,7 @@ def upload_main(argv: list[str] | None = None) -> int:
         from .hub import (
             check_branch, check_data_name, check_license, check_repo_ids, prepare_folder, resolve_token, upload,
         )
+        from .export import split_formats, split_gguf_precisions
         from .loading import beside, model_family
         from .spaces import prepare_space, prepare_static_space
 
@@ -487,11 +495,14 @@ def upload_main(argv: list[str] | None = None) -> int:
                 ("--static-space-output-dir", args.static_space_output_dir, "--dry-run", args.dry_run),
                 ("--static-space-output-dir", args.static_space_output_dir, "--static-space OWNER/NAME",
                  args.static_space),
-                ("--web-precision", args.web_precision, "--static-space OWNER/NAME", args.static_space)):
+                ("--web-precision", args.web_precision, "--static-space OWNER/NAME", args.static_space),
+                ("--gguf-precision", args.gguf_precision, "--formats gguf", {"gguf", "all"} & set(
+                    split_formats(args.formats)))):
             if value is not None and not given:
                 raise UsageError(f"{flag} serves {needs.split()[0]}: add {needs}, or drop {flag}.")
         license_id = check_license(args.license)
         check_data_name(args.data_name)
+        gguf_precisions = split_gguf_precisions(args.gguf_precision or GGUF_PRECISIONS[0])
         family = model_family(args.model_dir)
         formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
@@ -503,7 +514,8 @@ def upload_main(argv: list[str] | None = None) -> int:
                 where = {name: str(Path(scratch) / name) for name in where}
             _refuse_used_folders(where, args)
             folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, license_id,
-                                       data_name=args.data_name, formats=formats), args.repo_id, None)]
+                                       data_name=args.data_name, formats=formats, gguf_precisions=gguf_precisions),
+                        args.repo_id, None)]
             if args.space_id:
                 folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id),
                                 args.space_id, "gradio"))
@@ -570,6 +582,7 @@ def export_parser() -> argparse.ArgumentParser:
                              "the current folder)")
     add("--web-precision", choices=WEB_PRECISIONS,
         help=f"the web page's graph: int8 weights, a quarter of the bytes, or float32 (default: {WEB_PRECISIONS[0]})")
+    add("--gguf-precision", metavar="PRECISION", help=GGUF_PRECISION_HELP)
     add("--overwrite", action="store_true", help="replace the output folder if it exists")
     return parser
 
@@ -579,15 +592,19 @@ def export_main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from .export import export, split_formats
+        from .export import export, split_formats, split_gguf_precisions
         from .loading import beside
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
             raise UsageError("--web-precision sets the web page's graph: add web to --format, or drop --web-precision.")
+        if args.gguf_precision and not {"gguf", "all"} & set(formats):
+            raise UsageError("--gguf-precision sets the GGUF file's weights: add gguf to --format, or drop "
+                             "--gguf-precision.")
+        gguf_precisions = split_gguf_precisions(args.gguf_precision or GGUF_PRECISIONS[0])
         output = args.output_dir or beside(args.model, "-".join(formats))
         files = export(args.model, formats, output, overwrite=args.overwrite,
-                       web_precision=args.web_precision or WEB_PRECISIONS[0])
+                       web_precision=args.web_precision or WEB_PRECISIONS[0], gguf_precisions=gguf_precisions)
         size = sum(path.stat().st_size for path in files)
         print(f"wrote {output} ({len(files)} files, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))

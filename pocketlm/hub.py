@@ -50,9 +50,11 @@ REPOSITORY_FORMATS = ("transformers", "onnx", "gguf")
 
 
 def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: str = "mit", seed: int = 0,
-                   data_name: str | None = None, formats: list[str] = ()) -> Path:
+                   data_name: str | None = None, formats: list[str] = (), gguf_precisions: tuple[str, ...] = ("f32",)
+                   ) -> Path:
     """Build, in `output_dir` (new or empty), exactly the folder that would be uploaded to `repo_id`, with the
-    model's exports in `formats` (transformers, onnx, gguf, all) beside the native model.
+    model's exports in `formats` (transformers, onnx, gguf, all) beside the native model, a GGUF file for each of
+    `gguf_precisions`.
 
     `data_name` is what the card calls the training data (default: the file and folder names the run recorded).
     """
@@ -76,8 +78,9 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         has_curve = RunFolder(source).loss_curve.exists()
         if has_curve:
             shutil.copy2(RunFolder(source).loss_curve, target / LOSS_CURVE_FILE)
-        _write_exports(model, tokenizer, family, formats, target, repo_id.split("/")[-1])
-        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats)
+        _write_exports(model, tokenizer, family, formats, target, repo_id.split("/")[-1], gguf_precisions)
+        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats,
+                          gguf_precisions)
         (target / CARD_FILE).write_text(card, encoding="utf-8")
     except OSError as error:
         if created:
@@ -87,7 +90,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     return target
 
 
-def _write_exports(model, tokenizer, family: str, formats: list[str], target: Path, name: str) -> None:
+def _write_exports(model, tokenizer, family: str, formats: list[str], target: Path, name: str,
+                   gguf_precisions: tuple[str, ...]) -> None:
     """The exports beside the native model, where the Hub and each runtime look for them (see STOCK_SUBFOLDER)."""
     if family == "lstm":
         if formats:
@@ -97,7 +101,7 @@ def _write_exports(model, tokenizer, family: str, formats: list[str], target: Pa
     if stock:
         write_formats(model, tokenizer, family, stock, target / STOCK_SUBFOLDER, name)
     if "gguf" in formats:
-        write_formats(model, tokenizer, family, ["gguf"], target, name)
+        write_formats(model, tokenizer, family, ["gguf"], target, name, gguf_precisions=gguf_precisions)
 
 
 # ---------------------------------------------------------------------------------------------------- upload

@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry, train_tiny_models
@@ -600,6 +601,80 @@ def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding
         assert llm.metadata["tokenizer.chat_template"] and llm.metadata["general.architecture"] == "gpt2"
     finally:
         llm.close()
+
+
+# The weight matrices a GGUF file stores at its precision, under llama.cpp's gpt2 names, and the model's own names.
+GGUF_MATRICES = {"token_embd.weight": "model.wte.weight", "output.weight": "lm_head.weight",
+                 **{f"blk.{{i}}.{theirs}.weight": f"model.h.{{i}}.{ours}.weight" for theirs, ours in (
+                     ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"), ("ffn_up", "mlp.c_fc"),
+                     ("ffn_down", "mlp.c_proj"))}}
+
+
+MATRIX_ENDINGS = tuple(name.split("}.")[-1] for name in GGUF_MATRICES)
+
+
+@pytest.mark.parametrize("precision", ["f16", "q8_0"])
+def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(precision, trained, tmp_path):
+    """export.py wrote float32 GGUF files only, where llama.cpp's users keep f16 or Q8_0 (half, about a quarter of
+    the bytes). `--gguf-precision` writes each, several at once: llama.cpp's logits on one are the model's with the
+    weights gguf's own reader gives back from it (gguf.quants.dequantize), and its greedy tokens theirs."""
+    import gguf
+
+    llama_cpp = _llama_cpp()
+    out, name = tmp_path / "out", trained["transformer"].name
+    result = run_entry(export_main, str(trained["transformer"]), "--format", "gguf", "--gguf-precision",
+                       f"{precision},F32", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = {kind: out / f"{name}-{kind}.gguf" for kind in (precision, "f32")}
+    assert sorted(path.name for path in out.glob("*.gguf")) == sorted(path.name for path in files.values())
+    readers = {kind: gguf.GGUFReader(path) for kind, path in files.items()}
+    stored = {tensor.name: tensor for tensor in readers[precision].tensors}
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    kind = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[precision]
+    state = {}
+    for theirs, ours in GGUF_MATRICES.items():
+        for layer in range(model.config.n_layer):
+            tensor = stored[theirs.format(i=layer)]
+            assert tensor.tensor_type == kind, tensor.name  # the norms, biases and positions stay float32
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            state[ours.format(i=layer)] = torch.from_numpy(values.reshape(model.state_dict()[ours.format(i=layer)].shape)
+                                                           .astype(np.float32))
+    size = {kind: sum(int(tensor.n_bytes) for tensor in reader.tensors if tensor.name.endswith(MATRIX_ENDINGS))
+            for kind, reader in readers.items()}
+    assert size[precision] / size["f32"] == {"f16": 2 / 4, "q8_0": (32 + 2) / (32 * 4)}[precision]  # a scale a block
+    as_stored, _ = load_pretrained(str(trained["transformer"]))
+    as_stored.load_state_dict(state, strict=False)
+    assert not torch.equal(as_stored.lm_head.weight, model.lm_head.weight)  # rounded: another model, near it
+
+    prompt = chat_prompt(tokenizer, PROMPTS[1])
+    sequence = prompt + greedy(as_stored, [prompt], tokenizer.pad_token_id)[0]
+    llm = llama_cpp.Llama(model_path=str(files[precision]), n_ctx=model.config.block_size, logits_all=True,
+                          verbose=False, n_threads=2)
+    try:
+        llm.eval(sequence)
+        theirs = torch.tensor(np.array(llm.scores[: len(sequence)]))
+    finally:
+        llm.close()
+    with torch.no_grad():
+        ours = as_stored(torch.tensor([sequence])).logits[0]
+    # llama.cpp rounds the activations too (to float16, or 8 bits for Q8_0) and reads GELU from a 16-bit table:
+    # close, not equal; a weight read at the wrong scale or in the wrong order is off by the logits' own size.
+    assert (theirs - ours).abs().max() < 2e-2 * ours.abs().max(), (theirs - ours).abs().max()
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.99
+
+
+def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(trained, tmp_path):
+    model = str(trained["transformer"])
+    for args, needle in ((["--format", "gguf", "--gguf-precision", "q4"], "unknown --gguf-precision 'q4': choose "
+                                                                          "f32, f16, q8_0"),
+                         (["--format", "gguf", "--gguf-precision", ","], "unknown --gguf-precision ','"),
+                         (["--format", "onnx", "--gguf-precision", "f16"], "--gguf-precision sets the GGUF file's "
+                                                                           "weights: add gguf to --format")):
+        assert_one_line_error(run_entry(export_main, model, *args, "--output-dir", str(tmp_path / "out")), needle)
+    assert_one_line_error(run_entry(upload_main, model, "--repo-id", "me/m", "--dry-run", "--gguf-precision", "f16",
+                                    "--output-dir", str(tmp_path / "hub")),
+                          "--gguf-precision serves --formats: add --formats gguf")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()
 
 
 def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(trained, exported):

@@ -149,6 +149,17 @@ STOCK_FROM_THE_REPOSITORY = PROJECT_FREE_PRELUDE + textwrap.dedent(
 )
 
 
+def test_the_repository_carries_a_gguf_file_for_each_precision_asked_and_the_card_names_them(trained, tmp_path):
+    out = tmp_path / "hub"
+    result = run_upload(str(trained["transformer"]), "--repo-id", "a/tiny-gpt", "--dry-run", "--output-dir", str(out),
+                        "--formats", "gguf", "--gguf-precision", "q8_0,f16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-gpt-f16.gguf", "tiny-gpt-q8_0.gguf"]
+    _, body = read_card(out)
+    assert "`tiny-gpt-q8_0.gguf` (8-bit Q8_0), `tiny-gpt-f16.gguf` (float16): GPT-2 architecture" in body
+    assert "f32.gguf" not in body
+
+
 def test_the_repository_carries_the_exports_where_the_hub_and_each_runtime_look(trained, tmp_path):
     out = tmp_path / "hub"
     result = run_upload(str(trained["transformer"]), "--repo-id", "a/tiny-gpt", "--dry-run", "--output-dir", str(out),

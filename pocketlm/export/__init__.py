@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
-from ..choices import WEB_PRECISIONS
+from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name
 from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
@@ -79,7 +79,8 @@ def export_name(model_path: str) -> str:
 
 
 def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False,
-           web_precision: str = WEB_PRECISIONS[0]) -> list[Path]:
+           web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1]
+           ) -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
     float32."""
@@ -109,7 +110,7 @@ def export(model_path: str, formats: list[str], output_dir: str | Path, overwrit
     try:
         with full_disk_says(building.parent):
             building.mkdir(parents=True)
-            write_formats(model, tokenizer, family, formats, building, name, web_precision)
+            write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions)
             written = _files_in(building)
             # The model it came from, as a path that still holds from another folder (loading.export_record).
             origin = str(source) if source.is_dir() else model_path
@@ -145,10 +146,11 @@ def _check_replaceable(target: Path) -> None:
 
 
 def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
-                  web_precision: str = WEB_PRECISIONS[0]) -> None:
+                  web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1]
+                  ) -> None:
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
-    at its top (they are the same files), the graphs in onnx/, the GGUF as `<name>-f32.gguf`, the web page at the
-    top when it is alone, else in web/."""
+    at its top (they are the same files), the graphs in onnx/, a GGUF file for each of `gguf_precisions` as
+    `<name>-<precision>.gguf`, the web page at the top when it is alone, else in web/."""
     for format_name in formats:
         if format_name == "transformers":
             from .gpt2 import write_gpt2
@@ -162,7 +164,8 @@ def write_formats(model, tokenizer, family: str, formats: list[str], folder: Pat
         elif format_name == "gguf":
             from .gguf import write_gguf
 
-            write_gguf(model, tokenizer, folder / gguf_name(name), name)
+            for precision in gguf_precisions:
+                write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision)
         elif format_name == "web":
             from .web import write_web
 
@@ -170,8 +173,18 @@ def write_formats(model, tokenizer, family: str, formats: list[str], folder: Pat
                       web_precision)
 
 
-def gguf_name(name: str) -> str:
-    return f"{name}-f32.gguf"
+def gguf_name(name: str, precision: str = GGUF_PRECISIONS[0]) -> str:
+    return f"{name}-{precision}.gguf"
+
+
+def split_gguf_precisions(text: str) -> tuple[str, ...]:
+    """The precisions a `--gguf-precision` value names, joined by commas, each once (`q8_0` or `f16,q8_0`)."""
+    named = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    unknown = [name for name in named if name not in GGUF_PRECISIONS]
+    if unknown or not named:
+        raise UsageError(f"unknown --gguf-precision {unknown[0] if unknown else text!r}: choose "
+                         f"{', '.join(GGUF_PRECISIONS)}, or several joined by commas.")
+    return named
 
 
 def _write_beside_graph(model, tokenizer, family: str, folder: Path) -> None:

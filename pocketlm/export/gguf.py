@@ -1,6 +1,7 @@
 """A pocketlm GPT as one GGUF file for llama.cpp (and what builds on it: ollama, LM Studio, llama-cpp-python).
 
-The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names. llama.cpp's
+The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names, its weight
+matrices in float32, float16 or llama.cpp's 8-bit Q8_0 (`write_gguf`'s `precision`). llama.cpp's
 own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
 trained one matches no hash it knows. pocketlm's byte-level BPE splits text with GPT-2's own pattern, so the file
 names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and the chat template.
@@ -12,6 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from tokenization import END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
+
+# The tensors each precision stores smaller: the weight matrices (embedding, attention and MLP projections, head).
+# Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
+MATRICES = ("token_embd.weight", "output.weight", "attn_qkv.weight", "attn_output.weight", "ffn_up.weight",
+            "ffn_down.weight")
+Q8_0_BLOCK = 32  # Q8_0 stores a row in blocks of 32 numbers and a scale: a row of another length stays float16
 
 
 def gguf_tensors(model) -> dict[str, np.ndarray]:
@@ -65,8 +72,9 @@ def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
-    """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, float32."""
+def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") -> Path:
+    """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
+    `precision`: f32, f16 (half the bytes) or q8_0 (about a quarter)."""
     import gguf
 
     config = model.config
@@ -86,7 +94,8 @@ def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
     writer.add_layer_norm_eps(config.layer_norm_epsilon)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[precision])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
     writer.add_token_list(tokens + padding)
@@ -100,7 +109,13 @@ def write_gguf(model, tokenizer, path: Path, name: str) -> Path:
     writer.add_add_bos_token(False)  # pocketlm prompts start with their role token, not a document boundary
     writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
     for tensor_name, array in gguf_tensors(model).items():
-        writer.add_tensor(tensor_name, array)
+        if precision == "f32" or not tensor_name.endswith(MATRICES):
+            writer.add_tensor(tensor_name, array)
+        elif precision == "q8_0" and array.shape[-1] % Q8_0_BLOCK == 0:
+            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(tensor_name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(tensor_name, array.astype(np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
