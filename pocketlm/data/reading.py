@@ -432,7 +432,7 @@ def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
     splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
     fingerprint = "-".join(split._fingerprint for split in splits)
     named = next((split.info.dataset_name for split in splits if split.info.dataset_name), "dataset")
-    folder = IN_MEMORY_DATASETS / f"{named}-{fingerprint}"[:120]
+    folder = IN_MEMORY_DATASETS / re.sub(r"[^\w.-]", "_", f"{named}-{fingerprint}")[:120]
     if not folder.is_dir():
         partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
         dataset.save_to_disk(str(partial))
