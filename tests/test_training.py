@@ -196,7 +196,7 @@ def test_fine_tuning_may_set_the_dropout_and_nothing_that_shapes_the_model(famil
 # ------------------------------------------------------------------------------------------------------ data
 
 
-def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
+def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog, char_tokenizer):
     folder = tmp_path / "data"
     (folder / "nested").mkdir(parents=True)
     (folder / "a.txt").write_text(make_text(1, 10))
@@ -215,6 +215,16 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     # A model trained here before (`--data .` in a project with models/): its JSON files are not records.
     tiny_model("lstm").save_pretrained(folder / "models" / "lstm")
     (folder / "models" / "lstm" / "notes.md").write_text("beside the model, never read\n")
+    # Beside it, what export.py and PEFT write: a tokenizer and config read as JSON records, PEFT's card as text.
+    char_tokenizer.save_pretrained(folder / "models" / "lstm")
+    from peft import LoraConfig, get_peft_model
+
+    from pocketlm.cli import export_main
+
+    assert run_entry(export_main, str(folder / "models" / "lstm"), "--format", "onnx").returncode == 0
+    get_peft_model(tiny_model("transformer"), LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(
+        folder / "models" / "adapter")
+    assert {"README.md", "adapter_config.json"} <= {path.name for path in (folder / "models" / "adapter").iterdir()}
     documents, _ = data.load_documents([str(folder)])
     assert not any("hidden text" in text or "never read" in text for text in documents["text"])
     assert not any("models" in origin for origin in documents["origin"])
@@ -223,7 +233,8 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog):
     assert "<|user|>hi<|end|><|assistant|>hello<|end|>" in texts
     warned = " ".join(r.message for r in caplog.records)
     assert "image.txt: binary" in warned and "table.csv: no 'text' column" in warned and "picture.png" not in warned
-    assert f"leaving out {folder / 'models' / 'lstm'}: a model folder, not text" in warned
+    for model in ("lstm", "lstm-onnx", "adapter"):  # the export and the adapter were read as 20 bad records
+        assert f"leaving out {folder / 'models' / model}: a model folder, not text" in warned, model
     assert not any("not,read" in t for t in texts)
 
 

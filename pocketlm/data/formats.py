@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..run_folder import CONFIG_FILE
+from ..adapters import ADAPTER_CONFIG_FILE
+from ..run_folder import CONFIG_FILE, EXPORT_RECORD
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,12 @@ def _hidden(path: Path, folder: Path) -> bool:
 
 
 def _model_folder(path: Path) -> bool:
-    """A folder save_pretrained wrote (a config and weights): a model's files are not text to train on."""
-    return (path / CONFIG_FILE).is_file() and any(path.glob("*.safetensors"))
+    """A folder holding a model, whose files are not text to train on: what save_pretrained wrote (a config and
+    weights), a PEFT adapter, or what export.py wrote (its record says so: ONNX graphs, a GGUF file, a web page,
+    whose notices and settings read as a .txt and a .json)."""
+    if (path / EXPORT_RECORD).is_file():
+        return True
+    return any(path.glob("*.safetensors")) and ((path / CONFIG_FILE).is_file() or (path / ADAPTER_CONFIG_FILE).is_file())
 
 
 def saved_dataset(path: Path) -> bool:
