@@ -168,7 +168,8 @@ An OpenAI-compatible server: `hf download {repo_id} --include "gpt2/*" --local-d
 """)
     if "gguf" in formats:
         files = ", ".join(f"`{name}-{precision}.gguf` ({GGUF_WORDS[precision]})" for precision in gguf_precisions)
-        parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and chat template; `llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
+        parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and chat template;
+`llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
 `ollama run hf.co/{repo_id}`.
 """)
     if "onnx" in formats and family == "transformer":

@@ -12,9 +12,8 @@ import sys
 from collections.abc import Callable
 
 from .choices import (
-    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT,
-    GGUF_PRECISIONS,
-    WEB_PRECISIONS,
+    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST,
+    WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 
@@ -61,7 +60,8 @@ OTHER_TOOLS_NAMES = {
     "per-device-train-batch-size": "--batch-size", "train-batch-size": "--batch-size",
     "gradient-accumulation-steps": "--grad-accum", "max-grad-norm": "--grad-clip", "lr-warmup-steps": "--warmup-steps",
     "train-file": "--data", "validation-file": "--validation-data", "dataset-name": "--dataset",
-    "dataset-config-name": "--dataset-config", "text-column-name": "--text-column", "dataset-text-field": "--text-column",
+    "dataset-config-name": "--dataset-config", "text-column-name": "--text-column",
+    "dataset-text-field": "--text-column",
     "tokenizer-name": "--tokenizer", "model-name-or-path": "--init-from", "save-steps": "--save-every",
     "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
     "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",

@@ -4,8 +4,9 @@
 one answer, decided by what it would do to the run:
 
 - the model's shape or its tokenizer: the checkpoint's weights cannot be continued as another model: refused;
-- the data (each file's size, time and digest, and the column read as text), what cuts and orders the batches (seed, batch and block size,
-  gradient accumulation, processes, streaming, assistant-only loss), the arithmetic (mixed precision), the
+- the data (each file's size, time and digest; the column read as text; a dataset's configuration), what cuts and
+  orders the batches (seed, batch and block size, gradient accumulation, processes, streaming, assistant-only
+  loss), the arithmetic (mixed precision), the
   optimizer's settings and the validation sample (`--eval-tokens`, which best-model choices compare on): the run
   would no longer be the one it continues: refused, unless `--accept-changes`, which continues with the change
   applied and says so;

@@ -642,8 +642,8 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
             tensor = stored[theirs.format(i=layer)]
             assert tensor.tensor_type == kind, tensor.name  # the norms, biases and positions stay float32
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-            state[ours.format(i=layer)] = torch.from_numpy(values.reshape(model.state_dict()[ours.format(i=layer)].shape)
-                                                           .astype(np.float32))
+            shape = model.state_dict()[ours.format(i=layer)].shape
+            state[ours.format(i=layer)] = torch.from_numpy(values.reshape(shape).astype(np.float32))
     size = {kind: sum(int(tensor.n_bytes) for tensor in reader.tensors if tensor.name.endswith(MATRIX_ENDINGS))
             for kind, reader in readers.items()}
     assert size[precision] / size["f32"] == {"f16": 2 / 4, "q8_0": (32 + 2) / (32 * 4)}[precision]  # a scale a block

@@ -84,7 +84,8 @@ def _model_folder(path: Path) -> bool:
     whose notices and settings read as a .txt and a .json)."""
     if (path / EXPORT_RECORD).is_file():
         return True
-    return any(path.glob("*.safetensors")) and ((path / CONFIG_FILE).is_file() or (path / ADAPTER_CONFIG_FILE).is_file())
+    configured = (path / CONFIG_FILE).is_file() or (path / ADAPTER_CONFIG_FILE).is_file()
+    return configured and any(path.glob("*.safetensors"))
 
 
 def saved_dataset(path: Path) -> bool:

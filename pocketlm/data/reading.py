@@ -354,6 +354,7 @@ def _table_documents(path: Path, encoding: str, size: int, text_column: str | No
     `instruction` and `output`), or --text-column's: each row is a record (a field may span lines, as CSV quotes
     them)."""
     target = piece_target(size)
+    read = (text_column,) if text_column else TABLE_COLUMNS  # the columns a record is made of
     csv.field_size_limit(2**31 - 1)  # the default, 128 KiB, would refuse a long text
     with open_data(path, "rt", encoding=encoding, newline="") as handle:
         rows = csv.DictReader(handle, delimiter=delimiter(path, encoding, text_column))
@@ -366,7 +367,7 @@ def _table_documents(path: Path, encoding: str, size: int, text_column: str | No
             except csv.Error:
                 yield _row(origin=f"{path}:{line}", problem="not valid CSV")
                 continue
-            record = {name: value for name, value in row.items() if name in (text_column or TABLE_COLUMNS)}
+            record = {name: value for name, value in row.items() if name in read}
             yield from _pieces(document_from_record(record, f"{path}:{line}", text_column), target)
 
 
