@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from modeling import GPTConfig, GPTForCausalLM
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
+from pocketlm.errors import UsageError
 from pocketlm.loading import load_pretrained
 
 PROMPTS = ["Hello!", "What is your favorite book?", "Tell me a joke about computers, please."]
@@ -680,6 +681,13 @@ def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(train
                                     "--output-dir", str(tmp_path / "hub")),
                           "--gguf-precision serves --formats: add --formats gguf")
     assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()
+    # The Python API takes them as the command line spells them: a string was read letter by letter.
+    from pocketlm.export import export
+
+    written = export(model, "gguf", tmp_path / "api", gguf_precisions="f16,q8_0")
+    assert [path.name for path in written] == [f"{trained['transformer'].name}-{kind}.gguf" for kind in ("f16", "q8_0")]
+    with pytest.raises(UsageError, match="unknown --gguf-precision 'q4'"):
+        export(model, ["gguf"], tmp_path / "api-2", gguf_precisions=["q4"])
 
 
 def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(trained, exported):

@@ -78,13 +78,18 @@ def export_name(model_path: str) -> str:
     return model_name(model_path.rstrip("/")).rsplit("/", 1)[-1]
 
 
-def export(model_path: str, formats: list[str], output_dir: str | Path, overwrite: bool = False,
-           web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1]
+def export(model_path: str, formats: str | list[str], output_dir: str | Path, overwrite: bool = False,
+           web_precision: str = WEB_PRECISIONS[0], gguf_precisions: str | tuple[str, ...] = GGUF_PRECISIONS[0]
            ) -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
-    float32."""
+    float32; `gguf_precisions` the GGUF files' weights, one file each (f32, f16, q8_0)."""
     model_path = os.fspath(model_path)  # a Path from the Python API reads as the string the command line gives
+    # Formats and precisions as the command line spells them ("onnx,gguf") or as a list, checked before any work:
+    # a string was read letter by letter ("unknown format 'o'").
+    formats = split_formats(formats if isinstance(formats, str) else ",".join(formats))
+    gguf_precisions = split_gguf_precisions(gguf_precisions if isinstance(gguf_precisions, str) else
+                                            ",".join(gguf_precisions))
     family = model_family(model_path, adapters=True)
     asked, formats = formats, formats_for(family, formats)
     target = Path(output_dir).expanduser()
