@@ -18,7 +18,7 @@ from tokenization import message_text
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
-from .loading import load_pretrained
+from .loading import default_runtime, load_pretrained
 
 
 def _yes_or_no(value) -> bool:
@@ -66,16 +66,16 @@ class ChatInterface:
 
     `model` is a loaded model or a folder / Hub repo id; the tokenizer comes from the model's folder when not
     given; `device`, `dtype` ("float32", "float16", "bfloat16" or "int8") and `runtime` ("torch", or "onnx" for
-    onnxruntime) apply when it is loaded here.
+    onnxruntime; by default torch, onnxruntime for an export of ONNX graphs alone) apply when it is loaded here.
     `use_context=False` answers each message on its own (the old LSTM behaviour). Keyword arguments
     are generation options (temperature, top_k, top_p, repetition_penalty, max_new_tokens, do_sample).
     """
 
     def __init__(self, model, tokenizer=None, use_context: bool = True, system: str | None = None,
-                 device: str | torch.device = "cpu", dtype: str = "float32", runtime: str = "torch",
+                 device: str | torch.device = "cpu", dtype: str = "float32", runtime: str | None = None,
                  **generation_options):
         if isinstance(model, (str, Path)):
-            model, loaded_tokenizer = load_pretrained(str(model), device, dtype, runtime)
+            model, loaded_tokenizer = load_pretrained(str(model), device, dtype, runtime or default_runtime(str(model)))
             tokenizer = tokenizer or loaded_tokenizer
         elif tokenizer is None:
             from transformers import AutoTokenizer

@@ -291,7 +291,7 @@ def chat_main(argv: list[str] | None = None) -> int:
 
     def job():
         from .chat import ChatInterface
-        from .loading import holds_only_graphs, model_family, resolve_device
+        from .loading import model_family, resolve_device
         from .run_folder import RunFolder, default_output_dir
 
         web_only = [flag for flag, given in (("--host", args.host is not None), ("--port", args.port is not None),
@@ -328,8 +328,6 @@ def chat_main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"no trained model in {default.path}{other} train one with: python train.py {flags}")
             args.model = str(default.path)
         family = model_family(args.model, exports=True, adapters=True)
-        if args.runtime is None:  # an export of ONNX graphs alone runs where it can, as compare.py runs it
-            args.runtime = "onnx" if holds_only_graphs(args.model) else "torch"
         use_context = args.context if args.context is not None else family == "transformer"
         options = {name: getattr(args, name) for name in
                    ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")

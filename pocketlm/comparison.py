@@ -19,7 +19,7 @@ from .errors import UsageError
 from .choices import BALANCED_SAMPLING
 from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
 from .adapters import adapter_of
-from .loading import as_model, export_record, holds_only_graphs, load_pretrained, model_family
+from .loading import as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family
 from .run_folder import RunFolder
 from .scoring import bits_per_character
 
@@ -171,7 +171,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
     for model_dir in models:
         progress(f"measuring {model_dir} ...")
         # An export of ONNX graphs alone runs in onnxruntime, on the CPU: comparing it with its model checks it.
-        runtime = "onnx" if holds_only_graphs(model_dir) else "torch"
+        runtime = default_runtime(model_dir)
         model, tokenizer = load_pretrained(model_dir, "cpu" if runtime == "onnx" else device, runtime=runtime)
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))

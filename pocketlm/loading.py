@@ -220,6 +220,12 @@ def holds_only_graphs(path_or_repo: str) -> bool:
             and not (Path(as_model(path_or_repo)).expanduser() / MODEL_FILE).is_file())
 
 
+def default_runtime(path_or_repo: str) -> str:
+    """Where a model runs when no runtime is asked for: in onnxruntime for an export of ONNX graphs alone (chat and
+    compare told the user to ask for it, or had no way to), else in torch."""
+    return "onnx" if holds_only_graphs(path_or_repo) else "torch"
+
+
 def _check_language_model(path_or_repo: str, config: dict) -> None:
     """Refuse a classifier or reward model: its folder loads as a language model with a head it never trained."""
     heads = [name for name in config.get("architectures") or [] if str(name).endswith("ForSequenceClassification")]

@@ -449,6 +449,7 @@ def test_chat_on_the_onnx_runtime_runs_an_export_s_own_graphs(family, trained, e
         replies = [run_entry(chat_main, str(folder), "--prompt", PROMPTS[0], "--seed", "5", "--max-new-tokens", "12")
                    for folder in (trained["lstm"], exported["lstm"])]
         assert replies[0].returncode == 0 and replies[0].stdout == replies[1].stdout, replies
+        assert type(ChatInterface(str(exported["lstm"])).model).__name__ == "OnnxCausalLM"  # and from Python
         assert_one_line_error(run_entry(chat_main, "--model", str(exported["lstm"]), "--prompt", "hi", "--runtime",
                                         "torch"),
                               f"holds export.py's ONNX graphs of {trained['lstm'].resolve()}, no weights for torch: "
