@@ -18,7 +18,7 @@ from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
-from .run_folder import LOSS_CURVE_FILE, RunFolder
+from .run_folder import LOSS_CURVE_FILE, RunFolder, check_writable
 
 CARD_FILE = "README.md"
 
@@ -64,6 +64,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
+    check_writable(target)  # by default beside the model: a shared, read-only folder is named, not "no space"
     model, tokenizer = load_pretrained(str(source))
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     summary = RunFolder(source).read_summary()

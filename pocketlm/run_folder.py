@@ -76,14 +76,7 @@ class RunFolder:
 
     def check_writable(self) -> None:
         """Refuse a folder that cannot be created or written, before anything is read or trained."""
-        for parent in [self.path, *self.path.parents]:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UsageError(f"--output-dir {self.path}: {parent} is a file, not a folder; pick another "
-                                     "--output-dir.")
-                if not os.access(parent, os.W_OK | os.X_OK):
-                    raise UsageError(f"--output-dir {self.path}: {parent} is not writable; pick another --output-dir.")
-                return
+        check_writable(self.path)
 
     def check_is_a_run_folder(self) -> None:
         """Refuse an existing folder that holds files but none of a run's (`--output-dir notes`, or `.` in a
@@ -226,6 +219,18 @@ def write_whole(path: Path, write: Callable[[Path], object]) -> None:
 
 def _bytes_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written (its nearest existing folder is a file, read-only,
+    another user's), before any work: a training run's, or an export's, which goes beside its model by default."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--output-dir {folder}: {parent} is a file, not a folder; pick another --output-dir.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--output-dir {folder}: {parent} is not writable; pick another --output-dir.")
+            return
 
 
 class FolderLock:

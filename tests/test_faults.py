@@ -905,6 +905,25 @@ def test_an_unwritable_output_folder_is_refused(corpus, tmp_path, monkeypatch):
     assert_one_line_error(_train(corpus, locked / "model"), "is not writable")
 
 
+def test_a_model_in_a_read_only_folder_chats_and_its_default_export_or_upload_folder_is_named(trained, tmp_path,
+                                                                                              monkeypatch):
+    """An export's and an upload's default folder is beside the model: for a model in a shared, read-only folder
+    that was a traceback (PermissionError) and "no space left" with the advice to free some. Named in one line,
+    before any work; reading the model there (chat, compare) writes nothing beside it."""
+    shared = tmp_path / "shared"
+    shutil.copytree(trained["lstm"], shared / "lstm")
+    real_access = os.access
+    # Root may write anywhere, so the test says what a read-only folder answers.
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == shared else real_access(path, mode))
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    for main, args, made in ((export_main, ["--format", "onnx"], "lstm-onnx"),
+                             (upload_main, ["--repo-id", "me/m", "--dry-run"], "lstm-hub")):
+        assert_one_line_error(run_entry(main, str(shared / "lstm"), *args),
+                              f"--output-dir {shared / made}: {shared} is not writable; pick another --output-dir")
+    assert sorted(path.name for path in shared.iterdir()) == ["lstm"]
+    assert run_entry(chat_main, str(shared / "lstm"), "--prompt", "hi", "--max-new-tokens", "3").returncode == 0
+
+
 # -------------------------------------------------------------------------------- one run per output folder
 
 

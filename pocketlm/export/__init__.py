@@ -22,7 +22,7 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name
-from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
+from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, check_writable
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
@@ -103,6 +103,8 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                          "folder whole: choose a new folder.")
     if target.exists() and not target.is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file: choose a folder.")
+    # Built beside its folder, which by default is beside the model: in a shared, read-only folder, say.
+    check_writable(whole.parent if whole.exists() else whole)
     if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
