@@ -143,7 +143,8 @@ def _documents(data: dict) -> str:
     return f"{data['train_documents']:,} training and {validation}"
 
 
-GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0"}  # each GGUF precision, as the card says it
+# Each GGUF precision, as the card says it.
+GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0", "q5_0": "5-bit Q5_0", "q4_0": "4-bit Q4_0"}
 
 
 def _elsewhere(repo_id: str, family: str, formats: list[str], config, gguf_precisions: tuple[str, ...]) -> str:

@@ -8,7 +8,8 @@ MODEL_SIZES = ["small", "medium", "large"]
 DTYPES = ["float32", "float16", "bfloat16", "int8"]
 RUNTIMES = ["torch", "onnx"]
 WEB_PRECISIONS = ["int8", "float32"]  # the web page's ONNX graph; the first is the default
-GGUF_PRECISIONS = ["f32", "f16", "q8_0"]  # a GGUF file's weights, as llama.cpp names them; the first is the default
+# A GGUF file's weights, as llama.cpp names them; the first is the default.
+GGUF_PRECISIONS = ["f32", "f16", "q8_0", "q5_0", "q4_0"]
 
 # The old guide's "balanced" setting: readable, varied replies from small models.
 BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}

@@ -437,8 +437,9 @@ def compare_main(argv: list[str] | None = None) -> int:
 
 
 # export.py's and hub_upload.py's --gguf-precision, in llama.cpp's names.
-GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes) or q8_0 (about a quarter), or several "
-                       f"joined by commas, a file each (default: {GGUF_PRECISIONS[0]})")
+GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes), or llama.cpp's q8_0, q5_0 or q4_0 (about "
+                       "a quarter, a sixth, a seventh); several joined by commas write a file each (default: "
+                       f"{GGUF_PRECISIONS[0]})")
 
 
 def upload_parser() -> argparse.ArgumentParser:

@@ -620,10 +620,10 @@ GGUF_MATRICES = {"token_embd.weight": "model.wte.weight", "output.weight": "lm_h
 MATRIX_ENDINGS = tuple(name.split("}.")[-1] for name in GGUF_MATRICES)
 
 
-@pytest.mark.parametrize("precision", ["f16", "q8_0"])
+@pytest.mark.parametrize("precision", ["f16", "q8_0", "q5_0", "q4_0"])
 def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(precision, trained, tmp_path):
-    """export.py wrote float32 GGUF files only, where llama.cpp's users keep f16 or Q8_0 (half, about a quarter of
-    the bytes). `--gguf-precision` writes each, several at once: llama.cpp's logits on one are the model's with the
+    """export.py wrote float32 GGUF files only, where llama.cpp's users keep f16 or its block formats (half, a
+    quarter to a seventh of the bytes). `--gguf-precision` writes each, several at once: llama.cpp's logits on one are the model's with the
     weights gguf's own reader gives back from it (gguf.quants.dequantize), and its greedy tokens theirs."""
     import gguf
 
@@ -637,7 +637,7 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
     readers = {kind: gguf.GGUFReader(path) for kind, path in files.items()}
     stored = {tensor.name: tensor for tensor in readers[precision].tensors}
     model, tokenizer = load_pretrained(str(trained["transformer"]))
-    kind = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[precision]
+    kind = gguf.GGMLQuantizationType[precision.upper()]
     state = {}
     for theirs, ours in GGUF_MATRICES.items():
         for layer in range(model.config.n_layer):
@@ -648,7 +648,8 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
             state[ours.format(i=layer)] = torch.from_numpy(values.reshape(shape).astype(np.float32))
     size = {kind: sum(int(tensor.n_bytes) for tensor in reader.tensors if tensor.name.endswith(MATRIX_ENDINGS))
             for kind, reader in readers.items()}
-    assert size[precision] / size["f32"] == {"f16": 2 / 4, "q8_0": (32 + 2) / (32 * 4)}[precision]  # a scale a block
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]  # 32 numbers in 34, 22 or 18 bytes; 1 in 2 for f16
+    assert size[precision] / size["f32"] == block_bytes / (block * 4)
     as_stored, _ = load_pretrained(str(trained["transformer"]))
     as_stored.load_state_dict(state, strict=False)
     assert not torch.equal(as_stored.lm_head.weight, model.lm_head.weight)  # rounded: another model, near it
@@ -664,8 +665,9 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
         llm.close()
     with torch.no_grad():
         ours = as_stored(torch.tensor([sequence])).logits[0]
-    # llama.cpp rounds the activations too (to float16, or 8 bits for Q8_0) and reads GELU from a 16-bit table:
-    # close, not equal; a weight read at the wrong scale or in the wrong order is off by the logits' own size.
+    # llama.cpp rounds the activations too (to float16, or 8 bits for the block formats) and reads GELU from a
+    # 16-bit table: close, not equal; a weight read at the wrong scale or in the wrong order is off by the logits'
+    # own size.
     assert (theirs - ours).abs().max() < 2e-2 * ours.abs().max(), (theirs - ours).abs().max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.99
 
@@ -673,7 +675,7 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
 def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(trained, tmp_path):
     model = str(trained["transformer"])
     for args, needle in ((["--format", "gguf", "--gguf-precision", "q4"], "unknown --gguf-precision 'q4': choose "
-                                                                          "f32, f16, q8_0"),
+                                                                          "f32, f16, q8_0, q5_0, q4_0"),
                          (["--format", "gguf", "--gguf-precision", ","], "unknown --gguf-precision ','"),
                          (["--format", "onnx", "--gguf-precision", "f16"], "--gguf-precision sets the GGUF file's "
                                                                            "weights: add gguf to --format")):

@@ -1,7 +1,7 @@
 """A pocketlm GPT as one GGUF file for llama.cpp (and what builds on it: ollama, LM Studio, llama-cpp-python).
 
 The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names, its weight
-matrices in float32, float16 or llama.cpp's 8-bit Q8_0 (`write_gguf`'s `precision`). llama.cpp's
+matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`). llama.cpp's
 own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
 trained one matches no hash it knows. pocketlm's byte-level BPE splits text with GPT-2's own pattern, so the file
 names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and the chat template.
@@ -18,7 +18,11 @@ from tokenization import END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
 # Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
 MATRICES = ("token_embd.weight", "output.weight", "attn_qkv.weight", "attn_output.weight", "ffn_up.weight",
             "ffn_down.weight")
-Q8_0_BLOCK = 32  # Q8_0 stores a row in blocks of 32 numbers and a scale: a row of another length stays float16
+# Each precision's type for the matrices, by its name in the gguf package (F16, Q8_0, ...), and the file type the
+# header names. The block formats store a row in blocks of 32 numbers and a scale: a row of another length stays
+# float16, as llama.cpp's converter falls back.
+STORED = {"f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+          "q4_0": ("Q4_0", "MOSTLY_Q4_0")}
 
 
 def gguf_tensors(model) -> dict[str, np.ndarray]:
@@ -74,7 +78,7 @@ def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
 
 def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") -> Path:
     """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
-    `precision`: f32, f16 (half the bytes) or q8_0 (about a quarter)."""
+    `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers)."""
     import gguf
 
     config = model.config
@@ -94,8 +98,9 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") 
     writer.add_block_count(config.n_layer)
     writer.add_head_count(config.n_head)
     writer.add_layer_norm_eps(config.layer_norm_epsilon)
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[precision])
+    kind, file_type = STORED.get(precision, ("F32", "ALL_F32"))
+    kind = gguf.GGMLQuantizationType[kind]
+    writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
     writer.add_token_list(tokens + padding)
@@ -108,12 +113,12 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") 
     writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_add_bos_token(False)  # pocketlm prompts start with their role token, not a document boundary
     writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
+    block = gguf.GGML_QUANT_SIZES[kind][0]
     for tensor_name, array in gguf_tensors(model).items():
-        if precision == "f32" or not tensor_name.endswith(MATRICES):
+        if kind == gguf.GGMLQuantizationType.F32 or not tensor_name.endswith(MATRICES):
             writer.add_tensor(tensor_name, array)
-        elif precision == "q8_0" and array.shape[-1] % Q8_0_BLOCK == 0:
-            quantized = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(tensor_name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif kind != gguf.GGMLQuantizationType.F16 and array.shape[-1] % block == 0:
+            writer.add_tensor(tensor_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
         else:
             writer.add_tensor(tensor_name, array.astype(np.float16))
     writer.write_header_to_file()
