@@ -436,6 +436,8 @@ def compare_main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------- upload
 
 
+LSTM_HAS_NO_GGUF = ("--gguf-precision sets the GGUF file's weights, and the LSTM has no GGUF file (llama.cpp runs no "
+                    "LSTM): drop --gguf-precision.")
 # export.py's and hub_upload.py's --gguf-precision, in llama.cpp's names.
 GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes), or llama.cpp's q8_0, q5_0 or q4_0 (about "
                        "a quarter, a sixth, a seventh); several joined by commas write a file each (default: "
@@ -506,6 +508,8 @@ def upload_main(argv: list[str] | None = None) -> int:
         check_data_name(args.data_name)
         gguf_precisions = split_gguf_precisions(args.gguf_precision or GGUF_PRECISIONS[0])
         family = model_family(args.model_dir)
+        if args.gguf_precision and family == "lstm":  # `--formats all` has no GGUF for it
+            raise UsageError(LSTM_HAS_NO_GGUF)
         formats = _repository_formats(args, family)
         token = resolve_token(args.token)  # never printed; only whether one is there matters before the network
         output = args.output_dir or beside(args.model_dir, "hub")
@@ -595,7 +599,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
     def job():
         from .export import export, split_formats, split_gguf_precisions
-        from .loading import beside
+        from .loading import beside, model_family
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
@@ -603,6 +607,8 @@ def export_main(argv: list[str] | None = None) -> int:
         if args.gguf_precision and not {"gguf", "all"} & set(formats):
             raise UsageError("--gguf-precision sets the GGUF file's weights: add gguf to --format, or drop "
                              "--gguf-precision.")
+        if args.gguf_precision and model_family(args.model, adapters=True) == "lstm":  # `all` has no GGUF for it
+            raise UsageError(LSTM_HAS_NO_GGUF)
         gguf_precisions = split_gguf_precisions(args.gguf_precision or GGUF_PRECISIONS[0])
         output = args.output_dir or beside(args.model, "-".join(formats))
         files = export(args.model, formats, output, overwrite=args.overwrite,

@@ -683,6 +683,11 @@ def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(train
     assert_one_line_error(run_entry(upload_main, model, "--repo-id", "me/m", "--dry-run", "--gguf-precision", "f16",
                                     "--output-dir", str(tmp_path / "hub")),
                           "--gguf-precision serves --formats: add --formats gguf")
+    lstm = str(trained["lstm"])  # whose `all` holds no GGUF: the precision would be ignored
+    for main, args in ((export_main, [lstm, "--format", "all"]),
+                       (upload_main, [lstm, "--repo-id", "me/m", "--dry-run", "--formats", "all"])):
+        assert_one_line_error(run_entry(main, *args, "--gguf-precision", "q8_0", "--output-dir", str(tmp_path / "out")),
+                              "--gguf-precision sets the GGUF file's weights, and the LSTM has no GGUF file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()
     # The Python API takes them as the command line spells them: a string was read letter by letter.
     from pocketlm.export import export

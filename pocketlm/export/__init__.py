@@ -83,7 +83,7 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
            ) -> list[Path]:
     """Write the model at `model_path` (a folder or Hub id of either family) in `formats` into `output_dir`;
     returns the files written. `web_precision` is the web page's graph: int8 (about a quarter of the bytes) or
-    float32; `gguf_precisions` the GGUF files' weights, one file each (f32, f16, q8_0)."""
+    float32; `gguf_precisions` the GGUF files' weights, one file each (GGUF_PRECISIONS)."""
     model_path = os.fspath(model_path)  # a Path from the Python API reads as the string the command line gives
     # Formats and precisions as the command line spells them ("onnx,gguf") or as a list, checked before any work:
     # a string was read letter by letter ("unknown format 'o'").
