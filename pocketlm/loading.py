@@ -335,8 +335,8 @@ def _load_folder(path_or_repo: str, family: str, dtype: str, config: dict):
     local = Path(path_or_repo).expanduser()
     if holds_only_graphs(path_or_repo):
         source = export_record(path_or_repo)["model"]
-        raise UsageError(f"{path_or_repo} holds export.py's ONNX graphs of {source}, no weights for torch: add "
-                         f"--runtime onnx, or use {source} itself.")
+        raise UsageError(f"{path_or_repo} holds export.py's ONNX graphs of {source}, no weights for torch: run "
+                         f"them in onnxruntime (--runtime onnx, runtime='onnx' from Python), or use {source} itself.")
     if local.is_dir():
         check_model_folder(local)
     try:

@@ -453,7 +453,10 @@ def test_chat_on_the_onnx_runtime_runs_an_export_s_own_graphs(family, trained, e
         assert_one_line_error(run_entry(chat_main, "--model", str(exported["lstm"]), "--prompt", "hi", "--runtime",
                                         "torch"),
                               f"holds export.py's ONNX graphs of {trained['lstm'].resolve()}, no weights for torch: "
-                              "add --runtime onnx")
+                              "run them in onnxruntime (--runtime onnx, runtime='onnx' from Python)")
+        with pytest.raises(UsageError, match="runtime='onnx' from Python"):
+            load_pretrained(exported["lstm"])
+        assert type(load_pretrained(exported["lstm"], runtime="onnx")[0]).__name__ == "OnnxCausalLM"
 
 
 # ------------------------------------------------------------------------------------------------------ GGUF
