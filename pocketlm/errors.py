@@ -23,9 +23,17 @@ class HubError(RuntimeError):
     """The Hub refused or could not be reached; the message says which and what to do."""
 
 
+# The errors of a write that found no room: the disk is full, or the user's quota is spent.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+# What a training run's user does after freeing space; an export's own (pocketlm/export) differs.
+RESUME_AFTERWARDS = "resume with --resume; the last good model and checkpoint are intact"
+
+
 @contextlib.contextmanager
-def full_disk_says(folder: Path, needed: int = 0):
-    """Turns a full disk into one line naming the folder and about how much space the write needs."""
+def full_disk_says(folder: Path, needed: int = 0, afterwards: str = RESUME_AFTERWARDS):
+    """Turns a full disk into one line naming the folder, about how much space the write needs, and what to do
+    once there is room (`afterwards`)."""
     try:
         yield
     except UsageError:
@@ -38,14 +46,14 @@ def full_disk_says(folder: Path, needed: int = 0):
         free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
         raise UsageError(
             f"no space left in {folder} (a save needs {need}, {free / 1e6:,.1f} MB are free): free some space "
-            "and resume with --resume; the last good model and checkpoint are intact."
+            f"and {afterwards}."
         ) from None
 
 
 def _caused_by_full_disk(error: BaseException | None) -> bool:
     """A full disk anywhere in the exception's chain (safetensors and torch wrap the OSError)."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
             return True
         if "No space left on device" in str(error):
             return True

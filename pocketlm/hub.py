@@ -13,12 +13,12 @@ from pathlib import Path
 from tokenization import save_tokenizer
 
 from .card import model_card
-from .errors import HubError, UsageError
+from .errors import FULL_DISK, HubError, UsageError
 from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
-from .run_folder import LOSS_CURVE_FILE, RunFolder, check_writable
+from .run_folder import LOSS_CURVE_FILE, RunFolder, check_writable, make_folder, remove_empty
 
 CARD_FILE = "README.md"
 
@@ -70,9 +70,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     summary = RunFolder(source).read_summary()
     is_chat = summary.get("data", {}).get("is_chat", True)
     samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
-    created = not target.exists()
+    made = make_folder(target)
     try:
-        target.mkdir(parents=True, exist_ok=True)
         # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
         model.save_pretrained(target)
         save_tokenizer(tokenizer, target)
@@ -84,10 +83,13 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
                           gguf_precisions)
         (target / CARD_FILE).write_text(card, encoding="utf-8")
     except OSError as error:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)  # no half-built folder left to upload by mistake
-        raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): "
-                         "free some space or choose another --output-dir.")
+        shutil.rmtree(target, ignore_errors=True)  # it was new or empty: no half-built folder to upload by mistake
+        if made:
+            remove_empty(made[1:])
+        else:
+            target.mkdir(exist_ok=True)  # the empty folder the user named stays
+        fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
+        raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): {fix} --output-dir.")
     return target
 
 

@@ -28,7 +28,7 @@ from typing import Callable
 
 from tokenization import save_tokenizer
 
-from .errors import UsageError, full_disk_says
+from .errors import FULL_DISK, UsageError, full_disk_says
 
 # The files of a save_pretrained folder (transformers' names), which a model folder of either family holds.
 MODEL_FILE = "model.safetensors"
@@ -225,12 +225,39 @@ def check_writable(folder: Path) -> None:
     """Refuse an output folder that cannot be created or written (its nearest existing folder is a file, read-only,
     another user's), before any work: a training run's, or an export's, which goes beside its model by default."""
     for parent in [folder, *folder.parents]:
+        if parent.is_symlink() and not parent.exists():
+            raise UsageError(f"--output-dir {folder}: {parent} is a link to {os.readlink(parent)}, which does not "
+                             "exist; create that folder, or pick another --output-dir.")
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"--output-dir {folder}: {parent} is a file, not a folder; pick another --output-dir.")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise UsageError(f"--output-dir {folder}: {parent} is not writable; pick another --output-dir.")
             return
+
+
+def make_folder(folder: Path, flag: str = "--output-dir", shown: Path | None = None) -> list[Path]:
+    """Create `folder` and its missing parents, and return the folders made, innermost first, for a command that
+    fails later to remove again (`remove_empty`). One that cannot be made is named in one line (as `shown`, the
+    folder the user named, where `folder` is built aside): check_writable's permission test passes root, who
+    still cannot make a folder in /proc or on some network mounts."""
+    folder = folder.absolute()
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        remove_empty(made)
+        fix = "free some space, or pick another" if error.errno in FULL_DISK else "pick another"
+        raise UsageError(f"{flag} {shown or folder}: cannot create it ({error.strerror or error}); {fix} {flag}."
+                         ) from None
+    return made
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of `folders` (innermost first) that are empty: a refused command leaves no folder it made."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty after all: another run's, or a file put there
+            folder.rmdir()
 
 
 class FolderLock:
@@ -255,8 +282,7 @@ class FolderLock:
     def acquire(self) -> None:
         folder = self.path.parent.absolute()
         self.made = [] if self.path.exists() else [self.path]
-        self.made += [parent for parent in (folder, *folder.parents) if not parent.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
+        self.made += make_folder(folder)
         while True:
             handle = open(self.path, "a+", encoding="utf-8")
             try:
@@ -288,8 +314,6 @@ class FolderLock:
         self.handle.truncate(0)
         if self.made and self.made[0] == self.path and [*self.path.parent.iterdir()] == [self.path]:
             self.path.unlink()  # while still locked: a run waiting on this file fails to lock it, and says so
-            for folder in self.made[1:]:
-                with contextlib.suppress(OSError):  # not empty after all: another run's, or a file put there
-                    folder.rmdir()
+            remove_empty(self.made[1:])
         self.handle.close()  # closing drops the lock
         self.handle = None

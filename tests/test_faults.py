@@ -924,6 +924,67 @@ def test_a_model_in_a_read_only_folder_chats_and_its_default_export_or_upload_fo
     assert run_entry(chat_main, str(shared / "lstm"), "--prompt", "hi", "--max-new-tokens", "3").returncode == 0
 
 
+def test_an_output_folder_that_cannot_be_made_is_named_and_nothing_is_left_on_the_way(corpus, trained, tmp_path,
+                                                                                      monkeypatch):
+    """Output folders the permission test passes but that cannot be made: a path through a link to a missing folder,
+    and a folder its file system refuses (root in /proc, a network mount that squashes root). Each was a traceback
+    (FileNotFoundError, FileExistsError, NotADirectoryError), and the export through a dangling link made the
+    link's missing target folder and left its half-built export there. An export or upload failing halfway leaves
+    none of the folders it made on the way, and an export through a link to an earlier export replaces what the
+    link points at, where rmtree refused the link."""
+    lstm = str(trained["lstm"])
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    missing = tmp_path / "gone" / "place"
+    (tmp_path / "link").symlink_to(missing)
+    squashed = tmp_path / "squashed"
+    squashed.mkdir()
+    real_mkdir = Path.mkdir
+
+    def refusing_mkdir(self, *args, **kwargs):  # what a mount answers whatever os.access says
+        if squashed in self.absolute().parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refusing_mkdir)
+    commands = {"train": (train_main, f"--data={corpus}", "--max-steps=1", "--output-dir"),
+                "export": (export_main, lstm, "--format", "onnx", "--output-dir"),
+                "upload": (upload_main, lstm, "--repo-id", "me/m", "--dry-run", "--output-dir")}
+    for name, (main, *args) in commands.items():
+        for out, said in ((tmp_path / "link" / "run", f"{tmp_path / 'link'} is a link to {missing}, which does not "
+                                                      "exist; create that folder, or pick another --output-dir"),
+                          (tmp_path / "link", "which does not exist"),
+                          (squashed / "new" / "run", "cannot create it (Permission denied); pick another --output-dir")):
+            assert_one_line_error(run_entry(main, *args, str(out)), f"--output-dir {out}", said)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.txt", "link", "squashed"]
+    assert not any(squashed.iterdir())
+    monkeypatch.undo()
+
+    from pocketlm.export import onnx as onnx_export
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "quantize", full_disk)  # fails halfway, after the float32 graph
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    deep = tmp_path / "new" / "deeper"
+    assert_one_line_error(run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(deep / "out")),
+                          f"no space left in {deep}", "free some space and export again")
+    assert_one_line_error(run_entry(upload_main, lstm, "--repo-id", "me/m", "--formats", "onnx", "--dry-run",
+                                    "--output-dir", str(deep / "hub")),
+                          f"cannot write the Hub folder {deep / 'hub'} (No space left on device): free some space")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus.txt", "link", "squashed"]
+    monkeypatch.undo()
+
+    earlier = tmp_path / "exports" / "lstm-onnx"
+    assert run_entry(export_main, lstm, "--format", "web", "--output-dir", str(earlier)).returncode == 0
+    (tmp_path / "current").symlink_to(earlier)
+    result = run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(tmp_path / "current"), "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "current").is_symlink() and (earlier / "onnx" / "model.onnx").is_file()
+    assert not (earlier / "index.html").exists()  # replaced whole, as an export is
+    assert sorted(path.name for path in (tmp_path / "exports").iterdir()) == ["lstm-onnx"]
+
+
 # -------------------------------------------------------------------------------- one run per output folder
 
 

@@ -22,7 +22,7 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name
-from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, check_writable
+from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, check_writable, make_folder, remove_empty
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
@@ -103,8 +103,9 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                          "folder whole: choose a new folder.")
     if target.exists() and not target.is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file: choose a folder.")
+    check_writable(target)  # a link on its way to a folder that is missing is named too
     # Built beside its folder, which by default is beside the model: in a shared, read-only folder, say.
-    check_writable(whole.parent if whole.exists() else whole)
+    check_writable(whole.parent)
     if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
@@ -114,9 +115,9 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
     name = export_name(model_path)
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
+    made = make_folder(building, shown=target)
     try:
-        with full_disk_says(building.parent):
-            building.mkdir(parents=True)
+        with full_disk_says(building.parent, afterwards="export again; an earlier export there is intact"):
             write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions)
             written = _files_in(building)
             # The model it came from, as a path that still holds from another folder (loading.export_record).
@@ -125,10 +126,12 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                                                               "files": written}, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
+        remove_empty(made)
         raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(building, target)
+    # The resolved folder is replaced: a link the user named keeps pointing at the new export.
+    if whole.exists():
+        shutil.rmtree(whole)
+    os.replace(building, whole)
     return [target / file for file in written]
 
 
