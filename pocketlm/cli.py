@@ -227,7 +227,22 @@ def legacy_main(argv: list[str] | None = None) -> int:
             precision = _best_mixed_precision() if args.mixed_precision == "auto" else args.mixed_precision
             forwarded += ["--mixed-precision", precision]
         return train_main(forwarded)
-    return chat_main(forwarded)
+    return _run(lambda: chat_main(_chat_on_output_dir(forwarded)))
+
+
+def _chat_on_output_dir(argv: list[str]) -> list[str]:
+    """main.py --chat takes the --output-dir main.py --train was given as the model to chat with (chat.py's
+    --model): a user repeats the training's command line, and was told 'unknown option --output-dir'. The folder
+    then decides the model, so the --model-size that picks a default folder, repeated with it, is left out."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # '--model' is not '--model-size'
+    parser.add_argument("--output-dir")
+    parser.add_argument("--model-size")
+    known, rest = parser.parse_known_args(argv)
+    if known.output_dir is None:
+        return argv
+    if any(arg == "--model" or arg.startswith("--model=") for arg in rest):
+        raise UsageError("--output-dir and --model both name the model to chat with: give one.")
+    return ["--model", known.output_dir, *rest]
 
 
 def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

@@ -26,7 +26,7 @@ from transformers.utils import logging as transformers_logging
 from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config, tiny_model
 from modeling import GPTForCausalLM
 from pocketlm import data
-from pocketlm.cli import compare_main, train_main
+from pocketlm.cli import chat_main, compare_main, legacy_main, train_main
 from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
@@ -896,6 +896,13 @@ def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
     assert "bits/char" in result.stdout
     state = json.loads(next((out / "checkpoints").glob("step-*/trainer_state.json")).read_text())
     assert state["options"]["mixed_precision"] == "bf16"
+    # The chat takes the training's --output-dir as its model (chat.py's --model), the training's flags repeated.
+    chat = run_entry(legacy_main, "--chat", "--model-size=medium", f"--output-dir={out}", "--prompt=hi", "--seed=1",
+                     "--max-new-tokens=5")
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr[-3000:]
+    assert chat.stdout == run_entry(chat_main, str(out), "--prompt=hi", "--seed=1", "--max-new-tokens=5").stdout
+    assert_one_line_error(run_entry(legacy_main, "--chat", "--output-dir", str(out), "--model", str(out)),
+                          "--output-dir and --model both name the model to chat with: give one")
 
 
 def test_the_python_api_takes_one_path_or_path_objects_where_the_command_line_takes_lists(corpus_file, tmp_path):
