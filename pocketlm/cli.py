@@ -220,7 +220,7 @@ def legacy_main(argv: list[str] | None = None) -> int:
     if args.compare:
         return compare_main(rest)
     if args.export:
-        return export_main(rest)
+        return _run(lambda: export_main(_export_the_default_model(args.model_type, rest)))
     forwarded = ["--model-type", args.model_type, *rest]
     if args.train:
         if args.mixed_precision:
@@ -230,11 +230,37 @@ def legacy_main(argv: list[str] | None = None) -> int:
     return _run(lambda: chat_main(_chat_on_output_dir(forwarded)))
 
 
+def _export_the_default_model(model_type: str, argv: list[str]) -> list[str]:
+    """main.py --export without a MODEL exports the one --model-type and --model-size pick, as main.py --chat chats
+    with it: a user repeats the training's flags, and was told 'unknown option --model-size'."""
+    from .run_folder import RunFolder, default_output_dir
+
+    sizes = _Parser(prog="main.py", add_help=False)
+    sizes.add_argument("--model-size", choices=MODEL_SIZES, default="small")
+    picked, rest = sizes.parse_known_args(argv)
+    size, size_given = picked.model_size, len(rest) < len(argv)
+    parser = export_parser()
+    next(action for action in parser._actions if action.dest == "model").nargs = "?"  # the one thing looked at
+    named = parser.parse_known_args(rest)[0].model is not None
+    if size_given and (named or model_type == "lstm"):  # as chat.py says it: it would be ignored in silence
+        other = "MODEL" if named else "--model-type lstm"
+        raise UsageError(f"--model-size {size} picks models/transformer-{size}, but {other} names another model: "
+                         "drop one of them.")
+    if named:
+        return rest
+    folder = RunFolder(default_output_dir(model_type, size))
+    if not folder.config_file.is_file():
+        flags = "--model-type lstm" if model_type == "lstm" else f"--model-type transformer --model-size {size}"
+        raise UsageError(f"no trained model in {folder.path}: name one (main.py --export MODEL), or train one with: "
+                         f"python main.py --train {flags}")
+    return [str(folder.path), *rest]
+
+
 def _chat_on_output_dir(argv: list[str]) -> list[str]:
     """main.py --chat takes the --output-dir main.py --train was given as the model to chat with (chat.py's
     --model): a user repeats the training's command line, and was told 'unknown option --output-dir'. The folder
     then decides the model, so the --model-size that picks a default folder, repeated with it, is left out."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # '--model' is not '--model-size'
+    parser = _Parser(prog="main.py", add_help=False)
     parser.add_argument("--output-dir")
     parser.add_argument("--model-size")
     known, rest = parser.parse_known_args(argv)
@@ -629,7 +655,7 @@ def export_main(argv: list[str] | None = None) -> int:
         files = export(args.model, formats, output, overwrite=args.overwrite,
                        web_precision=args.web_precision or WEB_PRECISIONS[0], gguf_precisions=gguf_precisions)
         size = sum(path.stat().st_size for path in files)
-        print(f"wrote {output} ({len(files)} files, {size / 1e6:,.1f} MB): "
+        print(f"wrote {output} ({len(files)} file{'s' * (len(files) != 1)}, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))
         return 0
 

@@ -289,12 +289,27 @@ def test_an_export_never_replaces_the_model_it_reads_or_the_folder_the_user_is_i
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == before
 
 
-def test_main_py_exports_too(trained, tmp_path):
+def test_main_py_exports_too(trained, tmp_path, monkeypatch):
     out = tmp_path / "legacy"
     result = run_entry(legacy_main, "--export", str(trained["transformer"]), "--format", "transformers",
                        "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    # Without MODEL, the one --model-type and --model-size pick, as main.py --chat does: repeating the training's
+    # flags was refused, 'unknown option --model-size'.
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_entry(legacy_main, "--export", "--model-type", "transformer", "--model-size", "medium"),
+                          "no trained model in models/transformer-medium: name one (main.py --export MODEL), or train "
+                          "one with: python main.py --train --model-type transformer --model-size medium")
+    shutil.copytree(trained["transformer"], tmp_path / "models" / "transformer-medium")
+    result = run_entry(legacy_main, "--export", "--model-type", "transformer", "--model-size", "medium", "--format",
+                       "transformers")
+    assert result.returncode == 0 and "wrote models/transformer-medium-transformers (" in result.stdout, result.stderr
+    assert json.loads((tmp_path / "models" / "transformer-medium-transformers" / "config.json").read_text()) == \
+        json.loads((out / "config.json").read_text())
+    for args, other in (([str(out)], "MODEL"), (["--model-type", "lstm"], "--model-type lstm")):
+        assert_one_line_error(run_entry(legacy_main, "--export", *args, "--model-size", "large"),
+                              f"--model-size large picks models/transformer-large, but {other} names another model")
 
 
 # ------------------------------------------------------------------------------------------------------ ONNX
