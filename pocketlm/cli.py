@@ -333,7 +333,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     def job():
         from .chat import ChatInterface
         from .loading import model_family, resolve_device
-        from .run_folder import RunFolder, default_output_dir
+        from .run_folder import RunFolder, default_output_dir, trained_models
 
         web_only = [flag for flag, given in (("--host", args.host is not None), ("--port", args.port is not None),
                                              ("--share", args.share)) if given]
@@ -363,7 +363,7 @@ def chat_main(argv: list[str] | None = None) -> int:
             if not default.config_file.exists():
                 flags = "--model-type lstm" if args.model_type == "lstm" else f"--model-size {args.model_size}"
                 # The default is the small Transformer's folder: after `train.py --model-type lstm` it is empty.
-                trained = sorted(config.parent for config in default.path.parent.glob(f"*/{default.config_file.name}"))
+                trained = trained_models(default.path.parent)
                 other = f"; {default.path.parent} holds {', '.join(p.name for p in trained)}: pass one, e.g. " \
                         f"--model {trained[0]}, or" if trained else ":"
                 raise UsageError(f"no trained model in {default.path}{other} train one with: python train.py {flags}")
@@ -403,7 +403,8 @@ def compare_parser() -> argparse.ArgumentParser:
                      description="Score models side by side on one number, bits per character on the same text, "
                                  "with their size, decoding speed and replies to the same prompts.")
     add = parser.add_argument
-    add("models", nargs="+", metavar="MODEL", help="model folders or Hub repo ids, either family")
+    add("models", nargs="*", metavar="MODEL",
+        help="model folders or Hub repo ids, either family (default: every model trained into models/)")
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--data", action="append", metavar="PATH",
                       help="score on this file or folder (default: the first model's validation documents); repeatable")
@@ -432,6 +433,14 @@ def compare_main(argv: list[str] | None = None) -> int:
 
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
+        if not args.models:  # what train.py and main.py --train left where they put runs by default
+            from .run_folder import MODELS_DIR, trained_models
+
+            args.models = [str(path) for path in trained_models()]
+            if not args.models:
+                raise UsageError(f"no trained model in {MODELS_DIR}/: name the models to compare (compare.py MODEL "
+                                 "[MODEL ...]), or train one with: python train.py")
+            print(f"comparing every model in {MODELS_DIR}/: {', '.join(args.models)}")
         named = {}
         for model in args.models:  # a folder named twice (as a/ and ./a, say) is one row twice, not a comparison
             key = str(Path(model).resolve()) if Path(model).exists() else model

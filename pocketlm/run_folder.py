@@ -59,6 +59,12 @@ def default_output_dir(family: str, model_size: str = "small") -> Path:
     return MODELS_DIR / ("lstm" if family == "lstm" else f"transformer-{model_size}")
 
 
+def trained_models(folder: Path = MODELS_DIR) -> list[Path]:
+    """The models train.py left in `folder` (models/, where runs go by default), the exports beside them left out."""
+    return sorted(config.parent for config in folder.glob(f"*/{CONFIG_FILE}")
+                  if not (config.parent / EXPORT_RECORD).exists())
+
+
 class RunFolder:
     """A training run's output folder: where each file goes, and the writes that must never be seen half done."""
 

@@ -1,6 +1,7 @@
 """compare.py: two families side by side on bits per character, with the number each run recorded as its check."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,30 @@ def test_main_py_compare_dispatches(trained, tmp_path):
          str(tmp_path / "c.md")], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "c.md").exists() and (tmp_path / "c.png").exists()
+
+
+def test_without_models_every_model_trained_into_models_is_compared(trained, tmp_path, monkeypatch):
+    """After `main.py --train` of both families, `main.py --compare` was refused: 'MODEL is required'. It compares
+    what train.py left in models/ now, and leaves out the exports beside them (the same model twice)."""
+    from pocketlm.cli import export_main, legacy_main
+
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_entry(legacy_main, "--compare"), "no trained model in models/: name the models to "
+                          "compare (compare.py MODEL [MODEL ...]), or train one with: python train.py")
+    for family in TINY_SHAPES:
+        shutil.copytree(trained[family], tmp_path / "models" / family)
+    assert run_entry(export_main, "models/transformer", "--format", "transformers").returncode == 0
+    result = run_entry(legacy_main, "--compare", "--max-new-tokens", "4", "--seed", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("comparing every model in models/: models/lstm, models/transformer\n")
+    report = (tmp_path / "comparison.md").read_text()
+    rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| models/")]
+    assert rows == ["models/lstm", "models/transformer"]
+    named = run_entry(legacy_main, "--compare", "models/lstm", "models/transformer", "--max-new-tokens", "4", "--seed",
+                      "2", "--output", "named.md")
+    assert named.returncode == 0 and "comparing every" not in named.stdout, named.stderr[-3000:]
+    # The same comparison as naming them: the same replies (the speeds are measured afresh).
+    assert (tmp_path / "named.md").read_text().split("## Replies")[1] == report.split("## Replies")[1]
 
 
 @pytest.mark.parametrize("case", ["not a model", "missing", "hub offline", "empty text", "empty prompts", "twice",
