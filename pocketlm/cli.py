@@ -242,10 +242,8 @@ def _export_the_default_model(model_type: str, argv: list[str]) -> list[str]:
     parser = export_parser()
     next(action for action in parser._actions if action.dest == "model").nargs = "?"  # the one thing looked at
     named = parser.parse_known_args(rest)[0].model is not None
-    if size_given and (named or model_type == "lstm"):  # as chat.py says it: it would be ignored in silence
-        other = "MODEL" if named else "--model-type lstm"
-        raise UsageError(f"--model-size {size} picks models/transformer-{size}, but {other} names another model: "
-                         "drop one of them.")
+    if size_given and (named or model_type == "lstm"):
+        raise _size_ignored(size, "MODEL" if named else "--model-type lstm")
     if named:
         return rest
     folder = RunFolder(default_output_dir(model_type, size))
@@ -254,6 +252,13 @@ def _export_the_default_model(model_type: str, argv: list[str]) -> list[str]:
         raise UsageError(f"no trained model in {folder.path}: name one (main.py --export MODEL), or train one with: "
                          f"python main.py --train {flags}")
     return [str(folder.path), *rest]
+
+
+def _size_ignored(size: str, other: str) -> UsageError:
+    """--model-size picks the default Transformer's folder: beside a model named otherwise (`other`) it would be
+    ignored in silence."""
+    return UsageError(f"--model-size {size} picks models/transformer-{size}, but {other} names another model: drop "
+                      "one of them.")
 
 
 def _chat_on_output_dir(argv: list[str]) -> list[str]:
@@ -356,8 +361,7 @@ def chat_main(argv: list[str] | None = None) -> int:
                 picked = "--model-type lstm"
             else:  # as it was given: bare, or with its option
                 picked = args.model if args.model_path else f"--model {args.model}"
-            raise UsageError(f"--model-size {args.model_size} picks models/transformer-{args.model_size}, but "
-                             f"{picked} names another model: drop one of them.")
+            raise _size_ignored(args.model_size, picked)
         if args.model is None:
             default = RunFolder(default_output_dir(args.model_type, args.model_size))
             if not default.config_file.exists():

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from .generation import default_generation_config
 from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
-from .run_folder import TOKENIZER_FILE, RunFolder
+from .run_folder import TOKENIZER_FILE, RunFolder, write_folder_whole
 from .signing import KEY_FILE
 
 
@@ -238,9 +237,7 @@ def _duration(seconds: float) -> str:
 
 def _describe_input(options: TrainingOptions) -> str:
     if options.dataset:
-        described = f"the dataset {options.dataset}"
-        if options.dataset_config:
-            described += f" ({options.dataset_config})"
+        described = f"the dataset {data.with_config(options.dataset, options.dataset_config)}"
     elif not options.data:
         described = f"the built-in corpus, {data.DEFAULT_CORPUS_NAME}"
     else:
@@ -321,13 +318,9 @@ def _train_tokenizer(options: TrainingOptions, corpus: data.Corpus, show: bool):
 
 
 def _keep(tokenizer, folder: Path) -> None:
-    """Save `tokenizer` into the cache `folder`, whole or not at all (written aside, then renamed)."""
-    scratch = folder.with_name(f".{folder.name}-{os.getpid()}")
-    try:
-        save_tokenizer(tokenizer, scratch)
-        os.replace(scratch, folder)
-    except OSError:  # a full or read-only cache costs the reuse, not the run
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Save `tokenizer` into the cache `folder`, whole or not at all."""
+    with contextlib.suppress(OSError):  # a full or read-only cache costs the reuse, not the run
+        write_folder_whole(folder, lambda scratch: save_tokenizer(tokenizer, scratch))
 
 
 def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_size: int, masked: bool,

@@ -223,6 +223,21 @@ def write_whole(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(temporary, path)
 
 
+def write_folder_whole(folder: Path, write: Callable[[Path], object]) -> None:
+    """Write a folder of a cache shared by runs whole or not at all: `write` fills a hidden folder of this process's
+    own beside it, which is then renamed into place. Where another process placed the folder first, its copy (of
+    the same content: a cache's names are digests) stays and this one goes."""
+    scratch = folder.with_name(f".{folder.name}-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        write(scratch)
+        os.replace(scratch, folder)
+    except OSError:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not folder.is_dir():
+            raise
+
+
 def _bytes_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 

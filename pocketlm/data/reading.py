@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
+from ..run_folder import write_folder_whole
 from ..signing import KEY_FILE
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
                       delimiter, find_data_files, inspect_file, open_data, saved_dataset)
@@ -435,12 +435,7 @@ def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
     named = next((split.info.dataset_name for split in splits if split.info.dataset_name), "dataset")
     folder = IN_MEMORY_DATASETS / re.sub(r"[^\w.-]", "_", f"{named}-{fingerprint}")[:120]
     if not folder.is_dir():
-        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        dataset.save_to_disk(str(partial))
-        try:
-            os.replace(partial, folder)
-        except OSError:  # another run saved the same dataset first: its folder holds the same rows
-            shutil.rmtree(partial, ignore_errors=True)
+        write_folder_whole(folder, lambda scratch: dataset.save_to_disk(str(scratch)))
     return str(folder)
 
 
@@ -509,8 +504,7 @@ def load_documents(
     """
     report = report if report is not None else ReadReport()
     if dataset:
-        return (_dataset_documents(dataset, streaming, text_column, dataset_config),
-                f"{dataset} ({dataset_config})" if dataset_config else dataset)
+        return _dataset_documents(dataset, streaming, text_column, dataset_config), with_config(dataset, dataset_config)
     if not data:
         generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
         return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
@@ -535,12 +529,18 @@ def load_documents(
     return documents, source
 
 
+def with_config(dataset: str, dataset_config: str | None) -> str:
+    """A dataset's name as pocketlm says it, with the configuration read where one was picked: `wikitext
+    (wikitext-2-raw-v1)`."""
+    return f"{dataset} ({dataset_config})" if dataset_config else dataset
+
+
 def public_name(data: list[str] | None, dataset: str | None, dataset_config: str | None = None) -> str:
     """What the model card may say the data was: file and folder names, or a dataset's name (and configuration),
     never a local path."""
     if dataset:
-        name = dataset if not Path(dataset).expanduser().exists() else Path(dataset).resolve().name
-        return f"{name} ({dataset_config})" if dataset_config else name
+        return with_config(dataset if not Path(dataset).expanduser().exists() else Path(dataset).resolve().name,
+                           dataset_config)
     if not data:
         return DEFAULT_CORPUS_NAME
     return ", ".join(Path(path).expanduser().resolve().name for path in data)
