@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .choices import (
     BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST,
@@ -114,7 +115,6 @@ class _Parser(argparse.ArgumentParser):
         options = [word.split("=", 1)[0] for word in unknown if word.startswith("-") and not _is_number(word)]
         if options:
             return "unknown option " + ", ".join(f"{name}{self._meant(name)}" for name in options)
-        from pathlib import Path
 
         word = unknown[0]
         if self.path_option and Path(word).expanduser().exists():
@@ -430,8 +430,6 @@ def compare_main(argv: list[str] | None = None) -> int:
     _quiet_libraries(datasets_too=True)
 
     def job():
-        from pathlib import Path
-
         from .comparison import compare_models, comparison_text, draw_chart, markdown, read_prompts, terminal_table
         from .loading import resolve_device
 
@@ -534,7 +532,6 @@ def upload_main(argv: list[str] | None = None) -> int:
 
     def job():
         import tempfile
-        from pathlib import Path
 
         from .hub import (
             check_branch, check_data_name, check_license, check_repo_ids, prepare_folder, resolve_token, upload,
@@ -572,18 +569,23 @@ def upload_main(argv: list[str] | None = None) -> int:
                      "static": args.static_space_output_dir or output.rstrip("/") + "-static-space"}
             if not args.dry_run:
                 where = {name: str(Path(scratch) / name) for name in where}
-            _refuse_used_folders(where, args)
-            folders = [(prepare_folder(args.model_dir, where["model"], args.repo_id, license_id,
-                                       data_name=args.data_name, formats=formats, gguf_precisions=gguf_precisions),
-                        args.repo_id, None)]
-            if args.space_id:
-                folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id),
-                                args.space_id, "gradio"))
-            if args.static_space:
-                folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
-                                                     args.model_dir, license_id,
-                                                     args.web_precision or WEB_PRECISIONS[0]),
-                                args.static_space, "static"))
+            missing = _refuse_used_folders(where, args)
+            folders = []
+            try:
+                folders.append((prepare_folder(args.model_dir, where["model"], args.repo_id, license_id,
+                                               data_name=args.data_name, formats=formats,
+                                               gguf_precisions=gguf_precisions), args.repo_id, None))
+                if args.space_id:
+                    folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id),
+                                    args.space_id, "gradio"))
+                if args.static_space:
+                    folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
+                                                         args.model_dir, license_id,
+                                                         args.web_precision or WEB_PRECISIONS[0]),
+                                    args.static_space, "static"))
+            except BaseException:
+                _take_back([folder for folder, _, _ in folders], missing)
+                raise
             for folder, repo_id, sdk in folders:
                 if args.dry_run:
                     print(f"prepared {folder} for {repo_id}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
@@ -614,15 +616,39 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
     return asked
 
 
-def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> None:
-    """Every folder the upload would build, checked before any is built: nothing half-done."""
-    from pathlib import Path
+def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> dict[Path, list[Path]]:
+    """Every folder the upload would build, checked before any is built: nothing half-done. Returns, for each, the
+    folders on its way that are missing (its own included), for `_take_back`."""
+    from .run_folder import check_writable
 
+    missing = {}
     for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
                                ("static", "--static-space-output-dir", args.static_space)):
         target = Path(where[name])
-        if wanted and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not wanted:
+            continue
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
+        check_writable(target, flag)
+        whole = target.expanduser().resolve()
+        missing[whole] = [path for path in (whole, *whole.parents) if not path.exists()]
+    return missing
+
+
+def _take_back(folders: list[Path], missing: dict[Path, list[Path]]) -> None:
+    """A command stopped after building some of its folders (the Space's failed, or Ctrl-C) removes those too, so
+    that the same command can run again: an empty folder the user named is left empty, and the folders made on the
+    way go."""
+    import shutil
+
+    from .run_folder import remove_empty
+
+    for folder in folders:
+        whole = folder.expanduser().resolve()
+        shutil.rmtree(whole, ignore_errors=True)
+        if whole not in missing[whole]:
+            whole.mkdir()
+        remove_empty(missing[whole])
 
 
 # --------------------------------------------------------------------------------------------------- export

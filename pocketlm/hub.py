@@ -18,7 +18,7 @@ from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
-from .run_folder import LOSS_CURVE_FILE, RunFolder, check_writable, make_folder, remove_empty
+from .run_folder import LOSS_CURVE_FILE, RunFolder, build_folder, check_writable
 
 CARD_FILE = "README.md"
 
@@ -70,24 +70,22 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     summary = RunFolder(source).read_summary()
     is_chat = summary.get("data", {}).get("is_chat", True)
     samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
-    made = make_folder(target)
-    try:
+    has_curve = RunFolder(source).loss_curve.exists()
+
+    def write(folder: Path) -> None:
         # save_pretrained (not a copy) writes auto_map and the family's source files from the installed code.
-        model.save_pretrained(target)
-        save_tokenizer(tokenizer, target)
-        has_curve = RunFolder(source).loss_curve.exists()
+        model.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)
         if has_curve:
-            shutil.copy2(RunFolder(source).loss_curve, target / LOSS_CURVE_FILE)
-        _write_exports(model, tokenizer, family, formats, target, repo_id.split("/")[-1], gguf_precisions)
+            shutil.copy2(RunFolder(source).loss_curve, folder / LOSS_CURVE_FILE)
+        _write_exports(model, tokenizer, family, formats, folder, repo_id.split("/")[-1], gguf_precisions)
         card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats,
                           gguf_precisions)
-        (target / CARD_FILE).write_text(card, encoding="utf-8")
+        (folder / CARD_FILE).write_text(card, encoding="utf-8")
+
+    try:
+        build_folder(target, write)  # no half-built folder to upload by mistake; an empty one named stays empty
     except OSError as error:
-        shutil.rmtree(target, ignore_errors=True)  # it was new or empty: no half-built folder to upload by mistake
-        if made:
-            remove_empty(made[1:])
-        else:
-            target.mkdir(exist_ok=True)  # the empty folder the user named stays
         fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
         raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): {fix} --output-dir.")
     return target

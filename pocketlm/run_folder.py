@@ -242,18 +242,18 @@ def _bytes_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, flag: str = "--output-dir") -> None:
     """Refuse an output folder that cannot be created or written (its nearest existing folder is a file, read-only,
     another user's), before any work: a training run's, or an export's, which goes beside its model by default."""
     for parent in [folder, *folder.parents]:
         if parent.is_symlink() and not parent.exists():
-            raise UsageError(f"--output-dir {folder}: {parent} is a link to {os.readlink(parent)}, which does not "
-                             "exist; create that folder, or pick another --output-dir.")
+            raise UsageError(f"{flag} {folder}: {parent} is a link to {os.readlink(parent)}, which does not "
+                             f"exist; create that folder, or pick another {flag}.")
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(f"--output-dir {folder}: {parent} is a file, not a folder; pick another --output-dir.")
+                raise UsageError(f"{flag} {folder}: {parent} is a file, not a folder; pick another {flag}.")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"--output-dir {folder}: {parent} is not writable; pick another --output-dir.")
+                raise UsageError(f"{flag} {folder}: {parent} is not writable; pick another {flag}.")
             return
 
 
@@ -279,6 +279,27 @@ def remove_empty(folders: list[Path]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):  # not empty after all: another run's, or a file put there
             folder.rmdir()
+
+
+def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--output-dir") -> None:
+    """Build an output folder (an export, a Hub folder, a Space) whole or not at all: `write` fills a hidden folder
+    beside it, which then takes its place, replacing what is there (an empty folder, or an earlier export the user
+    chose to overwrite; callers refuse anything else before any work). Built in place, a command stopped halfway (a
+    full disk, Ctrl-C, SIGKILL) left a folder that the next command, or an upload, would take for a finished one.
+    Where `target` is a link, the folder it points at is built and the link stays."""
+    whole = target.expanduser().resolve()
+    building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)  # a killed earlier process of the same id left it
+    made = make_folder(building, flag, shown=target)
+    try:
+        write(building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        remove_empty(made)
+        raise
+    if whole.is_dir() and any(whole.iterdir()):
+        shutil.rmtree(whole)
+    os.replace(building, whole)  # onto an empty folder too: rename(2) replaces one
 
 
 class FolderLock:

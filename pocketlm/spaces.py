@@ -6,7 +6,6 @@ torch, transformers and gradio (pocketlm/space_app.py); the static page is the o
 pointed at the repository's ONNX graphs instead of a folder beside it (transformers.js fetches the GPT's itself).
 """
 
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -15,10 +14,11 @@ import yaml
 from modeling import MIN_TRANSFORMERS
 
 from .choices import WEB_PRECISIONS
-from .errors import UsageError
+from .errors import FULL_DISK, UsageError
 from .export.web import write_page
 from .hub import STOCK_SUBFOLDER
 from .loading import local_folder, model_family
+from .run_folder import build_folder, check_writable
 
 GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
 
@@ -76,15 +76,14 @@ def _readme(space_id: str, repo_id: str, license_id: str, sdk: dict, body: str) 
 
 
 def _build(target: Path, flag: str, write) -> Path:
-    """Run `write` into `target`, new or empty; a failed write leaves no half-built folder to upload by mistake."""
+    """Run `write` into `target`, new or empty, whole or not at all: a failed or interrupted write leaves no
+    half-built folder to upload by mistake (run_folder.build_folder)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
-    created = not target.exists()
+    check_writable(target, flag)
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        write(target)
+        build_folder(target, write, flag)
     except OSError as error:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        raise UsageError(f"cannot write the Space folder {target} ({error.strerror or error}): choose another folder.")
+        fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
+        raise UsageError(f"cannot write the Space folder {target} ({error.strerror or error}): {fix} {flag}.")
     return target

@@ -985,6 +985,59 @@ def test_an_output_folder_that_cannot_be_made_is_named_and_nothing_is_left_on_th
     assert sorted(path.name for path in (tmp_path / "exports").iterdir()) == ["lstm-onnx"]
 
 
+def test_an_export_or_upload_stopped_halfway_leaves_no_half_built_folder_and_runs_again(trained, tmp_path,
+                                                                                        monkeypatch):
+    """Ctrl-C (or any failure) while `hub_upload.py --dry-run` built its folder left the half of it written so far,
+    which looked like a finished folder to an upload and made the same command refuse it ('not an empty folder').
+    Every export, Hub and Space folder is now built aside and put in place whole; a dry run whose Space fails
+    removes the model folder it had built too, so the same command runs again; an empty folder the user made for it,
+    and a link to one, stay as they were."""
+    from pocketlm import hub, spaces
+
+    lstm = str(trained["lstm"])
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (tmp_path / "link").symlink_to(mine)
+    upload = ("--repo-id", "me/m", "--dry-run", "--formats", "onnx", "--static-space", "me/page")
+    real_card = hub.model_card
+
+    def pressed_ctrl_c(*args, **kwargs):  # the card is written last, after the weights and the ONNX graph
+        raise KeyboardInterrupt
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    for out in (tmp_path / "new" / "hub", mine, tmp_path / "link"):
+        monkeypatch.setattr(hub, "model_card", pressed_ctrl_c)
+        result = run_entry(upload_main, lstm, *upload, "--output-dir", str(out))
+        assert result.returncode == 130 and "interrupted" in result.stderr, result.stderr[-2000:]
+        monkeypatch.setattr(hub, "model_card", real_card)
+        monkeypatch.setattr(spaces, "write_page", full_disk)  # the second folder fails, after the first was built
+        assert_one_line_error(run_entry(upload_main, lstm, *upload, "--output-dir", str(out)),
+                              f"cannot write the Space folder {out}-static-space (No space left on device): "
+                              "free some space")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "mine"], list(tmp_path.rglob("*"))
+        assert not any(mine.iterdir()) and (tmp_path / "link").is_symlink()
+        monkeypatch.undo()
+        monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+        result = run_entry(upload_main, lstm, *upload, "--output-dir", str(out))  # the same command, once more
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (out / "onnx" / "model.onnx").is_file() and (Path(f"{out}-static-space") / "index.html").is_file()
+        assert (tmp_path / "link").is_symlink()
+        for built in [*tmp_path.iterdir(), *mine.iterdir()]:  # for the next folder to try
+            if built.name not in ("link", "mine"):
+                shutil.rmtree(built) if built.is_dir() else built.unlink()
+
+    from pocketlm.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "write_onnx", pressed_ctrl_c)
+    for out in (tmp_path / "exported", mine):
+        result = run_entry(export_main, lstm, "--format", "onnx", "--output-dir", str(out))
+        assert result.returncode == 130, result.stderr[-2000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "mine"] and not any(mine.iterdir())
+
+
 # -------------------------------------------------------------------------------- one run per output folder
 
 

@@ -13,7 +13,6 @@ destination only when that list holds everything there: an export's folder, neve
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name
-from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, check_writable, make_folder, remove_empty
+from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, build_folder, check_writable
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
@@ -113,25 +112,18 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
     model, tokenizer = load_pretrained(model_path)
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     name = export_name(model_path)
-    building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    made = make_folder(building, shown=target)
-    try:
+    written = []
+
+    def write(building: Path) -> None:
         with full_disk_says(building.parent, afterwards="export again; an earlier export there is intact"):
             write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions)
-            written = _files_in(building)
+            written.extend(_files_in(building))
             # The model it came from, as a path that still holds from another folder (loading.export_record).
             origin = str(source) if source.is_dir() else model_path
             (building / EXPORT_RECORD).write_text(json.dumps({"model": origin, "formats": formats,
                                                               "files": written}, indent=1) + "\n")
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        remove_empty(made)
-        raise
-    # The resolved folder is replaced: a link the user named keeps pointing at the new export.
-    if whole.exists():
-        shutil.rmtree(whole)
-    os.replace(building, whole)
+
+    build_folder(target, write)  # a link the user named keeps pointing at the new export
     return [target / file for file in written]
 
 
