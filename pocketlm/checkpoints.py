@@ -14,6 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from .errors import UsageError, full_disk_says
+from .run_folder import readable_by_others
 from .signing import sign, verify
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class CheckpointManager:
                 if self.accelerator.is_main_process:
                     contents = {**state, "num_processes": self.accelerator.num_processes, **record}
                     (temporary / STATE_FILE).write_text(json.dumps(contents, indent=2))
+                    readable_by_others(temporary)  # a checkpoint loads as a model too (chat.py RUN/checkpoints/...)
                     sign(temporary)
         except UsageError:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -145,6 +145,7 @@ class RunFolder:
         except UsageError:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+        readable_by_others(temporary)
         if self.config_file.exists() and self.config_file.read_bytes() != (temporary / CONFIG_FILE).read_bytes():
             # Another model's weights (an --overwrite of another family or shape) must not outlive its config.
             self.model_file.unlink(missing_ok=True)
@@ -238,6 +239,23 @@ def write_folder_whole(folder: Path, write: Callable[[Path], object]) -> None:
             raise
 
 
+def readable_by_others(folder: Path) -> None:
+    """Give the weights files in `folder` the mode the umask gives every other file written there. safetensors 0.8
+    writes its files through a temporary file of mode 0600 whatever the umask (safetensors#782), so a model saved by
+    one user did not load for another: on a shared machine, in a container image built as root, behind a web
+    server."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: set it straight back
+    os.umask(mask)
+    return mask
+
+
 def _bytes_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -293,6 +311,7 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     made = make_folder(building, flag, shown=target)
     try:
         write(building)
+        readable_by_others(building)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         remove_empty(made)

@@ -1038,6 +1038,30 @@ def test_an_export_or_upload_stopped_halfway_leaves_no_half_built_folder_and_run
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "mine"] and not any(mine.iterdir())
 
 
+def test_saved_weights_are_readable_as_the_umask_says(corpus, trained, tmp_path, monkeypatch):
+    """safetensors 0.8 writes mode 0600 whatever the umask (safetensors#782): a model trained, exported or
+    prepared for the Hub by one user did not load for another (a shared machine, a container image built as root,
+    a web server), while every file beside it could be read. Each weights file pocketlm writes now has the mode
+    of the files beside it."""
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    previous = os.umask(0o022)
+    try:
+        assert _train(corpus, tmp_path / "run").returncode == 0
+        model = str(trained["transformer"])
+        assert run_entry(export_main, model, "--format", "transformers", "--output-dir",
+                         str(tmp_path / "export")).returncode == 0
+        assert run_entry(upload_main, model, "--repo-id", "me/m", "--dry-run", "--output-dir",
+                         str(tmp_path / "hub")).returncode == 0
+    finally:
+        os.umask(previous)
+    weights = sorted(tmp_path.rglob("*.safetensors"))
+    # The run's model and checkpoints, the stock GPT-2, the Hub folder's model.
+    assert {path.parent.name for path in weights} >= {"run", "step-2", "export", "hub"}, weights
+    for path in weights:
+        beside = next(path.parent.glob("*.json"))
+        assert (path.stat().st_mode & 0o777, beside.stat().st_mode & 0o777) == (0o644, 0o644), path
+
+
 # -------------------------------------------------------------------------------- one run per output folder
 
 
