@@ -67,7 +67,9 @@ OTHER_TOOLS_NAMES = {
     "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
     "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",
     "bf16": "--mixed-precision bf16", "model-path": "--model", "max-length": "--max-new-tokens",
-    "max-tokens": "--max-new-tokens", "temp": "--temperature",
+    "max-tokens": "--max-new-tokens", "temp": "--temperature", "o": "--output-dir", "out": "--output-dir",
+    "out-dir": "--output-dir", "outdir": "--output-dir", "outfile": "--output-dir", "output": "--output-dir",
+    "save-dir": "--output-dir",
 }
 # Model shape fields, which nanoGPT takes as options of their own (tests/test_faults.py keeps them the models').
 MODEL_CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "dropout", "num_hidden_layers", "num_attention_heads",

@@ -874,6 +874,17 @@ def test_outputs_below_a_file_or_in_a_missing_folder_are_refused(corpus, trained
     assert_one_line_error(run_entry(compare_main, str(trained["lstm"]), "--output", str(tmp_path / "no" / "c.md")),
                           "does not exist")
     assert blocker.read_text() == "not a folder"
+    # llama.cpp's converter and most tools take the file's path: a folder named model.gguf holding
+    # transformer-f32.gguf was made instead.
+    for name, format_ in (("model.gguf", "gguf"), ("chat.html", "web"), ("model.onnx", "onnx")):
+        assert_one_line_error(run_entry(export_main, str(trained["transformer"]), "--format", format_,
+                                        "--output-dir", str(tmp_path / name)),
+                              "is named like a file, but an export is a folder",
+                              f"--output-dir {tmp_path / Path(name).stem}-{format_}")
+    for spelled in ("-o", "--outfile", "--out_dir"):
+        assert_one_line_error(run_entry(export_main, str(trained["transformer"]), spelled, str(tmp_path / "x")),
+                              f"unknown option {spelled} (did you mean --output-dir?)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "corpus.txt"]
 
 
 def test_a_folder_of_the_users_own_files_is_never_made_an_output_folder(tmp_path):

@@ -71,6 +71,10 @@ def formats_the_tokenizer_takes(formats: list[str], asked: list[str], tokenizer)
     return others
 
 
+# What a file an export writes is named like: an --output-dir so named was meant as the file, not its folder.
+FILE_SUFFIXES = (".gguf", ".onnx", ".safetensors", ".html", ".bin", ".pt")
+
+
 def export_name(model_path: str) -> str:
     """What an export calls the model (files, the GGUF's name, the default folder): its folder's or repo's name, a
     checkpoint's with its run's."""
@@ -102,6 +106,11 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                          "folder whole: choose a new folder.")
     if target.exists() and not target.is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file: choose a folder.")
+    if target.suffix.lower() in FILE_SUFFIXES and not target.is_dir():
+        # `--output-dir model.gguf` made a folder of that name holding `<name>-f32.gguf`: not what was meant.
+        raise UsageError(f"--output-dir {output_dir} is named like a file, but an export is a folder (its files "
+                         f"are named after the model): name a folder, such as --output-dir "
+                         f"{target.with_name(target.stem)}-{'-'.join(formats)}; nothing was written.")
     check_writable(target)  # a link on its way to a folder that is missing is named too
     # Built beside its folder, which by default is beside the model: in a shared, read-only folder, say.
     check_writable(whole.parent)
