@@ -19,6 +19,19 @@ from .signing import sign, verify
 
 logger = logging.getLogger(__name__)
 
+
+class _TiedHeadNote(logging.Filter):
+    """accelerate warns at every checkpoint that a tied output head is saved once ("Removed shared tensor
+    {'lm_head.weight'} while saving ... check ... that you don't receive any warning while reloading"): expected for
+    models whose head shares the embedding's weights, and a resume loads it tied (tested), so not news. Training from
+    Python printed it at every checkpoint."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
+
 STATE_FILE = "trainer_state.json"
 TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written: `.tmp-step-N`, renamed `step-N` once whole
 STATE_KEYS = ("step", "best_val_loss", "best_val_bpc", "best_val_assistant_bpc", "tokens")

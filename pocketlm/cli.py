@@ -35,8 +35,6 @@ def _quiet_libraries(datasets_too: bool = False) -> None:
 
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()
-    # accelerate warns on every checkpoint that the tied output head is saved once: expected, not news.
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 def _run(job: Callable[[], int | None]) -> int:
