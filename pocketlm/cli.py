@@ -631,6 +631,7 @@ def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> dic
             raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
         check_writable(target, flag)
         whole = target.expanduser().resolve()
+        check_writable(whole.parent, flag, shown=target)  # each is built beside it (run_folder.build_folder)
         missing[whole] = [path for path in (whole, *whole.parents) if not path.exists()]
     return missing
 

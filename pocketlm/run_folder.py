@@ -260,18 +260,19 @@ def _bytes_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def check_writable(folder: Path, flag: str = "--output-dir") -> None:
+def check_writable(folder: Path, flag: str = "--output-dir", shown: Path | None = None) -> None:
     """Refuse an output folder that cannot be created or written (its nearest existing folder is a file, read-only,
-    another user's), before any work: a training run's, or an export's, which goes beside its model by default."""
+    another user's), before any work: a training run's, or an export's, which goes beside its model by default.
+    `shown` is the folder the user named, where `folder` is where it is built (beside it)."""
     for parent in [folder, *folder.parents]:
         if parent.is_symlink() and not parent.exists():
-            raise UsageError(f"{flag} {folder}: {parent} is a link to {os.readlink(parent)}, which does not "
+            raise UsageError(f"{flag} {shown or folder}: {parent} is a link to {os.readlink(parent)}, which does not "
                              f"exist; create that folder, or pick another {flag}.")
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(f"{flag} {folder}: {parent} is a file, not a folder; pick another {flag}.")
+                raise UsageError(f"{flag} {shown or folder}: {parent} is a file, not a folder; pick another {flag}.")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"{flag} {folder}: {parent} is not writable; pick another {flag}.")
+                raise UsageError(f"{flag} {shown or folder}: {parent} is not writable; pick another {flag}.")
             return
 
 
@@ -306,6 +307,7 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     full disk, Ctrl-C, SIGKILL) left a folder that the next command, or an upload, would take for a finished one.
     Where `target` is a link, the folder it points at is built and the link stays."""
     whole = target.expanduser().resolve()
+    check_writable(whole.parent, flag, shown=target)  # where it is built: an empty folder there is not enough
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)  # a killed earlier process of the same id left it
     made = make_folder(building, flag, shown=target)

@@ -933,6 +933,19 @@ def test_a_model_in_a_read_only_folder_chats_and_its_default_export_or_upload_fo
                               f"--output-dir {shared / made}: {shared} is not writable; pick another --output-dir")
     assert sorted(path.name for path in shared.iterdir()) == ["lstm"]
     assert run_entry(chat_main, str(shared / "lstm"), "--prompt", "hi", "--max-new-tokens", "3").returncode == 0
+    # An empty folder made for the output in the read-only one: each output is built beside its folder, and put
+    # in its place whole, so that is named too, before any work ("cannot create it" named the folder that was there).
+    mine = shared / "mine"
+    mine.mkdir()
+    for main, args in ((export_main, ["--format", "onnx"]), (upload_main, ["--repo-id", "me/m", "--dry-run"]),
+                       (upload_main, ["--repo-id", "me/m", "--dry-run", "--static-space", "me/page",
+                                      "--output-dir", str(tmp_path / "hub"), "--static-space-output-dir"])):
+        args = [*args, str(mine)] if args[-1].startswith("--static") else [*args, "--output-dir", str(mine)]
+        flag = args[-2]
+        assert_one_line_error(run_entry(main, str(shared / "lstm"), *args),
+                              f"{flag} {mine}: {shared} is not writable; pick another {flag}")
+    assert sorted(path.name for path in shared.iterdir()) == ["lstm", "mine"] and not any(mine.iterdir())
+    assert not (tmp_path / "hub").exists()  # every folder is checked before the first is built
 
 
 def test_an_output_folder_that_cannot_be_made_is_named_and_nothing_is_left_on_the_way(corpus, trained, tmp_path,

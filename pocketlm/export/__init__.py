@@ -113,7 +113,7 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                          f"{target.with_name(target.stem)}-{'-'.join(formats)}; nothing was written.")
     check_writable(target)  # a link on its way to a folder that is missing is named too
     # Built beside its folder, which by default is beside the model: in a shared, read-only folder, say.
-    check_writable(whole.parent)
+    check_writable(whole.parent, shown=target)
     if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise UsageError(f"{target} already exists: pass --overwrite to replace it, or choose another --output-dir.")
