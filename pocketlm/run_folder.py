@@ -17,6 +17,7 @@ model, checkpoint or record as it was.
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -250,6 +251,21 @@ def readable_by_others(folder: Path) -> None:
             path.chmod(mode)
 
 
+def _is_running(pid: str) -> bool:
+    """Whether a process of this id runs on this machine (a name that is no id: say yes, and leave its folder)."""
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return False  # this process's own, from a build that failed or an earlier process of the same id
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # reading it means setting it: set it straight back
     os.umask(mask)
@@ -309,7 +325,9 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     whole = target.expanduser().resolve()
     check_writable(whole.parent, flag, shown=target)  # where it is built: an empty folder there is not enough
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)  # a killed earlier process of the same id left it
+    for left in whole.parent.glob(f".{glob.escape(whole.name)}.partial-*"):  # by a process killed while building
+        if not _is_running(left.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(left, ignore_errors=True)
     made = make_folder(building, flag, shown=target)
     try:
         write(building)

@@ -1062,6 +1062,27 @@ def test_an_export_or_upload_stopped_halfway_leaves_no_half_built_folder_and_run
     assert sorted(path.name for path in tmp_path.iterdir()) == ["link", "mine"] and not any(mine.iterdir())
 
 
+def test_a_killed_export_leaves_a_hidden_folder_that_the_next_one_clears(trained, tmp_path):
+    """An export killed while it builds (SIGKILL, the OOM killer) cannot clean up: its hidden `.NAME.partial-PID`
+    folder beside the output stayed for good, the size of an export each time. The next export to that place
+    removes those of processes no longer running, and leaves one a running process is building."""
+    out, lstm = tmp_path / "out", str(trained["lstm"])
+    command = [sys.executable, str(REPO_ROOT / "export.py"), lstm, "--format", "onnx", "--output-dir", str(out)]
+    killed = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.partial-*/*")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert [path.name for path in tmp_path.iterdir()] == [f".out.partial-{killed.pid}"]  # left, and nothing else
+    running = tmp_path / f".out.partial-{os.getpid()}"  # this test's process: running, building it for all we know
+    running.mkdir()
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name, "out"]
+    assert (out / "onnx" / "model.onnx").is_file()
+
+
 def test_saved_weights_are_readable_as_the_umask_says(corpus, trained, tmp_path, monkeypatch):
     """safetensors 0.8 writes mode 0600 whatever the umask (safetensors#782): a model trained, exported or
     prepared for the Hub by one user did not load for another (a shared machine, a container image built as root,
