@@ -230,7 +230,7 @@ def write_folder_whole(folder: Path, write: Callable[[Path], object]) -> None:
     own beside it, which is then renamed into place. Where another process placed the folder first, its copy (of
     the same content: a cache's names are digests) stays and this one goes."""
     scratch = folder.with_name(f".{folder.name}-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    _remove_left_by_killed(folder.with_name(f".{folder.name}-"))
     try:
         write(scratch)
         os.replace(scratch, folder)
@@ -249,6 +249,14 @@ def readable_by_others(folder: Path) -> None:
     for path in folder.rglob("*.safetensors"):
         if path.is_file() and not path.is_symlink():
             path.chmod(mode)
+
+
+def _remove_left_by_killed(prefix: Path) -> None:
+    """Remove the folders named `prefix` and a process id that a process no longer running was writing: a process
+    killed while writing cannot clean up, and they stayed for good, the size of what was written each time."""
+    for left in prefix.parent.glob(glob.escape(prefix.name) + "*"):
+        if not _is_running(left.name[len(prefix.name):]):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _is_running(pid: str) -> bool:
@@ -325,9 +333,7 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     whole = target.expanduser().resolve()
     check_writable(whole.parent, flag, shown=target)  # where it is built: an empty folder there is not enough
     building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
-    for left in whole.parent.glob(f".{glob.escape(whole.name)}.partial-*"):  # by a process killed while building
-        if not _is_running(left.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(left, ignore_errors=True)
+    _remove_left_by_killed(whole.with_name(f".{whole.name}.partial-"))
     made = make_folder(building, flag, shown=target)
     try:
         write(building)

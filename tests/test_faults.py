@@ -1083,6 +1083,20 @@ def test_a_killed_export_leaves_a_hidden_folder_that_the_next_one_clears(trained
     assert (out / "onnx" / "model.onnx").is_file()
 
 
+def test_a_cache_entry_a_killed_process_was_writing_is_cleared_by_the_next_write(tmp_path):
+    """The same for pocketlm's caches (tokenizers, datasets saved from Python, which can be large): a process killed
+    while writing an entry left its hidden `.DIGEST-PID` folder for good."""
+    from pocketlm.run_folder import write_folder_whole
+
+    dead = tmp_path / ".0123abcd-4194305"  # above any pid_max: no process has it
+    dead.mkdir()
+    (dead / "data-00000-of-00001.arrow").write_bytes(b"half of it")
+    running = tmp_path / f".0123abcd-{os.getppid()}"
+    running.mkdir()
+    write_folder_whole(tmp_path / "0123abcd", lambda scratch: shutil.copytree(REPO_ROOT / "configs", scratch))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name, "0123abcd"]
+
+
 def test_saved_weights_are_readable_as_the_umask_says(corpus, trained, tmp_path, monkeypatch):
     """safetensors 0.8 writes mode 0600 whatever the umask (safetensors#782): a model trained, exported or
     prepared for the Hub by one user did not load for another (a shared machine, a container image built as root,
