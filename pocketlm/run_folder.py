@@ -49,9 +49,8 @@ RUN_TOKENIZER_DIR = ".tokenizer"  # a run's tokenizer until a finished run leave
 SAVING_DIR = ".saving"  # a model being written
 MODELS_DIR = Path("models")  # where runs go unless --output-dir says otherwise
 # What any run leaves in its folder from its first moment (the lock) to its end: a folder without one of these is
-# not a run's.
-RUN_MARKERS = {LOCK_FILE, RUN_TOKENIZER_DIR, SAVING_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_FILE, METRICS_FILE,
-               SUMMARY_FILE}
+# not a run's. A model alone (config and weights) is not one: an export, a Hub folder, a download.
+RUN_MARKERS = {LOCK_FILE, RUN_TOKENIZER_DIR, SAVING_DIR, CHECKPOINTS_DIR, METRICS_FILE, SUMMARY_FILE}
 
 
 def default_output_dir(family: str, model_size: str = "small") -> Path:
@@ -90,6 +89,13 @@ class RunFolder:
         project): the model would be written among the user's files, and a later `--data` of the folder would read
         the model's JSON files as records. --overwrite replaces a run, never the user's own files."""
         entries = sorted(entry.name for entry in self.path.iterdir()) if self.path.is_dir() else []
+        if entries and not set(entries) & RUN_MARKERS and {CONFIG_FILE, EXPORT_RECORD} & set(entries):
+            # Written into, with --overwrite, it kept what training does not write (an export's GGUF and record, a
+            # card) beside a model they no longer describe.
+            raise UsageError(f"--output-dir {self.path} holds a model that no training run wrote there (an export, a "
+                             "Hub folder, a download): training writes only into its own folders, even with "
+                             "--overwrite; choose a new or empty --output-dir (--init-from starts from a pocketlm "
+                             "model); nothing there was touched.")
         if entries and not set(entries) & RUN_MARKERS:
             shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
             raise UsageError(f"--output-dir {self.path} holds files that are not a training run's ({shown}): choose "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
@@ -905,6 +905,28 @@ def test_a_folder_of_the_users_own_files_is_never_made_an_output_folder(tmp_path
     result = _train(notes, run, "--overwrite")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "NOTES.md").read_text() == "what this model is for"
+
+
+def test_a_model_folder_no_run_wrote_is_never_trained_into(trained, corpus, tmp_path, monkeypatch):
+    """`train.py --output-dir EXPORT --overwrite` trained into an export folder and kept its GGUF and its record:
+    the folder then read as an export of the first model (compare.py reported that model's training, `compare.py`
+    without models left it out) beside weights of another. The same for a Hub folder (its card, its exports) and a
+    folder that save_pretrained wrote. Refused, even with --overwrite; a run's own folder still takes --overwrite."""
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
+    model = str(trained["transformer"])
+    assert run_entry(export_main, model, "--format", "gguf", "--output-dir", str(tmp_path / "export")).returncode == 0
+    assert run_entry(upload_main, model, "--repo-id", "me/m", "--dry-run", "--output-dir",
+                     str(tmp_path / "hub")).returncode == 0
+    AutoModelForCausalLM.from_pretrained(model).save_pretrained(tmp_path / "saved")
+    for name in ("export", "hub", "saved"):
+        before = snapshot(tmp_path / name)
+        for extra in ([], ["--overwrite"]):
+            assert_one_line_error(_train(corpus, tmp_path / name, *extra),
+                                  f"--output-dir {tmp_path / name} holds a model that no training run wrote there",
+                                  "choose a new or empty --output-dir")
+            assert snapshot(tmp_path / name) == before
+    assert _train(corpus, tmp_path / "run").returncode == 0
+    assert _train(corpus, tmp_path / "run", "--overwrite").returncode == 0
 
 
 def test_an_unwritable_output_folder_is_refused(corpus, tmp_path, monkeypatch):
