@@ -104,7 +104,8 @@ class TrainingOptions:
     keep_checkpoints: int = option(3, "how many of the newest checkpoints to keep", type=int)
     seed: int = option(1337, "seed for initialisation, data order and split", type=int)
     resume: bool = option(False, "continue from the newest checkpoint in the output folder", action="store_true")
-    overwrite: bool = option(False, "replace whatever the output folder holds", action="store_true")
+    overwrite: bool = option(False, "replace the training run in the output folder (its model, checkpoints and "
+                                    "records; never a folder no run wrote)", action="store_true")
     auto_resume: bool = option(False, "resume when the output folder has a checkpoint, else start a new run: one "
                                       "command for a job a scheduler may stop and start again", action="store_true")
     accept_changes: bool = option(False, "with --resume, continue although the data or the options that decide the "
