@@ -235,7 +235,7 @@ def write_folder_whole(folder: Path, write: Callable[[Path], object]) -> None:
     """Write a folder of a cache shared by runs whole or not at all: `write` fills a hidden folder of this process's
     own beside it, which is then renamed into place. Where another process placed the folder first, its copy (of
     the same content: a cache's names are digests) stays and this one goes."""
-    scratch = folder.with_name(f".{folder.name}-{os.getpid()}")
+    scratch = folder.with_name(f".{folder.name}-{_writer()}")
     _remove_left_by_killed(folder.with_name(f".{folder.name}-"))
     try:
         write(scratch)
@@ -257,11 +257,20 @@ def readable_by_others(folder: Path) -> None:
             path.chmod(mode)
 
 
+def _writer() -> str:
+    """Who writes a scratch folder, as its name ends: this machine and process. A cache or an output folder can be
+    on a file system that several machines share (a cluster's home), where another machine's process id says
+    nothing here."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _remove_left_by_killed(prefix: Path) -> None:
-    """Remove the folders named `prefix` and a process id that a process no longer running was writing: a process
-    killed while writing cannot clean up, and they stayed for good, the size of what was written each time."""
+    """Remove the scratch folders named `prefix` + `_writer()` of this machine's processes that no longer run: a
+    process killed while writing cannot clean up, and they stayed for good, the size of what was written each
+    time."""
     for left in prefix.parent.glob(glob.escape(prefix.name) + "*"):
-        if not _is_running(left.name[len(prefix.name):]):
+        host, _, pid = left.name[len(prefix.name):].rpartition("-")
+        if host == socket.gethostname() and not _is_running(pid):
             shutil.rmtree(left, ignore_errors=True)
 
 
@@ -338,7 +347,7 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     Where `target` is a link, the folder it points at is built and the link stays."""
     whole = target.expanduser().resolve()
     check_writable(whole.parent, flag, shown=target)  # where it is built: an empty folder there is not enough
-    building = whole.with_name(f".{whole.name}.partial-{os.getpid()}")
+    building = whole.with_name(f".{whole.name}.partial-{_writer()}")
     _remove_left_by_killed(whole.with_name(f".{whole.name}.partial-"))
     made = make_folder(building, flag, shown=target)
     try:

@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -1096,12 +1097,15 @@ def test_a_killed_export_leaves_a_hidden_folder_that_the_next_one_clears(trained
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert [path.name for path in tmp_path.iterdir()] == [f".out.partial-{killed.pid}"]  # left, and nothing else
-    running = tmp_path / f".out.partial-{os.getpid()}"  # this test's process: running, building it for all we know
-    running.mkdir()
+    host = socket.gethostname()
+    assert [path.name for path in tmp_path.iterdir()] == [f".out.partial-{host}-{killed.pid}"]  # left, alone
+    running = tmp_path / f".out.partial-{host}-{os.getpid()}"  # this test's process: building it for all we know
+    elsewhere = tmp_path / ".out.partial-another-machine-4194305"  # a shared file system: not this machine's to judge
+    for folder in (running, elsewhere):
+        folder.mkdir()
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name, "out"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([running.name, elsewhere.name, "out"])
     assert (out / "onnx" / "model.onnx").is_file()
 
 
@@ -1110,13 +1114,15 @@ def test_a_cache_entry_a_killed_process_was_writing_is_cleared_by_the_next_write
     while writing an entry left its hidden `.DIGEST-PID` folder for good."""
     from pocketlm.run_folder import write_folder_whole
 
-    dead = tmp_path / ".0123abcd-4194305"  # above any pid_max: no process has it
+    host = socket.gethostname()
+    dead = tmp_path / f".0123abcd-{host}-4194305"  # above any pid_max: no process has it
     dead.mkdir()
     (dead / "data-00000-of-00001.arrow").write_bytes(b"half of it")
-    running = tmp_path / f".0123abcd-{os.getppid()}"
-    running.mkdir()
+    running, elsewhere = tmp_path / f".0123abcd-{host}-{os.getppid()}", tmp_path / ".0123abcd-node-7-4194305"
+    for folder in (running, elsewhere):
+        folder.mkdir()
     write_folder_whole(tmp_path / "0123abcd", lambda scratch: shutil.copytree(REPO_ROOT / "configs", scratch))
-    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name, "0123abcd"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([running.name, elsewhere.name, "0123abcd"])
 
 
 def test_saved_weights_are_readable_as_the_umask_says(corpus, trained, tmp_path, monkeypatch):
