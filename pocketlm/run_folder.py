@@ -60,9 +60,10 @@ def default_output_dir(family: str, model_size: str = "small") -> Path:
 
 
 def trained_models(folder: Path = MODELS_DIR) -> list[Path]:
-    """The models train.py left in `folder` (models/, where runs go by default), the exports beside them left out."""
+    """The models train.py left in `folder` (models/, where runs go by default): the exports and Hub folders
+    beside them, models no run wrote, left out."""
     return sorted(config.parent for config in folder.glob(f"*/{CONFIG_FILE}")
-                  if not (config.parent / EXPORT_RECORD).exists())
+                  if {entry.name for entry in config.parent.iterdir()} & RUN_MARKERS)
 
 
 class RunFolder:

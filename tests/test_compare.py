@@ -62,15 +62,19 @@ def test_main_py_compare_dispatches(trained, tmp_path):
 
 def test_without_models_every_model_trained_into_models_is_compared(trained, tmp_path, monkeypatch):
     """After `main.py --train` of both families, `main.py --compare` was refused: 'MODEL is required'. It compares
-    what train.py left in models/ now, and leaves out the exports beside them (the same model twice)."""
-    from pocketlm.cli import export_main, legacy_main
+    what train.py left in models/ now, and leaves out the exports and Hub folders beside them (the same model
+    twice: `hub_upload.py --dry-run` builds models/transformer-hub by default)."""
+    from pocketlm.cli import export_main, legacy_main, upload_main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_notARealToken")
     assert_one_line_error(run_entry(legacy_main, "--compare"), "no trained model in models/: name the models to "
                           "compare (compare.py MODEL [MODEL ...]), or train one with: python train.py")
     for family in TINY_SHAPES:
         shutil.copytree(trained[family], tmp_path / "models" / family)
     assert run_entry(export_main, "models/transformer", "--format", "transformers").returncode == 0
+    assert run_entry(upload_main, "models/transformer", "--repo-id", "me/m", "--dry-run").returncode == 0
+    assert (tmp_path / "models" / "transformer-hub" / "config.json").is_file()
     result = run_entry(legacy_main, "--compare", "--max-new-tokens", "4", "--seed", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("comparing every model in models/: models/lstm, models/transformer\n")
