@@ -48,6 +48,16 @@ def _key_values(text: str) -> list[tuple[str, object]]:
     return pairs
 
 
+def _whole_or_fraction(text: str) -> int | float:
+    """A number of passes as the Trainer's num_train_epochs takes it, 0.5 too; a whole one stays an int, so a run's
+    record and resume command say `--epochs 30`, not 30.0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of passes such as 3 or 0.5, got {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
 def option(default, help: str, **argument):
     """A field of TrainingOptions with what `train.py`'s argument for it needs besides its name and default."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
@@ -80,7 +90,8 @@ class TrainingOptions:
         None, "validate on these files or folders instead of a held-out 10%% of the data", action="extend",
         nargs="+", metavar="PATH")
     output_dir: str | None = option(None, "where the model goes (default: models/lstm or models/transformer-<size>)")
-    epochs: int | None = option(None, f"passes over the training data ({RECIPE})", type=int)
+    epochs: float | None = option(None, f"passes over the training data, a fraction too (0.5) ({RECIPE})",
+                                  type=_whole_or_fraction)
     max_steps: int | None = option(None, "optimizer steps; wins over --epochs", type=int)
     lr: float | None = option(None, f"peak learning rate ({RECIPE})", type=float)
     warmup_steps: int | None = option(None, "steps of linear warm-up before the cosine decay, at most a tenth of the "
@@ -311,8 +322,9 @@ def _check_numbers(options: TrainingOptions) -> None:
         value = getattr(options, name)
         if value is not None and not value > 0:  # also refuses NaN
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}.")
-    if not math.isfinite(options.lr):
-        raise UsageError(f"--lr must be a finite number, got {options.lr}.")
+    for name in ("lr", "epochs"):
+        if getattr(options, name) is not None and not math.isfinite(getattr(options, name)):
+            raise UsageError(f"--{name} must be a finite number, got {getattr(options, name)}.")
     for name in NOT_NEGATIVE:
         if not getattr(options, name) >= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(options, name)}.")

@@ -403,7 +403,8 @@ def make_plan(options: TrainingOptions, batches, block_size: int, masked: bool, 
     if options.max_steps:  # always so when streaming: a stream's length is unknown
         total = options.max_steps
     else:
-        total = options.epochs * max(1, batches.per_epoch // options.grad_accum)
+        # Rounded up, as the Trainer rounds num_train_epochs: half a pass of 5 steps is 3.
+        total = max(1, math.ceil(options.epochs * max(1, batches.per_epoch // options.grad_accum)))
     # Unless asked otherwise, short runs still evaluate about ten times and checkpoint about four times.
     return Plan(total_steps=total,
                 eval_every=options.eval_every or min(recipe["eval_every_at_most"], max(10, total // 10)),

@@ -1228,3 +1228,25 @@ def test_training_from_python_prints_no_library_chatter_at_each_checkpoint(corpu
     assert result.steps == 2 and "Removed shared tensor" not in said, said
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_a_fraction_of_an_epoch_trains_that_part_of_its_steps_rounded_up_and_resumes(corpus_file, tmp_path):
+    """`--epochs 0.5` (the Trainer's num_train_epochs takes 0.5, and run_clm users pass it) was refused: 'invalid int
+    value'. A fraction trains that part of an epoch's steps, rounded up as the Trainer rounds, is recorded as given,
+    and its run resumes to the same length; a whole number stays one (`--epochs 2`, not 2.0)."""
+    whole = train(tiny_options("lstm", corpus_file, tmp_path / "one", max_steps=None, epochs=1, samples=0))
+    assert whole.steps > 2
+    half = run_entry(train_main, f"--data={corpus_file}", "--model-type=lstm", f"--output-dir={tmp_path / 'half'}",
+                     "--model-config=embedding_dim=16,hidden_size=32", "--block-size=32", "--batch-size=4",
+                     "--epochs=0.5", "--save-every=1", "--samples=0")
+    assert half.returncode == 0, half.stderr[-3000:]
+    summary = json.loads((tmp_path / "half" / "training_summary.json").read_text())
+    assert summary["options"]["epochs"] == 0.5 and summary["steps"] == math.ceil(whole.steps / 2), summary["steps"]
+    shutil.rmtree(tmp_path / "half" / "checkpoints" / f"step-{summary['steps']}")  # as if stopped a step short
+    again = run_entry(train_main, f"--output-dir={tmp_path / 'half'}", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "half" / "training_summary.json").read_text())["steps"] == summary["steps"]
+    from pocketlm.cli import train_parser
+
+    assert [repr(train_parser().parse_args(["--epochs", given]).epochs) for given in ("2", "2.0", "0.25")] == [
+        "2", "2", "0.25"]
