@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .choices import (
-    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST,
-    WEB_PORT, WEB_PRECISIONS,
+    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES, RUNTIMES,
+    WEB_HOST, WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 
@@ -303,7 +303,7 @@ def chat_parser() -> argparse.ArgumentParser:
     add("--max-new-tokens", type=int, help=f"longest reply, in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     add("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     add("--seed", type=int, help="seed the sampler for reproducible replies")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--device", default="auto", choices=DEVICES)
     add("--dtype", default="float32", choices=DTYPES,
         help="precision of the weights while chatting; float16 and bfloat16 read half the bytes per token; "
              "int8 (CPU only) quantizes the linear layers, faster from the medium preset up")
@@ -421,7 +421,7 @@ def compare_parser() -> argparse.ArgumentParser:
     add("--chart", metavar="FILE.png", help="the bar chart (default: the report's name with .png)")
     add("--seed", type=int, default=0, help="seed for the sampled replies")
     add("--max-new-tokens", type=int, default=60, help="longest reply, in tokens")
-    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--device", default="auto", choices=DEVICES)
     return parser
 
 

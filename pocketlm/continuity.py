@@ -42,7 +42,7 @@ LENGTH = ("max_steps", "epochs")
 
 
 # Options of this invocation, never taken from the run it resumes.
-NOT_CONTINUED = ("resume", "overwrite", "auto_resume", "accept_changes", "output_dir", "init_from")
+NOT_CONTINUED = ("resume", "overwrite", "auto_resume", "accept_changes", "output_dir", "init_from", "device")
 
 
 def continued(options, given: set[str]):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from configs import load_recipe
 
-from .choices import MODEL_SIZES, MODEL_TYPES  # the command line's choices; the checks below ask modeling
+from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES  # the command line's choices; the checks below ask modeling
 from .errors import UsageError
 
 RECIPE = "recipe: configs/<model-type>.json"
@@ -106,6 +106,8 @@ class TrainingOptions:
                                           f"{RECIPE})", type=int)
     grad_accum: int = option(1, "micro-steps per optimizer step", type=int)
     mixed_precision: str = option("no", "autocast precision", choices=["no", "fp16", "bf16"])
+    device: str = option("auto", "where to train: auto (a CUDA GPU when one is visible, else the CPU), cpu (with a GPU "
+                                 "there too) or cuda", choices=DEVICES)
     save_every: int | None = option(None, "steps between checkpoints (default: about four per run, at most the "
                                           "recipe's)", type=int)
     eval_every: int | None = option(None, "steps between validation passes (default: about ten per run, at most the "
@@ -251,6 +253,12 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         _check_tokenizer_path(options.tokenizer)
     if options.model_size not in PRESETS:
         raise UsageError(f"unknown model size {options.model_size!r}: choose one of {', '.join(PRESETS)}.")
+    if options.device not in DEVICES:
+        raise UsageError(f"unknown --device {options.device!r}: choose {', '.join(DEVICES)}.")
+    if options.device == "cuda":
+        from .loading import resolve_device
+
+        resolve_device("cuda")  # before any work: none visible is said as chat.py says it
     for name, values in (("mixed_precision", ("no", "fp16", "bf16")), ("report_to", ("none", "tensorboard"))):
         if getattr(options, name) not in values:
             raise UsageError(f"unknown --{name.replace('_', '-')} {getattr(options, name)!r}: choose "

@@ -160,7 +160,7 @@ def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerato
     # accelerate keeps one process-wide state; a second train() call from Python may ask for another precision.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=options.mixed_precision,
+    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=options.device == "cpu",
                               log_with="tensorboard" if options.report_to == "tensorboard" else None,
                               project_dir=str(folder.path))
     if options.mixed_precision == "fp16" and accelerator.device.type == "cpu":

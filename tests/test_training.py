@@ -30,7 +30,7 @@ from pocketlm.cli import chat_main, compare_main, legacy_main, train_main
 from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
-from pocketlm.options import TrainingOptions
+from pocketlm.options import TrainingOptions, resolve_options
 from pocketlm.training import train
 from tokenization import train_char_tokenizer
 
@@ -1250,3 +1250,26 @@ def test_a_fraction_of_an_epoch_trains_that_part_of_its_steps_rounded_up_and_res
 
     assert [repr(train_parser().parse_args(["--epochs", given]).epochs) for given in ("2", "2.0", "0.25")] == [
         "2", "2", "0.25"]
+
+
+def test_train_takes_a_device_as_chat_and_compare_do(corpus_file, tmp_path):
+    """chat.py and compare.py take --device; train.py answered 'unknown option --device', and on a machine with a
+    GPU there was no way to train on the CPU (a GPU busy with another job) but hiding the GPU. --device cpu trains
+    there, recorded with the checkpoint's arithmetic; a resume without it is the same run; cuda without a GPU is
+    said before any work."""
+    out = tmp_path / "run"
+    flags = [f"--data={corpus_file}", "--model-type=lstm", "--model-config=embedding_dim=16,hidden_size=32",
+             "--block-size=32", "--batch-size=4", "--max-steps=2", "--save-every=1", "--samples=0"]
+    result = run_entry(train_main, *flags, f"--output-dir={out}", "--device=cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
+    assert state["decided_by"]["arithmetic"]["device"] == "cpu"
+    again = run_entry(train_main, f"--output-dir={out}", "--resume", "--max-steps=3")
+    assert again.returncode == 0 and "resumed from step 2" in again.stdout + again.stderr, again.stderr[-3000:]
+    assert "--device" not in again.stdout + again.stderr and "arithmetic" not in again.stderr
+    with pytest.raises(UsageError, match="unknown --device 'tpu'"):
+        resolve_options(TrainingOptions(device="tpu"))
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_entry(train_main, *flags, f"--output-dir={tmp_path / 'gpu'}", "--device=cuda"),
+                              "--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+        assert not (tmp_path / "gpu").exists()
