@@ -67,7 +67,8 @@ OTHER_TOOLS_NAMES = {
     "bf16": "--mixed-precision bf16", "model-path": "--model", "max-length": "--max-new-tokens",
     "max-tokens": "--max-new-tokens", "temp": "--temperature", "o": "--output-dir", "out": "--output-dir",
     "out-dir": "--output-dir", "outdir": "--output-dir", "outfile": "--output-dir", "output": "--output-dir",
-    "save-dir": "--output-dir",
+    "save-dir": "--output-dir", "use-cpu": "--device cpu", "no-cuda": "--device cpu", "cpu": "--device cpu",
+    "cuda": "--device cuda", "gpu": "--device cuda",
 }
 # Model shape fields, which nanoGPT takes as options of their own (tests/test_faults.py keeps them the models').
 MODEL_CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "dropout", "num_hidden_layers", "num_attention_heads",
