@@ -131,6 +131,8 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         if warmup < options.warmup_steps and accelerator.is_main_process:  # said: the schedule asked for is not run
             print(f"warm-up: {warmup} step{'s' * (warmup != 1)}, a tenth of this {plan.total_steps:,}-step run, "
                   f"not the {options.warmup_steps} set by --warmup-steps or configs/{options.model_type}.json")
+        if accelerator.is_main_process:
+            print(describe_run(options, model, plan, accelerator, folder, resumed=bool(resumed_from)))
         if options.compile:
             # Module.compile compiles the call in place: unlike torch.compile's wrapper, the parameter names keep
             # no "_orig_mod." prefix, so checkpoints resume with or without --compile.
@@ -154,6 +156,26 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
                tokenizer=tokenizer, batches=batches, validation=validation, plan=plan, model=model,
                optimizer=optimizer, schedule=schedule, checkpoints=checkpoints, metrics=metrics, state=state,
                decided_by=decided_by, process_group=group)
+
+
+def describe_run(options: TrainingOptions, model, plan: Plan, accelerator: Accelerator, folder: RunFolder,
+                 resumed: bool) -> str:
+    """The run in one line before its first step, as the Trainer's "Running training" block and nanoGPT's parameter
+    count say it: which model and how large, how long, on what, and into which folder."""
+    what = "the LSTM" if options.model_type == "lstm" else f"the {options.model_size} Transformer"
+    if options.init_from:
+        what = f"{what} from {options.init_from}"
+    parameters = sum(p.numel() for p in model.parameters())  # a tied head counted once, as save_pretrained stores it
+    if accelerator.device.type == "cuda":
+        device = torch.cuda.get_device_name(accelerator.device)
+    else:
+        device = f"the {accelerator.device.type.upper()} ({torch.get_num_threads()} threads)"
+    if accelerator.num_processes > 1:
+        device = f"{accelerator.num_processes} processes, each on {device}"
+    precision = "float32" if options.mixed_precision == "no" else f"{options.mixed_precision} mixed precision"
+    length = f"on to step {plan.total_steps:,}" if resumed else f"for {plan.total_steps:,} steps"
+    return (f"training {what} ({parameters:,} parameters) {length}, {plan.tokens_per_step:,} tokens a step, on "
+            f"{device}, {precision}, into {folder.path}")
 
 
 def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerator:

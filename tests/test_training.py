@@ -1273,3 +1273,20 @@ def test_train_takes_a_device_as_chat_and_compare_do(corpus_file, tmp_path):
         assert_one_line_error(run_entry(train_main, *flags, f"--output-dir={tmp_path / 'gpu'}", "--device=cuda"),
                               "--device cuda: no CUDA GPU is visible; use --device cpu or auto")
         assert not (tmp_path / "gpu").exists()
+
+
+def test_a_run_says_what_it_trains_before_its_first_step(corpus_file, tmp_path):
+    """Nothing said how large the model was, how many steps the run would take or where it ran until the progress
+    bar: a line now says it first, as the Trainer's "Running training" block and nanoGPT's parameter count do. The
+    count is transformers' own of the saved model (a tied head once)."""
+    out = tmp_path / "run"
+    result = run_entry(train_main, f"--data={corpus_file}", "--model-config=n_layer=1,n_embd=32,n_head=2",
+                       "--vocab-size=300", "--block-size=32", "--batch-size=4", "--grad-accum=2", "--max-steps=2",
+                       "--samples=0", f"--output-dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    count = AutoModelForCausalLM.from_pretrained(out).num_parameters()
+    said = [line for line in result.stdout.splitlines() if line.startswith("training the small Transformer")]
+    device = "the CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    assert len(said) == 1, result.stdout
+    assert said[0].startswith(f"training the small Transformer ({count:,} parameters) for 2 steps, {32 * 4 * 2:,} "
+                              f"tokens a step, on {device}") and said[0].endswith(f"float32, into {out}"), said
