@@ -267,11 +267,23 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if family or model_type == "gpt2":
             return family or "transformer"
         raise refusal
+    if family is None and exports and model_type == "gpt2" and _holds_a_chat_template(path_or_repo):
+        # A stock GPT-2 with pocketlm's chat template and no export record beside it: the gpt2/ folder of a model
+        # repository hub_upload.py published, downloaded. Chat and compare run it as they run export.py's.
+        return "transformer"
     if family is None:
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
                          "a folder train.py wrote.")
     _check_language_model(path_or_repo, config)
     return family
+
+
+def _holds_a_chat_template(path_or_repo: str) -> bool:
+    local = Path(as_model(path_or_repo)).expanduser()
+    if (local / CHAT_TEMPLATE_FILE).is_file():
+        return True
+    settings = local / TOKENIZER_CONFIG_FILE
+    return settings.is_file() and bool(_read_json(settings).get("chat_template"))
 
 
 def tokenizer_source(path_or_repo: str) -> str:

@@ -150,10 +150,13 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
     folder = local_folder(path_or_repo)
     record = export_record(str(folder))
-    if record is not None and "onnx" in record["formats"]:  # export.py's own graphs: what was exported is what runs
+    # Graphs beside the model run as they are: export.py's, or a model repository's that hub_upload.py published
+    # (its gpt2/onnx/, the LSTM's onnx/), downloaded. What was exported is what runs.
+    if (record is not None and "onnx" in record["formats"]) or (folder / ONNX_DIR / FLOAT32_FILE).is_file():
         graph = folder / ONNX_DIR / (INT8_FILE if dtype == "int8" else FLOAT32_FILE)
         if not graph.is_file():
-            raise UsageError(f"{graph} is missing from the export: export {record['model']} again.")
+            origin = record["model"] if record else "its model"
+            raise UsageError(f"{graph} is missing from the export: export {origin} again.")
         cached = folder
     else:
         sources = [folder]

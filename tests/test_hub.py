@@ -190,6 +190,19 @@ def test_the_repository_carries_the_exports_where_the_hub_and_each_runtime_look(
     assert result.returncode == 0, result.stderr[-2000:]
     assert {p.name for p in (lstm / "onnx").iterdir()} == {"model.onnx", "model_quantized.onnx"}
     assert '"h": state, "c": state' in read_card(lstm)[1]
+    # chat.py on the repository as downloaded (`hf download ... --include "gpt2/*"`, as the card says): the stock
+    # GPT-2 folder, no export record beside it, was refused ("holds a 'gpt2' model"); it and the graphs the
+    # repository carries now run, each the native model's reply.
+    from pocketlm.cli import chat_main
+
+    asked = ("--prompt", "Hello!", "--seed", "3", "--max-new-tokens", "12")  # sampled: the tiny LSTM's greedy is ""
+    for native, folder in ((trained["transformer"], out / "gpt2"), (trained["lstm"], lstm)):
+        reply = run_entry(chat_main, str(native), *asked)
+        assert reply.returncode == 0 and reply.stdout.strip(), reply.stderr[-2000:]
+        for runtime in ("torch", "onnx"):
+            ran = run_entry(chat_main, str(folder), "--runtime", runtime, *asked)
+            assert ran.returncode == 0 and ran.stdout == reply.stdout, (folder, runtime, ran.stderr[-2000:])
+            assert "exporting" not in ran.stderr  # the repository's own graphs, not a new export
     refused = run_upload(str(trained["lstm"]), "--repo-id", "a/tiny-lstm", "--dry-run", "--output-dir",
                          str(tmp_path / "no"), "--formats", "gguf")
     assert refused.returncode == 2 and "choose onnx or all" in refused.stderr and not (tmp_path / "no").exists()
