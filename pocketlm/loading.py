@@ -267,10 +267,14 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if family or model_type == "gpt2":
             return family or "transformer"
         raise refusal
-    if family is None and exports and model_type == "gpt2" and _holds_a_chat_template(path_or_repo):
+    if family is None and model_type == "gpt2" and _holds_a_chat_template(path_or_repo):
         # A stock GPT-2 with pocketlm's chat template and no export record beside it: the gpt2/ folder of a model
         # repository hub_upload.py published, downloaded. Chat and compare run it as they run export.py's.
-        return "transformer"
+        if exports:
+            return "transformer"
+        raise UsageError(f"{path_or_repo} is a stock GPT-2 (a model repository's gpt2/ folder, say): chat.py and "
+                         "compare.py run it, and training, export and upload need the pocketlm model itself (the "
+                         "repository's top folder).")
     if family is None:
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
                          "a folder train.py wrote.")

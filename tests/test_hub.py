@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, run_at_once, run_entry, train_tiny_models
+from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_at_once, run_entry,
+                      train_tiny_models)
 
 from pocketlm.cli import upload_main
 from pocketlm.loading import load_pretrained
@@ -203,6 +204,10 @@ def test_the_repository_carries_the_exports_where_the_hub_and_each_runtime_look(
             ran = run_entry(chat_main, str(folder), "--runtime", runtime, *asked)
             assert ran.returncode == 0 and ran.stdout == reply.stdout, (folder, runtime, ran.stderr[-2000:])
             assert "exporting" not in ran.stderr  # the repository's own graphs, not a new export
+    from pocketlm.cli import export_main
+
+    assert_one_line_error(run_entry(export_main, str(out / "gpt2"), "--format", "gguf"),
+                          "is a stock GPT-2", "need the pocketlm model itself (the repository's top folder)")
     refused = run_upload(str(trained["lstm"]), "--repo-id", "a/tiny-lstm", "--dry-run", "--output-dir",
                          str(tmp_path / "no"), "--formats", "gguf")
     assert refused.returncode == 2 and "choose onnx or all" in refused.stderr and not (tmp_path / "no").exists()
