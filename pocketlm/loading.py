@@ -151,10 +151,17 @@ def _config_of(path_or_repo: str) -> dict:
         fix = (f"pass its folder, {local.parent}" if (local.parent / CONFIG_FILE).is_file()
                else "point at a folder train.py wrote")
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
-    if local.exists() or path_or_repo.count("/") != 1 or path_or_repo.startswith((".", "/", "~")):
-        raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # a path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error
+        validate_repo_id(path_or_repo)
+        shaped_like_an_id = path_or_repo.count("/") == 1 and not path_or_repo.startswith((".", "/", "~"))
+    except HFValidationError:
+        shaped_like_an_id = False
+    if local.exists() or not shaped_like_an_id:
+        raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
 
     try:
         return json.loads(Path(hf_hub_download(path_or_repo, CONFIG_FILE)).read_text())

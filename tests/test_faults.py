@@ -136,6 +136,16 @@ def test_a_model_file_given_for_its_folder_is_pointed_to_the_folder(command, tra
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_missing_folder_whose_path_cannot_be_a_repo_id_is_named_as_a_folder(tmp_path, monkeypatch):
+    """`chat.py "runs/my model"` (a folder not there, a space in its name) was tried as a Hub id and answered
+    "could not fetch runs/my model from the Hub (HFValidationError); check the repo id"."""
+    monkeypatch.chdir(tmp_path)
+    for missing in ("runs/my model", "runs/modèle", "runs/a:b"):
+        for main, *args in ((chat_main, "--prompt", "hi"), (export_main, "--format", "onnx")):
+            assert_one_line_error(run_entry(main, missing, *args),
+                                  f"no model folder at {missing}: check the path, or train one with: python train.py")
+
+
 def test_a_tokenizer_path_that_is_no_folder_is_refused_before_the_data_is_read(trained, tmp_path):
     """--tokenizer of a missing path, or of tokenizer.json itself, was refused after the data was read, with
     transformers' text about malformed Hub ids."""
