@@ -274,7 +274,7 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if family or model_type == "gpt2":
             return family or "transformer"
         raise refusal
-    if family is None and model_type == "gpt2" and _holds_a_chat_template(path_or_repo):
+    if family is None and model_type == "gpt2" and _stock_gpt2_with_a_chat_template(path_or_repo):
         # A stock GPT-2 with pocketlm's chat template and no export record beside it: the gpt2/ folder of a model
         # repository hub_upload.py published, downloaded. Chat and compare run it as they run export.py's.
         if exports:
@@ -289,8 +289,12 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     return family
 
 
-def _holds_a_chat_template(path_or_repo: str) -> bool:
+def _stock_gpt2_with_a_chat_template(path_or_repo: str) -> bool:
+    """A folder of transformers' own GPT-2 with a chat template: no model code of its own beside it (a pocketlm
+    folder whose config.json was replaced by a GPT-2's has its modeling_gpt.py, and is named as damaged)."""
     local = Path(as_model(path_or_repo)).expanduser()
+    if any(local.glob("modeling_*.py")):
+        return False
     if (local / CHAT_TEMPLATE_FILE).is_file():
         return True
     settings = local / TOKENIZER_CONFIG_FILE
