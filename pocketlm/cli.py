@@ -620,20 +620,16 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
 def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> dict[Path, list[Path]]:
     """Every folder the upload would build, checked before any is built: nothing half-done. Returns, for each, the
     folders on its way that are missing (its own included), for `_take_back`."""
-    from .run_folder import check_writable
+    from .run_folder import check_new_folder
 
     missing = {}
     for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
                                ("static", "--static-space-output-dir", args.static_space)):
-        target = Path(where[name])
-        if not wanted:
-            continue
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
-        check_writable(target, flag)
-        whole = target.expanduser().resolve()
-        check_writable(whole.parent, flag, shown=target)  # each is built beside it (run_folder.build_folder)
-        missing[whole] = [path for path in (whole, *whole.parents) if not path.exists()]
+        if wanted:
+            target = Path(where[name])
+            check_new_folder(target, flag)
+            whole = target.expanduser().resolve()
+            missing[whole] = [path for path in (whole, *whole.parents) if not path.exists()]
     return missing
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from tokenization import save_tokenizer
 
 from .card import model_card
-from .errors import FULL_DISK, HubError, UsageError
+from .errors import HubError, UsageError
 from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family
-from .run_folder import LOSS_CURVE_FILE, RunFolder, build_folder, check_writable
+from .run_folder import LOSS_CURVE_FILE, RunFolder, build_folder, check_new_folder
 
 CARD_FILE = "README.md"
 
@@ -62,9 +62,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     family = _require_model_folder(source)
     asked = list(formats)  # `all` stays itself until the tokenizer is read: it decides whether GGUF is among them
     formats = formats_for(family, asked, offered=REPOSITORY_FORMATS) if asked else []
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} is not an empty folder: choose a new --output-dir, nothing there was touched.")
-    check_writable(target)  # by default beside the model: a shared, read-only folder is named, not "no space"
+    check_new_folder(target)  # by default beside the model: a shared, read-only folder is named, not "no space"
     model, tokenizer = load_pretrained(str(source))
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     summary = RunFolder(source).read_summary()
@@ -83,11 +81,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
                           gguf_precisions)
         (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
-    try:
-        build_folder(target, write)  # no half-built folder to upload by mistake; an empty one named stays empty
-    except OSError as error:
-        fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
-        raise UsageError(f"cannot write the Hub folder {target} ({error.strerror or error}): {fix} --output-dir.")
+    build_folder(target, write, what="Hub folder")  # none half-built to upload by mistake; an empty one stays empty
     return target
 
 

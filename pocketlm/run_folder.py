@@ -340,12 +340,23 @@ def remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--output-dir") -> None:
+def check_new_folder(target: Path, flag: str = "--output-dir") -> None:
+    """Refuse, before any work, a Hub or Space folder `build_folder` could not build: one that exists and is not
+    an empty folder, or where it or the folder it is built beside cannot be written."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
+    check_writable(target, flag)
+    check_writable(target.expanduser().resolve().parent, flag, shown=target)
+
+
+def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--output-dir",
+                 what: str | None = None) -> None:
     """Build an output folder (an export, a Hub folder, a Space) whole or not at all: `write` fills a hidden folder
     beside it, which then takes its place, replacing what is there (an empty folder, or an earlier export the user
     chose to overwrite; callers refuse anything else before any work). Built in place, a command stopped halfway (a
     full disk, Ctrl-C, SIGKILL) left a folder that the next command, or an upload, would take for a finished one.
-    Where `target` is a link, the folder it points at is built and the link stays."""
+    Where `target` is a link, the folder it points at is built and the link stays. With `what` (the Hub folder),
+    a write the file system refuses is said in one line naming it."""
     whole = target.expanduser().resolve()
     check_writable(whole.parent, flag, shown=target)  # where it is built: an empty folder there is not enough
     building = whole.with_name(f".{whole.name}.partial-{_writer()}")
@@ -354,9 +365,12 @@ def build_folder(target: Path, write: Callable[[Path], object], flag: str = "--o
     try:
         write(building)
         readable_by_others(building)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(building, ignore_errors=True)
         remove_empty(made)
+        if what and isinstance(error, OSError):
+            fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
+            raise UsageError(f"cannot write the {what} {target} ({error.strerror or error}): {fix} {flag}.") from None
         raise
     if whole.is_dir() and any(whole.iterdir()):
         shutil.rmtree(whole)

@@ -14,11 +14,10 @@ import yaml
 from modeling import MIN_TRANSFORMERS
 
 from .choices import WEB_PRECISIONS
-from .errors import FULL_DISK, UsageError
 from .export.web import write_page
 from .hub import STOCK_SUBFOLDER
 from .loading import local_folder, model_family
-from .run_folder import build_folder, check_writable
+from .run_folder import build_folder, check_new_folder
 
 GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
 
@@ -78,12 +77,6 @@ def _readme(space_id: str, repo_id: str, license_id: str, sdk: dict, body: str) 
 def _build(target: Path, flag: str, write) -> Path:
     """Run `write` into `target`, new or empty, whole or not at all: a failed or interrupted write leaves no
     half-built folder to upload by mistake (run_folder.build_folder)."""
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} is not an empty folder: choose a new {flag}, nothing there was touched.")
-    check_writable(target, flag)
-    try:
-        build_folder(target, write, flag)
-    except OSError as error:
-        fix = "free some space or choose another" if error.errno in FULL_DISK else "choose another"
-        raise UsageError(f"cannot write the Space folder {target} ({error.strerror or error}): {fix} {flag}.")
+    check_new_folder(target, flag)
+    build_folder(target, write, flag, what="Space folder")
     return target
