@@ -13,6 +13,10 @@ Every other module asks this one for a path, a record or a write; no file name o
 else. Every write goes to a hidden temporary place first and is then renamed into place (`write_whole`), but for
 metrics.jsonl, which grows a line at a time: a rename is atomic, so a run killed mid-save leaves the previous
 model, checkpoint or record as it was.
+
+The same writes serve the folders other commands make (exports, Hub and Space folders: `check_new_folder`,
+`build_folder`) and pocketlm's caches (`write_folder_whole`): built aside, renamed into place whole, their weights
+given the umask's mode, and what a killed process left aside removed by the next write.
 """
 
 import contextlib
