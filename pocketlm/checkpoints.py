@@ -14,7 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from .errors import UsageError, full_disk_says
-from .run_folder import readable_by_others
+from .whole_writes import readable_by_others
 from .signing import sign, verify
 
 logger = logging.getLogger(__name__)

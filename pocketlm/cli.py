@@ -620,7 +620,7 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
 def _refuse_used_folders(where: dict[str, str], args: argparse.Namespace) -> dict[Path, list[Path]]:
     """Every folder the upload would build, checked before any is built: nothing half-done. Returns, for each, the
     folders on its way that are missing (its own included), for `_take_back`."""
-    from .run_folder import check_new_folder
+    from .whole_writes import check_new_folder
 
     missing = {}
     for name, flag, wanted in (("model", "--output-dir", True), ("space", "--space-output-dir", args.space_id),
@@ -639,7 +639,7 @@ def _take_back(folders: list[Path], missing: dict[Path, list[Path]]) -> None:
     way go."""
     import shutil
 
-    from .run_folder import remove_empty
+    from .whole_writes import remove_empty
 
     for folder in folders:
         whole = folder.expanduser().resolve()

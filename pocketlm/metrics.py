@@ -7,7 +7,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from .run_folder import write_whole
+from .whole_writes import write_whole
 
 logger = logging.getLogger(__name__)
 

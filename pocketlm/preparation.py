@@ -38,7 +38,8 @@ from .generation import default_generation_config
 from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
-from .run_folder import TOKENIZER_FILE, RunFolder, write_folder_whole
+from .run_folder import TOKENIZER_FILE, RunFolder
+from .whole_writes import write_folder_whole
 from .signing import KEY_FILE
 
 

@@ -17,7 +17,7 @@ from .choices import WEB_PRECISIONS
 from .export.web import write_page
 from .hub import STOCK_SUBFOLDER
 from .loading import local_folder, model_family
-from .run_folder import build_folder, check_new_folder
+from .whole_writes import build_folder, check_new_folder
 
 GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
 
@@ -76,7 +76,7 @@ def _readme(space_id: str, repo_id: str, license_id: str, sdk: dict, body: str) 
 
 def _build(target: Path, flag: str, write) -> Path:
     """Run `write` into `target`, new or empty, whole or not at all: a failed or interrupted write leaves no
-    half-built folder to upload by mistake (run_folder.build_folder)."""
+    half-built folder to upload by mistake (whole_writes.build_folder)."""
     check_new_folder(target, flag)
     build_folder(target, write, flag, what="Space folder")
     return target

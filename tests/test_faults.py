@@ -1125,7 +1125,7 @@ def test_a_killed_export_leaves_a_hidden_folder_that_the_next_one_clears(trained
 def test_a_cache_entry_a_killed_process_was_writing_is_cleared_by_the_next_write(tmp_path):
     """The same for pocketlm's caches (tokenizers, datasets saved from Python, which can be large): a process killed
     while writing an entry left its hidden `.DIGEST-PID` folder for good."""
-    from pocketlm.run_folder import write_folder_whole
+    from pocketlm.whole_writes import write_folder_whole
 
     host = socket.gethostname()
     dead = tmp_path / f".0123abcd-{host}-4194305"  # above any pid_max: no process has it

@@ -21,7 +21,8 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name
-from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE, build_folder, check_writable
+from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
+from ..whole_writes import build_folder, check_writable
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
