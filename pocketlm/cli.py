@@ -65,11 +65,12 @@ OTHER_TOOLS_NAMES = {
     "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
     "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",
     "bf16": "--mixed-precision bf16", "model-path": "--model", "max-length": "--max-new-tokens",
-    "max-tokens": "--max-new-tokens", "temp": "--temperature", "o": "--output-dir", "out": "--output-dir",
-    "out-dir": "--output-dir", "outdir": "--output-dir", "outfile": "--output-dir", "output": "--output-dir",
-    "save-dir": "--output-dir", "use-cpu": "--device cpu", "no-cuda": "--device cpu", "cpu": "--device cpu",
+    "max-tokens": "--max-new-tokens", "temp": "--temperature", "use-cpu": "--device cpu", "no-cuda": "--device cpu", "cpu": "--device cpu",
     "cuda": "--device cuda", "gpu": "--device cuda",
 }
+# Where to write: a folder for train.py and export.py, compare.py's report file.
+OTHER_TOOLS_NAMES.update({name: ("--output-dir", "--output")
+                          for name in ("o", "out", "out-dir", "outdir", "outfile", "output", "save-dir")})
 # Model shape fields, which nanoGPT takes as options of their own (tests/test_faults.py keeps them the models').
 MODEL_CONFIG_FIELDS = ("n_layer", "n_head", "n_embd", "dropout", "num_hidden_layers", "num_attention_heads",
                        "hidden_size", "num_layers", "embedding_dim")
@@ -127,10 +128,11 @@ class _Parser(argparse.ArgumentParser):
 
         ours = [option for option in self._option_string_actions if option.startswith("--")]
         spelled = "--" + name.lstrip("-").replace("_", "-").lower()
-        other = OTHER_TOOLS_NAMES.get(spelled[2:], "")
+        others = OTHER_TOOLS_NAMES.get(spelled[2:], ())
+        other = next((o for o in ([others] if isinstance(others, str) else others) if o.split(" ")[0] in ours), None)
         if spelled in ours and spelled != name:
             meant = spelled
-        elif other.split(" ")[0] in ours:
+        elif other:
             meant = other
         else:
             meant = next(iter(difflib.get_close_matches(spelled, ours, n=1, cutoff=0.75)), None)

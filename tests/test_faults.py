@@ -895,6 +895,8 @@ def test_outputs_below_a_file_or_in_a_missing_folder_are_refused(corpus, trained
     for spelled in ("-o", "--outfile", "--out_dir"):
         assert_one_line_error(run_entry(export_main, str(trained["transformer"]), spelled, str(tmp_path / "x")),
                               f"unknown option {spelled} (did you mean --output-dir?)")
+        assert_one_line_error(run_entry(compare_main, str(trained["transformer"]), spelled, str(tmp_path / "x.md")),
+                              f"unknown option {spelled} (did you mean --output?)")  # compare.py writes one file
     for main in (train_main, chat_main):  # the Trainer's --use_cpu, nanoGPT's --device=cpu habits
         for spelled in ("--use_cpu", "--cpu", "--no-cuda"):
             assert_one_line_error(run_entry(main, spelled), f"unknown option {spelled} (did you mean --device cpu?)")
