@@ -108,12 +108,16 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
 def architecture(config, family: str) -> str:
     """The model's shape in one phrase."""
     if family == "transformer":
-        return (f"GPT-style decoder-only Transformer: {config.n_layer} pre-norm blocks, width {config.n_embd}, "
-                f"{config.n_head} heads, context window {config.block_size} tokens, byte-level BPE vocabulary of "
-                f"{config.vocab_size} tokens, " + ("input and output embeddings tied" if config.tie_word_embeddings
-                                                   else "an output head of its own"))
-    return (f"character-level LSTM: {config.num_layers} layers of {config.hidden_size} units, "
+        return (f"GPT-style decoder-only Transformer: {_count(config.n_layer, 'pre-norm block')}, width "
+                f"{config.n_embd}, {_count(config.n_head, 'head')}, context window {config.block_size} tokens, "
+                f"byte-level BPE vocabulary of {config.vocab_size} tokens, "
+                + ("input and output embeddings tied" if config.tie_word_embeddings else "an output head of its own"))
+    return (f"character-level LSTM: {_count(config.num_layers, 'layer')} of {config.hidden_size} units, "
             f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"  # a tiny model of one layer is "1 layer"
 
 
 def _how_to_use(repo_id: str, minimum: str) -> str:

@@ -47,8 +47,9 @@ def describe_stats(stats: dict) -> str:
     first = stats["time_to_first_token"]
     # A reply can end before any visible text (an end-of-turn token first): say so, keep the rest.
     shown = f"first token after {first:.3f} s" if first is not None else "no visible text"
-    return (f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
-            f"{shown}, prompt {stats['prompt_tokens']} tokens")
+    new, prompt = stats["new_tokens"], stats["prompt_tokens"]
+    return (f"{new} token{'s' * (new != 1)} in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
+            f"{shown}, prompt {prompt} token{'s' * (prompt != 1)}")
 
 
 class _StopWhenSet(StoppingCriteria):

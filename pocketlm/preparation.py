@@ -170,11 +170,13 @@ def describe_run(options: TrainingOptions, model, plan: Plan, accelerator: Accel
     if accelerator.device.type == "cuda":
         device = torch.cuda.get_device_name(accelerator.device)
     else:
-        device = f"the {accelerator.device.type.upper()} ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        device = f"the {accelerator.device.type.upper()} ({threads} thread{'s' * (threads != 1)})"
     if accelerator.num_processes > 1:
         device = f"{accelerator.num_processes} processes, each on {device}"
     precision = "float32" if options.mixed_precision == "no" else f"{options.mixed_precision} mixed precision"
-    length = f"on to step {plan.total_steps:,}" if resumed else f"for {plan.total_steps:,} steps"
+    steps = f"{plan.total_steps:,} step{'s' * (plan.total_steps != 1)}"
+    length = f"on to step {plan.total_steps:,}" if resumed else f"for {steps}"
     return (f"training {what} ({parameters:,} parameters) {length}, {plan.tokens_per_step:,} tokens a step, on "
             f"{device}, {precision}, into {folder.path}")
 
@@ -366,9 +368,11 @@ def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_s
         counted = "streamed" if corpus.streaming else f"{batches.count:,}"
         scored = "" if validation.scored == "all of it" else f"; each evaluation scores {validation.scored}"
         if batches.batch_size < options.batch_size:  # said, since it changes the tokens per step the user asked for
+            per_process = " per process" if accelerator.num_processes > 1 else ""
             scored += (f"; fewer blocks than --batch-size {options.batch_size}, so a batch is {batches.batch_size:,} "
-                       f"blocks{' per process' if accelerator.num_processes > 1 else ''}")
-        stage["done"] = (f"{counted} training blocks of {block_size} tokens, {validation.tokens:,} validation "
+                       f"block{'s' * (batches.batch_size != 1)}{per_process}")
+        blocks = "block" if counted == "1" else "blocks"
+        stage["done"] = (f"{counted} training {blocks} of {block_size} tokens, {validation.tokens:,} validation "
                          f"tokens{scored}")
     return batches, validation
 

@@ -995,6 +995,16 @@ def test_a_batch_larger_than_the_text_is_said_with_the_batch_it_became(corpus_fi
     assert said and said.group(1) == said.group(2), out  # one step takes every block, and says so
 
 
+def test_counts_of_one_read_in_the_singular(tmp_path, capsys):
+    text = tmp_path / "one-line.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog, and rests")
+    train(tiny_options("lstm", text, tmp_path / "m", batch_size=4, max_steps=1, samples=0))
+    out = capsys.readouterr().out
+    assert "reading: 1 record read: 1 kept (" in out, out
+    assert re.search(r"tokenizing: 1 training block of 32 tokens, .*so a batch is 1 block \(", out), out
+    assert "for 1 step, 32 tokens a step" in out, out
+
+
 def test_a_warm_up_longer_than_a_tenth_of_the_run_is_cut_and_said(corpus_file, tmp_path, capsys):
     train(tiny_options("lstm", corpus_file, tmp_path / "m", warmup_steps=100, max_steps=20, eval_every=10, lr=1e-3,
                        min_lr_ratio=0.1, samples=0))

@@ -73,11 +73,11 @@ class ReadReport:
         """One line for the screen: what was read and what became of it."""
         parts = [f"{self.kept:,} kept"]
         if self.duplicates:
-            parts.append(f"{self.duplicates:,} exact duplicates dropped")
+            parts.append(f"{self.duplicates:,} exact duplicate{'s' * (self.duplicates != 1)} dropped")
         parts += [f"{count:,} skipped ({reason}, first at {self.first_at[reason]})" for reason, count in self.skipped.items()]
         parts += [f"{name} not read ({why})" for name, why in self.skipped_files.items()]
         scope = "read so far" if self.streamed else "read"
-        return f"{self.records:,} records {scope}: " + ", ".join(parts)
+        return f"{self.records:,} record{'s' * (self.records != 1)} {scope}: " + ", ".join(parts)
 
     def summary(self) -> dict:
         return {"records_read": self.records, "kept": self.kept, "duplicates_dropped": self.duplicates,

@@ -312,8 +312,9 @@ async function send(text) {
   history.push({ role: "user", content: text }, { role: "assistant", content: reply.trim() });
   const seconds = (performance.now() - begun) / 1000;
   const firstToken = first === null ? "no visible text" : `first token after ${((first - begun) / 1000).toFixed(3)} s`;
-  $("figures").textContent = `${generated.length} tokens in ${seconds.toFixed(2)} s ` +
-    `(${(generated.length / seconds).toFixed(1)} tokens/s), ${firstToken}, prompt ${ids.length} tokens`;
+  const tokens = (count) => `${count} token${count === 1 ? "" : "s"}`;
+  $("figures").textContent = `${tokens(generated.length)} in ${seconds.toFixed(2)} s ` +
+    `(${(generated.length / seconds).toFixed(1)} tokens/s), ${firstToken}, prompt ${tokens(ids.length)}`;
   $("stop").disabled = true;
   $("send").disabled = $("message").disabled = false;
   $("message").focus();
