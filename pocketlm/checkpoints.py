@@ -14,8 +14,8 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from .errors import UsageError, full_disk_says
-from .whole_writes import readable_by_others
 from .signing import sign, verify
+from .whole_writes import readable_by_others
 
 logger = logging.getLogger(__name__)
 

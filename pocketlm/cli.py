@@ -65,8 +65,8 @@ OTHER_TOOLS_NAMES = {
     "eval-steps": "--eval-every", "eval-interval": "--eval-every", "save-total-limit": "--keep-checkpoints",
     "resume-from-checkpoint": "--resume", "overwrite-output-dir": "--overwrite", "fp16": "--mixed-precision fp16",
     "bf16": "--mixed-precision bf16", "model-path": "--model", "max-length": "--max-new-tokens",
-    "max-tokens": "--max-new-tokens", "temp": "--temperature", "use-cpu": "--device cpu", "no-cuda": "--device cpu", "cpu": "--device cpu",
-    "cuda": "--device cuda", "gpu": "--device cuda",
+    "max-tokens": "--max-new-tokens", "temp": "--temperature", "use-cpu": "--device cpu", "no-cuda": "--device cpu",
+    "cpu": "--device cpu", "cuda": "--device cuda", "gpu": "--device cuda",
 }
 # Where to write: a folder for train.py and export.py, compare.py's report file.
 OTHER_TOOLS_NAMES.update({name: ("--output-dir", "--output")

@@ -39,8 +39,8 @@ from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
-from .whole_writes import write_folder_whole
 from .signing import KEY_FILE
+from .whole_writes import write_folder_whole
 
 
 @dataclass

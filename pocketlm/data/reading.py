@@ -27,8 +27,8 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
-from ..whole_writes import write_folder_whole
 from ..signing import KEY_FILE
+from ..whole_writes import write_folder_whole
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
                       delimiter, find_data_files, inspect_file, open_data, saved_dataset)
 
