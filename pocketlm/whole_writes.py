@@ -19,6 +19,7 @@ from typing import Callable
 
 from .errors import FULL_DISK, UsageError
 
+
 def check_writable(folder: Path, flag: str = "--output-dir", shown: Path | None = None) -> None:
     """Refuse an output folder that cannot be created or written (its nearest existing folder is a file, read-only,
     another user's), before any work: a training run's, or an export's, which goes beside its model by default.
