@@ -455,6 +455,16 @@ def test_a_file_given_as_a_dataset_is_pointed_to_data(tmp_path):
     assert_one_line_error(result, f"--dataset {table} is a file: pass it as --data {table}")
 
 
+def test_a_web_address_given_as_data_is_said_to_be_one_with_the_way_to_its_text(tmp_path):
+    # It read "no such file or directory; check the path", as if the address were a mistyped file name.
+    for flag, address in (("--data", "https://example.com/notes.txt"), ("--data", "hf://datasets/me/notes"),
+                          ("--validation-data", "s3://bucket/held-out.txt")):
+        data = [] if flag == "--data" else [f"--data={REPO_ROOT / 'README.md'}"]
+        result = run_entry(train_main, *data, f"{flag}={address}", f"--output-dir={tmp_path / 'out'}", "--max-steps=1")
+        assert_one_line_error(result, f"{flag} {address} is a web address", "curl -LO ADDRESS")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dataset_saved_with_save_to_disk_trains_as_datasets_reads_it_and_is_pointed_to_from_data(tmp_path):
     """load_dataset refuses a save_to_disk folder (naming load_from_disk, which a pocketlm user cannot call), and
     --data read its metadata as JSON records without text. As --dataset it is the same data as the Parquet file

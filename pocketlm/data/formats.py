@@ -13,6 +13,7 @@ import gzip
 import logging
 import lzma
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ OTHER_BINARIES = {
     b"%PDF": "a PDF: save its text as a .txt file",
 }
 BINARY = "binary or not UTF-8 or UTF-16 text: convert it to UTF-8 text"
+# A web or cloud address (https://, s3://, hf://), which datasets' own loaders would fetch.
+URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def _name_inside(path: Path) -> str:
@@ -117,6 +120,9 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
                 raise UsageError(f"{flag} {raw}: the pattern matches no file or folder; check it.")
             found.extend(find_data_files(matches, flag, quiet))  # files as given, folders searched
             continue
+        if not path.exists() and URL.match(raw):  # datasets would fetch it; pocketlm reads what is on the disk
+            raise UsageError(f"{flag} {raw} is a web address, and {flag} reads files on this machine: download it "
+                             "first (curl -LO ADDRESS) and pass the file, or a Hub dataset's name with --dataset.")
         if not path.exists():
             raise UsageError(f"{flag} {raw}: no such file or directory; check the path.")
         if path.is_file():
