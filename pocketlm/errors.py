@@ -1,4 +1,5 @@
-"""Every exception pocketlm raises for a person to read, and the one place where a full disk becomes one.
+"""Every exception pocketlm raises for a person to read; the one place where a full disk becomes one, and where a
+web address given for a path is recognised.
 
 The command lines (`pocketlm/cli.py`) print each as one line: a UsageError, input the user can fix, exits with
 status 2; a run that diverged or a Hub that refused exits with 1. This module imports nothing heavy, so a command
@@ -7,6 +8,7 @@ can know these types before it loads torch.
 
 import contextlib
 import errno
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,10 @@ class TrainingDiverged(RuntimeError):
 class HubError(RuntimeError):
     """The Hub refused or could not be reached; the message says which and what to do."""
 
+
+# A web or cloud address (https://, s3://, hf://): pocketlm reads models and data on this machine, or models by Hub
+# id, and says so where such an address would read as a missing file.
+WEB_ADDRESS = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 # The errors of a write that found no room: the disk is full, or the user's quota is spent.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)

@@ -146,6 +146,19 @@ def test_a_missing_folder_whose_path_cannot_be_a_repo_id_is_named_as_a_folder(tm
                                   f"no model folder at {missing}: check the path, or train one with: python train.py")
 
 
+def test_a_model_s_web_address_is_said_to_be_one_with_its_repository_id(tmp_path, monkeypatch):
+    """A Hub page copied from the browser read "no model folder at https://huggingface.co/...", as if mistyped."""
+    monkeypatch.chdir(tmp_path)
+    by_id = "pass its repository id, me/pocketlm-small"
+    for address, fix in (("https://huggingface.co/me/pocketlm-small", by_id),
+                         ("https://huggingface.co/me/pocketlm-small/tree/main", by_id), ("hf://me/pocketlm-small", by_id),
+                         ("https://example.com/model.tar", "pass a model folder on this machine, or a Hub repository id")):
+        for main, *args in ((chat_main, "--prompt", "hi"), (export_main, "--format", "onnx"), (compare_main,),
+                            (upload_main, "--repo-id", "me/x", "--dry-run")):
+            assert_one_line_error(run_entry(main, address, *args), f"{address} is a web address", fix)
+    assert not [*tmp_path.iterdir()]
+
+
 def test_a_tokenizer_path_that_is_no_folder_is_refused_before_the_data_is_read(trained, tmp_path):
     """--tokenizer of a missing path, or of tokenizer.json itself, was refused after the data was read, with
     transformers' text about malformed Hub ids."""

@@ -13,14 +13,13 @@ import gzip
 import logging
 import lzma
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UsageError
+from ..errors import WEB_ADDRESS, UsageError
 from ..adapters import ADAPTER_CONFIG_FILE
 from ..run_folder import CONFIG_FILE, EXPORT_RECORD
 
@@ -53,8 +52,6 @@ OTHER_BINARIES = {
     b"%PDF": "a PDF: save its text as a .txt file",
 }
 BINARY = "binary or not UTF-8 or UTF-16 text: convert it to UTF-8 text"
-# A web or cloud address (https://, s3://, hf://), which datasets' own loaders would fetch.
-URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def _name_inside(path: Path) -> str:
@@ -120,7 +117,7 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
                 raise UsageError(f"{flag} {raw}: the pattern matches no file or folder; check it.")
             found.extend(find_data_files(matches, flag, quiet))  # files as given, folders searched
             continue
-        if not path.exists() and URL.match(raw):  # datasets would fetch it; pocketlm reads what is on the disk
+        if not path.exists() and WEB_ADDRESS.match(raw):  # datasets would fetch it; pocketlm reads what is on the disk
             raise UsageError(f"{flag} {raw} is a web address, and {flag} reads files on this machine: download it "
                              "first (curl -LO ADDRESS) and pass the file, or a Hub dataset's name with --dataset.")
         if not path.exists():
