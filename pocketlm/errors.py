@@ -29,6 +29,19 @@ class HubError(RuntimeError):
 # id, and says so where such an address would read as a missing file.
 WEB_ADDRESS = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 
+# A model's page on the Hub, or its address in huggingface_hub's file system: what a user copies from a browser.
+HUB_MODEL_ADDRESS = re.compile(r"(?:https?://(?:www\.)?(?:huggingface\.co|hf\.co)/|hf://)(?!datasets/|spaces/)"
+                               r"([\w.-]+(?:/[\w.-]+)?)")
+
+
+def web_address_said(address: str) -> str:
+    """What to say of a web address given for a model or tokenizer folder (a Hub page copied from the browser)."""
+    model = HUB_MODEL_ADDRESS.match(address)
+    fix = (f"pass its repository id, {model.group(1)}" if model
+           else "pass a model folder on this machine, or a Hub repository id (OWNER/NAME)")
+    return f"{address} is a web address, not a model folder or a Hub repository id: {fix}."
+
+
 # The errors of a write that found no room: the disk is full, or the user's quota is spent.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 

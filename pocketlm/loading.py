@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import modeling  # noqa: F401  (registers pocketlm's model types with the Auto c
 from modeling import MODEL_TYPES
 
 from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
-from .errors import WEB_ADDRESS, UsageError
+from .errors import WEB_ADDRESS, UsageError, web_address_said
 from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD, GENERATION_CONFIG_FILE,
                          MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
 from .signing import KEY_FILE, MANIFEST_FILE
@@ -162,7 +161,7 @@ def _config_of(path_or_repo: str) -> dict:
     except HFValidationError:
         shaped_like_an_id = False
     if not local.exists() and WEB_ADDRESS.match(path_or_repo):
-        raise UsageError(_web_address_said(path_or_repo))
+        raise UsageError(web_address_said(path_or_repo))
     if local.exists() or not shaped_like_an_id:
         raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
 
@@ -175,18 +174,6 @@ def _config_of(path_or_repo: str) -> dict:
         )
     except (HfHubHTTPError, OSError, ValueError) as error:
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
-
-
-# A model's page on the Hub, or its address in huggingface_hub's file system: what a user copies from a browser.
-HUB_MODEL_ADDRESS = re.compile(r"(?:https?://(?:www\.)?(?:huggingface\.co|hf\.co)/|hf://)(?!datasets/|spaces/)"
-                               r"([\w.-]+(?:/[\w.-]+)?)")
-
-
-def _web_address_said(address: str) -> str:
-    model = HUB_MODEL_ADDRESS.match(address)
-    fix = (f"pass its repository id, {model.group(1)}" if model
-           else "pass a model folder on this machine, or a Hub repository id (OWNER/NAME)")
-    return f"{address} is a web address, not a model folder or a Hub repository id: {fix}."
 
 
 def local_folder(path_or_repo: str) -> Path:

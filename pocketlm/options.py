@@ -21,7 +21,7 @@ from pathlib import Path
 from configs import load_recipe
 
 from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES  # the command line's choices; the checks below ask modeling
-from .errors import UsageError
+from .errors import WEB_ADDRESS, UsageError, web_address_said
 
 RECIPE = "recipe: configs/<model-type>.json"
 
@@ -320,6 +320,8 @@ def _check_tokenizer_path(given: str) -> None:
         fix = (f"pass its folder, {path.parent}" if (path.parent / TOKENIZER_FILE).is_file()
                else "pass the folder a tokenizer was saved in (a model folder works)")
         raise UsageError(f"--tokenizer {given} is a file: {fix}.")
+    if not path.exists() and WEB_ADDRESS.match(given):
+        raise UsageError(f"--tokenizer {web_address_said(given)}")
     if not path.exists() and (given.startswith((".", "/", "~")) or given.count("/") != 1):
         raise UsageError(f"--tokenizer {given}: no such folder; pass the folder a tokenizer was saved in (a model "
                          "folder works).")

@@ -164,7 +164,9 @@ def test_a_tokenizer_path_that_is_no_folder_is_refused_before_the_data_is_read(t
     transformers' text about malformed Hub ids."""
     tokenizer_file = trained["transformer"] / "tokenizer.json"
     for given, needle in ((str(tmp_path / "nowhere"), f"--tokenizer {tmp_path / 'nowhere'}: no such folder"),
-                          (str(tokenizer_file), f"is a file: pass its folder, {trained['transformer']}")):
+                          (str(tokenizer_file), f"is a file: pass its folder, {trained['transformer']}"),
+                          ("https://huggingface.co/me/m", "is a web address, not a model folder or a Hub repository id: "
+                                                          "pass its repository id, me/m")):
         result = _train(tmp_path / "corpus.txt", tmp_path / "out", f"--tokenizer={given}")
         assert_one_line_error(result, needle)
         assert not result.stdout  # before anything was read
