@@ -12,6 +12,7 @@ import yaml
 from modeling import MIN_TRANSFORMERS
 
 from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE
+from .wording import counted
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -108,16 +109,12 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
 def architecture(config, family: str) -> str:
     """The model's shape in one phrase."""
     if family == "transformer":
-        return (f"GPT-style decoder-only Transformer: {_count(config.n_layer, 'pre-norm block')}, width "
-                f"{config.n_embd}, {_count(config.n_head, 'head')}, context window {config.block_size} tokens, "
+        return (f"GPT-style decoder-only Transformer: {counted(config.n_layer, 'pre-norm block')}, width "
+                f"{config.n_embd}, {counted(config.n_head, 'head')}, context window {config.block_size} tokens, "
                 f"byte-level BPE vocabulary of {config.vocab_size} tokens, "
                 + ("input and output embeddings tied" if config.tie_word_embeddings else "an output head of its own"))
-    return (f"character-level LSTM: {_count(config.num_layers, 'layer')} of {config.hidden_size} units, "
+    return (f"character-level LSTM: {counted(config.num_layers, 'layer')} of {config.hidden_size} units, "
             f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'s' * (number != 1)}"  # a tiny model of one layer is "1 layer"
 
 
 def _how_to_use(repo_id: str, minimum: str) -> str:

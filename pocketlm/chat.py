@@ -19,6 +19,7 @@ from .errors import UsageError
 from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
 from .loading import default_runtime, load_pretrained
+from .wording import counted
 
 
 def _yes_or_no(value) -> bool:
@@ -48,8 +49,8 @@ def describe_stats(stats: dict) -> str:
     # A reply can end before any visible text (an end-of-turn token first): say so, keep the rest.
     shown = f"first token after {first:.3f} s" if first is not None else "no visible text"
     new, prompt = stats["new_tokens"], stats["prompt_tokens"]
-    return (f"{new} token{'s' * (new != 1)} in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
-            f"{shown}, prompt {prompt} token{'s' * (prompt != 1)}")
+    return (f"{counted(new, 'token')} in {stats['seconds']:.2f} s ({stats['tokens_per_second']:.1f} tokens/s), "
+            f"{shown}, prompt {counted(prompt, 'token')}")
 
 
 class _StopWhenSet(StoppingCriteria):

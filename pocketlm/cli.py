@@ -17,6 +17,7 @@ from .choices import (
     WEB_HOST, WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
+from .wording import counted
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -181,7 +182,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
             speed = f" at {result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else ""
             print(f"\nsaved {result.output_dir} (best validation {result.best_val_bpc:.3f} bits/char, "
-                  f"loss {result.best_val_loss:.4f}) after {result.steps:,} step{'s' * (result.steps != 1)}{speed}")
+                  f"loss {result.best_val_loss:.4f}) after {counted(result.steps, 'step')}{speed}")
         if not result.interrupted:
             return 0
         # As a shell reports a process a signal stopped: 128 + its number (130 for Ctrl-C, 143 for SIGTERM).
@@ -694,7 +695,7 @@ def export_main(argv: list[str] | None = None) -> int:
         files = export(args.model, formats, output, overwrite=args.overwrite,
                        web_precision=args.web_precision or WEB_PRECISIONS[0], gguf_precisions=gguf_precisions)
         size = sum(path.stat().st_size for path in files)
-        print(f"wrote {output} ({len(files)} file{'s' * (len(files) != 1)}, {size / 1e6:,.1f} MB): "
+        print(f"wrote {output} ({counted(len(files), 'file')}, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))
         return 0
 

@@ -41,6 +41,7 @@ from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
 from .signing import KEY_FILE
 from .whole_writes import write_folder_whole
+from .wording import counted
 
 
 @dataclass
@@ -130,7 +131,7 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         warmup = warmup_of(options.warmup_steps, plan.total_steps)
         schedule = make_schedule(optimizer, warmup, plan.total_steps, options.min_lr_ratio)
         if warmup < options.warmup_steps and accelerator.is_main_process:  # said: the schedule asked for is not run
-            print(f"warm-up: {warmup} step{'s' * (warmup != 1)}, a tenth of this {plan.total_steps:,}-step run, "
+            print(f"warm-up: {counted(warmup, 'step')}, a tenth of this {plan.total_steps:,}-step run, "
                   f"not the {options.warmup_steps} set by --warmup-steps or configs/{options.model_type}.json")
         if accelerator.is_main_process:
             print(describe_run(options, model, plan, accelerator, folder, resumed=bool(resumed_from)))
@@ -170,13 +171,11 @@ def describe_run(options: TrainingOptions, model, plan: Plan, accelerator: Accel
     if accelerator.device.type == "cuda":
         device = torch.cuda.get_device_name(accelerator.device)
     else:
-        threads = torch.get_num_threads()
-        device = f"the {accelerator.device.type.upper()} ({threads} thread{'s' * (threads != 1)})"
+        device = f"the {accelerator.device.type.upper()} ({counted(torch.get_num_threads(), 'thread')})"
     if accelerator.num_processes > 1:
         device = f"{accelerator.num_processes} processes, each on {device}"
     precision = "float32" if options.mixed_precision == "no" else f"{options.mixed_precision} mixed precision"
-    steps = f"{plan.total_steps:,} step{'s' * (plan.total_steps != 1)}"
-    length = f"on to step {plan.total_steps:,}" if resumed else f"for {steps}"
+    length = f"on to step {plan.total_steps:,}" if resumed else f"for {counted(plan.total_steps, 'step')}"
     return (f"training {what} ({parameters:,} parameters) {length}, {plan.tokens_per_step:,} tokens a step, on "
             f"{device}, {precision}, into {folder.path}")
 
@@ -365,15 +364,13 @@ def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_s
         if any_process(accelerator, not batches.has_a_block()):  # every process stops, or none waits on a stopped one
             raise UsageError(f"not enough text for one block of {block_size} tokens ({corpus.report.describe()}): "
                              "add text or pass a smaller --block-size.")
-        counted = "streamed" if corpus.streaming else f"{batches.count:,}"
+        blocks = "streamed training blocks" if corpus.streaming else counted(batches.count, "training block")
         scored = "" if validation.scored == "all of it" else f"; each evaluation scores {validation.scored}"
         if batches.batch_size < options.batch_size:  # said, since it changes the tokens per step the user asked for
             per_process = " per process" if accelerator.num_processes > 1 else ""
-            scored += (f"; fewer blocks than --batch-size {options.batch_size}, so a batch is {batches.batch_size:,} "
-                       f"block{'s' * (batches.batch_size != 1)}{per_process}")
-        blocks = "block" if counted == "1" else "blocks"
-        stage["done"] = (f"{counted} training {blocks} of {block_size} tokens, {validation.tokens:,} validation "
-                         f"tokens{scored}")
+            scored += (f"; fewer blocks than --batch-size {options.batch_size}, so a batch is "
+                       f"{counted(batches.batch_size, 'block')}{per_process}")
+        stage["done"] = (f"{blocks} of {block_size} tokens, {validation.tokens:,} validation tokens{scored}")
     return batches, validation
 
 

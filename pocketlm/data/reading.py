@@ -29,6 +29,7 @@ from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 from ..errors import UsageError
 from ..signing import KEY_FILE
 from ..whole_writes import write_folder_whole
+from ..wording import counted
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
                       delimiter, find_data_files, inspect_file, open_data, saved_dataset)
 
@@ -73,11 +74,11 @@ class ReadReport:
         """One line for the screen: what was read and what became of it."""
         parts = [f"{self.kept:,} kept"]
         if self.duplicates:
-            parts.append(f"{self.duplicates:,} exact duplicate{'s' * (self.duplicates != 1)} dropped")
+            parts.append(f"{counted(self.duplicates, 'exact duplicate')} dropped")
         parts += [f"{count:,} skipped ({reason}, first at {self.first_at[reason]})" for reason, count in self.skipped.items()]
         parts += [f"{name} not read ({why})" for name, why in self.skipped_files.items()]
         scope = "read so far" if self.streamed else "read"
-        return f"{self.records:,} record{'s' * (self.records != 1)} {scope}: " + ", ".join(parts)
+        return f"{counted(self.records, 'record')} {scope}: " + ", ".join(parts)
 
     def summary(self) -> dict:
         return {"records_read": self.records, "kept": self.kept, "duplicates_dropped": self.duplicates,
