@@ -3,6 +3,11 @@
 Turns go through the tokenizer's chat template. When the conversation outgrows the model's context window,
 the oldest turns go first; the system text and the current message always stay (a message too long on its
 own keeps its end). Replies stream token by token and stop at the end-of-turn token.
+
+A model trained on plain text (a book, notes, code) never saw the chat template's role tokens, so it is not
+chatted with but asked to continue what is typed, as nanoGPT's and char-rnn's samplers do: the "text" mode, which
+its training record picks by default. With context the passage grows, each message on a line of its own after
+what the model wrote, and its oldest tokens go when it outgrows the window.
 """
 
 import threading
@@ -16,9 +21,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from tokenization import message_text
 
 from .errors import UsageError
-from .choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
+from .choices import BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
-from .loading import default_runtime, load_pretrained
+from .loading import default_runtime, load_pretrained, trained_mode
 from .wording import counted
 
 
@@ -69,13 +74,19 @@ class ChatInterface:
     `model` is a loaded model or a folder / Hub repo id; the tokenizer comes from the model's folder when not
     given; `device`, `dtype` ("float32", "float16", "bfloat16" or "int8") and `runtime` ("torch", or "onnx" for
     onnxruntime; by default torch, onnxruntime for an export of ONNX graphs alone) apply when it is loaded here.
-    `use_context=False` answers each message on its own (the old LSTM behaviour). Keyword arguments
-    are generation options (temperature, top_k, top_p, repetition_penalty, max_new_tokens, do_sample).
+    `use_context=False` answers each message on its own (the old LSTM behaviour). `mode` is "chat" (a reply
+    through the chat template) or "text" (the message continued, for a model trained on plain text); by default
+    the one the model's training record names. Keyword arguments are generation options (temperature, top_k,
+    top_p, repetition_penalty, max_new_tokens, do_sample).
     """
 
     def __init__(self, model, tokenizer=None, use_context: bool = True, system: str | None = None,
                  device: str | torch.device = "cpu", dtype: str = "float32", runtime: str | None = None,
-                 **generation_options):
+                 mode: str | None = None, **generation_options):
+        if mode is not None and mode not in CHAT_MODES:
+            raise UsageError(f"unknown mode {mode!r}: choose " + " or ".join(f"{name} ({what})" for name, what in
+                                                                         CHAT_MODES.items()) + ".")
+        self.mode = mode or trained_mode(model)
         if isinstance(model, (str, Path)):
             model, loaded_tokenizer = load_pretrained(str(model), device, dtype, runtime or default_runtime(str(model)))
             tokenizer = tokenizer or loaded_tokenizer
@@ -118,7 +129,10 @@ class ChatInterface:
 
     def set_system(self, system: str | None) -> None:
         """Set the system text (None or empty drops it); one the model's window cannot hold beside a reply and a
-        message raises UsageError and changes nothing."""
+        message raises UsageError and changes nothing, as does any in text mode, which has no place for one."""
+        if system and self.mode == "text":
+            raise UsageError("a system text is for chat: in text mode the model continues what is typed, so put "
+                             "the text to continue in the message, or chat with --mode chat.")
         self._check_system(system or None, self.options["max_new_tokens"])
         self.system = system or None
 
@@ -160,10 +174,27 @@ class ChatInterface:
         probe = [{"role": "user", "content": "."}]
         return self._encode(probe, generation_prompt=True)[len(self._encode(probe)) :]
 
+    def passage(self, text: str) -> str:
+        """Text mode: the text the model continues for the message `text`. With context, what was typed and
+        written before, then `text` on a line of its own (a typed line is a line) unless what came before ends in
+        a space or line break, or `text` is empty: a message of nothing asks for more of the same passage."""
+        passage = ""
+        for turn in [*(self.history if self.use_context else []), {"role": "user", "content": text}]:
+            typed = turn["role"] == "user"
+            if typed and passage and turn["content"] and not passage[-1].isspace():
+                passage += "\n"
+            passage += turn["content"]
+        return passage
+
     def prompt_ids(self, text: str, max_new_tokens: int) -> list[int]:
-        """The prompt for a reply to `text`: system, as many recent turns as fit, the message, the reply cue."""
+        """The prompt for a reply to `text`: system, as many recent turns as fit, the message, the reply cue; in
+        text mode the passage to continue, its newest tokens where it outgrows the window."""
         window = context_window(self.model)
         budget = None if window is None else window - max_new_tokens
+        if self.mode == "text":
+            ids = self.tokenizer(self.passage(text), add_special_tokens=False, verbose=False).input_ids
+            # Nothing to continue: begin a text, as training's documents begin after an end-of-text token.
+            return ids[-budget:] if budget is not None and ids else ids or [self.tokenizer.eos_token_id]
         self._check_system(self.system, max_new_tokens)  # max_new_tokens may have grown since it was set
         system = [{"role": "system", "content": self.system}] if self.system else []
         fixed = self._encode(system) if system else []
@@ -231,11 +262,14 @@ class ChatInterface:
                 "time_to_first_token": (first - started) if first else None,
                 "tokens_per_second": new_tokens / elapsed if elapsed > 0 else 0.0,
             }
-            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces).strip()}]
+            # A continuation keeps its spaces and line breaks: the passage goes on from its last character.
+            reply = "".join(pieces) if self.mode == "text" else "".join(pieces).strip()
+            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
 
     def reply(self, text: str) -> str:
-        """The whole reply to `text`."""
-        return "".join(self.stream(text)).strip()
+        """The whole reply to `text`; in text mode the continuation as written, its first space or line break kept."""
+        reply = "".join(self.stream(text))
+        return reply if self.mode == "text" else reply.strip()
 
     def transcript(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -256,6 +290,8 @@ class ChatInterface:
                                  "string or list of text parts.")
             if message["role"] == "system" and number > 1:
                 raise UsageError(f"message {number} is a system message: only the first may be.")
+            if message["role"] == "system" and self.mode == "text":
+                raise UsageError("it opens with a system text, which is for chat: continue it with --mode chat.")
         # Text parts (an OpenAI or Gradio transcript) read as the text they hold, as in the training data.
         messages = [{"role": m["role"], "content": message_text(m["content"])} for m in messages]
         system = messages[0]["content"] if messages[0]["role"] == "system" else None

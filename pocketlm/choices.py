@@ -15,6 +15,9 @@ GGUF_PRECISIONS = ["f32", "f16", "q8_0", "q5_0", "q4_0"]
 # The old guide's "balanced" setting: readable, varied replies from small models.
 BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}
 DEFAULT_MAX_NEW_TOKENS = 128
+# How a chat message reaches the model: as a turn of a conversation, or as text for it to continue (a model trained
+# on plain text); the default is the one the model's training record names.
+CHAT_MODES = {"chat": "reply through the chat template", "text": "continue the text typed"}
 # Where chat.py --web serves: this machine only, on Gradio's usual port.
 WEB_HOST, WEB_PORT = "127.0.0.1", 7860
 # What each number takes, said when a value is refused: by the terminal and web chats, and by the static page

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .choices import (
-    BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES, RUNTIMES,
-    WEB_HOST, WEB_PORT, WEB_PRECISIONS,
+    BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES,
+    RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 from .wording import counted
@@ -321,7 +321,10 @@ def chat_parser() -> argparse.ArgumentParser:
                          help="keep the conversation (default for the transformer)")
     context.add_argument("--no-context", dest="context", action="store_false",
                          help="answer each message on its own (default for the lstm)")
-    add("--prompt", metavar="TEXT", help="print one reply to TEXT and exit")
+    add("--mode", choices=list(CHAT_MODES),
+        help="chat: reply through the chat template; text: continue what is typed, for a model trained on plain text "
+             "(default: the one the model was trained for, by its training record; chat without one)")
+    add("--prompt", metavar="TEXT", help="print one reply to TEXT and exit (in text mode, TEXT and its continuation)")
     add("--web", action="store_true", help="chat in the browser instead (Gradio: pip install -e '.[web]')")
     add("--host", help=f"--web: the address to serve on (default: {WEB_HOST}, this machine only)")
     add("--port", type=int, help=f"--web: the port to serve on (default: {WEB_PORT})")
@@ -388,13 +391,15 @@ def chat_main(argv: list[str] | None = None) -> int:
 
             torch.manual_seed(args.seed)
         chat = ChatInterface(args.model, use_context=use_context, system=args.system,
-                             device=resolve_device(args.device), dtype=args.dtype, runtime=args.runtime, **options)
+                             device=resolve_device(args.device), dtype=args.dtype, runtime=args.runtime,
+                             mode=args.mode, **options)
         if args.web:
             from .web import serve
 
             return serve(chat, args.host, args.port, args.share)
         if args.prompt is not None:
-            print(chat.reply(args.prompt))
+            # A text continued reads as one passage, as nanoGPT's sample.py prints its --start and what follows.
+            print(args.prompt + chat.reply(args.prompt) if chat.mode == "text" else chat.reply(args.prompt))
             return 0
         from .terminal import TerminalChat
 

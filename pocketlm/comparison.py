@@ -19,8 +19,8 @@ from .errors import UsageError
 from .choices import BALANCED_SAMPLING
 from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
 from .adapters import adapter_of
-from .loading import as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family
-from .run_folder import RunFolder
+from .loading import (as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family,
+                      trained_on_chat, training_summary)
 from .scoring import bits_per_character
 
 DEFAULT_PROMPTS = SAMPLE_QUESTIONS[:3]
@@ -45,14 +45,6 @@ class ModelReport:
 # ------------------------------------------------------------------------------------------------ the text
 
 
-def _summary_of(model: str) -> dict:
-    record = export_record(model)  # an export's training record is its model's
-    try:
-        return RunFolder(as_model(record["model"] if record else model)).read_summary()  # a checkpoint's is its run's
-    except (OSError, UsageError):
-        return {}  # a damaged record only costs the default text
-
-
 def comparison_text(first_model: str, paths: list[str] | None = None, dataset: str | None = None,
                     text_column: str | None = None, dataset_config: str | None = None
                     ) -> tuple[datasets.Dataset, str]:
@@ -70,7 +62,7 @@ def comparison_text(first_model: str, paths: list[str] | None = None, dataset: s
         if len(documents) == 0:
             raise UsageError(f"{source}: holds no usable text to score the models on ({report.describe()}).")
         return documents, source
-    options = _summary_of(first_model).get("options")
+    options = training_summary(first_model).get("options")
     if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
         try:
             corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
@@ -143,7 +135,7 @@ def _replies(model, tokenizer, prompts: list[str], is_chat: bool, seed: int, max
 def _scoring_block_size(model, model_dir: str) -> int:
     """The block size the model was validated at in training (so the number matches its own record), else its
     whole context window, else 256 tokens."""
-    recorded = _summary_of(model_dir).get("options", {}).get("block_size")
+    recorded = training_summary(model_dir).get("options", {}).get("block_size")
     window = context_window(model)
     return min(recorded or window or 256, window or recorded or 256)
 
@@ -175,7 +167,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
         model, tokenizer = load_pretrained(model_dir, "cpu" if runtime == "onnx" else device, runtime=runtime)
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
-        is_chat = _summary_of(model_dir).get("data", {}).get("is_chat", True)
+        is_chat = trained_on_chat(model_dir)
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],
                                                       add_generation_prompt=True, tokenize=False)
                         if is_chat else prompts[0])

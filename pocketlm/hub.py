@@ -17,7 +17,7 @@ from .errors import HubError, UsageError
 from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
-from .loading import check_model_folder, load_pretrained, model_family
+from .loading import check_model_folder, load_pretrained, model_family, trained_on_chat
 from .run_folder import LOSS_CURVE_FILE, RunFolder
 from .whole_writes import build_folder, check_new_folder
 
@@ -66,9 +66,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     check_new_folder(target)  # by default beside the model: a shared, read-only folder is named, not "no space"
     model, tokenizer = load_pretrained(str(source))
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
-    summary = RunFolder(source).read_summary()
-    is_chat = summary.get("data", {}).get("is_chat", True)
-    samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
+    summary = RunFolder(source).read_summary()  # a damaged record is refused here: the card is made of it
+    samples = sample_outputs(model, tokenizer, trained_on_chat(str(source)), count=3, seed=seed)
     has_curve = RunFolder(source).loss_curve.exists()
 
     def write(folder: Path) -> None:

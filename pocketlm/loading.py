@@ -221,6 +221,30 @@ def export_record(path_or_repo: str) -> dict | None:
         return None
 
 
+def training_summary(path_or_repo: str) -> dict:
+    """What the run that trained `path_or_repo` recorded (its data, options and results): a run folder's own, a
+    checkpoint's run's, an export's model's; {} where there is none (a Hub model, a run still under way) or it
+    cannot be read, which only costs the defaults the record would have set."""
+    record = export_record(path_or_repo)
+    try:
+        return RunFolder(as_model(record["model"] if record else path_or_repo)).read_summary()
+    except (OSError, UsageError):
+        return {}
+
+
+def trained_on_chat(path_or_repo: str) -> bool:
+    """Whether the model learned conversations (it answers through its chat template) rather than plain text (it
+    continues a text); a model without a record is taken for a chat model, as the built-in corpus trains one."""
+    return training_summary(path_or_repo).get("data", {}).get("is_chat", True) is not False
+
+
+def trained_mode(model) -> str:
+    """How to talk to `model` (a folder, Hub id or loaded model): "chat", through its chat template, or "text",
+    continuing what is typed, for a model trained on plain text (chat.py's --mode, the web page's mode)."""
+    name = str(model) if isinstance(model, (str, Path)) else getattr(model, "name_or_path", "")
+    return "chat" if not name or trained_on_chat(name) else "text"
+
+
 def holds_only_graphs(path_or_repo: str) -> bool:
     """Whether `path_or_repo` is an export of ONNX graphs without weights for torch (an ONNX export, the LSTM's
     `all`): it runs in onnxruntime only."""

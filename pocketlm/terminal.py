@@ -2,7 +2,8 @@
 
 At the prompt Ctrl-C clears the line and asks again, as Python's and ollama's prompts do; Ctrl-D or /quit leaves.
 During a reply Ctrl-C stops it and keeps what was said. With standard input not a terminal, each line is a turn
-and each reply a line, so scripts can pipe a conversation through it.
+and each reply a line, so scripts can pipe a conversation through it. In text mode (a model trained on plain
+text) each reply continues the text typed, and an empty line at the prompt asks for more of the same passage.
 """
 
 import json
@@ -25,6 +26,8 @@ HELP = """commands:
   /load FILE             continue a conversation /save wrote (its system text too)
   /stats                 tokens, time to first token and tokens/s of the last reply
   /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
+TEXT_MODE_HELP = """text mode: the model continues what you type (it was trained on plain text; chat.py --mode chat
+talks to it through the chat template instead); an empty line asks for more of the passage"""
 
 
 class TerminalChat:
@@ -43,8 +46,12 @@ class TerminalChat:
         interactive = sys.stdin.isatty() if interactive is None else interactive
         if not interactive:
             return self._loop(interactive)
-        print(f"chatting with {self.chat.model.name_or_path or 'a pocketlm model'}: /help for commands, "
-              "Ctrl-D or /quit to leave")
+        name = self.chat.model.name_or_path or "a pocketlm model"
+        if self.chat.mode == "text":
+            print(f"continuing text with {name}, trained on plain text (--mode chat to chat): type the start of a "
+                  "text, or an empty line for more; /help for commands, Ctrl-D or /quit to leave")
+        else:
+            print(f"chatting with {name}: /help for commands, Ctrl-D or /quit to leave")
         # Ctrl-C must raise KeyboardInterrupt even when this process was started with SIGINT ignored, as a
         # background job of a non-interactive shell is (and its children inherit): Python then installs no
         # handler, and Ctrl-C would silently do nothing. (The chat test failed that way in such a run.)
@@ -68,7 +75,7 @@ class TerminalChat:
                 print("\n(the line was cleared: Ctrl-D or /quit leaves)")
                 continue
             line = line.strip()
-            if not line:
+            if not line and not (interactive and self.chat.mode == "text"):  # text mode: more of the passage
                 continue
             if line.startswith("/"):
                 if self._command(line, interactive) == "quit":
@@ -102,7 +109,7 @@ class TerminalChat:
         if name in ("/quit", "/exit"):
             return "quit"
         if name == "/help":
-            print(HELP)
+            print(HELP + ("\n" + TEXT_MODE_HELP if self.chat.mode == "text" else ""))
         elif name == "/reset":
             self.chat.reset()
             print("conversation forgotten")

@@ -50,7 +50,8 @@ class WebChat:
         """Yield the reply to `message` as it grows, and its figures once it ends."""
         import gradio as gr
 
-        conversation = ChatInterface(self.chat.model, self.chat.tokenizer, use_context=self.chat.use_context)
+        conversation = ChatInterface(self.chat.model, self.chat.tokenizer, use_context=self.chat.use_context,
+                                     mode=self.chat.mode)
         try:
             conversation.set_options(**{**self.chat.options, **dict(zip(SETTINGS, settings))})
         except UsageError as error:
@@ -66,7 +67,9 @@ class WebChat:
         for piece in conversation.stream(message):
             reply += piece
             yield reply, ""
-        yield reply.strip() or NO_REPLY, describe_stats(conversation.last_stats)
+        # A continuation keeps its first space or line break: the page sends it back as part of the passage.
+        shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
+        yield shown or NO_REPLY, describe_stats(conversation.last_stats)
 
 
 def build_app(chat: ChatInterface):
@@ -76,10 +79,15 @@ def build_app(chat: ChatInterface):
     web = WebChat(chat)
     options = {**BALANCED_SAMPLING, **chat.options}
     name = model_name(chat.model.name_or_path) if chat.model.name_or_path else "a pocketlm model"
-    with gr.Blocks(title=f"Chat with {name}") as app:
-        gr.Markdown(f"### Chat with `{name}`")
+    text_mode = chat.mode == "text"
+    with gr.Blocks(title=f"{'Continue a text' if text_mode else 'Chat'} with {name}") as app:
+        gr.Markdown(f"### Chat with `{name}`" if not text_mode else
+                    f"### Continue a text with `{name}`\n{name} was trained on plain text: it continues what you "
+                    "write, and each message adds to the passage (`chat.py --mode chat` chats with it instead).")
         # Numbers, not sliders: a typed value reaches set_options, which says what is out of range.
-        system = gr.Textbox(label="System text", value=chat.system or "", elem_id="system", render=False)
+        # Text mode has no system text (set_system refuses one): its field is not shown.
+        system = gr.Textbox(label="System text", value=chat.system or "", elem_id="system", render=False,
+                            visible=not text_mode)
         settings = [
             gr.Number(label=label, value=options[name], elem_id=name, precision=precision, render=False)
             for name, label, precision in (
@@ -90,7 +98,7 @@ def build_app(chat: ChatInterface):
         figures = gr.Markdown(elem_id="figures", render=False)
         interface = gr.ChatInterface(
             web.reply, additional_inputs=[system, *settings], additional_outputs=[figures],
-            additional_inputs_accordion="System text and sampling",
+            additional_inputs_accordion="Sampling" if text_mode else "System text and sampling",
             chatbot=gr.Chatbot(elem_id="chatbot", height=380), api_name="chat", fill_height=False,
         )
         with gr.Row():

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import REPO_ROOT, TINY_SHAPES, broken_characters, run_at_once, train_accented_model, train_tiny_models
+from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, broken_characters, make_text, run_at_once,
+                      train_accented_model, train_tiny_models)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.errors import UsageError
@@ -519,3 +520,116 @@ def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(
     assert any(ord(character) > 127 for character in text), text
     assert broken_characters(shown, text) == []
 
+
+
+# ------------------------------------------------------------------------------------------- text mode
+
+
+@pytest.fixture(scope="module")
+def text_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models of both families trained on plain text (pseudo-prose), not on conversations."""
+    data = tmp_path_factory.mktemp("prose") / "prose.txt"
+    data.write_text(make_text(5, 120), encoding="utf-8")
+    return train_tiny_models(tmp_path_factory, "text", CHAT_SHAPES, max_steps=10, data=[str(data)])
+
+
+def greedy_continuation(folder: Path, text: str, max_new_tokens: int) -> str:
+    """What transformers' own generate() continues `text` with, greedily, reading the model and tokenizer through
+    the Auto classes: the reference text mode must equal."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), do_sample=False,
+                         max_new_tokens=max_new_tokens, repetition_penalty=1.0)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_model_trained_on_plain_text_continues_the_text_typed_as_generate_does(family, text_models, chat_models):
+    """A model trained on a book was chatted with through role tokens it never saw: it now continues the text,
+    token for token what generate() gives for that text, and the passage grows with context."""
+    folder = text_models[family]
+    chat = ChatInterface(folder, max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
+    assert chat.mode == "text" and ChatInterface(chat_models[family]).mode == "chat"
+    first = chat.reply("The king speaks")
+    assert first and first == greedy_continuation(folder, "The king speaks", 12)  # the tiny LSTM's: 12 spaces
+    ids = chat.tokenizer("The king speaks", add_special_tokens=False).input_ids
+    assert chat.prompt_ids("The king speaks", 12)[-len(ids):] == ids
+    # With context, the next message goes on a line of its own after what the model wrote; an empty one asks
+    # for more of the same passage.
+    passage = "The king speaks" + first + ("" if first[-1].isspace() else "\n") + "A lady"
+    assert chat.passage("A lady") == passage
+    second = chat.reply("A lady")
+    assert second == greedy_continuation(folder, passage, 12)
+    assert chat.reply("") == greedy_continuation(folder, passage + second, 12)
+    # The chat template's turn would have been another prompt altogether.
+    as_chat = ChatInterface(folder, max_new_tokens=12, do_sample=False, repetition_penalty=1.0, mode="chat")
+    assert as_chat.prompt_ids("The king speaks", 12) != chat.tokenizer("The king speaks").input_ids
+    with pytest.raises(UsageError, match="a system text is for chat"):
+        chat.set_system("You are terse.")
+    with pytest.raises(UsageError, match="unknown mode 'prose'"):
+        ChatInterface(chat.model, chat.tokenizer, mode="prose")
+
+
+def test_text_mode_keeps_the_newest_text_when_the_passage_outgrows_the_window(text_models):
+    chat = ChatInterface(text_models["transformer"], max_new_tokens=16)
+    window = chat.model.config.block_size
+    ids = chat.prompt_ids("start " + "word " * 300 + "finish", 16)
+    assert len(ids) == window - 16 and chat.tokenizer.decode(ids).endswith("word finish")
+    assert chat.prompt_ids("", 16) == [chat.tokenizer.eos_token_id]  # nothing yet: a text begins
+
+
+def test_an_export_or_a_checkpoint_of_a_plain_text_run_continues_text_too(text_models, tmp_path):
+    """The mode comes from the run's record, which an export and a checkpoint point back to."""
+    folder = text_models["transformer"]
+    exported = tmp_path / "stock"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "export.py"), str(folder), "--format", "transformers",
+                             "--output-dir", str(exported)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = sorted((folder / "checkpoints").iterdir())[-1]
+    for model in (exported, checkpoint):
+        chat = ChatInterface(model, max_new_tokens=8, do_sample=False, repetition_penalty=1.0)
+        assert chat.mode == "text" and chat.reply("The queen") == greedy_continuation(folder, "The queen", 8)
+
+
+def test_chat_py_continues_a_plain_text_model_s_prompt_and_says_what_it_does(text_models):
+    folder = str(text_models["transformer"])
+    greedy = ("--greedy", "--repetition-penalty", "1", "--max-new-tokens", "10")
+    shown, as_chat, system = run_at_once(
+        chat_command(folder, "--prompt", "The lord", *greedy),
+        chat_command(folder, "--prompt", "The lord", "--mode", "chat", *greedy),
+        chat_command(folder, "--prompt", "The lord", "--system", "Be brief."))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    # One passage, as nanoGPT's sample.py prints its start and what follows.
+    assert shown.stdout == "The lord" + greedy_continuation(text_models["transformer"], "The lord", 10) + "\n"
+    assert as_chat.returncode == 0 and as_chat.stdout != shown.stdout
+    assert_one_line_error(system, "a system text is for chat", "--mode chat")
+    child = spawn_chat(folder, *greedy)
+    assert "continuing text with" in child.before and "--mode chat" in child.before
+    passage = say(child, "The night")
+    more = say(child, "")  # an empty line: more of the same passage
+    assert passage.strip() and more.strip() and "error" not in passage + more
+    assert "an empty line asks for more" in say(child, "/help")
+    child.sendline("/quit")
+    assert exit_status(child) == 0
+
+
+def test_the_web_page_of_a_plain_text_model_continues_the_passage_it_sends_back(text_models):
+    pytest.importorskip("gradio", reason="the web extra: pip install -e '.[web]'")
+    from pocketlm.web import SETTINGS, WebChat, build_app
+
+    folder = text_models["transformer"]
+    chat = ChatInterface(folder, max_new_tokens=10, do_sample=False, repetition_penalty=1.0)
+    web = WebChat(chat)
+    settings = [chat.options[name] for name in SETTINGS]
+    first = list(web.reply("The king", [], "", *settings))[-1][0]
+    assert first == greedy_continuation(folder, "The king", 10)  # its first space or line break kept
+    history = [{"role": "user", "content": "The king"}, {"role": "assistant", "content": first}]
+    second = list(web.reply("A lady", history, "", *settings))[-1][0]
+    passage = "The king" + first + ("" if first[-1].isspace() else "\n") + "A lady"
+    assert second == greedy_continuation(folder, passage, 10)
+    app = build_app(chat)
+    system = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "system"]
+    assert system and system[0].visible is False  # no system text in text mode

@@ -84,3 +84,4 @@ def test_the_readme_python_examples_run(name, tiny_folder, tmp_path):
             "reward": "models/reward/adapter_model.safetensors", "api": "models/transformer-small/model.safetensors"}
     assert name not in made or (tmp_path / made[name]).exists()
     assert name != "plain" or result.stdout.strip()  # the reply, printed
+    assert name != "api" or "\ntext\n" in result.stdout  # trained on book.txt, the model continues text
