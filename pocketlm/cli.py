@@ -546,7 +546,7 @@ def upload_main(argv: list[str] | None = None) -> int:
             check_branch, check_data_name, check_license, check_repo_ids, prepare_folder, resolve_token, upload,
         )
         from .export import split_formats, split_gguf_precisions
-        from .loading import beside, model_family
+        from .loading import beside, model_family, trained_mode
         from .spaces import prepare_space, prepare_static_space
 
         # Everything the upload can check without the network, a dry run checks too, with the same messages.
@@ -585,8 +585,8 @@ def upload_main(argv: list[str] | None = None) -> int:
                                                data_name=args.data_name, formats=formats,
                                                gguf_precisions=gguf_precisions), args.repo_id, None))
                 if args.space_id:
-                    folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id),
-                                    args.space_id, "gradio"))
+                    folders.append((prepare_space(where["space"], args.repo_id, args.space_id, family, license_id,
+                                                  trained_mode(args.model_dir)), args.space_id, "gradio"))
                 if args.static_space:
                     folders.append((prepare_static_space(where["static"], args.repo_id, args.static_space,
                                                          args.model_dir, license_id,

@@ -15,6 +15,9 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria,
                           TextIteratorStreamer)
 
 MODEL_ID = os.environ.get("POCKETLM_MODEL", "pocketlm/model")  # hub_upload.py writes the repository's id here
+# How the model is talked to, which hub_upload.py writes here from its training record: "chat", through its chat
+# template, or "text" for a model trained on plain text, which continues what is typed (chat.py --mode text).
+MODE = os.environ.get("POCKETLM_MODE", "chat")
 END_OF_TURN = "<|end|>"  # where a reply ends, in every pocketlm tokenizer
 
 tokenizer = AutoTokenizer.from_pretrained(MODEL_ID, trust_remote_code=True)
@@ -57,12 +60,29 @@ def message_text(content) -> str | None:
     return "".join(texts) if all(isinstance(text, str) for text in texts) else None
 
 
+# Copied from pocketlm.chat.ChatInterface.passage
+def passage(turns: list[dict]) -> str:
+    """Text mode: the text the model continues: what was typed and written, each typed message on a line of its
+    own unless what came before ends in a space or line break."""
+    text = ""
+    for turn in turns:
+        if turn["role"] == "user" and text and turn["content"] and not text[-1].isspace():
+            text += "\n"
+        text += turn["content"]
+    return text
+
+
 def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
-    """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window. Gradio 6
-    sends each earlier turn's content as a list of text parts: read as its text, not dropped."""
+    """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window; in text mode
+    the passage, its newest tokens kept. Gradio 6 sends each earlier turn's content as a list of text parts: read
+    as its text, not dropped."""
     said = [(turn.get("role"), message_text(turn.get("content"))) for turn in history] if WINDOW else []
     turns = [{"role": role, "content": text} for role, text in said
              if role in ("user", "assistant") and text is not None]
+    if MODE == "text":
+        ids = tokenizer(passage(turns + [{"role": "user", "content": message}]), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]
+        return ids if WINDOW is None else ids[:, -(WINDOW - max_new_tokens):]
     while True:
         messages = turns + [{"role": "user", "content": message}]
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -98,8 +118,9 @@ def reply(message: str, history: list[dict], temperature: float, max_new_tokens:
 
 demo = gr.ChatInterface(
     reply,
-    title=f"Chat with {MODEL_ID}",
-    description="A small language model trained with pocketlm. It imitates its training text and makes mistakes.",
+    title=f"Continue a text with {MODEL_ID}" if MODE == "text" else f"Chat with {MODEL_ID}",
+    description="A small language model trained with pocketlm. It imitates its training text and makes mistakes."
+                + (" It was trained on plain text: it continues what you write." if MODE == "text" else ""),
     additional_inputs=[gr.Slider(0.1, 1.5, value=0.7, label="Temperature"),
                        gr.Slider(8, 256, value=128, step=8, label="Max new tokens")],
     api_name="chat",

@@ -16,20 +16,24 @@ from modeling import MIN_TRANSFORMERS
 from .choices import WEB_PRECISIONS
 from .export.web import write_page
 from .hub import STOCK_SUBFOLDER
-from .loading import local_folder, model_family
+from .loading import local_folder, model_family, trained_mode
 from .whole_writes import build_folder, check_new_folder
 
 GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
 
 
-def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, license_id: str = "mit") -> Path:
+def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, license_id: str = "mit",
+                  mode: str = "chat") -> Path:
     """Build, in `output_dir` (new or empty), a Gradio Space that chats with the model repository `repo_id`:
-    app.py, requirements.txt (torch, transformers, gradio; not pocketlm) and a README with the Space's metadata."""
+    app.py, requirements.txt (torch, transformers, gradio; not pocketlm) and a README with the Space's metadata.
+    `mode` is chat.py's: "text" for a model trained on plain text, which the app asks to continue what is typed."""
     template = resources.files("pocketlm").joinpath("space_app.py").read_text(encoding="utf-8")
-    default = 'os.environ.get("POCKETLM_MODEL", "pocketlm/model")'
-    if default not in template:
-        raise RuntimeError("pocketlm/space_app.py lost its MODEL_ID line")  # a packaging mistake, not user input
-    app = template.replace(default, f'os.environ.get("POCKETLM_MODEL", "{repo_id}")')
+    app = template
+    for variable, default, value in (("POCKETLM_MODEL", "pocketlm/model", repo_id), ("POCKETLM_MODE", "chat", mode)):
+        line = f'os.environ.get("{variable}", "{default}")'
+        if line not in app:  # a packaging mistake, not user input
+            raise RuntimeError(f"pocketlm/space_app.py lost its {variable} line")
+        app = app.replace(line, f'os.environ.get("{variable}", "{value}")')
     readme = _readme(space_id, repo_id, license_id, {"sdk": "gradio", "sdk_version": GRADIO_VERSION,
                                                     "app_file": "app.py"},
                      f"A Gradio chat with [{repo_id}](https://huggingface.co/{repo_id}), a small language model trained "
@@ -60,7 +64,7 @@ def prepare_static_space(output_dir: str, repo_id: str, space_id: str, model_dir
                      "once, and nothing you type leaves the page.")
 
     def write(target: Path) -> None:
-        write_page(target, family, repo_id, window, precision, hub=hub)
+        write_page(target, family, repo_id, window, precision, hub=hub, mode=trained_mode(model_dir))
         (target / "README.md").write_text(readme, encoding="utf-8")
 
     return _build(Path(output_dir), "--static-space-output-dir", write)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry
+from conftest import CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, make_text, run_entry
 
 from pocketlm.training import TrainingOptions, train
 
@@ -338,3 +338,44 @@ def test_the_space_app_serves_the_model_without_pocketlm(web_model, browser, tmp
     assert [turn["role"] for turn in second] == ["user", "assistant", "user"]
     assert second[0]["content"] == "Hello!" and second[2]["content"] == "And again?"
     assert isinstance(second[1]["content"], str) and second[1]["content"].strip()  # the first reply, as text
+
+
+SPACE_APP_PROMPTS = PROJECT_FREE_PRELUDE + textwrap.dedent(
+    """
+    import json, runpy
+    app = runpy.run_path("app.py", run_name="space")  # not __main__: the page is built, not served
+    history = [{{"role": "user", "content": "The king"}},
+               {{"role": "assistant", "content": [{{"type": "text", "text": " speaks softly"}}]}}]
+    print(json.dumps({{"title": app["demo"].title, "first": app["prompt_ids"]("The king", [], 8)[0].tolist(),
+                       "second": app["prompt_ids"]("A lady", history, 8)[0].tolist()}}))
+    """
+)  # formatted with root=REPO_ROOT, as the prelude is: its braces doubled
+
+
+def test_the_space_app_of_a_plain_text_model_continues_the_passage(tmp_path):
+    """hub_upload.py writes the model's mode into the Space's app: a model trained on plain text continues what is
+    typed there too, its prompt the passage's own tokens, not the chat template's turns."""
+    from transformers import AutoTokenizer
+
+    from pocketlm.cli import upload_main
+
+    data = tmp_path / "prose.txt"
+    data.write_text(make_text(3, 80), encoding="utf-8")
+    model = tmp_path / "prose-model"
+    train(TrainingOptions(output_dir=str(model), data=[str(data)], model_config={"n_layer": 1, "n_head": 2,
+                                                                                 "n_embd": 32, "block_size": 64},
+                          block_size=32, batch_size=4, max_steps=2, vocab_size=300, samples=0))
+    result = run_entry(upload_main, str(model), "--repo-id", "me/prose", "--space-id", "me/prose-chat", "--dry-run",
+                       "--output-dir", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'os.environ.get("POCKETLM_MODE", "text")' in (tmp_path / "hub-space" / "app.py").read_text()
+    env = {**os.environ, "POCKETLM_MODEL": str(tmp_path / "hub"), "PYTHONPATH": "",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    shown = subprocess.run([sys.executable, "-c", SPACE_APP_PROMPTS.format(root=str(REPO_ROOT))],
+                           cwd=tmp_path / "hub-space", env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    seen = json.loads(shown.stdout.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert seen["title"] == f"Continue a text with {tmp_path / 'hub'}"  # POCKETLM_MODEL names the model
+    assert seen["first"] == tokenizer("The king", add_special_tokens=False).input_ids
+    assert seen["second"] == tokenizer("The king speaks softly\nA lady", add_special_tokens=False).input_ids

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, run_entry, train_accented_model,
+from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, make_text, run_entry, train_accented_model,
                       train_tiny_models)
 
 from pocketlm.chat import ChatInterface
@@ -376,6 +376,58 @@ def test_the_readme_picture_of_the_page_shows_a_trained_model_by_name(browser, t
         assert all(reply.strip() and "\ufffd" not in reply for reply in replies), replies
         assert chat.outside == [] and chat.errors == []
         chat.page.screenshot(path=str(Path(__file__).parent / "screenshots" / "web-page.png"))
+    finally:
+        context.close()
+        served.close()
+
+
+# ------------------------------------------------------------------------------------------------ text mode
+
+
+@pytest.fixture(scope="module")
+def prose_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models of both families trained on plain text, not conversations."""
+    data = tmp_path_factory.mktemp("prose") / "prose.txt"
+    data.write_text(make_text(7, 120), encoding="utf-8")
+    return train_tiny_models(tmp_path_factory, "page-prose", max_steps=10, data=[str(data)])
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_page_of_a_plain_text_model_continues_the_passage_as_pytorch_does(family, prose_models, browser,
+                                                                               tmp_path):
+    """A model trained on a book gets a page that continues what is typed (chat.py's text mode), with the
+    tokens PyTorch's greedy decoding gives for the same passage, and no system text to fill in."""
+    site = tmp_path / "site"
+    result = run_entry(export_main, str(prose_models[family]), "--format", "web", "--output-dir", str(site),
+                       "--web-precision", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((site / "pocketlm.json").read_text())["mode"] == "text"
+    at_least(site / "model", 12)
+    model, tokenizer = load_pretrained(str(prose_models[family]))
+    stops = stop_token_ids(tokenizer)
+
+    def greedy(passage: str) -> list[int]:
+        ids = tokenizer(passage, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                 repetition_penalty=1.0, eos_token_id=stops)[0, len(ids):].tolist()
+        return [token for token in out if token not in stops]
+
+    served, context = Server(site), browser.new_context()
+    try:
+        chat = ChatPage(context, served.url, served.url)
+        assert chat.page.title().startswith("Continue a text with") and not chat.page.is_visible("#system")
+        for name, value in (("do_sample", False), ("repetition_penalty", 1.0), ("max_new_tokens", 12)):
+            chat.set(name, value)
+        chat.send("The king")
+        first = chat.last_tokens()
+        assert first == greedy("The king"), (chat.replies(), chat.errors)
+        written = tokenizer.decode(first)
+        passage = "The king" + written + ("" if written[-1:].isspace() else "\n") + "A lady"
+        chat.send("A lady")  # the transformer keeps the passage; the LSTM continues each message on its own
+        expected = passage if family == "transformer" else "A lady"
+        assert prompt_tokens(chat.figures()) == len(tokenizer(expected, add_special_tokens=False).input_ids)
+        assert chat.last_tokens() == greedy(expected) and chat.errors == []
     finally:
         context.close()
         served.close()

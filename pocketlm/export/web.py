@@ -32,6 +32,7 @@ from tokenization import END_OF_TEXT, END_OF_TURN
 from ..errors import UsageError
 from ..choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from ..generation import context_window
+from ..loading import trained_mode
 from ..signing import KEY_FILE
 from .onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 
@@ -83,9 +84,10 @@ def npm_packages() -> Path:
 
 
 def write_page(folder: Path, family: str, name: str, window: int | None, precision: str,
-               hub: dict | None = None) -> None:
+               hub: dict | None = None, mode: str = "chat") -> None:
     """The page's own files, its settings and the vendored JavaScript into `folder`. `hub` (repo, revision,
-    subfolder) points the page at a model repository instead of a `model/` folder beside it."""
+    subfolder) points the page at a model repository instead of a `model/` folder beside it. `mode` is chat.py's:
+    "text" for a model trained on plain text, which the page asks to continue what is typed."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown --web-precision {precision!r}: choose {', '.join(PRECISIONS)}.")
     modules = npm_packages()
@@ -97,6 +99,7 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
     settings = {
         "family": family, "name": name, "model": MODEL_DIR, "hub": hub, "dtype": dtype, "graph": graph,
         "window": window, "use_context": family == "transformer",  # the LSTM answers each message on its own
+        "mode": mode,
         "defaults": {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}, "ranges": OPTION_RANGES,
         "stop_tokens": [END_OF_TEXT, END_OF_TURN],
     }
@@ -109,10 +112,11 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
 
 
 def write_web(model, tokenizer, family: str, folder: Path, name: str, precision: str = "int8") -> None:
-    """The whole page for `model`, its ONNX graph of `precision` in model/ beside it."""
+    """The whole page for `model`, its ONNX graph of `precision` in model/ beside it, in the mode the model was
+    trained for."""
     from . import write_formats
 
-    write_page(folder, family, name, context_window(model), precision)
+    write_page(folder, family, name, context_window(model), precision, mode=trained_mode(model))
     write_formats(model, tokenizer, family, ["onnx"], folder / MODEL_DIR, name)
     unused = PRECISIONS["float32" if precision == "int8" else "int8"][1]
     (folder / MODEL_DIR / ONNX_DIR / unused).unlink()  # one graph is enough: the page loads only its own

@@ -5,6 +5,8 @@
 // current message and as many recent turns as fit (the LSTM, which has no window, answers each message on its own);
 // settings are checked where they are typed, with the terminal's messages. The GPT runs through transformers.js (its
 // text-generation pipeline, tokenizer and chat template); the LSTM through onnxruntime-web and the loop below.
+// A model trained on plain text (pocketlm.json's mode "text") is not chatted with but continues what is typed, as
+// chat.py's text mode does: the passage grows with each message, on a line of its own, and keeps its newest tokens.
 
 const page = await (await fetch("pocketlm.json")).json();
 const $ = (id) => document.getElementById(id);
@@ -12,6 +14,14 @@ const SETTINGS = ["temperature", "top_k", "top_p", "repetition_penalty", "max_ne
 const NO_REPLY = "[no reply: the model ended its turn at once]";
 // `?seed=N` in the page's address makes its sampling repeatable, as `chat.py --seed N` does the terminal's.
 const SEED = new URLSearchParams(location.search).get("seed");
+const TEXT_MODE = page.mode === "text";
+if (TEXT_MODE) {  // no role, no system text: say what the page does instead
+  $("name").parentElement.firstChild.textContent = "Continue a text with ";
+  document.title = `Continue a text with ${page.name}`;
+  $("message").placeholder = "Type the start of a text for the model to continue; Enter sends";
+  $("system").parentElement.hidden = true;
+  $("settings").querySelector("summary").textContent = "Sampling";
+}
 
 // ------------------------------------------------------------------------------------------------ settings
 
@@ -115,6 +125,7 @@ async function loadGPT() {
     encode: (messages, generationPrompt = false) => tokenizer.encode(
       tokenizer.apply_chat_template(messages, { add_generation_prompt: generationPrompt, tokenize: false }),
       { add_special_tokens: false }),
+    encodeText: (text) => tokenizer.encode(text, { add_special_tokens: false }),
     decode: (ids) => (ids.length ? tokenizer.decode(ids, { skip_special_tokens: true }) : ""),
     stops,
     async generate(ids, options, onToken, stopper) {
@@ -172,6 +183,7 @@ async function loadLSTM() {
     // The chat template, written out: each message is its role token, its text and an end-of-turn token.
     encode: (messages, generationPrompt = false) => encodeText(
       messages.map((m) => `<|${m.role}|>${m.content}<|end|>`).join("") + (generationPrompt ? "<|assistant|>" : "")),
+    encodeText,
     decode: (ids) => ids.map((id) => names.get(id)).filter((t) => t !== undefined && !special.includes(t))
       .join(""),
     stops,
@@ -242,9 +254,26 @@ function replyCue() {
   return model.encode(probe, true).slice(model.encode(probe).length);
 }
 
-// ChatInterface.prompt_ids: the system text, as many recent turns as fit, the message, the reply cue.
+// ChatInterface.passage: text mode's text to continue: with context, what was typed and written before, then the
+// message on a line of its own unless what came before ends in a space or line break.
+function passage(text) {
+  let passage = "";
+  for (const turn of [...(page.use_context ? history : []), { role: "user", content: text }]) {
+    if (turn.role === "user" && passage && turn.content && !/\s$/.test(passage)) passage += "\n";
+    passage += turn.content;
+  }
+  return passage;
+}
+
+// ChatInterface.prompt_ids: the system text, as many recent turns as fit, the message, the reply cue; in text mode
+// the passage, its newest tokens where it outgrows the window (an end-of-text token when there is nothing yet).
 function promptIds(text, maxNew) {
   const budget = page.window === null ? null : page.window - maxNew;
+  if (TEXT_MODE) {
+    const ids = model.encodeText(passage(text));
+    if (!ids.length) return [model.stops[0]];
+    return budget === null ? ids : ids.slice(-budget);
+  }
   const system = $("system").value.trim();
   const fixed = system ? model.encode([{ role: "system", content: system }]) : [];
   let message = model.encode([{ role: "user", content: text }]);
@@ -306,10 +335,12 @@ async function send(text) {
     shown.textContent = `[the model failed: ${error.message || error}]`;
   }
   const reply = model.decode(generated);
-  shown.textContent = reply.trim() || NO_REPLY;
+  // A continuation keeps its first space or line break: the passage goes on from its last character.
+  const kept = TEXT_MODE ? reply : reply.trim();
+  shown.textContent = kept.trim() ? kept : NO_REPLY;
   shown.dataset.tokens = generated.join(",");  // the reply's token ids, for whoever checks them
   if (stopper.stopped) shown.classList.add("stopped");
-  history.push({ role: "user", content: text }, { role: "assistant", content: reply.trim() });
+  history.push({ role: "user", content: text }, { role: "assistant", content: kept });
   const seconds = (performance.now() - begun) / 1000;
   const firstToken = first === null ? "no visible text" : `first token after ${((first - begun) / 1000).toFixed(3)} s`;
   const tokens = (count) => `${count} token${count === 1 ? "" : "s"}`;
