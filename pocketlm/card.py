@@ -40,9 +40,10 @@ def _is_hub_id(name: str | None) -> bool:
 
 def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
                has_curve: bool, data_name: str | None = None, formats: list[str] = (),
-               gguf_precisions: tuple[str, ...] = ("f32",)) -> str:
-    """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model, and how
-    to run each export the repository carries (`formats`, its GGUF files in `gguf_precisions`)."""
+               gguf_precisions: tuple[str, ...] = ("f32",), is_chat: bool = True) -> str:
+    """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model (as a chat,
+    or, `is_chat` false, as a text to continue), and how to run each export the repository carries (`formats`, its
+    GGUF files in `gguf_precisions`)."""
     source = public_data_name(summary, data_name)
     metadata = card_metadata(family, summary, repo_id, license_id, source)
     metadata["tags"] += list(formats)
@@ -55,7 +56,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
 A small language model trained with pocketlm: a {architecture(model.config, family)}.
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
-{_how_to_use(repo_id, MIN_TRANSFORMERS[family])}
+{_how_to_use(repo_id, MIN_TRANSFORMERS[family], is_chat)}
 {_elsewhere(repo_id, family, formats, model.config, gguf_precisions)}{record}
 {curve}
 ## Samples
@@ -117,23 +118,35 @@ def architecture(config, family: str) -> str:
             f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
 
 
-def _how_to_use(repo_id: str, minimum: str) -> str:
+def _how_to_use(repo_id: str, minimum: str, is_chat: bool) -> str:
+    """The snippet that runs the model as it was trained: a chat turn through the chat template, or, for a model
+    trained on plain text (which never saw the template's role tokens), a text to continue."""
+    load = f"""from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)"""
+    if is_chat:
+        run = """messages = [{"role": "user", "content": "Hello!"}]
+prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+reply = model.generate(**prompt, max_new_tokens=60)
+print(tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))"""
+        terminal = f"`python chat.py --model {repo_id}` chats with it in a terminal"
+    else:
+        run = """prompt = tokenizer("The ", return_tensors="pt")
+text = model.generate(**prompt, max_new_tokens=60)
+print(tokenizer.decode(text[0], skip_special_tokens=True))"""
+        terminal = (f"`python chat.py --model {repo_id} --mode text` continues what you type in a terminal (it was "
+                    "trained on plain text, not conversations: give it the start of a text, not a question)")
     return f"""## How to use
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
-model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)
-messages = [{{"role": "user", "content": "Hello!"}}]
-prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-reply = model.generate(**prompt, max_new_tokens=60)
-print(tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+{load}
+{run}
 ```
 
 `trust_remote_code=True` lets transformers run the model's own `configuration_*.py` and `modeling_*.py`, which are
 part of this repository. They need torch and transformers>={minimum} (older releases stop with an error naming
-this version). With pocketlm installed, `python chat.py --model {repo_id}` chats with it in a terminal.
+this version). With pocketlm installed, {terminal}.
 """
 
 

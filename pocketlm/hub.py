@@ -67,7 +67,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
     model, tokenizer = load_pretrained(str(source))
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     summary = RunFolder(source).read_summary()  # a damaged record is refused here: the card is made of it
-    samples = sample_outputs(model, tokenizer, trained_on_chat(str(source)), count=3, seed=seed)
+    is_chat = trained_on_chat(str(source))
+    samples = sample_outputs(model, tokenizer, is_chat, count=3, seed=seed)
     has_curve = RunFolder(source).loss_curve.exists()
 
     def write(folder: Path) -> None:
@@ -78,7 +79,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
             shutil.copy2(RunFolder(source).loss_curve, folder / LOSS_CURVE_FILE)
         _write_exports(model, tokenizer, family, formats, folder, repo_id.split("/")[-1], gguf_precisions)
         card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats,
-                          gguf_precisions)
+                          gguf_precisions, is_chat)
         (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
     build_folder(target, write, what="Hub folder")  # none half-built to upload by mistake; an empty one stays empty

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_at_once, run_entry,
-                      train_tiny_models)
+from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_at_once,
+                      run_entry, train_tiny_models)
 
 from pocketlm.cli import upload_main
 from pocketlm.loading import load_pretrained
@@ -134,6 +134,50 @@ def test_the_uploaded_folder_loads_without_pocketlm_and_generates_the_same(famil
     result = run_script("-c", script, env={"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def card_snippet(folder: Path) -> str:
+    """The card's "How to use" code, as a reader copies it, the repository id replaced by `folder`, decoding
+    greedily (the card's samples): what it prints is then a fact to compare."""
+    _, body = read_card(folder)
+    code = body.split("## How to use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    shrunk = code.replace('"a/b"', repr(str(folder))).replace("max_new_tokens=60", "max_new_tokens=12, do_sample=False")
+    assert shrunk.count(repr(str(folder))) == 2 and "do_sample=False" in shrunk
+    return PROJECT_FREE_PRELUDE.format(root=str(REPO_ROOT)) + shrunk
+
+
+def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_what_pocketlm_does(
+        trained, tmp_path, tmp_path_factory):
+    """A model trained on plain text never saw the chat template's role tokens: its card's snippet continues a text
+    (run as written, without pocketlm, it prints pocketlm's own greedy continuation) and names chat.py's text mode;
+    a chat model's card keeps the chat turn."""
+    from pocketlm.generation import complete
+
+    data = tmp_path / "prose.txt"
+    data.write_text(make_text(9, 80), encoding="utf-8")
+    prose = train_tiny_models(tmp_path_factory, "prose", {"transformer": TINY_SHAPES["transformer"]},
+                              data=[str(data)])["transformer"]
+    for model_dir, is_chat in ((prose, False), (trained["transformer"], True)):
+        out = tmp_path / f"hub-{is_chat}"
+        assert run_upload(str(model_dir), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out)).returncode == 0
+        _, body = read_card(out)
+        assert ("apply_chat_template" in body) == is_chat and ("--mode text" in body) != is_chat
+        printed = run_script("-c", card_snippet(out), env={"HF_MODULES_CACHE": str(tmp_path / "modules"),
+                                                          "PYTHONPATH": ""})
+        assert printed.returncode == 0, printed.stderr[-3000:]
+        model, tokenizer = load_pretrained(str(model_dir))
+        if is_chat:
+            expected = chat_reply_text(model, tokenizer)
+        else:
+            expected = "The " + complete(model, tokenizer, "The ", 12, do_sample=False)
+        assert printed.stdout.rstrip("\n") == expected
+
+
+def chat_reply_text(model, tokenizer) -> str:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    reply = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 STOCK_FROM_THE_REPOSITORY = PROJECT_FREE_PRELUDE + textwrap.dedent(
