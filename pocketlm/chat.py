@@ -58,6 +58,18 @@ def describe_stats(stats: dict) -> str:
             f"{shown}, prompt {counted(prompt, 'token')}")
 
 
+def continued_passage(turns: list[dict]) -> str:
+    """Text mode's text to continue: what was typed and written, in order, each typed message on a line of its own
+    (a typed line is a line) unless what came before ends in a space or line break; an empty message adds nothing,
+    asking for more of the same passage."""
+    text = ""
+    for turn in turns:
+        if turn["role"] == "user" and text and turn["content"] and not text[-1].isspace():
+            text += "\n"
+        text += turn["content"]
+    return text
+
+
 class _StopWhenSet(StoppingCriteria):
     """Lets Ctrl-C end a reply between two tokens, from the thread that reads the stream."""
 
@@ -175,16 +187,9 @@ class ChatInterface:
         return self._encode(probe, generation_prompt=True)[len(self._encode(probe)) :]
 
     def passage(self, text: str) -> str:
-        """Text mode: the text the model continues for the message `text`. With context, what was typed and
-        written before, then `text` on a line of its own (a typed line is a line) unless what came before ends in
-        a space or line break, or `text` is empty: a message of nothing asks for more of the same passage."""
-        passage = ""
-        for turn in [*(self.history if self.use_context else []), {"role": "user", "content": text}]:
-            typed = turn["role"] == "user"
-            if typed and passage and turn["content"] and not passage[-1].isspace():
-                passage += "\n"
-            passage += turn["content"]
-        return passage
+        """Text mode: the text the model continues for the message `text`, after the conversation's when it keeps
+        context (continued_passage)."""
+        return continued_passage([*(self.history if self.use_context else []), {"role": "user", "content": text}])
 
     def prompt_ids(self, text: str, max_new_tokens: int) -> list[int]:
         """The prompt for a reply to `text`: system, as many recent turns as fit, the message, the reply cue; in

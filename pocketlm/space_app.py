@@ -60,10 +60,11 @@ def message_text(content) -> str | None:
     return "".join(texts) if all(isinstance(text, str) for text in texts) else None
 
 
-# Copied from pocketlm.chat.ChatInterface.passage
-def passage(turns: list[dict]) -> str:
-    """Text mode: the text the model continues: what was typed and written, each typed message on a line of its
-    own unless what came before ends in a space or line break."""
+# Copied from pocketlm.chat.continued_passage
+def continued_passage(turns: list[dict]) -> str:
+    """Text mode's text to continue: what was typed and written, in order, each typed message on a line of its own
+    (a typed line is a line) unless what came before ends in a space or line break; an empty message adds nothing,
+    asking for more of the same passage."""
     text = ""
     for turn in turns:
         if turn["role"] == "user" and text and turn["content"] and not text[-1].isspace():
@@ -80,7 +81,7 @@ def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.
     turns = [{"role": role, "content": text} for role, text in said
              if role in ("user", "assistant") and text is not None]
     if MODE == "text":
-        ids = tokenizer(passage(turns + [{"role": "user", "content": message}]), return_tensors="pt",
+        ids = tokenizer(continued_passage(turns + [{"role": "user", "content": message}]), return_tensors="pt",
                         add_special_tokens=False)["input_ids"]
         return ids if WINDOW is None else ids[:, -(WINDOW - max_new_tokens):]
     while True:

@@ -254,8 +254,8 @@ function replyCue() {
   return model.encode(probe, true).slice(model.encode(probe).length);
 }
 
-// ChatInterface.passage: text mode's text to continue: with context, what was typed and written before, then the
-// message on a line of its own unless what came before ends in a space or line break.
+// chat.py's continued_passage: text mode's text to continue: with context, what was typed and written before, then
+// the message on a line of its own unless what came before ends in a space or line break.
 function passage(text) {
   let passage = "";
   for (const turn of [...(page.use_context ? history : []), { role: "user", content: text }]) {
