@@ -45,7 +45,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
     or, `is_chat` false, as a text to continue), and how to run each export the repository carries (`formats`, its
     GGUF files in `gguf_precisions`)."""
     source = public_data_name(summary, data_name)
-    metadata = card_metadata(family, summary, repo_id, license_id, source)
+    metadata = card_metadata(family, summary, repo_id, license_id, source, is_chat)
     metadata["tags"] += list(formats)
     sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
     curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
@@ -74,8 +74,11 @@ use it for decisions or advice.
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + body
 
 
-def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, data_name: str) -> dict:
-    """The card's YAML header: what the Hub indexes (library, task, license, tags, data, results)."""
+def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, data_name: str,
+                  is_chat: bool = True) -> dict:
+    """The card's YAML header: what the Hub indexes (library, task, license, tags, data, results). A model trained
+    on conversations is tagged "conversational", the Hub's tag for chat models; the repository carries no training
+    record, so this tag is how chat.py tells a downloaded plain-text model (loading.trained_on_chat)."""
     dataset_on_hub = summary.get("options", {}).get("dataset")
     dataset_on_hub = dataset_on_hub if _is_hub_id(dataset_on_hub) else None
     config = summary.get("options", {}).get("dataset_config") if dataset_on_hub else None  # wikitext's, say
@@ -84,7 +87,8 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         "license": license_id,
-        "tags": ["pocketlm", "text-generation", "custom_code", "gpt" if family == "transformer" else "lstm"],
+        "tags": ["pocketlm", "text-generation", "custom_code", "gpt" if family == "transformer" else "lstm",
+                 *(["conversational"] if is_chat else [])],
     }
     if dataset_on_hub:
         metadata["datasets"] = [dataset_on_hub]
@@ -135,8 +139,8 @@ print(tokenizer.decode(reply[0, prompt["input_ids"].shape[1]:], skip_special_tok
         run = """prompt = tokenizer("The ", return_tensors="pt")
 text = model.generate(**prompt, max_new_tokens=60)
 print(tokenizer.decode(text[0], skip_special_tokens=True))"""
-        terminal = (f"`python chat.py --model {repo_id} --mode text` continues what you type in a terminal (it was "
-                    "trained on plain text, not conversations: give it the start of a text, not a question)")
+        terminal = (f"`python chat.py --model {repo_id}` continues what you type in a terminal (it was trained on "
+                    "plain text, not conversations: give it the start of a text, not a question)")
     return f"""## How to use
 
 ```python

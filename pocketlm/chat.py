@@ -98,7 +98,7 @@ class ChatInterface:
         if mode is not None and mode not in CHAT_MODES:
             raise UsageError(f"unknown mode {mode!r}: choose " + " or ".join(f"{name} ({what})" for name, what in
                                                                          CHAT_MODES.items()) + ".")
-        self.mode = mode or trained_mode(model)
+        named = model
         if isinstance(model, (str, Path)):
             model, loaded_tokenizer = load_pretrained(str(model), device, dtype, runtime or default_runtime(str(model)))
             tokenizer = tokenizer or loaded_tokenizer
@@ -108,6 +108,7 @@ class ChatInterface:
             tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.mode = mode or trained_mode(named)  # once loaded: a missing model is named by load_pretrained's message
         self.use_context = use_context
         self.system = None
         self.history: list[dict] = []

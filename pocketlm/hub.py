@@ -18,10 +18,8 @@ from .export import formats_for, formats_the_tokenizer_takes, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family, trained_on_chat
-from .run_folder import LOSS_CURVE_FILE, RunFolder
+from .run_folder import CARD_FILE, LOSS_CURVE_FILE, RunFolder
 from .whole_writes import build_folder, check_new_folder
-
-CARD_FILE = "README.md"
 
 
 # ------------------------------------------------------------------------------------------------ the folder

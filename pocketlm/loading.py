@@ -15,8 +15,8 @@ from modeling import MODEL_TYPES
 
 from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
 from .errors import WEB_ADDRESS, UsageError, web_address_said
-from .run_folder import (CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD, GENERATION_CONFIG_FILE,
-                         MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
+from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD,
+                         GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
 from .signing import KEY_FILE, MANIFEST_FILE
 
 
@@ -234,8 +234,33 @@ def training_summary(path_or_repo: str) -> dict:
 
 def trained_on_chat(path_or_repo: str) -> bool:
     """Whether the model learned conversations (it answers through its chat template) rather than plain text (it
-    continues a text); a model without a record is taken for a chat model, as the built-in corpus trains one."""
-    return training_summary(path_or_repo).get("data", {}).get("is_chat", True) is not False
+    continues a text): by its run's record, else by the card hub_upload.py wrote from it (a Hub repository or its
+    download carries no record), else taken for a chat model, as the built-in corpus trains one."""
+    summary = training_summary(path_or_repo)
+    if summary:
+        return summary.get("data", {}).get("is_chat", True) is not False
+    tags = _card_tags(path_or_repo)
+    return "conversational" in tags if "pocketlm" in tags else True
+
+
+def _card_tags(path_or_repo: str) -> list:
+    """The tags of the model card in a folder or Hub repository (from the local cache when offline); none where
+    there is no card, or it cannot be read."""
+    import yaml
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.repocard import metadata_load
+
+    local = Path(as_model(path_or_repo)).expanduser()
+    try:
+        card = local / CARD_FILE if local.is_dir() else Path(hf_hub_download(path_or_repo, CARD_FILE))
+        metadata = metadata_load(card) or {}
+    # No card, no such repository, an unreachable Hub (all OSError or ValueError), a card that is not YAML: the
+    # default stands.
+    except (OSError, ValueError, EntryNotFoundError, yaml.YAMLError):
+        return []
+    tags = metadata.get("tags") if isinstance(metadata, dict) else None
+    return tags if isinstance(tags, list) else []
 
 
 def trained_mode(model) -> str:

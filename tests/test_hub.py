@@ -150,7 +150,9 @@ def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_
         trained, tmp_path, tmp_path_factory):
     """A model trained on plain text never saw the chat template's role tokens: its card's snippet continues a text
     (run as written, without pocketlm, it prints pocketlm's own greedy continuation) and names chat.py's text mode;
-    a chat model's card keeps the chat turn."""
+    a chat model's card keeps the chat turn. The repository, as downloaded, has no run record: its card's tags
+    tell chat.py which mode to take."""
+    from pocketlm.chat import ChatInterface
     from pocketlm.generation import complete
 
     data = tmp_path / "prose.txt"
@@ -160,8 +162,10 @@ def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_
     for model_dir, is_chat in ((prose, False), (trained["transformer"], True)):
         out = tmp_path / f"hub-{is_chat}"
         assert run_upload(str(model_dir), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out)).returncode == 0
-        _, body = read_card(out)
-        assert ("apply_chat_template" in body) == is_chat and ("--mode text" in body) != is_chat
+        metadata, body = read_card(out)
+        assert ("apply_chat_template" in body) == is_chat and ("continues what you type" in body) != is_chat
+        assert ("conversational" in metadata["tags"]) == is_chat  # the Hub's tag for a chat model
+        assert ChatInterface(str(out)).mode == ("chat" if is_chat else "text")
         printed = run_script("-c", card_snippet(out), env={"HF_MODULES_CACHE": str(tmp_path / "modules"),
                                                           "PYTHONPATH": ""})
         assert printed.returncode == 0, printed.stderr[-3000:]
