@@ -3,7 +3,8 @@
 At the prompt Ctrl-C clears the line and asks again, as Python's and ollama's prompts do; Ctrl-D or /quit leaves.
 During a reply Ctrl-C stops it and keeps what was said. With standard input not a terminal, each line is a turn
 and each reply a line, so scripts can pipe a conversation through it. In text mode (a model trained on plain
-text) each reply continues the text typed, and an empty line at the prompt asks for more of the same passage.
+text) each reply continues the text typed, and an empty line at the prompt asks for more of the same passage (a
+new text of the model's own without context, where each message stands alone).
 """
 
 import json
@@ -27,7 +28,9 @@ HELP = """commands:
   /stats                 tokens, time to first token and tokens/s of the last reply
   /quit                  leave (Ctrl-D too); Ctrl-C stops a reply, or clears the line at the prompt"""
 TEXT_MODE_HELP = """text mode: the model continues what you type (it was trained on plain text; chat.py --mode chat
-talks to it through the chat template instead); an empty line asks for more of the passage"""
+talks to it through the chat template instead); an empty line asks for {empty}"""
+# What an empty line asks for in text mode: more of the passage, or, where each message stands alone, a new text.
+EMPTY_LINE = {True: "more of the passage", False: "a new text of the model's own"}
 
 
 class TerminalChat:
@@ -49,7 +52,8 @@ class TerminalChat:
         name = self.chat.model.name_or_path or "a pocketlm model"
         if self.chat.mode == "text":
             print(f"continuing text with {name}, trained on plain text (--mode chat to chat): type the start of a "
-                  "text, or an empty line for more; /help for commands, Ctrl-D or /quit to leave")
+                  f"text, or an empty line for {EMPTY_LINE[self.chat.use_context]}; /help for commands, Ctrl-D or "
+                  "/quit to leave")
         else:
             print(f"chatting with {name}: /help for commands, Ctrl-D or /quit to leave")
         # Ctrl-C must raise KeyboardInterrupt even when this process was started with SIGINT ignored, as a
@@ -109,7 +113,8 @@ class TerminalChat:
         if name in ("/quit", "/exit"):
             return "quit"
         if name == "/help":
-            print(HELP + ("\n" + TEXT_MODE_HELP if self.chat.mode == "text" else ""))
+            text_mode = TEXT_MODE_HELP.format(empty=EMPTY_LINE[self.chat.use_context])
+            print(HELP + ("\n" + text_mode if self.chat.mode == "text" else ""))
         elif name == "/reset":
             self.chat.reset()
             print("conversation forgotten")

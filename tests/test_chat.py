@@ -611,7 +611,13 @@ def test_chat_py_continues_a_plain_text_model_s_prompt_and_says_what_it_does(tex
     passage = say(child, "The night")
     more = say(child, "")  # an empty line: more of the same passage
     assert passage.strip() and more.strip() and "error" not in passage + more
-    assert "an empty line asks for more" in say(child, "/help")
+    assert "an empty line asks for more of the passage" in say(child, "/help")
+    child.sendline("/quit")
+    assert exit_status(child) == 0
+    # The LSTM answers each message on its own by default: there, an empty line begins a text of the model's own.
+    child = spawn_chat(str(text_models["lstm"]), *greedy)
+    assert "an empty line for a new text of the model's own" in child.before
+    assert "error" not in say(child, "") and "a new text" in say(child, "/help")
     child.sendline("/quit")
     assert exit_status(child) == 0
 
