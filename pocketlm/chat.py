@@ -108,7 +108,13 @@ class ChatInterface:
             tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.mode = mode or trained_mode(named)  # once loaded: a missing model is named by load_pretrained's message
+        # Once loaded: a missing model is named by load_pretrained's message. A tokenizer without a chat template
+        # (the export of a model trained on plain text) can only continue text.
+        can_chat = tokenizer.chat_template is not None
+        if mode == "chat" and not can_chat:
+            raise UsageError(f"{getattr(model, 'name_or_path', None) or 'this model'} has no chat template (an export "
+                             "of a model trained on plain text carries none): it continues text; drop --mode chat.")
+        self.mode = mode or (trained_mode(named) if can_chat else "text")
         self.use_context = use_context
         self.system = None
         self.history: list[dict] = []

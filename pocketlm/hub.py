@@ -75,7 +75,7 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         save_tokenizer(tokenizer, folder)
         if has_curve:
             shutil.copy2(RunFolder(source).loss_curve, folder / LOSS_CURVE_FILE)
-        _write_exports(model, tokenizer, family, formats, folder, repo_id.split("/")[-1], gguf_precisions)
+        _write_exports(model, tokenizer, family, formats, folder, repo_id.split("/")[-1], gguf_precisions, is_chat)
         card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats,
                           gguf_precisions, is_chat)
         (folder / CARD_FILE).write_text(card, encoding="utf-8")
@@ -85,17 +85,19 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
 
 
 def _write_exports(model, tokenizer, family: str, formats: list[str], target: Path, name: str,
-                   gguf_precisions: tuple[str, ...]) -> None:
-    """The exports beside the native model, where the Hub and each runtime look for them (see STOCK_SUBFOLDER)."""
+                   gguf_precisions: tuple[str, ...], is_chat: bool) -> None:
+    """The exports beside the native model, where the Hub and each runtime look for them (see STOCK_SUBFOLDER);
+    a chat template in those of a chat model only (export.write_formats)."""
     if family == "lstm":
         if formats:
             write_onnx(model, family, target)  # beside the config and tokenizer already at the top
         return
     stock = [name for name in formats if name in ("transformers", "onnx")]
     if stock:
-        write_formats(model, tokenizer, family, stock, target / STOCK_SUBFOLDER, name)
+        write_formats(model, tokenizer, family, stock, target / STOCK_SUBFOLDER, name, is_chat=is_chat)
     if "gguf" in formats:
-        write_formats(model, tokenizer, family, ["gguf"], target, name, gguf_precisions=gguf_precisions)
+        write_formats(model, tokenizer, family, ["gguf"], target, name, gguf_precisions=gguf_precisions,
+                      is_chat=is_chat)
 
 
 # ---------------------------------------------------------------------------------------------------- upload

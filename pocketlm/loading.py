@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import modeling  # noqa: F401  (registers pocketlm's model types with the Auto classes)
 from modeling import MODEL_TYPES
+from tokenization import ROLE_TOKENS
 
 from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
 from .errors import WEB_ADDRESS, UsageError, web_address_said
@@ -89,10 +90,12 @@ def check_model_folder(folder: Path) -> None:
     """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
     folder = Path(as_model(str(folder)))
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing == [CHAT_TEMPLATE_FILE] and "chat_template" in _read_json(folder / TOKENIZER_CONFIG_FILE):
-        missing = []  # an older layout: the template inside tokenizer_config.json
     if CONFIG_FILE in missing:
         raise _no_model(folder)
+    if missing == [CHAT_TEMPLATE_FILE] and (_has_chat_template(folder) or _is_stock(folder)):
+        # An older layout, the template inside tokenizer_config.json; or a stock GPT-2 export of a model trained on
+        # plain text, which carries none (export.write_formats).
+        missing = []
     if missing:
         what = ", ".join(f"{name} ({REQUIRED_FILES[name]})" for name in missing)
         raise UsageError(f"{folder} is an incomplete model folder, missing {what}: {DAMAGED_FIX}.")
@@ -235,10 +238,15 @@ def training_summary(path_or_repo: str) -> dict:
 def trained_on_chat(path_or_repo: str) -> bool:
     """Whether the model learned conversations (it answers through its chat template) rather than plain text (it
     continues a text): by its run's record, else by the card hub_upload.py wrote from it (a Hub repository or its
-    download carries no record), else taken for a chat model, as the built-in corpus trains one."""
+    download carries no record), else taken for a chat model, as the built-in corpus trains one. A folder whose
+    tokenizer carries no chat template cannot chat: an export of a plain-text model, such as the gpt2/ folder of
+    its downloaded repository, which has no record or card of its own."""
     summary = training_summary(path_or_repo)
     if summary:
         return summary.get("data", {}).get("is_chat", True) is not False
+    local = Path(as_model(path_or_repo)).expanduser()
+    if (local / TOKENIZER_CONFIG_FILE).is_file() and not _has_chat_template(local):
+        return False
     tags = _card_tags(path_or_repo)
     return "conversational" in tags if "pocketlm" in tags else True
 
@@ -325,8 +333,8 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if family or model_type == "gpt2":
             return family or "transformer"
         raise refusal
-    if family is None and model_type == "gpt2" and _stock_gpt2_with_a_chat_template(path_or_repo):
-        # A stock GPT-2 with pocketlm's chat template and no export record beside it: the gpt2/ folder of a model
+    if family is None and model_type == "gpt2" and _stock_gpt2_of_pocketlm(path_or_repo):
+        # A stock GPT-2 with pocketlm's tokenizer and no export record beside it: the gpt2/ folder of a model
         # repository hub_upload.py published, downloaded. Chat and compare run it as they run export.py's.
         if exports:
             return "transformer"
@@ -340,16 +348,27 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     return family
 
 
-def _stock_gpt2_with_a_chat_template(path_or_repo: str) -> bool:
-    """A folder of transformers' own GPT-2 with a chat template: no model code of its own beside it (a pocketlm
-    folder whose config.json was replaced by a GPT-2's has its modeling_gpt.py, and is named as damaged)."""
+def _stock_gpt2_of_pocketlm(path_or_repo: str) -> bool:
+    """A folder of transformers' own GPT-2 with pocketlm's chat template or role tokens (an export of a model
+    trained on plain text has no template): no model code of its own beside it (a pocketlm folder whose config.json
+    was replaced by a GPT-2's has its modeling_gpt.py, and is named as damaged)."""
     local = Path(as_model(path_or_repo)).expanduser()
-    if any(local.glob("modeling_*.py")):
+    if any(local.glob("modeling_*.py")) or not (local / TOKENIZER_CONFIG_FILE).is_file():
         return False
-    if (local / CHAT_TEMPLATE_FILE).is_file():
-        return True
-    settings = local / TOKENIZER_CONFIG_FILE
-    return settings.is_file() and bool(_read_json(settings).get("chat_template"))
+    special = _read_json(local / TOKENIZER_CONFIG_FILE).get("additional_special_tokens")
+    return _has_chat_template(local) or (isinstance(special, list) and set(ROLE_TOKENS.values()) <= set(special))
+
+
+def _has_chat_template(folder: Path) -> bool:
+    """Whether the tokenizer in `folder` carries a chat template, in its own file or inside its settings."""
+    settings = folder / TOKENIZER_CONFIG_FILE
+    return (folder / CHAT_TEMPLATE_FILE).is_file() or (settings.is_file()
+                                                       and bool(_read_json(settings).get("chat_template")))
+
+
+def _is_stock(folder: Path) -> bool:
+    """Whether `folder` holds a model of one of transformers' own types (a stock GPT-2 export), not pocketlm's."""
+    return _read_json(folder / CONFIG_FILE).get("model_type") not in MODEL_TYPES.values()
 
 
 def tokenizer_source(path_or_repo: str) -> str:
@@ -439,8 +458,9 @@ def _load_folder(path_or_repo: str, family: str, dtype: str, config: dict):
 
 
 def _check_tokenizer(path_or_repo: str, model, tokenizer) -> None:
-    """Refuse a tokenizer the model cannot chat with: no chat template, or tokens past the model's rows."""
-    if tokenizer.chat_template is None:
+    """Refuse a tokenizer the model cannot run with: a pocketlm model's without its chat template (a stock GPT-2
+    export of a model trained on plain text has none), or one with tokens past the model's rows."""
+    if tokenizer.chat_template is None and model.config.model_type in MODEL_TYPES.values():
         raise UsageError(f"{path_or_repo} has no chat template ({CHAT_TEMPLATE_FILE}): {DAMAGED_FIX}.")
     if len(tokenizer) > model.config.vocab_size:  # its last tokens would index past the embedding, mid-reply
         raise UsageError(f"the tokenizer in {path_or_repo} has {len(tokenizer):,} tokens and the model rows for "

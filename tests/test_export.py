@@ -5,6 +5,7 @@ that cannot import pocketlm either; the GGUF runs in llama.cpp itself (llama-cpp
 answers the official OpenAI client.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, run_entry, train_tiny_models
+from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry,
+                      train_tiny_models)
 from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
@@ -606,26 +608,31 @@ def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding
         for text in PROBES:
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
         prompt = chat_prompt(tokenizer, PROMPTS[1])
-        expected = greedy(model, [prompt], tokenizer.pad_token_id)[0]
-        llm.eval(prompt)
-        tokens = []
-        for _ in range(NEW_TOKENS):
-            tokens.append(int(llm.scores[llm.n_tokens - 1].argmax()))
-            llm.eval(tokens[-1:])
-        if tokens != expected:
-            # llama.cpp's CPU GELU reads a 16-bit table: a near-tie may flip. Then the teacher-forced top-1 must
-            # agree on at least 99% of the positions.
-            sequence = prompt + expected
-            llm.reset()
-            llm.eval(sequence)
-            with torch.no_grad():
-                ours = model(torch.tensor([sequence])).logits[0].argmax(-1)
-            theirs = torch.tensor(llm.scores[: len(sequence)]).argmax(-1)
-            assert (ours == theirs).float().mean() >= 0.99, (tokens, expected)
-        assert len(tokens) >= 20
+        assert_llama_cpp_decodes(llm, model, prompt, greedy(model, [prompt], tokenizer.pad_token_id)[0])
         assert llm.metadata["tokenizer.chat_template"] and llm.metadata["general.architecture"] == "gpt2"
     finally:
         llm.close()
+
+
+def assert_llama_cpp_decodes(llm, model, prompt: list[int], expected: list[int]) -> None:
+    """llama.cpp's greedy tokens after `prompt` are `expected`, the model's own; where they part (llama.cpp's CPU
+    GELU reads a 16-bit table: a near-tie may flip), its teacher-forced top-1 agrees with the model's at 99% of
+    the positions."""
+    llm.reset()
+    llm.eval(prompt)
+    tokens = []
+    for _ in range(len(expected)):
+        tokens.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+        llm.eval(tokens[-1:])
+    if tokens != expected:
+        sequence = prompt + expected
+        llm.reset()
+        llm.eval(sequence)
+        with torch.no_grad():
+            ours = model(torch.tensor([sequence])).logits[0].argmax(-1)
+        theirs = torch.tensor(llm.scores[: len(sequence)]).argmax(-1)
+        assert (ours == theirs).float().mean() >= 0.99, (tokens, expected)
+    assert len(tokens) >= 20
 
 
 # The weight matrices a GGUF file stores at its precision, under llama.cpp's gpt2 names, and the model's own names.
@@ -741,6 +748,79 @@ def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(t
         llm.close()
 
 
+# ------------------------------------------------------------------------------ a model trained on plain text
+
+
+TEXT = "The king speaks"
+
+
+@pytest.fixture(scope="module")
+def prose_exported(tmp_path_factory) -> tuple[Path, Path]:
+    """A GPT trained on plain text (pseudo-prose, not conversations), and its export for the other runtimes."""
+    data = tmp_path_factory.mktemp("prose") / "prose.txt"
+    data.write_text(make_text(3, 120), encoding="utf-8")
+    model = train_tiny_models(tmp_path_factory, "prose", {"transformer": TINY_SHAPES["transformer"]}, max_steps=60,
+                              eval_every=60, data=[str(data)])["transformer"]
+    out = tmp_path_factory.mktemp("prose-export") / "export"
+    result = run_entry(export_main, str(model), "--format", "transformers,onnx,gguf", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model, out
+
+
+STOCK_CONTINUATION = """
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, text, new_tokens = {folder!r}, {text!r}, {new_tokens}
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder)
+ids = tokenizer(text, return_tensors="pt").input_ids
+out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                     do_sample=False, repetition_penalty=1.0)
+try:
+    tokenizer.apply_chat_template([{{"role": "user", "content": text}}], add_generation_prompt=True)
+    refused = None
+except ValueError as error:
+    refused = str(error)
+print(json.dumps([tokenizer.chat_template, refused, out[0, ids.shape[1]:].tolist()]))
+"""
+
+
+def test_the_exports_of_a_plain_text_model_carry_no_chat_template_and_continue_text_in_each_runtime(prose_exported,
+                                                                                                    tmp_path):
+    """A model trained on a book never saw the chat template's role tokens, yet its exports carried the template,
+    and other runtimes take a template as the way to talk to a model (llama.cpp's llama-cli turns to conversation
+    when the file has one; transformers' pipelines and servers apply it to messages). Its exports carry none: each
+    runtime continues the text it is given, with the model's own greedy tokens, and is told there is no chat."""
+    model_dir, out = prose_exported
+    model, tokenizer = load_pretrained(str(model_dir))
+    prompt = tokenizer(TEXT).input_ids
+    expected = greedy(model, [prompt], tokenizer.pad_token_id)[0]
+    # transformers, in a process without pocketlm: the same continuation, and its own refusal of a chat.
+    template, refused, continued = run_without_pocketlm(
+        STOCK_CONTINUATION.format(folder=str(out), text=TEXT, new_tokens=NEW_TOKENS), tmp_path)
+    assert template is None and "chat template" in refused and continued == expected
+    assert not (out / "chat_template.jinja").exists()  # the ONNX graphs' tokenizer is the same folder's
+    # llama.cpp: a file without a template (llama-cli stays in completion), the same greedy tokens.
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(next(out.glob("*.gguf"))), n_ctx=model.config.block_size, logits_all=True,
+                          verbose=False, n_threads=2)
+    try:
+        assert "tokenizer.chat_template" not in llm.metadata
+        assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == prompt
+        assert_llama_cpp_decodes(llm, model, prompt, expected)
+    finally:
+        llm.close()
+    # pocketlm's own chat runs the export as text, in torch and in onnxruntime, and names the missing template
+    # when asked to chat.
+    reference = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, repetition_penalty=1.0)
+    for runtime in ("torch", "onnx"):
+        chat = ChatInterface(str(out), runtime=runtime, max_new_tokens=8, do_sample=False, repetition_penalty=1.0)
+        assert chat.mode == "text" and chat.prompt_ids(TEXT, 8) == prompt
+        assert chat.reply(TEXT) == tokenizer.decode(reference[0, len(prompt):], skip_special_tokens=True)
+    assert_one_line_error(run_entry(chat_main, "--model", str(out), "--mode", "chat", "--prompt", TEXT),
+                          "has no chat template", "drop --mode chat")
+
+
 STOCK_GPT2_LOGITS = """
 import json, torch
 from transformers import AutoModelForCausalLM
@@ -829,11 +909,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(exported, tmp_path):
+@contextlib.contextmanager
+def served(folder: Path, tmp_path: Path):
+    """`transformers serve` on 127.0.0.1, pinned to `folder` as README's command runs it: an OpenAI client for it."""
     from openai import OpenAI
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, port = exported["transformer"], _free_port()
+    port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
                                "--port", str(port), str(folder)], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -842,7 +923,17 @@ def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             assert server.poll() is None and time.time() < deadline, server.communicate()[0][-3000:]
             time.sleep(0.3)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(exported, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = exported["transformer"]
+    with served(folder, tmp_path) as client:
         stream = client.chat.completions.create(model=str(folder), messages=[{"role": "user", "content": PROMPTS[1]}],
                                                 stream=True, temperature=0, max_tokens=NEW_TOKENS)
         pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
@@ -850,12 +941,29 @@ def test_transformers_serve_answers_an_openai_client_with_the_local_greedy_text(
         parted = client.chat.completions.create(
             model=str(folder), messages=[{"role": "user", "content": [{"type": "text", "text": PROMPTS[1]}]}],
             temperature=0, max_tokens=NEW_TOKENS).choices[0].message.content
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     # Greedy generation done locally with the same stock folder and its own generation settings.
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     prompt = torch.tensor([chat_prompt(tokenizer, PROMPTS[1])])
     out = model.generate(prompt, do_sample=False, max_new_tokens=NEW_TOKENS)
     assert len(pieces) > 1  # streamed, piece by piece
     assert "".join(pieces) == tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True) == parted
+
+
+def test_transformers_serve_continues_the_text_of_a_plain_text_model_s_export_and_refuses_a_chat(prose_exported,
+                                                                                                 tmp_path):
+    """The export of a model trained on plain text, served: its completions endpoint continues a text with the
+    local greedy text, and its chat endpoint, finding no chat template, does not answer."""
+    from openai import OpenAIError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = prose_exported[1]
+    with served(folder, tmp_path) as client:
+        continued = client.completions.create(model=str(folder), prompt=TEXT, temperature=0,
+                                              max_tokens=NEW_TOKENS).choices[0].text
+        with pytest.raises(OpenAIError):
+            client.chat.completions.create(model=str(folder), messages=[{"role": "user", "content": TEXT}],
+                                           temperature=0, max_tokens=NEW_TOKENS)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    prompt = tokenizer(TEXT, return_tensors="pt").input_ids
+    out = model.generate(prompt, do_sample=False, max_new_tokens=NEW_TOKENS)
+    assert continued == tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)

@@ -6,6 +6,11 @@ runtimes, each proven there by the tests (the same greedy tokens as the model it
 - `gguf`: the GPT as one GGUF file for llama.cpp (`gguf.py`);
 - `web`: a static page that chats with the model in the reader's browser (`web.py`), both families.
 
+The chat template goes only into the exports of a model that learned conversations: other runtimes take a template
+as the way to talk to a model (llama.cpp's `llama-cli` turns to conversation when a file has one, transformers'
+pipelines and servers apply it to messages), and a model trained on plain text never saw its role tokens; without
+one, they continue the text they are given, as pocketlm's own text mode does.
+
 An export is built in a hidden folder beside its destination and moved into place when whole, so a failed one
 leaves nothing behind. It lists what it wrote in a hidden EXPORT_RECORD, and --overwrite replaces an existing
 destination only when that list holds everything there: an export's folder, never the user's own files.
@@ -20,8 +25,8 @@ from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
 from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
-from ..loading import load_pretrained, model_family, model_name
-from ..run_folder import EXPORT_RECORD, TOKENIZER_CONFIG_FILE
+from ..loading import load_pretrained, model_family, model_name, trained_on_chat
+from ..run_folder import CHAT_TEMPLATE_FILE, EXPORT_RECORD, TOKENIZER_CONFIG_FILE
 from ..whole_writes import build_folder, check_writable
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
@@ -122,11 +127,12 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
     model, tokenizer = load_pretrained(model_path)
     formats = formats_the_tokenizer_takes(formats, asked, tokenizer)
     name = export_name(model_path)
+    is_chat = trained_on_chat(model_path)
     written = []
 
     def write(building: Path) -> None:
         with full_disk_says(building.parent, afterwards="export again; an earlier export there is intact"):
-            write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions)
+            write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions, is_chat)
             written.extend(_files_in(building))
             # The model it came from, as a path that still holds from another folder (loading.export_record).
             origin = str(source) if source.is_dir() else model_path
@@ -158,26 +164,27 @@ def _check_replaceable(target: Path) -> None:
 
 
 def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
-                  web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1]
-                  ) -> None:
+                  web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1],
+                  is_chat: bool = True) -> None:
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
     at its top (they are the same files), the graphs in onnx/, a GGUF file for each of `gguf_precisions` as
-    `<name>-<precision>.gguf`, the web page at the top when it is alone, else in web/."""
+    `<name>-<precision>.gguf`, the web page at the top when it is alone, else in web/. The chat template goes in
+    only when `is_chat` (the model learned conversations, loading.trained_on_chat); the page reads the mode."""
     for format_name in formats:
         if format_name == "transformers":
             from .gpt2 import write_gpt2
 
-            write_gpt2(model, tokenizer, folder)
+            write_gpt2(model, tokenizer, folder, is_chat=is_chat)
         elif format_name == "onnx":
             from .onnx import write_onnx
 
-            _write_beside_graph(model, tokenizer, family, folder)
+            _write_beside_graph(model, tokenizer, family, folder, is_chat)
             write_onnx(model, family, folder)
         elif format_name == "gguf":
             from .gguf import write_gguf
 
             for precision in gguf_precisions:
-                write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision)
+                write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision, is_chat)
         elif format_name == "web":
             from .web import write_web
 
@@ -199,24 +206,29 @@ def split_gguf_precisions(text: str) -> tuple[str, ...]:
     return named
 
 
-def _write_beside_graph(model, tokenizer, family: str, folder: Path) -> None:
+def _write_beside_graph(model, tokenizer, family: str, folder: Path, is_chat: bool) -> None:
     """What an ONNX runtime reads beside the graph: the config (GPT-2's, for the GPT, as transformers.js runs it),
     the generation settings and the tokenizer."""
     if family == "transformer":
         from .gpt2 import write_gpt2
 
-        write_gpt2(model, tokenizer, folder, with_weights=False)
+        write_gpt2(model, tokenizer, folder, with_weights=False, is_chat=is_chat)
     else:
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
-        save_tokenizer(tokenizer, folder)
-        template_in_config(folder)
+        save_export_tokenizer(tokenizer, folder, is_chat)
 
 
-def template_in_config(folder: Path) -> None:
-    """The chat template inside tokenizer_config.json as well, without transformers' {% generation %} marker, for
-    runtimes that read it only there (transformers.js); Python's transformers prefers chat_template.jinja."""
+def save_export_tokenizer(tokenizer, folder: Path, is_chat: bool) -> None:
+    """The tokenizer, for runtimes outside pocketlm: with a chat model's template inside tokenizer_config.json as
+    well, without transformers' {% generation %} marker (transformers.js reads it only there; Python's
+    transformers prefers chat_template.jinja); with no template at all for a model trained on plain text."""
+    save_tokenizer(tokenizer, folder)
     config_file = folder / TOKENIZER_CONFIG_FILE
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["chat_template"] = PLAIN_CHAT_TEMPLATE
+    if is_chat:
+        config["chat_template"] = PLAIN_CHAT_TEMPLATE
+    else:
+        config.pop("chat_template", None)
+        (folder / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

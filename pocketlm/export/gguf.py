@@ -4,7 +4,8 @@ The file is written with the `gguf` package, as architecture `gpt2`, its tensors
 matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`). llama.cpp's
 own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
 trained one matches no hash it knows. pocketlm's byte-level BPE splits text with GPT-2's own pattern, so the file
-names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and the chat template.
+names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and, for a chat model,
+the chat template.
 """
 
 import json
@@ -76,9 +77,10 @@ def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") -> Path:
+def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", is_chat: bool = True) -> Path:
     """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
-    `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers)."""
+    `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers), with the chat
+    template when `is_chat` (without one, llama.cpp continues the text it is given rather than turning to chat)."""
     import gguf
 
     config = model.config
@@ -112,7 +114,8 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32") 
     writer.add_eot_token_id(ids(END_OF_TURN))  # where a chat reply ends
     writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_add_bos_token(False)  # pocketlm prompts start with their role token, not a document boundary
-    writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
+    if is_chat:
+        writer.add_chat_template(PLAIN_CHAT_TEMPLATE)
     block = gguf.GGML_QUANT_SIZES[kind][0]
     for tensor_name, array in gguf_tensors(model).items():
         if kind == gguf.GGMLQuantizationType.F32 or not tensor_name.endswith(MATRICES):

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokenization import save_tokenizer
 
 # GPT-2's Conv1D layers: the weights stored transposed against nn.Linear's [out, in].
 CONV1D_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -63,9 +62,10 @@ def to_gpt2(model, tokenizer) -> GPT2LMHeadModel:
     return stock.eval()
 
 
-def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True) -> list[Path]:
+def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True, is_chat: bool = True) -> list[Path]:
     """A folder `AutoModelForCausalLM.from_pretrained` loads as a GPT2LMHeadModel (weights, config, generation
-    config) with the tokenizer and its chat template; without weights, the folder an ONNX export sits in."""
+    config) with the tokenizer, and a chat model's chat template; without weights, the folder an ONNX export sits
+    in."""
     stock = to_gpt2(model, tokenizer)
     before = set(folder.rglob("*")) if folder.exists() else set()
     if with_weights:
@@ -74,8 +74,7 @@ def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True) -> lis
         folder.mkdir(parents=True, exist_ok=True)
         stock.config.save_pretrained(folder)
         stock.generation_config.save_pretrained(folder)
-    save_tokenizer(tokenizer, folder)
-    from . import template_in_config
+    from . import save_export_tokenizer
 
-    template_in_config(folder)
+    save_export_tokenizer(tokenizer, folder, is_chat)
     return sorted(path for path in folder.rglob("*") if path.is_file() and path not in before)
