@@ -57,7 +57,7 @@ A small language model trained with pocketlm: a {architecture(model.config, fami
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
 {_how_to_use(repo_id, MIN_TRANSFORMERS[family], is_chat)}
-{_elsewhere(repo_id, family, formats, model.config, gguf_precisions)}{record}
+{_elsewhere(repo_id, family, formats, model.config, gguf_precisions, is_chat)}{record}
 {curve}
 ## Samples
 
@@ -161,12 +161,18 @@ def _documents(data: dict) -> str:
     return f"{data['train_documents']:,} training and {validation}"
 
 
+# What the stock GPT-2 of a model trained on plain text lacks, and what serves it (export.write_formats).
+_NO_TEMPLATE = """ Trained on plain text, the model has no chat
+template: the server's `/v1/completions` continues a text sent to it."""
+
 # Each GGUF precision, as the card says it.
 GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0", "q5_0": "5-bit Q5_0", "q4_0": "4-bit Q4_0"}
 
 
-def _elsewhere(repo_id: str, family: str, formats: list[str], config, gguf_precisions: tuple[str, ...]) -> str:
-    """How to run each export in its own runtime, with the paths it has in this repository (hub.py's layout)."""
+def _elsewhere(repo_id: str, family: str, formats: list[str], config, gguf_precisions: tuple[str, ...],
+               is_chat: bool) -> str:
+    """How to run each export in its own runtime, with the paths it has in this repository (hub.py's layout); a
+    plain-text model's exports carry no chat template (export.write_formats), so they are run as text to continue."""
     if not formats:
         return ""
     name = repo_id.split("/")[-1]
@@ -183,13 +189,19 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}", subfolder="gpt2")
 ```
 
 An OpenAI-compatible server: `hf download {repo_id} --include "gpt2/*" --local-dir {name}`, then
-`transformers serve {name}/gpt2` (with `pip install 'transformers[serving]'`).
+`transformers serve {name}/gpt2` (with `pip install 'transformers[serving]'`).{"" if is_chat else _NO_TEMPLATE}
 """)
     if "gguf" in formats:
         files = ", ".join(f"`{name}-{precision}.gguf` ({GGUF_WORDS[precision]})" for precision in gguf_precisions)
-        parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and chat template;
+        if is_chat:
+            parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and chat template;
 `llama-cli -hf {repo_id} -p "Hello"`, `llama-server -hf {repo_id}` (OpenAI-compatible), or
 `ollama run hf.co/{repo_id}`.
+""")
+        else:
+            parts.append(f"""**llama.cpp and ollama.** {files}: GPT-2 architecture, with the tokenizer and no chat template,
+as the model was trained on plain text: it continues the text it is given, as with `llama-server -hf {repo_id}`'s
+`/completion` endpoint, or `ollama run hf.co/{repo_id}`.
 """)
     if "onnx" in formats and family == "transformer":
         parts.append(f"""**onnxruntime and transformers.js.** `gpt2/onnx/model.onnx` (float32) and `model_quantized.onnx`

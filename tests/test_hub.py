@@ -151,7 +151,11 @@ def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_
     """A model trained on plain text never saw the chat template's role tokens: its card's snippet continues a text
     (run as written, without pocketlm, it prints pocketlm's own greedy continuation) and names chat.py's text mode;
     a chat model's card keeps the chat turn. The repository, as downloaded, has no run record: its card's tags
-    tell chat.py which mode to take."""
+    tell chat.py which mode to take. The exports beside it carry the chat template for the chat model only, and
+    the gpt2/ folder of the plain-text model, as downloaded, is run as text."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
     from pocketlm.chat import ChatInterface
     from pocketlm.generation import complete
 
@@ -161,11 +165,17 @@ def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_
                               data=[str(data)])["transformer"]
     for model_dir, is_chat in ((prose, False), (trained["transformer"], True)):
         out = tmp_path / f"hub-{is_chat}"
-        assert run_upload(str(model_dir), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out)).returncode == 0
+        assert run_upload(str(model_dir), "--repo-id", "a/b", "--dry-run", "--output-dir", str(out), "--formats",
+                          "transformers,gguf").returncode == 0
         metadata, body = read_card(out)
         assert ("apply_chat_template" in body) == is_chat and ("continues what you type" in body) != is_chat
         assert ("conversational" in metadata["tags"]) == is_chat  # the Hub's tag for a chat model
+        assert ("with the tokenizer and no chat template" in body) != is_chat
         assert ChatInterface(str(out)).mode == ("chat" if is_chat else "text")
+        # The exports: transformers' and llama.cpp's own readers find a template in the chat model's only.
+        assert (AutoTokenizer.from_pretrained(out, subfolder="gpt2").chat_template is not None) == is_chat
+        assert ("tokenizer.chat_template" in GGUFReader(next(out.glob("*.gguf"))).fields) == is_chat
+        assert ChatInterface(str(out / "gpt2")).mode == ("chat" if is_chat else "text")
         printed = run_script("-c", card_snippet(out), env={"HF_MODULES_CACHE": str(tmp_path / "modules"),
                                                           "PYTHONPATH": ""})
         assert printed.returncode == 0, printed.stderr[-3000:]
