@@ -685,7 +685,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
     def job():
         from .export import export, split_formats, split_gguf_precisions
-        from .loading import beside, model_family
+        from .loading import beside, model_family, trained_on_chat
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
@@ -702,6 +702,9 @@ def export_main(argv: list[str] | None = None) -> int:
         size = sum(path.stat().st_size for path in files)
         print(f"wrote {output} ({counted(len(files), 'file')}, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))
+        if set(formats) != {"web"} and not trained_on_chat(args.model):  # why llama-cli, say, does not chat with it
+            print(f"{args.model} was trained on plain text, so its exports carry no chat template: llama.cpp, "
+                  "transformers and onnxruntime continue the text they are given (README: Run it anywhere).")
         return 0
 
     return _run(job)

@@ -48,6 +48,7 @@ def exported(trained, tmp_path_factory) -> dict[str, Path]:
         out = tmp_path_factory.mktemp(f"exported-{family}") / "all"
         result = run_entry(export_main, str(model), "--format", "all", "--output-dir", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
+        assert "trained on plain text" not in result.stdout  # a chat model's exports carry its template
         folders[family] = out
     return folders
 
@@ -764,6 +765,7 @@ def prose_exported(tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("prose-export") / "export"
     result = run_entry(export_main, str(model), "--format", "transformers,onnx,gguf", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "was trained on plain text, so its exports carry no chat template" in result.stdout  # said, not silent
     return model, out
 
 
