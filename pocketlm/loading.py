@@ -17,7 +17,8 @@ from tokenization import ROLE_TOKENS
 from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
 from .errors import WEB_ADDRESS, UsageError, web_address_said
 from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD,
-                         GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, RunFolder)
+                         GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEB_PAGE_FILE,
+                         RunFolder)
 from .signing import KEY_FILE, MANIFEST_FILE
 
 
@@ -80,15 +81,53 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _no_model(folder: Path, given: str | None = None) -> UsageError:
+    """What a folder without a config.json is, and what to pass instead: a part of something pocketlm wrote (a
+    run's checkpoints/, an export's onnx/ or web page) was told to "point at a folder train.py wrote"."""
+    shown = Path(given or folder)
     if (folder / MANIFEST_FILE).is_file():  # a checkpoint moved out of <run>/checkpoints/, where its config is
-        return UsageError(f"{given or folder} is a training checkpoint away from its run, whose config and tokenizer "
+        return UsageError(f"{shown} is a training checkpoint away from its run, whose config and tokenizer "
                           f"it loads with: use it where train.py wrote it, <run>/{CHECKPOINTS_DIR}/step-N.")
-    return UsageError(f"{given or folder} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+    if (folder / WEB_PAGE_FILE).is_file():
+        return _web_page_refusal(shown, folder)
+    steps = [path for path in folder.glob("step-*") if path.name[5:].isdigit() and (path / MANIFEST_FILE).is_file()]
+    if steps and (folder.parent / CONFIG_FILE).is_file():
+        newest = shown / max(steps, key=lambda path: int(path.name[5:])).name
+        return UsageError(f"{shown} holds a run's checkpoints: pass the run, {shown.parent}, or one checkpoint, "
+                          f"{newest} (the newest).")
+    outer = _holding_folder(shown)
+    if outer is not None:
+        return UsageError(f"{shown} is a folder inside {outer}, which holds the model: pass {outer}.")
+    return UsageError(f"{shown} holds no model (no {CONFIG_FILE}): point at a folder train.py wrote.")
+
+
+def _holding_folder(path: Path) -> Path | None:
+    """The nearest folder above `path` (three at most) that the tools take, as `path` spells it: a model, an export
+    or a checkpoint."""
+    return next((parent for parent in list(path.expanduser().parents)[:3]
+                 if (parent / CONFIG_FILE).is_file() or (parent / MANIFEST_FILE).is_file()), None)
+
+
+def _refuse_a_web_page_model(folder: Path) -> None:
+    """The model folder inside export.py's web page has a config and no weights for torch: named as the page's,
+    where it was taken for an incomplete model (train it again) or a downloaded stock GPT-2 (chat runs it)."""
+    if (folder.parent / WEB_PAGE_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        raise _web_page_refusal(folder, folder.parent)
+
+
+def _web_page_refusal(shown: Path, page: Path) -> UsageError:
+    """export.py's web page (`page`), or the model folder inside it: ONNX graphs for the browser, no weights for
+    torch."""
+    record = export_record(str(page)) or export_record(str(page.parent))
+    origin = record["model"] if record else "the model it was exported from"
+    what = "export.py's web page" if shown == page else f"the model of export.py's web page in {page}"
+    return UsageError(f"{shown} is {what}, which runs the model in a browser (python -m http.server -d {page}): "
+                      f"the tools here take {origin}.")
 
 
 def check_model_folder(folder: Path) -> None:
     """Refuse, with one line naming the file and the fix, a model folder that is incomplete or damaged."""
     folder = Path(as_model(str(folder)))
+    _refuse_a_web_page_model(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if CONFIG_FILE in missing:
         raise _no_model(folder)
@@ -150,9 +189,9 @@ def _config_of(path_or_repo: str) -> dict:
         if not (local / CONFIG_FILE).exists():
             raise _no_model(local, path_or_repo)
         return _read_json(local / CONFIG_FILE)
-    if local.is_file():  # a model's file given for its folder (model.safetensors, config.json)
-        fix = (f"pass its folder, {local.parent}" if (local.parent / CONFIG_FILE).is_file()
-               else "point at a folder train.py wrote")
+    if local.is_file():  # a model's file given for its folder (model.safetensors, config.json, onnx/model.onnx)
+        outer = _holding_folder(Path(path_or_repo))
+        fix = f"pass its folder, {outer}" if outer is not None else "point at a folder train.py wrote"
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -308,7 +347,7 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
 
     With `exports`, a folder export.py wrote is its model's family too: chat and compare run its stock GPT-2 as
-    transformers runs any GPT-2, and its ONNX graphs in onnxruntime (tokenizer and chat template are the model's).
+    transformers runs any GPT-2, and its ONNX graphs in onnxruntime (its tokenizer is the model's).
     Training, export and upload need the pocketlm folder an export came from, which the refusal names. With
     `adapters`, a PEFT adapter is its model's family: loading merges it into that model.
     """
@@ -320,6 +359,7 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         except UsageError as error:
             raise UsageError(f"{path_or_repo} holds a PEFT adapter of {base} (its {ADAPTER_CONFIG_FILE}'s "
                              f"base_model_name_or_path), which cannot be read: {error}")
+    _refuse_a_web_page_model(Path(as_model(path_or_repo)).expanduser())
     record = export_record(as_model(path_or_repo))
     refusal = UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
                          f"{record['model']}, for other runtimes: use {record['model']} itself here."

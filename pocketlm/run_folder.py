@@ -43,6 +43,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 SUMMARY_FILE = "training_summary.json"
 CHECKPOINTS_DIR = "checkpoints"
 EXPORT_RECORD = ".pocketlm-export.json"  # export.py's list of what it wrote (hidden: a web host serves it harmlessly)
+WEB_PAGE_FILE = "pocketlm.json"  # what export.py's web page runs (its model folder beside it)
 LOCK_FILE = ".lock"
 RUN_TOKENIZER_DIR = ".tokenizer"  # a run's tokenizer until a finished run leaves it beside the model
 SAVING_DIR = ".saving"  # a model being written

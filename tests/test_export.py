@@ -424,6 +424,36 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
     assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
 
 
+def test_a_part_of_what_pocketlm_wrote_given_for_a_model_is_named_with_the_folder_to_pass(trained, exported,
+                                                                                          tmp_path):
+    """A run's checkpoints/, an export's onnx/ or its web page were "no model: point at a folder train.py wrote",
+    a graph in onnx/ "a file: point at a folder train.py wrote", and the web page's own model folder "incomplete:
+    train it again" (chat) or "a stock GPT-2 that chat.py runs" (the others): each tool names what it was given and
+    the folder to pass, and writes nothing."""
+    run, export = trained["transformer"], exported["transformer"]
+    newest = max((run / "checkpoints").glob("step-*"), key=lambda path: int(path.name[5:]))
+    page = export / "web"
+    cases = {
+        run / "checkpoints": f"holds a run's checkpoints: pass the run, {run}, or one checkpoint, {newest} (the newest)",
+        newest / "model.safetensors": f"is a file, not a model folder: pass its folder, {newest}",
+        export / "onnx": f"is a folder inside {export}, which holds the model: pass {export}",
+        export / "onnx" / "model.onnx": f"is a file, not a model folder: pass its folder, {export}",
+        page: f"is export.py's web page, which runs the model in a browser (python -m http.server -d {page}): the "
+              f"tools here take {run.resolve()}",
+        page / "model": f"is the model of export.py's web page in {page}, which runs the model in a browser",
+    }
+    for given, needle in cases.items():
+        for main, args in ((chat_main, ["--model", str(given), "--prompt", "Hi"]),
+                           (compare_main, [str(given), "--output", str(tmp_path / "c.md")]),
+                           (export_main, [str(given), "--format", "onnx", "--output-dir", str(tmp_path / "out")]),
+                           (upload_main, [str(given), "--repo-id", "me/m", "--dry-run", "--output-dir",
+                                          str(tmp_path / "hub")]),
+                           (train_main, ["--init-from", str(given), "--output-dir", str(tmp_path / "tuned"),
+                                         "--max-steps", "1"])):
+            assert_one_line_error(run_entry(main, *args), f"{given} {needle}")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_compare_runs_an_export_of_onnx_graphs_in_onnxruntime_as_its_model(family, trained, exported, tmp_path):
     """`compare.py MODEL ONNX-EXPORT`, the check of an export a user reaches for, refused the export with "add

@@ -33,6 +33,7 @@ from ..errors import UsageError
 from ..choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from ..generation import context_window
 from ..loading import trained_mode
+from ..run_folder import WEB_PAGE_FILE
 from ..signing import KEY_FILE
 from .onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 
@@ -40,7 +41,6 @@ PAGE = resources.files("pocketlm.export") / "web_page"
 PAGE_FILES = ("index.html", "chat.js", "style.css")
 MODEL_DIR = "model"
 VENDOR_DIR = "vendor"
-CONFIG_FILE = "pocketlm.json"
 NPM_CACHE = KEY_FILE.parent / "web"
 # What the page loads from the npm packages, by family; both share onnxruntime-web's WebAssembly build.
 RUNTIME_FILES = ("onnxruntime-web/dist/ort.wasm.bundle.min.mjs", "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",
@@ -103,7 +103,7 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
         "defaults": {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}, "ranges": OPTION_RANGES,
         "stop_tokens": [END_OF_TEXT, END_OF_TURN],
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (folder / WEB_PAGE_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     vendor = folder / VENDOR_DIR
     vendor.mkdir(exist_ok=True)
     for source in RUNTIME_FILES + ((TRANSFORMERS_JS,) if family == "transformer" else ()):
