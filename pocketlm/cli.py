@@ -17,7 +17,7 @@ from .choices import (
     RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
-from .wording import counted
+from .wording import counted, listed
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -679,13 +679,18 @@ def export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The runtime each export format is for, where a chat template would change how it talks to the model (the web
+# page reads the mode itself).
+RUNTIME_OF = {"transformers": "transformers", "onnx": "onnxruntime", "gguf": "llama.cpp"}
+
+
 def export_main(argv: list[str] | None = None) -> int:
     args = export_parser().parse_args(argv)
     _quiet_libraries()
 
     def job():
         from .export import export, split_formats, split_gguf_precisions
-        from .loading import beside, model_family, trained_on_chat
+        from .loading import beside, export_record, model_family, trained_on_chat
 
         formats = split_formats(args.format)
         if args.web_precision and not {"web", "all"} & set(formats):  # it would be ignored in silence
@@ -702,9 +707,12 @@ def export_main(argv: list[str] | None = None) -> int:
         size = sum(path.stat().st_size for path in files)
         print(f"wrote {output} ({counted(len(files), 'file')}, {size / 1e6:,.1f} MB): "
               + ", ".join(str(path.relative_to(output)) for path in files))
-        if set(formats) != {"web"} and not trained_on_chat(args.model):  # why llama-cli, say, does not chat with it
-            print(f"{args.model} was trained on plain text, so its exports carry no chat template: llama.cpp, "
-                  "transformers and onnxruntime continue the text they are given (README: Run it anywhere).")
+        written = export_record(output)["formats"]
+        runtimes = [RUNTIME_OF[name] for name in written if name in RUNTIME_OF]
+        if runtimes and not trained_on_chat(args.model):  # why llama-cli, say, does not chat with it
+            print(f"{args.model} was trained on plain text, so its exports carry no chat template: "
+                  f"{listed(runtimes)} {'continue' if len(runtimes) > 1 else 'continues'} the text "
+                  f"{'they are' if len(runtimes) > 1 else 'it is'} given (README: Run it anywhere).")
         return 0
 
     return _run(job)
