@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-
 # GPT-2's Conv1D layers: the weights stored transposed against nn.Linear's [out, in].
 CONV1D_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
