@@ -144,7 +144,7 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
 
     from .export import export
     from .adapters import adapter_of
-    from .loading import check_model_folder, export_record, local_folder, model_family
+    from .loading import check_model_folder, export_record, local_folder, model_family, tokenizer_source
 
     if dtype not in ("float32", "int8"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
@@ -175,4 +175,6 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
             export(str(folder), ["onnx"], cached)
     model = OnnxCausalLM.from_export(cached, int8=dtype == "int8")
     model.name_or_path = str(path_or_repo)
-    return model, AutoTokenizer.from_pretrained(cached)
+    # The model's own tokenizer, not the cached export's: an export of a model trained on plain text carries no
+    # chat template, and `--mode chat` asks the model itself for one.
+    return model, AutoTokenizer.from_pretrained(cached if cached == folder else tokenizer_source(str(folder)))

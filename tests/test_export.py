@@ -852,6 +852,10 @@ def test_the_exports_of_a_plain_text_model_carry_no_chat_template_and_continue_t
         assert chat.reply(TEXT) == tokenizer.decode(reference[0, len(prompt):], skip_special_tokens=True)
     assert_one_line_error(run_entry(chat_main, "--model", str(out), "--mode", "chat", "--prompt", TEXT),
                           "has no chat template", "drop --mode chat")
+    # The model itself keeps its template: chatting with it in onnxruntime (exported into pocketlm's cache, without
+    # one) builds the prompt torch's chat builds.
+    as_chat = {runtime: ChatInterface(str(model_dir), runtime=runtime, mode="chat") for runtime in ("torch", "onnx")}
+    assert as_chat["onnx"].prompt_ids(TEXT, 8) == as_chat["torch"].prompt_ids(TEXT, 8) != prompt
 
 
 STOCK_GPT2_LOGITS = """
