@@ -37,6 +37,13 @@ TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written: `.tmp-step-N`, renamed
 STATE_KEYS = ("step", "best_val_loss", "best_val_bpc", "best_val_assistant_bpc", "tokens")
 
 
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """The checkpoints in a run's checkpoints/ `folder` (`step-N`, whole: a checkpoint being written has another
+    name), oldest first."""
+    found = [p for p in Path(folder).glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 class CheckpointManager:
     """The newest `keep` checkpoints of a run in `folder`, saved and restored by every process together."""
 
@@ -47,8 +54,7 @@ class CheckpointManager:
         self.expected_bytes = 0  # what a checkpoint will take, for the full-disk message before the first exists
 
     def all(self) -> list[Path]:
-        found = [p for p in self.folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[5:]))
+        return checkpoint_folders(self.folder)
 
     def latest(self) -> Path | None:
         found = self.all()

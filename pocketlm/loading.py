@@ -89,11 +89,12 @@ def _no_model(folder: Path, given: str | None = None) -> UsageError:
                           f"it loads with: use it where train.py wrote it, <run>/{CHECKPOINTS_DIR}/step-N.")
     if (folder / WEB_PAGE_FILE).is_file():
         return _web_page_refusal(shown, folder)
-    steps = [path for path in folder.glob("step-*") if path.name[5:].isdigit() and (path / MANIFEST_FILE).is_file()]
+    from .checkpoints import checkpoint_folders  # here, on a refusal: it imports accelerate
+
+    steps = checkpoint_folders(folder)
     if steps and (folder.parent / CONFIG_FILE).is_file():
-        newest = shown / max(steps, key=lambda path: int(path.name[5:])).name
         return UsageError(f"{shown} holds a run's checkpoints: pass the run, {shown.parent}, or one checkpoint, "
-                          f"{newest} (the newest).")
+                          f"{shown / steps[-1].name} (the newest).")
     outer = _holding_folder(shown)
     if outer is not None:
         return UsageError(f"{shown} is a folder inside {outer}, which holds the model: pass {outer}.")
