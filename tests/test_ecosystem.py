@@ -360,10 +360,11 @@ def test_beam_search_scores_streaming_and_assisted_decoding(family, tokenizer_fo
     assert streamed == tokenizer.decode(greedy(model, ids, 8)[0, ids.shape[1]:], skip_special_tokens=True)
     assistant = tiny_model(family, vocab_size=len(tokenizer), seed=1)
     if family == "lstm":
-        # A recurrent state cannot be rolled back past rejected draft tokens: the LSTM declares itself stateful, so
-        # transformers refuses up front, as for Mamba (it used to fail inside, on a cache that cannot be cropped).
-        with pytest.raises(ValueError, match="not supported with stateful models"):
-            model.generate(ids, assistant_model=assistant, max_new_tokens=8, do_sample=False)
+        # A recurrent state cannot be rolled back past rejected draft tokens: the LSTM refuses up front, with a draft
+        # model or prompt lookup (transformers 5.25 failed inside, on a TypeError, where 5.24 refused).
+        for drafting in ({"assistant_model": assistant}, {"prompt_lookup_num_tokens": 2}):
+            with pytest.raises(ValueError, match="not supported with stateful models, such as LSTMForCausalLM"):
+                model.generate(ids, max_new_tokens=8, do_sample=False, **drafting)
         return
     assert torch.equal(model.generate(ids, assistant_model=assistant, max_new_tokens=8, do_sample=False),
                        greedy(model, ids, 8))

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
                                            SequenceClassifierOutputWithPast)
@@ -78,9 +79,6 @@ class LSTMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True  # the recurrence runs through a GradientCheckpointingLayer
-    # A recurrent state cannot be rolled back to an earlier token: generate() refuses assisted decoding (which
-    # drafts tokens and rolls back the rejected ones) up front, as it does for Mamba, instead of failing inside it.
-    _is_stateful = True
 
     def _init_weights(self, module):
         # PyTorch's own defaults, not transformers' GPT conventions (normal std 0.02 everywhere): with an embedding
@@ -306,6 +304,17 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
+
+    def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs):
+        # Assisted decoding (a draft model, or prompt lookup) rolls the cache back past the draft tokens the model
+        # rejects, and a recurrent state cannot be rolled back. transformers 5.24 refused stateful models itself;
+        # 5.25 dropped that check and fails inside, cropping convolution states the LSTM does not have. So the
+        # refusal is the model's own, the same under both.
+        if generation_mode == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(f"assisted generation is not supported with stateful models, such as "
+                             f"{type(self).__name__}: its recurrent state cannot be rolled back past rejected draft "
+                             f"tokens; generate without assistant_model or prompt_lookup_num_tokens.")
+        super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
 
     @accepts_old_cache_names("past_key_values", "cache_params")
     def forward(
