@@ -244,9 +244,25 @@ def test_assisted_decoding_reads_the_outputs_and_decodes_greedily():
     assert torch.equal(model.generate(ids, assistant_model=assistant, max_new_tokens=8, do_sample=False), expected)
 
 
-def test_the_chat_never_continues_generation_from_a_returned_cache(monkeypatch):
-    # Continuing generate() from a returned recurrent cache feeds the whole sequence to it again (transformers
-    # 5.24, Mamba alike): pocketlm's chat renders the conversation afresh for every reply instead.
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_generate_continues_from_the_cache_it_returned_as_from_the_whole_text(family):
+    # A cache generate() returned has read the prompt and all but the last new token: given back with the sequences
+    # and a new turn, generate() feeds it the rest only. For the LSTM that rests on the cache counting the tokens its
+    # recurrent state has read (a state fed the whole text again would have advanced twice).
+    from modeling.gpt.modeling_gpt import CACHE_FIELD
+
+    model = tiny_model(family, VOCAB)
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    turn = torch.cat([first.sequences, torch.tensor([[9, 10, 11]])], dim=1)
+    afresh = model.generate(turn, max_new_tokens=6, do_sample=False)
+    continued = model.generate(turn, max_new_tokens=6, do_sample=False, **{CACHE_FIELD: getattr(first, CACHE_FIELD)})
+    assert torch.equal(continued, afresh)
+
+
+def test_the_chat_renders_the_conversation_afresh_for_every_reply(monkeypatch):
+    # pocketlm's chat trims a long conversation to the context and drops what it cannot fit, so it renders the
+    # conversation afresh for every reply rather than keep a cache that would hold the dropped turns.
     from tokenization import train_char_tokenizer
 
     from pocketlm.chat import ChatInterface
