@@ -260,6 +260,33 @@ def test_generate_continues_from_the_cache_it_returned_as_from_the_whole_text(fa
     assert torch.equal(continued, afresh)
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_generate_s_deferred_stop_check_returns_a_cache_that_continues(family, monkeypatch):
+    # On MPS generate() reads the stop flag a step late and, when it returns the cache, rolls the extra step back
+    # (transformers' DeferredStopCheck) if the cache says it can. The LSTM's cannot: under transformers 5.25 it
+    # said it could and the roll-back failed (TypeError). No MPS here, so the check is told the device is MPS, and
+    # the CUDA-style event it waits on, which the CPU lacks, is a no-op (CPU work is already done when it returns).
+    from transformers.generation import utils as generation_utils
+
+    from modeling.gpt.modeling_gpt import CACHE_FIELD
+
+    deferred = generation_utils.DeferredStopCheck
+    decide = deferred.is_supported
+    monkeypatch.setattr(deferred, "is_supported", staticmethod(
+        lambda device, *rest, **named: decide(torch.device("mps"), *rest, **named)))
+    monkeypatch.setattr(torch, "Event", type("Event", (), {"__init__": lambda self, *a, **k: None,
+                                                         "record": lambda self, *a: None,
+                                                         "synchronize": lambda self: None}))
+    model = tiny_model(family, VOCAB)
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    out = model.generate(prompt, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    monkeypatch.undo()
+    assert torch.equal(out.sequences, model.generate(prompt, max_new_tokens=6, do_sample=False))
+    turn = torch.cat([out.sequences, torch.tensor([[9, 10]])], dim=1)
+    continued = model.generate(turn, max_new_tokens=4, do_sample=False, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+    assert torch.equal(continued, model.generate(turn, max_new_tokens=4, do_sample=False))
+
+
 def test_the_chat_renders_the_conversation_afresh_for_every_reply(monkeypatch):
     # pocketlm's chat trims a long conversation to the context and drops what it cannot fit, so it renders the
     # conversation afresh for every reply rather than keep a cache that would hold the dropped turns.

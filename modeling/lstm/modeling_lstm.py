@@ -116,6 +116,13 @@ def write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
     for i in range(h.shape[0]):
         cache.update_recurrent_state(h[i], layer_idx=i, state_idx=0)
         cache.update_recurrent_state(c[i], layer_idx=i, state_idx=1)
+        layer = cache.layers[i]
+        if layer.is_croppable:
+            # transformers 5.25 takes a recurrent layer for croppable, expecting the model to record its past states
+            # and conv states to roll back; the LSTM has neither (its steps write the state in place), so crop cannot
+            # restore it, as 5.24 said of any layer holding a recurrent state. generate() asks before rolling a
+            # returned cache back (its deferred stop check, on MPS) and falls back to a plain stop check.
+            layer.is_croppable = False
 
 
 # Copied from modeling.gpt.modeling_gpt._is_hooked
