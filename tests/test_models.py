@@ -359,6 +359,26 @@ def test_training_loss_equals_evaluation_loss(family):
     torch.testing.assert_close(training, evaluation)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_a_batch_without_targets_has_loss_zero_and_no_gradient(family, training):
+    """A completion-only batch whose block holds none of the reply (every label -100) teaches nothing: its loss is
+    0 with zero gradients, in both families and on both of the Transformer's loss paths, not NaN, which would
+    poison an accumulated step."""
+    model = tiny_model(family).train(training)
+    ids = torch.randint(0, 64, (2, 12))
+    loss = model(input_ids=ids, labels=torch.full_like(ids, -100)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(not p.grad.any() for p in model.parameters() if p.grad is not None)
+    # One kept target is a plain mean again, the same as cross-entropy over that one position.
+    labels = torch.full_like(ids, -100)
+    labels[1, 5] = ids[1, 5]
+    with torch.no_grad():
+        one = model(input_ids=ids, labels=labels).loss
+        logits = model.eval()(input_ids=ids).logits
+    torch.testing.assert_close(one, torch.nn.functional.cross_entropy(logits[1, 4:5], ids[1, 5:6]))
+
+
 def test_generation_helpers_keep_the_most_recent_tokens_of_a_long_prompt(tokenizer_for):
     from pocketlm.generation import complete, fit_to_context
 

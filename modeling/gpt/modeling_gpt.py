@@ -457,8 +457,9 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
-        (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
-        (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
+        (already shifted), the loss: the mean over targets that are not -100 (0 without any), or their sum over
+        `num_items_in_batch` (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation
+        step).
         """
         output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict)

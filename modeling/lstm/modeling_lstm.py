@@ -342,8 +342,9 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits for the next token at each position; with `labels` (the input ids, shifted inside) or `shift_labels`
-        (already shifted), the loss: the mean over targets that are not -100, or their sum over `num_items_in_batch`
-        (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation step).
+        (already shifted), the loss: the mean over targets that are not -100 (0 without any), or their sum over
+        `num_items_in_batch` (transformers' Trainer counts the targets of every micro-batch of a gradient-accumulation
+        step).
         """
         _, output_hidden_states, return_dict = output_flags(self.config, output_attentions, output_hidden_states,
                                                             return_dict)
@@ -362,6 +363,11 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(self.drop(hidden))
         loss = None
         if labels is not None or shift_labels is not None:
+            if num_items_in_batch is None:
+                # The mean over kept targets, as a sum over their count: a batch without any (a block holding
+                # none of a reply under completion-only loss) then costs 0, as the Transformer's, not NaN.
+                targets = shift_labels if shift_labels is not None else labels[..., 1:]
+                num_items_in_batch = (targets != -100).sum().clamp(min=1)
             # transformers' causal-LM loss: shifts the labels (not the logits, which it would copy whole).
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
                                       num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
