@@ -362,15 +362,24 @@ def cut_blocks(options: TrainingOptions, corpus: data.Corpus, tokenizer, block_s
             batches = data.training_batches(corpus.train, tokenizer, block_size, options.batch_size, options.seed,
                                             accelerator.process_index, accelerator.num_processes, masked)
         if any_process(accelerator, not batches.has_a_block()):  # every process stops, or none waits on a stopped one
-            raise UsageError(f"not enough text for one block of {block_size} tokens ({corpus.report.describe()}): "
-                             "add text or pass a smaller --block-size.")
+            if not corpus.streaming and batches.left_out:
+                raise UsageError(f"none of the {counted(batches.left_out, 'training block')} of {block_size} tokens "
+                                 "holds a token of an assistant's reply, the only tokens --assistant-only-loss "
+                                 "learns: add conversations with replies, or leave out --assistant-only-loss.")
+            holding = " holding a reply token" if masked else ""
+            raise UsageError(f"not enough text for one block of {block_size} tokens{holding} "
+                             f"({corpus.report.describe()}): add text or pass a smaller --block-size.")
         blocks = "streamed training blocks" if corpus.streaming else counted(batches.count, "training block")
+        blocks += f" of {block_size} tokens"
+        if masked:  # said: an epoch is then a pass over fewer blocks than the text makes
+            blocks += (" holding a reply token" if corpus.streaming or not batches.left_out else
+                       f" ({batches.left_out:,} more hold no reply token to learn and are left out)")
         scored = "" if validation.scored == "all of it" else f"; each evaluation scores {validation.scored}"
         if batches.batch_size < options.batch_size:  # said, since it changes the tokens per step the user asked for
             per_process = " per process" if accelerator.num_processes > 1 else ""
             scored += (f"; fewer blocks than --batch-size {options.batch_size}, so a batch is "
                        f"{counted(batches.batch_size, 'block')}{per_process}")
-        stage["done"] = (f"{blocks} of {block_size} tokens, {validation.tokens:,} validation tokens{scored}")
+        stage["done"] = f"{blocks}, {validation.tokens:,} validation tokens{scored}"
     return batches, validation
 
 

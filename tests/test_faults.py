@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -856,6 +857,30 @@ def test_assistant_only_loss_on_text_without_conversations_is_refused(tmp_path):
                            {"role": "assistant", "content": f"Answer {i}, said plainly."}]} for i in range(60)]
     result = _train_on(tmp_path, "chats.jsonl", "\n".join(json.dumps(chat) for chat in chats), "--assistant-only-loss")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_assistant_only_loss_on_long_questions_and_short_answers_trains(tmp_path):
+    """Long user turns, short replies: most blocks hold no reply. The LSTM's loss on a batch of them was NaN, the
+    step was skipped, and five in a row ended the run with "the loss was not finite ... lower --lr". Such blocks
+    are left out and said; a conversation whose training part holds no reply at all is refused in one line."""
+    chats = [{"messages": [{"role": "user", "content": make_text(i, 2).replace("\n", " ")},
+                           {"role": "assistant", "content": "Yes."}]} for i in range(80)]
+    result = _train_on(tmp_path, "chats.jsonl", _jsonl(*chats), "--assistant-only-loss", "--batch-size=1",
+                       "--max-steps=30", "--eval-every=30")
+    assert result.returncode == 0, result.stderr[-2000:]
+    left_out = re.search(r"tokenizing: ([\d,]+) training blocks of 32 tokens \(([\d,]+) more hold no reply token to "
+                         r"learn and are left out\)", result.stdout)
+    assert left_out and int(left_out[2].replace(",", "")) > int(left_out[1].replace(",", "")), result.stdout
+    losses = [json.loads(line).get("train_loss") for line in (tmp_path / "out" / "metrics.jsonl").open()]
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses if loss is not None)
+
+    one = {"messages": [{"role": "user", "content": make_text(1, 4).replace("\n", " ")},
+                        {"role": "assistant", "content": "Yes."}]}  # its reply falls in the held-out last tenth
+    (tmp_path / "one").mkdir()
+    result = _train_on(tmp_path / "one", "chat.jsonl", _jsonl(one), "--assistant-only-loss")
+    assert_one_line_error(result, "training blocks of 32 tokens holds a token of an assistant's reply, the only "
+                          "tokens --assistant-only-loss learns: add conversations with replies, or leave out")
+    assert not (tmp_path / "one" / "out" / "model.safetensors").exists()
 
 
 def test_epochs_given_beside_max_steps_are_said_to_be_unused(tmp_path):

@@ -1193,6 +1193,36 @@ def test_tokens_are_stored_narrow_and_equal_the_tokenizers_ids_and_the_templates
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
 
 
+def test_learning_replies_alone_draws_exactly_the_blocks_that_hold_a_reply_target(tokenizer_for, tmp_path):
+    """Long user turns and short replies: most blocks hold no reply. Learning replies alone, the LSTM's loss on
+    such a batch was NaN and five in a row stopped the run as diverged; now only blocks with a target are drawn,
+    from an Arrow corpus and from a stream alike, and every block with one is drawn each epoch."""
+    from pocketlm.data.blocks import training_batches, training_blocks
+
+    tokenizer = tokenizer_for("lstm")
+    conversations = [[{"role": "user", "content": "To be, or not to be, that is the question: " * (i % 4 + 1)},
+                      {"role": "assistant", "content": "Whether 'tis nobler"}] for i in range(60)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations))
+    documents = data.keep_readable_records(data.load_documents([str(path)])[0], data.ReadReport())
+    blocks = training_blocks(documents, tokenizer, 16, with_assistant_mask=True)
+    # The reference, row by row in Python: a target is a reply token past the block's first (which is only read).
+    expected = {tuple(ids) for ids, mask in zip(blocks["input_ids"], blocks["assistant_mask"]) if any(mask[1:])}
+    assert 0 < len(expected) < len(blocks) / 2
+
+    batches = training_batches(documents, tokenizer, 16, batch_size=1, seed=0, with_assistant_mask=True)
+    assert batches.count + batches.left_out == len(blocks) and batches.per_epoch == batches.count
+    drawn = [batches.batch(k) for k in range(batches.per_epoch)]
+    assert {tuple(batch["input_ids"][0].tolist()) for batch in drawn} == expected
+    assert all((batch["labels"] != -100).any() for batch in drawn)
+
+    stream = training_batches(documents.to_iterable_dataset(), tokenizer, 16, batch_size=1, seed=0,
+                              with_assistant_mask=True)
+    streamed = [stream.batch(k) for k in range(batches.count)]  # a pass over the stream
+    assert all((batch["labels"] != -100).any() for batch in streamed)
+    assert {tuple(batch["input_ids"][0].tolist()) for batch in streamed} == expected
+
+
 def test_a_bpe_learns_from_a_sample_spread_over_a_large_corpus_and_a_character_tokenizer_from_all_of_it(
         tmp_path, monkeypatch):
     folder = tmp_path / "books"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from datasets.distributed import split_dataset_by_node
 
@@ -302,12 +303,29 @@ def sample_blocks(whole: ValidationSet, max_tokens: int, seed: int) -> Validatio
 def training_batches(documents, tokenizer, block_size: int, batch_size: int, seed: int, rank: int = 0,
                      world: int = 1, with_assistant_mask: bool = False) -> "BlockBatches | StreamBatches":
     """The batches of a run's training documents for process `rank` of `world`: drawn from every block of an
-    Arrow corpus, or read from a stream, where each process tokenizes only its share of the documents."""
+    Arrow corpus, or read from a stream, where each process tokenizes only its share of the documents.
+
+    With `with_assistant_mask` (learning the replies alone) only blocks holding a target of a reply are drawn: a
+    block inside a long user turn would teach nothing and still cost a step.
+    """
     if isinstance(documents, datasets.IterableDataset):
-        mine = split_dataset_by_node(documents, rank, world)
-        return StreamBatches(training_blocks(mine, tokenizer, block_size, with_assistant_mask), batch_size, seed)
-    return BlockBatches(training_blocks(documents, tokenizer, block_size, with_assistant_mask), batch_size, seed,
-                        rank, world)
+        blocks = training_blocks(split_dataset_by_node(documents, rank, world), tokenizer, block_size,
+                                 with_assistant_mask)
+        if with_assistant_mask:
+            blocks = blocks.filter(lambda batch: [any(mask[1:]) for mask in batch["assistant_mask"]], batched=True)
+        return StreamBatches(blocks, batch_size, seed)
+    blocks = training_blocks(documents, tokenizer, block_size, with_assistant_mask)
+    rows = blocks_with_a_target(blocks, block_size) if with_assistant_mask else None
+    return BlockBatches(blocks, batch_size, seed, rank, world, rows)
+
+
+def blocks_with_a_target(blocks: datasets.Dataset, block_size: int) -> np.ndarray:
+    """The indices of the Arrow `blocks` whose assistant mask marks a target: a reply's token past the block's
+    first, which is only read. Scanned by Arrow in batches, one byte a token."""
+    batches = blocks.select_columns(["assistant_mask"]).with_format("arrow").iter(batch_size=10_000)
+    kept = [pc.list_flatten(batch["assistant_mask"]).to_numpy(zero_copy_only=False).reshape(-1, block_size)[:, 1:]
+            .any(axis=1) for batch in batches]
+    return np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *kept]))
 
 
 def with_labels(blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -324,9 +342,12 @@ class BlockBatches:
     Batch k of the whole run is a pure function of (seed, k), which is what makes resuming exact.
     """
 
-    def __init__(self, blocks, batch_size: int, seed: int, rank: int, world: int):
+    def __init__(self, blocks, batch_size: int, seed: int, rank: int, world: int, rows: np.ndarray | None = None):
         self.blocks = blocks.with_format("torch")
-        self.count = len(blocks)
+        # The blocks drawn from (`rows` of them, or all); the rest are counted, to be said.
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        self.count = len(blocks) if rows is None else len(rows)
+        self.left_out = len(blocks) - self.count
         self.batch_size = min(batch_size, max(1, self.count // world))
         self.seed, self.rank, self.world = seed, rank, world
         self.per_epoch = max(1, self.count // (self.batch_size * world))
@@ -342,6 +363,8 @@ class BlockBatches:
             self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
         start = (index * self.world + self.rank) * self.batch_size
         rows = self._order[torch.arange(start, start + self.batch_size) % self.count]
+        if self.rows is not None:
+            rows = self.rows[rows]
         return with_labels(self.blocks[rows.tolist()])
 
 
