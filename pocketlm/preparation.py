@@ -100,8 +100,6 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
     group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
     try:
         set_seed(options.seed)
-        if options.overwrite and accelerator.is_main_process:
-            folder.clear_for_a_new_run()
         stages = Stages(show=accelerator.is_main_process)
         checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
         decided_by = continuity.fingerprint(options, accelerator.num_processes, accelerator.device)
@@ -142,6 +140,9 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         # For the full-disk message before the first checkpoint exists: weights and AdamW's two moments.
         checkpoints.expected_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
         model, optimizer = accelerator.prepare(model, optimizer)
+        if not options.resume and accelerator.is_main_process:
+            # Every check passed: only now does --overwrite forget the earlier run, so a refused one loses nothing.
+            folder.start_new_run(options.overwrite)
         # The schedule is stepped by hand once per optimizer step; accelerate's wrapper would step it per process.
         accelerator.register_for_checkpointing(schedule)
         metrics = MetricsLog(folder.metrics_file, accelerator)
@@ -151,6 +152,8 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
         if options.report_to == "tensorboard":
             accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(options).items()})
     except BaseException:
+        if not options.resume and accelerator.is_main_process:
+            folder.discard_staged_tokenizer()  # a refused run leaves nothing of its own behind
         accelerator.free_memory()
         del group
         raise
@@ -306,7 +309,7 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).
             if accelerator.is_main_process:
-                folder.save_run_tokenizer(tokenizer)
+                folder.stage_run_tokenizer(tokenizer)
             accelerator.wait_for_everyone()
         return tokenizer
     kind = "character" if options.model_type == "lstm" else f"byte-level BPE ({options.vocab_size:,}-token)"
@@ -325,9 +328,9 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
                 stage["done"] = f"{len(tokenizer):,} tokens"
                 if cached is not None:
                     _keep(tokenizer, cached)
-            folder.save_run_tokenizer(tokenizer)
+            folder.stage_run_tokenizer(tokenizer)
         accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(folder.run_tokenizer)
+    return AutoTokenizer.from_pretrained(folder.staged_tokenizer)
 
 
 def _train_tokenizer(options: TrainingOptions, corpus: data.Corpus, show: bool):

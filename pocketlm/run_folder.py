@@ -8,6 +8,7 @@
         .lock                                                            held by the run under way
         .tokenizer/, .saving/                                            a run's tokenizer until it has finished; a
                                                                          model being written
+        .tokenizer.writing/                                              a new run's, until it has passed its checks
 
 Every other module asks this one for a path, a record or a write; no file name of the folder is spelled anywhere
 else. Every write lands whole or not at all (whole_writes.py: a hidden temporary place first, then a rename), but
@@ -78,6 +79,7 @@ class RunFolder:
         self.summary_file = self.path / SUMMARY_FILE
         self.checkpoints = self.path / CHECKPOINTS_DIR
         self.run_tokenizer = self.path / RUN_TOKENIZER_DIR
+        self.staged_tokenizer = self.path / f"{RUN_TOKENIZER_DIR}.writing"
 
     # ------------------------------------------------------------------------------------------------ checks
 
@@ -129,12 +131,27 @@ class RunFolder:
 
     # ----------------------------------------------------------------------------------------------- writes
 
-    def clear_for_a_new_run(self) -> None:
-        """--overwrite: forget the earlier run's checkpoints and records (its model stays until a new one replaces
-        it, so a run that fails early leaves it usable)."""
-        shutil.rmtree(self.checkpoints, ignore_errors=True)
-        self.metrics_file.unlink(missing_ok=True)
-        self.loss_curve.unlink(missing_ok=True)
+    def stage_run_tokenizer(self, tokenizer) -> Path:
+        """A new run's tokenizer, written aside, where every process of the run loads it from: it becomes the
+        run's own (`start_new_run`) only once the run has passed every check, so a run refused on the way (its
+        text too short, say) leaves an earlier run's tokenizer as it was."""
+        self.discard_staged_tokenizer()
+        save_tokenizer(tokenizer, self.staged_tokenizer)
+        return self.staged_tokenizer
+
+    def discard_staged_tokenizer(self) -> None:
+        shutil.rmtree(self.staged_tokenizer, ignore_errors=True)
+
+    def start_new_run(self, overwrite: bool) -> None:
+        """A new run, past every check, takes the folder: with --overwrite the earlier run's checkpoints and records
+        go (its model stays until a new one replaces it), and the staged tokenizer becomes the run's, which a
+        resume loads. Until here a refused run, --overwrite or not, has changed nothing of an earlier one."""
+        if overwrite:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            self.metrics_file.unlink(missing_ok=True)
+            self.loss_curve.unlink(missing_ok=True)
+        shutil.rmtree(self.run_tokenizer, ignore_errors=True)  # an earlier run's, which nothing resumes now
+        os.replace(self.staged_tokenizer, self.run_tokenizer)
 
     def write_model(self, model, tokenizer, state_dict: dict | None = None) -> None:
         """Write a `save_pretrained` folder (model, generation config, tokenizer) into the folder, file by file
@@ -160,14 +177,6 @@ class RunFolder:
         for path in sorted(temporary.iterdir(), key=lambda p: p.name == MODEL_FILE):
             os.replace(path, self.path / path.name)
         temporary.rmdir()
-
-    def save_run_tokenizer(self, tokenizer) -> None:
-        """The run's tokenizer, whole or not at all: a resume loads it from here."""
-        temporary = self.path / f"{RUN_TOKENIZER_DIR}.writing"
-        shutil.rmtree(temporary, ignore_errors=True)
-        save_tokenizer(tokenizer, temporary)
-        shutil.rmtree(self.run_tokenizer, ignore_errors=True)  # an earlier run's, which --overwrite replaces
-        os.replace(temporary, self.run_tokenizer)
 
     def forget_run_tokenizer(self) -> None:
         """A finished run's tokenizer is the one beside its model. Moved away before it is removed: a run killed

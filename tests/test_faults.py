@@ -657,8 +657,38 @@ def test_a_dataset_with_one_huge_row_trains(tmp_path):
     ("x" * 12 + "\n\n" + "x" * 12, ["not enough text for one block of 32 tokens"]),
 ])
 def test_text_too_short_for_one_block_is_still_refused_in_one_line(content, needles, tmp_path):
+    """Refused after its tokenizer was trained, the run left its folder holding that tokenizer and the lock: a
+    folder read as a run's by the next command. It leaves none now."""
     assert_one_line_error(_train_on(tmp_path, "short.txt", content), *needles)
-    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, content, extra, needle", [
+    ("short.txt", "Too short.", [], "not enough text for one block"),
+    ("binary.txt", bytes(range(256)) * 10, [], "binary or not UTF-8"),
+    ("notes.txt", make_text(5, 20), ["--assistant-only-loss"], "--assistant-only-loss learns only the assistant's"),
+    ("notes.txt", make_text(5, 20), ["--tokenizer=MISSING"], "--tokenizer"),
+])
+def test_a_refused_overwrite_leaves_the_earlier_run_as_it_was(name, content, extra, needle, tmp_path):
+    """`--overwrite` removed the earlier run's checkpoints and records, and replaced the tokenizer it resumes with,
+    before reading the new run's data: bad data ended with the earlier run lost. The new run takes the folder only
+    once every check has passed."""
+    out = tmp_path / "out"
+    # An earlier run, with its tokenizer aside as a run under way keeps it (where a resume loads it from).
+    assert _train_on(tmp_path, "text.txt", make_text(3, 20), "--max-steps=2", "--save-every=1").returncode == 0
+    (out / ".tokenizer").mkdir()
+    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(out / file, out / ".tokenizer" / file)
+
+    def files():
+        return {str(path.relative_to(out)): path.read_bytes() for path in out.rglob("*")
+                if path.is_file() and path.name != ".lock"}
+
+    before = files()
+    assert any(name.startswith("checkpoints/") for name in before) and "metrics.jsonl" in before
+    extra = [flag.replace("MISSING", str(tmp_path / "missing")) for flag in extra]
+    assert_one_line_error(_train_on(tmp_path, name, content, "--overwrite", *extra), needle)
+    assert files() == before
 
 
 # --------------------------------------------------------------------------------------------- bad flags
@@ -880,7 +910,7 @@ def test_assistant_only_loss_on_long_questions_and_short_answers_trains(tmp_path
     result = _train_on(tmp_path / "one", "chat.jsonl", _jsonl(one), "--assistant-only-loss")
     assert_one_line_error(result, "training blocks of 32 tokens holds a token of an assistant's reply, the only "
                           "tokens --assistant-only-loss learns: add conversations with replies, or leave out")
-    assert not (tmp_path / "one" / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "one" / "out").exists()
 
 
 def test_epochs_given_beside_max_steps_are_said_to_be_unused(tmp_path):
