@@ -222,10 +222,10 @@ const chat = await pipeline("text-generation", "{repo_id}", {{ dtype: "q8" }});
 ```python
 import numpy as np, onnxruntime
 from huggingface_hub import hf_hub_download
-from transformers import AutoTokenizer
+from transformers import PreTrainedTokenizerFast
 
 session = onnxruntime.InferenceSession(hf_hub_download("{repo_id}", "onnx/model.onnx"))
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+tokenizer = PreTrainedTokenizerFast.from_pretrained("{repo_id}")  # the tokenizer's files alone: no remote code
 state = np.zeros(({config.num_layers}, 1, {config.hidden_size}), np.float32)
 logits, h, c = session.run(None, {{"input_ids": np.array([tokenizer("Hello")["input_ids"]]), "h": state, "c": state}})
 ```

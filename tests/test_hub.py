@@ -187,6 +187,31 @@ def test_the_card_of_a_plain_text_model_continues_a_text_and_its_snippet_prints_
         assert printed.stdout.rstrip("\n") == expected
 
 
+def test_the_lstm_card_s_onnxruntime_code_runs_without_pocketlm_and_picks_the_model_s_next_character(trained,
+                                                                                                      tmp_path):
+    """The card's onnxruntime code for the LSTM loaded the tokenizer with AutoTokenizer, which reads config.json
+    first: pocketlm's model type made transformers stop to ask whether to run the repository's code. It reads the
+    tokenizer's files alone now; run as written (the repository id replaced by the folder), in a process without
+    pocketlm, its logits pick the native model's next character."""
+    import torch
+
+    out = tmp_path / "hub-lstm"
+    assert run_upload(str(trained["lstm"]), "--repo-id", "a/tiny-lstm", "--dry-run", "--output-dir", str(out),
+                      "--formats", "onnx").returncode == 0
+    code = read_card(out)[1].split("**onnxruntime.**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('hf_hub_download("a/tiny-lstm", "onnx/model.onnx")', repr(str(out / "onnx" / "model.onnx")))
+    code = code.replace('"a/tiny-lstm"', repr(str(out)))
+    assert "a/tiny-lstm" not in code
+    script = PROJECT_FREE_PRELUDE.format(root=str(REPO_ROOT)) + code + "print(int(logits[0, -1].argmax()))\n"
+    result = run_script("-c", script, env={"PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "custom code" not in result.stdout + result.stderr, result.stdout[-2000:]
+    model, tokenizer = load_pretrained(str(trained["lstm"]))
+    with torch.no_grad():
+        expected = model(**tokenizer("Hello", return_tensors="pt")).logits[0, -1].argmax().item()
+    assert int(result.stdout.strip().splitlines()[-1]) == expected
+
+
 def chat_reply_text(model, tokenizer) -> str:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)

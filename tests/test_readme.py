@@ -80,6 +80,9 @@ def test_the_readme_python_examples_run(name, tiny_folder, tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # AutoTokenizer reads config.json first: without trust_remote_code (or pocketlm's types registered) transformers
+    # stops to ask whether to run the folder's code, 15 s in a terminal, and warns of a model "of type ``".
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr, result.stdout[-2000:]
     made = {"peft": "models/lora-adapter/adapter_model.safetensors", "trl": "models/sft", "trainer": "models/trainer",
             "reward": "models/reward/adapter_model.safetensors", "api": "models/transformer-small/model.safetensors"}
     assert name not in made or (tmp_path / made[name]).exists()
