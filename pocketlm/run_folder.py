@@ -131,13 +131,12 @@ class RunFolder:
 
     # ----------------------------------------------------------------------------------------------- writes
 
-    def stage_run_tokenizer(self, tokenizer) -> Path:
+    def stage_run_tokenizer(self, tokenizer) -> None:
         """A new run's tokenizer, written aside, where every process of the run loads it from: it becomes the
         run's own (`start_new_run`) only once the run has passed every check, so a run refused on the way (its
         text too short, say) leaves an earlier run's tokenizer as it was."""
         self.discard_staged_tokenizer()
         save_tokenizer(tokenizer, self.staged_tokenizer)
-        return self.staged_tokenizer
 
     def discard_staged_tokenizer(self) -> None:
         shutil.rmtree(self.staged_tokenizer, ignore_errors=True)
