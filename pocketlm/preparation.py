@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 
 from configs import load_recipe
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer
+from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer, with_special_tokens
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -305,6 +305,12 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
+        if options.tokenizer:
+            # One from elsewhere lacks what blocks are cut and conversations written with: said, and added.
+            tokenizer, added = with_special_tokens(tokenizer)
+            if added and accelerator.is_main_process:
+                print(f"note: {options.tokenizer} has no {', '.join(added)}: added after its own tokens "
+                      f"({len(tokenizer):,} in all), with pocketlm's chat template")
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).

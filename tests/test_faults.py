@@ -1391,6 +1391,41 @@ def test_a_run_on_a_given_tokenizer_resumes_after_that_tokenizer_moved(corpus, t
     assert "resumed from step 3" in again.stdout + again.stderr
 
 
+def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(corpus, tmp_path):
+    """`--tokenizer` of a tokenizer pocketlm did not train (GPT-2's has no pad token) stopped with a numpy
+    traceback ("int() argument must be ... not 'NoneType'") when the blocks were cut. It keeps its own ids and gains
+    pocketlm's special tokens and chat template after them, said in a note; the model chats and its run resumes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pocketlm.chat import ChatInterface
+    from tokenization import SPECIAL_TOKENS
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    backend.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"]))
+    foreign = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    given = tmp_path / "foreign"
+    foreign.save_pretrained(given)
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(_jsonl(*[{"messages": [{"role": "user", "content": f"Question {i}?"},
+                                            {"role": "assistant", "content": f"Answer {i}."}]} for i in range(60)]))
+    for data, extra in ((corpus, []), (chats, ["--assistant-only-loss"])):
+        out = tmp_path / f"out-{data.stem}"
+        result = _train(data, out, f"--tokenizer={given}", "--save-every=1", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"note: {given} has no {', '.join(SPECIAL_TOKENS)}: added after its own tokens" in result.stdout
+        kept = AutoTokenizer.from_pretrained(out)
+        text = "the river ran past the mill"
+        assert kept(text).input_ids == foreign(text).input_ids  # its own ids, unchanged
+        assert kept.pad_token == "<|pad|>" and len(kept) == len(foreign) + len(SPECIAL_TOKENS)
+        assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(kept)
+        assert isinstance(ChatInterface(str(out), mode="chat", max_new_tokens=4).reply("Hello"), str)
+        resumed = _train(data, out, f"--tokenizer={given}", "--resume", "--max-steps=3", *extra)
+        assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout + resumed.stderr, resumed.stderr
+
+
 def _resume(folder: Path, out: Path, *extra: str):
     return _train(folder, out, "--resume", "--max-steps=4", *extra)
 

@@ -13,6 +13,7 @@ from .special_tokens import (
     message_text,
     render_chat,
     save_tokenizer,
+    with_special_tokens,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "message_text",
     "render_chat",
     "save_tokenizer",
+    "with_special_tokens",
 ]

@@ -65,6 +65,18 @@ def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
     )
 
 
+def with_special_tokens(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
+    """`tokenizer` with pocketlm's special tokens and chat template, and the tokens it lacked. A tokenizer from
+    elsewhere (GPT-2's, say) has no pad token to cut blocks with, nor the role tokens and template a conversation
+    is written with: wrapped, it keeps its own vocabulary and ids and gains those after them. A tokenizer pocketlm
+    trained is returned as it is."""
+    missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
+    if not missing and tokenizer.pad_token == PAD and tokenizer.eos_token == END_OF_TEXT and tokenizer.chat_template:
+        return tokenizer, []
+    # A copy: adding the tokens to the loaded tokenizer's backend would change it in place.
+    return wrap(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())), missing
+
+
 class _GenerationBlock(jinja2.ext.Extension):
     """Reads transformers' `{% generation %}...{% endgeneration %}` (which only marks assistant tokens) as its body."""
 
