@@ -312,7 +312,8 @@ def training_batches(documents, tokenizer, block_size: int, batch_size: int, see
         blocks = training_blocks(split_dataset_by_node(documents, rank, world), tokenizer, block_size,
                                  with_assistant_mask)
         if with_assistant_mask:
-            blocks = blocks.filter(lambda batch: [any(mask[1:]) for mask in batch["assistant_mask"]], batched=True)
+            blocks = blocks.filter(lambda batch: _has_a_target(np.asarray(batch["assistant_mask"], dtype=np.uint8)
+                                                               .reshape(-1, block_size)).tolist(), batched=True)
         return StreamBatches(blocks, batch_size, seed)
     blocks = training_blocks(documents, tokenizer, block_size, with_assistant_mask)
     rows = blocks_with_a_target(blocks, block_size) if with_assistant_mask else None
@@ -323,9 +324,15 @@ def blocks_with_a_target(blocks: datasets.Dataset, block_size: int) -> np.ndarra
     """The indices of the Arrow `blocks` whose assistant mask marks a target: a reply's token past the block's
     first, which is only read. Scanned by Arrow in batches, one byte a token."""
     batches = blocks.select_columns(["assistant_mask"]).with_format("arrow").iter(batch_size=10_000)
-    kept = [pc.list_flatten(batch["assistant_mask"]).to_numpy(zero_copy_only=False).reshape(-1, block_size)[:, 1:]
-            .any(axis=1) for batch in batches]
+    kept = [_has_a_target(pc.list_flatten(batch["assistant_mask"]).to_numpy(zero_copy_only=False)
+                          .reshape(-1, block_size)) for batch in batches]
     return np.flatnonzero(np.concatenate([np.zeros(0, dtype=bool), *kept]))
+
+
+def _has_a_target(masks: np.ndarray) -> np.ndarray:
+    """For each row of blocks' assistant masks, whether it marks a target: a reply's token past the block's
+    first, which is only read."""
+    return masks[:, 1:].any(axis=1)
 
 
 def with_labels(blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
