@@ -2,6 +2,7 @@
 Trainer, gradient checkpointing, hooks and quantization, each shown to take effect, not only to run."""
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -85,6 +86,64 @@ def test_peft_prompt_learning_changes_the_gpt_s_output_and_the_lstm_refuses_a_pr
             "prompt_encoder.default.embedding.weight"}
         fit(model, target, steps=60, lr=3e-2)
         assert not torch.equal(greedy(model), before)
+
+
+def _decoding_error(peft_model, rows: list[list[int]], padded: bool, steps: int = 6, **generate_args) -> float:
+    """The largest gap between the logits generate() decodes each token with (one row alone, or the rows in one
+    left-padded batch) and PEFT's own forward over the row's tokens so far, which recomputes everything, its
+    virtual tokens included."""
+    settings = dict(max_new_tokens=steps, do_sample=False, pad_token_id=0, output_logits=True,
+                    return_dict_in_generate=True, **generate_args)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # a cache under its old name beside `cache` warns nothing
+        if padded:
+            width = max(map(len, rows))
+            ids = torch.tensor([[0] * (width - len(row)) + row for row in rows])
+            mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+            out = peft_model.generate(input_ids=ids, attention_mask=mask, **settings)
+            decoded = [(out.sequences[i, width - len(row):], torch.stack([step[i] for step in out.logits]))
+                       for i, row in enumerate(rows)]
+        else:
+            decoded = []
+            for row in rows:
+                out = peft_model.generate(input_ids=torch.tensor([row]), **settings)
+                decoded.append((out.sequences[0], torch.cat(out.logits)))
+    with torch.no_grad():
+        return max((peft_model(input_ids=tokens[None, :len(row) + k]).logits[0, -1] - logits[k]).abs().max().item()
+                   for row, (tokens, logits) in zip(rows, decoded) for k in range(steps))
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["one-row", "left-padded"])
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_peft_prompt_learning_decodes_with_the_cache_what_the_model_predicts(method, padded):
+    """PEFT 0.21 tells generate()'s first forward (which takes the virtual tokens) from the later ones by a cache
+    named `past_key_values`; transformers 5.24 names it `cache`. So PEFT added its virtual tokens again at every
+    step: prompt tuning decoded other tokens than the model predicts (a left-padded batch stopped on a mask of the
+    wrong length) and prefix tuning dropped its prefix. Stock GPT-2 decodes wrongly here too; pocketlm's GPT hands
+    PEFT the cache under both names, and decodes each token with the logits of PEFT's own cache-free forward."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    config = (PromptTuningConfig if method == "prompt" else PrefixTuningConfig)(task_type="CAUSAL_LM",
+                                                                                num_virtual_tokens=4)
+    model = get_peft_model(tiny_model("transformer"), config).eval()
+    with torch.no_grad():  # learned-looking virtual tokens, far from the zeros and copies they start as
+        model.prompt_encoder.default.embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    assert _decoding_error(model, [[5, 9, 3], [7, 5, 9, 3, 11]], padded) < 1e-4
+
+
+def test_peft_prompt_tuning_on_the_lstm_decodes_what_it_predicts_without_the_cache():
+    """The LSTM's cache is a recurrent state, which cannot say how many tokens it has seen, the question PEFT asks
+    to leave out its virtual tokens after the first step: README's PEFT section says to pass use_cache=False, and
+    this is what that gives."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    base = tiny_model("lstm")
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, num_attention_heads=1,
+                                                    token_dim=base.get_input_embeddings().embedding_dim)).eval()
+    with torch.no_grad():
+        model.prompt_encoder.default.embedding.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    for padded in (False, True):
+        assert _decoding_error(model, [[5, 9, 3], [7, 5, 9, 3, 11]], padded, use_cache=False) < 1e-4
 
 
 # ------------------------------------------------------------------------------------- layers run as modules

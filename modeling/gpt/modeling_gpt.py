@@ -45,6 +45,9 @@ def accepts_old_cache_names(*old_names: str):
             for old_name in old_names:
                 if old_name not in kwargs:
                     continue
+                if _old_name_holds_the_cache_meant(kwargs[old_name], kwargs):
+                    kwargs["cache"] = kwargs.pop(old_name)
+                    continue
                 where = f"{type(self).__name__}.{forward.__name__}"
                 if "cache" in kwargs:
                     message = (f"Both `{old_name}` and `cache` are set for `{where}`. Using `cache` and ignoring "
@@ -61,6 +64,18 @@ def accepts_old_cache_names(*old_names: str):
         return renamed
 
     return wrap
+
+
+def _old_name_holds_the_cache_meant(old: object, kwargs: dict) -> bool:
+    """Whether a cache passed under an old name beside `cache` is the one meant, with nothing to warn about: the
+    same cache under both names (as GPTForCausalLM.prepare_inputs_for_generation passes it, for PEFT), or one that
+    holds tokens beside an empty `cache` (PEFT's prefix tuning puts its filled prefix beside the cache generate()
+    made)."""
+    if "cache" not in kwargs:
+        return False
+    cache = kwargs["cache"]
+    return old is cache or (isinstance(old, Cache) and isinstance(cache, Cache) and old.is_initialized
+                            and not cache.is_initialized)
 
 
 def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
@@ -436,6 +451,19 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         self.model = GPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
+
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+        """generate()'s inputs for the next forward, the cache also under its old name `past_key_values`.
+
+        PEFT's prompt tuning and prefix tuning (0.21) read the cache by that name to tell the first forward, which
+        takes their virtual tokens, from the later ones, which must not: under a transformers that names it `cache`
+        they saw none, added the virtual tokens again at every step and decoded other tokens than the model
+        predicts (stock GPT-2 does so too). Forward takes the same cache under both names without a warning.
+        """
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if CACHE_FIELD == "cache" and inputs.get("cache") is not None:
+            inputs["past_key_values"] = inputs["cache"]
+        return inputs
 
     @accepts_old_cache_names("past_key_values")
     def forward(

@@ -48,6 +48,9 @@ def accepts_old_cache_names(*old_names: str):
             for old_name in old_names:
                 if old_name not in kwargs:
                     continue
+                if _old_name_holds_the_cache_meant(kwargs[old_name], kwargs):
+                    kwargs["cache"] = kwargs.pop(old_name)
+                    continue
                 where = f"{type(self).__name__}.{forward.__name__}"
                 if "cache" in kwargs:
                     message = (f"Both `{old_name}` and `cache` are set for `{where}`. Using `cache` and ignoring "
@@ -64,6 +67,19 @@ def accepts_old_cache_names(*old_names: str):
         return renamed
 
     return wrap
+
+
+# Copied from modeling.gpt.modeling_gpt._old_name_holds_the_cache_meant
+def _old_name_holds_the_cache_meant(old: object, kwargs: dict) -> bool:
+    """Whether a cache passed under an old name beside `cache` is the one meant, with nothing to warn about: the
+    same cache under both names (as GPTForCausalLM.prepare_inputs_for_generation passes it, for PEFT), or one that
+    holds tokens beside an empty `cache` (PEFT's prefix tuning puts its filled prefix beside the cache generate()
+    made)."""
+    if "cache" not in kwargs:
+        return False
+    cache = kwargs["cache"]
+    return old is cache or (isinstance(old, Cache) and isinstance(cache, Cache) and old.is_initialized
+                            and not cache.is_initialized)
 
 
 # Copied from modeling.gpt.modeling_gpt.output_flags
