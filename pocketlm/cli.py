@@ -439,7 +439,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     _quiet_libraries(datasets_too=True)
 
     def job():
-        from .comparison import compare_models, comparison_text, draw_chart, markdown, read_prompts, terminal_table
+        from .comparison import (compare_models, comparison_text, draw_chart, footnotes, markdown, read_prompts,
+                                 terminal_table)
         from .loading import resolve_device
 
         if args.max_new_tokens <= 0:
@@ -478,6 +479,8 @@ def compare_main(argv: list[str] | None = None) -> int:
                                  resolve_device(args.device))
         print(f"\nbits per character on {text}:\n")
         print(terminal_table(reports))
+        for line in footnotes(reports):
+            print(line)
         for index, prompt in enumerate(prompts):
             print(f"\n> {prompt}")
             for report in reports:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from tokenization import first_change
 
 from . import data
 from .errors import UsageError
@@ -40,6 +41,9 @@ class ModelReport:
     tokens_per_second: float
     time_to_first_token: float  # seconds
     replies: list[str] = field(default_factory=list)
+    # The first stretch of the scored text its tokenizer gives back changed, and as what (a WordPiece lowercases):
+    # it scores only what it keeps, against every character. None when it keeps them all.
+    changed_text: tuple[str, str] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ the text
@@ -177,6 +181,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
             disk_bytes=_disk_bytes(model_dir, model), bits_per_char=score["bits_per_char"],
             tokens_per_second=tokens_per_second, time_to_first_token=first,
             replies=_replies(model, tokenizer, prompts, is_chat, seed, max_new_tokens),
+            changed_text=first_change(tokenizer, (row["text"] for row in documents)),
         ))
     return reports
 
@@ -193,9 +198,18 @@ def _size(count: float, unit: str = "") -> str:
 
 def table_rows(reports: list[ModelReport]) -> list[list[str]]:
     header = ["model", "family", "parameters", "size on disk", "bits/char", "tokens/s", "first token"]
-    rows = [[r.name, r.family, _size(r.parameters), _size(r.disk_bytes, "B"), f"{r.bits_per_char:.3f}",
+    rows = [[r.name, r.family, _size(r.parameters), _size(r.disk_bytes, "B"),
+             f"{r.bits_per_char:.3f}{'*' if r.changed_text else ''}",
              f"{r.tokens_per_second:,.0f}", f"{r.time_to_first_token * 1000:.1f} ms"] for r in reports]
     return [header, *rows]
+
+
+def footnotes(reports: list[ModelReport]) -> list[str]:
+    """A line for each score marked with *: a tokenizer that changes the text scores fewer characters than it
+    is charged for, so its bits per character read lower than they would keeping them all."""
+    return [f"* {r.name}: its tokenizer does not give back the text ({r.changed_text[0]!r} comes back as "
+            f"{r.changed_text[1]!r}), so its bits per character count only what it keeps: not comparable"
+            for r in reports if r.changed_text]
 
 
 def terminal_table(reports: list[ModelReport]) -> str:
@@ -212,6 +226,8 @@ def markdown(reports: list[ModelReport], text: str, prompts: list[str], seed: in
              f"median of {SPEED_ROUNDS}; replies sampled with seed {seed}.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
+    if footnotes(reports):
+        lines += ["", *(f"\\{line}" for line in footnotes(reports))]
     if chart:
         lines += ["", f"![bits per character and decoding speed]({chart})"]
     lines += ["", "## Replies"]

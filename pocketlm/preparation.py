@@ -29,7 +29,8 @@ from transformers import AutoTokenizer
 
 from configs import load_recipe
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer, with_special_tokens
+from tokenization import (first_change, save_tokenizer, train_bpe_tokenizer, train_char_tokenizer,
+                          with_special_tokens)
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -311,6 +312,11 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             if added and accelerator.is_main_process:
                 print(f"note: {options.tokenizer} has no {', '.join(added)}: added after its own tokens "
                       f"({len(tokenizer):,} in all), with pocketlm's chat template")
+            change = first_change(tokenizer, corpus.tokenizer_texts()[0]) if accelerator.is_main_process else None
+            if change:
+                print(f"note: {options.tokenizer} does not give back the text it reads ({change[0]!r} comes back "
+                      f"as {change[1]!r}): the model learns and writes only what it keeps, and its bits per "
+                      "character, which count every character, read lower than a tokenizer's that keeps them all")
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).

@@ -1,6 +1,8 @@
 """compare.py: two families side by side on bits per character, with the number each run recorded as its check."""
 
+import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +52,32 @@ def test_replies_are_reproducible_under_one_seed_and_the_text_can_be_given(train
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append((tmp_path / f"{run}.md").read_text().split("## Replies")[1])
     assert outputs[0] == outputs[1] and "**What is AI?**" in outputs[0]
+
+
+def test_a_tokenizer_that_changes_the_text_gets_its_score_marked_with_what_it_changes(trained, tmp_path):
+    """A model whose tokenizer lowercases scores only the lowercased text against every character: its bits per
+    character are marked, and a footnote shows the first stretch it gives back changed; its twin that keeps every
+    character is not marked."""
+    lowered = tmp_path / "lowercased"
+    shutil.copytree(trained["transformer"], lowered)
+    spec = json.loads((lowered / "tokenizer.json").read_text())
+    lowercase = {"type": "Lowercase"}
+    spec["normalizer"] = lowercase if spec["normalizer"] is None else {
+        "type": "Sequence", "normalizers": [spec["normalizer"], lowercase]}
+    (lowered / "tokenizer.json").write_text(json.dumps(spec))
+    text = tmp_path / "held_out.txt"
+    text.write_text("hello there, how are you today?\n\nWell, I am Fine, thank you.\n\n" * 20)
+    report = tmp_path / "report.md"
+    result = run_compare(str(trained["transformer"]), str(lowered), "--data", str(text), "--output", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[4] for line in result.stdout.splitlines()
+            if line.startswith((str(trained["transformer"]), str(lowered)))}
+    assert rows[str(trained["transformer"])][-1].isdigit() and rows[str(lowered)].endswith("*")
+    footnotes = [line for line in result.stdout.splitlines() if line.startswith("* ")]
+    assert len(footnotes) == 1 and footnotes[0].startswith(f"* {lowered}: its tokenizer does not give back the text")
+    original, back = map(ast.literal_eval, re.search(r"\((.+) comes back as (.+)\), so", footnotes[0]).groups())
+    assert original in text.read_text() and back == original.lower() != original
+    assert "\\" + footnotes[0] in report.read_text()  # escaped, so markdown shows the mark, not a list
 
 
 def test_main_py_compare_dispatches(trained, tmp_path):

@@ -6,6 +6,7 @@ contradictory flags, unknown config fields, paths that cannot be written, a full
 checkpoints pocketlm did not write.
 """
 
+import ast
 import hashlib
 import json
 import math
@@ -1424,6 +1425,48 @@ def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(c
         assert isinstance(ChatInterface(str(out), mode="chat", max_new_tokens=4).reply("Hello"), str)
         resumed = _train(data, out, f"--tokenizer={given}", "--resume", "--max-steps=3", *extra)
         assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout + resumed.stderr, resumed.stderr
+
+
+def test_a_tokenizer_that_does_not_give_back_its_text_is_named_with_what_it_changes(corpus, tmp_path):
+    """A WordPiece lowercases and drops spaces, a whitespace-split BPE drops them: trained with either, a model never
+    writes what was dropped, and its bits per character (the loss over every character) read lower than a model's
+    whose tokenizer keeps every character. It trains, with a note showing the first stretch that comes back changed;
+    a byte-level BPE, which keeps every byte, gets none."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = corpus.read_text()
+    kinds = {"wordpiece": (models.WordPiece(unk_token="[UNK]"), trainers.WordPieceTrainer, decoders.WordPiece()),
+             "split-bpe": (models.BPE(unk_token="[UNK]"), trainers.BpeTrainer, decoders.BPEDecoder()),
+             "byte-bpe": (models.BPE(), trainers.BpeTrainer, decoders.ByteLevel())}
+    for name, (model, trainer, decoder) in kinds.items():
+        backend = Tokenizer(model)
+        backend.decoder = decoder
+        if name == "byte-bpe":
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()}
+        else:
+            backend.pre_tokenizer = pre_tokenizers.Whitespace()
+            extra = {}
+        if name == "wordpiece":
+            backend.normalizer = normalizers.Lowercase()
+        backend.train_from_iterator([text], trainer(vocab_size=300, special_tokens=["[UNK]"], **extra))
+        given = tmp_path / name
+        PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(given)
+        result = _train(corpus, tmp_path / f"out-{name}", f"--tokenizer={given}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        said = [line for line in result.stdout.splitlines() if "does not give back the text it reads" in line]
+        if name == "byte-bpe":
+            assert said == []
+            continue
+        assert len(said) == 1, result.stdout
+        # The stretch shown is the text's own first change, as the tokenizer gives it back.
+        original, back = re.search(r"\((.+) comes back as (.+)\): ", said[0]).groups()
+        original, back = ast.literal_eval(original), ast.literal_eval(back)
+        loaded = AutoTokenizer.from_pretrained(given)
+        given_back = loaded.decode(loaded(text).input_ids)
+        assert original in text and back in given_back and original != back
+        assert ("\n" not in back) and (back == back.lower() if name == "wordpiece" else " " not in back)
 
 
 def _resume(folder: Path, out: Path, *extra: str):

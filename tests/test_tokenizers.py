@@ -131,3 +131,24 @@ def test_chat_template_reads_content_given_as_text_parts(saved_bpe):
                                           {"type": "text", "text": "What is this?"}]}]
     with pytest.raises(Exception, match="pocketlm models read text, and a message holds a part of type image_url"):
         saved_bpe.apply_chat_template(image, tokenize=False)
+
+
+def test_first_change_names_what_a_tokenizer_alters_and_not_a_character_outside_its_vocabulary(
+        char_tokenizer, bpe_tokenizer):
+    """What train.py's note and compare.py's mark rest on: a lowercasing tokenizer changes the text, at the first
+    capital; pocketlm's byte-level BPE gives everything back; the character tokenizer's <unk> for a character it
+    never saw stands for that one character, so it is not a change."""
+    from tokenizers import normalizers
+
+    from tokenization import first_change
+
+    text = "plain words first, then Capitals ☃ and more\n"
+    assert first_change(bpe_tokenizer, [text, "🙂 tab\there"]) is None
+    unseen = next(c for c in "☃&#~^" if c not in char_tokenizer.get_vocab())
+    assert first_change(char_tokenizer, [f"the {unseen} end"]) is None
+    lowering = bpe_tokenizer.__class__(tokenizer_object=bpe_tokenizer.backend_tokenizer.__class__.from_str(
+        bpe_tokenizer.backend_tokenizer.to_str()))
+    lowering.backend_tokenizer.normalizer = normalizers.Lowercase()
+    original, back = first_change(lowering, [text])
+    assert original == text[text.index("Capitals") - 12:][:24] and back == original.lower()
+    assert first_change(lowering, [text.lower()]) is None

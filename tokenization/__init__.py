@@ -2,6 +2,7 @@
 
 from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
 from .char import train_char_tokenizer
+from .fidelity import first_change
 from .special_tokens import (
     CHAT_TEMPLATE,
     END_OF_TEXT,
@@ -20,6 +21,7 @@ __all__ = [
     "train_bpe_tokenizer",
     "train_char_tokenizer",
     "MIN_VOCAB_SIZE",
+    "first_change",
     "CHAT_TEMPLATE",
     "END_OF_TEXT",
     "END_OF_TURN",
