@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from modeling import MIN_TRANSFORMERS
+from tokenization import CHARACTER_LEVEL, tokenizer_kind
 
 from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE
 from .wording import counted
@@ -38,7 +39,7 @@ def _is_hub_id(name: str | None) -> bool:
     return bool(name) and _HUB_ID.fullmatch(name) is not None and not Path(name).expanduser().exists()
 
 
-def model_card(model, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
+def model_card(model, tokenizer, family: str, summary: dict, samples: list[str], repo_id: str, license_id: str,
                has_curve: bool, data_name: str | None = None, formats: list[str] = (),
                gguf_precisions: tuple[str, ...] = ("f32",), is_chat: bool = True) -> str:
     """The repository's README.md: YAML metadata the Hub reads, then what a reader needs to use the model (as a chat,
@@ -53,7 +54,7 @@ def model_card(model, family: str, summary: dict, samples: list[str], repo_id: s
         f"## Training\n\nNo training record ({SUMMARY_FILE}) was found beside this model.\n")
     body = f"""# {repo_id.split('/')[-1]}
 
-A small language model trained with pocketlm: a {architecture(model.config, family)}.
+A small language model trained with pocketlm: a {architecture(model.config, family, tokenizer_kind(tokenizer))}.
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
 {_how_to_use(repo_id, MIN_TRANSFORMERS[family], is_chat)}
@@ -111,15 +112,19 @@ def card_metadata(family: str, summary: dict, repo_id: str, license_id: str, dat
     return metadata
 
 
-def architecture(config, family: str) -> str:
-    """The model's shape in one phrase."""
+def architecture(config, family: str, kind: str) -> str:
+    """The model's shape in one phrase, with its tokenizer's `kind` (tokenization.tokenizer_kind): pocketlm's own
+    is a byte-level BPE for the Transformer and characters for the LSTM, a --tokenizer from elsewhere another."""
+    vocabulary = (f"{config.vocab_size} characters and special tokens" if kind == CHARACTER_LEVEL
+                  else f"{kind} vocabulary of {config.vocab_size} tokens")
     if family == "transformer":
         return (f"GPT-style decoder-only Transformer: {counted(config.n_layer, 'pre-norm block')}, width "
                 f"{config.n_embd}, {counted(config.n_head, 'head')}, context window {config.block_size} tokens, "
-                f"byte-level BPE vocabulary of {config.vocab_size} tokens, "
+                f"{vocabulary}, "
                 + ("input and output embeddings tied" if config.tie_word_embeddings else "an output head of its own"))
-    return (f"character-level LSTM: {counted(config.num_layers, 'layer')} of {config.hidden_size} units, "
-            f"{config.embedding_dim}-wide embeddings, {config.vocab_size} characters and special tokens")
+    return (f"{'character' if kind == CHARACTER_LEVEL else 'token'}-level LSTM: "
+            f"{counted(config.num_layers, 'layer')} of {config.hidden_size} units, {config.embedding_dim}-wide "
+            f"embeddings, {vocabulary}")
 
 
 def _how_to_use(repo_id: str, minimum: str, is_chat: bool) -> str:

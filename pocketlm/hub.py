@@ -76,8 +76,8 @@ def prepare_folder(model_dir: str, output_dir: str, repo_id: str, license_id: st
         if has_curve:
             shutil.copy2(RunFolder(source).loss_curve, folder / LOSS_CURVE_FILE)
         _write_exports(model, tokenizer, family, formats, folder, repo_id.split("/")[-1], gguf_precisions, is_chat)
-        card = model_card(model, family, summary, samples, repo_id, license_id, has_curve, data_name, formats,
-                          gguf_precisions, is_chat)
+        card = model_card(model, tokenizer, family, summary, samples, repo_id, license_id, has_curve, data_name,
+                          formats, gguf_precisions, is_chat)
         (folder / CARD_FILE).write_text(card, encoding="utf-8")
 
     build_folder(target, write, what="Hub folder")  # none half-built to upload by mistake; an empty one stays empty

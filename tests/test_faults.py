@@ -1456,6 +1456,13 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_named_with_what_it_chan
         result = _train(corpus, tmp_path / f"out-{name}", f"--tokenizer={given}")
         assert result.returncode == 0, result.stderr[-3000:]
         said = [line for line in result.stdout.splitlines() if "does not give back the text it reads" in line]
+        # The model card names the tokenizer it was trained with, not pocketlm's own kind for the family.
+        hub = tmp_path / f"hub-{name}"
+        assert run_entry(upload_main, str(tmp_path / f"out-{name}"), "--repo-id", "me/model", "--dry-run",
+                         "--output-dir", str(hub)).returncode == 0
+        vocabulary = {"wordpiece": "WordPiece", "split-bpe": "BPE", "byte-bpe": "byte-level BPE"}[name]
+        assert f", {vocabulary} vocabulary of {len(AutoTokenizer.from_pretrained(hub))} tokens," in (
+            hub / "README.md").read_text()
         if name == "byte-bpe":
             assert said == []
             continue

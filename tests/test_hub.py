@@ -553,15 +553,15 @@ def test_the_card_says_whether_the_output_head_is_the_input_embedding():
     from modeling import GPTConfig
     from pocketlm.card import architecture
 
-    assert architecture(GPTConfig(), "transformer").endswith("input and output embeddings tied")
-    assert architecture(GPTConfig(tie_word_embeddings=False), "transformer").endswith("an output head of its own")
+    assert architecture(GPTConfig(), "transformer", "byte-level BPE").endswith("input and output embeddings tied")
+    assert architecture(GPTConfig(tie_word_embeddings=False), "transformer", "byte-level BPE").endswith("an output head of its own")
 
 
 def test_the_card_counts_a_one_layer_model_in_the_singular():
     from modeling import GPTConfig, LSTMConfig
     from pocketlm.card import architecture
 
-    assert "1 pre-norm block, width 32, 1 head," in architecture(GPTConfig(n_layer=1, n_head=1, n_embd=32), "transformer")
+    assert "1 pre-norm block, width 32, 1 head," in architecture(GPTConfig(n_layer=1, n_head=1, n_embd=32), "transformer", "BPE")
     assert "4 pre-norm blocks, width 32, 2 heads," in architecture(GPTConfig(n_layer=4, n_head=2, n_embd=32),
-                                                                   "transformer")
-    assert "LSTM: 1 layer of 64 units" in architecture(LSTMConfig(num_layers=1, hidden_size=64), "lstm")
+                                                                   "transformer", "BPE")
+    assert "LSTM: 1 layer of 64 units" in architecture(LSTMConfig(num_layers=1, hidden_size=64), "lstm", "character-level")

@@ -152,3 +152,20 @@ def test_first_change_names_what_a_tokenizer_alters_and_not_a_character_outside_
     original, back = first_change(lowering, [text])
     assert original == text[text.index("Capitals") - 12:][:24] and back == original.lower()
     assert first_change(lowering, [text.lower()]) is None
+
+
+def test_tokenizer_kind_tells_pocketlm_s_two_tokenizers_from_others(char_tokenizer, bpe_tokenizer):
+    """The model card and the GGUF export read what a tokenizer is from this one place."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenization import tokenizer_kind
+
+    assert tokenizer_kind(bpe_tokenizer) == "byte-level BPE" and tokenizer_kind(char_tokenizer) == "character-level"
+    for model, trainer, kind in ((models.WordPiece(unk_token="[UNK]"), trainers.WordPieceTrainer, "WordPiece"),
+                                 (models.Unigram(), trainers.UnigramTrainer, "Unigram"),
+                                 (models.BPE(unk_token="[UNK]"), trainers.BpeTrainer, "BPE")):
+        backend = Tokenizer(model)
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.train_from_iterator([SAMPLE_TEXT], trainer(vocab_size=120, special_tokens=["[UNK]"]))
+        assert tokenizer_kind(PreTrainedTokenizerFast(tokenizer_object=backend)) == kind

@@ -3,6 +3,7 @@
 from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
 from .char import train_char_tokenizer
 from .fidelity import first_change
+from .kind import BYTE_LEVEL_BPE, CHARACTER_LEVEL, tokenizer_kind
 from .special_tokens import (
     CHAT_TEMPLATE,
     END_OF_TEXT,
@@ -22,6 +23,9 @@ __all__ = [
     "train_char_tokenizer",
     "MIN_VOCAB_SIZE",
     "first_change",
+    "BYTE_LEVEL_BPE",
+    "CHARACTER_LEVEL",
+    "tokenizer_kind",
     "CHAT_TEMPLATE",
     "END_OF_TEXT",
     "END_OF_TURN",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenization import END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS
+from tokenization import (BYTE_LEVEL_BPE, CHARACTER_LEVEL, END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS,
+                          tokenizer_kind)
 
 # The tensors each precision stores smaller: the weight matrices (embedding, attention and MLP projections, head).
 # Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
@@ -57,15 +58,12 @@ def vocabulary_problem(tokenizer) -> str | None:
 
     A Transformer trained with a character tokenizer (`--tokenizer` of an LSTM's folder) was written into a GGUF
     file that llama.cpp refused to load ("Failed to load model")."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    kinds = {pre.get("type"), *(part.get("type") for part in pre.get("pretokenizers") or [])}
-    model = spec.get("model") or {}
-    if model.get("type") == "BPE" and "ByteLevel" in kinds:
+    kind = tokenizer_kind(tokenizer)
+    if kind == BYTE_LEVEL_BPE:
         return None
-    if model.get("type") == "BPE" and not model.get("merges"):
+    if kind == CHARACTER_LEVEL:
         return "a character-level one"
-    return f"a {model.get('type') or 'non-BPE'} one without byte-level pre-tokenization"
+    return f"a {kind} one without byte-level pre-tokenization"
 
 
 def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
