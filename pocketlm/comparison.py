@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 import torch
+
 from tokenization import first_change
 
 from . import data
