@@ -14,7 +14,7 @@ from tokenization import save_tokenizer
 
 from .card import model_card
 from .errors import HubError, UsageError
-from .export import formats_for, formats_the_tokenizer_takes, write_formats
+from .export import formats_for, formats_the_tokenizer_takes, save_export_tokenizer, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
 from .loading import check_model_folder, load_pretrained, model_family, trained_on_chat
@@ -91,6 +91,8 @@ def _write_exports(model, tokenizer, family: str, formats: list[str], target: Pa
     if family == "lstm":
         if formats:
             write_onnx(model, family, target)  # beside the config and tokenizer already at the top
+            if is_chat:  # transformers.js (a static Space's page) reads a template only from tokenizer_config.json
+                save_export_tokenizer(tokenizer, target, is_chat)
         return
     stock = [name for name in formats if name in ("transformers", "onnx")]
     if stock:

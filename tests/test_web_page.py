@@ -384,6 +384,41 @@ def test_the_readme_picture_of_the_page_shows_a_trained_model_by_name(browser, t
 # ------------------------------------------------------------------------------------------------ text mode
 
 
+def test_an_lstm_trained_with_a_bpe_reads_and_writes_its_own_tokens_on_the_page(trained, browser, tmp_path_factory):
+    """The page's LSTM spelled every character as a token of its own (the character tokenizer's way), so an LSTM
+    trained with a BPE (`train.py --model-type lstm --tokenizer FOLDER`) got ids its vocabulary does not map and
+    answered nothing. Its tokenizer is now read by transformers.js, as the GPT's is: the page's prompt and greedy
+    tokens are the terminal chat's and PyTorch's."""
+    from pocketlm.training import TrainingOptions, train
+
+    model_dir = tmp_path_factory.mktemp("page-lstm-bpe")
+    train(TrainingOptions(model_type="lstm", output_dir=str(model_dir), model_config=TINY_SHAPES["lstm"],
+                          tokenizer=str(trained["transformer"]), block_size=32, batch_size=4, max_steps=20,
+                          samples=0))
+    model, tokenizer = load_pretrained(str(model_dir))
+    assert tokenizer.get_vocab() == load_pretrained(str(trained["transformer"]))[1].get_vocab()  # the BPE's
+    site = tmp_path_factory.mktemp("page-lstm-bpe-site")
+    assert run_entry(export_main, str(model_dir), "--format", "web", "--output-dir", str(site / "page"),
+                     "--web-precision", "float32").returncode == 0
+    at_least(site / "page" / "model", 20)
+    served, context = Server(site), browser.new_context()
+    try:
+        chat = ChatPage(context, f"{served.url}page/", served.url)
+        for name, value in (("do_sample", False), ("repetition_penalty", 1.0), ("max_new_tokens", 20)):
+            chat.set(name, value)
+        chat.send("How are you, my lord?")
+        prompt = ChatInterface(model, tokenizer, use_context=False).prompt_ids("How are you, my lord?", 20)
+        assert prompt_tokens(chat.figures()) == len(prompt)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                 repetition_penalty=1.0, eos_token_id=stop_token_ids(tokenizer))[0, len(prompt):]
+        expected = [token for token in out.tolist() if token not in stop_token_ids(tokenizer)]
+        assert len(expected) == 20 and chat.last_tokens() == expected, (chat.replies(), chat.errors)
+    finally:
+        context.close()
+        served.close()
+
+
 @pytest.fixture(scope="module")
 def prose_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny models of both families trained on plain text, not conversations."""

@@ -11,7 +11,7 @@ keeps working offline once loaded. It comes from the npm packages pinned by web_
 once with `npm ci` into pocketlm's cache; only the four files the page loads are copied into each page, and their
 licences with them (THIRD_PARTY_NOTICES.txt). The GPT runs through transformers.js (its text-generation pipeline and
 the tokenizer's chat template); the LSTM, an architecture transformers.js does not know, through onnxruntime-web and
-a short loop in chat.js. Both use onnxruntime-web's WebAssembly build without WebGPU, half the size of the one
+a short loop in chat.js, with transformers.js's tokenizer, which reads any the model was trained with. Both use onnxruntime-web's WebAssembly build without WebGPU, half the size of the one
 transformers.js asks for by default.
 """
 
@@ -42,7 +42,8 @@ PAGE_FILES = ("index.html", "chat.js", "style.css")
 MODEL_DIR = "model"
 VENDOR_DIR = "vendor"
 NPM_CACHE = KEY_FILE.parent / "web"
-# What the page loads from the npm packages, by family; both share onnxruntime-web's WebAssembly build.
+# What the page loads from the npm packages: both families read their tokenizer with transformers.js (the GPT runs
+# in it too) and share onnxruntime-web's WebAssembly build.
 RUNTIME_FILES = ("onnxruntime-web/dist/ort.wasm.bundle.min.mjs", "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",
                  "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm")
 TRANSFORMERS_JS = "@huggingface/transformers/dist/transformers.web.min.js"
@@ -106,9 +107,9 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
     (folder / WEB_PAGE_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     vendor = folder / VENDOR_DIR
     vendor.mkdir(exist_ok=True)
-    for source in RUNTIME_FILES + ((TRANSFORMERS_JS,) if family == "transformer" else ()):
+    for source in (*RUNTIME_FILES, TRANSFORMERS_JS):
         shutil.copy2(modules / source, vendor / Path(source).name)
-    (vendor / "THIRD_PARTY_NOTICES.txt").write_text(_notices(modules, family), encoding="utf-8")
+    (vendor / "THIRD_PARTY_NOTICES.txt").write_text(_notices(modules), encoding="utf-8")
 
 
 def write_web(model, tokenizer, family: str, folder: Path, name: str, precision: str = "int8") -> None:
@@ -122,18 +123,16 @@ def write_web(model, tokenizer, family: str, folder: Path, name: str, precision:
     (folder / MODEL_DIR / ONNX_DIR / unused).unlink()  # one graph is enough: the page loads only its own
 
 
-def _notices(modules: Path, family: str) -> str:
+def _notices(modules: Path) -> str:
     """What is copied from whom, under which licence, with the licences' texts."""
-    packages = [("onnxruntime-web", "MIT", "Copyright (c) Microsoft Corporation")]
-    if family == "transformer":
-        packages.insert(0, ("@huggingface/transformers", "Apache-2.0", "Copyright Hugging Face"))
+    packages = [("@huggingface/transformers", "Apache-2.0", "Copyright Hugging Face"),
+                ("onnxruntime-web", "MIT", "Copyright (c) Microsoft Corporation")]
     lines = ["pocketlm's chat page copies these files, unchanged, from the npm packages below.", ""]
     for package, licence, holder in packages:
         version = json.loads((modules / package / "package.json").read_text())["version"]
         lines.append(f"{package} {version} ({licence}, {holder})")
     lines += ["", "=" * 79, "", MIT_LICENCE.strip()]
-    if family == "transformer":
-        lines += ["", "=" * 79, "", (modules / "@huggingface/transformers/LICENSE").read_text().strip()]
+    lines += ["", "=" * 79, "", (modules / "@huggingface/transformers/LICENSE").read_text().strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@
 // template; a reply gets at most half of the model's context window and the prompt keeps the system text, the
 // current message and as many recent turns as fit (the LSTM, which has no window, answers each message on its own);
 // settings are checked where they are typed, with the terminal's messages. The GPT runs through transformers.js (its
-// text-generation pipeline, tokenizer and chat template); the LSTM through onnxruntime-web and the loop below.
+// text-generation pipeline, tokenizer and chat template); the LSTM through onnxruntime-web and the loop below, with
+// transformers.js's tokenizer and chat template too (so an LSTM trained with a BPE reads and writes its own tokens).
 // A model trained on plain text (pocketlm.json's mode "text") is not chatted with but continues what is typed, as
 // chat.py's text mode does: the passage grows with each message, on a line of its own, and keeps its newest tokens.
 
@@ -87,31 +88,53 @@ try {
   fail(`The model could not be loaded (${error.message || error}): the page needs the files export.py wrote ` +
        "beside it (pocketlm.json, vendor/ and the model's folder), served over HTTP.");
 }
-$("status").textContent = `Ready: ${page.family === "lstm" ? "a character-level LSTM" : "a GPT"}, loaded in ` +
+$("status").textContent = `Ready: ${page.family === "lstm" ? "an LSTM" : "a GPT"}, loaded in ` +
   `${((performance.now() - started) / 1000).toFixed(1)} s, running in this page.`;
 $("message").disabled = $("send").disabled = false;
 
-async function loadGPT() {
+// transformers.js, reading the model's folder: the model/ folder beside the page and nothing else (a browser's
+// default is the Hub), or in a static Space the model repository's folder (the GPT-2 export's subfolder for the
+// GPT, the top for the LSTM). It is the one tokenizer of the page, for both families: the model's own, whatever
+// kind (a byte-level BPE, characters, or one given to train.py --tokenizer).
+async function transformersFor(subfolder) {
   const transformers = await import("./vendor/transformers.web.min.js");
-  const { env, pipeline, BaseStreamer, InterruptableStoppingCriteria, Tensor, random } = transformers;
+  const { env, random } = transformers;
   if (SEED !== null) random.seed(Number(SEED));  // the generator transformers.js's sampler draws from
   env.backends.onnx.wasm.wasmPaths = wasmPaths;
   env.backends.onnx.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain file server lacks
-  if (page.hub) {  // a static Space: the model repository's GPT-2 folder, fetched by transformers.js itself
+  if (page.hub) {
     env.allowLocalModels = false;
-    env.remotePathTemplate = `{model}/resolve/{revision}/${page.hub.subfolder}/`;
-  } else {  // the model/ folder beside the page, and nothing else (a browser's default is the Hub)
+    env.remotePathTemplate = `{model}/resolve/{revision}/${subfolder ? subfolder + "/" : ""}`;
+  } else {
     env.allowLocalModels = true;
     env.allowRemoteModels = false;
     env.localModelPath = "./";
   }
-  const options = { dtype: page.dtype, device: "wasm", ...(page.hub ? { revision: page.hub.revision } : {}) };
-  const generator = await pipeline("text-generation", page.hub ? page.hub.repo : page.model, options);
+  const where = [page.hub ? page.hub.repo : page.model, page.hub ? { revision: page.hub.revision } : {}];
+  return { transformers, where };
+}
+
+// The model's chat template (the same text chat.py builds) and plain text, as token ids; ids back as text.
+function textOf(tokenizer) {
+  return {
+    encode: (messages, generationPrompt = false) => tokenizer.encode(
+      tokenizer.apply_chat_template(messages, { add_generation_prompt: generationPrompt, tokenize: false }),
+      { add_special_tokens: false }),
+    encodeText: (text) => tokenizer.encode(text, { add_special_tokens: false }),
+    decode: (ids) => (ids.length ? tokenizer.decode(ids, { skip_special_tokens: true }) : ""),
+    stops: page.stop_tokens.map((token) => tokenizer.convert_tokens_to_ids(token)),
+  };
+}
+
+async function loadGPT() {
+  const { transformers, where: [name, revision] } = await transformersFor(page.hub && page.hub.subfolder);
+  const { pipeline, BaseStreamer, InterruptableStoppingCriteria, Tensor } = transformers;
+  const generator = await pipeline("text-generation", name, { dtype: page.dtype, device: "wasm", ...revision });
   const tokenizer = generator.tokenizer;
   if (!tokenizer) throw new Error("the tokenizer could not be read");
   const forward = generator.model.forward.bind(generator.model);
   generator.model.forward = async (inputs) => { await nextTask(); return forward(inputs); };  // see nextTask
-  const stops = page.stop_tokens.map((token) => tokenizer.convert_tokens_to_ids(token));
+  const text = textOf(tokenizer);
 
   class Stream extends BaseStreamer {
     constructor(onToken) { super(); this.onToken = onToken; this.prompt = true; }
@@ -122,12 +145,7 @@ async function loadGPT() {
     end() {}
   }
   return {
-    encode: (messages, generationPrompt = false) => tokenizer.encode(
-      tokenizer.apply_chat_template(messages, { add_generation_prompt: generationPrompt, tokenize: false }),
-      { add_special_tokens: false }),
-    encodeText: (text) => tokenizer.encode(text, { add_special_tokens: false }),
-    decode: (ids) => (ids.length ? tokenizer.decode(ids, { skip_special_tokens: true }) : ""),
-    stops,
+    ...text,
     async generate(ids, options, onToken, stopper) {
       const interrupt = new InterruptableStoppingCriteria();
       stopper.interrupt = () => interrupt.interrupt();
@@ -136,13 +154,15 @@ async function loadGPT() {
         inputs, attention_mask: new Tensor("int64", new BigInt64Array(ids.length).fill(1n), [1, ids.length]),
         max_new_tokens: options.max_new_tokens, do_sample: options.do_sample, temperature: options.temperature,
         top_k: options.top_k, top_p: options.top_p, repetition_penalty: options.repetition_penalty,
-        eos_token_id: stops, streamer: new Stream(onToken), stopping_criteria: [interrupt],
+        eos_token_id: text.stops, streamer: new Stream(onToken), stopping_criteria: [interrupt],
       });
     },
   };
 }
 
 async function loadLSTM() {
+  const { transformers, where: [name, revision] } = await transformersFor("");
+  const tokenizer = await transformers.AutoTokenizer.from_pretrained(name, revision);
   const ort = await import("./vendor/ort.wasm.bundle.min.mjs");
   ort.env.wasm.wasmPaths = wasmPaths;
   ort.env.wasm.numThreads = 1;
@@ -153,19 +173,10 @@ async function loadLSTM() {
     return response;
   };
   const config = await (await read("config.json")).json();
-  const vocabulary = await (await read("tokenizer.json")).json();
   const graph = new Uint8Array(await (await read(`onnx/${page.graph}`)).arrayBuffer());
   const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
-  const tokens = new Map(Object.entries(vocabulary.model.vocab));
-  const names = new Map([...tokens].map(([token, id]) => [id, token]));
-  const special = vocabulary.added_tokens.filter((t) => t.special).map((t) => t.content);
-  const unknown = tokens.get(vocabulary.model.unk_token);
-  // Special tokens are matched whole, then every character is a token (as the saved tokenizer does).
-  const splitter = new RegExp(`(${special.map((t) => t.replace(/[|[\]\\^$.*+?(){}]/g, "\\$&")).join("|")})`);
-  const encodeText = (text) => text.split(splitter).flatMap((piece) =>
-    tokens.has(piece) && special.includes(piece) ? [tokens.get(piece)]
-      : Array.from(piece, (character) => tokens.get(character) ?? unknown));
-  const stops = page.stop_tokens.map((token) => tokens.get(token));
+  const text = textOf(tokenizer);
+  const stops = text.stops;
   const layers = config.num_layers, width = config.hidden_size;
   // The model's own generation settings that the terminal honours too (transformers.js reads them for the GPT).
   const generationConfig = await read("generation_config.json").then((r) => r.json(), () => ({}));
@@ -180,13 +191,7 @@ async function loadLSTM() {
              c: out.c_out };
   }
   return {
-    // The chat template, written out: each message is its role token, its text and an end-of-turn token.
-    encode: (messages, generationPrompt = false) => encodeText(
-      messages.map((m) => `<|${m.role}|>${m.content}<|end|>`).join("") + (generationPrompt ? "<|assistant|>" : "")),
-    encodeText,
-    decode: (ids) => ids.map((id) => names.get(id)).filter((t) => t !== undefined && !special.includes(t))
-      .join(""),
-    stops,
+    ...text,
     async generate(ids, options, onToken, stopper) {
       const zeros = () => new ort.Tensor("float32", new Float32Array(layers * width), [layers, 1, width]);
       let { logits, h, c } = await step(ids, zeros(), zeros());
