@@ -222,7 +222,7 @@ const chat = await pipeline("text-generation", "{repo_id}", {{ dtype: "q8" }});
     if "onnx" in formats and family == "lstm":
         parts.append(f"""**onnxruntime.** `onnx/model.onnx` (float32) and `onnx/model_quantized.onnx` (int8 weights) take
 `input_ids` and the state `h`, `c` ({config.num_layers} × batch × {config.hidden_size}, zeros to start) and return
-`logits`, `h_out` and `c_out`; feed the state back with each next character:
+`logits`, `h_out` and `c_out`; feed the state back with each next token (a character, for the character tokenizer):
 
 ```python
 import numpy as np, onnxruntime
