@@ -291,6 +291,24 @@ TOKENIZER_CACHE = KEY_FILE.parent / "tokenizers"  # trained tokenizers, by the t
 TOKENIZER_SCHEMA = 3
 
 
+def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
+    """--tokenizer's tokenizer, ready to train with: one from elsewhere lacks what blocks are cut and conversations
+    written with (said, and added), and may not give back the text it reads (said, with the first change). Only
+    the process that `speaks` prints, and reads the text back."""
+    tokenizer, added = with_special_tokens(tokenizer)
+    if not speaks:
+        return tokenizer
+    if added:
+        print(f"note: {name} has no {', '.join(added)}: added after its own tokens ({len(tokenizer):,} in all), "
+              "with pocketlm's chat template")
+    change = first_change(tokenizer, corpus.tokenizer_texts()[0])
+    if change:
+        print(f"note: {name} does not give back the text it reads ({change[0]!r} comes back as {change[1]!r}): "
+              "the model learns and writes only what it keeps, and its bits per character, which count every "
+              "character, read lower than a tokenizer's that keeps them all")
+    return tokenizer
+
+
 def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus: data.Corpus,
                             accelerator: Accelerator, stages: Stages):
     """A resumed run's own tokenizer, --tokenizer's or --init-from's; else one trained on the training text."""
@@ -307,16 +325,7 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
         if options.tokenizer:
-            # One from elsewhere lacks what blocks are cut and conversations written with: said, and added.
-            tokenizer, added = with_special_tokens(tokenizer)
-            if added and accelerator.is_main_process:
-                print(f"note: {options.tokenizer} has no {', '.join(added)}: added after its own tokens "
-                      f"({len(tokenizer):,} in all), with pocketlm's chat template")
-            change = first_change(tokenizer, corpus.tokenizer_texts()[0]) if accelerator.is_main_process else None
-            if change:
-                print(f"note: {options.tokenizer} does not give back the text it reads ({change[0]!r} comes back "
-                      f"as {change[1]!r}): the model learns and writes only what it keeps, and its bits per "
-                      "character, which count every character, read lower than a tokenizer's that keeps them all")
+            tokenizer = _given_tokenizer(tokenizer, options.tokenizer, corpus, accelerator.is_main_process)
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).

@@ -9,7 +9,7 @@ of the text, so a tokenizer that drops some scores a model lower than one that k
 from collections.abc import Iterable
 
 SAMPLE_CHARACTERS = 100_000  # enough text to meet a tokenizer's every habit, checked in well under a second
-CONTEXT = 24  # characters shown either side of the first change
+CONTEXT = 24  # characters shown of each stretch, half of them before the first change
 
 
 def first_change(tokenizer, texts: Iterable[str], characters: int = SAMPLE_CHARACTERS) -> tuple[str, str] | None:

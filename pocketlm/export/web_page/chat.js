@@ -176,7 +176,6 @@ async function loadLSTM() {
   const graph = new Uint8Array(await (await read(`onnx/${page.graph}`)).arrayBuffer());
   const session = await ort.InferenceSession.create(graph, { executionProviders: ["wasm"] });
   const text = textOf(tokenizer);
-  const stops = text.stops;
   const layers = config.num_layers, width = config.hidden_size;
   // The model's own generation settings that the terminal honours too (transformers.js reads them for the GPT).
   const generationConfig = await read("generation_config.json").then((r) => r.json(), () => ({}));
@@ -197,10 +196,10 @@ async function loadLSTM() {
       let { logits, h, c } = await step(ids, zeros(), zeros());
       const seen = [...ids];
       for (let made = 0; made < options.max_new_tokens && !stopper.stopped; made++) {
-        if (made < minNew) for (const id of stops) logits[id] = -Infinity;  // not yet the end of the turn
+        if (made < minNew) for (const id of text.stops) logits[id] = -Infinity;  // not yet the end of the turn
         const token = choose(logits, seen, options, draw);
         onToken(token);
-        if (stops.includes(token)) return;
+        if (text.stops.includes(token)) return;
         seen.push(token);
         await nextTask();
         ({ logits, h, c } = await step([token], h, c));
