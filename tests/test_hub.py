@@ -55,6 +55,9 @@ def test_dry_run_builds_exactly_the_repository_folder(family, trained, tmp_path)
     assert {p.name for p in out.iterdir()} == COMMON_FILES | EXPECTED_FILES[family]
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_")
+    # The tokenizer's settings, not how this machine read it (transformers writes "local_files_only" back).
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert not {"is_local", "local_files_only"} & set(tokenizer_config), tokenizer_config
 
     metadata, body = read_card(out)
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "text-generation"

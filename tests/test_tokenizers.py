@@ -169,3 +169,22 @@ def test_tokenizer_kind_tells_pocketlm_s_two_tokenizers_from_others(char_tokeniz
         backend.pre_tokenizer = pre_tokenizers.Whitespace()
         backend.train_from_iterator([SAMPLE_TEXT], trainer(vocab_size=120, special_tokens=["[UNK]"]))
         assert tokenizer_kind(PreTrainedTokenizerFast(tokenizer_object=backend)) == kind
+
+
+def test_a_saved_tokenizer_keeps_its_settings_and_not_how_it_was_read(saved_bpe, tmp_path):
+    """Every tokenizer pocketlm writes (a run's, an export's, a Hub repository's) goes through save_tokenizer. One
+    read with from_pretrained, as they all are, carries how it was read, which transformers 5 writes back: a
+    published tokenizer_config.json said "local_files_only": true. It also names the class 4.x knows."""
+    import json
+
+    from tokenization import save_tokenizer
+
+    assert saved_bpe.init_kwargs.get("is_local") is True  # what transformers hands the save
+    save_tokenizer(saved_bpe, tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert not {"is_local", "local_files_only"} & set(config)
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config["additional_special_tokens"] == [END_OF_TURN, *ROLE_TOKENS.values()]
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded(SAMPLE_TEXT).input_ids == saved_bpe(SAMPLE_TEXT).input_ids
+    assert reloaded.pad_token == saved_bpe.pad_token and reloaded.chat_template == saved_bpe.chat_template

@@ -101,10 +101,16 @@ def save_tokenizer(tokenizer, folder) -> None:
     exist"), and lists the extra special tokens under a key 4.x reads as a dict; 5.x also reads the older
     "PreTrainedTokenizerFast" and "additional_special_tokens". With those, a 4.x user loads the tokenizer and then
     meets the model's own error naming the transformers version it needs.
+
+    A tokenizer read with from_pretrained also carries how it was read ("is_local", and "local_files_only", true
+    when offline), which transformers 5.24 and 5.25 write back beside its settings: left out, so that a tokenizer
+    published on the Hub does not say it was read from a local folder.
     """
     tokenizer.save_pretrained(folder)
     config_file = Path(folder) / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
+    for how_it_was_read in ("is_local", "local_files_only"):
+        config.pop(how_it_was_read, None)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
