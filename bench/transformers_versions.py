@@ -4,9 +4,11 @@ For every version asked for, a virtualenv gets torch and that transformers (with
 for); a tiny model of each family, saved by this checkout with its tokenizer, is loaded there through
 `trust_remote_code` and decodes greedily. The table says, per family, whether the tokens equal this environment's,
 or the one line the model's code raised. Below a family's MIN_TRANSFORMERS that line must name the version to
-install; at or above it, the tokens must be the same.
+install; at or above it, the tokens must be the same. A third column loads the GPT's stock GPT-2 export
+(`export.py --format transformers`) without remote code: the folder meant for every other tool, 4.x ones (optimum
+among them) included, must decode the GPT's own tokens there too.
 
-    python bench/transformers_versions.py                          # 4.57.6 5.0.0 5.10.4 5.17.0 5.23.0 and this one
+    python bench/transformers_versions.py                          # 4.46.3 4.57.6 5.0.0 5.10.4 5.17.0 5.23.0, this one
     python bench/transformers_versions.py --versions 5.17.0 --keep /tmp/venvs   # reuse virtualenvs between runs
 """
 
@@ -27,7 +29,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM  # noqa: E402
 from modeling.gpt.configuration_gpt import MIN_TRANSFORMERS as GPT_MINIMUM  # noqa: E402
 from modeling.lstm.configuration_lstm import MIN_TRANSFORMERS as LSTM_MINIMUM  # noqa: E402
+from pocketlm.export import export  # noqa: E402
 from tokenization import save_tokenizer, train_bpe_tokenizer, train_char_tokenizer  # noqa: E402
+
+FAMILIES = ("transformer", "lstm", "gpt2 export")
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 30
 LOAD = textwrap.dedent(
@@ -37,9 +42,10 @@ LOAD = textwrap.dedent(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     results = {}
     for family, folder in json.loads(sys.argv[1]).items():
+        remote_code = family != "gpt2 export"  # the stock export must load as any GPT-2 does
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote_code)
+            model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote_code).eval()
             ids = tokenizer("To be, or not", return_tensors="pt").input_ids
             with torch.no_grad():
                 results[family] = model.generate(ids, max_new_tokens=16, do_sample=False)[0].tolist()
@@ -66,6 +72,8 @@ def save_models(folder: Path) -> dict[str, tuple[str, list[int]]]:
         ids = tokenizer("To be, or not", return_tensors="pt").input_ids
         with torch.no_grad():
             saved[family] = (str(target), model.generate(ids, max_new_tokens=16, do_sample=False)[0].tolist())
+    export(saved["transformer"][0], "transformers", folder / "gpt2-export")
+    saved["gpt2 export"] = (str(folder / "gpt2-export"), saved["transformer"][1])  # the GPT's own tokens
     return saved
 
 
@@ -81,7 +89,7 @@ def virtualenv(version: str, root: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--versions", nargs="+", default=["4.57.6", "5.0.0", "5.10.4", "5.17.0", "5.23.0"])
+    parser.add_argument("--versions", nargs="+", default=["4.46.3", "4.57.6", "5.0.0", "5.10.4", "5.17.0", "5.23.0"])
     parser.add_argument("--keep", type=Path, help="keep (and reuse) the virtualenvs in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -103,13 +111,13 @@ def main() -> None:
             _, found, outcome = line.split(" ", 2)
             rows.append((found, json.loads(outcome)))
     print(f"saved by transformers {transformers.__version__}; minimum: GPT {GPT_MINIMUM}, LSTM {LSTM_MINIMUM}")
-    print(f"{'transformers':<14}{'transformer (GPT)':<60}lstm")
+    print(f"{'transformers':<14}{'transformer (GPT)':<60}{'lstm':<60}gpt2 export (no remote code)")
     for version, outcome in rows:
         cells = []
-        for family in ("transformer", "lstm"):
+        for family in FAMILIES:
             value = outcome.get(family, outcome.get("error"))
             cells.append("same tokens" if value == saved[family][1] else str(value))
-        print(f"{version:<14}{cells[0][:58]:<60}{cells[1]}")
+        print(f"{version:<14}{cells[0][:58]:<60}{cells[1][:58]:<60}{cells[2]}")
 
 
 if __name__ == "__main__":
