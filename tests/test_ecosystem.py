@@ -206,6 +206,70 @@ def test_dynamic_int8_quantization_swaps_the_layers_and_still_predicts(family, l
     assert greedy(quantized).shape == (1, PROMPT.shape[1] + 12)
 
 
+# transformers' own quantizers, given as from_pretrained(quantization_config=...), that run on a CPU. Each replaces
+# the weights of nn.Linear layers: quanto swaps in its QLinear, torchao gives the weight a quantized tensor type.
+QUANTIZERS = {"quanto-int8": ("QuantoConfig", {"weights": "int8"}),
+              "quanto-int4": ("QuantoConfig", {"weights": "int4"}),
+              "torchao-int8-weights": ("TorchAoConfig", {})}
+
+
+def quantization_config(method: str):
+    import transformers
+
+    name, options = QUANTIZERS[method]
+    if name == "TorchAoConfig":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+    return getattr(transformers, name)(**options)
+
+
+def holds_quantized_weights(layer: nn.Module) -> bool:
+    return type(layer).__name__ == "QLinear" or type(layer.weight.data) is not torch.Tensor
+
+
+@pytest.mark.parametrize("method", QUANTIZERS)
+def test_transformers_quantizers_quantize_the_gpt_and_lora_trains_on_top(method, tmp_path):
+    """As on a built-in model: from_pretrained(quantization_config=...) quantizes every linear layer of each block,
+    the quantized model predicts what the full one does, and PEFT's LoRA trains on top of it (QLoRA's recipe)."""
+    from peft import LoraConfig, get_peft_model
+
+    tiny_model("transformer").save_pretrained(tmp_path)
+    full = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    quantized = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization_config(method)).eval()
+    assert quantized.is_quantized
+    for block in quantized.model.h:
+        for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            assert holds_quantized_weights(layer), (method, layer)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, got = full(ids).logits, quantized(ids).logits
+    assert not torch.equal(got, expected)  # the quantized layers ran
+    assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.8
+
+    before = greedy(quantized)
+    lora = get_peft_model(quantized, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS["transformer"],
+                                                task_type="CAUSAL_LM"))
+    fit(lora, torch.tensor([PROMPT[0].tolist() + [42] * 16]), steps=60, lr=1e-2)
+    tuned = greedy(lora)
+    assert not torch.equal(tuned, before) and tuned[0, 4:8].tolist() == [42] * 4
+    assert all(holds_quantized_weights(layer.base_layer) for layer in lora.modules() if hasattr(layer, "base_layer"))
+
+
+def test_transformers_quantizers_find_nothing_to_quantize_in_the_lstm(tmp_path):
+    """README's advice for the LSTM holds: its weights live in nn.LSTM, which transformers' quantizers do not
+    handle, and its one linear layer is the output head, which they keep whole; torch.ao's quantize_dynamic does it
+    (above)."""
+    tiny_model("lstm").save_pretrained(tmp_path)
+    full = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    quantized = AutoModelForCausalLM.from_pretrained(tmp_path,
+                                                     quantization_config=quantization_config("quanto-int8")).eval()
+    assert not any(holds_quantized_weights(layer) for layer in quantized.modules() if isinstance(layer, nn.Linear))
+    with torch.no_grad():
+        assert torch.equal(quantized(PROMPT).logits, full(PROMPT).logits)
+
+
 # ----------------------------------------------------------------------------------- gradient checkpointing
 
 
