@@ -27,6 +27,11 @@ def _quiet_libraries(datasets_too: bool = False) -> None:
     command uses are loaded here: chat, compare and upload never import the training code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # transformers imports torchao, where it is installed, whenever a model loads (its quantizers' registry), and
+    # torchao's import warns about its GPU kernels on a CPU machine, about Triton, and through torch about its
+    # enums: five lines on every command that say nothing about the user's work.
+    for library in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     import transformers
 
     transformers.logging.set_verbosity_error()

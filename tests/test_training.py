@@ -1270,6 +1270,21 @@ def test_training_from_python_prints_no_library_chatter_at_each_checkpoint(corpu
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
 
 
+def test_a_run_says_nothing_for_the_libraries_it_imports(corpus_file, tmp_path):
+    """transformers imports torchao, where it is installed (the test extras install it), whenever a model loads, and
+    torchao's import warned in five lines on every command: its GPU kernels missing on a CPU machine, Triton, and
+    through torch its enums. A fresh process, as a user's, to see what an import says."""
+    import torchao  # noqa: F401  (installed, so the run below imports it)
+
+    result = subprocess.run([sys.executable, "train.py", f"--data={corpus_file}", "--model-type=lstm",
+                             "--model-config=embedding_dim=16,hidden_size=32", "--block-size=32", "--max-steps=1",
+                             "--samples=0", f"--output-dir={tmp_path / 'run'}"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert not re.search("torchao|triton|_pytree|Warning", said, re.IGNORECASE), said[-3000:]
+
+
 def test_a_fraction_of_an_epoch_trains_that_part_of_its_steps_rounded_up_and_resumes(corpus_file, tmp_path):
     """`--epochs 0.5` (the Trainer's num_train_epochs takes 0.5, and run_clm users pass it) was refused: 'invalid int
     value'. A fraction trains that part of an epoch's steps, rounded up as the Trainer rounds, is recorded as given,
