@@ -208,20 +208,17 @@ def test_dynamic_int8_quantization_swaps_the_layers_and_still_predicts(family, l
 
 # transformers' own quantizers, given as from_pretrained(quantization_config=...), that run on a CPU. Each replaces
 # the weights of nn.Linear layers: quanto swaps in its QLinear, torchao gives the weight a quantized tensor type.
-QUANTIZERS = {"quanto-int8": ("QuantoConfig", {"weights": "int8"}),
-              "quanto-int4": ("QuantoConfig", {"weights": "int4"}),
-              "torchao-int8-weights": ("TorchAoConfig", {})}
+QUANTIZERS = ["quanto-int8", "quanto-int4", "torchao-int8-weights"]
 
 
 def quantization_config(method: str):
-    import transformers
+    from transformers import QuantoConfig, TorchAoConfig
 
-    name, options = QUANTIZERS[method]
-    if name == "TorchAoConfig":
+    if method == "torchao-int8-weights":
         from torchao.quantization import Int8WeightOnlyConfig
 
-        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
-    return getattr(transformers, name)(**options)
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    return QuantoConfig(weights=method.removeprefix("quanto-"))
 
 
 def holds_quantized_weights(layer: nn.Module) -> bool:

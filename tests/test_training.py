@@ -1274,7 +1274,9 @@ def test_a_run_says_nothing_for_the_libraries_it_imports(corpus_file, tmp_path):
     """transformers imports torchao, where it is installed (the test extras install it), whenever a model loads, and
     torchao's import warned in five lines on every command: its GPU kernels missing on a CPU machine, Triton, and
     through torch its enums. A fresh process, as a user's, to see what an import says."""
-    import torchao  # noqa: F401  (installed, so the run below imports it)
+    from importlib.util import find_spec
+
+    assert find_spec("torchao"), "the test extras install torchao (pip install -e '.[test]'), which the run imports"
 
     result = subprocess.run([sys.executable, "train.py", f"--data={corpus_file}", "--model-type=lstm",
                              "--model-config=embedding_dim=16,hidden_size=32", "--block-size=32", "--max-steps=1",
