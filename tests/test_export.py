@@ -117,6 +117,39 @@ def test_the_gpt_exports_as_a_stock_gpt2_that_decodes_the_same_greedy_tokens_wit
     assert sorted(eos) == sorted(model.generation_config.eos_token_id)  # it stops where a reply ends
 
 
+STOCK_GPT2_AS_4X = """
+import json, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+# transformers 4.x's tokenizers return token_type_ids too, unless the tokenizer names its inputs, and GPT-2 adds
+# their embeddings to its input; 5.x dropped them from the default. Set back to 4.x's to read the export as it does.
+transformers.PreTrainedTokenizerBase.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+folder, texts, new_tokens = {folder!r}, {texts!r}, {new_tokens}
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+batch = tokenizer(texts, padding=True, return_tensors="pt")  # everything it returns goes in, as users write it
+out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                     repetition_penalty=1.0)
+logits = model(**tokenizer(texts[1], return_tensors="pt")).logits[0].tolist()
+print(json.dumps([sorted(batch.keys()), out[:, batch["input_ids"].shape[1]:].tolist(), logits]))
+"""
+
+
+def test_the_stock_gpt2_export_hands_gpt2_only_the_inputs_the_model_reads_as_transformers_4_reads_it(
+        trained, exported, tmp_path):
+    """Tools that run a GPT-2 folder often pin transformers 4.x (optimum's ONNX exporter and runtime, < 4.58). Its
+    tokenizers returned token_type_ids as well, so `model.generate(**tokenizer(texts))` there added token 0's
+    embedding at every position and decoded other tokens, and optimum refused them. The export's tokenizer names
+    the two inputs the model reads (`bench/transformers_versions.py` runs it in 4.46.3 and 4.57.6 themselves)."""
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    expected = greedy(model, [tokenizer(text).input_ids for text in PROMPTS], tokenizer.pad_token_id)
+    script = STOCK_GPT2_AS_4X.format(folder=str(exported["transformer"]), texts=PROMPTS, new_tokens=NEW_TOKENS)
+    names, batch, logits = run_without_pocketlm(script, tmp_path)
+    with torch.no_grad():
+        own = model(torch.tensor([tokenizer(PROMPTS[1]).input_ids])).logits[0]
+    assert (torch.tensor(logits) - own).abs().max() < 1e-4, names  # the model's own predictions
+    assert batch == expected and names == ["attention_mask", "input_ids"]
+
+
 STOCK_GPT2_CLASSIFIER = """
 import json, torch
 from transformers import AutoTokenizer, GPT2ForSequenceClassification

@@ -50,6 +50,12 @@ CHAT_TEMPLATE = (
 PLAIN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 
 
+# What a tokenizer hands the model: both families read these two. transformers 4.x's default also returns
+# token_type_ids, and GPT-2 adds their embeddings (token 0's, at every position) to its input, so a stock export
+# called as `model.generate(**tokenizer(text))` there decoded other tokens, and optimum's ONNX model refused them.
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
 def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
     """A transformers tokenizer around a trained `tokenizers` one, with pocketlm's special tokens and chat template."""
     return PreTrainedTokenizerFast(
@@ -61,6 +67,7 @@ def wrap(tokenizer: Tokenizer, **special) -> PreTrainedTokenizerFast:
         # Generation pads on the left so every prompt ends where its reply begins.
         padding_side="left",
         clean_up_tokenization_spaces=False,
+        model_input_names=MODEL_INPUT_NAMES,
         **special,
     )
 
@@ -99,8 +106,9 @@ def save_tokenizer(tokenizer, folder) -> None:
 
     transformers 5 writes "TokenizersBackend", a class 4.x lacks ("Tokenizer class TokenizersBackend does not
     exist"), and lists the extra special tokens under a key 4.x reads as a dict; 5.x also reads the older
-    "PreTrainedTokenizerFast" and "additional_special_tokens". With those, a 4.x user loads the tokenizer and then
-    meets the model's own error naming the transformers version it needs.
+    "PreTrainedTokenizerFast" and "additional_special_tokens". With those, and the inputs the models read
+    (MODEL_INPUT_NAMES), a 4.x user runs a stock GPT-2 export as pocketlm does, or, given the model's own folder,
+    meets its error naming the transformers version it needs.
 
     A tokenizer read with from_pretrained also carries how it was read ("is_local", and "local_files_only", true
     when offline), which transformers 5.24 and 5.25 write back beside its settings: left out, so that a tokenizer
@@ -112,6 +120,7 @@ def save_tokenizer(tokenizer, folder) -> None:
     for how_it_was_read in ("is_local", "local_files_only"):
         config.pop(how_it_was_read, None)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = MODEL_INPUT_NAMES  # also for a tokenizer saved before wrap() named them
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
