@@ -17,7 +17,7 @@ from .errors import HubError, UsageError
 from .export import formats_for, formats_the_tokenizer_takes, save_export_tokenizer, write_formats
 from .export.onnx import write_onnx
 from .generation import sample_outputs
-from .loading import check_model_folder, load_pretrained, model_family, trained_on_chat
+from .loading import check_model_folder, is_repo_id, load_pretrained, model_family, trained_on_chat
 from .run_folder import CARD_FILE, LOSS_CURVE_FILE, RunFolder
 from .whole_writes import build_folder, check_new_folder
 
@@ -108,18 +108,10 @@ def _write_exports(model, tokenizer, family: str, formats: list[str], target: Pa
 def check_repo_ids(ids: dict[str, str | None]) -> None:
     """Refuse, before any work, a repository or Space id (by its flag) the Hub would refuse: OWNER/NAME, with
     letters, digits, '-', '_' and '.' only (huggingface_hub's own rule)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     for flag, value in ids.items():
-        if value is None:
-            continue
-        try:
-            validate_repo_id(value)
-            if value.count("/") != 1:
-                raise HFValidationError("no owner")
-        except HFValidationError:
+        if value is not None and not (is_repo_id(value) and value.count("/") == 1):
             raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
-                             "pick a valid id.") from None
+                             "pick a valid id.")
 
 
 # The license ids a model card's `license:` may hold; the Hub refuses a commit whose card names another

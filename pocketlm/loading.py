@@ -183,6 +183,19 @@ def as_model(path_or_repo: str) -> str:
     return str(view)
 
 
+def is_repo_id(value: str) -> bool:
+    """Whether `value` can name a Hub repository (NAME or OWNER/NAME): ASCII letters, digits, '-', '_' and '.', the
+    Hub's rule. huggingface_hub's own check lets other letters through in its 1.x releases ('runs/modèle'), which
+    the Hub then refuses, so a missing folder read as a Hub id and a dry run passed an id the upload cannot use."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return value.isascii()
+
+
 def _config_of(path_or_repo: str) -> dict:
     path_or_repo = as_model(path_or_repo)
     local = Path(path_or_repo).expanduser()
@@ -196,13 +209,10 @@ def _config_of(path_or_repo: str) -> dict:
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    try:  # a path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error
-        validate_repo_id(path_or_repo)
-        shaped_like_an_id = path_or_repo.count("/") == 1 and not path_or_repo.startswith((".", "/", "~"))
-    except HFValidationError:
-        shaped_like_an_id = False
+    # A path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error.
+    shaped_like_an_id = (is_repo_id(path_or_repo) and path_or_repo.count("/") == 1
+                         and not path_or_repo.startswith((".", "/", "~")))
     if not local.exists() and WEB_ADDRESS.match(path_or_repo):
         raise UsageError(web_address_said(path_or_repo))
     if local.exists() or not shaped_like_an_id:

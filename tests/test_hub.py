@@ -370,6 +370,8 @@ NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}  # a close
     ("transformer", ["--repo-id", "not a valid/repo id!"], "--repo-id 'not a valid/repo id!' must look like OWNER/NAME"),
     ("lstm", ["--repo-id", "no-owner"], "--repo-id 'no-owner' must look like OWNER/NAME"),
     ("lstm", ["--repo-id", "a/b/c"], "--repo-id 'a/b/c' must look like OWNER/NAME"),
+    # The Hub takes ASCII letters only; huggingface_hub 1.x's own check let these through.
+    ("transformer", ["--repo-id", "me/modèle"], "--repo-id 'me/modèle' must look like OWNER/NAME"),
     ("lstm", ["--repo-id", "me/model", "--space-id", "me/chat space"], "--space-id 'me/chat space' must look like"),
     ("transformer", ["--repo-id", "me/model", "--static-space", "me/page.."], "--static-space 'me/page..' must look"),
     ("lstm", ["--repo-id", "me/model", "--formats", "gguf"], "the lstm cannot be exported as gguf"),
