@@ -54,7 +54,7 @@ LOAD = textwrap.dedent(
                 try:
                     from optimum.onnxruntime import ORTModelForCausalLM
                 except ImportError:
-                    results[family] = "not installed here (optimum-onnx: transformers < 4.58)"
+                    results[family] = f"not installed here (optimum-onnx: transformers < {sys.argv[2]})"
                     continue
 
                 model = ORTModelForCausalLM.from_pretrained(folder, subfolder="onnx", file_name="model.onnx")
@@ -124,8 +124,8 @@ def main() -> None:
             python = Path(sys.executable) if version == "this environment" else virtualenv(version, root,
                                                                                              args.optimum)
             # A clean process outside the checkout, so only the saved folders' own code is found.
-            result = subprocess.run([str(python), "-c", LOAD, folders], capture_output=True, text=True,
-                                    cwd=scratch, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+            result = subprocess.run([str(python), "-c", LOAD, folders, OPTIMUM_BELOW], capture_output=True,
+                                    text=True, cwd=scratch, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
                                                       "HF_MODULES_CACHE": str(Path(scratch) / f"modules-{version}")})
             line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT")), None)
             if line is None:

@@ -107,7 +107,7 @@ def _write_exports(model, tokenizer, family: str, formats: list[str], target: Pa
 
 def check_repo_ids(ids: dict[str, str | None]) -> None:
     """Refuse, before any work, a repository or Space id (by its flag) the Hub would refuse: OWNER/NAME, with
-    letters, digits, '-', '_' and '.' only (huggingface_hub's own rule)."""
+    letters, digits, '-', '_' and '.' only (`is_repo_id`, the Hub's rule)."""
     for flag, value in ids.items():
         if value is not None and not (is_repo_id(value) and value.count("/") == 1):
             raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
