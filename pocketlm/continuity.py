@@ -16,17 +16,24 @@ one answer, decided by what it would do to the run:
 A file touched but not changed (same bytes, new time) continues with a note. An option the resume's command line
 leaves out is the run's own, from the checkpoint (`continued`): only what is given again can differ.
 
-What computes the numbers (torch's release, the device, the CPU's instruction set and threads) does not change what
-the run is, but it changes the order in which a matrix product adds, and so the last bits: a resume under another
-one continues, with a note that it will not be bitwise what the uninterrupted run would have been.
+What computes the numbers (pocketlm's own code, transformers' and torch's releases, the device, the CPU's instruction
+set and threads) does not change what the run is, but it can change the order in which a matrix product adds, and so
+the last bits: a resume under another continues, with a note that it may not be bitwise what the uninterrupted run
+would have been. pocketlm's code is known by a digest of its source, not its version number: an edited checkout,
+or an upgrade between a kill and the resume, keeps the number and changes the code.
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 from pathlib import Path
 
 import torch
+import transformers
+
+import modeling
+import tokenization
 
 from .data.blocks import tokenizer_digest
 from .data.formats import find_data_files
@@ -87,13 +94,26 @@ def fingerprint(options, num_processes: int, device: torch.device) -> dict:
 
 def arithmetic(device: torch.device) -> dict:
     """What computes the run's numbers on `device`, in the words a resume's note uses."""
-    found = {"torch": torch.__version__, "device": device.type}
+    found = {"pocketlm": source_version(), "transformers": transformers.__version__, "torch": torch.__version__,
+             "device": device.type}
     if device.type == "cuda":
         found.update({"GPU": torch.cuda.get_device_name(device), "CUDA": torch.version.cuda})
     elif device.type == "cpu":
         found.update({"CPU instructions": torch.backends.cpu.get_cpu_capability(),
                       "CPU threads": torch.get_num_threads()})
     return found
+
+
+@functools.cache
+def source_version() -> str:
+    """pocketlm's version and a digest of the Python source it runs: "0.1.0 (source 3fa2c19d)"."""
+    from . import __version__
+
+    digest = hashlib.blake2b(digest_size=4)
+    for package in (Path(__file__).parent, Path(modeling.__file__).parent, Path(tokenization.__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(str(path.relative_to(package.parent)).encode() + b"\0" + path.read_bytes())
+    return f"{__version__} (source {digest.hexdigest()})"
 
 
 def with_tokenizer(record: dict, tokenizer) -> dict:
@@ -165,13 +185,21 @@ def compare(recorded: dict | None, current: dict, step: int, accept_changes: boo
                          "with it.")
     if deciding:
         notes.insert(0, f"continuing with changes (--accept-changes): {'; '.join(deciding)}")
-    before, here = recorded.get("arithmetic"), current.get("arithmetic")
-    if before and here and before != here:
-        differing = [f"{name} {here.get(name, 'none')} here, {before.get(name, 'none')} in the run"
-                     for name in {**before, **here} if before.get(name) != here.get(name)]
-        notes.append(f"the numbers are computed differently ({'; '.join(differing)}): the run continues, but its "
-                     "last bits will differ from what the uninterrupted run would have computed")
+    notes += _arithmetic_changes(recorded.get("arithmetic"), current.get("arithmetic"))
     return notes
+
+
+def _arithmetic_changes(before: dict | None, here: dict | None) -> list[str]:
+    """The note for a resume computing with something other than the run did, if it does."""
+    if not before or not here:
+        return []
+    # A name the run did not record (a checkpoint written before pocketlm recorded it) is not known to differ.
+    differing = [f"{name} {here.get(name, 'none')} here, {before[name]} in the run"
+                 for name in before if before[name] != here.get(name)]
+    if not differing:
+        return []
+    return [f"the numbers are computed differently ({'; '.join(differing)}): the run continues, but its last bits "
+            "may differ from what the uninterrupted run would have computed"]
 
 
 def _flag_change(name: str, before, after) -> str:

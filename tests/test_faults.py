@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from conftest import REPO_ROOT, assert_one_line_error, make_text, run_entry, train_tiny_models
+from conftest import REPO_ROOT, assert_one_line_error, make_text, run_at_once, run_entry, train_tiny_models
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
@@ -1639,13 +1639,53 @@ def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(in
         torch.set_num_threads(threads)
     assert all(result.returncode == 0 for result in results.values()), results
     said = results["fewer"].stdout + results["fewer"].stderr
-    assert f"CPU threads {threads - 1} here, {threads} in the run" in said and "last bits will differ" in said
+    assert f"CPU threads {threads - 1} here, {threads} in the run" in said and "last bits may differ" in said
     assert "computed differently" not in results["same"].stdout + results["same"].stderr
 
     def weights(run: Path) -> bytes:
         return (run / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
 
     assert weights(copies["same"]) == weights(copies["again"]) != weights(copies["fewer"])
+
+
+def test_a_resume_by_other_pocketlm_code_says_its_last_bits_may_differ(interrupted, tmp_path):
+    """An upgrade, or an edited checkout, between a kill and its resume continues the run with other code: the resume
+    says so, and it is true. Resumed by copies of the project, one as it is (bitwise this checkout's resume,
+    nothing said) and one whose model computes its last layer norm otherwise (other weights, and the note
+    naming pocketlm's source, not its unchanged version number)."""
+    from pocketlm import __version__
+    from pocketlm.continuity import source_version
+
+    folder, out = interrupted
+    reference = tmp_path / "resumed-here"
+    shutil.copytree(out, reference)
+    assert _resume(folder, reference).returncode == 0
+    copies = {name: tmp_path / f"{name}-project" for name in ("same", "edited")}
+    for copy in copies.values():
+        for package in ("pocketlm", "modeling", "tokenization"):
+            shutil.copytree(REPO_ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(REPO_ROOT / "train.py", copy)
+    gpt = copies["edited"] / "modeling" / "gpt" / "modeling_gpt.py"
+    before = "self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)"
+    assert before in gpt.read_text()
+    gpt.write_text(gpt.read_text().replace(before, before.replace("layer_norm_epsilon", "layer_norm_epsilon * 100")))
+    runs, commands = {}, []
+    for name, copy in copies.items():
+        runs[name] = tmp_path / name
+        shutil.copytree(out, runs[name])
+        commands.append([sys.executable, str(copy / "train.py"), f"--data={folder}", f"--output-dir={runs[name]}",
+                         "--resume", "--max-steps=4", "--samples=0"])
+    same, edited = run_at_once(*commands, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert same.returncode == 0 and edited.returncode == 0, (same.stderr[-3000:], edited.stderr[-3000:])
+    said = edited.stdout + edited.stderr
+    assert f"pocketlm {__version__} (source " in said and f", {source_version()} in the run" in said, said[-3000:]
+    assert "last bits may differ" in said
+    assert "computed differently" not in same.stdout + same.stderr
+
+    def weights(run: Path) -> bytes:
+        return (run / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
+
+    assert weights(runs["same"]) == weights(reference) != weights(runs["edited"])
 
 
 def test_an_accepted_learning_rate_is_the_one_the_resumed_steps_use(interrupted, tmp_path):
