@@ -678,6 +678,53 @@ def test_the_gguf_file_runs_in_llama_cpp_with_our_tokens_and_our_greedy_decoding
         llm.close()
 
 
+TRANSFORMERS_GGUF = """
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, name, context = {folder!r}, {name!r}, {context}
+probes, prompt, new_tokens = {probes!r}, {prompt!r}, {new_tokens}
+try:  # transformers reads GGUF's context_length into n_ctx, a field GPT2Config no longer has (README)
+    AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    without_positions = "loaded"
+except RuntimeError as error:
+    without_positions = str(error)
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, n_positions=context).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                     repetition_penalty=1.0)
+with torch.no_grad():
+    logits = model(torch.tensor([prompt])).logits[0].tolist()
+rendered = tokenizer.apply_chat_template([{{"role": "user", "content": {message!r}}}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+print(json.dumps([type(model).__name__, without_positions, [tokenizer(text)["input_ids"] for text in probes],
+                  rendered, out[0, len(prompt):].tolist(), logits, tokenizer.eos_token]))
+"""
+
+
+def test_the_gguf_file_reads_back_into_transformers_with_our_tokens_and_our_logits(trained, tmp_path):
+    """transformers' own GGUF reader (`from_pretrained(folder, gguf_file=...)`, which dequantizes into its GPT-2),
+    in a process without pocketlm, is a second runtime for the file llama.cpp runs: the same token ids for every
+    probe, the chat template's prompt, the same logits and greedy tokens. It needs the context given as
+    `n_positions`, and the file in a folder of its own, as `--format gguf` writes it (README)."""
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    result = run_entry(export_main, str(trained["transformer"]), "--format", "gguf", "--output-dir",
+                       str(tmp_path / "gguf"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    gguf = next((tmp_path / "gguf").glob("*.gguf"))
+    prompt = chat_prompt(tokenizer, PROMPTS[1])
+    script = TRANSFORMERS_GGUF.format(folder=str(gguf.parent), name=gguf.name, context=model.config.block_size,
+                                      probes=PROBES, prompt=prompt, new_tokens=NEW_TOKENS, message=PROMPTS[1])
+    name, without_positions, ids, rendered, tokens, logits, eos = run_without_pocketlm(script, tmp_path)
+    assert name == "GPT2LMHeadModel" and eos == tokenizer.eos_token
+    assert rendered == prompt  # the file's chat template, as transformers renders it
+    assert "ignore_mismatched_sizes" in without_positions and model.config.block_size != 1024  # its wpe: 1,024 rows
+    assert ids == [tokenizer(text)["input_ids"] for text in PROBES]
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt])).logits[0]
+    assert torch.allclose(torch.tensor(logits), ours, atol=1e-4), (torch.tensor(logits) - ours).abs().max()
+    assert tokens == greedy(model, [prompt], tokenizer.pad_token_id)[0]
+
+
 def assert_llama_cpp_decodes(llm, model, prompt: list[int], expected: list[int]) -> None:
     """llama.cpp's greedy tokens after `prompt` are `expected`, the model's own; where they part (llama.cpp's CPU
     GELU reads a 16-bit table: a near-tie may flip), its teacher-forced top-1 agrees with the model's at 99% of
