@@ -20,6 +20,8 @@ from .loading import local_folder, model_family, trained_mode
 from .whole_writes import build_folder, check_new_folder
 
 GRADIO_VERSION = "6.31.0"  # the Gradio the Space's app is tested with (tests/test_web.py)
+# And the Python, CI's: a Space runs 3.10 unless its README names another. A string: YAML reads 3.10 as 3.1.
+PYTHON_VERSION = "3.11"
 
 
 def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, license_id: str = "mit",
@@ -35,7 +37,7 @@ def prepare_space(output_dir: str, repo_id: str, space_id: str, family: str, lic
             raise RuntimeError(f"pocketlm/space_app.py lost its {variable} line")
         app = app.replace(line, f'os.environ.get("{variable}", "{value}")')
     readme = _readme(space_id, repo_id, license_id, {"sdk": "gradio", "sdk_version": GRADIO_VERSION,
-                                                    "app_file": "app.py"},
+                                                    "python_version": PYTHON_VERSION, "app_file": "app.py"},
                      f"A Gradio chat with [{repo_id}](https://huggingface.co/{repo_id}), a small language model trained "
                      "with pocketlm. The app loads the model with `trust_remote_code=True` and needs only torch, "
                      "transformers and gradio.")

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, make_text, run_entry
 
+from pocketlm.spaces import GRADIO_VERSION, PYTHON_VERSION
 from pocketlm.training import TrainingOptions, train
 
 if not os.environ.get("POCKETLM_REQUIRE_BROWSER"):
@@ -311,8 +313,9 @@ def test_the_space_app_serves_the_model_without_pocketlm(web_model, browser, tmp
     assert {p.name for p in space.iterdir()} == {"app.py", "requirements.txt", "README.md"}
     assert "pocketlm" not in (space / "requirements.txt").read_text()
     assert 'os.environ.get("POCKETLM_MODEL", "me/tiny")' in (space / "app.py").read_text()
-    metadata = (space / "README.md").read_text().split("---")[1]
-    assert "sdk: gradio" in metadata and "app_file: app.py" in metadata and "- me/tiny" in metadata
+    metadata = yaml.safe_load((space / "README.md").read_text().split("---")[1])
+    assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py" and metadata["models"] == ["me/tiny"]
+    assert metadata["sdk_version"] == GRADIO_VERSION and metadata["python_version"] == PYTHON_VERSION  # as tested
 
     port, log = free_port(), tmp_path / "prompts.jsonl"
     env = {"POCKETLM_MODEL": str(tmp_path / "hub"), "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": "",
