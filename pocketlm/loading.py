@@ -19,7 +19,8 @@ from .errors import WEB_ADDRESS, UsageError, web_address_said
 from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD,
                          GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEB_PAGE_FILE,
                          RunFolder)
-from .signing import KEY_FILE, MANIFEST_FILE
+from .home import HOME
+from .signing import MANIFEST_FILE
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
@@ -145,7 +146,7 @@ def check_model_folder(folder: Path) -> None:
     _check_safetensors(folder / MODEL_FILE)
 
 
-CHECKPOINT_MODELS = KEY_FILE.parent / "checkpoint-models"  # checkpoints seen as model folders (links, no copies)
+CHECKPOINT_MODELS = HOME / "checkpoint-models"  # checkpoints seen as model folders (links, no copies)
 
 
 def as_model(path_or_repo: str) -> str:

@@ -23,10 +23,11 @@ from modeling.lstm.modeling_lstm import CACHE_FIELD, read_state, write_state
 
 from .errors import UsageError
 from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
-from .signing import KEY_FILE, digest
+from .home import HOME, unusable
+from .signing import digest
 
 # ONNX exports made for the chat, one per model (keyed by its files' digests), beside pocketlm's signing key.
-EXPORT_CACHE = KEY_FILE.parent / "onnx"
+EXPORT_CACHE = HOME / "onnx"
 
 
 class OnnxCausalLM(PreTrainedModel, GenerationMixin):
@@ -170,6 +171,10 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
                                      if path.suffix in (".safetensors", ".json")).encode()).hexdigest()[:20]
         cached = EXPORT_CACHE / key
         if not (cached / ONNX_DIR / INT8_FILE).is_file():
+            try:
+                EXPORT_CACHE.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise unusable(EXPORT_CACHE, error, "the ONNX export that --runtime onnx runs") from None
             print(f"exporting {path_or_repo} to ONNX for onnxruntime (once; kept in {cached}) ...", file=sys.stderr)
             shutil.rmtree(cached, ignore_errors=True)  # pocketlm's own cache, whatever an older version left there
             export(str(folder), ["onnx"], cached)

@@ -36,11 +36,11 @@ from . import continuity, data
 from .checkpoints import CheckpointManager
 from .errors import UsageError
 from .generation import default_generation_config
+from .home import HOME
 from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
-from .signing import KEY_FILE
 from .whole_writes import write_folder_whole
 from .wording import counted
 
@@ -285,7 +285,7 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
     return corpus
 
 
-TOKENIZER_CACHE = KEY_FILE.parent / "tokenizers"  # trained tokenizers, by the text and settings they came from
+TOKENIZER_CACHE = HOME / "tokenizers"  # trained tokenizers, by the text and settings they came from
 # Part of their key: bump when tokenization/ trains a different tokenizer from the same text, or saves another chat
 # template with it (3: message content as a list of text parts).
 TOKENIZER_SCHEMA = 3

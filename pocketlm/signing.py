@@ -12,20 +12,31 @@ import os
 import secrets
 from pathlib import Path
 
+from .home import HOME, unusable
+
 MANIFEST_FILE = "pocketlm-manifest.json"
 # The signing key: per user, created on first use, readable by its owner only.
-KEY_FILE = Path(os.environ.get("POCKETLM_HOME", Path.home() / ".cache" / "pocketlm")) / "checkpoint-key"
+KEY_FILE = HOME / "checkpoint-key"
+
+
+def check_key() -> None:
+    """Stop with one line, before a run trains anything, when the key its checkpoints need cannot be had: found
+    only at the first checkpoint, that was a traceback after the training it could not save."""
+    _key()
 
 
 def _key() -> bytes:
-    if not KEY_FILE.exists():
-        KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
-        temporary = KEY_FILE.with_name(f".{KEY_FILE.name}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(secrets.token_bytes(32))
-        os.replace(temporary, KEY_FILE)  # two processes creating it at once: one key wins, both read it
-    return KEY_FILE.read_bytes()
+    try:
+        if not KEY_FILE.exists():
+            KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+            temporary = KEY_FILE.with_name(f".{KEY_FILE.name}.{os.getpid()}")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+            os.replace(temporary, KEY_FILE)  # two processes creating it at once: one key wins, both read it
+        return KEY_FILE.read_bytes()
+    except OSError as error:
+        raise unusable(KEY_FILE, error, "the key that signs checkpoints") from None
 
 
 def digest(path: Path) -> str:

@@ -25,6 +25,7 @@ from .generation import sample_outputs
 from .options import TrainingOptions, resolve_options
 from .preparation import Run, any_process, prepare
 from .run_folder import RunFolder
+from .signing import check_key
 from .scoring import sum_token_losses
 
 MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
@@ -50,6 +51,7 @@ def train(options: TrainingOptions) -> TrainResult:
         folder = RunFolder(options.output_dir)
         folder.check_writable()
         folder.check_is_a_run_folder()
+        check_key()  # every run saves a checkpoint, signed with it
     # Taken before anything in the folder is read or cleared, by the main process of a multi-process run.
     with folder.lock() if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
         # Any write of the run (tokenizer, metrics, curve, summary) may meet a full disk; the saves say how much

@@ -1648,6 +1648,58 @@ def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(in
     assert weights(copies["same"]) == weights(copies["again"]) != weights(copies["fewer"])
 
 
+def test_a_home_or_a_datasets_cache_that_cannot_be_kept_stops_a_run_before_it_trains(corpus, tmp_path):
+    """pocketlm's home (POCKETLM_HOME: the key that signs checkpoints) or datasets' cache (HF_DATASETS_CACHE) where
+    no folder can be made (under a file here; a read-only home in a container): a run read and trained, then
+    stopped at its first checkpoint with a traceback and nothing saved, or stopped in datasets' traceback. Each
+    stops first, set the way a user sets it, in one line naming the folder and the variable that moves it, and
+    leaves no output folder. Streaming runs read through datasets' cache too."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    cases = {"home": ("POCKETLM_HOME", [], "cannot keep the key that signs checkpoints at"),
+             "datasets": ("HF_DATASETS_CACHE", [], "cannot keep datasets' cache at"),
+             "datasets-streaming": ("HF_DATASETS_CACHE", ["--streaming"], "cannot keep datasets' cache at")}
+    processes = {}
+    for name, (variable, extra, _) in cases.items():
+        command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data={corpus}", f"--output-dir={tmp_path / name}",
+                   "--block-size=32", "--max-steps=2", "--samples=0", "--model-config=n_layer=1", *extra]
+        processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           env={**os.environ, variable: str(blocked / "folder")})
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        variable, _, needle = cases[name]
+        assert_one_line_error(subprocess.CompletedProcess([], process.returncode, stdout, stderr),
+                              f"{needle} {blocked / 'folder'}", f"(Not a directory): set {variable}")
+        assert not (tmp_path / name).exists(), name
+
+
+def test_a_home_that_cannot_be_kept_is_said_in_one_line_by_every_command_that_keeps_something_there(
+        trained, monkeypatch, tmp_path):
+    """The caches in pocketlm's home: --runtime onnx's export, the web page's npm packages, a dataset object handed
+    to the Python API. Each said nothing of the home (an error about an --output-dir no one passed, or a
+    traceback); each now names its folder and POCKETLM_HOME, and writes nothing elsewhere."""
+    import datasets
+
+    from pocketlm.training import TrainingOptions, train
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", blocked / "onnx")
+    monkeypatch.setattr("pocketlm.export.web.NPM_CACHE", blocked / "web")
+    monkeypatch.setattr("pocketlm.data.reading.IN_MEMORY_DATASETS", blocked / "datasets")
+    fix = "(Not a directory): set POCKETLM_HOME to a folder you can write"
+    model = str(trained["transformer"])
+    assert_one_line_error(run_entry(chat_main, "--model", model, "--runtime", "onnx", "--prompt", "Hi"),
+                          f"cannot keep the ONNX export that --runtime onnx runs at {blocked / 'onnx'} {fix}")
+    if shutil.which("npm"):  # without npm, the page says to install it first
+        assert_one_line_error(run_entry(export_main, model, "--format", "web", "--output-dir", str(tmp_path / "web")),
+                              f"cannot keep the web page's npm packages at {blocked / 'web'} {fix}")
+    texts = datasets.Dataset.from_dict({"text": [make_text(seed, 3) for seed in range(30)]})
+    with pytest.raises(UsageError, match=re.escape(f"the dataset handed to train() at {blocked / 'datasets'} {fix}")):
+        train(TrainingOptions(dataset=texts, output_dir=str(tmp_path / "api"), max_steps=1, block_size=32, samples=0))
+    assert not (tmp_path / "web").exists() and not (tmp_path / "api").exists()
+
+
 def test_a_resume_by_other_pocketlm_code_says_its_last_bits_may_differ(interrupted, tmp_path):
     """An upgrade, or an edited checkout, between a kill and its resume continues the run with other code: the resume
     says so, and it is true. Resumed by copies of the project, one as it is (bitwise this checkout's resume,

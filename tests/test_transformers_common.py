@@ -21,8 +21,8 @@ import transformers
 
 from modeling import (GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel, LSTMConfig, LSTMForCausalLM,
                       LSTMForSequenceClassification, LSTMModel)
+from pocketlm.home import HOME as CACHE
 
-CACHE = Path(os.environ.get("POCKETLM_HOME", Path.home() / ".cache" / "pocketlm"))
 PACKAGE = "transformers_common_tests"
 STUBS = {  # modules test_modeling_common imports that the source archive does not carry
     "exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",

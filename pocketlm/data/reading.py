@@ -9,6 +9,7 @@ on every pass, so a corpus larger than memory never has to fit in it.
 """
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ import yaml
 from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
-from ..signing import KEY_FILE
+from ..home import HOME, unusable
 from ..whole_writes import write_folder_whole
 from ..wording import counted
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
@@ -417,7 +418,7 @@ def _default_documents(schema: int):
 
 
 # Datasets handed to the Python API as objects, saved once by their fingerprint beside pocketlm's other caches.
-IN_MEMORY_DATASETS = KEY_FILE.parent / "datasets"
+IN_MEMORY_DATASETS = HOME / "datasets"
 
 
 def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
@@ -436,7 +437,10 @@ def dataset_on_disk(dataset: datasets.Dataset | datasets.DatasetDict) -> str:
     named = next((split.info.dataset_name for split in splits if split.info.dataset_name), "dataset")
     folder = IN_MEMORY_DATASETS / re.sub(r"[^\w.-]", "_", f"{named}-{fingerprint}")[:120]
     if not folder.is_dir():
-        write_folder_whole(folder, lambda scratch: dataset.save_to_disk(str(scratch)))
+        try:
+            write_folder_whole(folder, lambda scratch: dataset.save_to_disk(str(scratch)))
+        except OSError as error:
+            raise unusable(IN_MEMORY_DATASETS, error, "the dataset handed to train()") from None
     return str(folder)
 
 
@@ -491,6 +495,19 @@ def _dataset_documents(name: str, streaming: bool, text_column: str | None, conf
     return split.map(to_documents, batched=True, with_indices=True, remove_columns=columns, features=DOCUMENT_FEATURES)
 
 
+def _check_datasets_cache() -> None:
+    """datasets keeps what it reads in its cache folder, streams included, and stopped with a traceback where that
+    folder could not be made or written: one line instead, naming the folder and how to move it."""
+    cache = Path(datasets.config.HF_DATASETS_CACHE)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as error:
+        raise UsageError(f"cannot keep datasets' cache at {cache} ({error.strerror or error}): set "
+                         "HF_DATASETS_CACHE (or HF_HOME) to a folder you can write.") from None
+
+
 def load_documents(
     data: list[str] | None = None, dataset: str | None = None, streaming: bool = False,
     report: ReadReport | None = None, flag: str = "--data", text_column: str | None = None,
@@ -504,6 +521,7 @@ def load_documents(
     With `streaming`, an IterableDataset that reads the files (or the dataset) afresh on every pass.
     """
     report = report if report is not None else ReadReport()
+    _check_datasets_cache()
     if dataset:
         return _dataset_documents(dataset, streaming, text_column, dataset_config), with_config(dataset, dataset_config)
     if not data:

@@ -32,16 +32,16 @@ from tokenization import END_OF_TEXT, END_OF_TURN
 from ..errors import UsageError
 from ..choices import BALANCED_SAMPLING, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from ..generation import context_window
+from ..home import HOME, unusable
 from ..loading import trained_mode
 from ..run_folder import WEB_PAGE_FILE
-from ..signing import KEY_FILE
 from .onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 
 PAGE = resources.files("pocketlm.export") / "web_page"
 PAGE_FILES = ("index.html", "chat.js", "style.css")
 MODEL_DIR = "model"
 VENDOR_DIR = "vendor"
-NPM_CACHE = KEY_FILE.parent / "web"
+NPM_CACHE = HOME / "web"
 # What the page loads from the npm packages: both families read their tokenizer with transformers.js (the GPT runs
 # in it too) and share onnxruntime-web's WebAssembly build.
 RUNTIME_FILES = ("onnxruntime-web/dist/ort.wasm.bundle.min.mjs", "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",
@@ -61,10 +61,13 @@ def npm_packages() -> Path:
     if npm is None:
         raise UsageError("the web page's JavaScript comes from npm packages (pinned in pocketlm's "
                          "export/web_page/package-lock.json): install Node.js 18 or newer with npm, then export again.")
-    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    try:
+        NPM_CACHE.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=NPM_CACHE, prefix=".installing-"))
+    except OSError as error:
+        raise unusable(NPM_CACHE, error, "the web page's npm packages") from None
     print(f"fetching the page's JavaScript from npm (once; kept in {folder}) ...", file=sys.stderr)
     started = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(dir=NPM_CACHE, prefix=".installing-"))
     try:
         for name in ("package.json", "package-lock.json"):
             (scratch / name).write_bytes((PAGE / name).read_bytes())

@@ -1,0 +1,20 @@
+"""pocketlm's folder on this machine: `POCKETLM_HOME`, else `~/.cache/pocketlm`.
+
+It holds the key that signs this user's checkpoints, which a run cannot do without, and caches that can be rebuilt
+(trained tokenizers, ONNX exports, the web page's npm packages, datasets handed to the Python API, checkpoints seen
+as model folders). Every module that keeps something there names its place from HOME.
+"""
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+# An empty POCKETLM_HOME is unset, not the working directory.
+HOME = Path(os.environ.get("POCKETLM_HOME") or Path.home() / ".cache" / "pocketlm").expanduser()
+
+
+def unusable(path: Path, error: OSError, what: str) -> UsageError:
+    """The one line for `what` that pocketlm could not keep at `path`, in its home."""
+    return UsageError(f"cannot keep {what} at {path} ({error.strerror or error}): set POCKETLM_HOME to a folder you "
+                      "can write, where pocketlm keeps its checkpoint key and caches.")
