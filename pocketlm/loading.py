@@ -208,6 +208,7 @@ def _config_of(path_or_repo: str) -> dict:
         outer = _holding_folder(Path(path_or_repo))
         fix = f"pass its folder, {outer}" if outer is not None else "point at a folder train.py wrote"
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
+    import huggingface_hub
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -227,6 +228,15 @@ def _config_of(path_or_repo: str) -> dict:
             "cannot be reached): check the path, or download the model while online."
         )
     except (HfHubHTTPError, OSError, ValueError) as error:
+        if isinstance(error, OSError) and not isinstance(error, HfHubHTTPError) and error.filename:
+            # Not the repository's fault: huggingface_hub's own folders (its token, the cache every download lands
+            # in) cannot be made or read there.
+            touched = Path(error.filename)
+            for variable, folder in (("HF_HUB_CACHE", huggingface_hub.constants.HF_HUB_CACHE),
+                                     ("HF_HOME", huggingface_hub.constants.HF_HOME)):
+                if Path(folder) in (touched, *touched.parents):
+                    raise UsageError(f"cannot use the Hub's folder {folder} ({error.strerror or error}) to fetch "
+                                     f"{path_or_repo}: set {variable} to a folder you can write.") from None
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
 
 

@@ -1648,28 +1648,36 @@ def test_a_resume_computing_with_other_threads_says_its_last_bits_will_differ(in
     assert weights(copies["same"]) == weights(copies["again"]) != weights(copies["fewer"])
 
 
-def test_a_home_or_a_datasets_cache_that_cannot_be_kept_stops_a_run_before_it_trains(corpus, tmp_path):
-    """pocketlm's home (POCKETLM_HOME: the key that signs checkpoints) or datasets' cache (HF_DATASETS_CACHE) where
-    no folder can be made (under a file here; a read-only home in a container): a run read and trained, then
-    stopped at its first checkpoint with a traceback and nothing saved, or stopped in datasets' traceback. Each
-    stops first, set the way a user sets it, in one line naming the folder and the variable that moves it, and
-    leaves no output folder. Streaming runs read through datasets' cache too."""
+def test_a_home_or_a_cache_that_cannot_be_kept_stops_a_command_before_it_works(corpus, tmp_path):
+    """pocketlm's home (POCKETLM_HOME: the key that signs checkpoints), datasets' cache (HF_DATASETS_CACHE) or the
+    Hub's folder (HF_HOME) where no folder can be made (under a file here; a read-only home in a container): a run
+    read and trained, then stopped at its first checkpoint with a traceback and nothing saved, or stopped in
+    datasets' traceback (streams read through its cache too), and a Hub model was "could not fetch ...; check the
+    repo id". Each stops first, set the way a user sets it, in one line naming the folder and the variable that
+    moves it, and leaves no output folder."""
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    cases = {"home": ("POCKETLM_HOME", [], "cannot keep the key that signs checkpoints at"),
-             "datasets": ("HF_DATASETS_CACHE", [], "cannot keep datasets' cache at"),
-             "datasets-streaming": ("HF_DATASETS_CACHE", ["--streaming"], "cannot keep datasets' cache at")}
-    processes = {}
-    for name, (variable, extra, _) in cases.items():
-        command = [sys.executable, str(REPO_ROOT / "train.py"), f"--data={corpus}", f"--output-dir={tmp_path / name}",
-                   "--block-size=32", "--max-steps=2", "--samples=0", "--model-config=n_layer=1", *extra]
-        processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                           env={**os.environ, variable: str(blocked / "folder")})
+
+    def train_into(name: str, *extra: str) -> list[str]:
+        return [str(REPO_ROOT / "train.py"), f"--data={corpus}", f"--output-dir={tmp_path / name}", "--block-size=32",
+                "--max-steps=2", "--samples=0", "--model-config=n_layer=1", *extra]
+
+    cases = {"home": ("POCKETLM_HOME", train_into("home"), "cannot keep the key that signs checkpoints at"),
+             "datasets": ("HF_DATASETS_CACHE", train_into("datasets"), "cannot keep datasets' cache at"),
+             "datasets-streaming": ("HF_DATASETS_CACHE", train_into("datasets-streaming", "--streaming"),
+                                    "cannot keep datasets' cache at"),
+             "hub": ("HF_HOME", [str(REPO_ROOT / "chat.py"), "--model", "someone/model", "--prompt", "Hi"],
+                     "cannot use the Hub's folder")}
+    # Without HF_TOKEN (the suite's own, never sent), as most users run: huggingface_hub reads HF_HOME's token file.
+    environment = {name: value for name, value in os.environ.items() if name != "HF_TOKEN"}
+    processes = {name: subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**environment, variable: str(blocked / "folder")})
+                 for name, (variable, command, _) in cases.items()}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
         variable, _, needle = cases[name]
         assert_one_line_error(subprocess.CompletedProcess([], process.returncode, stdout, stderr),
-                              f"{needle} {blocked / 'folder'}", f"(Not a directory): set {variable}")
+                              f"{needle} {blocked / 'folder'}", "(Not a directory)", f"set {variable}")
         assert not (tmp_path / name).exists(), name
 
 
