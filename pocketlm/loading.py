@@ -16,10 +16,10 @@ from tokenization import ROLE_TOKENS
 
 from .adapters import ADAPTER_CONFIG_FILE, adapter_base, adapter_of, adapter_tokenizer, merge_adapter
 from .errors import WEB_ADDRESS, UsageError, web_address_said
+from .home import HOME
 from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD,
                          GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEB_PAGE_FILE,
                          RunFolder)
-from .home import HOME
 from .signing import MANIFEST_FILE
 
 

@@ -26,7 +26,7 @@ from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 from .home import HOME, unusable
 from .signing import digest
 
-# ONNX exports made for the chat, one per model (keyed by its files' digests), beside pocketlm's signing key.
+# ONNX exports made for the chat, one per model (keyed by its files' digests), in pocketlm's home.
 EXPORT_CACHE = HOME / "onnx"
 
 

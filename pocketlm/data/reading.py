@@ -9,7 +9,6 @@ on every pass, so a corpus larger than memory never has to fit in it.
 """
 
 import csv
-import errno
 import io
 import json
 import logging
@@ -501,11 +500,12 @@ def _check_datasets_cache() -> None:
     cache = Path(datasets.config.HF_DATASETS_CACHE)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        if not os.access(cache, os.W_OK):
-            raise PermissionError(errno.EACCES, "not writable")
+        reason = None if os.access(cache, os.W_OK) else "not writable"
     except OSError as error:
-        raise UsageError(f"cannot keep datasets' cache at {cache} ({error.strerror or error}): set "
-                         "HF_DATASETS_CACHE (or HF_HOME) to a folder you can write.") from None
+        reason = error.strerror or str(error)
+    if reason:
+        raise UsageError(f"cannot keep datasets' cache at {cache} ({reason}): set HF_DATASETS_CACHE (or HF_HOME) to "
+                         "a folder you can write.")
 
 
 def load_documents(
