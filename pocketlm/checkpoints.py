@@ -115,7 +115,8 @@ class CheckpointManager:
         newest, why = problems[0]
         raise UsageError(
             f"--resume: no checkpoint pocketlm can trust in {self.folder} (the newest, {newest.name}: {why}); its "
-            "optimizer and RNG files are pickles, loaded only when pocketlm wrote them: start over with --overwrite."
+            "optimizer and RNG files are pickles, loaded only when pocketlm wrote them: start over with --overwrite, "
+            f"or keep its weights (safetensors, no pickles) in a new run: --init-from {newest} --output-dir NEW_FOLDER."
         )
 
     def load(self, checkpoint: Path, record: dict) -> dict:

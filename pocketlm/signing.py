@@ -72,6 +72,10 @@ def verify(folder: Path) -> str | None:
         return "its pocketlm manifest is damaged"
     body = json.dumps(files, sort_keys=True).encode()
     if not hmac.compare_digest(mac, hmac.new(_key(), body, hashlib.sha256).hexdigest()):
+        if KEY_FILE.stat().st_mtime > (folder / MANIFEST_FILE).stat().st_mtime:
+            # The likeliest story: a cleaned ~/.cache took the key, and the next run made another.
+            return (f"its manifest was signed with another key than {KEY_FILE}, which is newer than the checkpoint: "
+                    "the key it was signed with was removed, or POCKETLM_HOME points elsewhere now")
         return "its manifest was not signed by pocketlm for this user"
     found = _files_of(folder)
     changed = sorted(set(files) ^ set(found) | {name for name in files if found.get(name) not in (None, files[name])})

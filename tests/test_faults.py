@@ -1782,25 +1782,41 @@ def test_accept_changes_without_resume_is_refused(corpus, tmp_path):
     assert_one_line_error(_train(corpus, tmp_path / "out", "--accept-changes"), "--accept-changes", "add --resume")
 
 
-@pytest.mark.parametrize("tampering", ["no manifest", "a pickle replaced", "a manifest from elsewhere"])
-def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tmp_path):
+@pytest.mark.parametrize("tampering", ["no manifest", "a pickle replaced", "a manifest from elsewhere",
+                                       "the key made anew"])
+def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tmp_path, monkeypatch):
+    """A checkpoint pocketlm cannot vouch for is refused, nothing touched, and the line gives the two ways on; where
+    this user's key is newer than the checkpoint (a cleaned ~/.cache), it says so, and the way that keeps the
+    weights works."""
     out = tmp_path / "run"
     assert _train(corpus, out, "--max-steps=2", "--save-every=2", "--eval-every=2").returncode == 0
     checkpoint = out / "checkpoints" / "step-2"
+    said = "its manifest was not signed by pocketlm for this user"
     if tampering == "no manifest":
         (checkpoint / "pocketlm-manifest.json").unlink()
+        said = "it has no pocketlm manifest"
     elif tampering == "a pickle replaced":
         import pickle
 
         (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps({"not": "ours"}))
-    else:
+        said = "random_states_0.pkl is damaged, missing or was changed"
+    elif tampering == "a manifest from elsewhere":
         manifest = json.loads((checkpoint / "pocketlm-manifest.json").read_text())
         manifest["hmac"] = "0" * 64
         (checkpoint / "pocketlm-manifest.json").write_text(json.dumps(manifest))
+    else:
+        monkeypatch.setattr("pocketlm.signing.KEY_FILE", tmp_path / "cleaned-home" / "checkpoint-key")
+        said = "is newer than the checkpoint: the key it was signed with was removed, or POCKETLM_HOME points"
     before = snapshot(out)
     result = _train(corpus, out, "--resume", "--max-steps=4")
-    assert_one_line_error(result, "no checkpoint pocketlm can trust", "pickles")
+    way_on = f"--init-from {checkpoint} --output-dir NEW_FOLDER"
+    assert_one_line_error(result, "no checkpoint pocketlm can trust", "pickles", said, "start over with --overwrite",
+                          way_on)
     assert snapshot(out) == before
+    if tampering == "the key made anew":
+        kept = run_entry(train_main, f"--data={corpus}", f"--output-dir={tmp_path / 'new'}",
+                         f"--init-from={checkpoint}", "--block-size=32", "--max-steps=1", "--samples=0")
+        assert kept.returncode == 0, kept.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------- kill points
