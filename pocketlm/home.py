@@ -14,7 +14,12 @@ from .errors import UsageError
 HOME = Path(os.environ.get("POCKETLM_HOME") or Path.home() / ".cache" / "pocketlm").expanduser()
 
 
-def unusable(path: Path, error: OSError, what: str) -> UsageError:
-    """The one line for `what` that pocketlm could not keep at `path`, in its home."""
-    return UsageError(f"cannot keep {what} at {path} ({error.strerror or error}): set POCKETLM_HOME to a folder you "
-                      "can write, where pocketlm keeps its checkpoint key and caches.")
+# What a user does about it, said after each such line.
+MOVE_HOME = "set POCKETLM_HOME to a folder you can write, where pocketlm keeps its checkpoint key and caches"
+
+
+def unusable(path: Path, error: OSError | str, what: str, fix: str = MOVE_HOME) -> UsageError:
+    """The one line for `what` that could not be kept at `path`: in pocketlm's home, or (with its own `fix`) in a
+    library's cache."""
+    reason = error if isinstance(error, str) else error.strerror or str(error)
+    return UsageError(f"cannot keep {what} at {path} ({reason}): {fix}.")

@@ -109,7 +109,7 @@ def check_repo_ids(ids: dict[str, str | None]) -> None:
     """Refuse, before any work, a repository or Space id (by its flag) the Hub would refuse: OWNER/NAME, with
     letters, digits, '-', '_' and '.' only (`is_repo_id`, the Hub's rule)."""
     for flag, value in ids.items():
-        if value is not None and not (is_repo_id(value) and value.count("/") == 1):
+        if value is not None and not is_repo_id(value):
             raise UsageError(f"{flag} {value!r} must look like OWNER/NAME (letters, digits, '-', '_' and '.'); "
                              "pick a valid id.")
 

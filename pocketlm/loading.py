@@ -185,16 +185,16 @@ def as_model(path_or_repo: str) -> str:
 
 
 def is_repo_id(value: str) -> bool:
-    """Whether `value` can name a Hub repository (NAME or OWNER/NAME): ASCII letters, digits, '-', '_' and '.', the
-    Hub's rule. huggingface_hub's own check lets other letters through in its 1.x releases ('runs/modèle'), which
-    the Hub then refuses, so a missing folder read as a Hub id and a dry run passed an id the upload cannot use."""
+    """Whether `value` can name a Hub repository as OWNER/NAME: ASCII letters, digits, '-', '_' and '.', the Hub's
+    rule. huggingface_hub's own check lets other letters through in its 1.x releases ('runs/modèle'), which the Hub
+    then refuses, so a missing folder read as a Hub id and a dry run passed an id the upload cannot use."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(value)
     except HFValidationError:
         return False
-    return value.isascii()
+    return value.isascii() and value.count("/") == 1
 
 
 def _config_of(path_or_repo: str) -> dict:
@@ -208,13 +208,11 @@ def _config_of(path_or_repo: str) -> dict:
         outer = _holding_folder(Path(path_or_repo))
         fix = f"pass its folder, {outer}" if outer is not None else "point at a folder train.py wrote"
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
-    import huggingface_hub
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     # A path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error.
-    shaped_like_an_id = (is_repo_id(path_or_repo) and path_or_repo.count("/") == 1
-                         and not path_or_repo.startswith((".", "/", "~")))
+    shaped_like_an_id = is_repo_id(path_or_repo) and not path_or_repo.startswith((".", "/", "~"))
     if not local.exists() and WEB_ADDRESS.match(path_or_repo):
         raise UsageError(web_address_said(path_or_repo))
     if local.exists() or not shaped_like_an_id:
@@ -228,16 +226,21 @@ def _config_of(path_or_repo: str) -> dict:
             "cannot be reached): check the path, or download the model while online."
         )
     except (HfHubHTTPError, OSError, ValueError) as error:
-        if isinstance(error, OSError) and not isinstance(error, HfHubHTTPError) and error.filename:
-            # Not the repository's fault: huggingface_hub's own folders (its token, the cache every download lands
-            # in) cannot be made or read there.
-            touched = Path(error.filename)
-            for variable, folder in (("HF_HUB_CACHE", huggingface_hub.constants.HF_HUB_CACHE),
-                                     ("HF_HOME", huggingface_hub.constants.HF_HOME)):
-                if Path(folder) in (touched, *touched.parents):
-                    raise UsageError(f"cannot use the Hub's folder {folder} ({error.strerror or error}) to fetch "
-                                     f"{path_or_repo}: set {variable} to a folder you can write.") from None
+        if isinstance(error, OSError) and not isinstance(error, HfHubHTTPError):
+            _check_hub_folders(error, path_or_repo)
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
+
+
+def _check_hub_folders(error: OSError, repo_id: str) -> None:
+    """Say so when `error` is not the repository's fault: huggingface_hub's own folders (its token, the cache every
+    download lands in) cannot be made or read where its variables put them."""
+    from huggingface_hub import constants
+
+    touched = Path(error.filename) if error.filename else None
+    for variable, folder in (("HF_HUB_CACHE", constants.HF_HUB_CACHE), ("HF_HOME", constants.HF_HOME)):
+        if touched is not None and Path(folder) in (touched, *touched.parents):
+            raise UsageError(f"cannot use the Hub's folder {folder} ({error.strerror or error}) to fetch {repo_id}: "
+                             f"set {variable} to a folder you can write.") from None
 
 
 def local_folder(path_or_repo: str) -> Path:

@@ -498,14 +498,13 @@ def _check_datasets_cache() -> None:
     """datasets keeps what it reads in its cache folder, streams included, and stopped with a traceback where that
     folder could not be made or written: one line instead, naming the folder and how to move it."""
     cache = Path(datasets.config.HF_DATASETS_CACHE)
+    fix = "set HF_DATASETS_CACHE (or HF_HOME) to a folder you can write"
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        reason = None if os.access(cache, os.W_OK) else "not writable"
     except OSError as error:
-        reason = error.strerror or str(error)
-    if reason:
-        raise UsageError(f"cannot keep datasets' cache at {cache} ({reason}): set HF_DATASETS_CACHE (or HF_HOME) to "
-                         "a folder you can write.")
+        raise unusable(cache, error, "datasets' cache", fix) from None
+    if not os.access(cache, os.W_OK):
+        raise unusable(cache, "not writable", "datasets' cache", fix)
 
 
 def load_documents(
