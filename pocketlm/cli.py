@@ -22,11 +22,22 @@ from .wording import counted, listed
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+def _speaks() -> bool:
+    """Whether this process says what it finds. accelerate launch and torchrun start one process per device, each
+    running the same command on the same machine's files, and pocketlm's checks agree across them (the loss is
+    reduced before it is judged, too little text is agreed on, and a check one process makes alone is the main
+    process's): so the first process on each machine speaks for it, and another machine, which may lack a file
+    this one has, speaks for itself. The launcher's summary still names every process that stopped."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def _quiet_libraries(datasets_too: bool = False) -> None:
     """Keep the libraries' own chatter (warnings, progress bars) out of the command's output. Only the libraries the
     command uses are loaded here: chat, compare and upload never import the training code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if not _speaks():
+        logging.getLogger("pocketlm").setLevel(logging.ERROR)
     # transformers imports torchao, where it is installed, whenever a model loads (its quantizers' registry), and
     # torchao's import warns about its GPU kernels on a CPU machine, about Triton, and through torch about its
     # enums: five lines on every command that say nothing about the user's work.
@@ -48,14 +59,19 @@ def _run(job: Callable[[], int | None]) -> int:
     try:
         return job() or 0
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return EXIT_USAGE
     except (TrainingDiverged, HubError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        _say("\ninterrupted")
         return EXIT_INTERRUPTED
+
+
+def _say(line: str) -> None:
+    if _speaks():
+        print(line, file=sys.stderr)
 
 
 # Options as transformers' run_clm.py and Trainer, nanoGPT or other chat tools spell them (dashes for underscores),
@@ -96,7 +112,7 @@ class _Parser(argparse.ArgumentParser):
         self.may_be_empty = may_be_empty  # the options an empty value means something for (--system '')
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n" if _speaks() else None)
 
     def parse_args(self, args=None, namespace=None):
         namespace, unknown = self.parse_known_args(args, namespace)
@@ -178,13 +194,13 @@ def train_main(argv: list[str] | None = None) -> int:
         from .training import train
 
         given = _given_options(train_parser(), argv)
-        if {"epochs", "max_steps"} <= given and os.environ.get("LOCAL_RANK", "0") == "0":  # said, not left silent
+        if {"epochs", "max_steps"} <= given and _speaks():  # said, not left silent
             print(f"note: --max-steps {args.max_steps} sets the run's length, so --epochs {args.epochs} is not used "
                   "(as in the Trainer, steps win)")
         result = train(from_arguments(args, given=given))
         for sample in result.samples:
             print(f"\n{sample}")
-        if not result.interrupted and os.environ.get("LOCAL_RANK", "0") == "0":
+        if not result.interrupted and _speaks():
             speed = f" at {result.tokens_per_second:,.0f} tokens/s" if result.tokens_per_second else ""
             print(f"\nsaved {result.output_dir} (best validation {result.best_val_bpc:.3f} bits/char, "
                   f"loss {result.best_val_loss:.4f}) after {counted(result.steps, 'step')}{speed}")

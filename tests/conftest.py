@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import random
+import socket
 import subprocess
 from pathlib import Path
 
@@ -89,6 +90,13 @@ def run_at_once(*commands: list[str], timeout: int = 300, **popen) -> list[subpr
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def free_port() -> int:
+    """A port no one listens on now, for a server or a launcher's rendezvous that tests start side by side."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, status: int = 2) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry,
-                      train_tiny_models)
+from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, free_port, make_text,
+                      run_entry, train_tiny_models)
 from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
@@ -1020,18 +1020,12 @@ def test_a_gpt_with_a_character_tokenizer_leaves_gguf_out_and_says_why(char_toke
 # ------------------------------------------------------------------------------------------- transformers serve
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(folder: Path, tmp_path: Path):
     """`transformers serve` on 127.0.0.1, pinned to `folder` as README's command runs it: an OpenAI client for it."""
     from openai import OpenAI
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", "--host", "127.0.0.1",
                                "--port", str(port), str(folder)], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

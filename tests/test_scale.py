@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_SHAPES, make_text
+from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, free_port, make_text, run_at_once
 
 
 @pytest.fixture
@@ -106,17 +105,12 @@ def launch(*arguments: str, mode: str = "--multi_gpu") -> list[str]:
             "--dynamo_backend", "no", *arguments, str(REPO_ROOT / "train.py")]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def two_machines(*train: str, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+def two_machines(*train: str, timeout: float = 300, quiet: bool = False) -> list[subprocess.CompletedProcess]:
     """Two machines simulated on loopback: one process each, started as two separate commands."""
     port = free_port()
-    processes = [subprocess.Popen(launch("--num_processes", "2", "--num_machines", "2", "--machine_rank", str(rank),
-                                         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)) + [*train],
+    processes = [subprocess.Popen(launch(*["--quiet"] * quiet, "--num_processes", "2", "--num_machines", "2",
+                                         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                                         "--main_process_port", str(port)) + [*train],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CPU_PROCESSES)
                  for rank in (0, 1)]
     results = []
@@ -154,6 +148,38 @@ def test_two_machines_train_like_two_processes_on_one_and_resume(corpus_file, tm
         assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from step 3" in resumed[0].stdout + resumed[0].stderr
     assert digest(checkpoint / "model.safetensors") == ended
+
+
+def test_a_user_error_is_said_once_by_each_machine_of_a_launch(corpus_file, tmp_path):
+    """accelerate launch re-raises a script that failed as a traceback of its own; with its --quiet, a user error
+    keeps pocketlm's one line (README): alone for one process, said once by several on one machine, whose first
+    process speaks for it, and once by each machine of two (one may lack a file the other has); then torch's
+    summary names each process that stopped. So are warnings; and so whether the processes stop before they work
+    together (an option, bad or misspelt) or after (too little text, agreed across the processes)."""
+    quiet = ["--quiet", "--num_machines", "1", "--main_process_port"]
+    out = f"--output-dir={tmp_path / 'out'}"
+    little = tmp_path / "little.txt"
+    little.write_text("Too little text for a block.\n\nAnd a second document.\n")
+    too_little = [f"--data={little}", "--block-size=128", "--model-config=block_size=128", out]
+    one, two, misspelt, short = run_at_once(
+        launch(*quiet, str(free_port()), "--num_processes", "1", mode="--cpu") + [f"--data={corpus_file}", out,
+                                                                                "--lr=-1"],
+        launch(*quiet, str(free_port()), "--num_processes", "2") + [f"--data={corpus_file}", out, "--lr=-1"],
+        launch(*quiet, str(free_port()), "--num_processes", "2") + [f"--data={corpus_file}", out, "--epoch=1"],
+        launch(*quiet, str(free_port()), "--num_processes", "2") + too_little,
+        env=CPU_PROCESSES)
+    assert_one_line_error(one, "--lr must be positive, got -1.0.", status=1)
+    assert_one_line_error(two, "--lr must be positive, got -1.0.", status=1)
+    assert_one_line_error(misspelt, "unknown option --epoch (did you mean --epochs?)", status=1)
+    assert_one_line_error(short, "not enough text for one block of 128 tokens", status=1)
+    assert short.stderr.count("WARNING: only 53 characters") == 1, short.stderr
+    for result in (two, misspelt, short):  # the launcher names each process that stopped
+        assert "local_rank: 0" in result.stderr and "local_rank: 1" in result.stderr, result.stderr
+
+    for machine in two_machines(*too_little, quiet=True):
+        assert_one_line_error(machine, "not enough text for one block of 128 tokens", status=1)
+        assert machine.stderr.count("WARNING: only 53 characters") == 1, machine.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_stopped_two_process_job_saves_one_checkpoint_and_continues(corpus_file, tmp_path):

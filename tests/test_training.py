@@ -23,7 +23,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_at_once, run_entry, tiny_config,
+from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config,
                       tiny_model)
 from modeling import GPTForCausalLM
 from pocketlm import data
@@ -855,23 +855,6 @@ def test_two_processes_train_together(streaming, corpus_file, tmp_path):
     assert {p.name for p in (out / "checkpoints" / "step-4").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
     assert AutoModelForCausalLM.from_pretrained(out) is not None
-
-
-def test_accelerate_launch_quiet_leaves_a_user_error_its_one_line(corpus_file, tmp_path):
-    """accelerate launch re-raises a script that failed as a traceback of its own; with its --quiet, a user error
-    keeps pocketlm's one line: alone for one process, and once per process, then torch's summary of the failed
-    processes, for several (README)."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--mixed_precision", "no",
-              "--dynamo_backend", "no"]
-    script = [str(REPO_ROOT / "train.py"), f"--data={corpus_file}", f"--output-dir={tmp_path / 'out'}", "--lr=-1"]
-    one, two = run_at_once([*launch, "--cpu", "--num_processes", "1", *script],
-                           [*launch, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", *script],
-                           env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
-    assert_one_line_error(one, "--lr must be positive, got -1.0.", status=1)
-    assert two.returncode == 1 and "Traceback" not in two.stderr, two.stderr[-3000:]
-    assert [line for line in two.stderr.splitlines() if line.startswith("error:")] == [
-        "error: --lr must be positive, got -1.0."] * 2
-    assert not (tmp_path / "out").exists()
 
 
 def test_two_processes_let_go_of_the_model_before_the_process_group(corpus_file, tmp_path):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, make_text, run_entry
+from conftest import (CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, free_port, make_text,
+                      run_entry)
 
 from pocketlm.spaces import GRADIO_VERSION, PYTHON_VERSION
 from pocketlm.training import TrainingOptions, train
@@ -39,12 +40,6 @@ def web_model(tmp_path_factory) -> Path:
     config["min_new_tokens"] = 5000  # never end early: a reply is as long as its max_new_tokens
     (out / "generation_config.json").write_text(json.dumps(config))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(command: list[str], port: int, cwd: Path = REPO_ROOT, env: dict | None = None) -> subprocess.Popen:
