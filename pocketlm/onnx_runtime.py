@@ -19,7 +19,7 @@ from transformers import AutoConfig, GenerationConfig, GenerationMixin, PreTrain
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modeling.lstm.modeling_lstm import CACHE_FIELD, read_state, write_state
+from modeling.lstm.modeling_lstm import CACHE_FIELD, read_state, refuse_to_read_again, write_state
 
 from .errors import UsageError
 from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
@@ -82,6 +82,11 @@ class OnnxCausalLM(PreTrainedModel, GenerationMixin):
             model = AutoModelForCausalLM.from_config(self.config)
         return model.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
 
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+        if self.is_lstm:  # as the PyTorch LSTM's
+            refuse_to_read_again(kwargs)
+        return super().prepare_inputs_for_generation(*args, **kwargs)
+
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 past_key_values: Cache | None = None, use_cache: bool | None = None, logits_to_keep: int = 0,
@@ -129,7 +134,7 @@ class OnnxCausalLM(PreTrainedModel, GenerationMixin):
         logits, h, c = self.session.run(None, {"input_ids": input_ids.numpy(), "h": state[0].numpy(),
                                                 "c": state[1].numpy()})
         if cache is not None:
-            write_state(cache, torch.from_numpy(h), torch.from_numpy(c))
+            write_state(cache, torch.from_numpy(h), torch.from_numpy(c), input_ids.shape[1])
         return torch.from_numpy(logits)
 
 

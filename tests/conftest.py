@@ -16,6 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # hub_upload.py --dry-run checks that a token is there, as the upload would (never its value); no test uploads.
 os.environ.setdefault("HF_TOKEN", "hf_pocketlm_tests_never_sent")
 
+from transformers.cache_utils import LinearAttentionLayer  # noqa: E402
+
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM  # noqa: E402
 from tokenization import train_bpe_tokenizer, train_char_tokenizer  # noqa: E402
 
@@ -27,6 +29,11 @@ SAMPLE_TEXT = (
 ) * 20
 
 FAMILIES = ["transformer", "lstm"]
+
+# transformers 5.25 keeps a count of the tokens a recurrent-state cache layer has read, which the LSTM advances; 5.24
+# keeps none, and its get_seq_length() refuses a cache of recurrent states alone with an error of its own, so what
+# reads the count (generate() continued from a cache, prefill in chunks, PEFT's prompt tuning) cannot work there.
+COUNTS_RECURRENT_TOKENS = hasattr(LinearAttentionLayer(), "cumulative_length_linear")
 
 
 def tiny_config(family: str, vocab_size: int = 64):

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, free_port, make_text,
-                      run_entry, train_tiny_models)
+from conftest import (COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error,
+                      free_port, make_text, run_entry, train_tiny_models)
 from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
@@ -538,6 +538,23 @@ def test_chat_on_the_onnx_runtime_runs_an_export_s_own_graphs(family, trained, e
         with pytest.raises(UsageError, match="runtime='onnx' from Python"):
             load_pretrained(exported["lstm"])
         assert type(load_pretrained(exported["lstm"], runtime="onnx")[0]).__name__ == "OnnxCausalLM"
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_onnx_runtime_goes_on_from_the_cache_it_returned_as_one_generation(family, exported):
+    """generate() continued from the sequences and the cache it returned (transformers' way to go on with a
+    conversation) reads only the new tokens: the ONNX LSTM's state counts what it has read, as the PyTorch one's."""
+    if family == "lstm" and not COUNTS_RECURRENT_TOKENS:
+        pytest.skip("transformers 5.24 keeps no token count for a recurrent state")
+    model, tokenizer = load_pretrained(exported[family], runtime="onnx")
+    prompt = torch.tensor([chat_prompt(tokenizer, PROMPTS[1])])
+    options = {"do_sample": False, "pad_token_id": tokenizer.pad_token_id, "return_dict_in_generate": True,
+               "output_logits": True}
+    whole = model.generate(prompt, max_new_tokens=10, min_new_tokens=10, **options)  # no stop at end of turn
+    first = model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **options)
+    second = model.generate(first.sequences, cache=first.cache, max_new_tokens=6, min_new_tokens=6, **options)
+    assert second.sequences.tolist() == whole.sequences.tolist()
+    torch.testing.assert_close(torch.stack(first.logits + second.logits), torch.stack(whole.logits))
 
 
 # ------------------------------------------------------------------------------------------------------ GGUF

@@ -128,17 +128,42 @@ def read_state(cache: Cache | None, num_layers: int) -> tuple[torch.Tensor, torc
     return tuple(torch.stack([cache.layers[i].recurrent_states[slot] for i in range(num_layers)]) for slot in (0, 1))
 
 
-def write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor) -> None:
+def write_state(cache: Cache, h: torch.Tensor, c: torch.Tensor, positions: int) -> None:
+    """Keep the state (h, c) reached after `positions` more tokens (padding included, as a key/value cache counts)."""
     for i in range(h.shape[0]):
         cache.update_recurrent_state(h[i], layer_idx=i, state_idx=0)
         cache.update_recurrent_state(c[i], layer_idx=i, state_idx=1)
         layer = cache.layers[i]
+        count_positions(layer, positions)
         if layer.is_croppable:
             # transformers 5.25 takes a recurrent layer for croppable, expecting the model to record its past states
             # and conv states to roll back; the LSTM has neither (its steps write the state in place), so crop cannot
             # restore it, as 5.24 said of any layer holding a recurrent state. generate() asks before rolling a
             # returned cache back (its deferred stop check, on MPS) and falls back to a plain stop check.
             layer.is_croppable = False
+
+
+def count_positions(layer, positions: int) -> None:
+    """Add to the tokens a cache layer has read, which `cache.get_seq_length()` reports. transformers 5.25 counts
+    them for linear attention only as it updates convolution states, which the LSTM has none of; without the count
+    the state looked empty after every step, so generate() going on from a returned cache read the whole sequence
+    again on top of it, and PEFT's prompt tuning added its virtual tokens again at every step. (5.24's layers keep
+    no count: see LSTMForCausalLM.prepare_inputs_for_generation.)"""
+    count = getattr(layer, "cumulative_length_linear", None)
+    if count is not None:
+        count.add_(positions)
+
+
+def refuse_to_read_again(generate_kwargs: dict) -> None:
+    """Under transformers 5.24, which keeps no count, generate() going on from a cache that holds a state would read
+    the whole sequence again on top of it: refused, with the fix, instead of other tokens in silence."""
+    cache = generate_kwargs.get("cache")
+    if generate_kwargs.get("is_first_iteration") and _has_state(cache) and \
+            not hasattr(cache.layers[0], "cumulative_length_linear"):
+        raise ValueError("going on from a cache that already holds the LSTM's state needs transformers 5.25 or "
+                         "later, which counts the tokens the state has read (5.24 would read them all again on top "
+                         "of it): pip install 'transformers>=5.25', or generate from the whole sequence without "
+                         "the cache.")
 
 
 # Copied from modeling.gpt.modeling_gpt._is_hooked
@@ -178,6 +203,10 @@ class Recurrence(GradientCheckpointingLayer):
         packed = pack_padded_sequence(x.gather(1, order[..., None].expand_as(x)), lengths.clamp(min=1).cpu(),
                                       batch_first=True, enforce_sorted=False)
         out, h, c, layers = _run(lstm, packed, state, every_layer)
+        idle = lengths == 0  # rows of padding alone (a chunk of a left-padded prompt): run as one step, undone here
+        if bool(idle.any()):
+            before = state if state is not None else (torch.zeros_like(h), torch.zeros_like(c))
+            h, c = (torch.where(idle[None, :, None], kept, new) for kept, new in zip(before, (h, c)))
 
         def restore(packed_out):
             padded, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=length)
@@ -293,7 +322,7 @@ class LSTMModel(LSTMPreTrainedModel):
         state = read_state(cache, self.config.num_layers)
         out, h, c, layers = self.recurrence(x, self.lstm, state, new_mask if padded else None, every_layer)
         if cache is not None:
-            write_state(cache, h, c)
+            write_state(cache, h, c, x.shape[1])
         return out, layers
 
     def _step_in_cache(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
@@ -314,6 +343,7 @@ class LSTMModel(LSTMPreTrainedModel):
             # Written into the cache's own tensors, as update_recurrent_state would, without its checks.
             states[0].copy_(h)
             states[1].copy_(c)
+            count_positions(cache.layers[layer], 1)
             layer_input = h  # no dropout between layers: this path is for inference only
         return layer_input[:, None]
 
@@ -338,6 +368,21 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
                              f"{type(self).__name__}: its recurrent state cannot be rolled back past rejected draft "
                              f"tokens; generate without assistant_model or prompt_lookup_num_tokens.")
         super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+        """generate()'s inputs for the next forward, the cache also under its old name `past_key_values`.
+
+        PEFT's prompt tuning (0.21) reads the cache by that name, and asks how many tokens it has read, to give its
+        virtual tokens to the first forward only; so does the GPT's. generate() asks the same count to go on from a
+        cache it returned, reading only the tokens after it: transformers 5.24 keeps no count for a recurrent state
+        and read the whole sequence again on top of it, other tokens in silence, so there going on from a cache is
+        refused.
+        """
+        refuse_to_read_again(kwargs)
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if CACHE_FIELD == "cache" and inputs.get("cache") is not None:
+            inputs["past_key_values"] = inputs["cache"]
+        return inputs
 
     @accepts_old_cache_names("past_key_values", "cache_params")
     def forward(
