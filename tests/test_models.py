@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 from conftest import COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, tiny_config, tiny_model
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, TextIteratorStreamer, pipeline
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, StaticCache, TextIteratorStreamer, pipeline
 from transformers.generation import CompileConfig
 
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, GPTModel, LSTMConfig, LSTMForCausalLM, LSTMModel
@@ -19,6 +19,15 @@ PROMPT = torch.tensor([[5, 9, 3, 17, 22, 8]])
 
 def greedy(model, input_ids=PROMPT, max_new_tokens=24, **options):
     return model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **options)
+
+
+def _sharpened(model):
+    """A tiny model whose greedy tokens change from step to step (at its initial scale it repeats one token), so a
+    step that read other inputs shows in the tokens, not only in the logits."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4)
+    return model
 
 
 def test_save_and_reload_is_bit_exact_and_pickle_free(family, tmp_path):
@@ -66,13 +75,28 @@ def test_incremental_forward_matches_full_forward(family):
     torch.testing.assert_close(torch.cat([first.logits, step.logits], 1), full, rtol=1e-4, atol=1e-5)
 
 
-def test_gpt_static_cache_generates_like_the_dynamic_cache():
-    model = tiny_model("transformer")
-    assert torch.equal(greedy(model, cache_implementation="static"), greedy(model))
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_gpt_static_cache_generates_like_the_dynamic_cache(attention):
+    """The same tokens and logits, one prompt and a left-padded batch. Where transformers' mask builder leaves the
+    mask out (a prompt without padding into the empty cache), the prompt attended to its later tokens and to the
+    empty slots: a model whose greedy tokens change from step to step shows it (this tiny one at its initial
+    scale repeats one token whatever it reads)."""
+    model = _sharpened(tiny_model("transformer"))
+    model.set_attn_implementation(attention)
     padded = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 6]])
-    mask = (padded != 0).long()
-    batch = {"attention_mask": mask, "max_new_tokens": 10, "pad_token_id": 0}
-    assert torch.equal(greedy(model, padded, **batch, cache_implementation="static"), greedy(model, padded, **batch))
+    options = {"max_new_tokens": 10, "return_dict_in_generate": True, "output_logits": True, "pad_token_id": 0}
+    for ids, mask in ((PROMPT, None), (padded, (padded != 0).long())):
+        static = greedy(model, ids, attention_mask=mask, cache_implementation="static", **options)
+        dynamic = greedy(model, ids, attention_mask=mask, **options)
+        assert static.sequences.tolist() == dynamic.sequences.tolist()
+        torch.testing.assert_close(torch.stack(static.logits), torch.stack(dynamic.logits))
+    assert len(set(dynamic.sequences[1, 5:].tolist())) > 3
+    # A forward into an empty static cache, as one without a cache (with the probabilities asked for, through the
+    # eager attention whatever the implementation).
+    for probabilities in (False, True):
+        empty = StaticCache(config=model.config, max_cache_len=32)
+        torch.testing.assert_close(model(PROMPT, cache=empty, output_attentions=probabilities).logits,
+                                   model(PROMPT).logits)
     with pytest.raises(ValueError, match="cache slots exceed"):
         greedy(model, max_new_tokens=100, cache_implementation="static")
 
@@ -92,6 +116,8 @@ def test_gpt_static_cache_decode_step_compiles_as_one_graph():
     compiled = greedy(model, cache_implementation="static", compile_config=config)
     assert len(graphs) == 1  # one graph serves every decoding step
     assert torch.equal(compiled, greedy(model))
+    sharpened = _sharpened(model)  # tokens that change from step to step
+    assert torch.equal(greedy(sharpened, cache_implementation="static", compile_config=config), greedy(sharpened))
 
 
 def test_lstm_single_steps_match_nn_lstm_without_calling_it(monkeypatch):
@@ -141,15 +167,6 @@ def test_left_padded_batch_generates_like_single_prompts(family):
     together = model.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
     assert together[0, 6:].tolist() == greedy(model, short, max_new_tokens=10)[0, 3:].tolist()
     assert together[1, 6:].tolist() == greedy(model, long, max_new_tokens=10)[0, 6:].tolist()
-
-
-def _sharpened(model):
-    """A tiny model whose greedy tokens change from step to step (at its initial scale it repeats one token), so a
-    step that read other inputs shows in the tokens, not only in the logits."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(4)
-    return model
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["one prompt", "left-padded batch"])

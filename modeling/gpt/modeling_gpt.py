@@ -126,8 +126,8 @@ def _additive(mask: torch.Tensor | None, is_causal: bool, queries: int, keys: in
               ) -> torch.Tensor | None:
     """sdpa's (mask, is_causal) as the additive mask eager attention functions take: 0 where a query may look, the
     dtype's most negative number elsewhere."""
-    if is_causal:
-        mask = torch.ones(queries, keys, dtype=torch.bool, device=like.device).tril(keys - queries)
+    if is_causal:  # top-left aligned, as sdpa's flag: a prompt into a static cache's empty slots sees its own
+        mask = torch.ones(queries, keys, dtype=torch.bool, device=like.device).tril()
     if mask is None or mask.dtype != torch.bool:
         return mask
     return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(~mask, torch.finfo(like.dtype).min)
@@ -428,7 +428,11 @@ class GPTModel(GPTPreTrainedModel):
             position_ids = (torch.arange(x.shape[1], device=x.device) + cache.get_seq_length())[None]
         if attention_mask is None or attention_mask.dim() == 2:  # generate() passes the 4-D mask ready-made
             attention_mask = create_causal_mask(self.config, x, attention_mask, cache, position_ids)
-        return position_ids, attention_mask, False
+        # No mask is transformers' word for "sdpa's own causal flag does the same", as its sdpa attention reads it:
+        # one query sees every written slot, and several (a prompt without padding into the empty cache) see the
+        # slots up to their own, top-left aligned. Read as no mask at all, a prompt attended to its later tokens
+        # and to the empty slots.
+        return position_ids, attention_mask, attention_mask is None and x.shape[1] > 1
 
     def _check_window(self, length: int, unit: str) -> None:
         if length > self.config.block_size:
