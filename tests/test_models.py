@@ -200,6 +200,23 @@ def test_generation_continued_from_its_cache_is_one_generation(family, padded):
     torch.testing.assert_close(torch.stack(in_chunks.logits), torch.stack(in_one.logits))
 
 
+def test_a_prompt_given_as_embeddings_generates_as_its_tokens(family):
+    """generate(inputs_embeds=...) (soft prompts, a prompt built from another model's vectors) looks for the
+    argument in prepare_inputs_for_generation's signature, which the models' own versions hid behind **kwargs: it
+    refused ("doesn't have its forwarding implemented"). One prompt and a left-padded batch, against the tokens."""
+    model = _sharpened(tiny_model(family))
+    padded = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 6]])
+    options = {"max_new_tokens": 8, "return_dict_in_generate": True, "output_logits": True, "pad_token_id": 0}
+    for ids, mask in ((PROMPT, None), (padded, (padded != 0).long())):
+        embeddings = model.get_input_embeddings()(ids)
+        by_tokens = greedy(model, ids, attention_mask=mask, **options)
+        by_embeddings = model.generate(inputs_embeds=embeddings, attention_mask=mask, do_sample=False, **options)
+        assert by_embeddings.sequences.tolist() == by_tokens.sequences[:, ids.shape[1]:].tolist()
+        torch.testing.assert_close(torch.stack(by_embeddings.logits), torch.stack(by_tokens.logits))
+        both = model.generate(ids, inputs_embeds=embeddings, attention_mask=mask, do_sample=False, **options)
+        assert both.sequences.tolist() == by_tokens.sequences.tolist()
+
+
 def test_an_lstm_cache_that_keeps_no_count_is_not_read_again_in_silence():
     """transformers 5.24 keeps no count of the tokens a recurrent state has read, and goes on from a returned cache
     by reading the whole sequence again on top of it: other tokens in silence. Its cache layers are made here by

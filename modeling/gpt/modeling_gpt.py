@@ -456,15 +456,16 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
-    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs) -> dict:
         """generate()'s inputs for the next forward, the cache also under its old name `past_key_values`.
 
         PEFT's prompt tuning and prefix tuning (0.21) read the cache by that name to tell the first forward, which
         takes their virtual tokens, from the later ones, which must not: under a transformers that names it `cache`
         they saw none, added the virtual tokens again at every step and decoded other tokens than the model
         predicts (stock GPT-2 does so too). Forward takes the same cache under both names without a warning.
+        `inputs_embeds` is named in the signature, where generate() looks before it takes a prompt as embeddings.
         """
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if CACHE_FIELD == "cache" and inputs.get("cache") is not None:
             inputs["past_key_values"] = inputs["cache"]
         return inputs

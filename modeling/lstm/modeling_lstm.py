@@ -369,7 +369,7 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
                              f"tokens; generate without assistant_model or prompt_lookup_num_tokens.")
         super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
 
-    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs) -> dict:
         """generate()'s inputs for the next forward, the cache also under its old name `past_key_values`.
 
         PEFT's prompt tuning (0.21) reads the cache by that name, and asks how many tokens it has read, to give its
@@ -377,9 +377,10 @@ class LSTMForCausalLM(LSTMPreTrainedModel, GenerationMixin):
         cache it returned, reading only the tokens after it: transformers 5.24 keeps no count for a recurrent state
         and read the whole sequence again on top of it, other tokens in silence, so there going on from a cache is
         refused.
+        `inputs_embeds` is named in the signature, where generate() looks before it takes a prompt as embeddings.
         """
         refuse_to_read_again(kwargs)
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if CACHE_FIELD == "cache" and inputs.get("cache") is not None:
             inputs["past_key_values"] = inputs["cache"]
         return inputs
