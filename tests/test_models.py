@@ -22,8 +22,9 @@ def greedy(model, input_ids=PROMPT, max_new_tokens=24, **options):
 
 
 def _sharpened(model):
-    """A tiny model whose greedy tokens change from step to step (at its initial scale it repeats one token), so a
-    step that read other inputs shows in the tokens, not only in the logits."""
+    """A tiny model whose greedy tokens change from step to step (at its initial scale it repeats one token whatever
+    it reads), so a step that read other inputs shows in the tokens: the tests that compare two ways of decoding
+    use it, or they could not fail."""
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(4)
@@ -55,13 +56,15 @@ def test_auto_classes_resolve_both_families(family, tmp_path):
 
 
 def test_cached_greedy_decoding_matches_uncached(family):
-    model = tiny_model(family)
-    assert torch.equal(greedy(model, use_cache=True), greedy(model, use_cache=False))
+    model = _sharpened(tiny_model(family))
+    cached = greedy(model, use_cache=True)
+    assert torch.equal(cached, greedy(model, use_cache=False))
+    assert len(set(cached[0, PROMPT.shape[1]:].tolist())) > 3
 
 
 def test_beam_search_with_the_cache_matches_beam_search_without(family):
     """Beam search reorders the cache between steps; a wrong reorder or an in-place write to a shared state shows."""
-    model = tiny_model(family)
+    model = _sharpened(tiny_model(family))
     options = {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.0}
     assert torch.equal(greedy(model, use_cache=True, **options), greedy(model, use_cache=False, **options))
 
@@ -134,7 +137,7 @@ def test_lstm_single_steps_match_nn_lstm_without_calling_it(monkeypatch):
 
 
 def test_a_hooked_lstm_sees_every_step_and_decodes_the_same_tokens():
-    model = tiny_model("lstm")
+    model = _sharpened(tiny_model("lstm"))
     fast = greedy(model)
     seen = []
     handle = model.model.lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
@@ -158,7 +161,7 @@ def test_each_generated_token_costs_one_position(family):
 
 
 def test_left_padded_batch_generates_like_single_prompts(family):
-    model = tiny_model(family)
+    model = _sharpened(tiny_model(family))
     pad = 0
     short = torch.tensor([[7, 3, 9]])
     long = torch.tensor([[4, 8, 15, 16, 23, 42]])
@@ -253,7 +256,7 @@ def test_sampling_options_are_seeded_and_honoured(family, options):
 
 
 def test_top_k_of_one_is_greedy(family):
-    model = tiny_model(family)
+    model = _sharpened(tiny_model(family))
     torch.manual_seed(0)
     sampled = model.generate(PROMPT, do_sample=True, top_k=1, max_new_tokens=24)
     assert torch.equal(sampled, greedy(model))
