@@ -68,6 +68,14 @@ def greedy(model, prompts: list[list[int]], pad_id: int, new_tokens: int = NEW_T
     return out[:, width:].tolist()
 
 
+def teacher_forced(model, prompt: list[int], continuation: list[int]) -> torch.Tensor:
+    """The model's logits for each token of `continuation` in turn, read in one forward over prompt and
+    continuation: what each step of a runtime's decoding must give, whatever its cache."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + continuation])).logits[0]
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(continuation)]
+
+
 def run_without_pocketlm(script: str, tmp_path: Path) -> list:
     """Run `script` in a process that cannot import pocketlm; its last line of output, read as JSON."""
     code = PROJECT_FREE_PRELUDE.format(root=str(REPO_ROOT)) + textwrap.dedent(script)
@@ -90,13 +98,15 @@ rendered = [tokenizer.apply_chat_template([{{"role": "user", "content": p}}], ad
                                           tokenize=True, return_dict=True)["input_ids"] for p in prompts]
 batch = tokenizer.pad({{"input_ids": rendered}}, return_tensors="pt")  # left padding, as the tokenizer says
 out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                     repetition_penalty=1.0)
+                     repetition_penalty=1.0, output_logits=True, return_dict_in_generate=True)
 single = model.generate(torch.tensor([rendered[0]]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                         do_sample=False, repetition_penalty=1.0)
 with torch.no_grad():
     logits = model(torch.tensor([rendered[1]])).logits[0].tolist()
-print(json.dumps([type(model).__name__, model.config.model_type, rendered, out[:, batch["input_ids"].shape[1]:].tolist(),
-                  single[0, len(rendered[0]):].tolist(), model.generation_config.to_dict()["eos_token_id"], logits]))
+steps = torch.stack(out.logits, 1).tolist()  # each row's logits at each decoding step
+print(json.dumps([type(model).__name__, model.config.model_type, rendered,
+                  out.sequences[:, batch["input_ids"].shape[1]:].tolist(), single[0, len(rendered[0]):].tolist(),
+                  model.generation_config.to_dict()["eos_token_id"], logits, steps]))
 """
 
 
@@ -108,12 +118,14 @@ def test_the_gpt_exports_as_a_stock_gpt2_that_decodes_the_same_greedy_tokens_wit
     alone = greedy(model, rendered[:1], tokenizer.pad_token_id)[0]
     assert expected[0] == alone  # the padded batch decodes as the prompts do one by one
     script = STOCK_GPT2.format(folder=str(exported["transformer"]), prompts=PROMPTS, new_tokens=NEW_TOKENS)
-    name, model_type, their_prompts, batch, single, eos, logits = run_without_pocketlm(script, tmp_path)
+    name, model_type, their_prompts, batch, single, eos, logits, steps = run_without_pocketlm(script, tmp_path)
     assert (name, model_type) == ("GPT2LMHeadModel", "gpt2")
     with torch.no_grad():
         assert (torch.tensor(logits) - model(torch.tensor([rendered[1]])).logits[0]).abs().max() < 1e-4
     assert their_prompts == rendered  # the same tokenizer and chat template
     assert batch == expected and single == alone
+    for row, prompt in enumerate(rendered):  # each step's logits, padded rows included, not only its top token
+        assert (torch.tensor(steps[row]) - teacher_forced(model, prompt, expected[row])).abs().max() < 1e-4, row
     assert sorted(eos) == sorted(model.generation_config.eos_token_id)  # it stops where a reply ends
 
 
@@ -368,10 +380,11 @@ for graph in ("model.onnx", "model_quantized.onnx"):
     else:
         state = np.zeros((config["num_layers"], 1, config["hidden_size"]), np.float32)
         feed = {{"input_ids": np.array([prompt]), "h": state, "c": state}}
-    tokens, first_logits, total = [], None, len(prompt)
+    tokens, first_logits, steps, total = [], None, [], len(prompt)
     for step in range(new_tokens):
         out = session.run(None, feed)
         first_logits = out[0][0].tolist() if first_logits is None else first_logits
+        steps.append(out[0][0, -1].tolist())  # each decoding step's, through the cache or the state
         token = int(out[0][0, -1].argmax())
         tokens.append(token)
         total += 1
@@ -382,7 +395,7 @@ for graph in ("model.onnx", "model_quantized.onnx"):
                        for i in range(config["n_layer"]) for j, k in enumerate(("key", "value"))}}}}
         else:
             feed = {{"input_ids": np.array([[token]]), "h": out[1], "c": out[2]}}
-    results[graph] = {{"names": names, "tokens": tokens, "logits": first_logits}}
+    results[graph] = {{"names": names, "tokens": tokens, "logits": first_logits, "steps": steps}}
 print(json.dumps(results))
 """
 
@@ -399,6 +412,9 @@ def test_onnx_graphs_decode_the_same_greedy_tokens_in_onnxruntime(family, traine
     float32, int8 = results["model.onnx"], results["model_quantized.onnx"]
     assert float32["tokens"] == expected
     assert (torch.tensor(float32["logits"]) - logits).abs().max() < 1e-4
+    # Every decoding step's logits, not only its top token: a tiny model's greedy reply repeats a token or two,
+    # which a cache or state read wrongly could still pick.
+    assert (torch.tensor(float32["steps"]) - teacher_forced(model, prompt, expected)).abs().max() < 1e-4
     # int8 weights stray; how far is measured in BENCHMARKS.md (bench/runtimes.py): here, that it still predicts.
     agree = (torch.tensor(int8["logits"]).argmax(-1) == logits.argmax(-1)).float().mean()
     assert agree > 0.8, agree
@@ -708,13 +724,14 @@ except RuntimeError as error:
 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, n_positions=context).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                     repetition_penalty=1.0)
+                     repetition_penalty=1.0, output_logits=True, return_dict_in_generate=True)
 with torch.no_grad():
     logits = model(torch.tensor([prompt])).logits[0].tolist()
 rendered = tokenizer.apply_chat_template([{{"role": "user", "content": {message!r}}}], add_generation_prompt=True,
                                          tokenize=True, return_dict=True)["input_ids"]
 print(json.dumps([type(model).__name__, without_positions, [tokenizer(text)["input_ids"] for text in probes],
-                  rendered, out[0, len(prompt):].tolist(), logits, tokenizer.eos_token]))
+                  rendered, out.sequences[0, len(prompt):].tolist(), logits, tokenizer.eos_token,
+                  torch.cat(out.logits).tolist()]))
 """
 
 
@@ -731,7 +748,7 @@ def test_the_gguf_file_reads_back_into_transformers_with_our_tokens_and_our_logi
     prompt = chat_prompt(tokenizer, PROMPTS[1])
     script = TRANSFORMERS_GGUF.format(folder=str(gguf.parent), name=gguf.name, context=model.config.block_size,
                                       probes=PROBES, prompt=prompt, new_tokens=NEW_TOKENS, message=PROMPTS[1])
-    name, without_positions, ids, rendered, tokens, logits, eos = run_without_pocketlm(script, tmp_path)
+    name, without_positions, ids, rendered, tokens, logits, eos, steps = run_without_pocketlm(script, tmp_path)
     assert name == "GPT2LMHeadModel" and eos == tokenizer.eos_token
     assert rendered == prompt  # the file's chat template, as transformers renders it
     assert "ignore_mismatched_sizes" in without_positions and model.config.block_size != 1024  # its wpe: 1,024 rows
@@ -740,18 +757,23 @@ def test_the_gguf_file_reads_back_into_transformers_with_our_tokens_and_our_logi
         ours = model(torch.tensor([prompt])).logits[0]
     assert torch.allclose(torch.tensor(logits), ours, atol=1e-4), (torch.tensor(logits) - ours).abs().max()
     assert tokens == greedy(model, [prompt], tokenizer.pad_token_id)[0]
+    assert (torch.tensor(steps) - teacher_forced(model, prompt, tokens)).abs().max() < 1e-4  # every step's
 
 
 def assert_llama_cpp_decodes(llm, model, prompt: list[int], expected: list[int]) -> None:
-    """llama.cpp's greedy tokens after `prompt` are `expected`, the model's own; where they part (llama.cpp's CPU
-    GELU reads a 16-bit table: a near-tie may flip), its teacher-forced top-1 agrees with the model's at 99% of
-    the positions."""
+    """llama.cpp's greedy tokens after `prompt` are `expected`, the model's own, each step's logits the model's
+    for the same tokens; where the tokens part (llama.cpp's CPU GELU reads a 16-bit table: a near-tie may flip),
+    its teacher-forced top-1 agrees with the model's at 99% of the positions."""
     llm.reset()
     llm.eval(prompt)
-    tokens = []
+    tokens, steps = [], []
     for _ in range(len(expected)):
-        tokens.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+        steps.append(torch.tensor(np.array(llm.scores[llm.n_tokens - 1])))
+        tokens.append(int(steps[-1].argmax()))
         llm.eval(tokens[-1:])
+    # Each step's logits through llama.cpp's key/value cache, against one forward over the tokens it chose (3e-5
+    # measured here; a position or cache read wrongly moves them by a tenth of the logits' size).
+    assert (torch.stack(steps) - teacher_forced(model, prompt, tokens)).abs().max() < 1e-3
     if tokens != expected:
         sequence = prompt + expected
         llm.reset()
