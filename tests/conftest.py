@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -149,6 +150,25 @@ def train_tiny_models(tmp_path_factory, name: str, shapes: dict | None = None, *
         train(TrainingOptions(model_type=family, output_dir=str(out), model_config=shape, **settings))
         folders[family] = out
     return folders
+
+
+def with_decisive_weights(folder: Path, copy: Path) -> Path:
+    """A copy of the model folder `folder` with its weights drawn afresh and scaled by 4, its tokenizer and settings
+    as they were. A tiny model trained for seconds repeats one or two tokens whatever it reads (measured: one or two
+    distinct in 24 greedy tokens), so "the same greedy tokens" in another runtime could not fail; this one's tokens
+    change from step to step."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    trained = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(0)
+    fresh = type(trained)(trained.config).eval()
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            parameter.mul_(4)
+    fresh.generation_config = trained.generation_config
+    fresh.save_pretrained(copy)
+    return copy
 
 
 # A prelude for scripts that must run where pocketlm cannot be imported: it drops every path into the project and

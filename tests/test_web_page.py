@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, make_text, run_entry, train_accented_model,
-                      train_tiny_models)
+                      train_tiny_models, with_decisive_weights)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import export_main, upload_main
@@ -39,11 +39,19 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def sites(trained, tmp_path_factory) -> Path:
-    """One folder served at once: each family's page with its int8 graph (the default), and with its float32 one."""
+def decisive(trained, tmp_path_factory) -> dict[str, Path]:
+    """Each trained model with weights whose greedy tokens change from step to step (conftest)."""
+    return {family: with_decisive_weights(model, tmp_path_factory.mktemp(f"decisive-{family}") / "model")
+            for family, model in trained.items()}
+
+
+@pytest.fixture(scope="module")
+def sites(trained, decisive, tmp_path_factory) -> Path:
+    """One folder served at once: each family's page with its int8 graph (the default), and with its float32 one,
+    the latter of the decisive model, against which the page's greedy tokens are compared."""
     root = tmp_path_factory.mktemp("sites")
-    for family, model in trained.items():
-        for precision in ("int8", "float32"):
+    for family in trained:
+        for precision, model in (("int8", trained[family]), ("float32", decisive[family])):
             out = root / f"{family}-{precision}"
             result = run_entry(export_main, str(model), "--format", "web", "--output-dir", str(out),
                                "--web-precision", precision)
@@ -197,7 +205,7 @@ def test_a_seed_in_the_address_repeats_a_sampled_reply_and_another_seed_changes_
 
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_with_sampling_off_the_page_decodes_the_pytorch_model_s_greedy_tokens(family, sites, server, browser,
-                                                                               trained):
+                                                                               decisive):
     # Both sides kept from their end tokens for 30 tokens (a tiny model's greedy reply may otherwise end at once).
     model_dir = sites / f"{family}-float32" / "model"
     config = at_least(model_dir, 30)
@@ -209,7 +217,7 @@ def test_with_sampling_off_the_page_decodes_the_pytorch_model_s_greedy_tokens(fa
         chat.send("How are you?")
     finally:
         (model_dir / "generation_config.json").write_text(json.dumps(config))
-    model, tokenizer = load_pretrained(str(trained[family]))
+    model, tokenizer = load_pretrained(str(decisive[family]))
     prompt = ChatInterface(model, tokenizer, use_context=family == "transformer").prompt_ids("How are you?", 30)
     assert prompt_tokens(chat.figures()) == len(prompt)  # the terminal chat's prompt, to the token
     with torch.no_grad():
@@ -217,6 +225,7 @@ def test_with_sampling_off_the_page_decodes_the_pytorch_model_s_greedy_tokens(fa
                              repetition_penalty=1.0, eos_token_id=stop_token_ids(tokenizer))[0, len(prompt):].tolist()
     expected = [token for token in out if token not in stop_token_ids(tokenizer)]
     assert len(expected) == 30 and chat.last_tokens() == expected, (chat.replies(), chat.errors)
+    assert len(set(expected)) > 5  # tokens that change from step to step: a wrong step would show
     context.close()
 
 
