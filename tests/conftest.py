@@ -152,6 +152,16 @@ def train_tiny_models(tmp_path_factory, name: str, shapes: dict | None = None, *
     return folders
 
 
+def sharpened(model):
+    """`model` with its weights scaled by 4, in place: at its initial scale a tiny model repeats one token whatever it
+    reads (24 greedy tokens, one distinct, both families), so a test comparing two ways of decoding it could not
+    fail; this one's greedy tokens change from step to step."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4)
+    return model
+
+
 def with_decisive_weights(folder: Path, copy: Path) -> Path:
     """A copy of the model folder `folder` with its weights drawn afresh and scaled by 4, its tokenizer and settings
     as they were. A tiny model trained for seconds repeats one or two tokens whatever it reads (measured: one or two
@@ -162,10 +172,7 @@ def with_decisive_weights(folder: Path, copy: Path) -> Path:
     shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints"))
     trained = AutoModelForCausalLM.from_pretrained(folder)
     torch.manual_seed(0)
-    fresh = type(trained)(trained.config).eval()
-    with torch.no_grad():
-        for parameter in fresh.parameters():
-            parameter.mul_(4)
+    fresh = sharpened(type(trained)(trained.config).eval())
     fresh.generation_config = trained.generation_config
     fresh.save_pretrained(copy)
     return copy

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, tiny_config, tiny_model
+from conftest import COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, sharpened, tiny_config, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, StaticCache, TextIteratorStreamer, pipeline
 from transformers.generation import CompileConfig
 
@@ -19,16 +19,6 @@ PROMPT = torch.tensor([[5, 9, 3, 17, 22, 8]])
 
 def greedy(model, input_ids=PROMPT, max_new_tokens=24, **options):
     return model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **options)
-
-
-def _sharpened(model):
-    """A tiny model whose greedy tokens change from step to step (at its initial scale it repeats one token whatever
-    it reads), so a step that read other inputs shows in the tokens: the tests that compare two ways of decoding
-    use it, or they could not fail."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(4)
-    return model
 
 
 def test_save_and_reload_is_bit_exact_and_pickle_free(family, tmp_path):
@@ -56,7 +46,7 @@ def test_auto_classes_resolve_both_families(family, tmp_path):
 
 
 def test_cached_greedy_decoding_matches_uncached(family):
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     cached = greedy(model, use_cache=True)
     assert torch.equal(cached, greedy(model, use_cache=False))
     assert len(set(cached[0, PROMPT.shape[1]:].tolist())) > 3
@@ -64,7 +54,7 @@ def test_cached_greedy_decoding_matches_uncached(family):
 
 def test_beam_search_with_the_cache_matches_beam_search_without(family):
     """Beam search reorders the cache between steps; a wrong reorder or an in-place write to a shared state shows."""
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     options = {"num_beams": 3, "num_return_sequences": 3, "length_penalty": 0.0}
     assert torch.equal(greedy(model, use_cache=True, **options), greedy(model, use_cache=False, **options))
 
@@ -84,7 +74,7 @@ def test_gpt_static_cache_generates_like_the_dynamic_cache(attention):
     mask out (a prompt without padding into the empty cache), the prompt attended to its later tokens and to the
     empty slots: a model whose greedy tokens change from step to step shows it (this tiny one at its initial
     scale repeats one token whatever it reads)."""
-    model = _sharpened(tiny_model("transformer"))
+    model = sharpened(tiny_model("transformer"))
     model.set_attn_implementation(attention)
     padded = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 6]])
     options = {"max_new_tokens": 10, "return_dict_in_generate": True, "output_logits": True, "pad_token_id": 0}
@@ -119,8 +109,8 @@ def test_gpt_static_cache_decode_step_compiles_as_one_graph():
     compiled = greedy(model, cache_implementation="static", compile_config=config)
     assert len(graphs) == 1  # one graph serves every decoding step
     assert torch.equal(compiled, greedy(model))
-    sharpened = _sharpened(model)  # tokens that change from step to step
-    assert torch.equal(greedy(sharpened, cache_implementation="static", compile_config=config), greedy(sharpened))
+    sharpened(model)  # tokens that change from step to step
+    assert torch.equal(greedy(model, cache_implementation="static", compile_config=config), greedy(model))
 
 
 def test_lstm_single_steps_match_nn_lstm_without_calling_it(monkeypatch):
@@ -137,7 +127,7 @@ def test_lstm_single_steps_match_nn_lstm_without_calling_it(monkeypatch):
 
 
 def test_a_hooked_lstm_sees_every_step_and_decodes_the_same_tokens():
-    model = _sharpened(tiny_model("lstm"))
+    model = sharpened(tiny_model("lstm"))
     fast = greedy(model)
     seen = []
     handle = model.model.lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
@@ -161,7 +151,7 @@ def test_each_generated_token_costs_one_position(family):
 
 
 def test_left_padded_batch_generates_like_single_prompts(family):
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     pad = 0
     short = torch.tensor([[7, 3, 9]])
     long = torch.tensor([[4, 8, 15, 16, 23, 42]])
@@ -180,7 +170,7 @@ def test_generation_continued_from_its_cache_is_one_generation(family, padded):
     tokens). Prefill in chunks (`prefill_chunk_size`) reads the same count. The reference is one generate()."""
     if family == "lstm" and not COUNTS_RECURRENT_TOKENS:
         pytest.skip("transformers 5.24 keeps no token count for a recurrent state")
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     prompts, mask = PROMPT, torch.ones_like(PROMPT)
     if padded:
         prompts = torch.tensor([[0, 0, 0, 7, 3, 9], PROMPT[0].tolist()])
@@ -207,7 +197,7 @@ def test_a_prompt_given_as_embeddings_generates_as_its_tokens(family):
     """generate(inputs_embeds=...) (soft prompts, a prompt built from another model's vectors) looks for the
     argument in prepare_inputs_for_generation's signature, which the models' own versions hid behind **kwargs: it
     refused ("doesn't have its forwarding implemented"). One prompt and a left-padded batch, against the tokens."""
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     padded = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 6]])
     options = {"max_new_tokens": 8, "return_dict_in_generate": True, "output_logits": True, "pad_token_id": 0}
     for ids, mask in ((PROMPT, None), (padded, (padded != 0).long())):
@@ -256,7 +246,7 @@ def test_sampling_options_are_seeded_and_honoured(family, options):
 
 
 def test_top_k_of_one_is_greedy(family):
-    model = _sharpened(tiny_model(family))
+    model = sharpened(tiny_model(family))
     torch.manual_seed(0)
     sampled = model.generate(PROMPT, do_sample=True, top_k=1, max_new_tokens=24)
     assert torch.equal(sampled, greedy(model))
