@@ -19,7 +19,8 @@ from tokenization import first_change
 from . import data
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING
-from .generation import SAMPLE_QUESTIONS, chat_reply, complete, context_window, sampling_arguments
+from .generation import (SAMPLE_QUESTIONS, chat_reply, complete, context_window, fit_to_context,
+                         sampling_arguments)
 from .adapters import adapter_of
 from .loading import (as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family,
                       trained_on_chat, training_summary)
@@ -109,8 +110,11 @@ def _disk_bytes(model_dir: str, model) -> int:
 @torch.no_grad()
 def decoding_speed(model, tokenizer, prompt: str, new_tokens: int = SPEED_TOKENS, rounds: int = SPEED_ROUNDS
                    ) -> tuple[float, float]:
-    """Median tokens/s of a `new_tokens`-token sampled reply to `prompt`, and the median time to its first token."""
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    """Median tokens/s of a `new_tokens`-token sampled reply to `prompt`, and the median time to its first token.
+    A prompt longer than the model's window keeps its newest tokens, as the replies' prompts do (`fit_to_context`),
+    and a window too small for `new_tokens` times the reply that fits."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids.to(model.device)
+    ids, new_tokens = fit_to_context(ids, model, new_tokens)
     options = sampling_arguments(model.generation_config, BALANCED_SAMPLING)
 
     def timed(count: int) -> float:

@@ -145,3 +145,15 @@ def test_bad_input_ends_in_one_line(case, trained, tmp_path):
     result = run_compare(*models, *extra, "--output", str(tmp_path / "out.md"))
     assert_one_line_error(result, needle)
     assert not (tmp_path / "out.md").exists()
+
+
+def test_a_prompt_longer_than_a_model_s_window_is_read_by_its_newest_tokens(trained, tmp_path):
+    """The replies kept the newest tokens of a prompt longer than the GPT's window, but the speed measurement fed it
+    whole, and the comparison ended in a traceback ('6002 tokens exceed this model's context window of 256')."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the king and the queen " * 400 + "\n")
+    report = tmp_path / "report.md"
+    result = run_compare(str(trained["transformer"]), str(trained["lstm"]), "--prompts", str(prompts), "--output",
+                         str(report), "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report.read_text().split("## Replies")[1].count("- `") == 2
