@@ -8,6 +8,7 @@ MODEL_SIZES = ["small", "medium", "large"]
 DTYPES = ["float32", "float16", "bfloat16", "int8"]
 RUNTIMES = ["torch", "onnx"]
 DEVICES = ["auto", "cpu", "cuda"]  # auto: a CUDA GPU when one is visible, else the CPU
+EXPORT_FORMATS = ["transformers", "onnx", "gguf", "web"]  # what export.py writes; a family has some (export.FORMATS)
 WEB_PRECISIONS = ["int8", "float32"]  # the web page's ONNX graph; the first is the default
 # A GGUF file's weights, as llama.cpp names them; the first is the default.
 GGUF_PRECISIONS = ["f32", "f16", "q8_0", "q5_0", "q4_0"]

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .choices import (
-    BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, GGUF_PRECISIONS, MODEL_SIZES, MODEL_TYPES,
-    RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS,
+    BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, EXPORT_FORMATS, GGUF_PRECISIONS,
+    MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 from .wording import counted, listed
@@ -103,18 +103,23 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line, with the fix, instead of the usage block.
 
     Abbreviations are off: main.py forwards unknown options, and `--model` must not be read as `--model-type`.
-    `path_option` is what a bare word that names a file or folder was likely meant for (`train.py notes.txt`).
+    `path_option` is what a bare word that names a file or folder was likely meant for (`train.py notes.txt`);
+    `comma_lists` are the options that take several values joined by commas (`--format onnx,gguf`).
     """
 
-    def __init__(self, *args, path_option: str | None = None, may_be_empty: tuple[str, ...] = (), **kwargs):
+    def __init__(self, *args, path_option: str | None = None, may_be_empty: tuple[str, ...] = (),
+                 comma_lists: dict[str, list[str]] | None = None, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
         self.path_option = path_option
         self.may_be_empty = may_be_empty  # the options an empty value means something for (--system '')
+        self.comma_lists = comma_lists or {}  # each option with the names it takes
+        self.given: list[str] = []
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n" if _speaks() else None)
 
     def parse_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
             self.error(self.unknown_arguments(unknown))
@@ -141,9 +146,31 @@ class _Parser(argparse.ArgumentParser):
             return "unknown option " + ", ".join(f"{name}{self._meant(name)}" for name in options)
 
         word = unknown[0]
+        if joined := self._joined_with_commas():
+            option, values = joined
+            return f"{option} takes several values joined by commas, not spaces: {option} {','.join(values)}"
         if self.path_option and Path(word).expanduser().exists():
             return f"unexpected argument {word!r}: name it with its option, {self.path_option} {word}"
         return f"unexpected argument {word!r}: every value follows its option"
+
+    def _joined_with_commas(self) -> tuple[str, list[str]] | None:
+        """The comma-list option and the values it was likely given, where names it takes follow its value apart
+        (`--format onnx gguf`, `--format=onnx gguf MODEL`): a shell habit, which left words no option took."""
+        for index, token in enumerate(self.given):
+            option, equals, value = token.partition("=")
+            names = self.comma_lists.get(option)
+            if names is None:
+                continue
+            if not equals:
+                value = self.given[index + 1] if index + 1 < len(self.given) else ""
+            following = []
+            for word in self.given[index + (1 if equals else 2):]:
+                if word.lower() not in names:
+                    break
+                following.append(word)
+            if value and following:
+                return option, [value, *following]
+        return None
 
     def _meant(self, name: str) -> str:
         import difflib
@@ -531,6 +558,7 @@ GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes), or l
 
 def upload_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hub_upload.py", may_be_empty=("token",),  # an unset "$HF_TOKEN": says no token
+                     comma_lists={"--formats": [*EXPORT_FORMATS, "all"], "--gguf-precision": GGUF_PRECISIONS},
                      description="Publish a trained pocketlm model on the Hugging Face Hub.")
     add = parser.add_argument
     add("model_dir", help="the folder train.py wrote, e.g. models/transformer-small")
@@ -686,6 +714,7 @@ def _take_back(folders: list[Path], missing: dict[Path, list[Path]]) -> None:
 
 def export_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="export.py",
+                     comma_lists={"--format": [*EXPORT_FORMATS, "all"], "--gguf-precision": GGUF_PRECISIONS},
                      description="Write a pocketlm model for other runtimes: a stock transformers GPT-2 (no remote "
                                  "code), ONNX (onnxruntime, transformers.js), GGUF (llama.cpp, ollama), or a web page "
                                  "that chats with it in the reader's browser.")

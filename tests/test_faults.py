@@ -846,6 +846,27 @@ def test_a_bare_path_is_refused_naming_the_option_it_belongs_to(corpus, tmp_path
     assert sorted(tmp_path.iterdir()) == [corpus]  # nothing written
 
 
+@pytest.mark.parametrize("main, args, fix", [
+    (export_main, ["MODEL", "--format", "onnx", "gguf"], "--format onnx,gguf"),
+    (export_main, ["--format=transformers", "GGUF", "web", "MODEL"], "--format transformers,GGUF,web"),
+    (export_main, ["--format", "onnx", "gguf", "MODEL"], "--format onnx,gguf"),  # gguf was read as the model
+    (export_main, ["MODEL", "--gguf-precision", "f16", "q8_0", "--format", "gguf"], "--gguf-precision f16,q8_0"),
+    (legacy_main, ["--export", "MODEL", "--format", "onnx", "web"], "--format onnx,web"),
+    (upload_main, ["MODEL", "--repo-id", "me/m", "--dry-run", "--formats", "onnx", "gguf"], "--formats onnx,gguf"),
+])
+def test_values_of_a_comma_list_given_apart_are_refused_with_them_joined(main, args, fix, trained, tmp_path,
+                                                                         monkeypatch):
+    """`--format onnx gguf` (the shell habit of nargs options) was 'unexpected argument gguf: every value follows
+    its option', which says nothing of the commas the option takes."""
+    monkeypatch.chdir(tmp_path)
+    args = [str(trained["transformer"]) if arg == "MODEL" else arg for arg in args]
+    assert_one_line_error(run_entry(main, *args), "takes several values joined by commas, not spaces: " + fix)
+    assert sorted(tmp_path.iterdir()) == []  # nothing written
+    # A word that is no name the option takes is still only unexpected.
+    assert_one_line_error(run_entry(export_main, str(trained["transformer"]), "--format", "onnx", "extra"),
+                          "unexpected argument 'extra': every value follows its option")
+
+
 def test_the_model_fields_the_option_hints_name_are_the_models_own():
     from modeling import GPTConfig, LSTMConfig
     from pocketlm.cli import MODEL_CONFIG_FIELDS

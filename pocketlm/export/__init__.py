@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
-from ..choices import GGUF_PRECISIONS, WEB_PRECISIONS
+from ..choices import EXPORT_FORMATS, GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says
 from ..loading import load_pretrained, model_family, model_name, trained_on_chat
 from ..run_folder import CHAT_TEMPLATE_FILE, EXPORT_RECORD, TOKENIZER_CONFIG_FILE
@@ -31,7 +31,7 @@ from ..whole_writes import build_folder, check_writable
 
 # What each family can become: transformers has no LSTM language-model architecture, and llama.cpp no LSTM.
 FORMATS = {"transformer": ("transformers", "onnx", "gguf", "web"), "lstm": ("onnx", "web")}
-ALL_FORMATS = ("transformers", "onnx", "gguf", "web")
+ALL_FORMATS = tuple(EXPORT_FORMATS)
 WEB_DIR = "web"  # where the page goes when other formats share the output folder
 
 
