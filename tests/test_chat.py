@@ -12,9 +12,10 @@ from pathlib import Path
 import pexpect
 import pytest
 from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, broken_characters, make_text, run_at_once,
-                      train_accented_model, train_tiny_models)
+                      run_entry, train_accented_model, train_tiny_models)
 
 from pocketlm.chat import ChatInterface
+from pocketlm.cli import chat_main
 from pocketlm.errors import UsageError
 from pocketlm.training import TrainingOptions, train
 
@@ -181,12 +182,12 @@ def test_the_model_named_bare_is_the_model_named_with_its_option_and_two_are_sen
     """compare.py, export.py and hub_upload.py take MODEL bare, chat.py only --model: `chat.py MODEL` was refused."""
     model, other = str(chat_models["transformer"]), str(chat_models["lstm"])
     reply = ["--greedy", "--max-new-tokens", "8", "--prompt", "Hello"]
-    bare, named, both = run_chat(model, *reply), run_chat("--model", model, *reply), run_chat(model, "--model",
-                                                                                              model, *reply)
+    bare, named, both = (run_entry(chat_main, *args, *reply) for args in ([model], ["--model", model],
+                                                                          [model, "--model", model]))
     assert bare.returncode == 0, bare.stderr[-2000:]
     assert bare.stdout == named.stdout == both.stdout and bare.stdout.strip()
     for two in ([model, other], [model, "--model", other]):
-        refused = run_chat(*two, *reply)
+        refused = run_entry(chat_main, *two, *reply)
         assert refused.returncode == 2 and not refused.stdout
         assert refused.stderr.strip().splitlines() == [
             f"error: chat.py talks with one model, got 2 ({model}, {other}): name one, or put them side by side "
@@ -267,7 +268,7 @@ def test_a_system_text_the_window_cannot_hold_is_refused_in_one_line_and_the_ses
     model, from --system and /system alike."""
     model = str(chat_models["transformer"])  # a 96-token window
     long, short = "word " * 200, "Answer briefly."
-    result = run_chat("--model", model, "--system", long, "--prompt", "Hi")
+    result = run_entry(chat_main, "--model", model, "--system", long, "--prompt", "Hi")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert "the system text is" in result.stderr and "96-token window leaves it" in result.stderr
     session = run_chat("--model", model, "--greedy", "--max-new-tokens", "8",
@@ -313,19 +314,20 @@ def test_main_py_chat_dispatches_to_chat(chat_models):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_without_a_model_one_line_says_how_to_train(chat_models, tmp_path):
-    result = run_chat("--prompt", "hi", cwd=tmp_path)
+def test_without_a_model_one_line_says_how_to_train(chat_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_entry(chat_main, "--prompt", "hi")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: no trained model in models/transformer-small: train one with: " \
                                     "python train.py --model-size small"
     # Only an LSTM trained (train.py --model-type lstm): the line names it rather than only the default's absence.
     shutil.copytree(chat_models["lstm"], tmp_path / "models" / "lstm")
-    result = run_chat("--prompt", "hi", cwd=tmp_path)
+    result = run_entry(chat_main, "--prompt", "hi")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: no trained model in models/transformer-small; models holds lstm: pass " \
                                     "one, e.g. --model models/lstm, or train one with: python train.py " \
                                     "--model-size small"
-    assert run_chat("--model", "models/lstm", "--prompt", "hi", cwd=tmp_path).returncode == 0
+    assert run_entry(chat_main, "--model", "models/lstm", "--prompt", "hi").returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------------ API
@@ -597,10 +599,8 @@ def test_an_export_or_a_checkpoint_of_a_plain_text_run_continues_text_too(text_m
 def test_chat_py_continues_a_plain_text_model_s_prompt_and_says_what_it_does(text_models):
     folder = str(text_models["transformer"])
     greedy = ("--greedy", "--repetition-penalty", "1", "--max-new-tokens", "10")
-    shown, as_chat, system = run_at_once(
-        chat_command(folder, "--prompt", "The lord", *greedy),
-        chat_command(folder, "--prompt", "The lord", "--mode", "chat", *greedy),
-        chat_command(folder, "--prompt", "The lord", "--system", "Be brief."))
+    shown, as_chat, system = (run_entry(chat_main, folder, "--prompt", "The lord", *args) for args in (
+        greedy, ("--mode", "chat", *greedy), ("--system", "Be brief.")))
     assert shown.returncode == 0, shown.stderr[-2000:]
     # One passage, as nanoGPT's sample.py prints its start and what follows.
     assert shown.stdout == "The lord" + greedy_continuation(text_models["transformer"], "The lord", 10) + "\n"
