@@ -393,8 +393,10 @@ def chat_main(argv: list[str] | None = None) -> int:
     def job():
         from .chat import ChatInterface
         from .loading import model_family, resolve_device
+        from .options import check_seed
         from .run_folder import RunFolder, default_output_dir, trained_models
 
+        check_seed(args.seed)
         web_only = [flag for flag, given in (("--host", args.host is not None), ("--port", args.port is not None),
                                              ("--share", args.share)) if given]
         if web_only and not args.web:  # the terminal chat would ignore them
@@ -490,7 +492,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         from .comparison import (compare_models, comparison_text, draw_chart, footnotes, markdown, read_prompts,
                                  terminal_table)
         from .loading import resolve_device
+        from .options import check_seed
 
+        check_seed(args.seed)
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max-new-tokens must be positive, got {args.max_new_tokens}.")
         if not args.models:  # what train.py and main.py --train left where they put runs by default

@@ -342,8 +342,14 @@ def _check_numbers(options: TrainingOptions) -> None:
         raise UsageError(f"--min-lr-ratio must be between 0 and 1, got {options.min_lr_ratio}.")
     if options.block_size < 2:
         raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
-    if not 0 <= options.seed < 2**32:  # numpy's seeding, which accelerate's set_seed does, takes no other
-        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {options.seed}.")
+    check_seed(options.seed)
+
+
+def check_seed(seed: int | None) -> None:
+    """Every command's --seed: numpy's seeding, which accelerate's set_seed does, takes no other, and torch's
+    manual_seed overflows past it (a traceback in the chat)."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed}.")
 
 
 # --model-config fields a new model takes from its tokenizer: set by hand, the model disagrees with its tokenizer

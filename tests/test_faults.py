@@ -888,6 +888,17 @@ def test_chat_sampling_settings_out_of_range(flag, needle, trained):
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), flag, "--prompt", "hi"), needle)
 
 
+@pytest.mark.parametrize("main", [chat_main, compare_main], ids=["chat", "compare"])
+@pytest.mark.parametrize("seed", ["-5", "4294967296", "99999999999999999999"])
+def test_a_seed_train_py_refuses_is_refused_by_the_chat_and_the_comparison_too(main, seed, trained, tmp_path):
+    """chat.py seeded torch with a negative seed and ended in a traceback past 2**64 ('Overflow when unpacking long
+    long'); compare.py took both. Every command takes train.py's range, refused before a model is loaded."""
+    args = ["--prompt", "hi"] if main is chat_main else ["--output", str(tmp_path / "report.md")]
+    assert_one_line_error(run_entry(main, str(trained["lstm"]), f"--seed={seed}", *args),
+                          f"--seed must be a whole number from 0 to 4294967295, got {seed}.")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_model_size_the_chat_would_ignore_is_refused(trained):
     """`--model-size` picks models/transformer-<size>; with --model or --model-type lstm it was ignored."""
     assert_one_line_error(run_entry(chat_main, "--model", str(trained["lstm"]), "--model-size", "medium"),

@@ -203,6 +203,18 @@ def test_a_seed_in_the_address_repeats_a_sampled_reply_and_another_seed_changes_
     assert any(reply(seed) != first for seed in (8, 9, 10))  # sampled: a different draw, a different reply
 
 
+def test_a_seed_in_the_address_that_chat_py_would_refuse_is_refused_in_one_line(sites, server, browser):
+    """`?seed=abc` seeded as 0 and `?seed=-1` wrapped, in silence; the page takes chat.py --seed's numbers."""
+    for seed in ("abc", "-1", "1.5", str(2**32)):
+        context = browser.new_context()
+        chat = ChatPage(context, f"{server.url}lstm-int8/?seed={seed}", server.url, wait=False)
+        chat.page.wait_for_selector("#status.error", timeout=60_000)
+        assert chat.status() == (f"seed={seed} in the page's address is not a whole number from 0 to 4294967295: "
+                                 "change it, or take it out for unseeded sampling.")
+        assert chat.page.is_disabled("#message") and chat.page.is_disabled("#send")
+        context.close()
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_with_sampling_off_the_page_decodes_the_pytorch_model_s_greedy_tokens(family, sites, server, browser,
                                                                                decisive):

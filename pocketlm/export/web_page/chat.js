@@ -74,6 +74,11 @@ function fail(message) {
   throw new Error(message);
 }
 
+// chat.py --seed's range (numpy's and torch's seeding): any other text was read as 0, or wrapped, in silence.
+if (SEED !== null && !(/^[0-9]+$/.test(SEED) && Number(SEED) < 2 ** 32)) {
+  fail(`seed=${SEED} in the page's address is not a whole number from 0 to ${2 ** 32 - 1}: change it, or take it ` +
+       "out for unseeded sampling.");
+}
 if (typeof WebAssembly !== "object") {
   fail("This browser cannot run WebAssembly, which the model needs: open the page in a current browser.");
 }
