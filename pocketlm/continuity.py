@@ -32,12 +32,10 @@ from pathlib import Path
 import torch
 import transformers
 
-import modeling
-import tokenization
-
 from .data.blocks import tokenizer_digest
 from .data.formats import find_data_files
 from .errors import UsageError
+from .sources import all_code
 
 SHAPE = ("model_type", "model_size", "model_config", "vocab_size")
 # What no LSTM reads: a run started before they were refused may have recorded any value (model_size large).
@@ -109,11 +107,7 @@ def source_version() -> str:
     """pocketlm's version and a digest of the Python source it runs: "0.1.0 (source 3fa2c19d)"."""
     from . import __version__
 
-    digest = hashlib.blake2b(digest_size=4)
-    for package in (Path(__file__).parent, Path(modeling.__file__).parent, Path(tokenization.__file__).parent):
-        for path in sorted(package.rglob("*.py")):
-            digest.update(str(path.relative_to(package.parent)).encode() + b"\0" + path.read_bytes())
-    return f"{__version__} (source {digest.hexdigest()})"
+    return f"{__version__} (source {all_code()})"
 
 
 def with_tokenizer(record: dict, tokenizer) -> dict:

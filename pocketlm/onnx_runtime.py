@@ -25,6 +25,7 @@ from .errors import UsageError
 from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 from .home import HOME, unusable
 from .signing import digest
+from .sources import all_code
 
 # ONNX exports made for the chat, one per model (keyed by its files' digests), in pocketlm's home.
 EXPORT_CACHE = HOME / "onnx"
@@ -172,8 +173,10 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
         else:  # a PEFT adapter: its graphs are its merged model's, so the model's files are part of the key
             model_family(str(folder), adapters=True)
             sources.append(local_folder(adapter["base_model_name_or_path"]))
-        key = hashlib.sha256("".join(digest(path) for source in sources for path in sorted(source.iterdir())
-                                     if path.suffix in (".safetensors", ".json")).encode()).hexdigest()[:20]
+        # The model's files, and the code that exports and runs its graphs: an upgraded or edited pocketlm exports
+        # again instead of running the graphs an older one traced.
+        key = hashlib.sha256("".join([all_code(), *(digest(path) for source in sources for path in sorted(
+            source.iterdir()) if path.suffix in (".safetensors", ".json"))]).encode()).hexdigest()[:20]
         cached = EXPORT_CACHE / key
         if not (cached / ONNX_DIR / INT8_FILE).is_file():
             try:

@@ -10,7 +10,6 @@ tokenizer and tokenizing once took about 100 seconds with nothing on screen.)
 """
 
 import contextlib
-import hashlib
 import math
 import os
 import sys
@@ -41,6 +40,7 @@ from .loading import load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
+from .sources import cache_key
 from .whole_writes import write_folder_whole
 from .wording import counted
 
@@ -285,10 +285,8 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
     return corpus
 
 
-TOKENIZER_CACHE = HOME / "tokenizers"  # trained tokenizers, by the text and settings they came from
-# Part of their key: bump when tokenization/ trains a different tokenizer from the same text, or saves another chat
-# template with it (3: message content as a list of text parts).
-TOKENIZER_SCHEMA = 3
+# Trained tokenizers, by the text and settings they came from and the code that trained them (`cache_key`).
+TOKENIZER_CACHE = HOME / "tokenizers"
 
 
 def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
@@ -336,9 +334,8 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
     kind = "character" if options.model_type == "lstm" else f"byte-level BPE ({options.vocab_size:,}-token)"
     # An Arrow corpus's fingerprint names its text exactly: the same text and settings train the same tokenizer,
     # so a second run reuses the first's (and, through it, its tokenized blocks). A stream is not fingerprinted.
-    cached = None if corpus.streaming else TOKENIZER_CACHE / hashlib.blake2b(
-        f"{TOKENIZER_SCHEMA}|{corpus.train._fingerprint}|{options.model_type}|{options.vocab_size}".encode(),
-        digest_size=12).hexdigest()
+    cached = None if corpus.streaming else TOKENIZER_CACHE / cache_key(
+        "tokenizer", corpus.train._fingerprint, options.model_type, options.vocab_size)
     with stages.stage("tokenizer", f"training the {kind} tokenizer") as stage:
         if accelerator.is_main_process:
             if cached is not None and cached.is_dir():

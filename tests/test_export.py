@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error,
-                      free_port, make_text, run_entry, train_tiny_models)
+                      free_port, make_text, run_entry, train_tiny_models, with_decisive_weights)
 from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
@@ -441,6 +441,37 @@ def test_chat_on_the_onnx_runtime_replies_as_pytorch_does_under_one_seed(family,
         replies.append([chat.reply(text) for text in PROMPTS[:2]])  # sampled, with the chat's settings
     assert replies[0] == replies[1] == replies[2]
     assert type(chat.model).__name__ == "OnnxCausalLM" and len(list((tmp_path / "cache").iterdir())) == 1
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_onnx_runtime_exports_again_for_other_pocketlm_code(family, trained, monkeypatch, tmp_path):
+    """--runtime onnx kept its export under a digest of the model's files alone: after an upgrade, or an edit, of
+    the code that traces and runs the graphs, it ran the graphs the older code had traced. The key holds a digest of
+    pocketlm's source too. The stand-in for an older trace is the graphs of a model of other weights."""
+    from pocketlm import sources
+
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
+    model, tokenizer = load_pretrained(str(trained[family]))
+    ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
+    with torch.no_grad():
+        expected = model(ids).logits
+
+    def onnx_logits() -> tuple[torch.Tensor, Path]:
+        onnx_model, _ = load_pretrained(str(trained[family]), runtime="onnx")
+        with torch.no_grad():
+            return onnx_model(ids).logits, onnx_model.graph_file.parent.parent
+
+    first, cached = onnx_logits()
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-4)
+    other, _ = load_pretrained(str(with_decisive_weights(trained[family], tmp_path / "other")), runtime="onnx")
+    shutil.rmtree(cached / "onnx")
+    shutil.copytree(other.graph_file.parent, cached / "onnx")
+    served, folder = onnx_logits()
+    assert folder == cached and not torch.allclose(served, expected, atol=1e-2)  # the same code reads its cache
+    monkeypatch.setattr(sources, "source_digest", lambda *folders: "an upgraded pocketlm's")
+    again, folder = onnx_logits()
+    assert folder != cached
+    torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_tools_name_the_model(trained, exported,

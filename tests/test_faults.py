@@ -238,15 +238,35 @@ CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "c
      "a message lacks a 'role' or 'content' string"),
     ("text part without text", _jsonl(*GOOD, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
      "a message's content list holds a part that is not {'type': 'text', 'text': '...'}"),
+    # OpenAI's tool use: a call without text read as "a message lacks a 'role' or 'content' string", and a call
+    # beside a text trained on the text alone, the call lost in silence.
+    *[(f"tool call {n}", _jsonl(*GOOD, {"messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": content, "tool_calls": [{"type": "function", "function": {
+            "name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "assistant", "content": "Sunny."}]}),
+       "a message calls a tool ('tool_calls'), and pocketlm's chat template holds text turns of system, user and "
+       "assistant only: leave such records out, or write the call and its result into the turns' text")
+      for n, content in enumerate([None, "Let me look.", ""])],
+    ("tool result", _jsonl(*GOOD, {"messages": [{"role": "user", "content": "Weather?"},
+                                                {"role": "tool", "content": "sunny"},
+                                                {"role": "assistant", "content": "Sunny."}]}),
+     "a 'tool' message holds a tool's result, and pocketlm's chat template holds text turns of system, user and "
+     "assistant only: leave such records out, or write the call and its result into the turns' text"),
+    ("sharegpt observation", _jsonl(*GOOD, {"conversations": [{"from": "human", "value": "Weather?"},
+                                                             {"from": "observation", "value": "sunny"},
+                                                             {"from": "gpt", "value": "Sunny."}]}),
+     "a 'observation' message holds a tool's result"),
 ])
 def test_bad_jsonl_records_are_skipped_counted_and_named(case, content, reason, tmp_path):
     result = _train_on(tmp_path, "data.jsonl", content)
     assert result.returncode == 0, result.stderr[-3000:]
     records = json.loads((tmp_path / "out" / "training_summary.json").read_text())["data"]["records"]
     skipped = len(content.splitlines()) - len(GOOD)
-    assert records["skipped"] == {reason: skipped}, records
+    (skipped_reason,) = records["skipped"]
+    assert skipped_reason.startswith(reason) and records["skipped"][skipped_reason] == skipped, records
     assert records["kept"] + records["duplicates_dropped"] == len(GOOD)  # every good line trained on
-    assert records["first_skipped_at"][reason] == f"{tmp_path / 'data.jsonl'}:{len(GOOD) + 1}"
+    assert records["first_skipped_at"][skipped_reason] == f"{tmp_path / 'data.jsonl'}:{len(GOOD) + 1}"
     assert reason in result.stdout  # on the screen, where the user looks
 
 
@@ -295,6 +315,79 @@ def test_text_with_a_byte_order_mark_or_in_utf16_is_read_as_text(encoding, tmp_p
 
     vocabulary = AutoTokenizer.from_pretrained(tmp_path / "out").get_vocab()
     assert "你" in vocabulary and "\ufeff" not in vocabulary and "\x00" not in vocabulary
+
+
+def test_data_read_by_other_pocketlm_code_is_read_again_not_served_from_the_cache(tmp_path, monkeypatch):
+    """datasets caches what pocketlm reads under a key of the files, their sizes and times, and the code: it knows
+    the code by the names of the functions a transform calls, not by what they do, so a key number bumped by hand
+    stood for pocketlm's reading and tokenizing code, and once was not bumped: the first run after a fix to reading
+    was served the reading from before it. The key holds a digest of that code now."""
+    from pocketlm import data, sources
+    from pocketlm.data import reading
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(_jsonl(*[{"messages": [{"role": "user", "content": make_text(i, 1)},
+                                           {"role": "assistant", "content": make_text(i + 40, 1)}]}
+                             for i in range(20)]))
+    assert set(data.load_documents([str(path)])[0]["problem"]) == {""}
+
+    def other_reading(messages, origin: str) -> dict:
+        return reading._row(origin=origin, problem="read by other code")
+
+    monkeypatch.setattr(reading, "_conversation_row", other_reading)
+    # The same code as far as the key knows: datasets serves what it cached (so the key is what decides).
+    assert set(data.load_documents([str(path)])[0]["problem"]) == {""}
+    monkeypatch.setattr(sources, "source_digest", lambda *folders: "an edited checkout's")
+    assert set(data.load_documents([str(path)])[0]["problem"]) == {"read by other code"}
+
+
+def test_a_tokenizer_trained_by_other_pocketlm_code_is_trained_again_not_served_from_the_cache(tmp_path,
+                                                                                              monkeypatch):
+    """Trained tokenizers are kept by the text and settings they came from, and by a number bumped by hand for
+    the code that trains them, as the data's caches were: keyed by the code's digest now, as they are."""
+    import pocketlm.preparation as preparation
+    from pocketlm import sources
+
+    text = make_text(0, 200)
+    notes = tmp_path / "notes.txt"
+    notes.write_text(text)
+
+    def vocabulary_trained_with() -> dict:
+        result = run_entry(train_main, "--model-type=lstm", f"--data={notes}", f"--output-dir={tmp_path / 'out'}",
+                           "--overwrite", "--block-size=32", "--max-steps=1", "--samples=0",
+                           "--model-config=hidden_size=32", "--model-config=embedding_dim=16")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"]
+
+    vocabulary = vocabulary_trained_with()
+    trained = preparation.train_char_tokenizer
+
+    def other_training(texts):  # stands for other code: a tokenizer that has never seen the text's last letter
+        return trained([t.replace(max(text), " ") for t in texts])
+
+    monkeypatch.setattr(preparation, "train_char_tokenizer", other_training)
+    for code, same in ((None, True), ("an upgraded pocketlm's", False)):
+        if code:
+            monkeypatch.setattr(sources, "source_digest", lambda *folders: code)
+        now = vocabulary_trained_with()
+        assert (now == vocabulary) is same and (max(text) in now) is same
+
+
+def test_the_code_digest_changes_with_any_edit_to_the_code_that_reads_and_tokenizes(tmp_path):
+    from pocketlm import sources
+
+    folders = [tmp_path / "code" / "data", tmp_path / "code" / "tokenization"]
+    for folder, package in zip(folders, ("pocketlm/data", "tokenization")):
+        shutil.copytree(REPO_ROOT / package, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    digest = sources.source_digest.__wrapped__
+    before = digest(*folders)
+    assert digest(*folders) == before
+    reading = folders[0] / "reading.py"
+    reading.write_text(reading.read_text().replace("unknown role", "unknown  role"))
+    assert digest(*folders) != before
+    (folders[1] / "bpe.py").rename(folders[1] / "bpe_moved.py")
+    reading.write_text(reading.read_text().replace("unknown  role", "unknown role"))
+    assert digest(*folders) != before  # a file moved is other code
 
 
 def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from datasets.distributed import split_dataset_by_node
 from tokenization import END_OF_TEXT, END_OF_TURN, ROLE_TOKENS, SPECIAL_TOKENS
 from tokenization.char import UNKNOWN
 
+from ..sources import cache_key
 from .reading import DOCUMENT_FEATURES, column, text_lengths
 
 SHUFFLE_BUFFER_BLOCKS = 1000  # a streamed corpus is shuffled within a window of this many blocks
@@ -68,7 +69,6 @@ def assistant_mask(ids, assistant_id: int, end_id: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- blocks
 
 
-TOKENS_SCHEMA = 2  # part of the tokenized data's cache key: bump when tokenize or training_blocks change output
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -77,12 +77,6 @@ def tokenizer_digest(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.blake2b(definition.encode(), digest_size=16).hexdigest()
-
-
-def _cache_key(*parts) -> str:
-    """A datasets fingerprint for a derived dataset: the same inputs give the same key, so a second run on
-    unchanged data, tokenizer and block size reads the first run's Arrow files instead of computing them."""
-    return hashlib.blake2b("|".join(map(str, (TOKENS_SCHEMA, *parts))).encode(), digest_size=8).hexdigest()
 
 
 def token_dtype(vocabulary: int) -> np.dtype:
@@ -134,7 +128,7 @@ def tokenize(documents: datasets.Dataset | datasets.IterableDataset, tokenizer, 
     encode, features = _encoder(tokenizer, with_assistant_mask)
     if isinstance(documents, datasets.IterableDataset):
         return documents.map(encode, batched=True, remove_columns=list(DOCUMENT_FEATURES), features=features)
-    key = _cache_key("tokens", documents._fingerprint, tokenizer_digest(tokenizer), with_assistant_mask)
+    key = cache_key("tokens", documents._fingerprint, tokenizer_digest(tokenizer), with_assistant_mask)
     return documents.map(encode, batched=True, remove_columns=documents.column_names, num_proc=_workers(documents),
                          features=features, desc="tokenizing", new_fingerprint=key)
 
@@ -198,7 +192,7 @@ def training_blocks(documents: datasets.Dataset | datasets.IterableDataset, toke
 
     if isinstance(documents, datasets.IterableDataset):
         return documents.map(tokenize_and_cut, batched=True, batch_size=1000, remove_columns=list(DOCUMENT_FEATURES))
-    key = _cache_key("blocks", documents._fingerprint, tokenizer_digest(tokenizer), block_size, columns)
+    key = cache_key("blocks", documents._fingerprint, tokenizer_digest(tokenizer), block_size, columns)
     return documents.map(tokenize_and_cut, batched=True, batch_size=1000, remove_columns=documents.column_names,
                          num_proc=_workers(documents), features=features, desc="tokenizing into blocks",
                          new_fingerprint=key)

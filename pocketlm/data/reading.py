@@ -28,6 +28,7 @@ from tokenization import END_OF_TURN, ROLE_TOKENS, message_text, render_chat
 
 from ..errors import UsageError
 from ..home import HOME, unusable
+from ..sources import cache_key, data_code
 from ..whole_writes import write_folder_whole
 from ..wording import counted
 from .formats import (JSONL_SUFFIX, RECORD_COLUMNS, RECORD_KINDS, STRING_PAIRS, TABLE_COLUMNS, DataFile, data_format,
@@ -38,9 +39,6 @@ logger = logging.getLogger(__name__)
 # A dataset's size is not known before it is read: its long records are cut as a large corpus's are.
 DATASET_TARGET = 4000
 DEFAULT_CORPUS_NAME = "chatterbot-corpus (English dialogs)"
-# Part of every Arrow cache key: datasets may reuse a cached generator result across code changes, so bump
-# this whenever the document columns or their meaning change.
-DOCUMENT_SCHEMA = 10
 DOCUMENT_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "is_chat": datasets.Value("bool"), "ends": datasets.Value("bool"),
     "origin": datasets.Value("string"), "problem": datasets.Value("string"),
@@ -249,11 +247,23 @@ def _text_row(text, key: str, origin: str) -> dict:
     return _row(text, origin)
 
 
+# Tool use, as OpenAI's fine-tuning layout (an assistant's `tool_calls`, a `tool` message with the result), Llama 3's
+# (`ipython`) and ShareGPT's tool datasets (`function_call`, `observation`) write it. The chat template holds text
+# turns of system, user and assistant only: a call read as its reply's text alone would be lost in silence.
+TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")
+TOOL_USE = ("pocketlm's chat template holds text turns of system, user and assistant only: leave such records out, "
+            "or write the call and its result into the turns' text")
+
+
 def _conversation_row(messages, origin: str) -> dict:
     if not isinstance(messages, list) or not messages:
         return _row(origin=origin, problem="'messages' is not a non-empty list")
     texts = []
     for message in messages:
+        if isinstance(message, dict) and (message.get("tool_calls") or message.get("function_call")):
+            return _row(origin=origin, problem=f"a message calls a tool ('tool_calls'), and {TOOL_USE}")
+        if isinstance(message, dict) and message.get("role") in TOOL_ROLES:
+            return _row(origin=origin, problem=f"a {message['role']!r} message holds a tool's result, and {TOOL_USE}")
         text = message_text(message.get("content")) if isinstance(message, dict) else None
         if text is None or not isinstance(message.get("role"), str):
             return _row(origin=origin, problem=_content_problem(message))
@@ -389,8 +399,9 @@ READERS = {"text": _text_file_documents, JSONL_SUFFIX: _jsonl_documents, ".json"
 
 
 def _file_documents(files: list[str], encodings: list[str], sizes: list[int], text_column: str | None = None,
-                    signature: list[str] | None = None, schema: int = DOCUMENT_SCHEMA):
-    """Generator for `from_generator`; `signature` (sizes, times) and `schema` only key the Arrow cache."""
+                    signature: list[str] | None = None, code: str = ""):
+    """Generator for `from_generator`; `signature` (sizes, times) and `code` (`data_code`) only key the Arrow
+    cache."""
     for name, encoding, size in zip(files, encodings, sizes):
         path = Path(name)
         yield from READERS[data_format(path)](path, encoding, size, text_column)
@@ -411,7 +422,7 @@ def default_conversations() -> list[list[dict]]:
     return conversations
 
 
-def _default_documents(schema: int):
+def _default_documents(code: str):
     for number, messages in enumerate(default_conversations(), 1):
         yield _row(render_chat(messages), f"{DEFAULT_CORPUS_NAME} #{number}", is_chat=True)
 
@@ -491,7 +502,10 @@ def _dataset_documents(name: str, streaming: bool, text_column: str | None, conf
                                           DATASET_TARGET)]
         return {key: [document[key] for document in documents] for key in DOCUMENT_FEATURES}
 
-    return split.map(to_documents, batched=True, with_indices=True, remove_columns=columns, features=DOCUMENT_FEATURES)
+    read = {"batched": True, "with_indices": True, "remove_columns": columns, "features": DOCUMENT_FEATURES}
+    if isinstance(split, datasets.IterableDataset):  # read afresh on every pass: nothing is cached
+        return split.map(to_documents, **read)
+    return split.map(to_documents, **read, new_fingerprint=cache_key("documents", split._fingerprint, text_column))
 
 
 def _check_datasets_cache() -> None:
@@ -525,7 +539,7 @@ def load_documents(
         return _dataset_documents(dataset, streaming, text_column, dataset_config), with_config(dataset, dataset_config)
     if not data:
         generate = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
-        return generate(_default_documents, gen_kwargs={"schema": DOCUMENT_SCHEMA},
+        return generate(_default_documents, gen_kwargs={"code": data_code()},
                         features=DOCUMENT_FEATURES), DEFAULT_CORPUS_NAME
     files = readable_files(find_data_files(data, flag), report, text_column)
     names = [str(file.path) for file in files]
@@ -539,7 +553,7 @@ def load_documents(
     signature = [f"{Path(name).resolve()}|{_signature(name)}" for name in names]
     documents = datasets.Dataset.from_generator(
         _file_documents, features=DOCUMENT_FEATURES,
-        gen_kwargs={**read, "signature": signature, "schema": DOCUMENT_SCHEMA},
+        gen_kwargs={**read, "signature": signature, "code": data_code()},
     )
     changed = [name for name, before in zip(names, signature) if f"{Path(name).resolve()}|{_signature(name)}" != before]
     if changed:
