@@ -125,17 +125,26 @@ class OnnxCausalLM(PreTrainedModel, GenerationMixin):
         return torch.from_numpy(outputs[0])
 
     def _lstm_step(self, input_ids, attention_mask, cache) -> torch.Tensor:
-        config, batch = self.config, input_ids.shape[0]
-        if attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1]:].all()):
-            raise ValueError("the ONNX LSTM reads unpadded batches only: generate one prompt at a time, or use the "
-                             "PyTorch model for padded batches.")
+        config, (batch, length) = self.config, input_ids.shape
         state = read_state(cache, config.num_layers)
         if state is None:
             state = (torch.zeros(config.num_layers, batch, config.hidden_size),) * 2
-        logits, h, c = self.session.run(None, {"input_ids": input_ids.numpy(), "h": state[0].numpy(),
-                                                "c": state[1].numpy()})
+        h, c = state[0].numpy(), state[1].numpy()
+        real = None if attention_mask is None else attention_mask[:, -length:].bool().numpy()
+        if real is None or real.all():
+            logits, h, c = self.session.run(None, {"input_ids": input_ids.numpy(), "h": h, "c": c})
+        else:
+            # A padded batch (left-padded prompts): the graph reads one position at a time, and a row's state goes
+            # through its padding unchanged, as the PyTorch LSTM's does, so each row reads only its own tokens.
+            steps = []
+            for t in range(length):
+                step, step_h, step_c = self.session.run(None, {"input_ids": input_ids[:, t:t + 1].numpy(), "h": h,
+                                                               "c": c})
+                h, c = np.where(real[None, :, t, None], step_h, h), np.where(real[None, :, t, None], step_c, c)
+                steps.append(step)
+            logits = np.concatenate(steps, axis=1)
         if cache is not None:
-            write_state(cache, torch.from_numpy(h), torch.from_numpy(c), input_ids.shape[1])
+            write_state(cache, torch.from_numpy(h), torch.from_numpy(c), length)
         return torch.from_numpy(logits)
 
 

@@ -604,6 +604,33 @@ def test_the_onnx_runtime_goes_on_from_the_cache_it_returned_as_one_generation(f
     torch.testing.assert_close(torch.stack(first.logits + second.logits), torch.stack(whole.logits))
 
 
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_the_onnx_runtime_decodes_a_left_padded_batch_as_the_pytorch_model_does(family, trained, monkeypatch,
+                                                                                 tmp_path):
+    """The ONNX LSTM refused a padded batch ("reads unpadded batches only"), so beam search and batched prompts
+    needed the PyTorch model; it reads padding as that one does now, its state unchanged through a row's padding.
+    Greedy, beam search and seeded sampling of several sequences each, on weights that decide (tokens that vary)."""
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
+    folder = str(with_decisive_weights(trained[family], tmp_path / "model"))
+    models = [load_pretrained(folder, runtime=runtime)[0] for runtime in ("torch", "onnx")]
+    tokenizer = load_pretrained(folder)[1]
+    batch = tokenizer(["To be, or not to be", "a", "that is the question"], return_tensors="pt", padding=True)
+    assert not batch["attention_mask"].all()
+    with torch.no_grad():
+        torch_logits, onnx_logits = (model(**batch).logits for model in models)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(onnx_logits[real], torch_logits[real], rtol=1e-4, atol=1e-4)
+    for options in ({"do_sample": False}, {"num_beams": 3, "num_return_sequences": 2, "do_sample": False},
+                    {"do_sample": True, "num_return_sequences": 2, "top_k": 5}):
+        decoded = []
+        for model in models:
+            torch.manual_seed(0)
+            decoded.append(model.generate(**batch, max_new_tokens=12, min_new_tokens=12,
+                                          pad_token_id=tokenizer.pad_token_id, **options))
+        assert decoded[0].tolist() == decoded[1].tolist(), options
+        assert len(set(decoded[0][0, -12:].tolist())) > 3  # tokens that vary: a comparison that can fail
+
+
 # ------------------------------------------------------------------------------------------------------ GGUF
 
 
