@@ -165,12 +165,11 @@ def compare(recorded: dict | None, current: dict, step: int, accept_changes: boo
     deciding = [_flag_change(name, old.get(name), new[name]) for name in DECIDING if old.get(name) != new[name]]
     if recorded.get("num_processes") != current["num_processes"]:
         deciding.append(f"{current['num_processes']} process(es) here, {recorded.get('num_processes')} in the run")
-    touched = []
+    notes = []
     for part in ("data", "validation_data"):
         changed, same_bytes = _data_changes(recorded.get(part), current[part], part)
         deciding += changed
-        touched += same_bytes
-    notes = [f"{name} was touched but holds the same bytes" for name in touched]
+        notes += same_bytes
     notes += [_flag_change(name, old.get(name), new[name]) + ": the schedule now runs to the new end"
               for name in LENGTH if old.get(name) != new[name]]
     if deciding and not accept_changes:
@@ -208,17 +207,27 @@ def _shown(value) -> str:
 
 
 def _data_changes(before: dict | None, after: dict | None, part: str) -> tuple[list[str], list[str]]:
-    """What changed between two data fingerprints, in words, and the files touched with their bytes unchanged."""
+    """What changed between two data fingerprints, in words, and the notes for what changed without changing the
+    bytes read (files touched, or the same files read from other paths)."""
     flag = "--validation-data" if part == "validation_data" else "the data"
     if before == after:
         return [], []
+    old, new = (before or {}).get("files", {}), (after or {}).get("files", {})
+    named = _short_names(set(old) | set(new))
+    if old and new and before.keys() == after.keys() and \
+            (old.keys() != new.keys() or before.get("dataset") != after.get("dataset")) and \
+            [f["digest"] for f in old.values()] == [f["digest"] for f in new.values()]:
+        # The same bytes read in the same order from other paths (a project folder or a saved dataset moved or
+        # renamed, a job started again where the data is mounted elsewhere): the same documents, the same batches.
+        then, now = (fingerprint["dataset"] if "dataset" in fingerprint else ", ".join(named[name] for name in files)
+                     for fingerprint, files in ((before, old), (after, new)))
+        return [], [f"{flag} was read from {then} and now from {now}: the same bytes in the same order"]
     if before is None or after is None or set(before) - {"files"} != set(after) - {"files"} or \
             any(before[key] != after[key] for key in before if key != "files"):
         return [f"{flag} is {_data_name(after)} here, {_data_name(before)} in the run"], []
-    old, new = before.get("files", {}), after.get("files", {})
     changed, touched = [], []
     for name in sorted(set(old) | set(new)):
-        short = Path(name).name
+        short = named[name]
         if name not in new:
             changed.append(f"{short} is gone")
         elif name not in old:
@@ -226,8 +235,17 @@ def _data_changes(before: dict | None, after: dict | None, part: str) -> tuple[l
         elif old[name]["digest"] != new[name]["digest"]:
             changed.append(f"{short} changed ({old[name]['size']:,} bytes then, {new[name]['size']:,} now)")
         elif old[name]["mtime_ns"] != new[name]["mtime_ns"]:
-            touched.append(short)
+            touched.append(f"{short} was touched but holds the same bytes")
     return changed, touched
+
+
+def _short_names(paths: set[str]) -> dict[str, str]:
+    """Each file as the resume's notes name it: by its name alone, or by its whole path where another file of the
+    same name is named too ("notes/d.txt is gone; d.txt was added" read as a contradiction)."""
+    counts = {}
+    for path in paths:
+        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+    return {path: Path(path).name if counts[Path(path).name] == 1 else path for path in paths}
 
 
 def _data_name(fingerprint: dict | None) -> str:

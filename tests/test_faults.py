@@ -1614,6 +1614,8 @@ def _append(folder: Path) -> None:
     ("appended to", [], ["a.txt changed (", "bytes then,", "--accept-changes"]),
     ("a file added", [], ["c.txt was added"]),
     ("a file removed", [], ["b.txt is gone"]),
+    # Named by its whole path, as another file of its name is in the run: "a.txt was added" read as a contradiction.
+    ("a file of a name the run has added", [], ["/texts/more/a.txt was added"]),
     ("batch size", ["--batch-size=8"], ["--batch-size is 8 here, 4 in the run"]),
     ("seed", ["--seed=7"], ["--seed is 7 here, 1337 in the run"]),
     ("block size", ["--block-size=16"], ["--block-size is 16 here, 32 in the run"]),
@@ -1629,6 +1631,9 @@ def test_a_resume_refuses_a_change_that_decides_the_batches_until_it_is_accepted
         (folder / "c.txt").write_text(make_text(2))
     elif change == "a file removed":
         (folder / "b.txt").unlink()
+    elif change == "a file of a name the run has added":
+        (folder / "more").mkdir()
+        (folder / "more" / "a.txt").write_text(make_text(2))
     before = snapshot(out)
     refused = _resume(folder, out, *flags)
     assert_one_line_error(refused, "--resume: since the checkpoint at step 2", *needles)
@@ -1664,6 +1669,35 @@ def test_a_resume_into_another_model_is_refused_even_with_accept_changes(change,
     assert not (out / "checkpoints" / "step-4").exists()
 
 
+def test_a_resume_reading_the_same_data_from_another_place_continues_to_the_same_weights(tmp_path):
+    """A project folder moved or renamed, or a job started again where the data is mounted elsewhere: the files the
+    run read were 'gone' and the same files 'added', and the resume was refused. The same bytes in the same order
+    are the same batches: it continues, saying so, to the weights the resume from the old place gives."""
+    weights = {}
+    for place in ("stays", "moves"):
+        folder, out = tmp_path / place / "texts", tmp_path / place / "out"
+        folder.mkdir(parents=True)
+        for number, name in enumerate(("a.txt", "b.txt")):
+            (folder / name).write_text(make_text(number))
+        assert _train(folder, out, "--save-every=1").returncode == 0
+        if place == "moves":
+            folder = folder.rename(tmp_path / place / "renamed")
+        resumed = _resume(folder, out)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        output = resumed.stdout + resumed.stderr
+        assert "resumed from step 2" in output and "continuing with changes" not in output
+        moved = (f"the data was read from {tmp_path / place / 'texts' / 'a.txt'}, {tmp_path / place / 'texts' / 'b.txt'}"
+                 f" and now from {folder / 'a.txt'}, {folder / 'b.txt'}: the same bytes in the same order")
+        assert (moved in output) is (place == "moves"), output
+        weights[place] = (out / "model.safetensors").read_bytes()
+    assert weights["moves"] == weights["stays"]
+    # The same bytes in another order are other batches: refused, naming each file.
+    folder = tmp_path / "moves" / "renamed"
+    (folder / "a.txt").rename(folder / "c.txt")
+    assert_one_line_error(_resume(folder, tmp_path / "moves" / "out", "--max-steps=6"), "a.txt is gone",
+                          "c.txt was added")
+
+
 def test_a_resume_continues_with_a_note_where_the_change_cannot_matter(interrupted):
     folder, out = interrupted
     os.utime(folder / "a.txt", ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
@@ -1691,10 +1725,16 @@ def test_a_run_on_a_saved_dataset_resumes_though_datasets_wrote_its_cache_beside
     resumed = run_entry(train_main, *args, "--max-steps=3", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "was added" not in resumed.stdout + resumed.stderr and (out / "checkpoints" / "step-3").exists()
-    shutil.rmtree(saved)
-    datasets.Dataset.from_dict({"text": [*texts, make_text(3)]}).save_to_disk(saved)
-    assert_one_line_error(run_entry(train_main, *args, "--max-steps=4", "--resume"),
-                          "--resume: since the checkpoint at step 3", "changed (")
+    # Moved: the same rows from another place, said, not refused (as a moved folder of text files).
+    moved = saved.rename(tmp_path / "moved")
+    args[0] = f"--dataset={moved}"
+    resumed = run_entry(train_main, *args, "--max-steps=4", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"the data was read from {saved} and now from {moved}: the same bytes in the same order" in resumed.stdout
+    shutil.rmtree(moved)
+    datasets.Dataset.from_dict({"text": [*texts, make_text(3)]}).save_to_disk(moved)
+    assert_one_line_error(run_entry(train_main, *args, "--max-steps=5", "--resume"),
+                          "--resume: since the checkpoint at step 4", "changed (")
 
 
 def test_an_lstm_run_that_recorded_a_size_or_vocabulary_it_never_read_resumes(tmp_path):
