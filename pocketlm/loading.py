@@ -19,7 +19,7 @@ from .errors import WEB_ADDRESS, UsageError, web_address_said
 from .home import HOME
 from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_FILE, EXPORT_RECORD,
                          GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEB_PAGE_FILE,
-                         RunFolder)
+                         WEIGHTS_INDEX_FILE, RunFolder)
 from .signing import MANIFEST_FILE
 
 
@@ -131,6 +131,8 @@ def check_model_folder(folder: Path) -> None:
     folder = Path(as_model(str(folder)))
     _refuse_a_web_page_model(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if MODEL_FILE in missing and (folder / WEIGHTS_INDEX_FILE).is_file():  # in shards, as transformers reads them
+        missing.remove(MODEL_FILE)
     if CONFIG_FILE in missing:
         raise _no_model(folder)
     if missing == [CHAT_TEMPLATE_FILE] and (_has_chat_template(folder) or _is_stock(folder)):
@@ -143,7 +145,30 @@ def check_model_folder(folder: Path) -> None:
     for name in JSON_FILES:
         if (folder / name).is_file():
             _read_json(folder / name)
-    _check_safetensors(folder / MODEL_FILE)
+    for weights in _weight_files(folder):
+        _check_safetensors(weights)
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether `folder` holds weights for torch: one safetensors file, or shards and their index."""
+    return (folder / MODEL_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files holding the weights of the model folder `folder`: model.safetensors, or the shards its index lists
+    (save_pretrained with a max_shard_size, a Hub repository's download), each there or named as missing."""
+    if (folder / MODEL_FILE).is_file():
+        return [folder / MODEL_FILE]
+    index = _read_json(folder / WEIGHTS_INDEX_FILE).get("weight_map")
+    if not isinstance(index, dict) or not index:
+        raise UsageError(f"{folder / WEIGHTS_INDEX_FILE} lists no weights: the model folder is damaged; "
+                         f"{DAMAGED_FIX}.")
+    shards = [folder / name for name in sorted(set(index.values()))]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise UsageError(f"{folder} is an incomplete model folder, missing {', '.join(missing)} (part of the weights "
+                         f"{WEIGHTS_INDEX_FILE} lists): {DAMAGED_FIX}.")
+    return shards
 
 
 CHECKPOINT_MODELS = HOME / "checkpoint-models"  # checkpoints seen as model folders (links, no copies)
@@ -347,7 +372,7 @@ def holds_only_graphs(path_or_repo: str) -> bool:
     `all`): it runs in onnxruntime only."""
     record = export_record(as_model(path_or_repo))
     return (record is not None and "onnx" in record["formats"]
-            and not (Path(as_model(path_or_repo)).expanduser() / MODEL_FILE).is_file())
+            and not has_weights(Path(as_model(path_or_repo)).expanduser()))
 
 
 def default_runtime(path_or_repo: str) -> str:

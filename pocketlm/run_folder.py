@@ -32,6 +32,7 @@ from .whole_writes import check_writable, make_folder, readable_by_others, remov
 
 # The files of a save_pretrained folder (transformers' names), which a model folder of either family holds.
 MODEL_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # where weights saved in shards (max_shard_size) are listed
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 TOKENIZER_FILE = "tokenizer.json"

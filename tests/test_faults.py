@@ -68,7 +68,18 @@ def _grown_tokenizer(folder: Path, trained) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _in_shards(folder: Path) -> list[Path]:
+    """The weights saved again in shards, as save_pretrained(max_shard_size=...) and large Hub repositories keep
+    them (model.safetensors.index.json and model-0000N-of-0000M.safetensors): the shards, in order."""
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="20KB")
+    return sorted(folder.glob("model-*.safetensors"))
+
+
 DAMAGE = {
+    "a shard missing": (lambda f, t: _in_shards(f)[1].unlink(), "model-00002-of-"),
+    "a shard truncated": (lambda f, t: _truncate(_in_shards(f)[-1]), "is truncated or damaged"),
     "config.json missing": (lambda f, t: (f / "config.json").unlink(), "no config.json"),
     "config.json not JSON": (lambda f, t: (f / "config.json").write_text("{'model_type': "), "config.json"),
     "config.json truncated": (lambda f, t: _truncate(f / "config.json"), "config.json"),
@@ -121,6 +132,36 @@ def test_a_damaged_model_folder_is_refused_in_one_line(command, damage, trained,
         assert not (tmp_path / "tuned" / "model.safetensors").exists()
     assert_one_line_error(result, needle)
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_model_saved_in_shards_is_the_model_to_every_command(family, trained, corpus, tmp_path):
+    """transformers loads weights saved in shards; every pocketlm command called such a folder "incomplete, missing
+    model.safetensors". Each now takes it as the same model: the same reply, score, export and fine-tuned weights."""
+    sharded = tmp_path / "model-in-shards"
+    shutil.copytree(trained[family], sharded, ignore=shutil.ignore_patterns("checkpoints"))
+    assert len(_in_shards(sharded)) > 1
+    outputs = {}
+    for name, folder in (("whole", trained[family]), ("sharded", sharded)):
+        out = tmp_path / name
+        out.mkdir()
+        reply = run_entry(chat_main, str(folder), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12")
+        report = run_entry(compare_main, str(folder), "--output", str(out / "report.md"), "--max-new-tokens", "4")
+        exported = run_entry(export_main, str(folder), "--format", "onnx", "--output-dir", str(out / "export"))
+        uploaded = run_entry(upload_main, str(folder), "--repo-id", "me/m", "--dry-run", "--output-dir",
+                             str(out / "hub"))
+        tuned = run_entry(train_main, "--init-from", str(folder), f"--data={corpus}",
+                          "--output-dir", str(out / "tuned"), "--max-steps", "2", "--samples", "0", "--seed", "3")
+        for result in (reply, report, exported, uploaded, tuned):
+            assert result.returncode == 0, result.stderr[-3000:]
+        (row,) = [line.split("|") for line in (out / "report.md").read_text().splitlines()
+                  if line.startswith(f"| {folder} |")]
+        outputs[name] = (reply.stdout, row[5], (out / "export" / "onnx" / "model.onnx").read_bytes(),
+                         (out / "hub" / "model.safetensors").read_bytes(),
+                         (out / "tuned" / "model.safetensors").read_bytes())
+    assert outputs["sharded"][0] == outputs["whole"][0] and outputs["whole"][0].strip()
+    assert outputs["sharded"][1] == outputs["whole"][1] and float(outputs["whole"][1]) > 0  # bits per character
+    assert outputs["sharded"][2:] == outputs["whole"][2:]
 
 
 @pytest.mark.parametrize("command", ["chat.py", "compare.py", "hub_upload.py", "train.py --init-from", "export.py"])
