@@ -27,10 +27,15 @@ def all_code() -> str:
 
 def data_code() -> str:
     """What turns files into documents and documents into tokens (pocketlm.data, and tokenization, whose template
-    renders conversations): part of every key under which datasets caches their output. datasets fingerprints a
+    renders conversations; and the releases of datasets, which parses the record files, and tokenizers, which trains
+    and runs the tokenizers): part of every key under which datasets caches their output. datasets fingerprints a
     transform by the names of the functions it calls, not by their code, and a schema number bumped by hand was
     once left behind: a fix to reading served a run the reading it had cached before the fix."""
-    return source_digest(Path(__file__).parent / "data", Path(tokenization.__file__).parent)
+    import datasets
+    import tokenizers
+
+    code = source_digest(Path(__file__).parent / "data", Path(tokenization.__file__).parent)
+    return f"{code} datasets {datasets.__version__} tokenizers {tokenizers.__version__}"
 
 
 def cache_key(*parts) -> str:
