@@ -27,7 +27,7 @@ from .home import HOME, unusable
 from .signing import digest
 from .sources import all_code
 
-# ONNX exports made for the chat, one per model (keyed by its files' digests), in pocketlm's home.
+# ONNX exports made for the chat, one per model and pocketlm source (`load_onnx`), in pocketlm's home.
 EXPORT_CACHE = HOME / "onnx"
 
 
@@ -154,8 +154,8 @@ OnnxCausalLM.forward.__signature__ = inspect.signature(OnnxCausalLM.forward)
 
 def load_onnx(path_or_repo: str, dtype: str = "float32"):
     """The pocketlm model at `path_or_repo` (a folder or Hub id) running in onnxruntime, float32 or int8, and its
-    tokenizer. The model is exported once, into pocketlm's cache, keyed by its files' digests; a folder export.py
-    wrote ONNX into runs its own graphs."""
+    tokenizer. The model is exported once, into pocketlm's cache, keyed by its files' digests and pocketlm's source
+    (`sources.all_code`); a folder export.py wrote ONNX into runs its own graphs."""
     from transformers import AutoTokenizer
 
     from .export import export

@@ -69,8 +69,6 @@ def assistant_mask(ids, assistant_id: int, end_id: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- blocks
 
 
-
-
 def tokenizer_digest(tokenizer) -> str:
     """What identifies a tokenizer's output: its full definition (vocabulary, merges, normalizer, special tokens)
     when it has a `tokenizers` backend, else its vocabulary."""
