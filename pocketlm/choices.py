@@ -1,7 +1,9 @@
-"""The names the command lines offer as choices, and the chat's sampling defaults, spelled here without importing
-torch or transformers, so that `--help` and a mistyped option answer at once instead of after seconds of imports.
-The names are copies of modeling's MODEL_TYPES and PRESETS and of loading's DTYPES and RUNTIMES, which
+"""The names the command lines offer as choices, the chat's sampling defaults and the seeds every command takes,
+spelled here without importing torch or transformers, so that `--help` and a mistyped option answer at once instead
+of after seconds of imports. The names are copies of modeling's MODEL_TYPES and PRESETS and of loading's DTYPES and RUNTIMES, which
 tests/test_chat.py keeps equal to them; the chat's defaults live only here."""
+
+from .errors import UsageError
 
 MODEL_TYPES = ["transformer", "lstm"]
 MODEL_SIZES = ["small", "medium", "large"]
@@ -33,3 +35,10 @@ OPTION_RANGES = {
     "max_new_tokens": "use a whole number of at least 1",
     "do_sample": "use true or false",
 }
+
+
+def check_seed(seed: int | None) -> None:
+    """Every command's --seed (train.py's, chat.py's, compare.py's): numpy's seeding, which accelerate's set_seed
+    does, takes no other, and torch's manual_seed overflows past it (a traceback in the chat)."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed}.")

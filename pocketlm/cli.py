@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .choices import (
     BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, EXPORT_FORMATS, GGUF_PRECISIONS,
-    MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS,
+    MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS, check_seed,
 )
 from .errors import HubError, TrainingDiverged, UsageError
 from .wording import counted, listed
@@ -393,7 +393,6 @@ def chat_main(argv: list[str] | None = None) -> int:
     def job():
         from .chat import ChatInterface
         from .loading import model_family, resolve_device
-        from .options import check_seed
         from .run_folder import RunFolder, default_output_dir, trained_models
 
         check_seed(args.seed)
@@ -492,7 +491,6 @@ def compare_main(argv: list[str] | None = None) -> int:
         from .comparison import (compare_models, comparison_text, draw_chart, footnotes, markdown, read_prompts,
                                  terminal_table)
         from .loading import resolve_device
-        from .options import check_seed
 
         check_seed(args.seed)
         if args.max_new_tokens <= 0:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from configs import load_recipe
 
-from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES  # the command line's choices; the checks below ask modeling
+# The command line's choices (the checks below ask modeling) and the seed's range, every command's.
+from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES, check_seed
 from .errors import WEB_ADDRESS, UsageError, web_address_said
 
 RECIPE = "recipe: configs/<model-type>.json"
@@ -343,13 +344,6 @@ def _check_numbers(options: TrainingOptions) -> None:
     if options.block_size < 2:
         raise UsageError(f"--block-size must be at least 2 tokens, got {options.block_size}.")
     check_seed(options.seed)
-
-
-def check_seed(seed: int | None) -> None:
-    """Every command's --seed: numpy's seeding, which accelerate's set_seed does, takes no other, and torch's
-    manual_seed overflows past it (a traceback in the chat)."""
-    if seed is not None and not 0 <= seed < 2**32:
-        raise UsageError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed}.")
 
 
 # --model-config fields a new model takes from its tokenizer: set by hand, the model disagrees with its tokenizer
