@@ -1,7 +1,7 @@
 """The names the command lines offer as choices, the chat's sampling defaults and the seeds every command takes,
 spelled here without importing torch or transformers, so that `--help` and a mistyped option answer at once instead
-of after seconds of imports. The names are copies of modeling's MODEL_TYPES and PRESETS and of loading's DTYPES and RUNTIMES, which
-tests/test_chat.py keeps equal to them; the chat's defaults live only here."""
+of after seconds of imports. The names are copies of modeling's MODEL_TYPES and PRESETS and of loading's DTYPES and
+RUNTIMES, which tests/test_chat.py keeps equal to them; the chat's defaults live only here."""
 
 from .errors import UsageError
 
