@@ -1727,8 +1727,9 @@ def test_a_resume_reading_the_same_data_from_another_place_continues_to_the_same
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         output = resumed.stdout + resumed.stderr
         assert "resumed from step 2" in output and "continuing with changes" not in output
-        moved = (f"the data was read from {tmp_path / place / 'texts' / 'a.txt'}, {tmp_path / place / 'texts' / 'b.txt'}"
-                 f" and now from {folder / 'a.txt'}, {folder / 'b.txt'}: the same bytes in the same order")
+        then = tmp_path / place / "texts"
+        moved = (f"the data was read from {then / 'a.txt'}, {then / 'b.txt'} and now from {folder / 'a.txt'}, "
+                 f"{folder / 'b.txt'}: the same bytes in the same order")
         assert (moved in output) is (place == "moves"), output
         weights[place] = (out / "model.safetensors").read_bytes()
     assert weights["moves"] == weights["stays"]
