@@ -23,6 +23,7 @@ would have been. pocketlm's code is known by a digest of its source, not its ver
 or an upgrade between a kill and the resume, keeps the number and changes the code.
 """
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -242,9 +243,7 @@ def _data_changes(before: dict | None, after: dict | None, part: str) -> tuple[l
 def _short_names(paths: set[str]) -> dict[str, str]:
     """Each file as the resume's notes name it: by its name alone, or by its whole path where another file of the
     same name is named too ("notes/d.txt is gone; d.txt was added" read as a contradiction)."""
-    counts = {}
-    for path in paths:
-        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+    counts = collections.Counter(Path(path).name for path in paths)
     return {path: Path(path).name if counts[Path(path).name] == 1 else path for path in paths}
 
 

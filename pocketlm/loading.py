@@ -131,7 +131,7 @@ def check_model_folder(folder: Path) -> None:
     folder = Path(as_model(str(folder)))
     _refuse_a_web_page_model(folder)
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if MODEL_FILE in missing and (folder / WEIGHTS_INDEX_FILE).is_file():  # in shards, as transformers reads them
+    if MODEL_FILE in missing and has_weights(folder):  # in shards, as transformers reads them
         missing.remove(MODEL_FILE)
     if CONFIG_FILE in missing:
         raise _no_model(folder)

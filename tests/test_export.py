@@ -450,29 +450,28 @@ def test_the_onnx_runtime_exports_again_for_other_pocketlm_code(trained, monkeyp
     both families: the LSTM, whose export takes a second where the GPT's takes three, stands for both.)"""
     from pocketlm import sources
 
-    family = "lstm"
-
     monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
-    model, tokenizer = load_pretrained(str(trained[family]))
+    folder = trained["lstm"]
+    model, tokenizer = load_pretrained(str(folder))
     ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
     with torch.no_grad():
         expected = model(ids).logits
 
     def onnx_logits() -> tuple[torch.Tensor, Path]:
-        onnx_model, _ = load_pretrained(str(trained[family]), runtime="onnx")
+        onnx_model, _ = load_pretrained(str(folder), runtime="onnx")
         with torch.no_grad():
             return onnx_model(ids).logits, onnx_model.graph_file.parent.parent
 
     first, cached = onnx_logits()
     torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-4)
-    other, _ = load_pretrained(str(with_decisive_weights(trained[family], tmp_path / "other")), runtime="onnx")
+    other, _ = load_pretrained(str(with_decisive_weights(folder, tmp_path / "other")), runtime="onnx")
     shutil.rmtree(cached / "onnx")
     shutil.copytree(other.graph_file.parent, cached / "onnx")
-    served, folder = onnx_logits()
-    assert folder == cached and not torch.allclose(served, expected, atol=1e-2)  # the same code reads its cache
+    served, exported = onnx_logits()
+    assert exported == cached and not torch.allclose(served, expected, atol=1e-2)  # the same code reads its cache
     monkeypatch.setattr(sources, "source_digest", lambda *folders: "an upgraded pocketlm's")
-    again, folder = onnx_logits()
-    assert folder != cached
+    again, exported = onnx_logits()
+    assert exported != cached
     torch.testing.assert_close(again, expected, rtol=1e-4, atol=1e-4)
 
 
