@@ -6,6 +6,7 @@ answers the official OpenAI client.
 """
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -904,6 +905,64 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
     # own size.
     assert (theirs - ours).abs().max() < 2e-2 * ours.abs().max(), (theirs - ours).abs().max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.99
+
+
+# Tokens added as fine-tuning adds them: a special one, plain ones, one with a space and one not ASCII.
+ADDED_SPECIAL, ADDED_PLAIN = ["<|tool|>"], ["pocketlm", "naïve", "two words"]
+ADDED_PROBES = ["<|tool|>search(q)<|end|>", "pocketlm is naïve, in two words", "x<|tool|>pocketlm<|tool|>",
+                "two  words two words", "naïveté"]
+
+TRANSFORMERS_GGUF_TOKENS = """
+import json
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({folder!r}, gguf_file={name!r})
+ids = [tokenizer(text)["input_ids"] for text in {probes!r}]
+print(json.dumps([ids, [tokenizer.decode(each) for each in ids]]))
+"""
+
+
+def test_tokens_added_to_the_tokenizer_stay_whole_in_llama_cpp_and_transformers_gguf_reader(bpe_tokenizer,
+                                                                                           tmp_path):
+    """Fine-tuning often adds tokens (`add_special_tokens`, `add_tokens`) and resizes the embedding. The GGUF typed
+    only pocketlm's own role tokens as special, so llama.cpp cut an added token's text into BPE pieces: other ids
+    for the same prompt than transformers gives, a tool token typed in a prompt never the one token the model
+    learned. Added special tokens are control tokens and the others user-defined, as llama.cpp's own converter
+    types them: llama.cpp and transformers' GGUF reader (without pocketlm) tokenize and decode every probe as the
+    tokenizer does (llama.cpp's text back is the probe's; transformers' is what the tokenizer decodes, whose
+    byte-level decoder reads an added token's "ï" as a byte), and llama.cpp keeps a plain added token whole where it keeps
+    control tokens out of a user's text."""
+    tokenizer = copy.deepcopy(bpe_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ADDED_SPECIAL})
+    tokenizer.add_tokens(ADDED_PLAIN)
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig(vocab_size=len(tokenizer), block_size=64, n_layer=1, n_head=2, n_embd=32))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = run_entry(export_main, str(tmp_path / "model"), "--format", "gguf", "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    gguf = next((tmp_path / "out").glob("*.gguf"))
+    probes = PROBES + ADDED_PROBES
+    expected = [tokenizer(text)["input_ids"] for text in probes]
+    added = set(tokenizer.convert_tokens_to_ids(ADDED_SPECIAL + ADDED_PLAIN))
+    assert all(added & set(ids) for ids in expected[len(PROBES):])  # each probe holds an added token
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=64, verbose=False, n_threads=2)
+    try:
+        for text, ids in zip(probes, expected):
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            assert llm.detokenize(ids, special=True).decode() == text
+        plain = "a pocketlm for two words"
+        assert llm.tokenize(plain.encode(), add_bos=False, special=False) == tokenizer(plain)["input_ids"]
+        assert tokenizer.convert_tokens_to_ids("<|tool|>") not in llm.tokenize(b"<|tool|>", add_bos=False,
+                                                                              special=False)
+    finally:
+        llm.close()
+    # transformers' reader respells a token outside the byte alphabet into it ("two words" as "twoĠwords"), and
+    # then finds no user-defined "two words" to keep whole: its own limit (README), so those probes are left out.
+    probes, expected = zip(*[(text, ids) for text, ids in zip(probes, expected) if "two words" not in text])
+    ids, texts = run_without_pocketlm(TRANSFORMERS_GGUF_TOKENS.format(folder=str(gguf.parent), name=gguf.name,
+                                                                      probes=list(probes)), tmp_path)
+    assert ids == list(expected) and texts == [tokenizer.decode(each) for each in expected]
 
 
 def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(trained, tmp_path):

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenization import (BYTE_LEVEL_BPE, CHARACTER_LEVEL, END_OF_TURN, PLAIN_CHAT_TEMPLATE, SPECIAL_TOKENS,
-                          tokenizer_kind)
+from tokenization import BYTE_LEVEL_BPE, CHARACTER_LEVEL, END_OF_TURN, PLAIN_CHAT_TEMPLATE, tokenizer_kind
 
 # The tensors each precision stores smaller: the weight matrices (embedding, attention and MLP projections, head).
 # Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
@@ -75,6 +74,20 @@ def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
+def _token_types(tokenizer, tokens: list[str]) -> list:
+    """llama.cpp's type of each token, as its own converter gives them: a token added to the tokenizer is a control
+    token where it is special (pocketlm's role tokens, a `<|tool|>` added by `add_special_tokens`) and a
+    user-defined one where not (`add_tokens`); llama.cpp matches both whole in a prompt, as the tokenizer does, and
+    writes their text as it stands rather than through the byte alphabet. Typing only pocketlm's own role tokens
+    cut a fine-tuning's added tokens into BPE pieces: other ids than the model was trained on."""
+    import gguf
+
+    added = tokenizer.added_tokens_decoder
+    return [gguf.TokenType.NORMAL if index not in added else
+            gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED
+            for index in range(len(tokens))]
+
+
 def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", is_chat: bool = True) -> Path:
     """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
     `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers), with the chat
@@ -87,7 +100,6 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     # do) has rows no text reaches: named and marked unused, as llama.cpp's own converter does, where the export
     # used to stop with a traceback. (load_pretrained refuses a tokenizer larger than the model.)
     padding = [f"[PAD{index}]" for index in range(len(tokens), config.vocab_size)]
-    special = set(SPECIAL_TOKENS)
     ids = tokenizer.convert_tokens_to_ids
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), "gpt2")
@@ -104,8 +116,7 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
     writer.add_token_list(tokens + padding)
-    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
-                            for token in tokens] + [gguf.TokenType.UNUSED] * len(padding))
+    writer.add_token_types(_token_types(tokenizer, tokens) + [gguf.TokenType.UNUSED] * len(padding))
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.eos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
