@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error,
-                      free_port, make_text, run_entry, train_tiny_models, with_decisive_weights)
+from conftest import (COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, SAMPLE_TEXT, TINY_SHAPES,
+                      assert_one_line_error, free_port, make_text, run_entry, train_tiny_models, with_decisive_weights)
 from safetensors.torch import load_file
 
 from modeling import GPTConfig, GPTForCausalLM
@@ -963,6 +963,117 @@ def test_tokens_added_to_the_tokenizer_stay_whole_in_llama_cpp_and_transformers_
     ids, texts = run_without_pocketlm(TRANSFORMERS_GGUF_TOKENS.format(folder=str(gguf.parent), name=gguf.name,
                                                                       probes=list(probes)), tmp_path)
     assert ids == list(expected) and texts == [tokenizer.decode(each) for each in expected]
+
+
+# A byte-level BPE may split text before merging in other ways than pocketlm's (GPT-2's pattern): one given to
+# `train.py --tokenizer` from Llama 3, Qwen2, GPT-4o or SmolLM. The probes tell the ways apart: digits in runs,
+# contractions in capitals, line breaks after punctuation, letters after a case change.
+SPLIT_PROBES = ["1234567 12 345 6789012", "DON'T IT'S We'LL it's", "$$$ ...!!! ?\n\n!", "HelloWorld camelCaseXML",
+                "x=42;y=3.14159", "a  b   c\n\n\nd", "xqj"]
+SPLIT_TEXT = SAMPLE_TEXT + "".join(text + " " for text in PROBES + SPLIT_PROBES) * 3
+
+
+def _split_pattern(pattern: str):
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def byte_level_bpe(pre_tokenizer, normalizer=None, ignore_merges: bool = False):
+    """A byte-level BPE trained on SPLIT_TEXT, splitting with `pre_tokenizer`. Its vocabulary also holds "xqj" where
+    merging gives "x" "qj", so that `ignore_merges` (take a word the vocabulary holds whole) changes the ids."""
+    from tokenizers import Tokenizer, decoders, models, trainers
+
+    from tokenization import SPECIAL_TOKENS
+    from tokenization.bpe import BYTE_ALPHABET
+    from tokenization.special_tokens import wrap
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.ByteLevel()
+    tokenizer.train_from_iterator([SPLIT_TEXT], trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=BYTE_ALPHABET))
+    spec = json.loads(tokenizer.to_str())
+    for token in ("qj", "xq", "xqj"):
+        spec["model"]["vocab"].setdefault(token, len(spec["model"]["vocab"]))
+    spec["model"]["merges"] += [["q", "j"], ["x", "q"], ["xq", "j"]]
+    spec["model"]["ignore_merges"] = ignore_merges
+    return wrap(Tokenizer.from_str(json.dumps(spec)))
+
+
+def _save_gpt(tokenizer, folder: Path) -> Path:
+    torch.manual_seed(0)
+    GPTForCausalLM(GPTConfig(vocab_size=len(tokenizer), block_size=64, n_layer=1, n_head=2, n_embd=32)).save_pretrained(
+        folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _pre_tokenizers():
+    from tokenizers import normalizers, pre_tokenizers
+
+    # The patterns as transformers' GGUF reader spells Llama 3's, Qwen2's and GPT-4o's (their tokenizer.json's).
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import _GPT4O_SPLIT as GPT4O_PATTERN
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import _LLAMA3_SPLIT as LLAMA3_PATTERN
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import _QWEN2_SPLIT as QWEN2_PATTERN
+
+    digits = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                      pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    taken = {"llama3": (_split_pattern(LLAMA3_PATTERN), None, True),
+             "llama3-merging": (_split_pattern(LLAMA3_PATTERN), None, False),
+             "qwen2-nfc": (_split_pattern(QWEN2_PATTERN), normalizers.NFC(), False),
+             "gpt-4o": (_split_pattern(GPT4O_PATTERN), None, False),
+             "smollm-digits": (digits, None, False)}
+    whitespace = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    refused = {"a prefix space": (pre_tokenizers.ByteLevel(add_prefix_space=True), None, False, "add_prefix_space"),
+               "lowercase": (pre_tokenizers.ByteLevel(add_prefix_space=False), normalizers.Lowercase(), False,
+                             "normalizes text first (Lowercase)"),
+               "another pattern": (_split_pattern(r"\w+|\s+|[^\w\s]+"), None, False, r"the pattern '\\w+|\\s+|"),
+               "qwen2 taking words whole": (_split_pattern(QWEN2_PATTERN), None, True, "ignore_merges"),
+               "whitespace then bytes": (whitespace, None, False, "splits it with WhitespaceSplit then ByteLevel")}
+    return taken, refused
+
+
+@pytest.mark.parametrize("way", list(_pre_tokenizers()[0]))
+def test_a_byte_level_bpe_that_splits_text_another_way_tokenizes_in_llama_cpp_as_it_does(way, tmp_path):
+    """The GGUF named GPT-2's pre-tokenizer whatever the tokenizer's own splitting was, so a model trained with a
+    tokenizer that splits as Llama 3's, Qwen2's, GPT-4o's or SmolLM's does read, in llama.cpp, every prompt with a
+    digit run, a capitalised contraction or a line break after punctuation as other ids, in silence. The file names
+    the way the tokenizer splits (and whether it takes a word its vocabulary holds whole, as llama.cpp does under
+    Llama 3's name alone): llama.cpp's ids are the tokenizer's for every probe, with or without its BOS option."""
+    pre_tokenizer, normalizer, ignore_merges = _pre_tokenizers()[0][way]
+    tokenizer = byte_level_bpe(pre_tokenizer, normalizer, ignore_merges)
+    assert len(tokenizer("xqj")["input_ids"]) == (1 if ignore_merges else 2)  # the crafted word decides
+    folder = _save_gpt(tokenizer, tmp_path / "model")
+    result = run_entry(export_main, str(folder), "--format", "gguf", "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(model_path=str(next((tmp_path / "out").glob("*.gguf"))), n_ctx=64, verbose=False,
+                          n_threads=2)
+    try:
+        for text in PROBES + SPLIT_PROBES:
+            ids = tokenizer(text)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+            assert llm.tokenize(text.encode(), special=True) == ids, text  # no BOS: pocketlm's prompts have none
+    finally:
+        llm.close()
+
+
+def test_a_byte_level_bpe_that_splits_text_as_llama_cpp_cannot_is_refused_in_gguf_and_left_out_of_all(tmp_path):
+    """Where llama.cpp has no name for the tokenizer's way of splitting text (a prefix space, a normaliser, another
+    pattern, taking words whole with a pattern other than Llama 3's), a GGUF file would read prompts as other
+    tokens: named, GGUF is refused in one line saying what the tokenizer does, nothing written; in "all" it is
+    left out with that line and the other formats are written."""
+    for way, (pre_tokenizer, normalizer, ignore_merges, said) in _pre_tokenizers()[1].items():
+        folder = _save_gpt(byte_level_bpe(pre_tokenizer, normalizer, ignore_merges), tmp_path / way)
+        result = run_entry(export_main, str(folder), "--format", "gguf", "--output-dir", str(tmp_path / "out"))
+        assert_one_line_error(result, "llama.cpp would read prompts as other tokens", said, "nothing was written")
+        assert not (tmp_path / "out").exists()
+    result = run_entry(export_main, str(folder), "--format", "all", "--output-dir", str(tmp_path / "all"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "left out gguf: llama.cpp splits a prompt" in result.stderr
+    assert not list((tmp_path / "all").rglob("*.gguf")) and (tmp_path / "all" / "model.safetensors").is_file()
 
 
 def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(trained, tmp_path):

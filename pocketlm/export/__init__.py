@@ -65,11 +65,10 @@ def formats_the_tokenizer_takes(formats: list[str], asked: list[str], tokenizer)
     named, left out with a line on standard error when "all" picked it (all: every format this model takes)."""
     from .gguf import vocabulary_problem
 
-    problem = vocabulary_problem(tokenizer) if "gguf" in formats else None
-    if problem is None:
+    why = vocabulary_problem(tokenizer) if "gguf" in formats else None
+    if why is None:
         return formats
     others = [name for name in formats if name != "gguf"]
-    why = f"a GGUF file carries a byte-level BPE (llama.cpp's gpt2 vocabulary), and this model's tokenizer is {problem}"
     if "gguf" in asked or not others:
         raise UsageError(f"{why}: export {', '.join(others) or 'transformers, onnx or web'} instead; nothing was "
                          "written.")

@@ -3,9 +3,10 @@
 The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names, its weight
 matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`). llama.cpp's
 own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
-trained one matches no hash it knows. pocketlm's byte-level BPE splits text with GPT-2's own pattern, so the file
-names GPT-2's pre-tokenizer, and carries the vocabulary, the merges, the special tokens and, for a chat model,
-the chat template.
+trained one matches no hash it knows. The file names the pre-tokenizer by what the tokenizer's own definition says
+(pocketlm's byte-level BPE splits text with GPT-2's pattern; one given to `train.py --tokenizer` may split with
+Llama 3's, Qwen2's, ...), and carries the vocabulary, the merges, the special tokens and, for a chat model, the chat
+template.
 """
 
 import json
@@ -52,17 +53,83 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in tensors.items()}
 
 
+# How a byte-level BPE's tokenizer.json splits text before merging, under the name llama.cpp gives that way
+# (`tokenizer.ggml.pre`), with whether a word the vocabulary holds is then taken whole (`ignore_merges`, which
+# llama.cpp does under Llama 3's name alone): GPT-2's pattern (pocketlm's BPE, GPT-2's), it after single digits
+# (SmolLM's), or the pattern of a Split before a ByteLevel that splits no further (Llama 3's, Qwen2's, GPT-4o's).
+# Each is checked against llama.cpp's ids in tests/test_export.py. The file used to name GPT-2's in every case, and
+# llama.cpp read prompts for a tokenizer that splits otherwise as other tokens, in silence.
+GPT2_PATTERN = "GPT-2's pattern"
+DIGITS_THEN_GPT2 = "single digits, then GPT-2's pattern"
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GPT4O_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {(GPT2_PATTERN, False): "gpt-2", (DIGITS_THEN_GPT2, False): "smollm",
+                  (LLAMA3_PATTERN, True): "llama-bpe", (LLAMA3_PATTERN, False): "smaug-bpe",
+                  (QWEN2_PATTERN, False): "qwen2", (GPT4O_PATTERN, False): "gpt-4o"}
+
+
 def vocabulary_problem(tokenizer) -> str | None:
-    """What keeps `tokenizer` out of llama.cpp's gpt2 vocabulary, which holds a byte-level BPE only, or None.
+    """Why llama.cpp's gpt2 vocabulary cannot hold `tokenizer` as it is, or None.
 
     A Transformer trained with a character tokenizer (`--tokenizer` of an LSTM's folder) was written into a GGUF
-    file that llama.cpp refused to load ("Failed to load model")."""
+    file that llama.cpp refused to load ("Failed to load model"); one with a byte-level BPE that splits text in a
+    way llama.cpp has no name for would load and read prompts as other tokens."""
     kind = tokenizer_kind(tokenizer)
-    if kind == BYTE_LEVEL_BPE:
+    if kind != BYTE_LEVEL_BPE:
+        kind = "a character-level one" if kind == CHARACTER_LEVEL else \
+            f"a {kind} one without byte-level pre-tokenization"
+        return "a GGUF file carries a byte-level BPE (llama.cpp's gpt2 vocabulary), and this model's tokenizer is " \
+            + kind
+    name, differs = _pre_tokenizer(tokenizer)
+    if name is None:
+        return (f"llama.cpp splits a prompt before its BPE only in the ways it has names for, and this model's "
+                f"byte-level BPE {differs}: llama.cpp would read prompts as other tokens")
+    return None
+
+
+def _pre_tokenizer(tokenizer) -> tuple[str | None, str]:
+    """llama.cpp's name for how `tokenizer` splits text before merging, or None and what it does otherwise."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    normalizer = (spec.get("normalizer") or {}).get("type")
+    # NFC is taken, as llama.cpp's own converter takes Qwen2's: text typed or pasted is NFC almost always.
+    if normalizer not in (None, "NFC"):
+        return None, f"normalizes text first ({normalizer})"
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    splitting, ignore_merges = _splitting(steps), bool(spec["model"].get("ignore_merges"))
+    name = PRE_TOKENIZERS.get((splitting, ignore_merges))
+    if name is not None:
+        return name, ""
+    if steps and steps[-1].get("add_prefix_space"):
+        return None, "adds a space before the text (add_prefix_space)"
+    if splitting is None:
+        return None, f"splits it with {' then '.join(str(step.get('type')) for step in steps)}"
+    if (splitting, False) in PRE_TOKENIZERS:  # ignore_merges, with a splitting other than Llama 3's
+        return None, "takes a word its vocabulary holds whole before merging (ignore_merges), which llama.cpp " \
+                     "does with Llama 3's pattern only"
+    return None, f"splits it by the pattern {splitting!r}"
+
+
+def _splitting(steps: list[dict]) -> str | None:
+    """How pre-tokenizer `steps` that end in a ByteLevel split text: as PRE_TOKENIZERS names GPT-2's ways, or the
+    pattern of the one Split before a ByteLevel that splits no further; None for anything else."""
+    if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space"):
         return None
-    if kind == CHARACTER_LEVEL:
-        return "a character-level one"
-    return f"a {kind} one without byte-level pre-tokenization"
+    *before, byte_level = steps
+    if byte_level.get("use_regex", True):  # the ByteLevel splits with GPT-2's pattern itself
+        return GPT2_PATTERN if not before else \
+            DIGITS_THEN_GPT2 if before == [{"type": "Digits", "individual_digits": True}] else None
+    if len(before) == 1 and before[0].get("type") == "Split" and before[0].get("behavior") == "Isolated" \
+            and not before[0].get("invert"):
+        return before[0].get("pattern", {}).get("Regex")
+    return None
 
 
 def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
@@ -95,6 +162,9 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     import gguf
 
     config = model.config
+    pre_tokenizer, differs = _pre_tokenizer(tokenizer)
+    if pre_tokenizer is None:
+        raise ValueError(vocabulary_problem(tokenizer))
     tokens, merges = _vocabulary(tokenizer)
     # An embedding padded past the tokenizer (resize_token_embeddings(pad_to_multiple_of=64), as TRL and Unsloth
     # do) has rows no text reaches: named and marked unused, as llama.cpp's own converter does, where the export
@@ -114,7 +184,7 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     kind = gguf.GGMLQuantizationType[kind]
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")  # the ByteLevel pre-tokenizer splits with GPT-2's pattern
+    writer.add_tokenizer_pre(pre_tokenizer)
     writer.add_token_list(tokens + padding)
     writer.add_token_types(_token_types(tokenizer, tokens) + [gguf.TokenType.UNUSED] * len(padding))
     writer.add_token_merges(merges)
