@@ -7,6 +7,7 @@ answers the official OpenAI client.
 
 import contextlib
 import copy
+import ctypes
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.loading import load_pretrained
+from tokenization import PLAIN_CHAT_TEMPLATE
 
 PROMPTS = ["Hello!", "What is your favorite book?", "Tell me a joke about computers, please."]
 NEW_TOKENS = 24
@@ -1125,6 +1127,13 @@ def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(t
             assert "<|end|>" not in out["choices"][0]["message"]["content"]
     finally:
         llm.close()
+    # llama.cpp's built-in formats (its chat without Jinja) take the template for Phi-3's, as README says.
+    array = (llama_cpp.llama_chat_message * len(strings))(
+        *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in strings])
+    rendered = ctypes.create_string_buffer(4096)
+    size = llama_cpp.llama_chat_apply_template(PLAIN_CHAT_TEMPLATE.encode(), array, len(strings), True, rendered, 4096)
+    assert rendered.raw[:size].decode() == "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in strings) + \
+        "<|assistant|>\n" != tokenizer.decode(ours)
 
 
 # ------------------------------------------------------------------------------ a model trained on plain text
