@@ -89,7 +89,7 @@ def vocabulary_problem(tokenizer) -> str | None:
             + kind
     name, differs = _pre_tokenizer(tokenizer)
     if name is None:
-        return (f"llama.cpp splits a prompt before its BPE only in the ways it has names for, and this model's "
+        return ("llama.cpp splits a prompt before its BPE only in the ways it has names for, and this model's "
                 f"byte-level BPE {differs}: llama.cpp would read prompts as other tokens")
     return None
 
@@ -162,9 +162,10 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     import gguf
 
     config = model.config
-    pre_tokenizer, differs = _pre_tokenizer(tokenizer)
-    if pre_tokenizer is None:
-        raise ValueError(vocabulary_problem(tokenizer))
+    problem = vocabulary_problem(tokenizer)  # export() has refused such a tokenizer already; a direct call has not
+    if problem is not None:
+        raise ValueError(problem)
+    pre_tokenizer, _ = _pre_tokenizer(tokenizer)
     tokens, merges = _vocabulary(tokenizer)
     # An embedding padded past the tokenizer (resize_token_embeddings(pad_to_multiple_of=64), as TRL and Unsloth
     # do) has rows no text reaches: named and marked unused, as llama.cpp's own converter does, where the export
