@@ -95,8 +95,9 @@ def fit_to_context(input_ids: torch.Tensor, model: PreTrainedModel, max_new_toke
 @torch.no_grad()
 def complete(model: PreTrainedModel, tokenizer, text: str, max_new_tokens: int = 128, **options) -> str:
     """The model's continuation of `text` (a prompt of any length: the oldest tokens go when it is too long)."""
-    # verbose=False: a prompt longer than the window is expected and cut below, not an "indexing error".
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids.to(model.device)
+    # verbose=False: a prompt longer than the window is expected and cut below, not an "indexing error". No special
+    # tokens: the text is what training saw (a tokenizer from elsewhere would add its BOS, or end it with an EOS).
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids.to(model.device)
     ids, max_new_tokens = fit_to_context(ids, model, max_new_tokens)
     options = sampling_arguments(model.generation_config, options)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **options)

@@ -1,6 +1,7 @@
 """Training: data handling, outputs, resuming, several processes and every bad input, with tiny models."""
 
 import contextlib
+import copy
 import csv
 import hashlib
 import json
@@ -616,6 +617,31 @@ def test_text_longer_than_the_window_is_read_without_a_false_alarm():
         transformers_logging.get_logger("transformers").removeHandler(handler)
     assert len(ids) == 801  # every character and the end-of-text token: nothing truncated
     assert not [r for r in records if "indexing errors" in r.getMessage()]
+
+
+def test_a_tokenizer_whose_post_processor_adds_tokens_frames_documents_as_pocketlm_does(bpe_tokenizer):
+    """A tokenizer given to `--tokenizer` from elsewhere may add tokens around every text it encodes (Llama 3's
+    post-processor puts a BOS first; others an EOS last). Training encoded documents with them: a BOS at the start
+    of every piece of a long document and an EOS at its end, mid-text, and a BOS that pocketlm's prompts, its
+    exports' prompts and llama.cpp's never carry. pocketlm frames documents itself: each piece's ids are its
+    text's, and only a document's last piece is followed by the end-of-text token."""
+    from tokenizers import processors
+
+    from tokenization import SPECIAL_TOKENS
+
+    tokenizer = copy.deepcopy(bpe_tokenizer)
+    tokenizer.add_special_tokens({"bos_token": "<|begin|>"})
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin|> $A <|end|>", special_tokens=[(token, tokenizer.convert_tokens_to_ids(token))
+                                                       for token in ("<|begin|>", "<|end|>")])
+    assert tokenizer("to be")["input_ids"][0] == tokenizer.convert_tokens_to_ids("<|begin|>")  # as it adds them
+    texts, ends = ["To be, or not to be: ", "that is the question.", "Whether 'tis nobler"], [False, True, True]
+    documents = datasets.Dataset.from_dict({"text": texts, "ends": ends})
+    end_of_text = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[0])
+    expected = [tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_text] * last
+                for text, last in zip(texts, ends)]
+    assert [row["input_ids"] for row in data.tokenize(documents, tokenizer)] == expected
+    assert [list(row["input_ids"]) for row in data.tokenize(documents.to_iterable_dataset(), tokenizer)] == expected
 
 
 # ----------------------------------------------------------------------------------------- bad input: exit 2
