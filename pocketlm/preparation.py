@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 from configs import load_recipe
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
 from tokenization import (first_change, save_tokenizer, train_bpe_tokenizer, train_char_tokenizer,
-                          with_special_tokens)
+                          with_special_tokens, without_framing)
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -294,11 +294,15 @@ def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
     written with (said, and added), and may not give back the text it reads (said, with the first change). Only
     the process that `speaks` prints, and reads the text back."""
     tokenizer, added = with_special_tokens(tokenizer)
+    tokenizer, framing = without_framing(tokenizer)
     if not speaks:
         return tokenizer
     if added:
         print(f"note: {name} has no {', '.join(added)}: added after its own tokens ({len(tokenizer):,} in all), "
               "with pocketlm's chat template")
+    if framing:
+        print(f"note: {name} puts {' and '.join(dict.fromkeys(framing))} around every text it encodes: left out, as "
+              "pocketlm frames text itself (the end-of-text token after each document, nothing before)")
     change = first_change(tokenizer, corpus.tokenizer_texts()[0])
     if change:
         print(f"note: {name} does not give back the text it reads ({change[0]!r} comes back as {change[1]!r}): "

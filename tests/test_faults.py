@@ -1593,6 +1593,45 @@ def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(c
         assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout + resumed.stderr, resumed.stderr
 
 
+def test_a_tokenizer_that_adds_a_bos_to_every_text_is_kept_without_it_so_every_runtime_prompts_as_training_did(
+        corpus, tmp_path):
+    """A tokenizer from elsewhere whose post-processor puts a BOS before every text (Llama 3's) and here an EOS after
+    it: the model trains on text pocketlm frames itself (the end-of-text token after each document, nothing
+    before), yet the folder's tokenizer went on adding both, so `tokenizer(text)` (transformers' pipelines,
+    transformers.js on the exports) prompted the model with a BOS it never saw and an EOS that says the text is
+    over. The run keeps the tokenizer without them, said in a note: its ids for a text are the text's own, and
+    transformers' text-generation pipeline, without pocketlm, continues a text as pocketlm's chat does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    from pocketlm.chat import ChatInterface
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    backend.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<s>", "</s>"]))
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])])
+    foreign = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    given, out = tmp_path / "foreign", tmp_path / "out"
+    foreign.save_pretrained(given)
+    text = "the river ran past the mill"
+    assert foreign(text).input_ids[0] == 0 and foreign(text).input_ids[-1] == 1  # as such a tokenizer frames text
+    result = _train(corpus, out, f"--tokenizer={given}", "--max-steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {given} puts <s> and </s> around every text it encodes: left out" in result.stdout
+    kept = AutoTokenizer.from_pretrained(out)
+    assert kept(text).input_ids == foreign(text, add_special_tokens=False).input_ids
+    assert kept(text, return_offsets_mapping=True)["offset_mapping"] == \
+        foreign(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    chat = ChatInterface(str(out), mode="text", do_sample=False, repetition_penalty=1.0, max_new_tokens=8)
+    generator = pipeline("text-generation", model=str(out), trust_remote_code=True)
+    continued = generator(text, max_new_tokens=8, do_sample=False, repetition_penalty=1.0,
+                          return_full_text=False)[0]["generated_text"]
+    assert continued == chat.reply(text) and continued.strip()
+
+
 def test_a_tokenizer_that_does_not_give_back_its_text_is_named_with_what_it_changes(corpus, tmp_path):
     """A WordPiece lowercases and drops spaces, a whitespace-split BPE drops them: trained with either, a model never
     writes what was dropped, and its bits per character (the loss over every character) read lower than a model's

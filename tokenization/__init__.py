@@ -16,6 +16,7 @@ from .special_tokens import (
     render_chat,
     save_tokenizer,
     with_special_tokens,
+    without_framing,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "render_chat",
     "save_tokenizer",
     "with_special_tokens",
+    "without_framing",
 ]

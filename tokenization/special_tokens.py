@@ -84,6 +84,26 @@ def with_special_tokens(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
     return wrap(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())), missing
 
 
+def without_framing(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
+    """`tokenizer` without the tokens its post-processor adds around every text it encodes, and those tokens.
+
+    pocketlm frames text itself (the end-of-text token after each document, nothing before), in training and in its
+    prompts; a tokenizer from elsewhere may add its own (Llama 3's puts a BOS first), which every runtime that
+    encodes a prompt as `tokenizer(text)` (transformers' pipelines, transformers.js) would then hand a model that
+    never saw them. Only the post-processor's offset handling (ByteLevel's) is kept."""
+    encoded = tokenizer("x", return_special_tokens_mask=True)
+    added = [token for token, special in zip(tokenizer.convert_ids_to_tokens(encoded["input_ids"]),
+                                             encoded["special_tokens_mask"]) if special]
+    if not added:
+        return tokenizer, []
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    processor = spec.get("post_processor") or {}
+    steps = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
+    kept = [step for step in steps if step.get("type") == "ByteLevel"]
+    spec["post_processor"] = kept[0] if len(kept) == 1 else {"type": "Sequence", "processors": kept} if kept else None
+    return wrap(Tokenizer.from_str(json.dumps(spec))), added
+
+
 class _GenerationBlock(jinja2.ext.Extension):
     """Reads transformers' `{% generation %}...{% endgeneration %}` (which only marks assistant tokens) as its body."""
 
