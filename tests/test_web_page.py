@@ -290,8 +290,12 @@ def test_stop_reset_settings_context_and_a_second_tab_behave_as_in_the_chat(site
         context.close()
 
 
-@pytest.mark.parametrize("damage", ["graph missing", "graph truncated", "no WebAssembly"])
+@pytest.mark.parametrize("damage", ["graph missing", "graph truncated", "no WebAssembly", "opened from the disk",
+                                    "script missing", "settings missing"])
 def test_a_page_that_cannot_load_its_model_says_so(damage, sites, browser, tmp_path):
+    """Each way a page cannot start says why in its status line, where the page used to say "Loading" for ever when
+    it was opened from the disk (double-clicked: the browser refuses a file:// page's scripts) or lacked chat.js or
+    pocketlm.json."""
     broken = tmp_path / "broken"
     shutil.copytree(sites / "lstm-int8", broken)
     graph = broken / "model" / "onnx" / "model_quantized.onnx"
@@ -299,18 +303,25 @@ def test_a_page_that_cannot_load_its_model_says_so(damage, sites, browser, tmp_p
         graph.unlink()
     elif damage == "graph truncated":
         graph.write_bytes(graph.read_bytes()[:1000])
+    elif damage == "script missing":
+        (broken / "chat.js").unlink()
+    elif damage == "settings missing":
+        (broken / "pocketlm.json").unlink()
     served = Server(tmp_path)
     context = browser.new_context()
     if damage == "no WebAssembly":
         context.add_init_script("delete window.WebAssembly")
+    url, allowed = ((broken / "index.html").as_uri(), "file://") if damage == "opened from the disk" else \
+        (f"{served.url}broken/", served.url)
+    said = {"no WebAssembly": ["cannot run WebAssembly"],
+            "opened from the disk": ["opened from the disk", f'python -m http.server -d "{broken}"'],
+            "script missing": ["could not load its script (chat.js)", "export.py"],
+            "settings missing": ["could not read its settings, pocketlm.json (HTTP 404)", "export.py"]}
     try:
-        chat = ChatPage(context, f"{served.url}broken/", served.url, wait=False)
+        chat = ChatPage(context, url, allowed, wait=False)
         chat.page.wait_for_selector("#status.error", timeout=60_000)
         message = chat.status()
-        if damage == "no WebAssembly":
-            assert "cannot run WebAssembly" in message
-        else:
-            assert "could not be loaded" in message and "export.py" in message
+        assert all(needle in message for needle in said.get(damage, ["could not be loaded", "export.py"])), message
         assert chat.page.is_disabled("#send")
     finally:
         context.close()

@@ -9,8 +9,13 @@
 // A model trained on plain text (pocketlm.json's mode "text") is not chatted with but continues what is typed, as
 // chat.py's text mode does: the passage grows with each message, on a line of its own, and keeps its newest tokens.
 
-const page = await (await fetch("pocketlm.json")).json();
 const $ = (id) => document.getElementById(id);
+// The page's settings, which export.py writes beside it: without them the page said "Loading" for ever.
+const page = await fetch("pocketlm.json").then((response) => {
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}).catch((error) => fail(`The page could not read its settings, pocketlm.json (${error.message || error}): it ` +
+                         "needs the files export.py wrote beside it, served over HTTP."));
 const SETTINGS = ["temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"];
 const NO_REPLY = "[no reply: the model ended its turn at once]";
 // `?seed=N` in the page's address makes its sampling repeatable, as `chat.py --seed N` does the terminal's.
