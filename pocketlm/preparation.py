@@ -301,7 +301,7 @@ def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
         print(f"note: {name} has no {', '.join(added)}: added after its own tokens ({len(tokenizer):,} in all), "
               "with pocketlm's chat template")
     if framing:
-        print(f"note: {name} puts {' and '.join(dict.fromkeys(framing))} around every text it encodes: left out, as "
+        print(f"note: {name} adds {' and '.join(dict.fromkeys(framing))} to every text it encodes: left out, as "
               "pocketlm frames text itself (the end-of-text token after each document, nothing before)")
     change = first_change(tokenizer, corpus.tokenizer_texts()[0])
     if change:

@@ -1620,7 +1620,7 @@ def test_a_tokenizer_that_adds_a_bos_to_every_text_is_kept_without_it_so_every_r
     assert foreign(text).input_ids[0] == 0 and foreign(text).input_ids[-1] == 1  # as such a tokenizer frames text
     result = _train(corpus, out, f"--tokenizer={given}", "--max-steps=4")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"note: {given} puts <s> and </s> around every text it encodes: left out" in result.stdout
+    assert f"note: {given} adds <s> and </s> to every text it encodes: left out" in result.stdout
     kept = AutoTokenizer.from_pretrained(out)
     assert kept(text).input_ids == foreign(text, add_special_tokens=False).input_ids
     assert kept(text, return_offsets_mapping=True)["offset_mapping"] == \
