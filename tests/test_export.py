@@ -931,8 +931,8 @@ def test_tokens_added_to_the_tokenizer_stay_whole_in_llama_cpp_and_transformers_
     learned. Added special tokens are control tokens and the others user-defined, as llama.cpp's own converter
     types them: llama.cpp and transformers' GGUF reader (without pocketlm) tokenize and decode every probe as the
     tokenizer does (llama.cpp's text back is the probe's; transformers' is what the tokenizer decodes, whose
-    byte-level decoder reads an added token's "ï" as a byte), and llama.cpp keeps a plain added token whole where it keeps
-    control tokens out of a user's text."""
+    byte-level decoder reads an added token's "ï" as a byte), and llama.cpp keeps a plain added token whole where
+    it keeps control tokens out of a user's text."""
     tokenizer = copy.deepcopy(bpe_tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": ADDED_SPECIAL})
     tokenizer.add_tokens(ADDED_PLAIN)
@@ -1005,13 +1005,18 @@ def byte_level_bpe(pre_tokenizer, normalizer=None, ignore_merges: bool = False):
 
 def _save_gpt(tokenizer, folder: Path) -> Path:
     torch.manual_seed(0)
-    GPTForCausalLM(GPTConfig(vocab_size=len(tokenizer), block_size=64, n_layer=1, n_head=2, n_embd=32)).save_pretrained(
-        folder)
+    model = GPTForCausalLM(GPTConfig(vocab_size=len(tokenizer), block_size=64, n_layer=1, n_head=2, n_embd=32))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
+SPLITTINGS_TAKEN = ["llama3", "llama3-merging", "qwen2-nfc", "gpt-4o", "smollm-digits"]
+
+
 def _pre_tokenizers():
+    """The ways of splitting tested: {name: (pre-tokenizer, normalizer, ignore_merges)} that llama.cpp names, and
+    {name: (..., what the refusal says)} that it cannot."""
     from tokenizers import normalizers, pre_tokenizers
 
     # The patterns as transformers' GGUF reader spells Llama 3's, Qwen2's and GPT-4o's (their tokenizer.json's).
@@ -1037,14 +1042,16 @@ def _pre_tokenizers():
     return taken, refused
 
 
-@pytest.mark.parametrize("way", list(_pre_tokenizers()[0]))
+@pytest.mark.parametrize("way", SPLITTINGS_TAKEN)
 def test_a_byte_level_bpe_that_splits_text_another_way_tokenizes_in_llama_cpp_as_it_does(way, tmp_path):
     """The GGUF named GPT-2's pre-tokenizer whatever the tokenizer's own splitting was, so a model trained with a
     tokenizer that splits as Llama 3's, Qwen2's, GPT-4o's or SmolLM's does read, in llama.cpp, every prompt with a
     digit run, a capitalised contraction or a line break after punctuation as other ids, in silence. The file names
     the way the tokenizer splits (and whether it takes a word its vocabulary holds whole, as llama.cpp does under
     Llama 3's name alone): llama.cpp's ids are the tokenizer's for every probe, with or without its BOS option."""
-    pre_tokenizer, normalizer, ignore_merges = _pre_tokenizers()[0][way]
+    taken = _pre_tokenizers()[0]
+    assert sorted(taken) == sorted(SPLITTINGS_TAKEN)
+    pre_tokenizer, normalizer, ignore_merges = taken[way]
     tokenizer = byte_level_bpe(pre_tokenizer, normalizer, ignore_merges)
     assert len(tokenizer("xqj")["input_ids"]) == (1 if ignore_merges else 2)  # the crafted word decides
     folder = _save_gpt(tokenizer, tmp_path / "model")
@@ -1132,8 +1139,8 @@ def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(t
         *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in strings])
     rendered = ctypes.create_string_buffer(4096)
     size = llama_cpp.llama_chat_apply_template(PLAIN_CHAT_TEMPLATE.encode(), array, len(strings), True, rendered, 4096)
-    assert rendered.raw[:size].decode() == "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in strings) + \
-        "<|assistant|>\n" != tokenizer.decode(ours)
+    phi3 = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in strings) + "<|assistant|>\n"
+    assert rendered.raw[:size].decode() == phi3 and phi3 != tokenizer.decode(ours)
 
 
 # ------------------------------------------------------------------------------ a model trained on plain text
