@@ -46,6 +46,9 @@ GENERATION_OPTIONS = {
     "do_sample": _yes_or_no,
 }
 NO_REPLY = "[no reply: the model ended its turn at once]"
+# A reply of special tokens or spaces alone (a fine-tuning's <|tool|>, hidden as transformers' pipelines hide
+# special tokens) has nothing to show either, but the model did not end its turn at once: said as such.
+HIDDEN_REPLY = "[no reply shown: the model wrote only special tokens or spaces]"
 
 
 def describe_stats(stats: dict) -> str:
@@ -266,10 +269,12 @@ class ChatInterface:
             if worker.ident is not None:  # started
                 worker.join()
             elapsed = time.perf_counter() - started
-            new_tokens = result["ids"].shape[1] - ids.shape[1] if "ids" in result else 0
+            new = result["ids"][0, ids.shape[1]:].tolist() if "ids" in result else []
+            new_tokens = len(new)
             self.last_stats = {
                 "prompt_tokens": ids.shape[1],
                 "new_tokens": int(new_tokens),
+                "written_tokens": sum(token not in kwargs["eos_token_id"] for token in new),  # less the stop
                 "seconds": elapsed,
                 "time_to_first_token": (first - started) if first else None,
                 "tokens_per_second": new_tokens / elapsed if elapsed > 0 else 0.0,
@@ -277,6 +282,11 @@ class ChatInterface:
             # A continuation keeps its spaces and line breaks: the passage goes on from its last character.
             reply = "".join(pieces) if self.mode == "text" else "".join(pieces).strip()
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+
+    def empty_reply(self) -> str:
+        """What to show for the last reply when it has no text to show: the model ended its turn at once, or wrote
+        only special tokens or spaces."""
+        return HIDDEN_REPLY if self.last_stats and self.last_stats["written_tokens"] else NO_REPLY
 
     def reply(self, text: str) -> str:
         """The whole reply to `text`; in text mode the continuation as written, its first space or line break kept."""

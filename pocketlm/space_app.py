@@ -103,7 +103,8 @@ def reply(message: str, history: list[dict], temperature: float, max_new_tokens:
                    max_new_tokens=max_new_tokens, do_sample=True, temperature=float(temperature), top_k=50,
                    top_p=0.9, repetition_penalty=1.2, eos_token_id=STOP_IDS, pad_token_id=tokenizer.pad_token_id,
                    stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]))
-    worker = threading.Thread(target=model.generate, kwargs=options, daemon=True)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(ids=model.generate(**options)), daemon=True)
     text = ""
     try:
         worker.start()
@@ -113,8 +114,11 @@ def reply(message: str, history: list[dict], temperature: float, max_new_tokens:
     finally:  # the stop button closes this generator: end generation too
         stop.set()
         worker.join()
-    if not text.strip():
-        yield "[no reply: the model ended its turn at once]"
+    if not text.strip():  # chat.py's words: the turn ended at once, or only hidden tokens or spaces were written
+        written = [token for token in result["ids"][0, ids.shape[1]:].tolist() if token not in STOP_IDS] \
+            if "ids" in result else []
+        yield "[no reply shown: the model wrote only special tokens or spaces]" if written else \
+            "[no reply: the model ended its turn at once]"
 
 
 demo = gr.ChatInterface(

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .chat import NO_REPLY, ChatInterface, describe_stats
+from .chat import ChatInterface, describe_stats
 from .errors import UsageError
 
 HELP = """commands:
@@ -102,9 +102,8 @@ class TerminalChat:
         except UsageError as error:  # a setting the conversation cannot follow: said, and the session goes on
             print(f"error: {error}", end="")
             shown = True
-        if interactive and not shown:
-            # The model ended its turn at once: say so rather than leave a blank line.
-            print(NO_REPLY, end="")
+        if interactive and not shown:  # said rather than left a blank line
+            print(self.chat.empty_reply(), end="")
         print(flush=True)
 
     def _command(self, line: str, interactive: bool) -> str | None:

@@ -12,7 +12,7 @@ import socket
 
 from tokenization import message_text
 
-from .chat import NO_REPLY, ChatInterface, describe_stats
+from .chat import ChatInterface, describe_stats
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING, WEB_HOST, WEB_PORT
 from .loading import model_name
@@ -69,7 +69,7 @@ class WebChat:
             yield reply, ""
         # A continuation keeps its first space or line break: the page sends it back as part of the passage.
         shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
-        yield shown or NO_REPLY, describe_stats(conversation.last_stats)
+        yield shown or conversation.empty_reply(), describe_stats(conversation.last_stats)
 
 
 def build_app(chat: ChatInterface):

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import random
 import shutil
@@ -160,6 +161,23 @@ def sharpened(model):
         for parameter in model.parameters():
             parameter.mul_(4)
     return model
+
+
+def writing_only(model: Path, folder: Path, token: str, max_new_tokens: int = 6) -> Path:
+    """A copy of `model` at `folder` whose generation config has it write `token` alone: transformers'
+    `sequence_bias` (its `bad_words_ids` spares the stop tokens) and transformers.js's `bad_words_ids` (which has
+    no `sequence_bias`) for every other id."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    chosen = tokenizer.convert_tokens_to_ids(token)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(sequence_bias=[[[chosen], 100.0]], max_new_tokens=max_new_tokens,
+                  bad_words_ids=[[other] for other in range(len(tokenizer)) if other != chosen])
+    config.pop("min_new_tokens", None)  # it would forbid the one token left where that is a stop
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
 
 
 def with_decisive_weights(folder: Path, copy: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, broken_characters, make_text, run_at_once,
-                      run_entry, train_accented_model, train_tiny_models)
+                      run_entry, train_accented_model, train_tiny_models, writing_only)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main
@@ -142,14 +142,22 @@ def test_ctrl_c_stops_a_reply_and_the_session_goes_on(family, started, endless_m
     assert exit_status(child) == 0
 
 
-def test_a_reply_that_ends_at_once_shows_a_marker(chat_models, tmp_path):
-    folder = tmp_path / "silent"
-    shutil.copytree(chat_models["transformer"], folder)
-    config = json.loads((folder / "generation_config.json").read_text())
-    config["sequence_bias"] = [[[2], 100.0]]  # <|end|> (id 2) overwhelms every other token: replies end at once
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    child = spawn_chat("--model", str(folder))
-    assert "[no reply" in say(child, "Hello")
+def test_a_reply_with_nothing_to_show_says_whether_the_model_ended_its_turn_or_hid_what_it_wrote(chat_models,
+                                                                                                  tmp_path):
+    """A reply that ends at once is said, rather than left a blank line. So is one of special tokens alone (a
+    fine-tuning's <|tool|>, hidden as transformers' pipelines hide them), which used to be said as ending at once:
+    in the terminal and on `chat.py --web`'s page alike (both ask `ChatInterface.empty_reply`)."""
+    from pocketlm.web import SETTINGS, WebChat
+
+    silent = writing_only(chat_models["transformer"], tmp_path / "silent", "<|end|>")
+    hiding = writing_only(chat_models["transformer"], tmp_path / "hiding", "<|user|>")
+    for folder, said in ((silent, "[no reply: the model ended its turn at once]"),
+                         (hiding, "[no reply shown: the model wrote only special tokens or spaces]")):
+        chat = ChatInterface(str(folder))
+        shown, _ = list(WebChat(chat).reply("Hello", [], "", *[chat.options[name] for name in SETTINGS]))[-1]
+        assert shown == said
+    child = spawn_chat("--model", str(hiding))
+    assert "[no reply shown: the model wrote only special tokens or spaces]" in say(child, "Hello")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
 

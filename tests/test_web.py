@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, free_port, make_text,
-                      run_entry)
+                      run_entry, writing_only)
 
 from pocketlm.spaces import GRADIO_VERSION, PYTHON_VERSION
 from pocketlm.training import TrainingOptions, train
@@ -336,6 +336,40 @@ def test_the_space_app_serves_the_model_without_pocketlm(web_model, browser, tmp
     assert [turn["role"] for turn in second] == ["user", "assistant", "user"]
     assert second[0]["content"] == "Hello!" and second[2]["content"] == "And again?"
     assert isinstance(second[1]["content"], str) and second[1]["content"].strip()  # the first reply, as text
+
+
+SPACE_APP_EMPTY_REPLIES = PROJECT_FREE_PRELUDE + textwrap.dedent(
+    """
+    import json, os, runpy
+    shown = {{}}
+    for name, folder in {models!r}.items():  # the app reads its model's name when it starts
+        os.environ["POCKETLM_MODEL"] = folder
+        app = runpy.run_path("app.py", run_name="space")  # not __main__: the page is built, not served
+        shown[name] = list(app["reply"]("Hello", [], 0.7, 6))[-1]
+    print(json.dumps(shown))
+    """
+)  # formatted with root=REPO_ROOT and models, as the prelude is: its braces doubled
+
+
+def test_the_space_app_says_whether_an_empty_reply_ended_at_once_or_hid_what_it_wrote(web_model, tmp_path):
+    """The Space's app runs without pocketlm, so it spells the terminal's words for an empty reply itself: one that
+    ends at once, and one of special tokens alone, which it used to call ending at once."""
+    from pocketlm.cli import upload_main
+
+    models = {}
+    for name, token in (("end", "<|end|>"), ("user", "<|user|>")):
+        writing_only(web_model, tmp_path / name, token)
+        result = run_entry(upload_main, str(tmp_path / name), "--repo-id", f"me/{name}", "--space-id",
+                           f"me/{name}-chat", "--dry-run", "--output-dir", str(tmp_path / f"{name}-hub"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        models[name] = str(tmp_path / f"{name}-hub")
+    env = {**os.environ, "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    shown = subprocess.run([sys.executable, "-c", SPACE_APP_EMPTY_REPLIES.format(root=str(REPO_ROOT), models=models)],
+                           cwd=tmp_path / "user-hub-space", env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert json.loads(shown.stdout.strip().splitlines()[-1]) == {
+        "end": "[no reply: the model ended its turn at once]",
+        "user": "[no reply shown: the model wrote only special tokens or spaces]"}
 
 
 SPACE_APP_PROMPTS = PROJECT_FREE_PRELUDE + textwrap.dedent(

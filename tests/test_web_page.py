@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, make_text, run_entry, train_accented_model,
-                      train_tiny_models, with_decisive_weights)
+                      train_tiny_models, with_decisive_weights, writing_only)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import export_main, upload_main
@@ -323,6 +323,27 @@ def test_a_page_that_cannot_load_its_model_says_so(damage, sites, browser, tmp_p
         message = chat.status()
         assert all(needle in message for needle in said.get(damage, ["could not be loaded", "export.py"])), message
         assert chat.page.is_disabled("#send")
+    finally:
+        context.close()
+        served.close()
+
+
+def test_a_reply_with_nothing_to_show_says_whether_the_model_ended_its_turn_or_hid_what_it_wrote(sites, browser,
+                                                                                                  tmp_path):
+    """The page's words for an empty reply are the terminal's: one that ends at once, and one of special tokens
+    alone (hidden, as transformers.js hides them), which the page used to call ending at once."""
+    cases = {"end": ("<|end|>", "[no reply: the model ended its turn at once]"),
+             "user": ("<|user|>", "[no reply shown: the model wrote only special tokens or spaces]")}
+    for name, (token, _) in cases.items():
+        shutil.copytree(sites / "transformer-int8", tmp_path / name, ignore=shutil.ignore_patterns("model"))
+        writing_only(sites / "transformer-int8" / "model", tmp_path / name / "model", token)
+    served = Server(tmp_path)
+    context = browser.new_context()
+    try:
+        for name, (_, said) in cases.items():
+            chat = ChatPage(context, f"{served.url}{name}/", served.url)
+            chat.send("Hello")
+            assert chat.replies()[-1] == said and bool(chat.last_tokens()) == (name == "user")
     finally:
         context.close()
         served.close()

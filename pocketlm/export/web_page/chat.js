@@ -18,6 +18,7 @@ const page = await fetch("pocketlm.json").then((response) => {
                          "needs the files export.py wrote beside it, served over HTTP."));
 const SETTINGS = ["temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"];
 const NO_REPLY = "[no reply: the model ended its turn at once]";
+const HIDDEN_REPLY = "[no reply shown: the model wrote only special tokens or spaces]";  // chat.py's words
 // `?seed=N` in the page's address makes its sampling repeatable, as `chat.py --seed N` does the terminal's.
 const SEED = new URLSearchParams(location.search).get("seed");
 const TEXT_MODE = page.mode === "text";
@@ -351,7 +352,7 @@ async function send(text) {
   const reply = model.decode(generated);
   // A continuation keeps its first space or line break: the passage goes on from its last character.
   const kept = TEXT_MODE ? reply : reply.trim();
-  shown.textContent = kept.trim() ? kept : NO_REPLY;
+  shown.textContent = kept.trim() ? kept : generated.length ? HIDDEN_REPLY : NO_REPLY;  // stops are not generated
   shown.dataset.tokens = generated.join(",");  // the reply's token ids, for whoever checks them
   if (stopper.stopped) shown.classList.add("stopped");
   history.push({ role: "user", content: text }, { role: "assistant", content: kept });
