@@ -270,14 +270,13 @@ class ChatInterface:
                 worker.join()
             elapsed = time.perf_counter() - started
             new = result["ids"][0, ids.shape[1]:].tolist() if "ids" in result else []
-            new_tokens = len(new)
             self.last_stats = {
                 "prompt_tokens": ids.shape[1],
-                "new_tokens": int(new_tokens),
+                "new_tokens": len(new),
                 "written_tokens": sum(token not in kwargs["eos_token_id"] for token in new),  # less the stop
                 "seconds": elapsed,
                 "time_to_first_token": (first - started) if first else None,
-                "tokens_per_second": new_tokens / elapsed if elapsed > 0 else 0.0,
+                "tokens_per_second": len(new) / elapsed if elapsed > 0 else 0.0,
             }
             # A continuation keeps its spaces and line breaks: the passage goes on from its last character.
             reply = "".join(pieces) if self.mode == "text" else "".join(pieces).strip()

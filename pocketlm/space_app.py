@@ -115,8 +115,8 @@ def reply(message: str, history: list[dict], temperature: float, max_new_tokens:
         stop.set()
         worker.join()
     if not text.strip():  # chat.py's words: the turn ended at once, or only hidden tokens or spaces were written
-        written = [token for token in result["ids"][0, ids.shape[1]:].tolist() if token not in STOP_IDS] \
-            if "ids" in result else []
+        new = result["ids"][0, ids.shape[1]:].tolist() if "ids" in result else []
+        written = any(token not in STOP_IDS for token in new)
         yield "[no reply shown: the model wrote only special tokens or spaces]" if written else \
             "[no reply: the model ended its turn at once]"
 
