@@ -1085,6 +1085,29 @@ def test_a_byte_level_bpe_that_splits_text_as_llama_cpp_cannot_is_refused_in_ggu
     assert not list((tmp_path / "all").rglob("*.gguf")) and (tmp_path / "all" / "model.safetensors").is_file()
 
 
+def test_a_model_trained_with_a_tokenizer_that_adds_a_leading_space_exports_to_gguf_as_llama_cpp_reads_it(tmp_path):
+    """A byte-level BPE that puts a space before every text (RoBERTa's) has no name in llama.cpp (refused above),
+    but a run keeps it without that space (tests/test_faults.py): the model trained with it exports to GGUF, and
+    llama.cpp reads every probe as the run's tokenizer does."""
+    from tokenizers import pre_tokenizers
+
+    given, corpus, model, out = tmp_path / "given", tmp_path / "corpus.txt", tmp_path / "model", tmp_path / "out"
+    byte_level_bpe(pre_tokenizers.ByteLevel(add_prefix_space=True)).save_pretrained(given)
+    corpus.write_text(SPLIT_TEXT * 4, encoding="utf-8")
+    trained = run_entry(train_main, f"--data={corpus}", f"--tokenizer={given}", f"--output-dir={model}",
+                        "--block-size=32", "--batch-size=4", "--max-steps=2", "--samples=0", "--model-config=n_layer=1")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_entry(export_main, str(model), "--format", "gguf", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer = load_pretrained(str(model))[1]
+    llm = _llama_cpp().Llama(model_path=str(next(out.glob("*.gguf"))), n_ctx=64, verbose=False, n_threads=2)
+    try:
+        for text in PROBES + SPLIT_PROBES:
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
+    finally:
+        llm.close()
+
+
 def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(trained, tmp_path):
     model = str(trained["transformer"])
     for args, needle in ((["--format", "gguf", "--gguf-precision", "q4"], "unknown --gguf-precision 'q4': choose "

@@ -1632,6 +1632,78 @@ def test_a_tokenizer_that_adds_a_bos_to_every_text_is_kept_without_it_so_every_r
     assert continued == chat.reply(text) and continued.strip()
 
 
+def _prefix_space_tokenizer(way: str, text: str):
+    """A tokenizer from elsewhere that puts a space before every text it encodes, as `way`'s family does: RoBERTa's
+    byte-level BPE, Llama 2's as transformers 5 builds it and as its tokenizer.json spells it, a SentencePiece
+    Unigram as transformers converts ALBERT's and XLNet's."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<unk>", "<s>", "</s>"]
+    if way == "roberta":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.decoder, backend.post_processor = decoders.ByteLevel(), processors.ByteLevel(trim_offsets=True)
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif way == "unigram":
+        backend = Tokenizer(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+        backend.decoder = decoders.Metaspace(prepend_scheme="always", split=True)
+        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="<unk>")
+    else:  # Llama 2: a BPE falling back to bytes, words marked with "▁", a first one gets
+        backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        if way == "llama":
+            backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+        else:  # "llama-json": as the tokenizer.json published with Llama 2 spells the same
+            backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                             decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special + [f"<0x{b:02X}>" for b in range(256)])
+    backend.train_from_iterator([text], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("way", ["roberta", "llama", "llama-json", "unigram"])
+def test_a_tokenizer_that_puts_a_space_before_every_text_is_kept_without_it_so_a_long_text_trains_as_written(
+        way, corpus, tmp_path):
+    """A tokenizer from elsewhere that puts a space before every text it encodes (RoBERTa's, Llama 2's, ALBERT's): a
+    long text is read in pieces, each encoded alone, so training saw a space before every piece the text does not
+    hold, and one that decodes back (RoBERTa's) or a text that begins with a space (Llama 2's, whose decoder strips
+    one) did not come back as written. The run keeps the tokenizer without that space, said in a note: the pieces
+    it trains on decode to the text exactly, its vocabulary is used as before (a text given with its space reads as
+    the same ids), and transformers' text-generation pipeline, without pocketlm, continues a text as pocketlm's
+    chat does."""
+    from transformers import pipeline
+
+    from pocketlm import data
+    from tokenization import END_OF_TEXT
+
+    text = corpus.read_text()
+    foreign = _prefix_space_tokenizer(way, text)
+    given, out = tmp_path / "foreign", tmp_path / "out"
+    foreign.save_pretrained(given)
+    passage = "Crown a of fair day sword."
+    assert foreign.convert_ids_to_tokens(foreign(passage).input_ids)[0][0] in "Ġ▁"  # a space marked, as it frames
+    result = _train(corpus, out, f"--tokenizer={given}", "--max-steps=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {given} adds a leading space to every text it encodes: left out" in result.stdout
+    assert "does not give back the text it reads" not in result.stdout
+    kept = AutoTokenizer.from_pretrained(out)
+    documents, _ = data.load_documents(data=[str(corpus)])
+    assert len(documents) > 10  # the text is read in pieces
+    trained_on = [token for row in data.tokenize(documents, kept) for token in row["input_ids"]]
+    assert kept.decode(trained_on) == text + END_OF_TEXT
+    for probe in (passage, " " + passage, "  two spaces then\n\na line."):
+        assert kept.decode(kept(probe).input_ids) == probe
+    assert kept(" " + passage).input_ids == foreign(passage, add_special_tokens=False).input_ids
+    chat = ChatInterface(str(out), mode="text", do_sample=False, repetition_penalty=1.0, max_new_tokens=8)
+    generator = pipeline("text-generation", model=str(out), trust_remote_code=True)
+    continued = generator(passage, max_new_tokens=8, do_sample=False, repetition_penalty=1.0,
+                          return_full_text=False)[0]["generated_text"]
+    assert continued == chat.reply(passage) and continued.strip()
+
+
 def test_a_tokenizer_that_does_not_give_back_its_text_is_named_with_what_it_changes(corpus, tmp_path):
     """A WordPiece lowercases and drops spaces, a whitespace-split BPE drops them: trained with either, a model never
     writes what was dropped, and its bits per character (the loss over every character) read lower than a model's

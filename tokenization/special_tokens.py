@@ -85,23 +85,79 @@ def with_special_tokens(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
 
 
 def without_framing(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
-    """`tokenizer` without the tokens its post-processor adds around every text it encodes, and those tokens.
+    """`tokenizer` without what it adds to every text it encodes, and what that was: the tokens its post-processor
+    puts around the text, and a leading space.
 
     pocketlm frames text itself (the end-of-text token after each document, nothing before), in training and in its
     prompts; a tokenizer from elsewhere may add its own (Llama 3's puts a BOS first), which every runtime that
     encodes a prompt as `tokenizer(text)` (transformers' pipelines, transformers.js) would then hand a model that
-    never saw them. Only the post-processor's offset handling (ByteLevel's) is kept."""
+    never saw them. Only the post-processor's offset handling (ByteLevel's) is kept.
+
+    A leading space (RoBERTa's byte-level BPE, Llama 2's and SentencePiece's "▁") is framing too: a long text is
+    encoded in pieces, and each piece would begin with a space the text does not hold; where the decoder strips
+    one space back off (Llama 2's), a text that did begin with one lost it. Without it, the tokenizer gives back
+    exactly the text, and reads a text with a space before it as it read the text before."""
     encoded = tokenizer("x", return_special_tokens_mask=True)
     added = [token for token, special in zip(tokenizer.convert_ids_to_tokens(encoded["input_ids"]),
                                              encoded["special_tokens_mask"]) if special]
-    if not added:
-        return tokenizer, []
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    processor = spec.get("post_processor") or {}
-    steps = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
-    kept = [step for step in steps if step.get("type") == "ByteLevel"]
-    spec["post_processor"] = kept[0] if len(kept) == 1 else {"type": "Sequence", "processors": kept} if kept else None
-    return wrap(Tokenizer.from_str(json.dumps(spec))), added
+    spaced = _without_leading_space(spec)
+    if not added and not spaced:
+        return tokenizer, []
+    if added:
+        processor = spec.get("post_processor")
+        spec["post_processor"] = _with_steps(processor, [step for step in _steps(processor)
+                                                         if step.get("type") == "ByteLevel"])
+    return wrap(Tokenizer.from_str(json.dumps(spec))), added + ["a leading space"] * spaced
+
+
+_SPACE_MARKS = (" ", "▁")  # a space as text holds it, and as SentencePiece's tokens spell it
+
+
+def _without_leading_space(spec: dict) -> bool:
+    """Drop, in place, the space a tokenizer's definition (tokenizer.json's) puts before every text, and the step of
+    its decoder that strips it back off; whether it put one."""
+    spaced = False
+    for step in _steps(spec.get("pre_tokenizer")):
+        if step.get("type") == "ByteLevel" and step.get("add_prefix_space"):
+            step["add_prefix_space"], spaced = False, True
+        elif step.get("type") == "Metaspace" and step.get("prepend_scheme") != "never":
+            step["prepend_scheme"], spaced = "never", True
+    normalizer = spec.get("normalizer")
+    kept = [step for step in _steps(normalizer) if not (step.get("type") == "Prepend"
+                                                        and step.get("prepend") in _SPACE_MARKS)]
+    if len(kept) < len(_steps(normalizer)):  # Llama 2's tokenizer.json: a "▁" prepended, then spaces replaced
+        spec["normalizer"], spaced = _with_steps(normalizer, kept), True
+    if not spaced:
+        return False
+    decoder = spec.get("decoder")
+    for step in _steps(decoder):
+        if step.get("type") == "Metaspace":
+            step["prepend_scheme"] = "never"
+    spec["decoder"] = _with_steps(decoder, [step for step in _steps(decoder) if not (
+        step.get("type") == "Strip" and step.get("content") in _SPACE_MARKS and step.get("start") == 1)])
+    for step in _steps(spec.get("post_processor")):  # its offsets no longer allow for a space it adds
+        if step.get("type") == "ByteLevel":
+            step["add_prefix_space"] = False
+    return True
+
+
+def _steps(part: dict | None) -> list[dict]:
+    """The steps of one part of a tokenizer.json (normalizer, pre-tokenizer, decoder or post-processor), in order."""
+    if not part:
+        return []
+    return part[_sequence_key(part)] if part.get("type") == "Sequence" else [part]
+
+
+def _with_steps(part: dict | None, steps: list[dict]) -> dict | None:
+    """`part` holding only `steps` (some of its own): several as the Sequence it was, one as itself, none as none."""
+    if len(steps) > 1:
+        return {**part, _sequence_key(part): steps}
+    return steps[0] if steps else None
+
+
+def _sequence_key(sequence: dict) -> str:
+    return next(key for key in ("normalizers", "pretokenizers", "decoders", "processors") if key in sequence)
 
 
 class _GenerationBlock(jinja2.ext.Extension):
