@@ -326,7 +326,7 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
-        if options.tokenizer:
+        if source == options.tokenizer:  # not a resume's own, which is what the run trained with, as it stands
             tokenizer = _given_tokenizer(tokenizer, options.tokenizer, corpus, accelerator.is_main_process)
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over

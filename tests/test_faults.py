@@ -1704,6 +1704,30 @@ def test_a_tokenizer_that_puts_a_space_before_every_text_is_kept_without_it_so_a
     assert continued == chat.reply(passage) and continued.strip()
 
 
+def test_a_run_that_kept_a_framing_tokenizer_resumes_with_it_as_it_stands(corpus, tmp_path, monkeypatch):
+    """A run begun before runs left framing out kept the tokenizer as it was given (a leading space, a BOS). Its
+    resume took the run's own tokenizer and left the framing out of it, so the resume was refused as "the tokenizer
+    is not the one the run trained with" though nothing but pocketlm had changed. A resume continues with the
+    run's own tokenizer as it stands: to the same weights as the run resumed by the code that began it."""
+    from safetensors.torch import load_file
+
+    from pocketlm import preparation
+
+    given = tmp_path / "foreign"
+    _prefix_space_tokenizer("roberta", corpus.read_text()).save_pretrained(given)
+    resume = [f"--tokenizer={given}", "--resume", "--max-steps=4"]
+    with monkeypatch.context() as older:
+        older.setattr(preparation, "without_framing", lambda tokenizer: (tokenizer, []))
+        for out in ("before", "after"):
+            assert _train(corpus, tmp_path / out, f"--tokenizer={given}", "--save-every=1").returncode == 0
+        assert _train(corpus, tmp_path / "before", *resume).returncode == 0
+    resumed = _train(corpus, tmp_path / "after", *resume)
+    assert resumed.returncode == 0 and "resumed from step 2" in resumed.stdout + resumed.stderr, resumed.stderr
+    assert "leading space" not in resumed.stdout
+    weights = [load_file(tmp_path / name / "model.safetensors") for name in ("before", "after")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
 def test_a_tokenizer_that_does_not_give_back_its_text_is_named_with_what_it_changes(corpus, tmp_path):
     """A WordPiece lowercases and drops spaces, a whitespace-split BPE drops them: trained with either, a model never
     writes what was dropped, and its bits per character (the loss over every character) read lower than a model's
