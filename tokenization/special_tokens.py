@@ -8,6 +8,8 @@ import jinja2.ext
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from .kind import definition, steps, with_steps
+
 END_OF_TEXT = "<|endoftext|>"  # ends a document or a whole conversation
 PAD = "<|pad|>"
 END_OF_TURN = "<|end|>"  # ends one chat message; generation stops here
@@ -100,14 +102,14 @@ def without_framing(tokenizer) -> tuple[PreTrainedTokenizerFast, list[str]]:
     encoded = tokenizer("x", return_special_tokens_mask=True)
     added = [token for token, special in zip(tokenizer.convert_ids_to_tokens(encoded["input_ids"]),
                                              encoded["special_tokens_mask"]) if special]
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec = definition(tokenizer)
     spaced = _without_leading_space(spec)
     if not added and not spaced:
         return tokenizer, []
     if added:
         processor = spec.get("post_processor")
-        spec["post_processor"] = _with_steps(processor, [step for step in _steps(processor)
-                                                         if step.get("type") == "ByteLevel"])
+        spec["post_processor"] = with_steps(processor, [step for step in steps(processor)
+                                                        if step.get("type") == "ByteLevel"])
     return wrap(Tokenizer.from_str(json.dumps(spec))), added + ["a leading space"] * spaced
 
 
@@ -118,46 +120,28 @@ def _without_leading_space(spec: dict) -> bool:
     """Drop, in place, the space a tokenizer's definition (tokenizer.json's) puts before every text, and the step of
     its decoder that strips it back off; whether it put one."""
     spaced = False
-    for step in _steps(spec.get("pre_tokenizer")):
+    for step in steps(spec.get("pre_tokenizer")):
         if step.get("type") == "ByteLevel" and step.get("add_prefix_space"):
             step["add_prefix_space"], spaced = False, True
         elif step.get("type") == "Metaspace" and step.get("prepend_scheme") != "never":
             step["prepend_scheme"], spaced = "never", True
     normalizer = spec.get("normalizer")
-    kept = [step for step in _steps(normalizer) if not (step.get("type") == "Prepend"
-                                                        and step.get("prepend") in _SPACE_MARKS)]
-    if len(kept) < len(_steps(normalizer)):  # Llama 2's tokenizer.json: a "▁" prepended, then spaces replaced
-        spec["normalizer"], spaced = _with_steps(normalizer, kept), True
+    kept = [step for step in steps(normalizer) if not (step.get("type") == "Prepend"
+                                                       and step.get("prepend") in _SPACE_MARKS)]
+    if len(kept) < len(steps(normalizer)):  # Llama 2's tokenizer.json: a "▁" prepended, then spaces replaced
+        spec["normalizer"], spaced = with_steps(normalizer, kept), True
     if not spaced:
         return False
     decoder = spec.get("decoder")
-    for step in _steps(decoder):
+    for step in steps(decoder):
         if step.get("type") == "Metaspace":
             step["prepend_scheme"] = "never"
-    spec["decoder"] = _with_steps(decoder, [step for step in _steps(decoder) if not (
+    spec["decoder"] = with_steps(decoder, [step for step in steps(decoder) if not (
         step.get("type") == "Strip" and step.get("content") in _SPACE_MARKS and step.get("start") == 1)])
-    for step in _steps(spec.get("post_processor")):  # its offsets no longer allow for a space it adds
+    for step in steps(spec.get("post_processor")):  # its offsets no longer allow for a space it adds
         if step.get("type") == "ByteLevel":
             step["add_prefix_space"] = False
     return True
-
-
-def _steps(part: dict | None) -> list[dict]:
-    """The steps of one part of a tokenizer.json (normalizer, pre-tokenizer, decoder or post-processor), in order."""
-    if not part:
-        return []
-    return part[_sequence_key(part)] if part.get("type") == "Sequence" else [part]
-
-
-def _with_steps(part: dict | None, steps: list[dict]) -> dict | None:
-    """`part` holding only `steps` (some of its own): several as the Sequence it was, one as itself, none as none."""
-    if len(steps) > 1:
-        return {**part, _sequence_key(part): steps}
-    return steps[0] if steps else None
-
-
-def _sequence_key(sequence: dict) -> str:
-    return next(key for key in ("normalizers", "pretokenizers", "decoders", "processors") if key in sequence)
 
 
 class _GenerationBlock(jinja2.ext.Extension):

@@ -9,12 +9,12 @@ Llama 3's, Qwen2's, ...), and carries the vocabulary, the merges, the special to
 template.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tokenization import BYTE_LEVEL_BPE, CHARACTER_LEVEL, END_OF_TURN, PLAIN_CHAT_TEMPLATE, tokenizer_kind
+from tokenization.kind import definition, steps
 
 # The tensors each precision stores smaller: the weight matrices (embedding, attention and MLP projections, head).
 # Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
@@ -96,33 +96,32 @@ def vocabulary_problem(tokenizer) -> str | None:
 
 def _pre_tokenizer(tokenizer) -> tuple[str | None, str]:
     """llama.cpp's name for how `tokenizer` splits text before merging, or None and what it does otherwise."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec = definition(tokenizer)
     normalizer = (spec.get("normalizer") or {}).get("type")
     # NFC is taken, as llama.cpp's own converter takes Qwen2's: text typed or pasted is NFC almost always.
     if normalizer not in (None, "NFC"):
         return None, f"normalizes text first ({normalizer})"
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    splitting, ignore_merges = _splitting(steps), bool(spec["model"].get("ignore_merges"))
+    pre = steps(spec.get("pre_tokenizer"))
+    splitting, ignore_merges = _splitting(pre), bool(spec["model"].get("ignore_merges"))
     name = PRE_TOKENIZERS.get((splitting, ignore_merges))
     if name is not None:
         return name, ""
-    if steps and steps[-1].get("add_prefix_space"):
+    if pre and pre[-1].get("add_prefix_space"):
         return None, "adds a space before the text (add_prefix_space)"
     if splitting is None:
-        return None, f"splits it with {' then '.join(str(step.get('type')) for step in steps)}"
+        return None, f"splits it with {' then '.join(str(step.get('type')) for step in pre)}"
     if (splitting, False) in PRE_TOKENIZERS:  # ignore_merges, with a splitting other than Llama 3's
         return None, "takes a word its vocabulary holds whole before merging (ignore_merges), which llama.cpp " \
                      "does with Llama 3's pattern only"
     return None, f"splits it by the pattern {splitting!r}"
 
 
-def _splitting(steps: list[dict]) -> str | None:
-    """How pre-tokenizer `steps` that end in a ByteLevel split text: as PRE_TOKENIZERS names GPT-2's ways, or the
+def _splitting(pre_steps: list[dict]) -> str | None:
+    """How pre-tokenizer `pre_steps` that end in a ByteLevel split text: as PRE_TOKENIZERS names GPT-2's ways, or the
     pattern of the one Split before a ByteLevel that splits no further; None for anything else."""
-    if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space"):
+    if not pre_steps or pre_steps[-1].get("type") != "ByteLevel" or pre_steps[-1].get("add_prefix_space"):
         return None
-    *before, byte_level = steps
+    *before, byte_level = pre_steps
     if byte_level.get("use_regex", True):  # the ByteLevel splits with GPT-2's pattern itself
         return GPT2_PATTERN if not before else \
             DIGITS_THEN_GPT2 if before == [{"type": "Digits", "individual_digits": True}] else None
@@ -134,7 +133,7 @@ def _splitting(steps: list[dict]) -> str | None:
 
 def _vocabulary(tokenizer) -> tuple[list[str], list[str]]:
     """The tokens in id order (in the byte-level alphabet llama.cpp's gpt2 vocabulary uses) and the merges."""
-    bpe = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    bpe = definition(tokenizer)["model"]
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     tokens = [by_id[index] for index in range(len(by_id))]
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
