@@ -16,7 +16,7 @@ from .choices import (
     BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, DEVICES, DTYPES, EXPORT_FORMATS, GGUF_PRECISIONS,
     MODEL_SIZES, MODEL_TYPES, RUNTIMES, WEB_HOST, WEB_PORT, WEB_PRECISIONS, check_seed,
 )
-from .errors import HubError, TrainingDiverged, UsageError
+from .errors import HubError, TrainingDiverged, UsageError, require_extra
 from .wording import counted, listed
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -665,7 +665,7 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
     """The formats the model repository carries beside the native model, as asked (`all` kept: the model's
     tokenizer decides whether it holds GGUF): --formats, and ONNX for a static page. Checked here, before anything
     is built."""
-    from .export import formats_for, split_formats
+    from .export import formats_for, packages_for, require_packages, split_formats
     from .hub import REPOSITORY_FORMATS
 
     asked = split_formats(args.formats)
@@ -673,7 +673,9 @@ def _repository_formats(args: argparse.Namespace, family: str) -> list[str]:
         raise UsageError("the web page is not a file of the model repository but a Space of its own: pass "
                          "--static-space OWNER/NAME instead of --formats web.")
     if asked:
-        formats_for(family, asked, offered=REPOSITORY_FORMATS)
+        require_packages(family, formats_for(family, asked, offered=REPOSITORY_FORMATS), "--formats")
+    if args.static_space:
+        require_extra("export", packages_for(family, ["web"]), "--static-space")
     if args.static_space and not {"onnx", "all"} & set(asked):
         asked.append("onnx")  # the static page loads the graph from the model repository
     return asked

@@ -25,6 +25,20 @@ class HubError(RuntimeError):
     """The Hub refused or could not be reached; the message says which and what to do."""
 
 
+def require_extra(extra: str, packages: tuple[str, ...], needed_by: str) -> None:
+    """Refuse, before any work, what `needed_by` (a flag, say) does when some of `packages`, from setup.cfg's
+    optional `extra`, are not installed: one line naming them and the install, as the README installs pocketlm."""
+    import importlib.util
+
+    from .wording import listed
+
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        verbs = "is not installed, and comes" if len(missing) == 1 else "are not installed, and come"
+        raise UsageError(f"{needed_by}: {listed(missing)} {verbs} with the optional extra {extra}: "
+                         f"pip install -e '.[{extra}]'.")
+
+
 # A web or cloud address (https://, s3://, hf://): pocketlm reads models and data on this machine, or models by Hub
 # id, and says so where such an address would read as a missing file.
 WEB_ADDRESS = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from modeling.lstm.modeling_lstm import CACHE_FIELD, read_state, refuse_to_read_again, write_state
 
-from .errors import UsageError
+from .errors import UsageError, require_extra
 from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 from .home import HOME, unusable
 from .signing import digest
@@ -158,7 +158,7 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
     (`sources.all_code`); a folder export.py wrote ONNX into runs its own graphs."""
     from transformers import AutoTokenizer
 
-    from .export import export
+    from .export import export, packages_for
     from .adapters import adapter_of
     from .loading import check_model_folder, export_record, local_folder, model_family, tokenizer_source
 
@@ -169,6 +169,7 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
     # Graphs beside the model run as they are: export.py's, or a model repository's that hub_upload.py published
     # (its gpt2/onnx/, the LSTM's onnx/), downloaded. What was exported is what runs.
     if (record is not None and "onnx" in record["formats"]) or (folder / ONNX_DIR / FLOAT32_FILE).is_file():
+        require_extra("export", ("onnxruntime",), "--runtime onnx")
         graph = folder / ONNX_DIR / (INT8_FILE if dtype == "int8" else FLOAT32_FILE)
         if not graph.is_file():
             origin = record["model"] if record else "its model"
@@ -179,9 +180,10 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
         adapter = adapter_of(str(folder))
         if adapter is None:
             check_model_folder(folder)
-        else:  # a PEFT adapter: its graphs are its merged model's, so the model's files are part of the key
-            model_family(str(folder), adapters=True)
+        family = model_family(str(folder), adapters=True)
+        if adapter is not None:  # a PEFT adapter: its graphs are its merged model's, so its model's files are keys
             sources.append(local_folder(adapter["base_model_name_or_path"]))
+        require_extra("export", packages_for(family, ["onnx"]), "--runtime onnx")
         # The model's files, and the code that exports and runs its graphs: an upgraded or edited pocketlm exports
         # again instead of running the graphs an older one traced.
         key = hashlib.sha256("".join([all_code(), *(digest(path) for source in sources for path in sorted(

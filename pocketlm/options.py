@@ -8,7 +8,6 @@ when it is not; a field whose default is None is filled from the recipe by `reso
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import inspect
 import json
 import math
@@ -22,7 +21,7 @@ from configs import load_recipe
 
 # The command line's choices (the checks below ask modeling) and the seed's range, every command's.
 from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES, check_seed
-from .errors import WEB_ADDRESS, UsageError, web_address_said
+from .errors import WEB_ADDRESS, UsageError, require_extra, web_address_said
 
 RECIPE = "recipe: configs/<model-type>.json"
 
@@ -264,9 +263,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         if getattr(options, name) not in values:
             raise UsageError(f"unknown --{name.replace('_', '-')} {getattr(options, name)!r}: choose "
                              f"{', '.join(values)}.")
-    if options.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        # accelerate would otherwise drop the tracker without a word.
-        raise UsageError("--report-to tensorboard needs the tensorboard package: pip install 'pocketlm[tensorboard]'.")
+    if options.report_to == "tensorboard":  # accelerate would otherwise drop the tracker without a word
+        require_extra("tensorboard", ("tensorboard",), "--report-to tensorboard")
     recipe = load_recipe(options.model_type)
     for spec in dataclasses.fields(options):
         if getattr(options, spec.name) is None and spec.name in recipe:

@@ -7,23 +7,20 @@ optional extra: `pip install -e '.[web]'`.
 """
 
 import errno
-import importlib.util
 import socket
 
 from tokenization import message_text
 
 from .chat import ChatInterface, describe_stats
-from .errors import UsageError
+from .errors import UsageError, require_extra
 from .choices import BALANCED_SAMPLING, WEB_HOST, WEB_PORT
 from .loading import model_name
 
-INSTALL_HINT = "pip install -e '.[web]'"
 SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
 
 
 def require_gradio() -> None:
-    if importlib.util.find_spec("gradio") is None:
-        raise UsageError(f"--web needs Gradio, an optional extra: {INSTALL_HINT}")
+    require_extra("web", ("gradio",), "--web")
 
 
 class WebChat:

@@ -2161,6 +2161,48 @@ def test_resume_refuses_checkpoints_pocketlm_did_not_write(tampering, corpus, tm
         assert kept.returncode == 0, kept.stderr[-3000:]
 
 
+# ---------------------------------------------------------------------------------------- optional extras
+
+
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "gguf")  # setup.cfg's `export` extra
+
+
+@pytest.mark.parametrize("missing, command, needles", [
+    (EXPORT_PACKAGES, lambda m, out: (export_main, m["transformer"], "--format", "onnx", "--output-dir", out),
+     ["--format onnx:", "onnx, onnxscript and onnxruntime are not installed"]),
+    (["gguf"], lambda m, out: (export_main, m["transformer"], "--format", "all", "--output-dir", out),
+     ["--format gguf:", "gguf is not installed"]),
+    (["onnxscript"], lambda m, out: (export_main, m["transformer"], "--format", "web", "--output-dir", out),
+     ["--format web:", "onnxscript is not installed"]),
+    (EXPORT_PACKAGES, lambda m, out: (upload_main, m["transformer"], "--repo-id", "me/m", "--dry-run",
+                                      "--formats", "onnx,gguf", "--output-dir", out),
+     ["--formats onnx,gguf:", "onnx, onnxscript, onnxruntime and gguf are not installed"]),
+    (["onnxruntime"], lambda m, out: (upload_main, m["lstm"], "--repo-id", "me/m", "--dry-run", "--static-space",
+                                      "me/page", "--output-dir", out),
+     ["--static-space:", "onnxruntime is not installed"]),
+    (EXPORT_PACKAGES, lambda m, out: (chat_main, m["transformer"], "--runtime", "onnx", "--prompt", "Hi"),
+     ["--runtime onnx:", "onnx, onnxscript and onnxruntime are not installed"]),
+    (["gradio"], lambda m, out: (chat_main, m["lstm"], "--web"), ["--web:", "gradio is not installed"]),
+    (["tensorboard"], lambda m, out: (train_main, f"--data={REPO_ROOT / 'README.md'}", f"--output-dir={out}",
+                                      "--report-to=tensorboard", "--max-steps=1"),
+     ["--report-to tensorboard:", "tensorboard is not installed"]),
+], ids=["onnx", "gguf-in-all", "web", "upload-formats", "static-space", "runtime-onnx", "chat-web", "tensorboard"])
+def test_a_command_that_needs_an_optional_extra_not_installed_names_it_in_one_line_and_writes_nothing(
+        missing, command, needles, trained, tmp_path, monkeypatch):
+    """A base install (the README's first command) lacks the optional extras: `export.py --format onnx` there
+    stopped with a traceback ("No module named 'onnx'") after loading the model, and `--report-to tensorboard`
+    named an install (`pip install 'pocketlm[tensorboard]'`) of a package the index does not hold. Each command
+    names, in one line before any work, what is not installed and the extra that brings it, as the README installs
+    the project."""
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: its import fails, find_spec finds none
+    out = str(tmp_path / "out")
+    extra = {"gradio": "web", "tensorboard": "tensorboard"}.get(missing[0], "export")
+    main, *args = command({family: str(folder) for family, folder in trained.items()}, out)
+    assert_one_line_error(run_entry(main, *args), *needles, f"the optional extra {extra}: pip install -e '.[{extra}]'")
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------------------------- kill points
 
 

@@ -987,7 +987,7 @@ def test_tensorboard_reporting_without_tensorboard_says_what_to_install(corpus_f
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else
                         real_find_spec(name, *a))
-    with pytest.raises(UsageError, match=r"pip install 'pocketlm\[tensorboard\]'"):
+    with pytest.raises(UsageError, match=r"pip install -e '\.\[tensorboard\]'"):
         train(tiny_options("transformer", corpus_file, tmp_path / "m", report_to="tensorboard"))
     assert not (tmp_path / "m").exists()
 

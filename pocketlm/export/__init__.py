@@ -16,6 +16,7 @@ leaves nothing behind. It lists what it wrote in a hidden EXPORT_RECORD, and --o
 destination only when that list holds everything there: an export's folder, never the user's own files.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
 from ..choices import EXPORT_FORMATS, GGUF_PRECISIONS, WEB_PRECISIONS
-from ..errors import UsageError, full_disk_says
+from ..errors import UsageError, full_disk_says, require_extra
 from ..loading import load_pretrained, model_family, model_name, trained_on_chat
 from ..run_folder import CHAT_TEMPLATE_FILE, EXPORT_RECORD, TOKENIZER_CONFIG_FILE
 from ..whole_writes import build_folder, check_writable
@@ -58,6 +59,23 @@ def formats_for(family: str, asked: list[str], offered: tuple[str, ...] = ALL_FO
             raise UsageError(f"the {family} cannot be exported as {name} (transformers and llama.cpp have no LSTM "
                              f"language model): choose {choices}.")
     return list(dict.fromkeys(asked))
+
+
+def packages_for(family: str, formats: list[str]) -> tuple[str, ...]:
+    """What writing `formats` of a `family` model imports beyond the base install, all from setup.cfg's `export`
+    extra: the ONNX graphs go through torch.onnx (the GPT's exporter, torch.export, writes with onnxscript; the
+    LSTM's, TorchScript, does not) and onnx, their int8 form through onnxruntime's quantizer; GGUF through gguf."""
+    graphs = ("onnx", *(("onnxscript",) if family == "transformer" else ()), "onnxruntime")
+    needed = {"onnx": graphs, "web": graphs, "gguf": ("gguf",)}
+    return tuple(dict.fromkeys(package for name in formats for package in needed.get(name, ())))
+
+
+def require_packages(family: str, formats: list[str], flag: str = "--format") -> None:
+    """Refuse, in one line before any work, `formats` whose packages are not installed (`packages_for`)."""
+    missing = {package for package in packages_for(family, formats) if importlib.util.find_spec(package) is None}
+    lacking = [name for name in formats if missing & set(packages_for(family, [name]))]
+    if lacking:
+        require_extra("export", packages_for(family, lacking), f"{flag} {','.join(lacking)}")
 
 
 def formats_the_tokenizer_takes(formats: list[str], asked: list[str], tokenizer) -> list[str]:
@@ -100,6 +118,7 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
                                             ",".join(gguf_precisions))
     family = model_family(model_path, adapters=True)
     asked, formats = formats, formats_for(family, formats)
+    require_packages(family, formats)
     target = Path(output_dir).expanduser()
     # An export replaces its folder whole: never the one the model is read from, or the one the user is in.
     whole, source = target.resolve(), Path(model_path).expanduser().resolve()
