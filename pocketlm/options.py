@@ -259,6 +259,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         from .loading import resolve_device
 
         resolve_device("cuda")  # before any work: none visible is said as chat.py says it
+    if options.compile:
+        _check_compiler()
     for name, values in (("mixed_precision", ("no", "fp16", "bf16")), ("report_to", ("none", "tensorboard"))):
         if getattr(options, name) not in values:
             raise UsageError(f"unknown --{name.replace('_', '-')} {getattr(options, name)!r}: choose "
@@ -307,6 +309,21 @@ def _family(options: TrainingOptions) -> str:
                          "add --model-type transformer, or drop --model-size (the LSTM's shape: --model-config "
                          "hidden_size=N,num_layers=N).")
     return family
+
+
+def _check_compiler() -> None:
+    """torch.compile's default backend (inductor) builds the model's kernels with a C++ compiler, and Triton's
+    launcher on a GPU with one: without it, a run read its data and stopped at the first step with torch's traceback.
+    Asked the way inductor asks (the compiler named by CXX, else g++, runs), before any work."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a torch that finds its compiler elsewhere says so itself
+        return
+    try:
+        get_cpp_compiler()
+    except RuntimeError:  # inductor's InvalidCxxCompiler
+        raise UsageError("--compile: torch.compile found no working C++ compiler to build the model's kernels with: "
+                         "install g++ (apt-get install g++) or name one in CXX, or drop --compile.") from None
 
 
 def _check_tokenizer_path(given: str) -> None:

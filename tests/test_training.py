@@ -591,6 +591,18 @@ def test_compiled_runs_save_plain_checkpoints_that_resume_without_compile(corpus
     assert_resuming_a_copy_reproduces(reference, 4, tiny_options("transformer", corpus_file, tmp_path, **options))
 
 
+def test_compile_without_a_cpp_compiler_is_refused_in_one_line_before_any_work(corpus_file, tmp_path, monkeypatch):
+    """torch.compile's default backend builds the model's kernels with a C++ compiler: on a machine without one, a
+    --compile run read the data and trained its tokenizer, then stopped at its first step with torch's traceback
+    (InvalidCxxCompiler). It is refused before any work, naming what to install."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    with pytest.raises(UsageError, match=r"--compile: torch.compile found no working C\+\+ compiler .* install g\+\+"):
+        train(tiny_options("transformer", corpus_file, tmp_path / "m", compile=True, max_steps=2))
+    assert not (tmp_path / "m").exists()
+
+
 def test_blocks_overlap_by_one_token_so_every_token_is_a_target():
     blocks = data.blocks_from_ids(list(range(10)), block_size=4, pad_id=-1, keep_partial=True)
     assert blocks == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
