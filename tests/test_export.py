@@ -1245,6 +1245,19 @@ def test_the_exports_of_a_plain_text_model_carry_no_chat_template_and_continue_t
     assert as_chat["onnx"].prompt_ids(TEXT, 8) == as_chat["torch"].prompt_ids(TEXT, 8) != prompt
 
 
+def test_the_web_page_of_a_plain_text_model_carries_no_chat_template_either(prose_exported, tmp_path):
+    """The page's model/ folder is a transformers.js model of its own, which a reader may take into an app: a plain
+    text model's carried the chat template every other export leaves out, though the page itself continues text."""
+    model_dir, _ = prose_exported
+    page = tmp_path / "page"
+    result = run_entry(export_main, str(model_dir), "--format", "web", "--output-dir", str(page),
+                       "--web-precision", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((page / "pocketlm.json").read_text())["mode"] == "text"
+    assert not (page / "model" / "chat_template.jinja").exists()
+    assert "chat_template" not in json.loads((page / "model" / "tokenizer_config.json").read_text())
+
+
 STOCK_GPT2_LOGITS = """
 import json, torch
 from transformers import AutoModelForCausalLM

@@ -120,8 +120,10 @@ def write_web(model, tokenizer, family: str, folder: Path, name: str, precision:
     trained for."""
     from . import write_formats
 
-    write_page(folder, family, name, context_window(model), precision, mode=trained_mode(model))
-    write_formats(model, tokenizer, family, ["onnx"], folder / MODEL_DIR, name)
+    mode = trained_mode(model)
+    write_page(folder, family, name, context_window(model), precision, mode=mode)
+    # model/ is a transformers.js model of its own: a plain text model's carries no template, as no export does.
+    write_formats(model, tokenizer, family, ["onnx"], folder / MODEL_DIR, name, is_chat=mode == "chat")
     unused = PRECISIONS["float32" if precision == "int8" else "int8"][1]
     (folder / MODEL_DIR / ONNX_DIR / unused).unlink()  # one graph is enough: the page loads only its own
 
