@@ -150,7 +150,8 @@ def export(model_path: str, formats: str | list[str], output_dir: str | Path, ov
 
     def write(building: Path) -> None:
         with full_disk_says(building.parent, afterwards="export again; an earlier export there is intact"):
-            write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions, is_chat)
+            write_formats(model, tokenizer, family, formats, building, name, web_precision, gguf_precisions,
+                          is_chat=is_chat)
             written.extend(_files_in(building))
             # The model it came from, as a path that still holds from another folder (loading.export_record).
             origin = str(source) if source.is_dir() else model_path
@@ -182,8 +183,8 @@ def _check_replaceable(target: Path) -> None:
 
 
 def write_formats(model, tokenizer, family: str, formats: list[str], folder: Path, name: str,
-                  web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1],
-                  is_chat: bool = True) -> None:
+                  web_precision: str = WEB_PRECISIONS[0], gguf_precisions: tuple[str, ...] = GGUF_PRECISIONS[:1], *,
+                  is_chat: bool) -> None:
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
     at its top (they are the same files), the graphs in onnx/, a GGUF file for each of `gguf_precisions` as
     `<name>-<precision>.gguf`, the web page at the top when it is alone, else in web/. The chat template goes in
@@ -202,7 +203,7 @@ def write_formats(model, tokenizer, family: str, formats: list[str], folder: Pat
             from .gguf import write_gguf
 
             for precision in gguf_precisions:
-                write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision, is_chat)
+                write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision, is_chat=is_chat)
         elif format_name == "web":
             from .web import write_web
 

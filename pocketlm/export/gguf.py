@@ -154,7 +154,7 @@ def _token_types(tokenizer, tokens: list[str]) -> list:
             for index in range(len(tokens))]
 
 
-def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", is_chat: bool = True) -> Path:
+def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", *, is_chat: bool) -> Path:
     """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
     `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers), with the chat
     template when `is_chat` (without one, llama.cpp continues the text it is given rather than turning to chat)."""

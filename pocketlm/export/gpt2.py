@@ -61,7 +61,7 @@ def to_gpt2(model, tokenizer) -> GPT2LMHeadModel:
     return stock.eval()
 
 
-def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True, is_chat: bool = True) -> list[Path]:
+def write_gpt2(model, tokenizer, folder: Path, with_weights: bool = True, *, is_chat: bool) -> list[Path]:
     """A folder `AutoModelForCausalLM.from_pretrained` loads as a GPT2LMHeadModel (weights, config, generation
     config) with the tokenizer, and a chat model's chat template; without weights, the folder an ONNX export sits
     in."""
