@@ -52,6 +52,12 @@ def exported(trained, tmp_path_factory) -> dict[str, Path]:
         result = run_entry(export_main, str(model), "--format", "all", "--output-dir", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
         assert "trained on plain text" not in result.stdout  # a chat model's exports carry its template
+        # Each format said as it starts, once (the page's own graph is not a second ONNX export).
+        said = [line for line in result.stderr.splitlines() if line.startswith("writing ")]
+        graphs, page = "writing the ONNX graphs, float32 and int8 ...", "writing the web page, its graph int8 ..."
+        assert said == {"transformer": ["writing a stock transformers GPT-2 ...", graphs,
+                                        f"writing {model.name}-f32.gguf ...", page],
+                        "lstm": [graphs, page]}[family], result.stderr
         folders[family] = out
     return folders
 

@@ -188,27 +188,33 @@ def write_formats(model, tokenizer, family: str, formats: list[str], folder: Pat
     """Write `model` in each of `formats` into `folder`: the stock GPT-2 and the ONNX export's config and tokenizer
     at its top (they are the same files), the graphs in onnx/, a GGUF file for each of `gguf_precisions` as
     `<name>-<precision>.gguf`, the web page at the top when it is alone, else in web/. The chat template goes in
-    only when `is_chat` (the model learned conversations, loading.trained_on_chat); the page reads the mode."""
+    only when `is_chat` (the model learned conversations, loading.trained_on_chat); the page reads the mode. Each
+    is said on standard error as it starts: the large preset's formats take half a minute on two cores."""
     for format_name in formats:
         if format_name == "transformers":
             from .gpt2 import write_gpt2
 
+            _say("a stock transformers GPT-2")
             write_gpt2(model, tokenizer, folder, is_chat=is_chat)
         elif format_name == "onnx":
-            from .onnx import write_onnx
-
-            _write_beside_graph(model, tokenizer, family, folder, is_chat)
-            write_onnx(model, family, folder)
+            _say("the ONNX graphs, float32 and int8")
+            write_onnx_model(model, tokenizer, family, folder, is_chat=is_chat)
         elif format_name == "gguf":
             from .gguf import write_gguf
 
             for precision in gguf_precisions:
+                _say(gguf_name(name, precision))
                 write_gguf(model, tokenizer, folder / gguf_name(name, precision), name, precision, is_chat=is_chat)
         elif format_name == "web":
             from .web import write_web
 
+            _say(f"the web page, its graph {web_precision}")
             write_web(model, tokenizer, family, folder if formats == ["web"] else folder / WEB_DIR, name,
                       web_precision)
+
+
+def _say(what: str) -> None:
+    print(f"writing {what} ...", file=sys.stderr, flush=True)
 
 
 def gguf_name(name: str, precision: str = GGUF_PRECISIONS[0]) -> str:
@@ -225,9 +231,11 @@ def split_gguf_precisions(text: str) -> tuple[str, ...]:
     return named
 
 
-def _write_beside_graph(model, tokenizer, family: str, folder: Path, is_chat: bool) -> None:
-    """What an ONNX runtime reads beside the graph: the config (GPT-2's, for the GPT, as transformers.js runs it),
-    the generation settings and the tokenizer."""
+def write_onnx_model(model, tokenizer, family: str, folder: Path, *, is_chat: bool) -> None:
+    """The graphs in onnx/ and what an ONNX runtime reads beside them: the config (GPT-2's, for the GPT, as
+    transformers.js runs it), the generation settings and the tokenizer."""
+    from .onnx import write_onnx
+
     if family == "transformer":
         from .gpt2 import write_gpt2
 
@@ -236,6 +244,7 @@ def _write_beside_graph(model, tokenizer, family: str, folder: Path, is_chat: bo
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
         save_export_tokenizer(tokenizer, folder, is_chat)
+    write_onnx(model, family, folder)
 
 
 def save_export_tokenizer(tokenizer, folder: Path, is_chat: bool) -> None:

@@ -118,12 +118,12 @@ def write_page(folder: Path, family: str, name: str, window: int | None, precisi
 def write_web(model, tokenizer, family: str, folder: Path, name: str, precision: str = "int8") -> None:
     """The whole page for `model`, its ONNX graph of `precision` in model/ beside it, in the mode the model was
     trained for."""
-    from . import write_formats
+    from . import write_onnx_model
 
     mode = trained_mode(model)
     write_page(folder, family, name, context_window(model), precision, mode=mode)
     # model/ is a transformers.js model of its own: a plain text model's carries no template, as no export does.
-    write_formats(model, tokenizer, family, ["onnx"], folder / MODEL_DIR, name, is_chat=mode == "chat")
+    write_onnx_model(model, tokenizer, family, folder / MODEL_DIR, is_chat=mode == "chat")
     unused = PRECISIONS["float32" if precision == "int8" else "int8"][1]
     (folder / MODEL_DIR / ONNX_DIR / unused).unlink()  # one graph is enough: the page loads only its own
 
