@@ -606,6 +606,32 @@ def test_a_file_given_as_a_dataset_is_pointed_to_data(tmp_path):
     assert_one_line_error(result, f"--dataset {table} is a file: pass it as --data {table}")
 
 
+@pytest.mark.parametrize("builder", ["text", "json", "csv", "parquet"])
+def test_a_dataset_named_after_a_file_type_is_pointed_to_data_instead_of_reading_the_folder_one_is_in(
+        builder, tmp_path, monkeypatch):
+    """`--dataset text` (or json, csv, parquet) names datasets' reader for such files, not a dataset: given no
+    files, datasets reads every file of the folder one is in, so a run trained on whatever was there (scripts,
+    notes, earlier models' records) without a word, or failed on one of them as if it were the data. It is pointed
+    to --data, and the folder's files are left alone."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text(make_text(0))  # what `--dataset text` trained on, unasked
+    (tmp_path / "records.jsonl").write_text(json.dumps({"text": make_text(1)}) + "\n")
+    result = run_entry(train_main, f"--dataset={builder}", f"--output-dir={tmp_path / 'out'}", "--max-steps=1",
+                       "--samples=0")
+    suffix = {"text": "txt", "json": "jsonl"}.get(builder, builder)
+    assert_one_line_error(result, f"--dataset {builder} names datasets' reader of {builder} files, not a dataset",
+                          "the folder you are in", f"pass your files with --data (--data FILE.{suffix})")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_path_that_is_not_there_is_said_to_be_missing_not_unreachable_on_the_hub(tmp_path):
+    """`--dataset ./mine` that is not there said "Couldn't reach './mine' on the Hub": a path is not a Hub name."""
+    for name in ("./mine", str(tmp_path / "mine"), "~/no-such-folder-here", "data/sets/mine", "../mine"):
+        result = run_entry(train_main, f"--dataset={name}", f"--output-dir={tmp_path / 'out'}", "--max-steps=1")
+        assert_one_line_error(result, f"--dataset {name}: no such folder", "--data")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_web_address_given_as_data_is_said_to_be_one_with_the_way_to_its_text(tmp_path):
     # It read "no such file or directory; check the path", as if the address were a mistyped file name.
     for flag, address in (("--data", "https://example.com/notes.txt"), ("--data", "hf://datasets/me/notes"),

@@ -459,6 +459,8 @@ def _dataset_documents(name: str, streaming: bool, text_column: str | None, conf
     if Path(name).expanduser().is_file():  # datasets takes a folder or a Hub name, and looks a file up on the Hub
         raise UsageError(f"--dataset {name} is a file: pass it as --data {name}, which reads text and the records of "
                          ".jsonl, .json, .csv, .tsv and .parquet files.")
+    if not Path(name).expanduser().exists():
+        _check_dataset_name(name)
     saved = saved_dataset(Path(name).expanduser())
     if saved and config is not None:
         raise UsageError(f"--dataset-config picks one of a dataset's configurations, and {name}, saved with "
@@ -506,6 +508,32 @@ def _dataset_documents(name: str, streaming: bool, text_column: str | None, conf
     if isinstance(split, datasets.IterableDataset):  # read afresh on every pass: nothing is cached
         return split.map(to_documents, **read)
     return split.map(to_documents, **read, new_fingerprint=cache_key("documents", split._fingerprint, text_column))
+
+
+# datasets' readers of one file type, as load_dataset takes their names, and the suffix --data reads such files by.
+FILE_READERS = {"text": "txt", "json": "jsonl", "csv": "csv", "parquet": "parquet"}
+
+
+def _check_dataset_name(name: str) -> None:
+    """Refuse a --dataset that is neither a folder here nor a dataset's name: a reader of one file type (`text`),
+    which given no files reads every file of the folder one is in, and a path that is not there, which datasets
+    looks up on the Hub ("Couldn't reach './mine' on the Hub")."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as READERS
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name in READERS:
+        example = f" (--data FILE.{FILE_READERS[name]})" if name in FILE_READERS else ""
+        raise UsageError(f"--dataset {name} names datasets' reader of {name} files, not a dataset: with no files "
+                         f"named it reads every file of the folder you are in; pass your files with --data{example}, "
+                         "which reads text and the records of .jsonl, .json, .csv, .tsv and .parquet files.")
+    try:
+        validate_repo_id(name)
+        shaped_like_a_name = not name.startswith((".", "/", "~"))
+    except HFValidationError:  # a Hub name is NAME or OWNER/NAME, of letters, digits, '-', '_' and '.'
+        shaped_like_a_name = False
+    if not shaped_like_a_name:
+        raise UsageError(f"--dataset {name}: no such folder; pass a folder (datasets' save_to_disk, or one of data "
+                         "files), a dataset's name on the Hub, or your files with --data.")
 
 
 def _check_datasets_cache() -> None:
