@@ -518,8 +518,12 @@ def _check_dataset_name(name: str) -> None:
     """Refuse a --dataset that is neither a folder here nor a dataset's name: a reader of one file type (`text`),
     which given no files reads every file of the folder one is in, and a path that is not there, which datasets
     looks up on the Hub ("Couldn't reach './mine' on the Hub")."""
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as READERS
     from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as READERS
+    except ImportError:  # a datasets release that keeps them elsewhere: the ones of text and records at least
+        READERS = FILE_READERS
 
     if name in READERS:
         example = f" (--data FILE.{FILE_READERS[name]})" if name in FILE_READERS else ""
