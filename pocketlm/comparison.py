@@ -175,7 +175,8 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
         runtime = default_runtime(model_dir)
         model, tokenizer = load_pretrained(model_dir, "cpu" if runtime == "onnx" else device, runtime=runtime)
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
-        score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir))
+        score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir),
+                                   shown_as="scoring")
         is_chat = trained_on_chat(model_dir)
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],
                                                       add_generation_prompt=True, tokenize=False)

@@ -9,19 +9,22 @@ import math
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 
 from . import data
 
 
 @torch.no_grad()
 def sum_token_losses(model, blocks: dict[str, list], pad_id: int, batch_size: int, device: torch.device,
-                     autocast=contextlib.nullcontext) -> torch.Tensor:
+                     autocast=contextlib.nullcontext, shown_as: str | None = None) -> torch.Tensor:
     """Summed next-token loss in nats over every real token of `blocks` ("input_ids", padded with `pad_id`), and
-    over the tokens its "assistant_mask" marks (0 without one), as a float64 tensor of two."""
+    over the tokens its "assistant_mask" marks (0 without one), as a float64 tensor of two. With `shown_as`, a
+    progress bar of that name on a terminal (compare.py scores whatever text it is given: minutes for megabytes)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, device=device, dtype=torch.float64)
-    for start in range(0, len(blocks["input_ids"]), batch_size):
+    starts = range(0, len(blocks["input_ids"]), batch_size)
+    for start in starts if shown_as is None else tqdm(starts, desc=shown_as, unit="batch", leave=False, disable=None):
         ids = torch.tensor(blocks["input_ids"][start : start + batch_size], device=device)
         with autocast():
             logits = model(input_ids=ids, use_cache=False).logits
@@ -37,10 +40,12 @@ def sum_token_losses(model, blocks: dict[str, list], pad_id: int, batch_size: in
     return totals
 
 
-def bits_per_character(model, tokenizer, documents: datasets.Dataset, block_size: int, batch_size: int = 8) -> dict:
+def bits_per_character(model, tokenizer, documents: datasets.Dataset, block_size: int, batch_size: int = 8,
+                       shown_as: str | None = None) -> dict:
     """`model`'s bits per character on `documents` (rows with `text` and `ends`), read in blocks of `block_size`
     tokens as validation reads them, with the token and character counts behind it."""
     validation = data.validation_set(documents, tokenizer, block_size)
-    nats = sum_token_losses(model, validation.blocks, tokenizer.pad_token_id, batch_size, model.device)[0].item()
+    nats = sum_token_losses(model, validation.blocks, tokenizer.pad_token_id, batch_size, model.device,
+                            shown_as=shown_as)[0].item()
     return {"bits_per_char": nats / math.log(2) / validation.characters, "tokens": validation.tokens,
             "characters": validation.characters}
