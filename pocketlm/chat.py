@@ -24,7 +24,7 @@ from .errors import UsageError
 from .choices import BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
 from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
 from .loading import default_runtime, load_pretrained, trained_mode
-from .wording import counted
+from .wording import counted, listed
 
 
 def _yes_or_no(value) -> bool:
@@ -281,6 +281,25 @@ class ChatInterface:
             # A continuation keeps its spaces and line breaks: the passage goes on from its last character.
             reply = "".join(pieces) if self.mode == "text" else "".join(pieces).strip()
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """The characters of `text` the tokenizer reads as its unknown token, each once, in order: a character
+        model's vocabulary holds its training text's characters only, and the model reads any other alike."""
+        unknown = self.tokenizer.unk_token_id
+        if unknown is None:  # a byte-level BPE has a token for every byte
+            return []
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(dict.fromkeys(text[start:end] for token, (start, end)
+                                  in zip(encoded["input_ids"], encoded["offset_mapping"]) if token == unknown))
+
+    def unknown_note(self, text: str) -> str | None:
+        """What to say of `text`'s characters the model has no token for (`unknown_characters`), if any."""
+        unknown = self.unknown_characters(text)
+        if not unknown:
+            return None
+        named = [repr(character) for character in unknown[:8]] + (["others"] if len(unknown) > 8 else [])
+        return (f"note: the model's vocabulary has no {listed(named, 'or')}: it reads "
+                f"{'each' if len(unknown) > 1 else 'it'} as {self.tokenizer.unk_token}")
 
     def empty_reply(self) -> str:
         """What to show for the last reply when it has no text to show: the model ended its turn at once, or wrote

@@ -90,6 +90,9 @@ class TerminalChat:
     def _print_reply(self, line: str, interactive: bool) -> None:
         """Stream the reply to `line`; Ctrl-C anywhere in it, from its first moment, ends it with [stopped]."""
         shown = False
+        note = self.chat.unknown_note(line)
+        if note:  # on standard error: piped, standard output stays the replies alone
+            print(note, file=sys.stderr, flush=True)
         try:
             if interactive:
                 print("bot> ", end="", flush=True)

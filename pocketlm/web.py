@@ -66,7 +66,9 @@ class WebChat:
             yield reply, ""
         # A continuation keeps its first space or line break: the page sends it back as part of the passage.
         shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
-        yield shown or conversation.empty_reply(), describe_stats(conversation.last_stats)
+        note = conversation.unknown_note(message)
+        figures = describe_stats(conversation.last_stats)
+        yield shown or conversation.empty_reply(), f"{note}; {figures}" if note else figures
 
 
 def build_app(chat: ChatInterface):

@@ -8,6 +8,6 @@ def counted(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'s' * (number != 1)}"
 
 
-def listed(names: list[str]) -> str:
-    """`names` as a sentence lists them: "a", "a and b", "a, b and c"."""
-    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+def listed(names: list[str], last: str = "and") -> str:
+    """`names` as a sentence lists them: "a", "a and b", "a, b and c" (or, with `last="or"`, "a, b or c")."""
+    return f" {last} ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
