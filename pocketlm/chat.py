@@ -288,9 +288,13 @@ class ChatInterface:
         unknown = self.tokenizer.unk_token_id
         if unknown is None:  # a byte-level BPE has a token for every byte
             return []
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(dict.fromkeys(text[start:end] for token, (start, end)
-                                  in zip(encoded["input_ids"], encoded["offset_mapping"]) if token == unknown))
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = encoded["offset_mapping"]
+        except (NotImplementedError, ValueError, KeyError):  # one without offsets (Python's, Mistral's): no note
+            return []
+        return list(dict.fromkeys(text[start:end] for token, (start, end) in zip(encoded["input_ids"], offsets)
+                                  if token == unknown))
 
     def unknown_note(self, text: str) -> str | None:
         """What to say of `text`'s characters the model has no token for (`unknown_characters`), if any."""
