@@ -1677,7 +1677,7 @@ def _prefix_space_tokenizer(way: str, text: str):
         backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
         backend.decoder = decoders.Metaspace(prepend_scheme="always", split=True)
         trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="<unk>")
-    else:  # Llama 2: a BPE falling back to bytes, words marked with "▁", a first one gets
+    else:  # Llama 2: a BPE falling back to bytes, each word marked with "▁", the text's first one too
         backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
         if way == "llama":
             backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
@@ -1698,8 +1698,7 @@ def test_a_tokenizer_that_puts_a_space_before_every_text_is_kept_without_it_so_a
     hold, and one that decodes back (RoBERTa's) or a text that begins with a space (Llama 2's, whose decoder strips
     one) did not come back as written. The run keeps the tokenizer without that space, said in a note: the pieces
     it trains on decode to the text exactly, its vocabulary is used as before (a text given with its space reads as
-    the same ids), and transformers' text-generation pipeline, without pocketlm, continues a text as pocketlm's
-    chat does."""
+    the same ids), and transformers' text-generation pipeline continues a text as pocketlm's chat does."""
     from transformers import pipeline
 
     from pocketlm import data
