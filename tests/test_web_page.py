@@ -187,6 +187,29 @@ def test_the_page_chats_in_the_browser_with_nothing_else_running(family, sites, 
         context.close()
 
 
+def test_the_page_names_the_characters_a_model_has_no_token_for_as_chat_py_does(sites, server, browser, trained):
+    """A character model reads any character its training text lacked (a snowman, an emoji) as <unk>, all alike:
+    the page names them beside the reply's figures in the words chat.py uses; the GPT's byte-level BPE, which has a
+    token for every byte, names none."""
+    from pocketlm.chat import ChatInterface
+
+    context = browser.new_context()
+    try:
+        for family in ("lstm", "transformer"):
+            chat = ChatPage(context, f"{server.url}{family}-int8/?seed=1", server.url)
+            chat.set("max_new_tokens", 4)
+            chat.send("Hi ☃ and 😀")
+            note = ChatInterface(str(trained[family])).unknown_note("Hi ☃ and 😀")
+            if family == "lstm":
+                assert note == "note: the model's vocabulary has no '☃' or '😀': it reads each as <unk>"
+                assert chat.figures().startswith(f"{note}; ")
+            else:
+                assert note is None and not chat.figures().startswith("note:")
+            assert chat.errors == []
+    finally:
+        context.close()
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_a_seed_in_the_address_repeats_a_sampled_reply_and_another_seed_changes_it(family, sites, server, browser):
     def reply(seed: int) -> list[int]:

@@ -134,6 +134,22 @@ function textOf(tokenizer) {
     encodeText: (text) => tokenizer.encode(text, { add_special_tokens: false }),
     decode: (ids) => (ids.length ? tokenizer.decode(ids, { skip_special_tokens: true }) : ""),
     stops: page.stop_tokens.map((token) => tokenizer.convert_tokens_to_ids(token)),
+    // The characters read as the unknown token, each once: a character model's vocabulary holds its training
+    // text's alone, and it reads any other alike. Said beside the reply's figures, in chat.py's words.
+    unknownNote: (text) => {
+      const unknown = tokenizer.unk_token_id;
+      if (unknown === undefined || unknown === null) return "";  // a byte-level BPE has a token for every byte
+      const missing = [...new Set(Array.from(text))].filter((character) => {
+        const ids = tokenizer.encode(character, { add_special_tokens: false });
+        return ids.length === 1 && ids[0] === unknown;
+      });
+      if (!missing.length) return "";
+      const named = missing.slice(0, 8).map((character) => `'${character}'`);
+      if (missing.length > 8) named.push("others");
+      const listed = named.length > 1 ? `${named.slice(0, -1).join(", ")} or ${named[named.length - 1]}` : named[0];
+      return `note: the model's vocabulary has no ${listed}: it reads ${missing.length > 1 ? "each" : "it"} as ` +
+        `${tokenizer.unk_token}; `;
+    },
   };
 }
 
@@ -359,7 +375,7 @@ async function send(text) {
   const seconds = (performance.now() - begun) / 1000;
   const firstToken = first === null ? "no visible text" : `first token after ${((first - begun) / 1000).toFixed(3)} s`;
   const tokens = (count) => `${count} token${count === 1 ? "" : "s"}`;
-  $("figures").textContent = `${tokens(generated.length)} in ${seconds.toFixed(2)} s ` +
+  $("figures").textContent = `${model.unknownNote(text)}${tokens(generated.length)} in ${seconds.toFixed(2)} s ` +
     `(${(generated.length / seconds).toFixed(1)} tokens/s), ${firstToken}, prompt ${tokens(ids.length)}`;
   $("stop").disabled = true;
   $("send").disabled = $("message").disabled = false;
