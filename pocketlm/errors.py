@@ -1,5 +1,5 @@
-"""Every exception pocketlm raises for a person to read; the one place where a full disk becomes one, and where a
-web address given for a path is recognised.
+"""Every exception pocketlm raises for a person to read; the one place where a full disk becomes one, where a
+missing optional package does (`require_extra`), and where a web address given for a path is recognised.
 
 The command lines (`pocketlm/cli.py`) print each as one line: a UsageError, input the user can fix, exits with
 status 2; a run that diverged or a Hub that refused exits with 1. This module imports nothing heavy, so a command
