@@ -26,6 +26,7 @@ from .export.onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 from .home import HOME, unusable
 from .signing import digest
 from .sources import all_code
+from .whole_writes import write_folder_whole
 
 # ONNX exports made for the chat, one per model and pocketlm source (`load_onnx`), in pocketlm's home.
 EXPORT_CACHE = HOME / "onnx"
@@ -195,8 +196,10 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
             except OSError as error:
                 raise unusable(EXPORT_CACHE, error, "the ONNX export that --runtime onnx runs") from None
             print(f"exporting {path_or_repo} to ONNX for onnxruntime (once; kept in {cached}) ...", file=sys.stderr)
-            shutil.rmtree(cached, ignore_errors=True)  # pocketlm's own cache, whatever an older version left there
-            export(str(folder), ["onnx"], cached)
+            shutil.rmtree(cached, ignore_errors=True)  # an entry missing a graph (removed by hand): made again
+            # Placed whole: a chat started beside this one (another terminal, a server's worker) may place the same
+            # export first and be reading it.
+            write_folder_whole(cached, lambda scratch: export(str(folder), ["onnx"], scratch))
     model = OnnxCausalLM.from_export(cached, int8=dtype == "int8")
     model.name_or_path = str(path_or_repo)
     # The model's own tokenizer, not the cached export's: an export of a model trained on plain text carries no

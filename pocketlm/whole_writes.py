@@ -113,10 +113,10 @@ def write_folder_whole(folder: Path, write: Callable[[Path], object]) -> None:
     _remove_left_by_killed(folder.with_name(f".{folder.name}-"))
     try:
         write(scratch)
-        os.replace(scratch, folder)
-    except OSError:
+        os.replace(scratch, folder)  # refused onto a folder another process placed meanwhile: that one stays
+    except BaseException as error:
         shutil.rmtree(scratch, ignore_errors=True)
-        if not folder.is_dir():
+        if not (isinstance(error, OSError) and folder.is_dir()):
             raise
 
 

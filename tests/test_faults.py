@@ -29,6 +29,7 @@ from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.hub import prepare_folder
+from pocketlm.loading import load_pretrained
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` and its digest: what 'nothing overwritten' compares."""
@@ -1411,6 +1412,62 @@ def test_a_cache_entry_a_killed_process_was_writing_is_cleared_by_the_next_write
         folder.mkdir()
     write_folder_whole(tmp_path / "0123abcd", lambda scratch: shutil.copytree(REPO_ROOT / "configs", scratch))
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([running.name, elsewhere.name, "0123abcd"])
+
+
+def test_two_onnx_chats_started_together_share_one_cached_export(trained, monkeypatch, tmp_path):
+    """Two `chat.py --runtime onnx` of one model started together (two terminals, a server's workers) both export
+    it into pocketlm's cache. The one that finished last removed the other's export to put its own in its place,
+    under a chat loading those graphs, or stopped with "already exists: pass --overwrite". The first export placed
+    stays, and the later one goes. The second chat here is a whole second load, run while the first one exports."""
+    from pocketlm import export as export_package
+
+    monkeypatch.setattr("pocketlm.onnx_runtime.EXPORT_CACHE", tmp_path / "cache")
+    folder = str(trained["lstm"])
+    real_export, other = export_package.export, {}
+
+    def export_while_another_chat_starts(*args, **kwargs):
+        if not other:  # this chat's export: the other chat starts, exports and loads meanwhile
+            other["chat"] = True
+            other["model"] = load_pretrained(folder, runtime="onnx")[0]
+            other["graph"] = other["model"].graph_file.stat().st_ino
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(export_package, "export", export_while_another_chat_starts)
+    model, tokenizer = load_pretrained(folder, runtime="onnx")
+    assert model.graph_file == other["model"].graph_file  # both run the graphs placed first, as they were
+    assert model.graph_file.stat().st_ino == other["graph"]
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [model.graph_file.parent.parent.name]
+    ids = torch.tensor([tokenizer("To be, or not to be")["input_ids"]])
+    reference, _ = load_pretrained(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_two_web_exports_that_fetch_the_javascript_together_share_one_copy(monkeypatch, tmp_path):
+    """The same for the page's npm packages, fetched once into pocketlm's cache by the first web export: of two
+    first exports at once, the one whose `npm ci` finished last removed the other's packages while that export was
+    copying files out of them. npm stands in here as a program that writes the file the cache is checked by, and
+    the second export's fetch runs while the first one's npm does."""
+    from pocketlm.export import web
+
+    monkeypatch.setattr(web, "NPM_CACHE", tmp_path / "web")
+    installs, second = [], {}
+
+    def npm(command, cwd, **kwargs):
+        installs.append(cwd)
+        if len(installs) == 1:  # the first export's npm: the second export fetches meanwhile
+            second["modules"] = web.npm_packages()
+        written = Path(cwd) / "node_modules" / web.TRANSFORMERS_JS
+        written.parent.mkdir(parents=True)
+        written.write_text(f"// installed by npm in {cwd}\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(web.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(web.subprocess, "run", npm)
+    modules = web.npm_packages()
+    assert modules == second["modules"]  # both use the copy placed first, still the one its export copies from
+    assert (modules / web.TRANSFORMERS_JS).read_text() == f"// installed by npm in {installs[1]}\n"
+    assert [path.name for path in (tmp_path / "web").iterdir()] == [modules.parent.name]
 
 
 def test_saved_weights_are_readable_as_the_umask_says(corpus, trained, tmp_path, monkeypatch):

@@ -18,11 +18,9 @@ transformers.js asks for by default.
 import hashlib
 import html
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -35,6 +33,7 @@ from ..generation import context_window
 from ..home import HOME, unusable
 from ..loading import trained_mode
 from ..run_folder import WEB_PAGE_FILE
+from ..whole_writes import write_folder_whole
 from .onnx import FLOAT32_FILE, INT8_FILE, ONNX_DIR
 
 PAGE = resources.files("pocketlm.export") / "web_page"
@@ -63,12 +62,13 @@ def npm_packages() -> Path:
                          "export/web_page/package-lock.json): install Node.js 18 or newer with npm, then export again.")
     try:
         NPM_CACHE.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=NPM_CACHE, prefix=".installing-"))
     except OSError as error:
         raise unusable(NPM_CACHE, error, "the web page's npm packages") from None
     print(f"fetching the page's JavaScript from npm (once; kept in {folder}) ...", file=sys.stderr)
     started = time.perf_counter()
-    try:
+
+    def install(scratch: Path) -> None:
+        scratch.mkdir()
         for name in ("package.json", "package-lock.json"):
             (scratch / name).write_bytes((PAGE / name).read_bytes())
         # --ignore-scripts: nothing is built or downloaded beyond the registry's tarballs (onnxruntime-node, which
@@ -79,10 +79,11 @@ def npm_packages() -> Path:
             reason = (done.stderr.strip().splitlines() or ["npm ci failed"])[-1]
             raise UsageError(f"could not fetch the page's JavaScript with npm ({reason}): check that the npm "
                              "registry can be reached, then export again.")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(scratch, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+    shutil.rmtree(folder, ignore_errors=True)  # an install an older pocketlm left unfinished there
+    # Placed whole: another export's first fetch, at the same time, may place the packages first and be copying
+    # from them.
+    write_folder_whole(folder, install)
     print(f"fetched in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return folder / "node_modules"
 
