@@ -21,6 +21,7 @@ from .run_folder import (CARD_FILE, CHAT_TEMPLATE_FILE, CHECKPOINTS_DIR, CONFIG_
                          GENERATION_CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, WEB_PAGE_FILE,
                          WEIGHTS_INDEX_FILE, RunFolder)
 from .signing import MANIFEST_FILE
+from .whole_writes import write_folder_whole
 
 
 # Precisions a model can be loaded in for chat and generation. Checkpoints are float32; a narrower type halves the
@@ -191,21 +192,18 @@ def as_model(path_or_repo: str) -> str:
     # Rebuilt only when the run's files changed since an earlier look: another process may be loading from it.
     if view.is_dir() and {p.name: p.readlink() for p in view.iterdir() if p.is_symlink()} == links:
         return str(view)
-    building = view.with_name(f".{view.name}-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    try:
+
+    def link(building: Path) -> None:
         building.mkdir(parents=True)
         for name, target in links.items():
             (building / name).symlink_to(target)
-    except OSError as error:
-        shutil.rmtree(building, ignore_errors=True)
-        raise UsageError(f"cannot link the checkpoint {path_or_repo} into {CHECKPOINT_MODELS} ({error.strerror}): "
-                         "make that folder writable, or chat with the run's model.")
-    shutil.rmtree(view, ignore_errors=True)
+
+    shutil.rmtree(view, ignore_errors=True)  # links to the files of an earlier look at the run
     try:
-        os.replace(building, view)
-    except OSError:  # another process put the same links there in between
-        shutil.rmtree(building, ignore_errors=True)
+        write_folder_whole(view, link)
+    except OSError as error:
+        raise UsageError(f"cannot link the checkpoint {path_or_repo} into {CHECKPOINT_MODELS} ({error.strerror}): "
+                         "make that folder writable, or chat with the run's model.") from None
     return str(view)
 
 
