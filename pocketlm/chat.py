@@ -73,6 +73,32 @@ def continued_passage(turns: list[dict]) -> str:
     return text
 
 
+def unknown_characters(tokenizer, text: str) -> list[str]:
+    """The characters of `text` the tokenizer reads as its unknown token, each once, in order: a character model's
+    vocabulary holds its training text's characters only, and the model reads any other alike."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:  # a byte-level BPE has a token for every byte
+        return []
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError):  # one without offsets (Python's, Mistral's): no note
+        return []
+    return list(dict.fromkeys(text[start:end] for token, (start, end) in zip(encoded["input_ids"], offsets)
+                              if token == unknown))
+
+
+def unknown_note(tokenizer, text: str) -> str | None:
+    """What to say of `text`'s characters the model has no token for (`unknown_characters`), if any: the terminal,
+    `chat.py --web`, the exported page and the Space's app say these words."""
+    unknown = unknown_characters(tokenizer, text)
+    if not unknown:
+        return None
+    named = [repr(character) for character in unknown[:8]] + (["others"] if len(unknown) > 8 else [])
+    return (f"note: the model's vocabulary has no {listed(named, 'or')}: it reads "
+            f"{'each' if len(unknown) > 1 else 'it'} as {tokenizer.unk_token}")
+
+
 class _StopWhenSet(StoppingCriteria):
     """Lets Ctrl-C end a reply between two tokens, from the thread that reads the stream."""
 
@@ -282,28 +308,9 @@ class ChatInterface:
             reply = "".join(pieces) if self.mode == "text" else "".join(pieces).strip()
             self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
 
-    def unknown_characters(self, text: str) -> list[str]:
-        """The characters of `text` the tokenizer reads as its unknown token, each once, in order: a character
-        model's vocabulary holds its training text's characters only, and the model reads any other alike."""
-        unknown = self.tokenizer.unk_token_id
-        if unknown is None:  # a byte-level BPE has a token for every byte
-            return []
-        try:
-            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = encoded["offset_mapping"]
-        except (NotImplementedError, ValueError, KeyError):  # one without offsets (Python's, Mistral's): no note
-            return []
-        return list(dict.fromkeys(text[start:end] for token, (start, end) in zip(encoded["input_ids"], offsets)
-                                  if token == unknown))
-
     def unknown_note(self, text: str) -> str | None:
-        """What to say of `text`'s characters the model has no token for (`unknown_characters`), if any."""
-        unknown = self.unknown_characters(text)
-        if not unknown:
-            return None
-        named = [repr(character) for character in unknown[:8]] + (["others"] if len(unknown) > 8 else [])
-        return (f"note: the model's vocabulary has no {listed(named, 'or')}: it reads "
-                f"{'each' if len(unknown) > 1 else 'it'} as {self.tokenizer.unk_token}")
+        """What to say of `text`'s characters the model has no token for, if any (`unknown_note`)."""
+        return unknown_note(self.tokenizer, text)
 
     def empty_reply(self) -> str:
         """What to show for the last reply when it has no text to show: the model ended its turn at once, or wrote

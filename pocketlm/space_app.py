@@ -6,6 +6,7 @@ model's own code comes from its repository through `trust_remote_code`.
     POCKETLM_MODEL=path/to/model python app.py  # any pocketlm model folder or repository
 """
 
+import html
 import os
 import threading
 
@@ -73,6 +74,40 @@ def continued_passage(turns: list[dict]) -> str:
     return text
 
 
+# Copied from pocketlm.wording.listed
+def listed(names: list[str], last: str = "and") -> str:
+    """`names` as a sentence lists them: "a", "a and b", "a, b and c" (or, with `last="or"`, "a, b or c")."""
+    return f" {last} ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+# Copied from pocketlm.chat.unknown_characters
+def unknown_characters(tokenizer, text: str) -> list[str]:
+    """The characters of `text` the tokenizer reads as its unknown token, each once, in order: a character model's
+    vocabulary holds its training text's characters only, and the model reads any other alike."""
+    unknown = tokenizer.unk_token_id
+    if unknown is None:  # a byte-level BPE has a token for every byte
+        return []
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError):  # one without offsets (Python's, Mistral's): no note
+        return []
+    return list(dict.fromkeys(text[start:end] for token, (start, end) in zip(encoded["input_ids"], offsets)
+                              if token == unknown))
+
+
+# Copied from pocketlm.chat.unknown_note
+def unknown_note(tokenizer, text: str) -> str | None:
+    """What to say of `text`'s characters the model has no token for (`unknown_characters`), if any: the terminal,
+    `chat.py --web`, the exported page and the Space's app say these words."""
+    unknown = unknown_characters(tokenizer, text)
+    if not unknown:
+        return None
+    named = [repr(character) for character in unknown[:8]] + (["others"] if len(unknown) > 8 else [])
+    return (f"note: the model's vocabulary has no {listed(named, 'or')}: it reads "
+            f"{'each' if len(unknown) > 1 else 'it'} as {tokenizer.unk_token}")
+
+
 def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.Tensor:
     """The conversation as token ids, the oldest turns dropped until prompt and reply fit the window; in text mode
     the passage, its newest tokens kept. Gradio 6 sends each earlier turn's content as a list of text parts: read
@@ -94,7 +129,11 @@ def prompt_ids(message: str, history: list[dict], max_new_tokens: int) -> torch.
 
 
 def reply(message: str, history: list[dict], temperature: float, max_new_tokens: int):
-    """Stream the reply to `message`, piece by piece."""
+    """Stream the reply to `message`, piece by piece; a character the model has no token for is named in a toast,
+    as pocketlm's chat names it beside the reply."""
+    note = unknown_note(tokenizer, message)
+    if note:  # a toast's text is HTML: the note names <unk>, and the characters it names can be any
+        gr.Warning(html.escape(note))
     max_new_tokens = reply_budget(WINDOW, int(max_new_tokens))
     ids = prompt_ids(message, history, max_new_tokens)
     stop = threading.Event()

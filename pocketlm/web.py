@@ -7,6 +7,7 @@ optional extra: `pip install -e '.[web]'`.
 """
 
 import errno
+import re
 import socket
 
 from tokenization import message_text
@@ -68,7 +69,18 @@ class WebChat:
         shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
         note = conversation.unknown_note(message)
         figures = describe_stats(conversation.last_stats)
-        yield shown or conversation.empty_reply(), f"{note}; {figures}" if note else figures
+        yield shown or conversation.empty_reply(), f"{as_written(note)}; {figures}" if note else figures
+
+
+# ASCII punctuation, each of which Markdown may read as markup.
+PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def as_written(text: str) -> str:
+    """`text` as a Markdown component shows it letter for letter: every ASCII punctuation mark escaped with a
+    backslash, as Markdown reads them literally. The figures' note on unknown characters names `<unk>`, which the
+    page dropped as an HTML tag, and the characters it names can be any ('*', '_', '<')."""
+    return PUNCTUATION.sub(r"\\\1", text)
 
 
 def build_app(chat: ChatInterface):

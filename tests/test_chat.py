@@ -14,7 +14,7 @@ import pytest
 from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, broken_characters, make_text, run_at_once,
                       run_entry, train_accented_model, train_tiny_models, writing_only)
 
-from pocketlm.chat import ChatInterface
+from pocketlm.chat import ChatInterface, unknown_characters
 from pocketlm.cli import chat_main
 from pocketlm.errors import UsageError
 from pocketlm.training import TrainingOptions, train
@@ -165,20 +165,16 @@ def test_a_reply_with_nothing_to_show_says_whether_the_model_ended_its_turn_or_h
 def test_characters_the_model_has_no_token_for_are_named_beside_its_reply(chat_models):
     """A character model's vocabulary holds its training text's characters only: it reads any other (a snowman, an
     emoji) as <unk>, all alike, and its odd reply to them said nothing of why. The terminal names them on standard
-    error before the reply (its standard output stays the replies alone), `chat.py --web` beside the reply's
-    figures; a byte-level BPE, which has a token for every byte, names none."""
-    from pocketlm.web import SETTINGS, WebChat
-
+    error before the reply (its standard output stays the replies alone); a byte-level BPE, which has a token for
+    every byte, names none. (The web chats: tests/test_web.py.)"""
     lstm = ChatInterface(str(chat_models["lstm"]))
-    assert lstm.unknown_characters("Hi ☃ and 😀, ☃") == ["☃", "😀"]
-    assert ChatInterface(str(chat_models["transformer"])).unknown_characters("Hi ☃ and 😀") == []
+    assert unknown_characters(lstm.tokenizer, "Hi ☃ and 😀, ☃") == ["☃", "😀"]
+    assert unknown_characters(ChatInterface(str(chat_models["transformer"])).tokenizer, "Hi ☃ and 😀") == []
     note = "note: the model's vocabulary has no '☃' or '😀': it reads each as <unk>"
     result = run_chat("--model", str(chat_models["lstm"]), "--greedy", "--max-new-tokens", "4",
                       stdin="Hi ☃ and 😀\nHello\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count(note) == 1 and "note:" not in result.stdout  # "Hello" needs none
-    _, figures = list(WebChat(lstm).reply("Hi ☃ and 😀", [], "", *[lstm.options[name] for name in SETTINGS]))[-1]
-    assert figures.startswith(note)
 
 
 def test_ctrl_d_at_the_prompt_leaves_cleanly(chat_models):

@@ -372,6 +372,44 @@ def test_the_space_app_says_whether_an_empty_reply_ended_at_once_or_hid_what_it_
         "user": "[no reply shown: the model wrote only special tokens or spaces]"}
 
 
+def test_both_web_chats_name_the_characters_a_model_has_no_token_for_as_the_terminal_does(browser, tmp_path):
+    """A character model reads any character its training text lacked as <unk>. `chat.py --web` names them before
+    the reply's figures, and the Space's app, which runs without pocketlm and shows no figures, in a toast: in the
+    terminal's words, letter for letter. The figures are Markdown and a toast is HTML, so the page dropped `<unk>`
+    as a tag, and would have read a named '*' or '<' as markup."""
+    from pocketlm.cli import upload_main
+
+    data = tmp_path / "plain.txt"
+    data.write_text(make_text(3, 80) + "\nHi, and hi again.\n", encoding="utf-8")  # the message's other characters
+    lstm = tmp_path / "lstm"
+    train(TrainingOptions(model_type="lstm", output_dir=str(lstm), data=[str(data)],
+                          model_config={"hidden_size": 16, "num_layers": 1}, block_size=32, batch_size=4,
+                          max_steps=1, samples=0))
+    result = run_entry(upload_main, str(lstm), "--repo-id", "me/lstm", "--space-id", "me/lstm-chat", "--dry-run",
+                       "--output-dir", str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    web_port, space_port = free_port(), free_port()
+    servers = [serve([sys.executable, str(REPO_ROOT / "chat.py"), "--model", str(lstm), "--web", "--port",
+                      str(web_port), "--max-new-tokens", "4"], web_port),
+               serve([sys.executable, "app.py"], space_port, cwd=tmp_path / "hub-space",
+                     env={"POCKETLM_MODEL": str(tmp_path / "hub"), "GRADIO_SERVER_PORT": str(space_port),
+                          "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")})]
+    message = "Hi ☃, *and* <hi> 😀"
+    note = "note: the model's vocabulary has no '☃', '*', '<', '>' or '😀': it reads each as <unk>"
+    try:
+        chat = Page(browser.new_page(), f"http://127.0.0.1:{web_port}/")
+        chat.send(message)
+        assert chat.wait_for_figures("").startswith(f"{note}; 4 tokens in ")
+        space = Page(browser.new_page(), f"http://127.0.0.1:{space_port}/")
+        space.send(message)
+        space.page.wait_for_selector(".toast-body", timeout=60_000)
+        assert space.page.inner_text(".toast-body").endswith(f"\n{note}")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 SPACE_APP_PROMPTS = PROJECT_FREE_PRELUDE + textwrap.dedent(
     """
     import json, runpy
