@@ -160,6 +160,29 @@ def reply(message: str, history: list[dict], temperature: float, max_new_tokens:
             "[no reply: the model ended its turn at once]"
 
 
+# Copied from pocketlm.web.chatbot_as_written
+def chatbot_as_written(**options):
+    """A Gradio Chatbot that shows each message as written and sends it back with the next one unchanged. Gradio's
+    own dedents every message (inspect.cleandoc: leading spaces, a common indentation and blank lines at either
+    end go), so the history the page sent back was not the conversation the model had: a continuation lost its
+    first space, a typed poem its indentation. And it renders Markdown, so a reply's '*', '_', '#' or indented
+    lines showed as emphasis, headings and code, where the terminal and the exported page show what the model
+    wrote. (HTML tags it still renders, through its sanitizer.)"""
+    import gradio as gr
+    from gradio.components.chatbot import TextMessage
+
+    chatbot = gr.Chatbot(render_markdown=False, **options)
+    dedenting = chatbot._postprocess_content
+    # Changed on the instance: Gradio writes a .pyi file beside the source of any subclass of its components.
+    chatbot._postprocess_content = lambda message: (TextMessage(text=message) if isinstance(message, str)
+                                                    else dedenting(message))
+    return chatbot
+
+
+# Copied from pocketlm.web.AS_WRITTEN_CSS
+AS_WRITTEN_CSS = ".message-content span.md { white-space: pre-wrap; }"
+
+
 demo = gr.ChatInterface(
     reply,
     title=f"Continue a text with {MODEL_ID}" if MODE == "text" else f"Chat with {MODEL_ID}",
@@ -167,8 +190,9 @@ demo = gr.ChatInterface(
                 + (" It was trained on plain text: it continues what you write." if MODE == "text" else ""),
     additional_inputs=[gr.Slider(0.1, 1.5, value=0.7, label="Temperature"),
                        gr.Slider(8, 256, value=128, step=8, label="Max new tokens")],
+    chatbot=chatbot_as_written(),
     api_name="chat",
 )
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=1).launch()
+    demo.queue(default_concurrency_limit=1).launch(css=AS_WRITTEN_CSS)

@@ -72,6 +72,27 @@ class WebChat:
         yield shown or conversation.empty_reply(), f"{as_written(note)}; {figures}" if note else figures
 
 
+def chatbot_as_written(**options):
+    """A Gradio Chatbot that shows each message as written and sends it back with the next one unchanged. Gradio's
+    own dedents every message (inspect.cleandoc: leading spaces, a common indentation and blank lines at either
+    end go), so the history the page sent back was not the conversation the model had: a continuation lost its
+    first space, a typed poem its indentation. And it renders Markdown, so a reply's '*', '_', '#' or indented
+    lines showed as emphasis, headings and code, where the terminal and the exported page show what the model
+    wrote. (HTML tags it still renders, through its sanitizer.)"""
+    import gradio as gr
+    from gradio.components.chatbot import TextMessage
+
+    chatbot = gr.Chatbot(render_markdown=False, **options)
+    dedenting = chatbot._postprocess_content
+    # Changed on the instance: Gradio writes a .pyi file beside the source of any subclass of its components.
+    chatbot._postprocess_content = lambda message: (TextMessage(text=message) if isinstance(message, str)
+                                                    else dedenting(message))
+    return chatbot
+
+
+# The page's style: a message keeps its spaces, tabs and line breaks.
+AS_WRITTEN_CSS = ".message-content span.md { white-space: pre-wrap; }"
+
 # ASCII punctuation, each of which Markdown may read as markup.
 PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
@@ -110,7 +131,7 @@ def build_app(chat: ChatInterface):
         interface = gr.ChatInterface(
             web.reply, additional_inputs=[system, *settings], additional_outputs=[figures],
             additional_inputs_accordion="Sampling" if text_mode else "System text and sampling",
-            chatbot=gr.Chatbot(elem_id="chatbot", height=380), api_name="chat", fill_height=False,
+            chatbot=chatbot_as_written(elem_id="chatbot", height=380), api_name="chat", fill_height=False,
         )
         with gr.Row():
             figures.render()
@@ -158,7 +179,7 @@ def serve(chat: ChatInterface, host: str = WEB_HOST, port: int = WEB_PORT, share
     app.queue(default_concurrency_limit=1)
     try:
         app.launch(server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=False,
-                   show_error=True)
+                   show_error=True, css=AS_WRITTEN_CSS)
     except OSError as error:
         raise UsageError(f"cannot serve on {host}:{port} ({error}): pick another --port.")
     return 0

@@ -19,6 +19,7 @@ import yaml
 from conftest import (CHROMIUM, PROJECT_FREE_PRELUDE, REPO_ROOT, assert_one_line_error, free_port, make_text,
                       run_entry, writing_only)
 
+from pocketlm.chat import ChatInterface
 from pocketlm.spaces import GRADIO_VERSION, PYTHON_VERSION
 from pocketlm.training import TrainingOptions, train
 
@@ -372,15 +373,16 @@ def test_the_space_app_says_whether_an_empty_reply_ended_at_once_or_hid_what_it_
         "user": "[no reply shown: the model wrote only special tokens or spaces]"}
 
 
-def test_both_web_chats_name_the_characters_a_model_has_no_token_for_as_the_terminal_does(browser, tmp_path):
-    """A character model reads any character its training text lacked as <unk>. `chat.py --web` names them before
-    the reply's figures, and the Space's app, which runs without pocketlm and shows no figures, in a toast: in the
-    terminal's words, letter for letter. The figures are Markdown and a toast is HTML, so the page dropped `<unk>`
-    as a tag, and would have read a named '*' or '<' as markup."""
+@pytest.fixture(scope="module")
+def character_pages(tmp_path_factory):
+    """A character LSTM trained on plain text (so chatted with in text mode), served by `chat.py --web` (greedy)
+    with the conversation as context, and by the Space's app from a dry run's folders: the model's folder and the
+    two pages' addresses."""
     from pocketlm.cli import upload_main
 
+    tmp_path = tmp_path_factory.mktemp("character-pages")
     data = tmp_path / "plain.txt"
-    data.write_text(make_text(3, 80) + "\nHi, and hi again.\n", encoding="utf-8")  # the message's other characters
+    data.write_text(make_text(3, 80) + "\nHi, and hi again.\n", encoding="utf-8")  # the messages' other characters
     lstm = tmp_path / "lstm"
     train(TrainingOptions(model_type="lstm", output_dir=str(lstm), data=[str(data)],
                           model_config={"hidden_size": 16, "num_layers": 1}, block_size=32, batch_size=4,
@@ -390,24 +392,60 @@ def test_both_web_chats_name_the_characters_a_model_has_no_token_for_as_the_term
     assert result.returncode == 0, result.stderr[-3000:]
     web_port, space_port = free_port(), free_port()
     servers = [serve([sys.executable, str(REPO_ROOT / "chat.py"), "--model", str(lstm), "--web", "--port",
-                      str(web_port), "--max-new-tokens", "4"], web_port),
+                      str(web_port), "--greedy", "--context", "--max-new-tokens", "8"], web_port),
                serve([sys.executable, "app.py"], space_port, cwd=tmp_path / "hub-space",
                      env={"POCKETLM_MODEL": str(tmp_path / "hub"), "GRADIO_SERVER_PORT": str(space_port),
                           "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")})]
+    yield lstm, f"http://127.0.0.1:{web_port}/", f"http://127.0.0.1:{space_port}/"
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_both_web_chats_name_the_characters_a_model_has_no_token_for_as_the_terminal_does(browser, character_pages):
+    """A character model reads any character its training text lacked as <unk>. `chat.py --web` names them before
+    the reply's figures, and the Space's app, which runs without pocketlm and shows no figures, in a toast: in the
+    terminal's words, letter for letter. The figures are Markdown and a toast is HTML, so the page dropped `<unk>`
+    as a tag, and would have read a named '*' or '<' as markup."""
+    _, web_page, space_page = character_pages
     message = "Hi ☃, *and* <hi> 😀"
     note = "note: the model's vocabulary has no '☃', '*', '<', '>' or '😀': it reads each as <unk>"
-    try:
-        chat = Page(browser.new_page(), f"http://127.0.0.1:{web_port}/")
-        chat.send(message)
-        assert chat.wait_for_figures("").startswith(f"{note}; 4 tokens in ")
-        space = Page(browser.new_page(), f"http://127.0.0.1:{space_port}/")
-        space.send(message)
-        space.page.wait_for_selector(".toast-body", timeout=60_000)
-        assert space.page.inner_text(".toast-body").endswith(f"\n{note}")
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
+    chat = Page(browser.new_page(), web_page)
+    chat.send(message)
+    assert chat.wait_for_figures("").startswith(f"{note}; 8 tokens in ")
+    space = Page(browser.new_page(), space_page)
+    space.send(message)
+    space.page.wait_for_selector(".toast-body", timeout=60_000)
+    assert space.page.inner_text(".toast-body").endswith(f"\n{note}")
+
+
+def test_both_web_chats_keep_and_show_each_message_as_written(browser, character_pages):
+    """Gradio's chatbot dedents every message it shows (its leading spaces, a common indentation, blank lines at
+    either end) and sends that back as the history, so the passage a model continued in the browser was not the
+    terminal's: under greedy decoding the page's second reply differed from the terminal's. And it showed the text
+    as Markdown ('*and*' as emphasis, an indented line as code). Now both pages show, and send back, what was typed
+    and written: `chat.py --web`'s replies and prompts are the terminal chat's (the same ChatInterface, greedy, in
+    this process), and the Space's app shows each message as typed."""
+    lstm, web_page, space_page = character_pages
+    messages = ["  Hi, and\n\thi *again*", "    and *hi*  "]
+    terminal = ChatInterface(str(lstm), use_context=True, max_new_tokens=8, do_sample=False)
+    expected = [(terminal.reply(text), terminal.last_stats["prompt_tokens"]) for text in messages]
+    assert terminal.mode == "text"
+    chat, figures = Page(browser.new_page(), web_page), ""
+    for turn, text in enumerate(messages, 1):
+        chat.send(text)
+        figures = chat.wait_for_figures(figures)
+        assert chat.prompt_tokens(figures) == expected[turn - 1][1]
+    assert chat.messages() == messages
+    assert chat.replies() == [reply for reply, _ in expected]
+    space = Page(browser.new_page(), space_page)
+    for turn, text in enumerate(messages, 1):
+        space.send(text)
+        space.page.wait_for_function(f"document.querySelectorAll(\"[data-testid='bot']\").length == {turn} && "
+                                     "!document.querySelector('button.stop-button')", timeout=60_000)
+    assert [e.inner_text() for e in space.page.query_selector_all("[data-testid='user']")] == messages
+    # Gradio writes a .pyi file beside the source of a subclass of its components: neither page made one.
+    assert not [*(lstm.parent / "hub-space").glob("*.pyi"), *(REPO_ROOT / "pocketlm").glob("*.pyi")]
 
 
 SPACE_APP_PROMPTS = PROJECT_FREE_PRELUDE + textwrap.dedent(
