@@ -488,8 +488,8 @@ def compare_main(argv: list[str] | None = None) -> int:
     _quiet_libraries(datasets_too=True)
 
     def job():
-        from .comparison import (compare_models, comparison_text, draw_chart, footnotes, markdown, read_prompts,
-                                 terminal_table)
+        from .comparison import (check_replaceable, compare_models, comparison_text, draw_chart, footnotes, markdown,
+                                 read_prompts, terminal_table)
         from .loading import resolve_device
 
         check_seed(args.seed)
@@ -517,6 +517,7 @@ def compare_main(argv: list[str] | None = None) -> int:
         for path in (output, chart):
             if path.is_dir() or not path.parent.is_dir():
                 raise UsageError(f"cannot write {path}: its folder does not exist or it is a folder; pick another path.")
+        check_replaceable(output, chart)
         for flag, value, needs in (("--dataset-config", args.dataset_config, args.dataset),
                                    ("--text-column", args.text_column, args.data or args.dataset)):
             if value is not None and not needs:  # it would be ignored in silence

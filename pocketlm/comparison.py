@@ -225,9 +225,38 @@ def terminal_table(reports: list[ModelReport]) -> str:
                      for row in rows)
 
 
+# What marks a report and a chart as compare.py's own, which a later comparison may replace.
+REPORT_TITLE = "# Model comparison"
+CHART_SOFTWARE = "pocketlm compare.py"
+
+
+def check_replaceable(output: Path, chart: Path) -> None:
+    """Refuse, before any work, a report or chart path that holds a file compare.py did not write: `--output
+    notes.md` replaced the notes. An earlier comparison's report (its title) and chart (its PNG's Software text,
+    or, from before that was written, the report's link to it) are replaced."""
+    ours = output.is_file() and output.read_bytes().startswith(REPORT_TITLE.encode() + b"\n")
+    if output.exists() and not ours:
+        raise UsageError(f"{output} exists and compare.py did not write it: pick another --output, or move it away.")
+    if chart.exists() and not (_chart_software(chart) == CHART_SOFTWARE or
+                               ours and f"]({chart.name})" in output.read_text(encoding="utf-8", errors="replace")):
+        raise UsageError(f"{chart} exists and compare.py did not write it: pick another --chart (the chart's path, by "
+                         f"default the report's with .png), or move it away.")
+
+
+def _chart_software(path: Path) -> str | None:
+    """The Software text of a PNG file, None for any other file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software")
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
 def markdown(reports: list[ModelReport], text: str, prompts: list[str], seed: int, chart: str | None) -> str:
     rows = table_rows(reports)
-    lines = ["# Model comparison", "",
+    lines = [REPORT_TITLE, "",
              f"Bits per character on {text} (lower is better); decoding speed of a {SPEED_TOKENS}-token sampled reply, "
              f"median of {SPEED_ROUNDS}; replies sampled with seed {seed}.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -262,5 +291,5 @@ def draw_chart(reports: list[ModelReport], path: Path) -> None:
         axes.margins(x=0.25)
     speed.set_yticklabels([])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata={"Software": CHART_SOFTWARE})  # a later comparison may replace it
     plt.close(figure)

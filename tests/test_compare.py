@@ -147,6 +147,30 @@ def test_bad_input_ends_in_one_line(case, trained, tmp_path):
     assert not (tmp_path / "out.md").exists()
 
 
+def test_a_report_or_chart_compare_did_not_write_is_never_replaced(trained, tmp_path):
+    """`compare.py MODEL --output notes.md` wrote its report over the notes, and the chart over any picture at its
+    path. Such a file is refused in one line before any work; an earlier comparison's own report and chart,
+    from before the chart was marked as compare.py's too, are replaced."""
+    from PIL import Image
+
+    notes, picture, report = tmp_path / "notes.md", tmp_path / "picture.png", tmp_path / "report.md"
+    notes.write_text("# My notes\n\nkeep these\n")
+    Image.new("RGB", (4, 4)).save(picture)
+    kept = {path: path.read_bytes() for path in (notes, picture)}
+    for extra, needle in ((["--output", str(notes)], f"{notes} exists and compare.py did not write it"),
+                          (["--output", str(report), "--chart", str(picture)], f"{picture} exists and compare.py")):
+        assert_one_line_error(run_compare(str(trained["lstm"]), *extra), needle)
+    assert {path: path.read_bytes() for path in (notes, picture)} == kept
+    assert not report.exists() and not notes.with_suffix(".png").exists()
+    for run in range(2):  # the second replaces the first's report and chart
+        result = run_compare(str(trained["lstm"]), "--output", str(report), "--max-new-tokens", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        if run == 0:  # the chart as an earlier compare.py saved it, unmarked: the report's link names it
+            Image.open(report.with_suffix(".png")).save(report.with_suffix(".png"))
+            assert "Software" not in Image.open(report.with_suffix(".png")).info
+    assert Image.open(report.with_suffix(".png")).info["Software"] == "pocketlm compare.py"
+
+
 def test_a_prompt_longer_than_a_model_s_window_is_read_by_its_newest_tokens(trained, tmp_path):
     """The replies kept the newest tokens of a prompt longer than the GPT's window, but the speed measurement fed it
     whole, and the comparison ended in a traceback ('6002 tokens exceed this model's context window of 256')."""
