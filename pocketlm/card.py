@@ -13,7 +13,7 @@ from modeling import MIN_TRANSFORMERS
 from tokenization import CHARACTER_LEVEL, tokenizer_kind
 
 from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE
-from .wording import counted
+from .wording import counted, fenced
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -48,7 +48,7 @@ def model_card(model, tokenizer, family: str, summary: dict, samples: list[str],
     source = public_data_name(summary, data_name)
     metadata = card_metadata(family, summary, repo_id, license_id, source, is_chat)
     metadata["tags"] += list(formats)
-    sample_text = "\n\n".join(f"```text\n{sample}\n```" for sample in samples)
+    sample_text = "\n\n".join(fenced(sample) for sample in samples)
     curve = f"![training and validation loss]({LOSS_CURVE_FILE})\n" if has_curve else ""
     record = _training_record(summary, source) if summary else (
         f"## Training\n\nNo training record ({SUMMARY_FILE}) was found beside this model.\n")

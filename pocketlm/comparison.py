@@ -25,6 +25,7 @@ from .adapters import adapter_of
 from .loading import (as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family,
                       trained_on_chat, training_summary)
 from .scoring import bits_per_character
+from .wording import in_markdown
 
 DEFAULT_PROMPTS = SAMPLE_QUESTIONS[:3]
 SPEED_TOKENS = 64  # new tokens per timed generation
@@ -267,8 +268,9 @@ def markdown(reports: list[ModelReport], text: str, prompts: list[str], seed: in
         lines += ["", f"![bits per character and decoding speed]({chart})"]
     lines += ["", "## Replies"]
     for index, prompt in enumerate(prompts):
-        lines += ["", f"**{prompt}**", ""]
-        lines += [f"- `{r.name}`: {r.replies[index] or '(an empty reply)'}".replace("\n", " ") for r in reports]
+        lines += ["", f"**{in_markdown(prompt)}**", ""]
+        lines += [f"- `{r.name}`: {in_markdown(r.replies[index]) or '(an empty reply)'}".replace("\n", " ")
+                  for r in reports]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ optional extra: `pip install -e '.[web]'`.
 """
 
 import errno
-import re
 import socket
 
 from tokenization import message_text
@@ -16,6 +15,7 @@ from .chat import ChatInterface, describe_stats
 from .errors import UsageError, require_extra
 from .choices import BALANCED_SAMPLING, WEB_HOST, WEB_PORT
 from .loading import model_name
+from .wording import in_markdown
 
 SETTINGS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens")
 
@@ -69,7 +69,7 @@ class WebChat:
         shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
         note = conversation.unknown_note(message)
         figures = describe_stats(conversation.last_stats)
-        yield shown or conversation.empty_reply(), f"{as_written(note)}; {figures}" if note else figures
+        yield shown or conversation.empty_reply(), f"{in_markdown(note)}; {figures}" if note else figures
 
 
 def chatbot_as_written(**options):
@@ -92,17 +92,6 @@ def chatbot_as_written(**options):
 
 # The page's style: a message keeps its spaces, tabs and line breaks.
 AS_WRITTEN_CSS = ".message-content span.md { white-space: pre-wrap; }"
-
-# ASCII punctuation, each of which Markdown may read as markup.
-PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-
-
-def as_written(text: str) -> str:
-    """`text` as a Markdown component shows it letter for letter: every ASCII punctuation mark escaped with a
-    backslash, as Markdown reads them literally. The figures' note on unknown characters names `<unk>`, which the
-    page dropped as an HTML tag, and the characters it names can be any ('*', '_', '<')."""
-    return PUNCTUATION.sub(r"\\\1", text)
-
 
 def build_app(chat: ChatInterface):
     """The Gradio page for `chat`: messages, system text and sampling settings, figures, stop and reset."""

@@ -1,6 +1,8 @@
 """How pocketlm's messages count and list things: "1 step", "2 steps", "1,024 tokens"; "a, b and c". One helper
 each, so that a count of one reads in the singular in every message, the model card's and the chat's figures
-included."""
+included. And how text shows as written inside Markdown."""
+
+import re
 
 
 def counted(number: int, noun: str) -> str:
@@ -11,3 +13,22 @@ def counted(number: int, noun: str) -> str:
 def listed(names: list[str], last: str = "and") -> str:
     """`names` as a sentence lists them: "a", "a and b", "a, b and c" (or, with `last="or"`, "a, b or c")."""
     return f" {last} ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+# What Markdown reads as markup inside a line: emphasis, code, links and images, HTML and its entities, table cells,
+# strikethrough, and the backslash that escapes them.
+INLINE_MARKUP = re.compile(r"([\\`*_\[\]<>&~|])")
+
+
+def in_markdown(text: str) -> str:
+    """`text` to put inside a line of Markdown so that it shows as written: each character Markdown reads as markup
+    there escaped with a backslash. A model's reply with '*' or '<b>' showed as emphasis or bold, `<unk>` not at all.
+    (At the start of a line '#' or '-' would still begin a heading or a list: callers put text after something.)"""
+    return INLINE_MARKUP.sub(r"\\\1", text)
+
+
+def fenced(text: str, language: str = "text") -> str:
+    """`text` as a Markdown code block that holds it whole: its fence is longer than any run of backticks in it (a
+    model trained on Markdown writes ``` too, which closed a fence of three halfway through its sample)."""
+    fence = "`" * max(3, max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence}{language}\n{text}\n{fence}"

@@ -171,6 +171,46 @@ def test_a_report_or_chart_compare_did_not_write_is_never_replaced(trained, tmp_
     assert Image.open(report.with_suffix(".png")).info["Software"] == "pocketlm compare.py"
 
 
+def test_the_report_shows_each_prompt_and_reply_as_written():
+    """The report is Markdown: a reply with '*', '_', '<b>' or a character model's '<unk>' showed as emphasis, as
+    bold or not at all in any Markdown viewer. Rendered by markdown-it (CommonMark, with GitHub's tables and
+    strikethrough), each prompt and reply reads as written, with no markup but the model's name as code."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    from pocketlm.comparison import ModelReport, markdown
+
+    prompts = ["**Hi** <i>there</i>", "a_b_", "[x](y)"]
+    replies = ["*so* it <b>was</b> x_y_z", "<unk> `c` \\ | ~~d~~ &amp; ok", "![i](j) _k_"]
+    report = ModelReport("models/a", "lstm", 1, 1, 1.0, 1.0, 0.1, replies)
+    page = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(
+        markdown([report], "text", prompts, 0, None))
+
+    class Reader(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.open, self.shown, self.tags = None, [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag in ("strong", "li"):
+                self.open = tag
+                self.shown.append("")
+
+        def handle_endtag(self, tag):
+            self.open = None if tag in ("strong", "li") else self.open
+
+        def handle_data(self, data):
+            if self.open:
+                self.shown[-1] += data
+
+    reader = Reader()
+    reader.feed(page.split("<h2>Replies</h2>")[1])
+    assert reader.shown == [text for prompt, reply in zip(prompts, replies) for text in (prompt, f"models/a: {reply}")]
+    assert set(reader.tags) == {"p", "strong", "ul", "li", "code"}
+
+
 def test_a_prompt_longer_than_a_model_s_window_is_read_by_its_newest_tokens(trained, tmp_path):
     """The replies kept the newest tokens of a prompt longer than the GPT's window, but the speed measurement fed it
     whole, and the comparison ended in a traceback ('6002 tokens exceed this model's context window of 256')."""

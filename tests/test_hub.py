@@ -570,3 +570,19 @@ def test_the_card_counts_a_one_layer_model_in_the_singular():
     assert "4 pre-norm blocks, width 32, 2 heads," in architecture(GPTConfig(n_layer=4, n_head=2, n_embd=32),
                                                                    "transformer", "BPE")
     assert "LSTM: 1 layer of 64 units" in architecture(LSTMConfig(num_layers=1, hidden_size=64), "lstm", "character-level")
+
+
+def test_the_card_shows_each_sample_whole_as_the_model_wrote_it(trained):
+    """A model trained on Markdown writes ``` too, which closed the card's fence of three halfway through its
+    sample, and the rest read as the card's own Markdown. Rendered by markdown-it (CommonMark), each sample is one
+    code block holding it exactly."""
+    from markdown_it import MarkdownIt
+
+    from pocketlm.card import model_card
+
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    samples = ["Install it:\n```bash\npip install x\n```\n# done *now*", "````\n`` two", "plain"]
+    card = model_card(model, tokenizer, "transformer", {}, samples, "me/tiny", "mit", has_curve=False)
+    blocks = [token.content for token in MarkdownIt("commonmark").parse(card.split("## Samples")[1])
+              if token.type == "fence"]
+    assert blocks == [sample + "\n" for sample in samples]
