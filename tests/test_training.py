@@ -240,6 +240,33 @@ def test_directories_are_searched_for_text_and_record_files(tmp_path, caplog, ch
     assert not any("not,read" in t for t in texts)
 
 
+def test_a_folder_s_text_files_of_other_kinds_are_named_with_the_pattern_that_reads_them(tmp_path, caplog):
+    """A folder's search takes .txt, .md and records, so `--data myproject/` trained on its README and left out the
+    code in silence (or, without a README, said it held no text). The files left out that read as text are named,
+    by kind, with the quoted pattern that reads them; pictures and other binaries are not."""
+    project = tmp_path / "project"
+    (project / "src" / "pkg").mkdir(parents=True)
+    code = [project / "src" / "pkg" / f"module{i}.py" for i in range(3)]
+    for number, path in enumerate(code):
+        path.write_text(f"def f{number}(x):\n    return x * {number}\n")
+    (project / "Makefile").write_text("all:\n\tpython -m pkg\n")
+    (project / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    (project / "README.md").write_text("A project.\n")
+    documents, _ = data.load_documents([str(project)])
+    assert [text.strip() for text in documents["text"]] == ["A project."]
+    warned = " ".join(r.message for r in caplog.records)
+    pattern = f"{project}/**/*.py"
+    assert (f"leaving out 3 .py files and 1 file without a suffix in {project}: they read as text" in warned
+            and f"--data '{pattern}'" in warned and "png" not in warned)
+    (project / "README.md").unlink()
+    with pytest.raises(UsageError, match=re.escape(f"only 3 .py files and 1 file without a suffix that read as "
+                                                   f"text: to train on them, match them with a quoted pattern: "
+                                                   f"--data '{pattern}'.")):
+        data.load_documents([str(project)])
+    documents, _ = data.load_documents([pattern])  # the pattern named reads the code
+    assert sorted(text.strip() for text in documents["text"]) == [path.read_text().strip() for path in code]
+
+
 def test_data_takes_what_a_shell_expands_and_patterns_it_did_not(tmp_path):
     from pocketlm.cli import train_parser
     from pocketlm.errors import UsageError

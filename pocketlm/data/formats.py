@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ..errors import WEB_ADDRESS, UsageError
 from ..adapters import ADAPTER_CONFIG_FILE
 from ..run_folder import CONFIG_FILE, EXPORT_RECORD
+from ..wording import counted, listed
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +133,63 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
             fix = (f"pass it as --dataset {raw}" if flag == "--data" else
                    "write its rows to a file (Dataset.to_json) and pass that")
             raise UsageError(f"{flag} {raw} is a dataset saved with datasets' save_to_disk: {fix}.")
-        matches = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p) and not _hidden(p, path))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+        matches = [p for p in files if _is_data_file(p)]
         models = sorted({p.parent for p in matches if _model_folder(p.parent)})
         for model in models if not quiet else []:  # `--data .` in a project that keeps its models under models/
             logger.warning("leaving out %s: a model folder, not text", model)
         matches = [p for p in matches if not any(model in p.parents for model in models)]
+        # Text by another name (code, .rst, .tex, a README): a folder's search takes .txt, .md and records only, so
+        # `--data myproject/` read its one README and left out the code, without a word.
+        other = [p for p in files if not _is_data_file(p) and not any(model in p.parents for model in models)]
+        other_text = [p for p in other[:OTHER_FILES_LOOKED_AT] if _reads_as_text(p)]
         if not matches:
+            held = (f", only {_kinds(other_text)} that read as text: to train on them, match them with a quoted "
+                    f"pattern: {flag} '{_pattern_for(raw, other_text)}'" if other_text else
+                    "; add some or point elsewhere")
             raise UsageError(f"{flag} {raw}: the directory holds no text (.txt, .md) or records (.jsonl, .json, .csv, "
-                             ".tsv, .parquet); add some or point elsewhere.")
+                             f".tsv, .parquet){held}.")
+        if other_text and not quiet:
+            logger.warning("leaving out %s in %s: they read as text, but a folder's search takes .txt, .md and "
+                           "records only; to train on them too, add a quoted pattern: %s '%s'", _kinds(other_text),
+                           raw, flag, _pattern_for(raw, other_text))
         found.extend(matches)
     return found
+
+
+# How many of a folder's other files are looked into for text: enough to name what a folder of code holds.
+OTHER_FILES_LOOKED_AT = 10_000
+
+
+def _reads_as_text(path: Path) -> bool:
+    """Whether a file's first 4 KiB read as UTF-8 text: no NUL byte, nothing undecodable (a character cut at the
+    end is fine). Pictures, archives and other binaries do not."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return b"\x00" not in head
+
+
+def _kinds(paths: list[Path]) -> str:
+    """What `paths` are, by suffix, the commonest first: "12 .py files, 3 .c files and 1 file without a suffix"."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.suffix.lower()] = counts.get(path.suffix.lower(), 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    named = [counted(number, f"{suffix} file" if suffix else "file") + ("" if suffix else " without a suffix")
+             for suffix, number in ranked[:3]]
+    return listed(named + ([f"{counted(sum(n for _, n in ranked[3:]), 'other')}"] if len(ranked) > 3 else []))
+
+
+def _pattern_for(raw: str, paths: list[Path]) -> str:
+    """A quoted pattern that matches the commonest kind of `paths` under the folder `raw`, or the first file."""
+    suffixes = [path.suffix.lower() for path in paths if path.suffix]
+    if not suffixes:
+        return str(paths[0])
+    return f"{raw.rstrip('/')}/**/*{max(set(suffixes), key=suffixes.count)}"
 
 
 def compression(path: Path) -> str | None:
