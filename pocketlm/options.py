@@ -11,9 +11,12 @@ import difflib
 import inspect
 import json
 import math
+import numbers
 import os
 import re
 import shlex
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,11 +152,19 @@ class TrainingOptions:
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 value = [value]
-            if value is not None:
-                setattr(self, name, [os.fspath(path) for path in value])
+            if isinstance(value, (list, tuple)):  # anything else is named by the type check below
+                setattr(self, name, [os.fspath(path) if isinstance(path, os.PathLike) else path for path in value])
         for name in ("dataset", "output_dir", "tokenizer", "init_from"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            # The command line converts its strings by each option's type; a value of another type given from
+            # Python went on to fail deep inside (max_steps="3": "'>' not supported between 'str' and 'int'").
+            if spec.name != "dataset" and not _is_a(value, spec.type):  # dataset takes a datasets object too
+                raise UsageError(f"TrainingOptions({spec.name}={value!r}): {spec.name} takes {_described(spec.type)}.")
+            if isinstance(value, numbers.Number) and type(value) not in (bool, int, float):  # numpy's: as Python's
+                setattr(self, spec.name, int(value) if isinstance(value, numbers.Integral) else float(value))
         if self.dataset is not None and not isinstance(self.dataset, str):  # a datasets.Dataset object, say
             from .data.reading import dataset_on_disk
 
@@ -178,6 +189,30 @@ class TrainingOptions:
             else:
                 parts.append(f"{flag} {shlex.quote(str(value))}")
         return " ".join(parts)
+
+
+def _is_a(value, annotation) -> bool:
+    """Whether `value` is of a field's annotated type: None, bool, int (not a bool), float (an int too), str, a
+    dict, a list of strings, or a union of those."""
+    if isinstance(annotation, types.UnionType):
+        return any(_is_a(value, part) for part in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return isinstance(value, list) and all(_is_a(item, typing.get_args(annotation)[0]) for item in value)
+    if annotation is float:  # numpy's numbers too
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, type(None) if annotation is None else annotation)
+
+
+def _described(annotation) -> str:
+    """A field's annotated type in words: "a whole number or None"."""
+    if isinstance(annotation, types.UnionType):
+        return " or ".join(_described(part) for part in typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return "a path or a list of paths"
+    return {None: "None", type(None): "None", bool: "True or False", int: "a whole number", float: "a number",
+            str: "a string", dict: "a dict of config fields ({'n_layer': 4})"}[annotation]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -988,6 +989,34 @@ def test_the_python_api_takes_one_path_or_path_objects_where_the_command_line_ta
     with pytest.raises(UsageError, match="no model folder at"):
         load_pretrained(tmp_path / "nowhere")
     assert {"model.onnx", "config.json"} <= {path.name for path in export(tmp_path / "run", ["onnx"], tmp_path / "x")}
+
+
+@pytest.mark.parametrize("given, said", [
+    ({"max_steps": "3"}, "TrainingOptions(max_steps='3'): max_steps takes a whole number or None."),
+    ({"lr": "3e-4"}, "TrainingOptions(lr='3e-4'): lr takes a number or None."),
+    ({"batch_size": 2.5}, "TrainingOptions(batch_size=2.5): batch_size takes a whole number or None."),
+    ({"seed": None}, "TrainingOptions(seed=None): seed takes a whole number."),
+    ({"model_config": "n_layer=2"}, "model_config takes a dict of config fields ({'n_layer': 4})."),
+    ({"data": ["book.txt", 5]}, "TrainingOptions(data=['book.txt', 5]): data takes a path or a list of paths or None."),
+    ({"streaming": "yes"}, "TrainingOptions(streaming='yes'): streaming takes True or False."),
+])
+def test_the_python_api_names_a_value_of_the_wrong_type_in_one_line(given, said):
+    """The command line converts its strings by each option's type; from Python, `max_steps="3"` went on to fail
+    deep inside ("'>' not supported between instances of 'str' and 'int'"), `batch_size=2.5` in torch's seeding,
+    `model_config="n_layer=2"` in dict(). Each is refused as the options are made, naming the field and what it
+    takes."""
+    with pytest.raises(UsageError) as refused:
+        TrainingOptions(**given)
+    assert str(refused.value).endswith(said) and "\n" not in str(refused.value)
+
+
+def test_the_python_api_takes_numpy_numbers_as_the_numbers_they_are(corpus_file, tmp_path):
+    """A step count or rate computed with numpy is a number: the run equals the plain numbers' run, bitwise."""
+    weights = []
+    for name, steps, lr in (("plain", 2, 0.003), ("numpy", np.int64(2), np.float64(0.003))):
+        train(tiny_options("lstm", corpus_file, tmp_path / name, max_steps=steps, lr=lr, samples=0))
+        weights.append((tmp_path / name / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
 
 
 def test_grad_clip_0_trains_without_clipping(corpus_file, tmp_path):
