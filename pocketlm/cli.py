@@ -56,6 +56,11 @@ def _quiet_libraries(datasets_too: bool = False) -> None:
 
 def _run(job: Callable[[], int | None]) -> int:
     """Run `job`, turning pocketlm's user-facing errors into one line and an exit status."""
+    # A terminal or pipe whose encoding lacks a character (PYTHONIOENCODING=ascii, a Latin-1 locale) stopped a
+    # command with UnicodeEncodeError at the first reply or sample that held one: it is written escaped (\u2603)
+    # instead, as standard error already writes it.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return job() or 0
     except UsageError as error:

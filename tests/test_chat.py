@@ -571,6 +571,19 @@ def greedy_continuation(folder: Path, text: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def test_output_that_the_terminal_cannot_encode_is_written_escaped(text_models):
+    """On a terminal or pipe whose encoding lacks a character (PYTHONIOENCODING=ascii, a Latin-1 locale), chat.py
+    stopped with a UnicodeEncodeError traceback at the first reply that held one. It is written escaped, as Python
+    writes it to standard error, and the rest of the text is the model's greedy continuation."""
+    folder = text_models["transformer"]
+    result = subprocess.run(chat_command("--model", str(folder), "--prompt", "The king ☃", "--greedy",
+                                         "--repetition-penalty", "1", "--max-new-tokens", "8"),
+                            capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
+    expected = "The king ☃" + greedy_continuation(folder, "The king ☃", 8)
+    assert result.stdout.decode("ascii").rstrip("\n") == expected.encode("ascii", "backslashreplace").decode()
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_a_model_trained_on_plain_text_continues_the_text_typed_as_generate_does(family, text_models, chat_models):
     """A model trained on a book was chatted with through role tokens it never saw: it now continues the text,
