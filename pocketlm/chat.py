@@ -10,6 +10,7 @@ its training record picks by default. With context the passage grows, each messa
 what the model wrote, and its oldest tokens go when it outgrows the window.
 """
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +72,16 @@ def continued_passage(turns: list[dict]) -> str:
             text += "\n"
         text += turn["content"]
     return text
+
+
+def check_text(text: str, what: str = "the message") -> None:
+    """Refuse text that holds lone surrogates, which no tokenizer can encode: Python reads bytes a terminal, a piped
+    file or the command line sent in another encoding than its own as such, and they stopped the chat with a
+    TypeError from the tokenizer."""
+    if any("\ud800" <= character <= "\udfff" for character in text):
+        raise UsageError(f"{what} holds bytes that are not text in {sys.stdin.encoding or 'UTF-8'}, the encoding "
+                         "this terminal reads: type it in a UTF-8 terminal, or convert a file first (iconv -f "
+                         "latin1 -t utf-8 FILE).")
 
 
 def unknown_characters(tokenizer, text: str) -> list[str]:
@@ -178,6 +189,7 @@ class ChatInterface:
     def set_system(self, system: str | None) -> None:
         """Set the system text (None or empty drops it); one the model's window cannot hold beside a reply and a
         message raises UsageError and changes nothing, as does any in text mode, which has no place for one."""
+        check_text(system or "", "the system text")
         if system and self.mode == "text":
             raise UsageError("a system text is for chat: in text mode the model continues what is typed, so put "
                              "the text to continue in the message, or chat with --mode chat.")
@@ -261,6 +273,7 @@ class ChatInterface:
 
     def stream(self, text: str) -> Iterator[str]:
         """Yield the reply to `text` piece by piece; the exchange joins the history when the reply ends."""
+        check_text(text)
         max_new = reply_budget(context_window(self.model), self.options["max_new_tokens"])
         ids = torch.tensor([self.prompt_ids(text, max_new)], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)

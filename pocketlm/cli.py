@@ -61,6 +61,10 @@ def _run(job: Callable[[], int | None]) -> int:
     # instead, as standard error already writes it.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+    # And a line read in another encoding stopped the chat with UnicodeDecodeError: its bytes are kept as Python
+    # keeps them in file names, which the chat names in one line (chat.check_text).
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         return job() or 0
     except UsageError as error:
@@ -396,11 +400,13 @@ def chat_main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     def job():
-        from .chat import ChatInterface
+        from .chat import ChatInterface, check_text
         from .loading import model_family, resolve_device
         from .run_folder import RunFolder, default_output_dir, trained_models
 
         check_seed(args.seed)
+        for flag, text in (("--prompt", args.prompt), ("--system", args.system)):
+            check_text(text or "", flag)  # before the model loads
         web_only = [flag for flag, given in (("--host", args.host is not None), ("--port", args.port is not None),
                                              ("--share", args.share)) if given]
         if web_only and not args.web:  # the terminal chat would ignore them

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .chat import ChatInterface, describe_stats
+from .chat import ChatInterface, check_text, describe_stats
 from .errors import UsageError
 
 HELP = """commands:
@@ -89,6 +89,11 @@ class TerminalChat:
 
     def _print_reply(self, line: str, interactive: bool) -> None:
         """Stream the reply to `line`; Ctrl-C anywhere in it, from its first moment, ends it with [stopped]."""
+        try:
+            check_text(line, "that line")
+        except UsageError as error:  # said, on standard error as the notes are, and the session goes on
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return
         shown = False
         note = self.chat.unknown_note(line)
         if note:  # on standard error: piped, standard output stays the replies alone

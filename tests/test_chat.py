@@ -571,6 +571,31 @@ def greedy_continuation(folder: Path, text: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def test_a_line_in_another_encoding_is_named_and_the_chat_goes_on(chat_models):
+    """A line of bytes that are not text in the encoding Python reads (a Latin-1 file piped in, a UTF-8 line in an
+    ASCII locale, a --prompt typed in another encoding) stopped the chat with a traceback: a TypeError from the
+    tokenizer, or UnicodeDecodeError. Such a line is named in one line on standard error and the chat answers the
+    next one as if the bad one had not been sent; a --prompt or --system of such bytes is refused before the model
+    loads."""
+    folder = str(chat_models["transformer"])
+    command = chat_command("--model", folder, "--greedy", "--max-new-tokens", "6")
+    runs = [(command, b"Hello\n", "utf-8"), (command, b"caf\xe9 latin-1\nHello\n", "utf-8"),
+            (command, "café\nHello\n".encode(), "ascii"), ([*command, "--prompt", b"caf\xe9"], b"", "utf-8")]
+    started = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONIOENCODING": encoding}) for argv, _, encoding in runs]
+    (alone, _), *results = [process.communicate(stdin, timeout=300) for process, (_, stdin, _) in zip(started, runs)]
+    for (stdout, stderr), (_, _, encoding) in zip(results[:2], runs[1:3]):
+        stderr = stderr.decode()
+        assert "Traceback" not in stderr, stderr[-2000:]
+        assert stderr.count(f"error: that line holds bytes that are not text in {encoding}") == 1, stderr
+        assert stdout == alone and stdout.strip()  # the reply to "Hello" alone
+    assert [process.returncode for process in started] == [0, 0, 0, 2]
+    refused = subprocess.CompletedProcess(runs[3][0], 2, "", results[2][1].decode())
+    assert_one_line_error(refused, "--prompt holds bytes that are not text in utf-8")
+    with pytest.raises(UsageError, match="the message holds bytes"):
+        ChatInterface(folder).reply("caf\udce9")
+
+
 def test_output_that_the_terminal_cannot_encode_is_written_escaped(text_models):
     """On a terminal or pipe whose encoding lacks a character (PYTHONIOENCODING=ascii, a Latin-1 locale), chat.py
     stopped with a UnicodeEncodeError traceback at the first reply that held one. It is written escaped, as Python
