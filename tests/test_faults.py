@@ -825,6 +825,36 @@ def test_text_too_short_for_one_block_is_still_refused_in_one_line(content, need
     assert not (tmp_path / "out").exists()
 
 
+PROSE = make_text(6, 30)
+
+
+@pytest.mark.parametrize("name, content, said", [
+    ("latin.txt", ("Café au lait.\n\n" + PROSE).encode("latin-1"),
+     "not UTF-8 text from line 1 on ('Caf\\xe9 au lait.'); if it was saved as Windows-1252 or Latin-1, convert it:"),
+    ("stray.txt", PROSE.encode() + b"One stray \x92 quote.\n",
+     f"not UTF-8 text from line {PROSE.count(chr(10)) + 1} on ('One stray \\x92 quote.'); if it was saved as"),
+    ("mixed.txt", ("Café au lait.\n\n" + PROSE).encode() + b"One stray \x92 quote.\n",
+     f"not UTF-8 text from line {PROSE.count(chr(10)) + 3} on ('One stray \\x92 quote.'): it mixes UTF-8 with "
+     "another encoding; fix that line, or convert it to UTF-8 text."),
+])
+def test_text_in_another_encoding_is_named_by_its_first_line_that_is_not_utf8(name, content, said, tmp_path):
+    """A text file saved in Windows-1252 or Latin-1, or a UTF-8 one with one such byte pasted in, was refused whole
+    as "binary or not UTF-8", leaving the user to search a megabyte for the byte. The refusal names the first line
+    that is not UTF-8, and, where all of the file reads as Windows-1252 and none of it as UTF-8 beyond ASCII, the
+    command that converts it, which does: the converted file reads as the text that was written."""
+    result = _train_on(tmp_path, name, content)
+    assert_one_line_error(result, f"{name}: {said}")
+    assert not (tmp_path / "out").exists()
+    command = re.search(r"convert it: (iconv .*)\.$", result.stderr.strip())
+    assert (command is None) == (name == "mixed.txt")
+    if command:
+        from pocketlm.data import load_documents
+
+        subprocess.run(command.group(1), shell=True, cwd=tmp_path, check=True)
+        documents, _ = load_documents([str(tmp_path / name.replace(".txt", ".utf8.txt"))])
+        assert "".join(documents["text"]).replace("\n", "") == content.decode("cp1252").replace("\n", "")
+
+
 @pytest.mark.parametrize("name, content, extra, needle", [
     ("short.txt", "Too short.", [], "not enough text for one block"),
     ("binary.txt", bytes(range(256)) * 10, [], "binary or not UTF-8"),

@@ -13,6 +13,7 @@ import gzip
 import logging
 import lzma
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +237,43 @@ def text_encoding(path: Path) -> tuple[str | None, int]:
     return encoding, size
 
 
+def _why_not_text(path: Path) -> str:
+    """Why a file `text_encoding` could not read is not text: binary (a NUL byte), or, for a file that is not
+    UTF-8 throughout (one saved by a Windows editor, or with such a byte pasted in), the first line where it stops
+    being UTF-8, and the command that converts it where all of it reads as Windows-1252, the single-byte encoding
+    such files are in. "binary or not UTF-8" alone sent a user through a megabyte of text after one byte. Read a
+    line at a time: only a file that failed comes here."""
+    first, beyond_ascii, single_byte = None, False, True
+    with open_data(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if b"\x00" in line:
+                return BINARY
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                first = first or (number, line, error.start)
+                text = line.decode("utf-8", "ignore")
+            beyond_ascii = beyond_ascii or not text.isascii()
+            try:
+                line.decode("cp1252")
+            except UnicodeDecodeError:
+                single_byte = False
+    if first is None:
+        return BINARY
+    number, line, at = first
+    shown = line[max(0, at - 30):at + 10].decode("utf-8", "backslashreplace").splitlines()[0]
+    where = f"not UTF-8 text from line {number:,} on ('{shown}')"
+    # Reading all of it as Windows-1252 gives its text only where none of it is UTF-8 beyond ASCII: converting a
+    # file that mixes both would garble the UTF-8 part.
+    if beyond_ascii:
+        return f"{where}: it mixes UTF-8 with another encoding; fix that line, or convert it to UTF-8 text"
+    if not single_byte:
+        return f"{where}: convert it to UTF-8 text"
+    converted = shlex.quote(path.stem + ".utf8" + path.suffix)
+    return (f"{where}; if it was saved as Windows-1252 or Latin-1, convert it: iconv -f cp1252 -t utf-8 "
+            f"{shlex.quote(str(path))} > {converted}")
+
+
 @dataclass(frozen=True)
 class DataFile:
     """A file to read: its encoding ("" for Parquet, which is not text) and its size in bytes once decompressed,
@@ -272,7 +310,7 @@ def inspect_file(path: Path, text_column: str | None = None) -> DataFile | str:
                     return why
         encoding, size = text_encoding(path)
         if encoding is None:
-            return BINARY
+            return _why_not_text(path)
         if form in (".csv", ".tsv") and delimiter(path, encoding, text_column) is None:
             with open_data(path, "rt", encoding=encoding) as handle:
                 header = handle.readline().strip()
