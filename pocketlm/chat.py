@@ -79,9 +79,9 @@ def check_text(text: str, what: str = "the message") -> None:
     file or the command line sent in another encoding than its own as such, and they stopped the chat with a
     TypeError from the tokenizer."""
     if any("\ud800" <= character <= "\udfff" for character in text):
-        raise UsageError(f"{what} holds bytes that are not text in {sys.stdin.encoding or 'UTF-8'}, the encoding "
-                         "this terminal reads: type it in a UTF-8 terminal, or convert a file first (iconv -f "
-                         "latin1 -t utf-8 FILE).")
+        raise UsageError(f"{what} holds bytes that are not text in {getattr(sys.stdin, 'encoding', None) or 'UTF-8'}"
+                         ", the encoding this terminal reads: type it in a UTF-8 terminal, or convert a file first "
+                         "(iconv -f cp1252 -t utf-8 FILE).")
 
 
 def unknown_characters(tokenizer, text: str) -> list[str]:
