@@ -13,7 +13,7 @@ from modeling import MIN_TRANSFORMERS
 from tokenization import CHARACTER_LEVEL, tokenizer_kind
 
 from .run_folder import LOSS_CURVE_FILE, SUMMARY_FILE
-from .wording import counted, fenced
+from .wording import counted, fenced, in_markdown
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -251,10 +251,12 @@ def _training_record(summary: dict, data_name: str) -> str:
     if options.get("init_from"):  # a Hub id as it is; a local folder by its name, never its path
         base = options["init_from"]
         options["init_from"] = base if _is_hub_id(base) else f"a local model, {Path(base).name}"
-    rows = "\n".join(f"| {name} | {options[name]} |" for name in HYPER_PARAMETERS if options.get(name) is not None)
+    rows = "\n".join(f"| {name} | {in_markdown(str(options[name]))} |" for name in HYPER_PARAMETERS
+                     if options.get(name) is not None)
+    # A file or dataset name is the user's: '#', '*' or '|' in it read as a heading, emphasis or a table cell.
     return f"""## Training data
 
-{data_name}: {_documents(data)}
+Trained on {in_markdown(data_name)}: {_documents(data)}
 (exact duplicates removed; split by document, so validation text never appears in training), about
 {data['train_tokens']:,} training tokens{' read from a stream' if data.get('streaming') else ''}.
 

@@ -16,8 +16,9 @@ def listed(names: list[str], last: str = "and") -> str:
 
 
 # What Markdown reads as markup inside a line: emphasis, code, links and images, HTML and its entities, table cells,
-# strikethrough, and the backslash that escapes them.
-INLINE_MARKUP = re.compile(r"([\\`*_\[\]<>&~|])")
+# strikethrough, and the backslash that escapes them. An underscore inside a word (hidden_size) is not emphasis, and
+# stays as it is for whoever reads the file itself.
+INLINE_MARKUP = re.compile(r"([\\`*\[\]<>&~|]|(?<![^\W_])_|_(?![^\W_]))")
 
 
 def in_markdown(text: str) -> str:

@@ -1,7 +1,9 @@
 """hub_upload.py: the folder it would upload, loading it without pocketlm, and every way an upload can fail."""
 
 import http.server
+import html
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -586,3 +588,23 @@ def test_the_card_shows_each_sample_whole_as_the_model_wrote_it(trained):
     blocks = [token.content for token in MarkdownIt("commonmark").parse(card.split("## Samples")[1])
               if token.type == "fence"]
     assert blocks == [sample + "\n" for sample in samples]
+
+
+def test_the_card_shows_the_training_data_s_name_as_written(trained):
+    """The card's training section began a line with the data's name, the user's file name: `*draft*` read as
+    emphasis (`# notes.txt` would have been a heading), and a `|` in a setting would break its table. Rendered by
+    markdown-it, the name reads as written and each setting keeps its row."""
+    from markdown_it import MarkdownIt
+
+    from pocketlm.card import model_card
+
+    model, tokenizer = load_pretrained(str(trained["transformer"]))
+    summary = json.loads((trained["transformer"] / "training_summary.json").read_text())
+    summary["data"]["name"] = "#1 *draft* | notes_v2_.txt"
+    card = model_card(model, tokenizer, "transformer", summary, [], "me/tiny", "mit", has_curve=False)
+    page = MarkdownIt("commonmark").enable("table").render(card.split("## Training data")[1])
+    data_paragraph = page.split("<p>", 1)[1].split("</p>", 1)[0]
+    assert html.unescape(data_paragraph).startswith("Trained on #1 *draft* | notes_v2_.txt: ")  # no markup in it
+    assert "<h1>" not in page and "<em>" not in data_paragraph
+    rows = re.findall(r"<tr>\s*<td>(.*?)</td>\s*<td>(.*?)</td>", page, re.S)
+    assert rows and all(value.strip() for _, value in rows)  # each setting's row has its two cells
