@@ -114,6 +114,9 @@ class RunFolder:
             except (ValueError, AttributeError):
                 raise UsageError(f"{self.config_file} is not a model's config: pick another --output-dir, or pass "
                                  "--overwrite to replace what is there.")
+            if found != model_type and resume:  # --overwrite would throw away the run that was to continue
+                raise UsageError(f"{self.path} holds a {found} model, not a {family}: to resume its run, drop "
+                                 "--model-type (a resume takes the run's own), or pick another --output-dir.")
             if found != model_type:
                 raise UsageError(f"{self.path} holds a {found} model, not a {family}: pick another --output-dir or "
                                  "pass --overwrite to replace it.")

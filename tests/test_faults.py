@@ -1936,7 +1936,9 @@ def test_a_resume_refuses_a_change_that_decides_the_batches_until_it_is_accepted
 
 @pytest.mark.parametrize("change, flags, needle", [
     ("model shape", ["--model-config=n_layer=2"], "--model-config is n_layer=2 here, n_layer=1 in the run"),
-    ("model family", ["--model-type=lstm"], "holds a pocketlm_gpt model, not a lstm"),  # the folder says it first
+    # The folder says it first, with the way to resume it: not --overwrite, which throws the run away.
+    ("model family", ["--model-type=lstm"], "holds a pocketlm_gpt model, not a lstm: to resume its run, drop "
+                                            "--model-type (a resume takes the run's own), or pick another --output-dir."),
     ("tokenizer edited", [], "the tokenizer is not the one the run trained with"),
 ])
 def test_a_resume_into_another_model_is_refused_even_with_accept_changes(change, flags, needle, interrupted):
