@@ -938,7 +938,9 @@ def test_two_processes_let_go_of_the_model_before_the_process_group(corpus_file,
         "wrapped, group = weakref.ref(run.model), run.process_group\n"
         "run_loop(run)\n"
         "run.release()\n"
-        "print(type(wrapped()).__name__, type(group).__name__, 'held' if group is not None else '')\n"
+        # One write of the whole line: print's pieces, unbuffered, interleaved with the other process's.
+        "held = 'held' if group is not None else ''\n"
+        "sys.stdout.write(f'{type(wrapped()).__name__} {type(group).__name__} {held}\\n')\n"
     )
     options = asdict(tiny_options("transformer", corpus_file, tmp_path / "out", max_steps=2, samples=0))
     command = [
