@@ -143,7 +143,8 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
         # Text by another name (code, .rst, .tex, a README): a folder's search takes .txt, .md and records only, so
         # `--data myproject/` read its one README and left out the code, without a word.
         other = [p for p in files if not _is_data_file(p) and not any(model in p.parents for model in models)]
-        other_text = [p for p in other[:OTHER_FILES_LOOKED_AT] if _reads_as_text(p)]
+        # Looked into only where it is said: the quiet search runs first, and the data is searched again when read.
+        other_text = [p for p in other[:OTHER_FILES_LOOKED_AT] if _reads_as_text(p)] if not matches or not quiet else []
         if not matches:
             held = (f", only {_kinds(other_text)} that read as text: to train on them, match them with a quoted "
                     f"pattern: {flag} '{_pattern_for(raw, other_text)}'" if other_text else
