@@ -235,7 +235,8 @@ def _config_of(path_or_repo: str) -> dict:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     # A path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error.
-    shaped_like_an_id = is_repo_id(path_or_repo) and not path_or_repo.startswith((".", "/", "~"))
+    shaped_like_an_id = ((is_repo_id(path_or_repo) or _cached_without_owner(path_or_repo))
+                         and not path_or_repo.startswith((".", "/", "~")))
     if not local.exists() and WEB_ADDRESS.match(path_or_repo):
         raise UsageError(web_address_said(path_or_repo))
     if local.exists() or not shaped_like_an_id:
@@ -252,6 +253,19 @@ def _config_of(path_or_repo: str) -> dict:
         if isinstance(error, OSError) and not isinstance(error, HfHubHTTPError):
             _check_hub_folders(error, path_or_repo)
         raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
+
+
+def _cached_without_owner(name: str) -> bool:
+    """Whether `name` is a Hub model without an owner in its id (`gpt2`, `distilgpt2`: transformers' examples
+    download them so) that the local cache holds. Only from the cache: a bare name not there is a folder that is
+    not there, not a repository to look for."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return "/" not in name and isinstance(try_to_load_from_cache(name, CONFIG_FILE), str)
+    except HFValidationError:
+        return False
 
 
 def _check_hub_folders(error: OSError, repo_id: str) -> None:
@@ -391,13 +405,14 @@ def _check_language_model(path_or_repo: str, config: dict) -> None:
 RUNNABLE_EXPORTS = {"transformers", "onnx"}  # the export formats chat and compare run: a stock GPT-2, ONNX graphs
 
 
-def model_family(path_or_repo: str, exports: bool = False, adapters: bool = False) -> str:
+def model_family(path_or_repo: str, exports: bool = False, adapters: bool = False, imports: bool = False) -> str:
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
 
     With `exports`, a folder export.py wrote is its model's family too: chat and compare run its stock GPT-2 as
     transformers runs any GPT-2, and its ONNX graphs in onnxruntime (its tokenizer is the model's).
     Training, export and upload need the pocketlm folder an export came from, which the refusal names. With
-    `adapters`, a PEFT adapter is its model's family: loading merges it into that model.
+    `adapters`, a PEFT adapter is its model's family: loading merges it into that model. With `imports`, any stock
+    GPT-2 whose settings pocketlm's GPT computes is a Transformer: what `--init-from` fine-tunes (`is_gpt2`).
     """
     adapter = adapter_of(as_model(path_or_repo))
     if adapter is not None:
@@ -412,11 +427,17 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     refusal = UsageError(f"{path_or_repo} is export.py's {', '.join(map(str, record['formats']))} export of "
                          f"{record['model']}, for other runtimes: use {record['model']} itself here."
                          ) if record is not None else None
-    if refusal and not (exports and RUNNABLE_EXPORTS & set(record["formats"])):  # a web page alone has no config
+    # What the caller takes from an export: chat and compare run its GPT-2 or graphs, --init-from its GPT-2.
+    takes = (RUNNABLE_EXPORTS if exports else set()) | ({"transformers"} if imports else set())
+    if refusal and not takes & set(record["formats"]):  # a web page alone has no config
         raise refusal
     config = _config_of(path_or_repo)
     model_type = config.get("model_type")
     family = next((family for family, name in MODEL_TYPES.items() if name == model_type), None)
+    gpt2 = _is_stock_gpt2(path_or_repo, config)
+    if imports and gpt2:
+        _check_importable(path_or_repo, config)
+        return "transformer"
     if refusal:
         if family or model_type == "gpt2":
             return family or "transformer"
@@ -427,13 +448,34 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if exports:
             return "transformer"
         raise UsageError(f"{path_or_repo} is a stock GPT-2 (a model repository's gpt2/ folder, say): chat.py and "
-                         "compare.py run it, and training, export and upload need the pocketlm model itself (the "
-                         "repository's top folder).")
+                         "compare.py run it, train.py --init-from fine-tunes it, and export and upload need the "
+                         "pocketlm model itself (the repository's top folder).")
     if family is None:
+        imported = " (or, a GPT-2, fine-tune it into one: train.py --init-from)" if gpt2 else ""
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
-                         "a folder train.py wrote.")
+                         f"a folder train.py wrote{imported}.")
     _check_language_model(path_or_repo, config)
     return family
+
+
+def is_gpt2(path_or_repo: str) -> bool:
+    """Whether `path_or_repo` holds a stock transformers GPT-2 (the Hub's `gpt2`, a model repository's gpt2/
+    folder, export.py's), which `--init-from` brings into a pocketlm GPT, tokenizer and all."""
+    return adapter_of(as_model(path_or_repo)) is None and _is_stock_gpt2(path_or_repo, _config_of(path_or_repo))
+
+
+def _is_stock_gpt2(path_or_repo: str, config: dict) -> bool:
+    # A GPT-2's config.json beside pocketlm's model code is a pocketlm folder whose config was replaced: damaged.
+    return config.get("model_type") == "gpt2" and not _has_model_code(path_or_repo)
+
+
+def _check_importable(path_or_repo: str, config: dict) -> None:
+    from .export.gpt2 import import_problem  # here: the export package reads this module as it loads
+
+    problem = import_problem(config)
+    if problem:
+        raise UsageError(f"{path_or_repo} is a GPT-2 set up as pocketlm's GPT does not compute it ({problem} in its "
+                         f"{CONFIG_FILE}): fine-tune it with transformers' own GPT-2, or start from a pocketlm model.")
 
 
 def _stock_gpt2_of_pocketlm(path_or_repo: str) -> bool:
@@ -441,10 +483,16 @@ def _stock_gpt2_of_pocketlm(path_or_repo: str) -> bool:
     trained on plain text has no template): no model code of its own beside it (a pocketlm folder whose config.json
     was replaced by a GPT-2's has its modeling_gpt.py, and is named as damaged)."""
     local = Path(as_model(path_or_repo)).expanduser()
-    if any(local.glob("modeling_*.py")) or not (local / TOKENIZER_CONFIG_FILE).is_file():
+    if _has_model_code(path_or_repo) or not (local / TOKENIZER_CONFIG_FILE).is_file():
         return False
     special = _read_json(local / TOKENIZER_CONFIG_FILE).get("additional_special_tokens")
     return _has_chat_template(local) or (isinstance(special, list) and set(ROLE_TOKENS.values()) <= set(special))
+
+
+def _has_model_code(path_or_repo: str) -> bool:
+    """Whether a local model folder carries model code of its own (pocketlm's `modeling_gpt.py`), as no stock
+    transformers model does."""
+    return any(Path(as_model(path_or_repo)).expanduser().glob("modeling_*.py"))
 
 
 def _has_chat_template(folder: Path) -> bool:
@@ -513,6 +561,13 @@ def _load_pretrained(path_or_repo: str, device: str | torch.device, dtype: str, 
     model = model.to(device).eval()
     model.name_or_path = given  # a checkpoint's, not its linked view's: what the chat says it is chatting with
     return (quantize_int8(model) if dtype == "int8" else model), tokenizer
+
+
+def load_gpt2(path_or_repo: str):
+    """The stock GPT-2 at `path_or_repo` (float32, on the CPU) and its tokenizer, checked as a model folder is
+    (`model_family(..., imports=True)` first): what `--init-from` brings into a pocketlm GPT."""
+    with torch.random.fork_rng(devices=[]):
+        return _load_folder(as_model(path_or_repo), "GPT-2", "float32", {})
 
 
 def _load_folder(path_or_repo: str, family: str, dtype: str, config: dict):

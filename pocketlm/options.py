@@ -129,7 +129,7 @@ class TrainingOptions:
     tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
     vocab_size: int | None = option(None, f"BPE vocabulary size ({RECIPE})", type=int)
     init_from: str | None = option(None, "fine-tune this pocketlm model (a folder, Hub repo id, checkpoint or PEFT "
-                                   "adapter) instead of starting fresh",
+                                   "adapter), or a stock GPT-2 (gpt2 from the Hub's cache), instead of starting fresh",
                                    metavar="PATH_OR_REPO")
     compile: bool = option(False, "torch.compile the model", action="store_true")
     gradient_checkpointing: bool = option(
@@ -325,8 +325,9 @@ def _family(options: TrainingOptions) -> str:
     from .loading import check_model_folder, model_family
 
     if options.init_from:
-        # First: an export is named as one, not as a folder missing files; a PEFT adapter starts from its merge.
-        found = model_family(options.init_from, adapters=True)
+        # First: an export is named as one, not as a folder missing files; a PEFT adapter starts from its merge, a
+        # stock GPT-2 from its weights in pocketlm's GPT.
+        found = model_family(options.init_from, adapters=True, imports=True)
         if Path(options.init_from).expanduser().is_dir() and not adapter_of(options.init_from):
             check_model_folder(Path(options.init_from).expanduser())
         if options.model_type and options.model_type != found:

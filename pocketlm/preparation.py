@@ -36,7 +36,8 @@ from .checkpoints import CheckpointManager
 from .errors import UsageError
 from .generation import default_generation_config
 from .home import HOME
-from .loading import load_pretrained, tokenizer_source
+from .export.gpt2 import from_gpt2
+from .loading import is_gpt2, load_gpt2, load_pretrained, tokenizer_source
 from .metrics import MetricsLog
 from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
@@ -326,8 +327,10 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
-        if source == options.tokenizer:  # not a resume's own, which is what the run trained with, as it stands
-            tokenizer = _given_tokenizer(tokenizer, options.tokenizer, corpus, accelerator.is_main_process)
+        # From elsewhere (not a resume's own, which is what the run trained with, as it stands): GPT-2's has no pad
+        # token to cut blocks with.
+        if source == options.tokenizer or (options.init_from and is_gpt2(options.init_from)):
+            tokenizer = _given_tokenizer(tokenizer, source, corpus, accelerator.is_main_process)
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).
@@ -420,7 +423,9 @@ def build_model(options: TrainingOptions, tokenizer, resumed: dict | None = None
     (for a resumed run started from --init-from, by the config its checkpoint recorded, as no preset rebuilds that
     shape; the checkpoint's weights then replace the fresh ones); its generation settings and the tokenizer's window
     set for what the run will save."""
-    if options.init_from:
+    if options.init_from and is_gpt2(options.init_from):
+        model = _imported_gpt2(options.init_from, tokenizer, options.model_config.get("dropout")).train()
+    elif options.init_from:
         # Checked: a damaged folder ends in one line; a PEFT adapter comes merged. --model-config may set its
         # dropout (only that: checked with the options).
         model = load_pretrained(options.init_from, config=options.model_config)[0].train()
@@ -435,6 +440,18 @@ def build_model(options: TrainingOptions, tokenizer, resumed: dict | None = None
         enable({"use_reentrant": False})
     tokenizer.model_max_length = _window(model) or tokenizer.model_max_length
     model.generation_config = default_generation_config(tokenizer)
+    return model
+
+
+def _imported_gpt2(path_or_repo: str, tokenizer, dropout: float | None):
+    """The stock GPT-2 at `path_or_repo` as a pocketlm GPT, its vocabulary grown to `tokenizer`'s (GPT-2's own
+    tokenizer gains pocketlm's pad and chat tokens after its own: their embeddings start at the mean of the others,
+    transformers' way) and its end and pad tokens the tokenizer's."""
+    model = from_gpt2(load_gpt2(path_or_repo)[0], dropout)
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.config.bos_token_id = None  # pocketlm frames text with nothing before it (tokenization.without_framing)
     return model
 
 

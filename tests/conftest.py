@@ -129,6 +129,15 @@ TINY_SHAPES = {
 WORDS = "the a king queen speaks softly loudly to of my lord lady sword crown night day fair foul".split()
 
 
+def cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
+    """Lay `folder` out as huggingface_hub's cache holds a downloaded repository."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
 def make_text(seed: int, paragraphs: int = 60) -> str:
     """Deterministic pseudo-prose: paragraphs of random words, separated by blank lines (about 14 KB for 60)."""
     rng = random.Random(seed)

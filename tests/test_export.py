@@ -25,11 +25,13 @@ import torch
 from conftest import (COUNTS_RECURRENT_TOKENS, PROJECT_FREE_PRELUDE, REPO_ROOT, SAMPLE_TEXT, TINY_SHAPES,
                       assert_one_line_error, free_port, make_text, run_entry, train_tiny_models, with_decisive_weights)
 from safetensors.torch import load_file
+from transformers import GPT2LMHeadModel
 
 from modeling import GPTConfig, GPTForCausalLM
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.errors import UsageError
+from pocketlm.export.gpt2 import from_gpt2
 from pocketlm.loading import load_pretrained
 from tokenization import PLAIN_CHAT_TEMPLATE
 
@@ -505,10 +507,11 @@ def test_chat_and_compare_run_the_stock_gpt2_export_as_its_model_and_the_other_t
     for family, folder in exported.items():
         origin = trained[family].resolve()
         needle = f"is export.py's {'transformers, onnx, gguf, web' if family == 'transformer' else 'onnx, web'} export "
-        for main, args in ((export_main, [str(folder), "--format", "onnx", "--output-dir", str(tmp_path / "again")]),
-                           (upload_main, [str(folder), "--repo-id", "me/m", "--dry-run", "--output-dir",
-                                          str(tmp_path / "hub")]),
-                           (train_main, ["--init-from", str(folder), "--output-dir", str(tmp_path / "tuned")])):
+        tools = [(export_main, [str(folder), "--format", "onnx", "--output-dir", str(tmp_path / "again")]),
+                 (upload_main, [str(folder), "--repo-id", "me/m", "--dry-run", "--output-dir", str(tmp_path / "hub")])]
+        if family == "lstm":  # the GPT's export holds a stock GPT-2, which --init-from takes as any other
+            tools.append((train_main, ["--init-from", str(folder), "--output-dir", str(tmp_path / "tuned")]))
+        for main, args in tools:
             assert_one_line_error(run_entry(main, *args), needle,
                                   f"of {origin}, for other runtimes: use {origin} itself")
     assert not any((tmp_path / name).exists() for name in ("again", "hub", "tuned"))
@@ -1281,7 +1284,8 @@ def test_every_shape_the_gpt_config_allows_exports_to_the_same_function(shape, b
     """A head untied by `--model-config tie_word_embeddings=false` went into the stock GPT-2 tied to the embedding:
     other logits, in silence; an embedding padded to a multiple of 64 past the tokenizer (TRL's and Unsloth's
     resize) stopped the GGUF export with a traceback. Each runtime's logits are checked against the model's, on
-    weights far from their initial values (a head and an embedding that happen to be alike would hide it)."""
+    weights far from their initial values (a head and an embedding that happen to be alike would hide it). And back:
+    the stock GPT-2 taken into a pocketlm GPT (`--init-from`) computes them too."""
     torch.manual_seed(0)
     shape = dict(shape)
     rows = -(-len(bpe_tokenizer) // 64) * 64 if shape.pop("padded_vocabulary", False) else len(bpe_tokenizer)
@@ -1302,6 +1306,9 @@ def test_every_shape_the_gpt_config_allows_exports_to_the_same_function(shape, b
         expected = model(torch.tensor([ids])).logits[0]
     stock = run_without_pocketlm(STOCK_GPT2_LOGITS.format(folder=str(out), ids=ids), tmp_path)
     torch.testing.assert_close(torch.tensor(stock), expected, rtol=1e-4, atol=1e-4)
+    back = from_gpt2(GPT2LMHeadModel.from_pretrained(out)).eval()  # what --init-from makes of that GPT-2
+    with torch.no_grad():
+        torch.testing.assert_close(back(torch.tensor([ids])).logits[0], expected, rtol=1e-5, atol=1e-5)
     onnx_model, _ = load_pretrained(str(out), runtime="onnx")
     with torch.no_grad():
         torch.testing.assert_close(onnx_model(torch.tensor([ids])).logits[0], expected, rtol=1e-4, atol=1e-4)

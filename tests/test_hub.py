@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_at_once,
-                      run_entry, train_tiny_models)
+from conftest import (PROJECT_FREE_PRELUDE, REPO_ROOT, TINY_SHAPES, assert_one_line_error, cache_as_hub_repo,
+                      make_text, run_at_once, run_entry, train_tiny_models)
 
 from pocketlm.cli import upload_main
 from pocketlm.loading import load_pretrained
@@ -461,18 +461,9 @@ def test_push_to_hub_carries_the_custom_code(trained, monkeypatch):
 # -------------------------------------------------------------------------------------- Hub ids from the cache
 
 
-def _cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
-    """Lay `folder` out as huggingface_hub's cache holds a downloaded repository."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_path):
     cache = tmp_path / "hub-cache"
-    _cache_as_hub_repo(trained["transformer"], cache, "someone/tiny-chat")
+    cache_as_hub_repo(trained["transformer"], cache, "someone/tiny-chat")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     chat, tuned, missing = run_at_once(
         [sys.executable, "chat.py", "--model", "someone/tiny-chat", "--prompt", "Hello", "--seed", "1"],

@@ -25,8 +25,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, make_text, run_entry, tiny_config,
-                      tiny_model)
+from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, cache_as_hub_repo, make_text, run_entry,
+                      tiny_config, tiny_model)
 from modeling import GPTForCausalLM
 from pocketlm import data
 from pocketlm.cli import chat_main, compare_main, legacy_main, train_main
@@ -159,6 +159,93 @@ def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "tuned").get_vocab() == AutoTokenizer.from_pretrained(
         tmp_path / "base").get_vocab()
     assert result.steps == 2
+
+
+def save_stock_gpt2(folder: Path, text: str, **settings) -> Path:
+    """A stock transformers GPT-2 saved as the Hub's `gpt2` is (GPT2LMHeadModel, a byte-level BPE whose one special
+    token is <|endoftext|>), made with tokenizers and transformers alone, random weights of a tiny shape."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = GPT2TokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    shape = {"n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4, **settings}
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, **shape)).save_pretrained(
+        folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_stock_gpt2_fine_tunes_from_its_own_weights_and_tokenizer_and_exports_back(corpus_file, tmp_path):
+    """nanoGPT's init_from='gpt2': --init-from a GPT-2 (the Hub's `gpt2` from the cache, named without an owner as
+    transformers' examples download it, or a model repository's gpt2/ folder whose pocketlm model is gone) was
+    refused as "not a pocketlm transformer", or as no folder. It starts a pocketlm GPT of GPT-2's shape and
+    weights, with GPT-2's tokenizer and pocketlm's tokens after its own; with a learning rate too small to move a
+    weight, the run's model computes what transformers' GPT2LMHeadModel computes, and exports back to one."""
+    from transformers import GPT2LMHeadModel
+
+    stock_folder = save_stock_gpt2(tmp_path / "gpt2", corpus_file.read_text())
+    cache_as_hub_repo(stock_folder, tmp_path / "hub-cache", "gpt2")
+    out = tmp_path / "tuned"
+    result = run_script("train.py", "--init-from", "gpt2", "--data", str(corpus_file), "--output-dir", str(out),
+                        "--batch-size=4", "--max-steps=1", "--lr=1e-12", "--samples=0", "--model-config=dropout=0",
+                        env={"HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: gpt2 has no <|pad|>" in result.stdout, result.stdout
+
+    stock, theirs = GPT2LMHeadModel.from_pretrained(stock_folder).eval(), AutoTokenizer.from_pretrained(stock_folder)
+    tuned, ours = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    assert isinstance(tuned, GPTForCausalLM) and tuned.config.block_size == stock.config.n_positions
+    text = corpus_file.read_text()[:400]
+    ids = theirs(text, return_tensors="pt").input_ids[:, :48]
+    assert ours(text, return_tensors="pt").input_ids[:, :48].tolist() == ids.tolist()
+    assert len(ours) == len(theirs) + 5 and ours.pad_token == "<|pad|>" and ours.eos_token == theirs.eos_token
+    with torch.no_grad():
+        expected, got = stock(ids).logits, tuned(ids).logits
+    torch.testing.assert_close(got[..., : len(theirs)], expected, atol=1e-5, rtol=1e-5)
+
+    exported = tmp_path / "exported"
+    result = run_script("export.py", str(out), "--format", "transformers", "--output-dir", str(exported))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = GPT2LMHeadModel.from_pretrained(exported).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits[..., : len(theirs)], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_gpt2_pocketlm_does_not_compute_or_cannot_read_whole_is_refused_in_one_line(corpus_file, tmp_path):
+    """A GPT-2 set up otherwise (another activation, a wider MLP) would start from weights computing another
+    function, and one missing a weight from random numbers (transformers only logs it): refused in one line naming
+    the setting or the weight, and nothing written."""
+    from safetensors.torch import load_file, save_file
+
+    text = corpus_file.read_text()
+    torn = save_stock_gpt2(tmp_path / "torn", text)
+    weights = load_file(torn / "model.safetensors")
+    del weights["transformer.h.1.mlp.c_fc.weight"]
+    save_file(weights, torn / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("--init-from", str(torn), "--data", str(corpus_file), "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(result, f"the weights in {torn} do not fit its config.json (missing or misshapen: "
+                                  "transformer.h.1.mlp.c_fc.weight)")
+    assert not (tmp_path / "out").exists()
+    for name, settings, said in [("relu", {"activation_function": "relu"}, "activation_function='relu'"),
+                                 ("wide", {"n_inner": 64}, "n_inner=64")]:
+        folder = save_stock_gpt2(tmp_path / name, text, **settings)
+        result = run_cli("--init-from", str(folder), "--data", str(corpus_file), "--output-dir", str(tmp_path / "out"))
+        assert_one_line_error(result, f"{folder} is a GPT-2 set up as pocketlm's GPT does not compute it ({said} in "
+                                      "its config.json): fine-tune it with transformers' own GPT-2, or start from a "
+                                      "pocketlm model.")
+        assert not (tmp_path / "out").exists()
+    plain = save_stock_gpt2(tmp_path / "plain", text)
+    result = run_entry(chat_main, str(plain), "--prompt", "Hi")
+    assert_one_line_error(result, f"{plain} holds a 'gpt2' model, not a pocketlm transformer or lstm: point at a "
+                                  "folder train.py wrote (or, a GPT-2, fine-tune it into one: train.py --init-from).")
 
 
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
