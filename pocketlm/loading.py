@@ -458,6 +458,16 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     return family
 
 
+def context_window(path_or_repo: str) -> int | None:
+    """The tokens the model at `path_or_repo` reads at once, as its config says (a GPT's block_size, a stock GPT-2's
+    n_positions, a PEFT adapter's base model's); None for the LSTM, which has no window."""
+    adapter = adapter_of(as_model(path_or_repo))
+    if adapter is not None:
+        return context_window(adapter["base_model_name_or_path"])
+    config = _config_of(path_or_repo)
+    return config.get("block_size") or config.get("n_positions")
+
+
 def is_gpt2(path_or_repo: str) -> bool:
     """Whether `path_or_repo` holds a stock transformers GPT-2 (the Hub's `gpt2`, a model repository's gpt2/
     folder, export.py's), which `--init-from` brings into a pocketlm GPT, tokenizer and all."""

@@ -92,7 +92,8 @@ class TrainingOptions:
     validation_data: list[str] | None = option(
         None, "validate on these files or folders instead of a held-out 10%% of the data", action="extend",
         nargs="+", metavar="PATH")
-    output_dir: str | None = option(None, "where the model goes (default: models/lstm or models/transformer-<size>)")
+    output_dir: str | None = option(None, "where the model goes (default: models/lstm or models/transformer-<size>; "
+                                          "with --init-from, models/<its name>-tuned)")
     epochs: float | None = option(None, f"passes over the training data, a fraction too (0.5) ({RECIPE})",
                                   type=_whole_or_fraction)
     max_steps: int | None = option(None, "optimizer steps; wins over --epochs", type=int)
@@ -105,8 +106,8 @@ class TrainingOptions:
     grad_clip: float | None = option(None, f"clip the gradients' norm to this, 0 for no clipping ({RECIPE})",
                                      type=float)
     batch_size: int | None = option(None, f"blocks per device per micro-step ({RECIPE})", type=int)
-    block_size: int | None = option(None, "tokens per training block (default: the preset's context; lstm: "
-                                          f"{RECIPE})", type=int)
+    block_size: int | None = option(None, "tokens per training block (default: the preset's context, or "
+                                          f"--init-from's model's; lstm: {RECIPE})", type=int)
     grad_accum: int = option(1, "micro-steps per optimizer step", type=int)
     mixed_precision: str = option("no", "autocast precision", choices=["no", "fp16", "bf16"])
     device: str = option("auto", "where to train: auto (a CUDA GPU when one is visible, else the CPU), cpu (with a GPU "
@@ -264,7 +265,8 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
     # mistyped option answer before torch and transformers load (seconds).
     from modeling import PRESETS
 
-    from .run_folder import default_output_dir
+    from .loading import context_window, model_name
+    from .run_folder import default_output_dir, tuned_output_dir
 
     options = dataclasses.replace(options, model_config=dict(options.model_config))
     for first, second, why in CONTRADICTIONS:
@@ -307,14 +309,30 @@ def resolve_options(options: TrainingOptions) -> TrainingOptions:
         if getattr(options, spec.name) is None and spec.name in recipe:
             setattr(options, spec.name, recipe[spec.name])
     _check_model_config(options)
-    if options.block_size is None:  # the model's context, --model-config's where it sets one
-        options.block_size = options.model_config.get("block_size", PRESETS[options.model_size]["block_size"])
+    if options.block_size is None:  # the model's context: --init-from's, else the preset's or --model-config's
+        options.block_size = ((context_window(options.init_from) if options.init_from else None)
+                              or options.model_config.get("block_size", PRESETS[options.model_size]["block_size"]))
     _check_numbers(options)
     if options.streaming and options.max_steps is None:
         raise UsageError("--streaming reads the corpus without counting it first: pass --max-steps N as well.")
     if options.output_dir is None:
-        options.output_dir = str(default_output_dir(options.model_type, options.model_size))
+        options.output_dir = str(tuned_output_dir(model_name(options.init_from)) if options.init_from else
+                                 default_output_dir(options.model_type, options.model_size))
+    if options.init_from:
+        _check_output_keeps(options.init_from, options.output_dir)
     return options
+
+
+def _check_output_keeps(init_from: str, output_dir: str) -> None:
+    """Refuse an output folder that is --init-from's model or holds it (its run, for a checkpoint): the run would
+    write its model over the one it starts from, and --overwrite would remove that run's checkpoints."""
+    from .loading import model_name
+    from .run_folder import tuned_output_dir
+
+    base, out = Path(init_from).expanduser(), Path(output_dir).expanduser()
+    if base.exists() and (out.resolve() == base.resolve() or out.resolve() in base.resolve().parents):
+        raise UsageError(f"--output-dir {output_dir} holds --init-from's model, which this run would replace: pass "
+                         f"another --output-dir, or leave it out for {tuned_output_dir(model_name(init_from))}.")
 
 
 def _family(options: TrainingOptions) -> str:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from configs import load_recipe
-from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
+from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
 from tokenization import (first_change, save_tokenizer, train_bpe_tokenizer, train_char_tokenizer,
                           with_special_tokens, without_framing)
 
@@ -165,11 +165,19 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
                decided_by=decided_by, process_group=group)
 
 
+def _preset_of(config) -> str | None:
+    """The preset whose shape a GPT has: none for one --init-from started from or --model-config reshaped."""
+    return next((name for name, shape in PRESETS.items()
+                 if all(getattr(config, field) == value for field, value in shape.items() if field != "block_size")),
+                None)
+
+
 def describe_run(options: TrainingOptions, model, plan: Plan, accelerator: Accelerator, folder: RunFolder,
                  resumed: bool) -> str:
     """The run in one line before its first step, as the Trainer's "Running training" block and nanoGPT's parameter
     count say it: which model and how large, how long, on what, and into which folder."""
-    what = "the LSTM" if options.model_type == "lstm" else f"the {options.model_size} Transformer"
+    preset = _preset_of(model.config) if options.model_type != "lstm" else None
+    what = "the LSTM" if options.model_type == "lstm" else f"the {preset} Transformer" if preset else "the Transformer"
     if options.init_from:
         what = f"{what} from {options.init_from}"
     parameters = sum(p.numel() for p in model.parameters())  # a tied head counted once, as save_pretrained stores it

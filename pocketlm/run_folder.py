@@ -61,6 +61,12 @@ def default_output_dir(family: str, model_size: str = "small") -> Path:
     return MODELS_DIR / ("lstm" if family == "lstm" else f"transformer-{model_size}")
 
 
+def tuned_output_dir(base_name: str) -> Path:
+    """The folder a run started from the model named `base_name` (`loading.model_name`: a folder's name, a Hub
+    id) goes to by default: models/<name>-tuned, never the preset's folder, which may hold that model itself."""
+    return MODELS_DIR / f"{Path(base_name).name}-tuned"
+
+
 def trained_models(folder: Path = MODELS_DIR) -> list[Path]:
     """The models train.py left in `folder` (models/, where runs go by default): the exports and Hub folders
     beside them, models no run wrote, left out."""

@@ -248,6 +248,37 @@ def test_a_gpt2_pocketlm_does_not_compute_or_cannot_read_whole_is_refused_in_one
                                   "folder train.py wrote (or, a GPT-2, fine-tune it into one: train.py --init-from).")
 
 
+def test_a_fine_tune_keeps_its_base_model_and_reads_blocks_of_the_base_s_window(corpus_file, tmp_path, monkeypatch):
+    """--init-from without --output-dir wrote into the preset's folder, models/transformer-small, which is where the
+    default run's model it starts from lives: refused there as an earlier run, and with --overwrite the model and
+    its checkpoints were replaced. Its blocks were the small preset's 256 tokens, cut to the model's window with a
+    note about a --block-size never given, and the run was called "the small Transformer" whatever its shape. A
+    fine-tune goes to models/<base>-tuned by default, never into the folder it starts from (a checkpoint's run
+    included), reads blocks of its model's window and names no preset the model is not."""
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "models" / "transformer-small"
+    train(tiny_options("transformer", corpus_file, base, model_config={**TINY["transformer"], "block_size": 48},
+                       max_steps=2, save_every=2))
+    before = {path: path.read_bytes() for path in base.rglob("*") if path.is_file()}
+    result = run_cli("--init-from", str(base), "--data", str(corpus_file), "--batch-size=4", "--max-steps=1",
+                     "--samples=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tuned = Path("models") / "transformer-small-tuned"
+    assert (tuned / "model.safetensors").is_file()
+    assert f"training the Transformer from {base} (" in result.stdout
+    assert "blocks of 48 tokens" in result.stdout and "block size:" not in result.stdout, result.stdout
+    for output_dir, init_from in ((base, base), (base, base / "checkpoints" / "step-2"),
+                                  (base / "checkpoints", base / "checkpoints" / "step-2")):
+        for overwrite in ([], ["--overwrite"]):
+            result = run_cli("--init-from", str(init_from), "--data", str(corpus_file), "--output-dir",
+                             str(output_dir), "--max-steps=1", *overwrite)
+            assert_one_line_error(result, f"--output-dir {output_dir} holds --init-from's model, which this run "
+                                          "would replace: pass another --output-dir, or leave it out for models/"
+                                          f"{'transformer-small' if init_from == base else 'transformer-small-step-2'}"
+                                          "-tuned.")
+    assert {path: path.read_bytes() for path in base.rglob("*") if path.is_file()} == before
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_a_new_model_takes_the_dropout_its_option_names(family, corpus_file, tmp_path):
     """nanoGPT's --dropout is answered with "--model-config dropout=VALUE", which stopped in a TypeError (the recipe's
@@ -1519,15 +1550,16 @@ def test_train_takes_a_device_as_chat_and_compare_do(corpus_file, tmp_path):
 def test_a_run_says_what_it_trains_before_its_first_step(corpus_file, tmp_path):
     """Nothing said how large the model was, how many steps the run would take or where it ran until the progress
     bar: a line now says it first, as the Trainer's "Running training" block and nanoGPT's parameter count do. The
-    count is transformers' own of the saved model (a tied head once)."""
+    count is transformers' own of the saved model (a tied head once). A shape --model-config changed is no
+    preset's, and is not named as one ("the small Transformer" was)."""
     out = tmp_path / "run"
     result = run_entry(train_main, f"--data={corpus_file}", "--model-config=n_layer=1,n_embd=32,n_head=2",
                        "--vocab-size=300", "--block-size=32", "--batch-size=4", "--grad-accum=2", "--max-steps=2",
                        "--samples=0", f"--output-dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     count = AutoModelForCausalLM.from_pretrained(out).num_parameters()
-    said = [line for line in result.stdout.splitlines() if line.startswith("training the small Transformer")]
+    said = [line for line in result.stdout.splitlines() if line.startswith("training the Transformer")]
     device = "the CPU" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     assert len(said) == 1, result.stdout
-    assert said[0].startswith(f"training the small Transformer ({count:,} parameters) for 2 steps, {32 * 4 * 2:,} "
+    assert said[0].startswith(f"training the Transformer ({count:,} parameters) for 2 steps, {32 * 4 * 2:,} "
                               f"tokens a step, on {device}") and said[0].endswith(f"float32, into {out}"), said
