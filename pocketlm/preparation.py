@@ -28,8 +28,8 @@ from transformers import AutoTokenizer
 
 from configs import load_recipe
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import (first_change, save_tokenizer, train_bpe_tokenizer, train_char_tokenizer,
-                          with_special_tokens, without_framing)
+from tokenization import (characters_without_a_token, first_change, save_tokenizer, train_bpe_tokenizer,
+                          train_char_tokenizer, with_special_tokens, without_framing)
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -43,7 +43,7 @@ from .options import TrainingOptions
 from .run_folder import TOKENIZER_FILE, RunFolder
 from .sources import cache_key
 from .whole_writes import write_folder_whole
-from .wording import counted
+from .wording import counted, listed
 
 
 @dataclass
@@ -298,10 +298,12 @@ def read_corpus(options: TrainingOptions, accelerator: Accelerator, stages: Stag
 TOKENIZER_CACHE = HOME / "tokenizers"
 
 
-def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
-    """--tokenizer's tokenizer, ready to train with: one from elsewhere lacks what blocks are cut and conversations
-    written with (said, and added), and may not give back the text it reads (said, with the first change). Only
-    the process that `speaks` prints, and reads the text back."""
+def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool, fine_tuning: bool = False):
+    """A tokenizer the run did not train (--tokenizer's, or --init-from's model's), ready to train with: one from
+    elsewhere lacks what blocks are cut and conversations written with (said, and added), may not give back the
+    text it reads (said, with the first change), and may have no token for some of its characters (said, with how
+    much of the text they are: a character model fine-tuned on a text in another script). Only the process that
+    `speaks` prints, and reads the text."""
     tokenizer, added = with_special_tokens(tokenizer)
     tokenizer, framing = without_framing(tokenizer)
     if not speaks:
@@ -317,6 +319,15 @@ def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool):
         print(f"note: {name} does not give back the text it reads ({change[0]!r} comes back as {change[1]!r}): "
               "the model learns and writes only what it keeps, and its bits per character, which count every "
               "character, read lower than a tokenizer's that keeps them all")
+    unknown, total = characters_without_a_token(tokenizer, corpus.tokenizer_texts()[0])
+    if unknown:
+        named = [repr(character) for character in sorted(unknown, key=unknown.get, reverse=True)[:8]]
+        share = sum(unknown.values()) / total
+        them = "them" if len(unknown) > 1 else "it"
+        print(f"note: {name} has no token for {listed(named + ['others'] * (len(unknown) > 8), 'or')} "
+              f"({f'{share:.1%}' if share >= 0.001 else 'under 0.1%'} of the text): the model reads {them} as "
+              f"{tokenizer.unk_token} and cannot write {them}"
+              + (" (a new run, without --init-from, learns them)" if fine_tuning else ""))
     return tokenizer
 
 
@@ -335,10 +346,11 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
-        # From elsewhere (not a resume's own, which is what the run trained with, as it stands): GPT-2's has no pad
-        # token to cut blocks with.
-        if source == options.tokenizer or (options.init_from and is_gpt2(options.init_from)):
-            tokenizer = _given_tokenizer(tokenizer, source, corpus, accelerator.is_main_process)
+        # Not a resume's own, which is what the run trained with, as it stands: GPT-2's has no pad token to cut
+        # blocks with, and a character model's no token for a character its text never held.
+        if not options.resume:
+            tokenizer = _given_tokenizer(tokenizer, source, corpus, accelerator.is_main_process,
+                                         fine_tuning=bool(options.init_from))
         if not options.resume:
             # Kept with the run, as a trained one is: a resume reads it there, since --init-from is not carried over
             # to it (a run killed before it saved a model had no tokenizer to resume with).

@@ -279,6 +279,35 @@ def test_a_fine_tune_keeps_its_base_model_and_reads_blocks_of_the_base_s_window(
     assert {path: path.read_bytes() for path in base.rglob("*") if path.is_file()} == before
 
 
+def test_a_fine_tune_names_the_characters_its_model_has_no_token_for(corpus_file, tmp_path):
+    """A character LSTM fine-tuned on text in another script read every character its first text never held as
+    <unk>, and so could never write one, without a word. The note names them, most frequent first, with how much of
+    the text they are."""
+    base = tmp_path / "base"
+    train(tiny_options("lstm", corpus_file, base, max_steps=1))
+    vocabulary = AutoTokenizer.from_pretrained(base).get_vocab()
+    words = corpus_file.read_text().split()
+    text = "\n\n".join(" ".join(words[i:i + 40]) + " café crème ½ 東京 café" for i in range(0, len(words), 40))
+    new = {character for character in text if character not in vocabulary}
+    assert new == {"é", "è", "½", "東", "京"}, new  # the base's text is ASCII
+    (tmp_path / "other.txt").write_text(text)
+    result = run_cli("--init-from", str(base), "--data", str(tmp_path / "other.txt"), "--output-dir",
+                     str(tmp_path / "tuned"), "--max-steps=1", "--samples=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in result.stdout.splitlines() if "has no token for" in line]
+    assert len(notes) == 1, result.stdout
+    said = re.fullmatch(rf"note: {re.escape(str(base))} has no token for 'é', (.*) or (.*) \(([\d.]+)% of the "
+                        r"text\): the model reads them as <unk> and cannot write them \(a new run, without "
+                        r"--init-from, learns them\)", notes[0])
+    assert said, notes[0]
+    assert {"é"} | {name.strip("'") for name in said[1].split(", ") + [said[2]]} == new
+    share = sum(text.count(character) for character in new) / len(text) * 100
+    assert abs(float(said[3]) - share) < 0.5, (said[3], share)  # of the training part of the text
+    quiet = run_cli("--init-from", str(base), "--data", str(corpus_file), "--output-dir", str(tmp_path / "same"),
+                    "--max-steps=1", "--samples=0")
+    assert quiet.returncode == 0 and "has no token for" not in quiet.stdout, quiet.stdout
+
+
 @pytest.mark.parametrize("family", ["transformer", "lstm"])
 def test_a_new_model_takes_the_dropout_its_option_names(family, corpus_file, tmp_path):
     """nanoGPT's --dropout is answered with "--model-config dropout=VALUE", which stopped in a TypeError (the recipe's

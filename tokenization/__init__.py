@@ -2,7 +2,7 @@
 
 from .bpe import MIN_VOCAB_SIZE, train_bpe_tokenizer
 from .char import train_char_tokenizer
-from .fidelity import first_change
+from .fidelity import characters_without_a_token, first_change
 from .kind import BYTE_LEVEL_BPE, CHARACTER_LEVEL, tokenizer_kind
 from .special_tokens import (
     CHAT_TEMPLATE,
@@ -23,6 +23,7 @@ __all__ = [
     "train_bpe_tokenizer",
     "train_char_tokenizer",
     "MIN_VOCAB_SIZE",
+    "characters_without_a_token",
     "first_change",
     "BYTE_LEVEL_BPE",
     "CHARACTER_LEVEL",

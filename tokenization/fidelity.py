@@ -6,6 +6,7 @@ A model learns and writes only what its tokenizer keeps, and bits per character 
 of the text, so a tokenizer that drops some scores a model lower than one that keeps them all would.
 """
 
+from collections import Counter
 from collections.abc import Iterable
 
 SAMPLE_CHARACTERS = 100_000  # enough text to meet a tokenizer's every habit, checked in well under a second
@@ -42,3 +43,19 @@ def _first_difference(text: str, back: str, unknown: str | None) -> tuple[int, i
         else:
             return i, j
     return None if (i, j) == (len(text), len(back)) else (i, j)
+
+
+def characters_without_a_token(tokenizer, texts: Iterable[str]) -> tuple[dict[str, int], int]:
+    """The characters of `texts` that `tokenizer` reads as its unknown token, each with how often it occurs, and how
+    many characters `texts` hold. A character model's vocabulary is the characters of the text it was trained on:
+    fine-tuned on another text, it reads each character it never saw as the unknown token, and never writes one."""
+    if tokenizer.unk_token_id is None:  # a byte-level BPE has a token for every byte
+        return {}, 0
+    counts = Counter()
+    for text in texts:
+        counts.update(text)
+    distinct = list(counts)
+    encoded = tokenizer(distinct, add_special_tokens=False).input_ids if distinct else []
+    unknown = {character: counts[character] for character, ids in zip(distinct, encoded)
+               if ids == [tokenizer.unk_token_id]}
+    return unknown, counts.total()
