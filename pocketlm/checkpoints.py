@@ -63,6 +63,17 @@ class CheckpointManager:
     def has(self, step: int) -> bool:
         return (self.folder / f"step-{step}").exists()
 
+    def discard_from(self, step: int) -> list[str]:
+        """Remove checkpoint `step` and any later one, whose weights a diverged run found to compute inf or NaN (a
+        resume from one would only diverge again); the names of those removed, on every process."""
+        doomed = [path for path in self.all() if int(path.name[5:]) >= step]
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for path in doomed:
+                shutil.rmtree(path, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return [path.name for path in doomed]
+
     def save(self, step: int, state: dict, record: dict) -> Path:
         """Save every process's training state and `state` (step counters, best results) as checkpoint `step`;
         `record` (the run's options and what decides it) goes beside them."""

@@ -27,6 +27,7 @@ from .preparation import Run, any_process, prepare
 from .run_folder import RunFolder
 from .signing import check_key
 from .scoring import sum_token_losses
+from .wording import listed
 
 MAX_NONFINITE_STEPS = 5  # consecutive non-finite losses before the run gives up
 LOG_EVERY = 10  # steps between train-loss records in metrics.jsonl
@@ -78,17 +79,18 @@ def run_loop(run: Run) -> TrainResult:
               "--max-steps (or --epochs) to go on")
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not accelerator.is_main_process, unit="step",
                dynamic_ncols=True)
-    interrupted, nonfinite, window_losses = False, 0, []
+    interrupted, nonfinite, computed_by, window_losses = False, 0, None, []
     with _StopFlag() as stop, contextlib.closing(bar):  # closed however the loop ends, before any error line
         while state["step"] < plan.total_steps:
             loss = optimizer_step(run, state["step"])
             nonfinite = 0 if math.isfinite(loss) else nonfinite + 1
+            if nonfinite:  # the step is skipped: the weights stay those of checkpoint `state["step"]`
+                computed_by = state["step"] if nonfinite == 1 else computed_by
+                check_weights(run, computed_by)  # gone to inf or NaN, they never come back
             if nonfinite >= MAX_NONFINITE_STEPS:
                 bar.close()
-                raise TrainingDiverged(
-                    f"the loss was not finite for {nonfinite} steps in a row at step {state['step']}: lower --lr or "
-                    f"use --mixed-precision bf16; the last good checkpoint and model in {run.folder.path} are intact."
-                )
+                raise diverged(run, f"the loss was not finite for {nonfinite} steps in a row at step {state['step']}",
+                               bad_from=computed_by)
             state["step"] = step = state["step"] + 1
             state["tokens"] += plan.tokens_per_step
             speed = (step - start_step) * plan.tokens_per_step / max(time.perf_counter() - started, 1e-9)
@@ -103,15 +105,17 @@ def run_loop(run: Run) -> TrainResult:
             # Checked before evaluating: a scheduler's SIGTERM leaves seconds, which go to the checkpoint.
             interrupted = any_process(accelerator, stop.raised)
             if step % plan.eval_every == 0 and step < plan.total_steps and not interrupted:
-                record = evaluate_and_keep_best(run, step)
+                record = evaluate_and_keep_best(run, step, computed_by if nonfinite else step)
                 if accelerator.is_main_process:
                     bar.write(describe_evaluation(record))
-            if step % plan.save_every == 0 or interrupted:
+            # Not while the loss is not finite: the weights computed it, and may be what the run diverged to.
+            if (step % plan.save_every == 0 and not nonfinite) or interrupted:
                 save_checkpoint(run)
             if interrupted:
                 break
     speed = (state["step"] - start_step) * plan.tokens_per_step / max(time.perf_counter() - started, 1e-9)
-    return finish(run, interrupted, speed, stop.name if interrupted else None, trained=state["step"] > start_step)
+    return finish(run, interrupted, speed, stop.name if interrupted else None, trained=state["step"] > start_step,
+                  doubtful_from=computed_by if nonfinite else None)
 
 
 def optimizer_step(run: Run, step: int) -> float:
@@ -138,10 +142,11 @@ def optimizer_step(run: Run, step: int) -> float:
     return loss_value
 
 
-def evaluate_and_keep_best(run: Run, step: int) -> dict:
+def evaluate_and_keep_best(run: Run, step: int, computed_by: int | None = None) -> dict:
     """Validation loss, perplexity and bits/char (and, on conversations, bits/char of the assistant's replies); the
     output folder gets the model if it is the best yet: by validation loss, or, when training on replies alone, by
-    the replies' bits/char."""
+    the replies' bits/char. A loss that is not finite ends the run (`diverged`): the weights are those of
+    checkpoint `computed_by`, the step's own unless the steps since it were skipped."""
     # Looked at before evaluating: afterwards the main process may already be writing the model, and every process
     # must make the same choice (under FSDP or DeepSpeed, gathering the weights is collective).
     no_model_yet = not run.folder.has_model()
@@ -158,6 +163,9 @@ def evaluate_and_keep_best(run: Run, step: int) -> dict:
     if assistant_nats is not None and validation.assistant_characters:
         record["val_assistant_bpc"] = assistant_nats / math.log(2) / validation.assistant_characters
     run.metrics.write(record)
+    if not math.isfinite(record["val_loss"]):  # checked before the model is written, even as the run's first
+        raise diverged(run, f"the validation loss is {record['val_loss']} at step {step}",
+                       bad_from=step if computed_by is None else computed_by)
     by = "val_assistant_bpc" if run.plan.masked_training and "val_assistant_bpc" in record else "val_loss"
     best = state.get("best_val_assistant_bpc" if by == "val_assistant_bpc" else "best_val_loss")
     if record[by] < (math.inf if best is None else best) or no_model_yet:
@@ -188,7 +196,35 @@ def describe_evaluation(record: dict) -> str:
     return f"step {record['step']}: val loss {record['val_loss']:.4f}, {record['val_bpc']:.3f} bits/char{replies}"
 
 
+def diverged(run: Run, what: str, bad_from: int) -> TrainingDiverged:
+    """The error that ends a run whose numbers have gone to inf or NaN, the weights of checkpoint `bad_from` on
+    being what computed them: those checkpoints are removed (a resume would pick the newest and diverge again), and
+    the error says what is kept. The model in the folder is one whose validation loss was finite."""
+    removed = run.checkpoints.discard_from(bad_from)
+    latest = run.checkpoints.latest()
+    if run.folder.has_model():
+        kept = (f"the last good checkpoint and model in {run.folder.path} are intact" if latest else
+                f"the last good model in {run.folder.path} is intact")
+    else:
+        kept = (f"the last good checkpoint, {latest}, is intact" if latest else
+                "nothing good was saved" if removed else "nothing was saved")
+    if removed:
+        kept += f" ({listed(removed)}, whose weights computed it, {'were' if len(removed) > 1 else 'was'} removed)"
+    return TrainingDiverged(f"{what}: lower --lr ({run.options.lr:g} here) or use --mixed-precision bf16; {kept}.")
+
+
+def check_weights(run: Run, step: int) -> None:
+    """Stop the run, before anything is saved, once a weight is no longer a finite number: a learning rate too high
+    for the model can carry the weights there in a step whose own loss was finite, and every step after computes
+    NaN, which a short run would otherwise have saved as its model. Every process takes part (each checks its own
+    weights: a shard of them under FSDP or DeepSpeed)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all().item()
+    if any_process(run.accelerator, not finite):
+        raise diverged(run, f"the weights are no longer finite numbers after step {step}", bad_from=step)
+
+
 def save_checkpoint(run: Run) -> None:
+    check_weights(run, run.state["step"])
     # The model's config too: a run started from --init-from has its model's shape, which its options cannot
     # rebuild on a resume.
     model_config = run.accelerator.unwrap_model(run.model).config.to_dict()
@@ -196,19 +232,25 @@ def save_checkpoint(run: Run) -> None:
                                                         "model_config": model_config})
 
 
-def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None, trained: bool = True
-           ) -> TrainResult:
+def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = None, trained: bool = True,
+           doubtful_from: int | None = None) -> TrainResult:
     """Final checkpoint and evaluation, loss curve, samples and the run's summary. A resume that `trained` no step
-    of a run that had ended adds no evaluation to the metrics and keeps the summary, with its measured speed."""
+    of a run that had ended adds no evaluation to the metrics and keeps the summary, with its measured speed. A run
+    whose last losses were not finite (computed by checkpoint `doubtful_from`'s weights, the steps since skipped)
+    is evaluated first: a bad batch, or a run that diverged, which the evaluation stops before a checkpoint keeps
+    its weights."""
     state, folder, accelerator = run.state, run.folder, run.accelerator
     ended = {} if trained or not accelerator.is_main_process else folder.read_summary()
     ended = ended if ended.get("steps") == state["step"] else {}  # else it did not reach its summary: finish it
     # The main process's folder decides for all: the evaluation below is one every process takes part in.
     skip_evaluation = any_process(accelerator, bool(ended))
+    evaluate_now = not skip_evaluation and (not interrupted or not folder.has_model())
+    doubtful = doubtful_from is not None
+    record = evaluate_and_keep_best(run, state["step"], doubtful_from) if evaluate_now and doubtful else None
     if not interrupted and not run.checkpoints.has(state["step"]):
         save_checkpoint(run)  # so a later run can extend this one
-    if not skip_evaluation and (not interrupted or not folder.has_model()):
-        accelerator.print(describe_evaluation(evaluate_and_keep_best(run, state["step"])))
+    if evaluate_now:
+        accelerator.print(describe_evaluation(record or evaluate_and_keep_best(run, state["step"])))
     samples = []
     if accelerator.is_main_process:
         run.metrics.plot(folder.loss_curve)

@@ -912,12 +912,74 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_good_model(corpus_file,
 
     monkeypatch.setattr(GPTForCausalLM, "forward", poisoned)
     out = tmp_path / "model"
-    with pytest.raises(TrainingDiverged, match="not finite for 5 steps"):
+    # The weights of step 4 computed the five losses (a step whose loss is not finite is skipped): its checkpoint
+    # goes, as a resume would take it first and diverge again; the checkpoints before it stay.
+    with pytest.raises(TrainingDiverged, match=r"not finite for 5 steps .* the last good checkpoint and model in "
+                                               r".* are intact \(step-4, whose weights computed it, was removed\)"):
         train(tiny_options("transformer", corpus_file, out, max_steps=50, eval_every=2, save_every=2))
     monkeypatch.undo()
     model = AutoModelForCausalLM.from_pretrained(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert (out / "checkpoints" / "step-4").exists()
+    assert (out / "checkpoints" / "step-2").exists() and not (out / "checkpoints" / "step-4").exists()
+
+
+def test_a_run_that_diverges_keeps_no_weights_that_compute_nan_and_says_what_is_left(corpus_file, tmp_path,
+                                                                                     monkeypatch):
+    """A learning rate too high carried the weights, in a step whose own loss was finite, to values that compute NaN:
+    a 3-step run then saved them as its model ("best validation nan bits/char") and exited 0, and a longer one
+    checkpointed every NaN step, rotating the good checkpoints away, before stopping with "the last good checkpoint
+    and model are intact". Now no checkpoint or model is kept of weights that compute inf or NaN (the run stops at
+    the first evaluation that does, or when the weights stop being numbers), and the line says what is left."""
+    out = tmp_path / "short"
+    result = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=3", "--lr=1e9"))
+    assert_one_line_error(result, "the validation loss is nan at step 3: lower --lr (1e+09 here) or use "
+                                  "--mixed-precision bf16; nothing was saved.", status=1)
+    assert not (out / "model.safetensors").exists() and not list(out.glob("checkpoints/step-*"))
+
+    # Weights carried to values that compute NaN (finite, 1e30 times too large) or to inf, after step 3's update.
+    original_step = torch.optim.AdamW.step
+    for name, factor, said in (
+            # Checkpoint 3 was saved before its weights met a batch: they computed the five losses after it.
+            ("huge", 1e30, "the loss was not finite for 5 steps in a row at step 7"),
+            ("inf", math.inf, "the weights are no longer finite numbers after step 3")):
+        steps = {"n": 0}
+
+        def step_then_break(self, *args, **kwargs):
+            result = original_step(self, *args, **kwargs)
+            steps["n"] += 1
+            if steps["n"] == 3:
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].mul_(factor)
+            return result
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", step_then_break)
+        out = tmp_path / name
+        result = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=20", "--save-every=1",
+                                   "--eval-every=100", "--warmup-steps=2"))
+        monkeypatch.undo()
+        _assert_only_good_checkpoints_are_left(result, out, said)
+        removed = " (step-3, whose weights computed it, was removed)." if name == "huge" else "."
+        assert result.stderr.rstrip().endswith(f"is intact{removed}"), result.stderr[-2000:]
+
+
+def _assert_only_good_checkpoints_are_left(result: subprocess.CompletedProcess, out: Path, said: str) -> None:
+    """The run stopped with `said`, and every checkpoint left (step-2 the newest) computes a finite loss."""
+    good = out / "checkpoints" / "step-2"
+    assert_one_line_error(result, f"error: {said}: lower --lr (0.002 here) or use --mixed-precision bf16; the last "
+                                  f"good checkpoint, {good}, is intact", status=1)
+    left = sorted((out / "checkpoints").glob("step-*"), key=lambda path: int(path.name[5:]))
+    assert left[-1] == good, left
+    for checkpoint in left:  # what a resume would start from computes numbers
+        from safetensors.torch import load_file
+
+        from pocketlm.checkpoints import STATE_FILE
+
+        config = json.loads((checkpoint / STATE_FILE).read_text())["model_config"]
+        model = GPTForCausalLM(GPTForCausalLM.config_class.from_dict(config)).eval()
+        model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+        ids = torch.randint(0, config["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.isfinite(model(ids, labels=ids).loss), checkpoint
 
 
 def _wait_for_a_checkpoint(out: Path, process: subprocess.Popen, at_least: int, timeout: float = 120) -> None:
