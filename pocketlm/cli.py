@@ -272,7 +272,8 @@ def legacy_main(argv: list[str] | None = None) -> int:
     mode.add_argument("--chat", action="store_true", help="chat with a trained model (chat.py)")
     mode.add_argument("--compare", action="store_true", help="compare trained models (compare.py)")
     mode.add_argument("--export", action="store_true", help="export a model for other runtimes (export.py)")
-    parser.add_argument("--model-type", default="lstm", choices=MODEL_TYPES, help="default: lstm")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, help="default: lstm, or the model a run continues or "
+                                                                "starts from")
     parser.add_argument(
         "--mixed-precision", nargs="?", const="auto", choices=["auto", "no", "fp16", "bf16"],
         help="bare: bf16 where supported, else fp16",
@@ -281,14 +282,26 @@ def legacy_main(argv: list[str] | None = None) -> int:
     if args.compare:
         return compare_main(rest)
     if args.export:
-        return _run(lambda: export_main(_export_the_default_model(args.model_type, rest)))
-    forwarded = ["--model-type", args.model_type, *rest]
+        return _run(lambda: export_main(_export_the_default_model(args.model_type or "lstm", rest)))
+    model_type = args.model_type or (None if args.train and _continues_a_model(rest) else "lstm")
+    forwarded = [*(["--model-type", model_type] if model_type else []), *rest]
     if args.train:
         if args.mixed_precision:
             precision = _best_mixed_precision() if args.mixed_precision == "auto" else args.mixed_precision
             forwarded += ["--mixed-precision", precision]
         return train_main(forwarded)
     return _run(lambda: chat_main(_chat_on_output_dir(forwarded)))
+
+
+def _continues_a_model(argv: list[str]) -> bool:
+    """Whether main.py --train's other options start from a model (--init-from) or continue a run (--resume, or
+    --auto-resume where its folder has a checkpoint): that model's family is the run's, not main.py's default
+    LSTM, which forwarded stopped the run with "drop --model-type", an option the user never gave."""
+    from .run_folder import RunFolder, default_output_dir
+
+    given, _ = train_parser().parse_known_args(argv)
+    folder = Path(given.output_dir) if given.output_dir else default_output_dir("lstm")
+    return bool(given.init_from or given.resume or (given.auto_resume and RunFolder(folder).has_checkpoints()))
 
 
 def _export_the_default_model(model_type: str, argv: list[str]) -> list[str]:

@@ -1183,6 +1183,24 @@ def test_main_py_keeps_the_old_command_line(corpus_file, tmp_path):
                           "--output-dir and --model both name the model to chat with: give one")
 
 
+def test_main_py_train_continues_or_starts_from_a_transformer_without_its_default_model_type(corpus_file,
+                                                                                            tmp_path):
+    """main.py forwarded its default --model-type lstm to train.py, so `main.py --train --init-from` a Transformer
+    and `--resume` (or `--auto-resume`) of a Transformer's run stopped with "drop --model-type", an option never
+    given. The model a run starts from or continues decides its family; a new run is still main.py's LSTM."""
+    base = tmp_path / "base"
+    train(tiny_options("transformer", corpus_file, base, max_steps=1, samples=0))
+    common = [f"--data={corpus_file}", "--block-size=32", "--batch-size=4", "--samples=0"]
+    for args in (["--init-from", str(base), "--output-dir", str(tmp_path / "tuned"), "--max-steps=1"],
+                 ["--resume", "--output-dir", str(base)], ["--auto-resume", "--output-dir", str(base)]):
+        result = run_entry(legacy_main, "--train", *args, *common)
+        assert result.returncode == 0, (args, result.stderr[-3000:])
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["model_type"] == "pocketlm_gpt"
+    result = run_entry(legacy_main, "--train", "--output-dir", str(tmp_path / "new"), "--max-steps=1", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "pocketlm_lstm"
+
+
 def test_the_python_api_takes_one_path_or_path_objects_where_the_command_line_takes_lists(corpus_file, tmp_path):
     """`TrainingOptions(data="book.txt")` was read as the list of its letters: "--data b: no such file"."""
     assert TrainingOptions(data="book.txt").data == ["book.txt"]
