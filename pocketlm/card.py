@@ -54,7 +54,7 @@ def model_card(model, tokenizer, family: str, summary: dict, samples: list[str],
         f"## Training\n\nNo training record ({SUMMARY_FILE}) was found beside this model.\n")
     body = f"""# {repo_id.split('/')[-1]}
 
-A small language model trained with pocketlm: a {architecture(model.config, family, tokenizer_kind(tokenizer))}.
+A small language model {_how_made(summary)}: a {architecture(model.config, family, tokenizer_kind(tokenizer))}.
 It has {sum(p.numel() for p in model.parameters()):,} parameters.
 
 {_how_to_use(repo_id, MIN_TRANSFORMERS[family], is_chat)}
@@ -240,6 +240,17 @@ logits, h, c = session.run(None, {{"input_ids": np.array([tokenizer("Hello")["in
 
 HYPER_PARAMETERS = ("model_type", "model_size", "model_config", "init_from", "lr", "batch_size", "block_size",
                     "grad_accum", "epochs", "max_steps", "mixed_precision", "seed")
+
+
+def _how_made(summary: dict) -> str:
+    """"trained with pocketlm", or for a fine-tune the model it started from: a Hub id linked to its page (as the
+    metadata's base_model links it), a local folder by its name, never its path."""
+    base = summary.get("options", {}).get("init_from")
+    if not base:
+        return "trained with pocketlm"
+    named = (f"[{in_markdown(base)}](https://huggingface.co/{base})" if _is_hub_id(base) else
+             f"a local model, {in_markdown(Path(base).name)}")
+    return f"fine-tuned with pocketlm from {named}"
 
 
 def _training_record(summary: dict, data_name: str) -> str:

@@ -481,6 +481,9 @@ def test_chat_and_fine_tuning_take_a_hub_repo_id_from_the_cache(trained, tmp_pat
     metadata, body = read_card(tmp_path / "hub")
     assert metadata["base_model"] == "someone/tiny-chat" and "| init_from | someone/tiny-chat |" in body
     assert "| model_size |" not in body
+    # Its first line says so too (it read "trained with pocketlm", as if from scratch).
+    assert ("A small language model fine-tuned with pocketlm from [someone/tiny-chat]"
+            "(https://huggingface.co/someone/tiny-chat): a GPT-style") in body
 
 
 def test_no_path_of_this_machine_reaches_the_hub_folder(tmp_path):
