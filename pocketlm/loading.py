@@ -231,41 +231,43 @@ def _config_of(path_or_repo: str) -> dict:
         outer = _holding_folder(Path(path_or_repo))
         fix = f"pass its folder, {outer}" if outer is not None else "point at a folder train.py wrote"
         raise UsageError(f"{path_or_repo} is a file, not a model folder: {fix}.")
+    if not local.exists() and WEB_ADDRESS.match(path_or_repo):
+        raise UsageError(web_address_said(path_or_repo))
+    if not is_hub_id(path_or_repo):
+        raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
+    return json.loads(Path(hub_file(path_or_repo, CONFIG_FILE)).read_text())
+
+
+def is_hub_id(path_or_repo: str) -> bool:
+    """Whether `path_or_repo`, which is no path here, can name a Hub repository (`owner/name`, or the Hub's oldest
+    models' bare `gpt2`); a path that cannot (`runs/my model`) is a folder that is not there, not a Hub error."""
+    return (not Path(path_or_repo).expanduser().exists() and not path_or_repo.startswith((".", "/", "~"))
+            and (is_repo_id(path_or_repo) or _is_repo_id_without_owner(path_or_repo)))
+
+
+def hub_file(repo_id: str, filename: str) -> str:
+    """The local path of `filename` in the Hub repository `repo_id`: from the cache, or downloaded where the Hub can
+    be reached; where it cannot be had, one line says why."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    # A path that cannot be a repo id (`runs/my model`) is a folder that is not there, not a Hub error.
-    shaped_like_an_id = ((is_repo_id(path_or_repo) or _cached_without_owner(path_or_repo))
-                         and not path_or_repo.startswith((".", "/", "~")))
-    if not local.exists() and WEB_ADDRESS.match(path_or_repo):
-        raise UsageError(web_address_said(path_or_repo))
-    if local.exists() or not shaped_like_an_id:
-        raise UsageError(f"no model folder at {path_or_repo}: check the path, or train one with: python train.py")
-
     try:
-        return json.loads(Path(hf_hub_download(path_or_repo, CONFIG_FILE)).read_text())
+        return hf_hub_download(repo_id, filename)
     except LocalEntryNotFoundError:
         raise UsageError(
-            f"no folder {path_or_repo} here, and the Hub model {path_or_repo} is not in the local cache (the Hub "
+            f"no folder {repo_id} here, and the Hub model {repo_id} is not in the local cache (the Hub "
             "cannot be reached): check the path, or download the model while online."
         )
     except (HfHubHTTPError, OSError, ValueError) as error:
         if isinstance(error, OSError) and not isinstance(error, HfHubHTTPError):
-            _check_hub_folders(error, path_or_repo)
-        raise UsageError(f"could not fetch {path_or_repo} from the Hub ({type(error).__name__}); check the repo id.")
+            _check_hub_folders(error, repo_id)
+        raise UsageError(f"could not fetch {repo_id} from the Hub ({type(error).__name__}); check the repo id.")
 
 
-def _cached_without_owner(name: str) -> bool:
-    """Whether `name` is a Hub model without an owner in its id (`gpt2`, `distilgpt2`: transformers' examples
-    download them so) that the local cache holds. Only from the cache: a bare name not there is a folder that is
-    not there, not a repository to look for."""
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError
-
-    try:
-        return "/" not in name and isinstance(try_to_load_from_cache(name, CONFIG_FILE), str)
-    except HFValidationError:
-        return False
+def _is_repo_id_without_owner(name: str) -> bool:
+    """Whether `name` can be a Hub model's id without an owner (`gpt2`, `distilgpt2`: the Hub's oldest models, and
+    transformers' examples download them so), by the Hub's rule (`is_repo_id`)."""
+    return "/" not in name and is_repo_id(f"owner/{name}")
 
 
 def _check_hub_folders(error: OSError, repo_id: str) -> None:

@@ -127,7 +127,8 @@ class TrainingOptions:
                                       "command for a job a scheduler may stop and start again", action="store_true")
     accept_changes: bool = option(False, "with --resume, continue although the data or the options that decide the "
                                          "batches changed since the checkpoint", action="store_true")
-    tokenizer: str | None = option(None, "use this tokenizer instead of training one", metavar="PATH")
+    tokenizer: str | None = option(None, "use this tokenizer (a folder, or a Hub id: gpt2) instead of training one",
+                                   metavar="PATH_OR_REPO")
     vocab_size: int | None = option(None, f"BPE vocabulary size ({RECIPE})", type=int)
     init_from: str | None = option(None, "fine-tune this pocketlm model (a folder, Hub repo id, checkpoint or PEFT "
                                    "adapter), or a stock GPT-2 (gpt2 from the Hub's cache), instead of starting fresh",
@@ -381,9 +382,11 @@ def _check_compiler() -> None:
 
 
 def _check_tokenizer_path(given: str) -> None:
-    """A --tokenizer that names a path must be a folder (a saved tokenizer's, or a model's): refused here, before the
-    data is read, instead of by transformers as a malformed Hub id. A Hub id is looked up when it is loaded."""
-    from .run_folder import TOKENIZER_FILE
+    """A --tokenizer that names a path must be a folder (a saved tokenizer's, or a model's), and one that names a
+    Hub repository (`gpt2`, `owner/name`) must be in the cache or on a Hub that can be reached: refused here, before
+    the data is read, instead of by transformers as a malformed Hub id or in its words."""
+    from .loading import hub_file, is_hub_id
+    from .run_folder import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
     path = Path(given).expanduser()
     if path.is_file():
@@ -392,9 +395,11 @@ def _check_tokenizer_path(given: str) -> None:
         raise UsageError(f"--tokenizer {given} is a file: {fix}.")
     if not path.exists() and WEB_ADDRESS.match(given):
         raise UsageError(f"--tokenizer {web_address_said(given)}")
-    if not path.exists() and (given.startswith((".", "/", "~")) or given.count("/") != 1):
+    if not path.exists() and not is_hub_id(given):
         raise UsageError(f"--tokenizer {given}: no such folder; pass the folder a tokenizer was saved in (a model "
                          "folder works).")
+    if not path.exists():
+        hub_file(given, TOKENIZER_CONFIG_FILE)
 
 
 def _check_numbers(options: TrainingOptions) -> None:

@@ -344,8 +344,9 @@ def load_or_train_tokenizer(options: TrainingOptions, folder: RunFolder, corpus:
     if source:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            raise UsageError(f"could not load a tokenizer from {source} ({error}); pass --tokenizer PATH.")
+        except (OSError, ValueError) as error:  # in transformers' words, the first line of them
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"could not load a tokenizer from {source} ({reason.rstrip('.')}); pass --tokenizer PATH.")
         # Not a resume's own, which is what the run trained with, as it stands: GPT-2's has no pad token to cut
         # blocks with, and a character model's no token for a character its text never held.
         if not options.resume:

@@ -219,6 +219,27 @@ def test_a_stock_gpt2_fine_tunes_from_its_own_weights_and_tokenizer_and_exports_
         torch.testing.assert_close(again(ids).logits[..., : len(theirs)], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_a_tokenizer_named_by_its_hub_id_is_read_from_the_cache_or_refused_before_the_data_is_read(corpus_file,
+                                                                                                      tmp_path):
+    """--tokenizer gpt2 (as transformers' examples name it) was refused as "no such folder" though the cache held
+    it, and an owner/name id not in the cache was refused after the data was read, in two lines of transformers'
+    text. The cache's is used; one not to be had is said in one line before anything is read."""
+    cache_as_hub_repo(save_stock_gpt2(tmp_path / "gpt2", corpus_file.read_text()), tmp_path / "hub-cache", "gpt2")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_OFFLINE": "1"}
+    args = [f"--data={corpus_file}", "--block-size=32", "--batch-size=4", "--samples=0", "--max-steps=1",
+            *[f"--model-config={key}={value}" for key, value in TINY["transformer"].items()]]
+    result = run_script("train.py", *args, f"--output-dir={tmp_path / 'out'}", "--tokenizer=gpt2", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: gpt2 has no <|pad|>" in result.stdout
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")("To be")["input_ids"] == AutoTokenizer.from_pretrained(
+        tmp_path / "gpt2")("To be")["input_ids"]
+    for missing in ("someone/not-cached", "gpt3"):
+        result = run_script("train.py", *args, f"--output-dir={tmp_path / 'no'}", f"--tokenizer={missing}", env=env)
+        assert_one_line_error(result, f"no folder {missing} here, and the Hub model {missing} is not in the local "
+                                      "cache (the Hub cannot be reached)")
+        assert not result.stdout and not (tmp_path / "no").exists()  # before anything was read
+
+
 def test_a_gpt2_pocketlm_does_not_compute_or_cannot_read_whole_is_refused_in_one_line(corpus_file, tmp_path):
     """A GPT-2 set up otherwise (another activation, a wider MLP) would start from weights computing another
     function, and one missing a weight from random numbers (transformers only logs it): refused in one line naming
