@@ -105,7 +105,7 @@ def run_loop(run: Run) -> TrainResult:
             # Checked before evaluating: a scheduler's SIGTERM leaves seconds, which go to the checkpoint.
             interrupted = any_process(accelerator, stop.raised)
             if step % plan.eval_every == 0 and step < plan.total_steps and not interrupted:
-                record = evaluate_and_keep_best(run, step, computed_by if nonfinite else step)
+                record = evaluate_and_keep_best(run, step, computed_by if nonfinite else None)
                 if accelerator.is_main_process:
                     bar.write(describe_evaluation(record))
             # Not while the loss is not finite: the weights computed it, and may be what the run diverged to.
@@ -197,9 +197,9 @@ def describe_evaluation(record: dict) -> str:
 
 
 def diverged(run: Run, what: str, bad_from: int) -> TrainingDiverged:
-    """The error that ends a run whose numbers have gone to inf or NaN, the weights of checkpoint `bad_from` on
-    being what computed them: those checkpoints are removed (a resume would pick the newest and diverge again), and
-    the error says what is kept. The model in the folder is one whose validation loss was finite."""
+    """The error that ends a run whose numbers have gone to inf or NaN. The weights of checkpoint `bad_from` computed
+    them: it and any later checkpoint are removed (a resume would pick the newest and diverge again), and the error
+    says what is kept. The model in the folder is one whose validation loss was finite."""
     removed = run.checkpoints.discard_from(bad_from)
     latest = run.checkpoints.latest()
     if run.folder.has_model():
