@@ -267,6 +267,10 @@ def test_a_gpt2_pocketlm_does_not_compute_or_cannot_read_whole_is_refused_in_one
     result = run_entry(chat_main, str(plain), "--prompt", "Hi")
     assert_one_line_error(result, f"{plain} holds a 'gpt2' model, not a pocketlm transformer or lstm: point at a "
                                   "folder train.py wrote (or, a GPT-2, fine-tune it into one: train.py --init-from).")
+    # A folder of it, rather than the Hub's cache, fine-tunes too.
+    result = run_cli("--init-from", str(plain), "--data", str(corpus_file), "--output-dir", str(tmp_path / "tuned"),
+                     "--batch-size=4", "--max-steps=1", "--samples=0")
+    assert result.returncode == 0 and (tmp_path / "tuned" / "model.safetensors").is_file(), result.stderr[-3000:]
 
 
 def test_a_fine_tune_keeps_its_base_model_and_reads_blocks_of_the_base_s_window(corpus_file, tmp_path, monkeypatch):
