@@ -245,8 +245,8 @@ def finish(run: Run, interrupted: bool, speed: float, stopped_by: str | None = N
     # The main process's folder decides for all: the evaluation below is one every process takes part in.
     skip_evaluation = any_process(accelerator, bool(ended))
     evaluate_now = not skip_evaluation and (not interrupted or not folder.has_model())
-    doubtful = doubtful_from is not None
-    record = evaluate_and_keep_best(run, state["step"], doubtful_from) if evaluate_now and doubtful else None
+    doubtful = evaluate_now and doubtful_from is not None
+    record = evaluate_and_keep_best(run, state["step"], doubtful_from) if doubtful else None
     if not interrupted and not run.checkpoints.has(state["step"]):
         save_checkpoint(run)  # so a later run can extend this one
     if evaluate_now:
