@@ -184,8 +184,7 @@ def evaluate(run: Run) -> tuple[float, float | None]:
     assistant's replies alone when the blocks carry an assistant mask (else None)."""
     accelerator, blocks = run.accelerator, run.validation.blocks
     mine = {name: rows[accelerator.process_index :: accelerator.num_processes] for name, rows in blocks.items()}
-    totals = sum_token_losses(run.model, mine, run.tokenizer.pad_token_id, run.batches.batch_size,
-                              accelerator.device, accelerator.autocast)
+    totals = sum_token_losses(run.model, mine, run.batches.batch_size, accelerator.device, accelerator.autocast)
     total, assistant = accelerator.reduce(totals, "sum").tolist()
     return total, (assistant if "assistant_mask" in blocks else None)
 

@@ -1468,7 +1468,7 @@ def test_an_evaluation_scores_a_fixed_sample_past_eval_tokens_and_its_bits_per_c
     assert len(sample.blocks["input_ids"]) == 31 < len(whole.blocks["input_ids"])
 
     def bits_per_char(validation) -> float:
-        nats = sum_token_losses(model, validation.blocks, tokenizer.pad_token_id, 8, model.device)[0].item()
+        nats = sum_token_losses(model, validation.blocks, 8, model.device)[0].item()
         return nats / math.log(2) / validation.characters
 
     # The sample's figure estimates the whole set's, which compare.py's scoring measures.

@@ -200,15 +200,19 @@ def training_blocks(documents: datasets.Dataset | datasets.IterableDataset, toke
                          new_fingerprint=key)
 
 
-def validation_blocks(token_ids: datasets.Dataset, block_size: int, pad_id: int) -> tuple[dict[str, list], int]:
-    """Every validation token in blocks (the last padded), its assistant mask's blocks when it has one, and the
-    number of real tokens in them."""
+PADDING = -100  # pads the last validation block: torch's cross-entropy ignore_index, never a token id, so scoring
+# needs no pad token of the tokenizer's (GPT-2's has none; its usual stand-in, end-of-text, is a token scored)
+
+
+def validation_blocks(token_ids: datasets.Dataset, block_size: int) -> tuple[dict[str, list], int]:
+    """Every validation token in blocks (the last padded with `PADDING`), its assistant mask's blocks when it has
+    one, and the number of real tokens in them."""
     blocks, length = {}, 0
     for name in TOKEN_COLUMNS:
         if name in token_ids.column_names:
             chunks = token_ids.with_format("arrow")[name].chunks  # each a list array: its values, in order
             stream = _joined([chunk.flatten().to_numpy(zero_copy_only=False) for chunk in chunks]).astype(np.int64)
-            blocks[name] = cut(stream, block_size, pad_id if name == "input_ids" else 0, keep_partial=True).tolist()
+            blocks[name] = cut(stream, block_size, PADDING if name == "input_ids" else 0, keep_partial=True).tolist()
             length = max(length, len(stream))  # the mask runs beside the tokens: the same length
     return blocks, length
 
@@ -238,7 +242,7 @@ def validation_set(documents: datasets.Dataset, tokenizer, block_size: int, with
     if max_tokens:
         documents = _sample_documents(documents, max_tokens * CHARACTERS_PER_TOKEN, seed)
     token_ids = tokenize(documents, tokenizer, with_assistant_mask=with_assistant_mask)
-    blocks, length = validation_blocks(token_ids, block_size, tokenizer.pad_token_id)
+    blocks, length = validation_blocks(token_ids, block_size)
     assistant = sum(count_assistant_characters(text) for text in column(documents, "text")) if with_assistant_mask \
         else 0
     whole = ValidationSet(blocks=blocks, tokens=length, characters=characters_of(documents),
