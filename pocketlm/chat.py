@@ -23,7 +23,7 @@ from tokenization import message_text
 
 from .errors import UsageError
 from .choices import BALANCED_SAMPLING, CHAT_MODES, DEFAULT_MAX_NEW_TOKENS, OPTION_RANGES
-from .generation import context_window, reply_budget, sampling_arguments, stop_token_ids
+from .generation import context_window, padding_id, reply_budget, sampling_arguments, stop_token_ids
 from .loading import default_runtime, load_pretrained, trained_mode
 from .wording import counted, listed
 
@@ -284,7 +284,7 @@ class ChatInterface:
         options = sampling_arguments(self.model.generation_config, options)
         kwargs = dict(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, streamer=streamer,
-            eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=padding_id(self.tokenizer),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(self._stop)]), **options,
         )
         result: dict = {}

@@ -22,8 +22,8 @@ from .choices import BALANCED_SAMPLING
 from .generation import (SAMPLE_QUESTIONS, chat_reply, complete, context_window, fit_to_context,
                          sampling_arguments)
 from .adapters import adapter_of
-from .loading import (as_model, default_runtime, export_record, holds_only_graphs, load_pretrained, model_family,
-                      trained_on_chat, training_summary)
+from .loading import (as_model, default_runtime, export_record, holds_only_graphs, is_gpt2, load_pretrained,
+                      local_folder, model_family, trained_on_chat, training_summary)
 from .scoring import bits_per_character
 from .wording import in_markdown
 
@@ -103,9 +103,7 @@ def _disk_bytes(model_dir: str, model) -> int:
     holds its weights."""
     if getattr(model, "graph_file", None) is not None:
         return model.graph_file.stat().st_size
-    folder = Path(model_dir) if Path(model_dir).is_dir() else Path(getattr(model, "name_or_path", model_dir))
-    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return sum(f.stat().st_size for f in files)
+    return sum(f.stat().st_size for f in local_folder(model_dir).glob("*.safetensors"))
 
 
 @torch.no_grad()
@@ -160,6 +158,8 @@ def _family_label(model_dir: str, family: str) -> str:
         return f"{family}, ONNX export in onnxruntime"
     if export_record(folder) is not None:
         return f"{family}, stock GPT-2 export"
+    if is_gpt2(folder):  # the Hub's gpt2, or a model repository's gpt2/ folder
+        return f"{family}, stock GPT-2"
     return family
 
 
@@ -178,7 +178,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir),
                                    shown_as="scoring")
-        is_chat = trained_on_chat(model_dir)
+        is_chat = trained_on_chat(model_dir) and tokenizer.chat_template is not None  # a Hub GPT-2 has no template
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],
                                                       add_generation_prompt=True, tokenize=False)
                         if is_chat else prompts[0])

@@ -55,8 +55,22 @@ def context_window(model: PreTrainedModel) -> int | None:
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """End-of-text and end-of-turn: where a document or a chat reply ends."""
-    return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TEXT, END_OF_TURN)]
+    """End-of-text and end-of-turn: where a document or a chat reply ends. A tokenizer from elsewhere (the Hub's
+    gpt2) has its own end-of-text token, and no turns."""
+    stops = []
+    for token in dict.fromkeys((END_OF_TEXT, END_OF_TURN, tokenizer.eos_token)):
+        token_id = None if token is None else tokenizer.convert_tokens_to_ids(token)
+        # A token the vocabulary lacks converts to the unknown token's id (GPT-2's is its end-of-text): not a stop.
+        if token_id is not None and (token_id != tokenizer.unk_token_id or token == tokenizer.unk_token):
+            stops.append(token_id)
+    return list(dict.fromkeys(stops))
+
+
+def padding_id(tokenizer) -> int | None:
+    """What generate() fills finished rows with: the pad token, else (GPT-2's tokenizer has none) the end of text,
+    transformers' own stand-in, given here rather than warned about on every reply."""
+    stops = stop_token_ids(tokenizer)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None or not stops else stops[0]
 
 
 def default_generation_config(tokenizer, max_new_tokens: int = 128) -> GenerationConfig:
@@ -68,7 +82,7 @@ def default_generation_config(tokenizer, max_new_tokens: int = 128) -> Generatio
         use_cache=True,
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=padding_id(tokenizer),
     )
 
 

@@ -411,7 +411,8 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
     """`transformer` or `lstm` for a pocketlm model folder or repo; a usage error for anything else.
 
     With `exports`, a folder export.py wrote is its model's family too: chat and compare run its stock GPT-2 as
-    transformers runs any GPT-2, and its ONNX graphs in onnxruntime (its tokenizer is the model's).
+    transformers runs any GPT-2 (the Hub's `gpt2` included), and its ONNX graphs in onnxruntime (its tokenizer is
+    the model's).
     Training, export and upload need the pocketlm folder an export came from, which the refusal names. With
     `adapters`, a PEFT adapter is its model's family: loading merges it into that model. With `imports`, any stock
     GPT-2 whose settings pocketlm's GPT computes is a Transformer: what `--init-from` fine-tunes (`is_gpt2`).
@@ -444,16 +445,17 @@ def model_family(path_or_repo: str, exports: bool = False, adapters: bool = Fals
         if family or model_type == "gpt2":
             return family or "transformer"
         raise refusal
-    if family is None and model_type == "gpt2" and _stock_gpt2_of_pocketlm(path_or_repo):
-        # A stock GPT-2 with pocketlm's tokenizer and no export record beside it: the gpt2/ folder of a model
-        # repository hub_upload.py published, downloaded. Chat and compare run it as they run export.py's.
-        if exports:
-            return "transformer"
+    if gpt2 and exports:
+        # Chat and compare run any GPT-2 as transformers does: the gpt2/ folder of a model repository hub_upload.py
+        # published, or one pocketlm never saw (the Hub's `gpt2`, the base a fine-tune is compared with).
+        return "transformer"
+    if gpt2 and _stock_gpt2_of_pocketlm(path_or_repo):
         raise UsageError(f"{path_or_repo} is a stock GPT-2 (a model repository's gpt2/ folder, say): chat.py and "
                          "compare.py run it, train.py --init-from fine-tunes it, and export and upload need the "
                          "pocketlm model itself (the repository's top folder).")
     if family is None:
-        imported = " (or, a GPT-2, fine-tune it into one: train.py --init-from)" if gpt2 else ""
+        imported = " (a GPT-2 as it is runs in chat.py and compare.py; train.py --init-from fine-tunes it into one)" \
+            if gpt2 else ""
         raise UsageError(f"{path_or_repo} holds a {model_type!r} model, not a pocketlm transformer or lstm: point at "
                          f"a folder train.py wrote{imported}.")
     _check_language_model(path_or_repo, config)

@@ -161,7 +161,7 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
 
     from .export import export, packages_for
     from .adapters import adapter_of
-    from .loading import check_model_folder, export_record, local_folder, model_family, tokenizer_source
+    from .loading import check_model_folder, export_record, is_gpt2, local_folder, model_family, tokenizer_source
 
     if dtype not in ("float32", "int8"):
         raise UsageError(f"--runtime onnx runs float32 or int8 graphs, not {dtype}: pass --dtype float32 or int8.")
@@ -181,6 +181,10 @@ def load_onnx(path_or_repo: str, dtype: str = "float32"):
         adapter = adapter_of(str(folder))
         if adapter is None:
             check_model_folder(folder)
+        if is_gpt2(str(folder)):  # the exporter writes pocketlm's models
+            raise UsageError(f"{path_or_repo} is a stock GPT-2 with no ONNX graphs beside it: run it in torch (drop "
+                             "--runtime onnx), or fine-tune it into a pocketlm model (train.py --init-from), whose "
+                             "graphs --runtime onnx exports.")
         family = model_family(str(folder), adapters=True)
         if adapter is not None:  # a PEFT adapter: its graphs are its merged model's, so its model's files are keys
             sources.append(local_folder(adapter["base_model_name_or_path"]))

@@ -138,6 +138,28 @@ def cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
+def save_stock_gpt2(folder: Path, text: str, **settings) -> Path:
+    """A stock transformers GPT-2 saved as the Hub's `gpt2` is (GPT2LMHeadModel, a byte-level BPE whose one special
+    token is <|endoftext|>), made with tokenizers and transformers alone, random weights of a tiny shape."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = GPT2TokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    shape = {"n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4, **settings}
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, **shape)).save_pretrained(
+        folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_text(seed: int, paragraphs: int = 60) -> str:
     """Deterministic pseudo-prose: paragraphs of random words, separated by blank lines (about 14 KB for 60)."""
     rng = random.Random(seed)

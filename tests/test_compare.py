@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TINY_SHAPES, assert_one_line_error, run_entry, train_tiny_models
+from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, cache_as_hub_repo, make_text, run_at_once,
+                      run_entry, save_stock_gpt2, train_tiny_models)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
@@ -221,3 +223,56 @@ def test_a_prompt_longer_than_a_model_s_window_is_read_by_its_newest_tokens(trai
                          str(report), "--max-new-tokens", "8")
     assert result.returncode == 0, result.stderr[-3000:]
     assert report.read_text().split("## Replies")[1].count("- `") == 2
+
+
+def test_a_stock_gpt2_is_scored_and_continues_text_as_transformers_computes_it(trained, tmp_path):
+    """The Hub's gpt2 beside a model of one's own, as nanoGPT's sample.py takes init_from='gpt2': chat.py and
+    compare.py refused a GPT-2 pocketlm did not write ("fine-tune it into one"), and scoring masked the padding by
+    the pad token's id, which GPT-2's tokenizer has none of (transformers' usual stand-in, its end-of-text token,
+    would have left every document's end unscored). Its bits per character are GPT2LMHeadModel's own summed loss
+    over the text and its end-of-text token, and its greedy continuation is transformers' own."""
+    import math
+
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from pocketlm.cli import chat_main
+    from pocketlm.comparison import compare_models, comparison_text
+
+    stock = save_stock_gpt2(tmp_path / "gpt2", make_text(5), n_positions=128)
+    model, tokenizer = GPT2LMHeadModel.from_pretrained(stock).eval(), AutoTokenizer.from_pretrained(stock)
+    assert tokenizer.pad_token is None
+    text = tmp_path / "held_out.txt"
+    text.write_text("the king and the queen went to the river to see the boats")
+    ids = torch.tensor([tokenizer(text.read_text())["input_ids"] + [tokenizer.eos_token_id]])
+    with torch.no_grad():
+        nats = model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+    expected = nats / math.log(2) / (len(text.read_text()) + 1)  # the end-of-text token read as one character
+
+    documents, _ = comparison_text(str(stock), [str(text)])
+    reports = compare_models([str(stock), str(trained["transformer"])], documents, ["the king"], max_new_tokens=4)
+    assert [report.family for report in reports] == ["transformer, stock GPT-2", "transformer"]
+    assert reports[0].bits_per_char == pytest.approx(expected, rel=1e-5)
+    assert reports[0].replies[0].startswith("the king")
+
+    # Named by its Hub id, from the cache, as transformers' examples name it.
+    cache_as_hub_repo(stock, tmp_path / "hub-cache", "gpt2")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HUB_OFFLINE": "1"}
+    chat, compared = run_at_once(
+        [sys.executable, "chat.py", "gpt2", "--prompt", "the king", "--greedy", "--repetition-penalty", "1",
+         "--max-new-tokens", "8"],
+        [sys.executable, "compare.py", "gpt2", "--data", str(text), "--output", str(tmp_path / "c.md")], env=env)
+    with torch.no_grad():
+        prompt = tokenizer("the king", return_tensors="pt").input_ids
+        greedy = model.generate(prompt, do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.eos_token_id)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert chat.stdout == "the king" + tokenizer.decode(greedy[0, prompt.shape[1]:], skip_special_tokens=True) + "\n"
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    size = f"{(stock / 'model.safetensors').stat().st_size / 1e3:.2f}kB"  # the cache's copy of the weights
+    row = f"| gpt2 | transformer, stock GPT-2 | {model.num_parameters() / 1e3:.2f}k | {size} | {expected:.3f} |"
+    assert row in (tmp_path / "c.md").read_text()
+    # Its graphs would be pocketlm's exporter's, which writes pocketlm's models.
+    assert_one_line_error(run_entry(chat_main, str(stock), "--runtime", "onnx", "--device", "cpu", "--prompt", "the"),
+                          f"{stock} is a stock GPT-2 with no ONNX graphs beside it: run it in torch (drop --runtime "
+                          "onnx), or fine-tune it into a pocketlm model (train.py --init-from), whose graphs "
+                          "--runtime onnx exports.")

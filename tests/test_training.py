@@ -26,10 +26,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, cache_as_hub_repo, make_text, run_entry,
-                      tiny_config, tiny_model)
+                      save_stock_gpt2, tiny_config, tiny_model)
 from modeling import GPTForCausalLM
 from pocketlm import data
-from pocketlm.cli import chat_main, compare_main, legacy_main, train_main
+from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main
 from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
@@ -161,28 +161,6 @@ def test_fine_tuning_starts_from_the_given_model(corpus_file, tmp_path):
     assert result.steps == 2
 
 
-def save_stock_gpt2(folder: Path, text: str, **settings) -> Path:
-    """A stock transformers GPT-2 saved as the Hub's `gpt2` is (GPT2LMHeadModel, a byte-level BPE whose one special
-    token is <|endoftext|>), made with tokenizers and transformers alone, random weights of a tiny shape."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.train_from_iterator([text], trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = GPT2TokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
-    torch.manual_seed(0)
-    shape = {"n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4, **settings}
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, **shape)).save_pretrained(
-        folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_a_stock_gpt2_fine_tunes_from_its_own_weights_and_tokenizer_and_exports_back(corpus_file, tmp_path):
     """nanoGPT's init_from='gpt2': --init-from a GPT-2 (the Hub's `gpt2` from the cache, named without an owner as
     transformers' examples download it, or a model repository's gpt2/ folder whose pocketlm model is gone) was
@@ -264,9 +242,10 @@ def test_a_gpt2_pocketlm_does_not_compute_or_cannot_read_whole_is_refused_in_one
                                       "pocketlm model.")
         assert not (tmp_path / "out").exists()
     plain = save_stock_gpt2(tmp_path / "plain", text)
-    result = run_entry(chat_main, str(plain), "--prompt", "Hi")
+    result = run_entry(export_main, str(plain), "--format", "gguf", "--output-dir", str(tmp_path / "gguf"))
     assert_one_line_error(result, f"{plain} holds a 'gpt2' model, not a pocketlm transformer or lstm: point at a "
-                                  "folder train.py wrote (or, a GPT-2, fine-tune it into one: train.py --init-from).")
+                                  "folder train.py wrote (a GPT-2 as it is runs in chat.py and compare.py; train.py "
+                                  "--init-from fine-tunes it into one).")
     # A folder of it, rather than the Hub's cache, fine-tunes too.
     result = run_cli("--init-from", str(plain), "--data", str(corpus_file), "--output-dir", str(tmp_path / "tuned"),
                      "--batch-size=4", "--max-steps=1", "--samples=0")
