@@ -843,6 +843,7 @@ def test_a_tokenizer_whose_post_processor_adds_tokens_frames_documents_as_pocket
     [
         (["--data=/no/such/path"], ["/no/such/path", "no such file"]),
         (["--data=/dev/null"], ["--data /dev/null is a pipe or a device", "save the text to a file"]),
+        (["--data=-"], ["--data -: pocketlm reads text from files, not standard input", "save the text to a file"]),
         (["--model-type=gru"], ["gru"]),
         (["--model-size=huge"], ["huge"]),
         (["--lr=0"], ["--lr must be positive"]),

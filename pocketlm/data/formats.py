@@ -122,6 +122,9 @@ def find_data_files(paths: list[str], flag: str = "--data", quiet: bool = False)
         if not path.exists() and WEB_ADDRESS.match(raw):  # datasets would fetch it; pocketlm reads what is on the disk
             raise UsageError(f"{flag} {raw} is a web address, and {flag} reads files on this machine: download it "
                              "first (curl -LO ADDRESS) and pass the file, or a Hub dataset's name with --dataset.")
+        if not path.exists() and raw == "-":  # the shell's way of naming standard input
+            raise UsageError(f"{flag} -: pocketlm reads text from files, not standard input, as a resume reads it "
+                             "again: save the text to a file and pass that.")
         if not path.exists():
             raise UsageError(f"{flag} {raw}: no such file or directory; check the path.")
         if path.is_file():
