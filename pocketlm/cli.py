@@ -548,7 +548,7 @@ def compare_main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{flag} reads {'--dataset' if flag == '--dataset-config' else '--data or --dataset'}"
                                  f": add it, or drop {flag}.")
         prompts = read_prompts(args.prompts)
-        documents, text = comparison_text(args.models[0], args.data, args.dataset, args.text_column,
+        documents, text = comparison_text(args.models, args.data, args.dataset, args.text_column,
                                           args.dataset_config)
         reports = compare_models(args.models, documents, prompts, args.seed, args.max_new_tokens,
                                  resolve_device(args.device))

@@ -52,13 +52,14 @@ class ModelReport:
 # ------------------------------------------------------------------------------------------------ the text
 
 
-def comparison_text(first_model: str, paths: list[str] | None = None, dataset: str | None = None,
+def comparison_text(models: list[str], paths: list[str] | None = None, dataset: str | None = None,
                     text_column: str | None = None, dataset_config: str | None = None
                     ) -> tuple[datasets.Dataset, str]:
     """The documents every model is scored on, and what they are in words.
 
     `paths` or `dataset` when given (all of it, deduplicated, its text in `text_column` where given, `dataset` in
-    its configuration `dataset_config`); else the validation documents the first model's run held out, read again
+    its configuration `dataset_config`); else the validation documents held out by the run of the first of
+    `models` that pocketlm trained (`compare.py gpt2 models/gpt2-tuned` scores both on the fine-tune's), read again
     from the data its training summary names; else the built-in corpus's validation split.
     """
     if paths or dataset:
@@ -69,13 +70,14 @@ def comparison_text(first_model: str, paths: list[str] | None = None, dataset: s
         if len(documents) == 0:
             raise UsageError(f"{source}: holds no usable text to score the models on ({report.describe()}).")
         return documents, source
-    options = training_summary(first_model).get("options")
-    if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
+    trained = next((model for model in models if training_summary(model).get("options")), None)
+    if trained is not None:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
+        options = training_summary(trained)["options"]
         try:
             corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
                                       options.get("validation_data"), text_column=options.get("text_column"),
                                       dataset_config=options.get("dataset_config"))
-            return corpus.validation, f"the validation documents of {first_model}'s run ({corpus.source})"
+            return corpus.validation, f"the validation documents of {trained}'s run ({corpus.source})"
         except UsageError:
             pass  # the run's data moved or changed: fall back to the built-in corpus, and say so
     corpus = data.load_corpus(seed=1337)

@@ -249,11 +249,16 @@ def test_a_stock_gpt2_is_scored_and_continues_text_as_transformers_computes_it(t
         nats = model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
     expected = nats / math.log(2) / (len(text.read_text()) + 1)  # the end-of-text token read as one character
 
-    documents, _ = comparison_text(str(stock), [str(text)])
+    documents, _ = comparison_text([str(stock)], [str(text)])
     reports = compare_models([str(stock), str(trained["transformer"])], documents, ["the king"], max_new_tokens=4)
     assert [report.family for report in reports] == ["transformer, stock GPT-2", "transformer"]
     assert reports[0].bits_per_char == pytest.approx(expected, rel=1e-5)
     assert reports[0].replies[0].startswith("the king")
+    # Without --data, a fine-tune named after its base is scored with it on the fine-tune's validation documents,
+    # not on the built-in corpus the base (no run of pocketlm's) would have chosen.
+    mine, said = comparison_text([str(stock), str(trained["transformer"])])
+    assert said.startswith(f"the validation documents of {trained['transformer']}'s run")
+    assert mine["text"] == comparison_text([str(trained["transformer"])])[0]["text"]
 
     # Named by its Hub id, from the cache, as transformers' examples name it.
     cache_as_hub_repo(stock, tmp_path / "hub-cache", "gpt2")
