@@ -25,6 +25,7 @@ from configs import load_recipe
 # The command line's choices (the checks below ask modeling) and the seed's range, every command's.
 from .choices import DEVICES, MODEL_SIZES, MODEL_TYPES, check_seed
 from .errors import WEB_ADDRESS, UsageError, require_extra, web_address_said
+from .wording import a_family
 
 RECIPE = "recipe: configs/<model-type>.json"
 
@@ -350,8 +351,8 @@ def _family(options: TrainingOptions) -> str:
         if Path(options.init_from).expanduser().is_dir() and not adapter_of(options.init_from):
             check_model_folder(Path(options.init_from).expanduser())
         if options.model_type and options.model_type != found:
-            raise UsageError(f"--init-from {options.init_from} holds a {found} model, not a {options.model_type}: "
-                             f"drop --model-type or pass --model-type {found}.")
+            raise UsageError(f"--init-from {options.init_from} holds {a_family(found)}, not "
+                             f"{a_family(options.model_type)}: drop --model-type or pass --model-type {found}.")
         if options.model_size != TrainingOptions.model_size:  # the preset would be ignored in silence
             raise UsageError(f"contradictory options: --init-from's model keeps its own shape: drop --model-size "
                              f"{options.model_size}.")

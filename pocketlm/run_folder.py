@@ -29,6 +29,7 @@ from tokenization import save_tokenizer
 
 from .errors import UsageError, full_disk_says
 from .whole_writes import check_writable, make_folder, readable_by_others, remove_empty, write_whole
+from .wording import a_family
 
 # The files of a save_pretrained folder (transformers' names), which a model folder of either family holds.
 MODEL_FILE = "model.safetensors"
@@ -111,20 +112,22 @@ class RunFolder:
             raise UsageError(f"--output-dir {self.path} holds files that are not a training run's ({shown}): choose "
                              "a new or empty folder; nothing there was touched.")
 
-    def check_reusable(self, family: str, model_type: str, resume: bool, overwrite: bool) -> None:
-        """Refuse to clobber another family's model (`model_type` is what config.json names a `family` model) or an
-        earlier run's checkpoints unless asked to, and a --resume with nothing to resume."""
+    def check_reusable(self, family: str, model_types: dict[str, str], resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber another family's model (`model_types`: what config.json names each family's model) or
+        an earlier run's checkpoints unless asked to, and a --resume with nothing to resume."""
+        model_type = model_types[family]
         if self.config_file.exists() and not overwrite:
             try:
                 found = json.loads(self.config_file.read_text()).get("model_type")
             except (ValueError, AttributeError):
                 raise UsageError(f"{self.config_file} is not a model's config: pick another --output-dir, or pass "
                                  "--overwrite to replace what is there.")
+            held = a_family(next((name for name, kind in model_types.items() if kind == found), found))
             if found != model_type and resume:  # --overwrite would throw away the run that was to continue
-                raise UsageError(f"{self.path} holds a {found} model, not a {family}: to resume its run, drop "
+                raise UsageError(f"{self.path} holds {held}, not {a_family(family)}: to resume its run, drop "
                                  "--model-type (a resume takes the run's own), or pick another --output-dir.")
             if found != model_type:
-                raise UsageError(f"{self.path} holds a {found} model, not a {family}: pick another --output-dir or "
+                raise UsageError(f"{self.path} holds {held}, not {a_family(family)}: pick another --output-dir or "
                                  "pass --overwrite to replace it.")
         has_checkpoints = self.has_checkpoints()
         if resume and not has_checkpoints:

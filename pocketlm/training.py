@@ -60,8 +60,7 @@ def train(options: TrainingOptions) -> TrainResult:
         with full_disk_says(folder.path):
             if options.auto_resume and folder.has_checkpoints():  # a restarted job: continue, as --resume would
                 options = dataclasses.replace(options, resume=True, init_from=None)
-            folder.check_reusable(options.model_type, MODEL_TYPES[options.model_type], options.resume,
-                                  options.overwrite)
+            folder.check_reusable(options.model_type, MODEL_TYPES, options.resume, options.overwrite)
             run = prepare(options, folder)
             try:
                 return run_loop(run)

@@ -1,5 +1,5 @@
-"""How pocketlm's messages count and list things: "1 step", "2 steps", "1,024 tokens"; "a, b and c". One helper
-each, so that a count of one reads in the singular in every message, the model card's and the chat's figures
+"""How pocketlm's messages count, list and name things: "1 step", "2 steps", "1,024 tokens"; "a, b and c"; "an
+LSTM". One helper each, so that a count of one reads in the singular in every message, the model card's and the chat's figures
 included. And how text shows as written inside Markdown."""
 
 import re
@@ -8,6 +8,14 @@ import re
 def counted(number: int, noun: str) -> str:
     """`number` `noun`s, with thousands separated, and the noun in the singular for one ("1 training block")."""
     return f"{number:,} {noun}{'s' * (number != 1)}"
+
+
+FAMILIES = {"lstm": "an LSTM", "transformer": "a Transformer"}
+
+
+def a_family(family: str) -> str:
+    """A model family as a message names it: "an LSTM", "a Transformer" (another model type as "a 'gpt2' model")."""
+    return FAMILIES.get(family, f"a {family!r} model")
 
 
 def listed(names: list[str], last: str = "and") -> str:

@@ -938,7 +938,7 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
         (["--resume", f"--init-from={trained['lstm']}"], "--init-from starts a new one"),
         ([f"--dataset={tmp_path}"], "--data and --dataset"),
         ([f"--init-from={trained['lstm']}", f"--tokenizer={trained['lstm']}"], "drop --tokenizer"),
-        (["--model-type=transformer", f"--init-from={trained['lstm']}"], "holds a lstm model, not a transformer"),
+        (["--model-type=transformer", f"--init-from={trained['lstm']}"], "holds an LSTM, not a Transformer"),
         # What --init-from's model or --tokenizer fixes, asked for anyway, was ignored in silence.
         ([f"--init-from={trained['transformer']}", "--model-size=large"], "keeps its own shape: drop --model-size"),
         ([f"--init-from={trained['transformer']}", "--vocab-size=999"], "so its vocabulary: drop --vocab-size"),
@@ -950,6 +950,12 @@ def test_contradictory_flags_are_refused(corpus, trained, tmp_path):
     ):
         assert_one_line_error(_train(corpus, out, *extra), needle)
     assert not out.exists()
+    # Into a run of the other family: refused before anything there is touched.
+    before = {path: path.read_bytes() for path in trained["lstm"].rglob("*") if path.is_file()}
+    assert_one_line_error(_train(corpus, trained["lstm"], "--model-type=transformer"),
+                          f"{trained['lstm']} holds an LSTM, not a Transformer: pick another --output-dir or pass "
+                          "--overwrite to replace it.")
+    assert {path: path.read_bytes() for path in trained["lstm"].rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize("main, given, hint, meant", [
@@ -1937,7 +1943,7 @@ def test_a_resume_refuses_a_change_that_decides_the_batches_until_it_is_accepted
 @pytest.mark.parametrize("change, flags, needle", [
     ("model shape", ["--model-config=n_layer=2"], "--model-config is n_layer=2 here, n_layer=1 in the run"),
     # The folder says it first, with the way to resume it: not --overwrite, which throws the run away.
-    ("model family", ["--model-type=lstm"], "holds a pocketlm_gpt model, not a lstm: to resume its run, drop "
+    ("model family", ["--model-type=lstm"], "holds a Transformer, not an LSTM: to resume its run, drop "
                                             "--model-type (a resume takes the run's own), or pick another --output-dir."),
     ("tokenizer edited", [], "the tokenizer is not the one the run trained with"),
 ])
