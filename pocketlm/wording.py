@@ -1,6 +1,6 @@
 """How pocketlm's messages count, list and name things: "1 step", "2 steps", "1,024 tokens"; "a, b and c"; "an
-LSTM". One helper each, so that a count of one reads in the singular in every message, the model card's and the chat's figures
-included. And how text shows as written inside Markdown."""
+LSTM". One helper each, so that a count of one reads in the singular in every message, the model card's and the
+chat's figures included. And how text shows as written inside Markdown."""
 
 import re
 
