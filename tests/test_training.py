@@ -886,7 +886,8 @@ def test_an_output_folder_of_another_family_is_left_alone(corpus_file, tmp_path)
     train(tiny_options("lstm", corpus_file, out, max_steps=1))
     before = {p.name: file_hash(p) for p in out.iterdir() if p.is_file()}
     result = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1"))
-    assert_one_line_error(result, "holds a pocketlm_lstm model", "--overwrite")
+    assert_one_line_error(result, f"{out} holds an LSTM, not a Transformer: pick another --output-dir or pass "
+                                  "--overwrite to replace it.")
     assert {p.name: file_hash(p) for p in out.iterdir() if p.is_file()} == before
     replaced = run_cli(*cli_args("transformer", corpus_file, out, "--max-steps=1", "--overwrite"))
     assert replaced.returncode == 0, replaced.stderr[-2000:]
