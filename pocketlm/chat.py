@@ -150,11 +150,10 @@ class ChatInterface:
         self.tokenizer = tokenizer
         # Once loaded: a missing model is named by load_pretrained's message. A tokenizer without a chat template
         # (the export of a model trained on plain text) can only continue text.
-        can_chat = tokenizer.chat_template is not None
-        if mode == "chat" and not can_chat:
+        if mode == "chat" and tokenizer.chat_template is None:
             raise UsageError(f"{getattr(model, 'name_or_path', None) or 'this model'} has no chat template (an export "
                              "of a model trained on plain text carries none): it continues text; drop --mode chat.")
-        self.mode = mode or (trained_mode(named) if can_chat else "text")
+        self.mode = mode or trained_mode(named, tokenizer)
         self.use_context = use_context
         self.system = None
         self.history: list[dict] = []

@@ -23,7 +23,7 @@ from .generation import (SAMPLE_QUESTIONS, chat_reply, complete, context_window,
                          sampling_arguments)
 from .adapters import adapter_of
 from .loading import (as_model, default_runtime, export_record, holds_only_graphs, is_gpt2, load_pretrained,
-                      local_folder, model_family, trained_on_chat, training_summary)
+                      local_folder, model_family, trained_mode, training_summary)
 from .scoring import bits_per_character
 from .wording import in_markdown
 
@@ -70,9 +70,9 @@ def comparison_text(models: list[str], paths: list[str] | None = None, dataset: 
         if len(documents) == 0:
             raise UsageError(f"{source}: holds no usable text to score the models on ({report.describe()}).")
         return documents, source
-    trained = next((model for model in models if training_summary(model).get("options")), None)
-    if trained is not None:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
-        options = training_summary(trained)["options"]
+    runs = ((model, training_summary(model).get("options")) for model in models)
+    trained, options = next(((model, options) for model, options in runs if options), (None, None))
+    if options:  # a pocketlm run: its data, split again by its seed, gives back its validation documents
         try:
             corpus = data.load_corpus(options.get("data"), options.get("dataset"), options.get("seed", 1337),
                                       options.get("validation_data"), text_column=options.get("text_column"),
@@ -180,7 +180,7 @@ def compare_models(models: list[str], documents: datasets.Dataset, prompts: list
         family = _family_label(model_dir, model_family(model_dir, exports=True, adapters=True))
         score = bits_per_character(model, tokenizer, documents, _scoring_block_size(model, model_dir),
                                    shown_as="scoring")
-        is_chat = trained_on_chat(model_dir) and tokenizer.chat_template is not None  # a Hub GPT-2 has no template
+        is_chat = trained_mode(model_dir, tokenizer) == "chat"
         speed_prompt = (tokenizer.apply_chat_template([{"role": "user", "content": prompts[0]}],
                                                       add_generation_prompt=True, tokenize=False)
                         if is_chat else prompts[0])

@@ -58,12 +58,13 @@ def stop_token_ids(tokenizer) -> list[int]:
     """End-of-text and end-of-turn: where a document or a chat reply ends. A tokenizer from elsewhere (the Hub's
     gpt2) has its own end-of-text token, and no turns."""
     stops = []
-    for token in dict.fromkeys((END_OF_TEXT, END_OF_TURN, tokenizer.eos_token)):
+    for token in (END_OF_TEXT, END_OF_TURN, tokenizer.eos_token):
         token_id = None if token is None else tokenizer.convert_tokens_to_ids(token)
         # A token the vocabulary lacks converts to the unknown token's id (GPT-2's is its end-of-text): not a stop.
-        if token_id is not None and (token_id != tokenizer.unk_token_id or token == tokenizer.unk_token):
+        known = token_id != tokenizer.unk_token_id or token == tokenizer.unk_token
+        if token_id is not None and known and token_id not in stops:
             stops.append(token_id)
-    return list(dict.fromkeys(stops))
+    return stops
 
 
 def padding_id(tokenizer) -> int | None:

@@ -374,9 +374,12 @@ def _card_tags(path_or_repo: str) -> list:
     return tags if isinstance(tags, list) else []
 
 
-def trained_mode(model) -> str:
+def trained_mode(model, tokenizer=None) -> str:
     """How to talk to `model` (a folder, Hub id or loaded model): "chat", through its chat template, or "text",
-    continuing what is typed, for a model trained on plain text (chat.py's --mode, the web page's mode)."""
+    continuing what is typed, for a model trained on plain text (chat.py's --mode, the web page's mode), or whose
+    loaded `tokenizer` has no template to chat through (the Hub's gpt2, which has no record or card to say so)."""
+    if tokenizer is not None and tokenizer.chat_template is None:
+        return "text"
     name = str(model) if isinstance(model, (str, Path)) else getattr(model, "name_or_path", "")
     return "chat" if not name or trained_on_chat(name) else "text"
 
