@@ -444,10 +444,11 @@ def test_trl_reward_trainer_with_a_lora_adapter_learns_which_text_is_preferred(f
         return scores[0] - scores[1]
 
     # RewardConfig's defaults but float32 (its bf16 autocast stays on the trained model's forward, and the reloaded
-    # one is compared with it exactly), the CPU and the budget.
+    # one is compared with it exactly), the CPU and the budget. The rates: each family's that learns the pairs under
+    # any of a few seeds (the GPT overshoots at the LSTM's: 89% on one machine).
     args = RewardConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, max_steps=60,
-                        per_device_train_batch_size=8, learning_rate=3e-2, max_length=64, report_to="none",
-                        save_strategy="no")
+                        per_device_train_batch_size=8, learning_rate={"transformer": 1e-2, "lstm": 3e-2}[family],
+                        max_length=64, report_to="none", save_strategy="no")
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=CLASSIFIER_LORA_TARGETS[family], task_type="SEQ_CLS")
     trainer = RewardTrainer(model=str(tmp_path / "lm"), args=args, processing_class=tokenizer, peft_config=lora,
                             train_dataset=Dataset.from_list(preference_pairs(256, seed=0)))
@@ -456,7 +457,7 @@ def test_trl_reward_trainer_with_a_lora_adapter_learns_which_text_is_preferred(f
     trainer.train()
     after = rewards(trainer.model)
     assert (after > 0).float().mean() >= 0.95 > (before > 0).float().mean()
-    assert after.mean() > 1.0 > before.abs().mean()
+    assert after.mean() > 10 * before.abs().mean()  # the pairs ten times as far apart, on average, as at first
 
     trainer.save_model(tmp_path / "adapter")
     base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=1,
