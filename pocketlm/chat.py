@@ -283,7 +283,8 @@ class ChatInterface:
         options = sampling_arguments(self.model.generation_config, options)
         kwargs = dict(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, streamer=streamer,
-            eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=padding_id(self.tokenizer),
+            eos_token_id=stop_token_ids(self.tokenizer, self.model.generation_config),
+            pad_token_id=padding_id(self.tokenizer),
             stopping_criteria=StoppingCriteriaList([_StopWhenSet(self._stop)]), **options,
         )
         result: dict = {}

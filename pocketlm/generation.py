@@ -1,5 +1,6 @@
 """Generation helpers that keep prompts inside a model's context window and speak in text, not ids."""
 
+import jinja2
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
@@ -54,17 +55,41 @@ def context_window(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """End-of-text and end-of-turn: where a document or a chat reply ends. A tokenizer from elsewhere (the Hub's
-    gpt2) has its own end-of-text token, and no turns."""
+def stop_token_ids(tokenizer, generation_config: GenerationConfig | None = None) -> list[int]:
+    """Where a document or a chat reply ends: pocketlm's end-of-text and end-of-turn, the tokenizer's end-of-text,
+    the token its chat template closes a reply with, and the model's own stops (`generation_config`). A model from
+    elsewhere brings its own: the Hub's gpt2 its end-of-text and no turns, a ChatML fine-tune its <|im_end|>."""
     stops = []
-    for token in (END_OF_TEXT, END_OF_TURN, tokenizer.eos_token):
+    for token in (END_OF_TEXT, END_OF_TURN, tokenizer.eos_token, _turn_end(tokenizer)):
         token_id = None if token is None else tokenizer.convert_tokens_to_ids(token)
         # A token the vocabulary lacks converts to the unknown token's id (GPT-2's is its end-of-text): not a stop.
         known = token_id != tokenizer.unk_token_id or token == tokenizer.unk_token
         if token_id is not None and known and token_id not in stops:
             stops.append(token_id)
+    model_stops = None if generation_config is None else generation_config.eos_token_id
+    for token_id in [model_stops] if isinstance(model_stops, int) else model_stops or []:
+        if token_id not in stops:
+            stops.append(token_id)
     return stops
+
+
+def _turn_end(tokenizer) -> str | None:
+    """The special token a tokenizer's chat template puts after a reply's text (pocketlm's <|end|>, ChatML's
+    <|im_end|>, Llama 3's <|eot_id|>), or None: a template of plain words, or none."""
+    if not tokenizer.chat_template:
+        return None
+    reply = "pocketlm-reply-7f3a"  # found again in the rendered text: no template writes it
+    conversation = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except (jinja2.TemplateError, ValueError, TypeError):  # a template that refuses this conversation names none
+        return None
+    if reply not in text:  # a template that leaves out the assistant's text
+        return None
+    after = text[text.index(reply) + len(reply):]
+    special = set(tokenizer.all_special_tokens) | {token.content for token in tokenizer.added_tokens_decoder.values()
+                                                   if token.special}
+    return next((token for token in tokenizer.tokenize(after) if token in special), None)
 
 
 def padding_id(tokenizer) -> int | None:
@@ -115,6 +140,7 @@ def complete(model: PreTrainedModel, tokenizer, text: str, max_new_tokens: int =
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids.to(model.device)
     ids, max_new_tokens = fit_to_context(ids, model, max_new_tokens)
     options = sampling_arguments(model.generation_config, options)
+    options.setdefault("eos_token_id", stop_token_ids(tokenizer, model.generation_config))
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, **options)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 

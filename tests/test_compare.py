@@ -280,3 +280,52 @@ def test_a_stock_gpt2_is_scored_and_continues_text_as_transformers_computes_it(t
                           f"{stock} is a stock GPT-2 with no ONNX graphs beside it: run it in torch (drop --runtime "
                           "onnx), or fine-tune it into a pocketlm model (train.py --init-from), whose graphs "
                           "--runtime onnx exports.")
+
+
+def test_a_gpt2_fine_tuned_elsewhere_on_chatml_stops_its_reply_at_its_template_s_turn_end(tmp_path):
+    """A GPT-2 fine-tuned to chat outside pocketlm, ChatML-style (TRL, a notebook): its template closes a reply with
+    <|im_end|>, which is neither its end-of-text nor in its generation config. chat.py and compare.py stopped only at
+    the end of text, so the reply ran on into a turn the model wrote for the user, its role tokens hidden. They stop
+    where the template ends a turn, as generate() does when told that token."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from pocketlm.cli import chat_main
+    from pocketlm.comparison import compare_models, comparison_text
+
+    folder = save_stock_gpt2(tmp_path / "gpt2-chatml", make_text(5), n_positions=64)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    model = GPT2LMHeadModel.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer))
+    # Taught one conversation that goes on past the reply: the turn the model writes next is the user's.
+    conversation = [{"role": "user", "content": "the king"}, {"role": "assistant", "content": "went to the river"},
+                    {"role": "user", "content": "and the queen"}]
+    ids = torch.tensor([tokenizer.apply_chat_template(conversation)["input_ids"]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    prompt = torch.tensor([tokenizer.apply_chat_template(conversation[:1], add_generation_prompt=True)["input_ids"]])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        ran_on = model.generate(prompt, do_sample=False, max_new_tokens=40, pad_token_id=end)[0, prompt.shape[1]:]
+        stopped = model.generate(prompt, do_sample=False, max_new_tokens=40, eos_token_id=end)[0, prompt.shape[1]:]
+    assert "and the queen" in tokenizer.decode(ran_on, skip_special_tokens=True)  # what the reply used to be
+    assert tokenizer.decode(stopped, skip_special_tokens=True) == "went to the river"
+
+    chat = run_entry(chat_main, str(folder), "--prompt", "the king", "--greedy", "--repetition-penalty", "1",
+                     "--max-new-tokens", "40")
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert chat.stdout == "went to the river\n"
+    text = tmp_path / "text.txt"
+    text.write_text(make_text(6, paragraphs=3))
+    documents, _ = comparison_text([str(folder)], [str(text)])
+    [report] = compare_models([str(folder)], documents, ["the king"], max_new_tokens=40)
+    assert report.replies == ["went to the river"]  # sampled, from a model sure of every token of it
