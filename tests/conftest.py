@@ -242,7 +242,8 @@ for name in ("pocketlm", "modeling"):
 """
 
 
-def train_accented_model(tmp_path_factory) -> Path:
+@pytest.fixture(scope="session")
+def accented_model(tmp_path_factory) -> Path:
     """A tiny GPT whose every byte is its own token (the smallest byte-level BPE), trained on accented and CJK
     text: its replies split multi-byte characters across tokens, so a stream that shows what one token decodes to
     would show half a character as U+FFFD."""

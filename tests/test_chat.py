@@ -12,7 +12,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from conftest import (REPO_ROOT, TINY_SHAPES, assert_one_line_error, broken_characters, make_text, run_at_once,
-                      run_entry, train_accented_model, train_tiny_models, writing_only)
+                      run_entry, train_tiny_models, writing_only)
 
 from pocketlm.chat import ChatInterface, unknown_characters
 from pocketlm.cli import chat_main
@@ -536,8 +536,8 @@ def test_chat_compare_and_upload_import_no_training_code(chat_models, tmp_path):
         assert set(eval(loaded)) <= allowed, (name, loaded)
 
 
-def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(tmp_path_factory):
-    chat = ChatInterface(str(train_accented_model(tmp_path_factory)), max_new_tokens=60, do_sample=False)
+def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(accented_model):
+    chat = ChatInterface(str(accented_model), max_new_tokens=60, do_sample=False)
     shown, text = [], ""
     for piece in chat.stream("Café"):
         text += piece

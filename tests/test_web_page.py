@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, make_text, run_entry, train_accented_model,
-                      train_tiny_models, with_decisive_weights, writing_only)
+from conftest import (CHROMIUM, TINY_SHAPES, broken_characters, make_text, run_entry, train_tiny_models,
+                      with_decisive_weights, writing_only)
 
 from pocketlm.chat import ChatInterface
 from pocketlm.cli import export_main, upload_main
@@ -372,10 +372,10 @@ def test_a_reply_with_nothing_to_show_says_whether_the_model_ended_its_turn_or_h
         served.close()
 
 
-def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(browser, tmp_path_factory):
-    model = train_accented_model(tmp_path_factory)
+def test_a_streamed_reply_never_shows_a_broken_character_the_finished_one_lacks(browser, accented_model,
+                                                                                 tmp_path_factory):
     site = tmp_path_factory.mktemp("accents-site")
-    assert run_entry(export_main, str(model), "--format", "web", "--output-dir", str(site / "page"),
+    assert run_entry(export_main, str(accented_model), "--format", "web", "--output-dir", str(site / "page"),
                      "--web-precision", "float32").returncode == 0
     served = Server(site)
     context = browser.new_context()
