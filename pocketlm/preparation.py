@@ -28,8 +28,8 @@ from transformers import AutoTokenizer
 
 from configs import load_recipe
 from modeling import PRESETS, GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM
-from tokenization import (characters_without_a_token, first_change, save_tokenizer, train_bpe_tokenizer,
-                          train_char_tokenizer, with_special_tokens, without_framing)
+from tokenization import (END_OF_TURN, characters_without_a_token, first_change, save_tokenizer,
+                          train_bpe_tokenizer, train_char_tokenizer, with_special_tokens, without_framing)
 
 from . import continuity, data
 from .checkpoints import CheckpointManager
@@ -304,13 +304,17 @@ def _given_tokenizer(tokenizer, name: str, corpus: data.Corpus, speaks: bool, fi
     text it reads (said, with the first change), and may have no token for some of its characters (said, with how
     much of the text they are: a character model fine-tuned on a text in another script). Only the process that
     `speaks` prints, and reads the text."""
+    own_template = tokenizer.chat_template
     tokenizer, added = with_special_tokens(tokenizer)
     tokenizer, framing = without_framing(tokenizer)
     if not speaks:
         return tokenizer
     if added:
+        # A template of its own (ChatML's, say) goes: conversations are trained, cut and prompted as pocketlm's.
+        replaced = (" in place of its own (the model learns and is prompted with pocketlm's: its replies end at "
+                    f"{END_OF_TURN})") if own_template and own_template != tokenizer.chat_template else ""
         print(f"note: {name} has no {', '.join(added)}: added after its own tokens ({len(tokenizer):,} in all), "
-              "with pocketlm's chat template")
+              f"with pocketlm's chat template{replaced}")
     if framing:
         print(f"note: {name} adds {' and '.join(dict.fromkeys(framing))} to every text it encodes: left out, as "
               "pocketlm frames text itself (the end-of-text token after each document, nothing before)")

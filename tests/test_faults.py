@@ -1674,7 +1674,8 @@ def test_a_run_on_a_given_tokenizer_resumes_after_that_tokenizer_moved(corpus, t
 def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(corpus, tmp_path):
     """`--tokenizer` of a tokenizer pocketlm did not train (GPT-2's has no pad token) stopped with a numpy
     traceback ("int() argument must be ... not 'NoneType'") when the blocks were cut. It keeps its own ids and gains
-    pocketlm's special tokens and chat template after them, said in a note; the model chats and its run resumes."""
+    pocketlm's special tokens and chat template after them (in place of its own ChatML one), said in a note; the
+    model chats and its run resumes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -1686,6 +1687,8 @@ def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(c
     backend.train_from_iterator([corpus.read_text()], trainers.BpeTrainer(
         vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"]))
     foreign = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    foreign.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}")
     given = tmp_path / "foreign"
     foreign.save_pretrained(given)
     chats = tmp_path / "chats.jsonl"
@@ -1696,6 +1699,9 @@ def test_a_tokenizer_from_elsewhere_gains_pocketlm_s_special_tokens_and_trains(c
         result = _train(data, out, f"--tokenizer={given}", "--save-every=1", *extra)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"note: {given} has no {', '.join(SPECIAL_TOKENS)}: added after its own tokens" in result.stdout
+        # Its own (ChatML) template is not the one trained with, and the note says so.
+        assert ("with pocketlm's chat template in place of its own (the model learns and is prompted with "
+                "pocketlm's: its replies end at <|end|>)") in result.stdout
         kept = AutoTokenizer.from_pretrained(out)
         text = "the river ran past the mill"
         assert kept(text).input_ids == foreign(text).input_ids  # its own ids, unchanged
