@@ -202,7 +202,7 @@ class ChatInterface:
         if not system or window is None:
             return
         reply = reply_budget(window, max_new_tokens)
-        room = window - reply - len(self._reply_cue()) - 2  # a message of at least its role token and one more
+        room = window - reply - len(self._reply_cue()) - self._message_opening() - 1  # a message of one token
         size = len(self._encode([{"role": "system", "content": system}]))
         if size > room:
             raise UsageError(f"the system text is {size:,} tokens, and this model's {window:,}-token window leaves "
@@ -227,6 +227,12 @@ class ChatInterface:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
         # verbose=False: a conversation longer than the window is expected and trimmed by prompt_ids.
         return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+
+    def _message_opening(self) -> int:
+        """How many tokens open a user's message before its text: its role token (pocketlm's <|user|>), or more
+        (ChatML's <|im_start|>, "user" and a line break). A message too long for the window keeps them."""
+        message, empty = (self._encode([{"role": "user", "content": text}]) for text in (".", ""))
+        return next((at for at, (a, b) in enumerate(zip(message, empty)) if a != b), min(len(message), len(empty)))
 
     def _reply_cue(self) -> list[int]:
         """The tokens the template appends to ask for the assistant's turn (templates refuse an empty chat)."""
@@ -253,9 +259,10 @@ class ChatInterface:
         message = self._encode([{"role": "user", "content": text}])
         cue = self._reply_cue()
         if budget is not None and len(fixed) + len(message) + len(cue) > budget:
-            # Too long on its own: keep the message's end (its role token first), drop its beginning.
-            keep = max(1, budget - len(fixed) - len(cue) - 1)
-            message = message[:1] + message[1:][-keep:]
+            # Too long on its own: keep the message's end (what opens it first), drop its beginning.
+            opening = self._message_opening()
+            keep = max(1, budget - len(fixed) - len(cue) - opening)
+            message = message[:opening] + message[opening:][-keep:]
             return fixed + message + cue
         turns: list[int] = []
         if self.use_context:

@@ -286,10 +286,12 @@ def test_a_gpt2_fine_tuned_elsewhere_on_chatml_stops_its_reply_at_its_template_s
     """A GPT-2 fine-tuned to chat outside pocketlm, ChatML-style (TRL, a notebook): its template closes a reply with
     <|im_end|>, which is neither its end-of-text nor in its generation config. chat.py and compare.py stopped only at
     the end of text, so the reply ran on into a turn the model wrote for the user, its role tokens hidden. They stop
-    where the template ends a turn, as generate() does when told that token."""
+    where the template ends a turn, as generate() does when told that token; a message too long for the window
+    keeps the template's whole opening of it."""
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
+    from pocketlm.chat import ChatInterface
     from pocketlm.cli import chat_main
     from pocketlm.comparison import compare_models, comparison_text
 
@@ -324,6 +326,12 @@ def test_a_gpt2_fine_tuned_elsewhere_on_chatml_stops_its_reply_at_its_template_s
                      "--max-new-tokens", "40")
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert chat.stdout == "went to the river\n"
+    # A message longer than the window keeps its end and what opens it: "<|im_start|>user\n", not <|im_start|> alone.
+    message = "the queen " * 40 + "and the king"
+    prompt = tokenizer.decode(ChatInterface(str(folder), max_new_tokens=40).prompt_ids(message, 32))
+    opening, kept = prompt[:len("<|im_start|>user\n")], prompt[len("<|im_start|>user\n"):]
+    assert opening == "<|im_start|>user\n" and len(tokenizer(prompt).input_ids) == 32
+    assert (message + "<|im_end|>\n<|im_start|>assistant\n").endswith(kept)
     text = tmp_path / "text.txt"
     text.write_text(make_text(6, paragraphs=3))
     documents, _ = comparison_text([str(folder)], [str(text)])
