@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jinja2
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -224,7 +225,13 @@ class ChatInterface:
     # --------------------------------------------------------------------------------------------- prompt
 
     def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                                      tokenize=False)
+        except jinja2.TemplateError as error:  # a model's own template may refuse a turn (Gemma's, a system text)
+            name = getattr(self.model, "name_or_path", None) or "this model"
+            raise UsageError(f"{name}'s chat template refuses this conversation ({str(error).rstrip('.')}): leave "
+                             "out what it names (a system text, say), or continue text with --mode text.") from None
         # verbose=False: a conversation longer than the window is expected and trimmed by prompt_ids.
         return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
 

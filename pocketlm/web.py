@@ -57,14 +57,17 @@ class WebChat:
         try:
             conversation.set_system(system.strip() or None)
         except UsageError as error:
-            raise gr.Error(str(error), title="System text too long")
+            raise gr.Error(str(error), title="System text refused")
         # Gradio 6 sends each turn's content as a list of text parts.
         conversation.history = [{"role": turn["role"], "content": message_text(turn["content"]) or ""}
                                 for turn in history if turn.get("role") in ("user", "assistant")]
         reply = ""
-        for piece in conversation.stream(message):
-            reply += piece
-            yield reply, ""
+        try:
+            for piece in conversation.stream(message):
+                reply += piece
+                yield reply, ""
+        except UsageError as error:  # a turn the model's own template refuses: said in the page, as in the terminal
+            raise gr.Error(str(error), title="Message refused")
         # A continuation keeps its first space or line break: the page sends it back as part of the passage.
         shown = reply if conversation.mode == "text" and reply.strip() else reply.strip()
         note = conversation.unknown_note(message)

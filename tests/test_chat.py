@@ -328,6 +328,38 @@ def test_a_system_text_the_window_cannot_hold_is_refused_in_one_line_and_the_ses
     assert not replies[0].startswith("error") and not replies[2].startswith("error")
 
 
+
+def test_a_turn_the_model_s_own_template_refuses_is_said_in_one_line_and_the_session_goes_on(chat_models, tmp_path):
+    """A model's own chat template may refuse a turn, as Gemma's refuses a system text ("System role not supported",
+    Jinja's raise_exception): --system ended in a Jinja traceback, and /system or a reply in the session with it.
+    Said in one line naming the model and the template's reason, and nothing changes."""
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "no-system"
+    shutil.copytree(chat_models["transformer"], model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}" + tokenizer.chat_template)
+    tokenizer.save_pretrained(model)
+    refused = f"{model}'s chat template refuses this conversation (System role not supported): leave out what it names"
+    assert_one_line_error(run_entry(chat_main, str(model), "--system", "Be brief.", "--prompt", "Hi"), refused)
+    session = run_chat(str(model), "--greedy", "--max-new-tokens", "4", stdin="/system Be brief.\nHello\n")
+    assert session.returncode == 0 and "Traceback" not in session.stderr, session.stderr[-2000:]
+    lines = session.stdout.splitlines()
+    assert lines[0].startswith(f"error: {refused}") and lines[1] == "no system text" and len(lines) == 3
+    chat = ChatInterface(str(model), max_new_tokens=4)
+    with pytest.raises(UsageError, match="System role not supported"):
+        chat.continue_from([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert chat.history == [] and chat.system is None
+    # The browser chat (chat.py --web) says it in the page.
+    import gradio as gr
+
+    from pocketlm.web import SETTINGS, WebChat
+
+    web = WebChat(chat)
+    with pytest.raises(gr.Error, match="System role not supported"):
+        list(web.reply("Hello", [], "Be brief.", *[chat.options[name] for name in SETTINGS]))
+
 def test_main_py_chat_dispatches_to_chat(chat_models):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "main.py"), "--chat", "--model-type", "lstm", "--model",
