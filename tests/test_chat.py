@@ -356,9 +356,16 @@ def test_a_turn_the_model_s_own_template_refuses_is_said_in_one_line_and_the_ses
 
     from pocketlm.web import SETTINGS, WebChat
 
-    web = WebChat(chat)
+    web, settings = WebChat(chat), [chat.options[name] for name in SETTINGS]
     with pytest.raises(gr.Error, match="System role not supported"):
-        list(web.reply("Hello", [], "Be brief.", *[chat.options[name] for name in SETTINGS]))
+        list(web.reply("Hello", [], "Be brief.", *settings))
+    # And a refusal met while the reply's prompt is built (a template that wants a conversation to open with the
+    # user, as Llama 2's does, and is handed the history turn by turn): in the page, not a traceback.
+    chat.tokenizer.chat_template = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversation "
+                                    "roles must alternate') }}{% endif %}" + chat.tokenizer.chat_template)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    with pytest.raises(gr.Error, match="Conversation roles must alternate"):
+        list(web.reply("Hello", history, "", *settings))
 
 def test_main_py_chat_dispatches_to_chat(chat_models):
     result = subprocess.run(
