@@ -95,8 +95,10 @@ def _turn_end(tokenizer) -> str | None:
 def padding_id(tokenizer) -> int | None:
     """What generate() fills finished rows with: the pad token, else (GPT-2's tokenizer has none) the end of text,
     transformers' own stand-in, given here rather than warned about on every reply."""
+    if tokenizer.pad_token_id is not None:  # every pocketlm tokenizer: no template rendered for the stops
+        return tokenizer.pad_token_id
     stops = stop_token_ids(tokenizer)
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None or not stops else stops[0]
+    return stops[0] if stops else None
 
 
 def default_generation_config(tokenizer, max_new_tokens: int = 128) -> GenerationConfig:
