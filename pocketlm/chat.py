@@ -158,6 +158,7 @@ class ChatInterface:
         self.use_context = use_context
         self.system = None
         self.history: list[dict] = []
+        self._whole_for: tuple[str | None, bool] = (None, False)  # the template last probed, and what it showed
         self.options = {**BALANCED_SAMPLING, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
         self.set_options(**generation_options)
         self.set_system(system)
@@ -203,8 +204,12 @@ class ChatInterface:
         if not system or window is None:
             return
         reply = reply_budget(window, max_new_tokens)
-        room = window - reply - len(self._reply_cue()) - self._message_opening() - 1  # a message of one token
-        size = len(self._encode([{"role": "system", "content": system}]))
+        # Measured inside a conversation, not on its own: a template may put the system text in the first user turn
+        # (Llama 2's), where on its own it renders nothing. The room is what a message of one character leaves.
+        message = [{"role": "user", "content": "."}]
+        bare = len(self._encode(message, generation_prompt=True))
+        size = len(self._encode([{"role": "system", "content": system}, *message], generation_prompt=True)) - bare
+        room = window - reply - bare
         if size > room:
             raise UsageError(f"the system text is {size:,} tokens, and this model's {window:,}-token window leaves "
                              f"it {max(room, 0):,} beside a reply of {reply:,}: shorten it, or lower max_new_tokens.")
@@ -224,16 +229,44 @@ class ChatInterface:
 
     # --------------------------------------------------------------------------------------------- prompt
 
-    def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
+    def _render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
                                                       tokenize=False)
         except jinja2.TemplateError as error:  # a model's own template may refuse a turn (Gemma's, a system text)
             name = getattr(self.model, "name_or_path", None) or "this model"
             raise UsageError(f"{name}'s chat template refuses this conversation ({str(error).rstrip('.')}): leave "
                              "out what it names (a system text, say), or continue text with --mode text.") from None
+
+    def _encode(self, messages: list[dict], generation_prompt: bool = False) -> list[int]:
         # verbose=False: a conversation longer than the window is expected and trimmed by prompt_ids.
-        return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+        return self.tokenizer(self._render(messages, generation_prompt), add_special_tokens=False,
+                              verbose=False).input_ids
+
+    def _renders_whole(self) -> bool:
+        """Whether the template renders a conversation otherwise than as its messages rendered one by one and
+        joined, so that a prompt must be rendered whole: Llama 2's puts the system text inside the first user turn
+        and refuses a history that opens with a reply, Llama 3's opens every rendering with its begin-of-text token,
+        Qwen's gives one without a system text a default one. pocketlm's and plain ChatML's do not, and their
+        prompts are joined from each message's tokens, each rendered once."""
+        template = self.tokenizer.chat_template
+        if self._whole_for[0] != template:
+            self._whole_for = (template, self._probe_whole())
+        return self._whole_for[1]
+
+    def _probe_whole(self) -> bool:
+        turns = [{"role": role, "content": text} for role, text in (("user", "A"), ("assistant", "B"), ("user", "C"))]
+        for probe in ([{"role": "system", "content": "S"}, *turns], turns):  # Gemma's refuses a system text
+            try:
+                whole = self._render(probe, generation_prompt=True)
+            except UsageError:
+                continue
+            try:
+                cue = self._render(probe[-1:], generation_prompt=True)[len(self._render(probe[-1:])) :]
+                return whole != "".join(self._render([message]) for message in probe) + cue
+            except UsageError:  # refuses a message on its own: a reply without the turn before it, say
+                return True
+        return False  # refuses even a plain exchange: each prompt says so
 
     def _message_opening(self) -> int:
         """How many tokens open a user's message before its text: its role token (pocketlm's <|user|>), or more
@@ -262,6 +295,8 @@ class ChatInterface:
             return ids[-budget:] if budget is not None and ids else ids or [self.tokenizer.eos_token_id]
         self._check_system(self.system, max_new_tokens)  # max_new_tokens may have grown since it was set
         system = [{"role": "system", "content": self.system}] if self.system else []
+        if self._renders_whole():
+            return self._whole_prompt(system, self.history if self.use_context else [], text, budget)
         fixed = self._encode(system) if system else []
         message = self._encode([{"role": "user", "content": text}])
         cue = self._reply_cue()
@@ -281,6 +316,31 @@ class ChatInterface:
                 turns = ids + turns
                 room = None if room is None else room - len(ids)
         return fixed + turns + message + cue
+
+    def _whole_prompt(self, system: list[dict], history: list[dict], text: str, budget: int | None) -> list[int]:
+        """prompt_ids for a template that renders a conversation only whole (_renders_whole): the system text, the
+        newest turns that fit and the template takes (one that wants the user first refuses a history opening with
+        a reply: it opens a turn later), the message; a message too long on its own keeps its end."""
+        def render(turns: list[dict], message: str) -> list[int]:
+            return self._encode([*system, *turns, {"role": "user", "content": message}], generation_prompt=True)
+
+        prompt = render([], text)  # what the template refuses here, it refuses in every prompt: said as it is
+        if budget is not None and len(prompt) > budget:
+            # Too long on its own: the fewest first characters to drop (_check_system leaves room for one).
+            low, high = 0, len(text)
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (low, middle) if len(render([], text[middle:])) <= budget else (middle + 1, high)
+            return render([], text[low:])
+        for start in reversed(range(len(history))):  # one more turn each time, until the window is full
+            try:
+                ids = render(history[start:], text)
+            except UsageError:
+                continue
+            if budget is not None and len(ids) > budget:
+                break
+            prompt = ids
+        return prompt
 
     # --------------------------------------------------------------------------------------------- replies
 

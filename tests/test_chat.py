@@ -318,8 +318,8 @@ def test_a_system_text_the_window_cannot_hold_is_refused_in_one_line_and_the_ses
         except UsageError:
             return False
 
-    middle = next(text for text in ("word " * count for count in range(1, 200)) if fits(text, 8)
-                  and not fits(text, 60))
+    middle = next(text for text in (" ".join(["word"] * count) for count in range(1, 200)) if fits(text, 8)
+                  and not fits(text, 60))  # as the session reads it, without the line's end
     session = run_chat("--model", model, "--greedy", "--max-new-tokens", "8",
                        stdin=f"/system {middle}\nHello\n/params max_new_tokens=60\nHello\n/system --clear\nHello\n")
     assert session.returncode == 0, session.stderr[-2000:]
@@ -359,13 +359,13 @@ def test_a_turn_the_model_s_own_template_refuses_is_said_in_one_line_and_the_ses
     web, settings = WebChat(chat), [chat.options[name] for name in SETTINGS]
     with pytest.raises(gr.Error, match="System role not supported"):
         list(web.reply("Hello", [], "Be brief.", *settings))
-    # And a refusal met while the reply's prompt is built (a template that wants a conversation to open with the
-    # user, as Llama 2's does, and is handed the history turn by turn): in the page, not a traceback.
-    chat.tokenizer.chat_template = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversation "
-                                    "roles must alternate') }}{% endif %}" + chat.tokenizer.chat_template)
+    # And a refusal met while the reply's prompt is built (a template that refuses a message for what it holds): in
+    # the page, not a traceback.
+    chat.tokenizer.chat_template = ("{% if 'secret' in messages[-1]['content'] %}{{ raise_exception('Secrets are "
+                                    "not supported') }}{% endif %}" + chat.tokenizer.chat_template)
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
-    with pytest.raises(gr.Error, match="Conversation roles must alternate"):
-        list(web.reply("Hello", history, "", *settings))
+    with pytest.raises(gr.Error, match="Secrets are not supported"):
+        list(web.reply("A secret", history, "", *settings))
 
 def test_main_py_chat_dispatches_to_chat(chat_models):
     result = subprocess.run(
@@ -420,6 +420,84 @@ def test_the_window_drops_old_turns_but_keeps_system_and_message(chat_models):
     long_text = tokenizer.decode(long_ids)
     assert len(long_ids) <= window - 16
     assert "finish" in long_text and "start" not in long_text and "You are terse." in long_text
+
+
+# Llama 2's chat template, as its chat models carry it: the system text inside the first user turn, roles that must
+# alternate from a user's first, no cue for the reply (the prompt ends at [/INST]).
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_a_template_that_renders_only_whole_conversations_chats_with_context_and_its_system_text(chat_models,
+                                                                                                  tmp_path):
+    """Chat built a prompt from each message rendered on its own, which is how pocketlm's and ChatML's templates
+    render a conversation, but not Llama 2's: its system text rendered nothing on its own (dropped in silence), and a
+    reply rendered without the user's turn before it is refused, so every reply after the first was. Nor Llama 3's,
+    which opens each rendering with its begin-of-text token (one came before every message). The prompt is now what
+    transformers' apply_chat_template renders of the conversation, its oldest turns left out as the window fills."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from modeling import GPTForCausalLM
+
+    # The chat model with a window of 256 (its weights untrained): room for a few of Llama 2's [INST] turns.
+    model = tmp_path / "llama2-template"
+    shutil.copytree(chat_models["transformer"], model)
+    config = AutoConfig.from_pretrained(model)
+    config.block_size = 256
+    GPTForCausalLM(config).save_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template, tokenizer.bos_token = LLAMA2_TEMPLATE, tokenizer.eos_token  # Llama's <s> and </s>
+    tokenizer.save_pretrained(model)
+    system = {"role": "system", "content": "Be brief."}
+
+    def rendered(conversation: list[dict], tokenizer=tokenizer) -> list[int]:  # transformers' own: the reference
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    def newest_that_fit(history: list[dict], text: str, budget: int) -> list[int]:
+        """The most turns, from a user's, that fit beside the message: the prompt, as transformers renders it."""
+        for start in range(0, len(history) + 1, 2):
+            ids = rendered([system, *history[start:], {"role": "user", "content": text}])
+            if len(ids) <= budget:
+                return ids
+
+    chat = ChatInterface(str(model), system="Be brief.", max_new_tokens=3, do_sample=False)
+    chat.reply("Hello")
+    window = chat.model.config.block_size
+    assert chat.prompt_ids("Bye", 8) == rendered([system, *chat.history, {"role": "user", "content": "Bye"}])
+    assert tokenizer.decode(chat.prompt_ids("Bye", 8)).startswith(f"{tokenizer.bos_token}[INST] <<SYS>>\nBe brief.")
+    # The window full: the newest turns that fit, from a user's turn (a reply first is refused), the system text kept.
+    chat.history = [{"role": role, "content": str(i)} for i in range(20) for role in ("user", "assistant")]
+    prompt = chat.prompt_ids("Bye", 8)
+    assert prompt == newest_that_fit(chat.history, "Bye", window - 8)
+    assert 2 < tokenizer.decode(prompt).count("[INST]") < 21  # some of the turns, not all
+    long_ids = chat.prompt_ids("start " + "word " * 300 + "finish", 16)
+    long_text = tokenizer.decode(long_ids)
+    assert len(long_ids) <= window - 16 and long_text.endswith("word finish [/INST]") and "Be brief." in long_text
+    assert "start" not in long_text and "19" not in long_text
+    # The system text counts inside the first turn, where it sits: one the window cannot hold is refused.
+    with pytest.raises(UsageError, match=f"this model's {window}-token window leaves it"):
+        chat.set_system("Be brief. " * 60)
+    # The terminal session with context: each reply, and no refusal.
+    session = run_chat(str(model), "--greedy", "--max-new-tokens", "4", "--system", "Be brief.",
+                       stdin="Hello\nAnd you?\nGood\n")
+    assert session.returncode == 0 and "error" not in session.stdout + session.stderr, session.stdout[-2000:]
+    # Llama 3's way: a begin-of-text token opens the rendering, once, before the system text.
+    opened = "{{ bos_token }}" + AutoTokenizer.from_pretrained(chat_models["transformer"]).chat_template
+    chat.tokenizer.chat_template, chat.history = opened, chat.history[-4:]
+    prompt = chat.prompt_ids("Farewell", 8)
+    assert prompt == rendered([system, *chat.history, {"role": "user", "content": "Farewell"}], chat.tokenizer)
+    assert prompt.count(chat.tokenizer.bos_token_id) == 1
 
 
 def test_without_context_each_message_stands_alone(chat_models):
