@@ -171,7 +171,8 @@ _NO_TEMPLATE = """ Trained on plain text, the model has no chat
 template: the server's `/v1/completions` continues a text sent to it."""
 
 # Each GGUF precision, as the card says it.
-GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0", "q5_0": "5-bit Q5_0", "q4_0": "4-bit Q4_0"}
+GGUF_WORDS = {"f32": "float32", "f16": "float16", "q8_0": "8-bit Q8_0", "q5_0": "5-bit Q5_0", "q4_0": "4-bit Q4_0",
+              "q6_k": "6-bit Q6_K", "q5_k_m": "5-bit Q5_K_M", "q4_k_m": "4-bit Q4_K_M", "q3_k_m": "3-bit Q3_K_M"}
 
 
 def _elsewhere(repo_id: str, family: str, formats: list[str], config, gguf_precisions: tuple[str, ...],

@@ -12,8 +12,10 @@ RUNTIMES = ["torch", "onnx"]
 DEVICES = ["auto", "cpu", "cuda"]  # auto: a CUDA GPU when one is visible, else the CPU
 EXPORT_FORMATS = ["transformers", "onnx", "gguf", "web"]  # what export.py writes; a family has some (export.FORMATS)
 WEB_PRECISIONS = ["int8", "float32"]  # the web page's ONNX graph; the first is the default
-# A GGUF file's weights, as llama.cpp names them; the first is the default.
-GGUF_PRECISIONS = ["f32", "f16", "q8_0", "q5_0", "q4_0"]
+# A GGUF file's weights, as llama.cpp names them; the first is the default. pocketlm writes the first five itself
+# (the gguf package); llama.cpp's own quantizer makes its k-quants, which pick a format for each tensor by its rules.
+GGUF_PRECISIONS = ["f32", "f16", "q8_0", "q5_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m"]
+GGUF_BY_LLAMA_CPP = GGUF_PRECISIONS[5:]
 
 # The old guide's "balanced" setting: readable, varied replies from small models.
 BALANCED_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "repetition_penalty": 1.2}

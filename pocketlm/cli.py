@@ -579,8 +579,9 @@ LSTM_HAS_NO_GGUF = ("--gguf-precision sets the GGUF file's weights, and the LSTM
                     "LSTM): drop --gguf-precision.")
 # export.py's and hub_upload.py's --gguf-precision, in llama.cpp's names.
 GGUF_PRECISION_HELP = ("the GGUF file's weights: f32, f16 (half the bytes), or llama.cpp's q8_0, q5_0 or q4_0 (about "
-                       "a quarter, a sixth, a seventh); several joined by commas write a file each (default: "
-                       f"{GGUF_PRECISIONS[0]})")
+                       "a quarter, a sixth, a seventh), or its k-quants q6_k, q5_k_m, q4_k_m or q3_k_m (made by "
+                       "llama.cpp's quantizer: pip install llama-cpp-python); several joined by commas write a file "
+                       f"each (default: {GGUF_PRECISIONS[0]})")
 
 
 def upload_parser() -> argparse.ArgumentParser:

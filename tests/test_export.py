@@ -29,6 +29,7 @@ from transformers import GPT2LMHeadModel
 
 from modeling import GPTConfig, GPTForCausalLM
 from pocketlm.chat import ChatInterface
+from pocketlm.choices import GGUF_BY_LLAMA_CPP
 from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, train_main, upload_main
 from pocketlm.errors import UsageError
 from pocketlm.export.gpt2 import from_gpt2
@@ -866,44 +867,30 @@ GGUF_MATRICES = {"token_embd.weight": "model.wte.weight", "output.weight": "lm_h
 MATRIX_ENDINGS = tuple(name.split("}.")[-1] for name in GGUF_MATRICES)
 
 
-@pytest.mark.parametrize("precision", ["f16", "q8_0", "q5_0", "q4_0"])
-def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(precision, trained, tmp_path):
-    """export.py wrote float32 GGUF files only, where llama.cpp's users keep f16 or its block formats (half, a
-    quarter to a seventh of the bytes). `--gguf-precision` writes each, several at once: llama.cpp's logits on one are the model's with the
-    weights gguf's own reader gives back from it (gguf.quants.dequantize), and its greedy tokens theirs."""
+def llama_cpp_runs_the_weights_it_holds(folder: Path, file: Path) -> None:
+    """llama.cpp's logits on the GGUF `file` of the model in `folder` are the model's with the weights gguf's own
+    reader gives back from the file (gguf.quants.dequantize: the formats implemented again, apart from llama.cpp),
+    and its greedy tokens theirs."""
     import gguf
 
     llama_cpp = _llama_cpp()
-    out, name = tmp_path / "out", trained["transformer"].name
-    result = run_entry(export_main, str(trained["transformer"]), "--format", "gguf", "--gguf-precision",
-                       f"{precision},F32", "--output-dir", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    files = {kind: out / f"{name}-{kind}.gguf" for kind in (precision, "f32")}
-    assert sorted(path.name for path in out.glob("*.gguf")) == sorted(path.name for path in files.values())
-    readers = {kind: gguf.GGUFReader(path) for kind, path in files.items()}
-    stored = {tensor.name: tensor for tensor in readers[precision].tensors}
-    model, tokenizer = load_pretrained(str(trained["transformer"]))
-    kind = gguf.GGMLQuantizationType[precision.upper()]
+    stored = {tensor.name: tensor for tensor in gguf.GGUFReader(file).tensors}
+    model, tokenizer = load_pretrained(str(folder))
     state = {}
     for theirs, ours in GGUF_MATRICES.items():
         for layer in range(model.config.n_layer):
             tensor = stored[theirs.format(i=layer)]
-            assert tensor.tensor_type == kind, tensor.name  # the norms, biases and positions stay float32
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             shape = model.state_dict()[ours.format(i=layer)].shape
             state[ours.format(i=layer)] = torch.from_numpy(values.reshape(shape).astype(np.float32))
-    size = {kind: sum(int(tensor.n_bytes) for tensor in reader.tensors if tensor.name.endswith(MATRIX_ENDINGS))
-            for kind, reader in readers.items()}
-    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]  # 32 numbers in 34, 22 or 18 bytes; 1 in 2 for f16
-    assert size[precision] / size["f32"] == block_bytes / (block * 4)
-    as_stored, _ = load_pretrained(str(trained["transformer"]))
+    as_stored, _ = load_pretrained(str(folder))
     as_stored.load_state_dict(state, strict=False)
     assert not torch.equal(as_stored.lm_head.weight, model.lm_head.weight)  # rounded: another model, near it
 
     prompt = chat_prompt(tokenizer, PROMPTS[1])
     sequence = prompt + greedy(as_stored, [prompt], tokenizer.pad_token_id)[0]
-    llm = llama_cpp.Llama(model_path=str(files[precision]), n_ctx=model.config.block_size, logits_all=True,
-                          verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(model_path=str(file), n_ctx=model.config.block_size, logits_all=True, verbose=False,
+                          n_threads=2)
     try:
         llm.eval(sequence)
         theirs = torch.tensor(np.array(llm.scores[: len(sequence)]))
@@ -916,6 +903,72 @@ def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(p
     # own size.
     assert (theirs - ours).abs().max() < 2e-2 * ours.abs().max(), (theirs - ours).abs().max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.99
+
+
+def matrix_bytes(file: Path) -> int:
+    import gguf
+
+    return sum(int(tensor.n_bytes) for tensor in gguf.GGUFReader(file).tensors if tensor.name.endswith(MATRIX_ENDINGS))
+
+
+@pytest.mark.parametrize("precision", ["f16", "q8_0", "q5_0", "q4_0"])
+def test_a_smaller_gguf_holds_the_model_at_its_precision_and_llama_cpp_runs_it(precision, trained, tmp_path):
+    """export.py wrote float32 GGUF files only, where llama.cpp's users keep f16 or its block formats (half, a
+    quarter to a seventh of the bytes). `--gguf-precision` writes each, several at once, and llama.cpp runs the
+    weights each holds (llama_cpp_runs_the_weights_it_holds)."""
+    import gguf
+
+    out, name = tmp_path / "out", trained["transformer"].name
+    result = run_entry(export_main, str(trained["transformer"]), "--format", "gguf", "--gguf-precision",
+                       f"{precision},F32", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = {kind: out / f"{name}-{kind}.gguf" for kind in (precision, "f32")}
+    assert sorted(path.name for path in out.glob("*.gguf")) == sorted(path.name for path in files.values())
+    kind = gguf.GGMLQuantizationType[precision.upper()]
+    for tensor in gguf.GGUFReader(files[precision]).tensors:  # the norms, biases and positions stay float32
+        assert tensor.tensor_type == (kind if tensor.name.endswith(MATRIX_ENDINGS) else
+                                      gguf.GGMLQuantizationType.F32), tensor.name
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]  # 32 numbers in 34, 22 or 18 bytes; 1 in 2 for f16
+    assert matrix_bytes(files[precision]) / matrix_bytes(files["f32"]) == block_bytes / (block * 4)
+    llama_cpp_runs_the_weights_it_holds(trained["transformer"], files[precision])
+
+
+@pytest.fixture(scope="module")
+def wide_gpt(tmp_path_factory) -> Path:
+    """A GPT 256 numbers wide: the k-quants store a row in blocks of 256 (a narrower one falls back to a 32-number
+    block format), trained long enough that its greedy tokens are not near-ties."""
+    shape = {"n_layer": 1, "n_head": 4, "n_embd": 256, "block_size": 64}
+    return train_tiny_models(tmp_path_factory, "wide", {"transformer": shape}, max_steps=30, vocab_size=300,
+                             eval_every=30)["transformer"]
+
+
+@pytest.mark.parametrize("precision", GGUF_BY_LLAMA_CPP)
+def test_a_k_quant_gguf_is_made_by_llama_cpp_s_own_quantizer_and_runs_as_the_weights_it_holds(precision, wide_gpt,
+                                                                                               tmp_path):
+    """llama.cpp's users keep k-quants (Q4_K_M is what ollama pulls by default), which pocketlm could not write.
+    export.py hands the float32 file to llama.cpp's own quantizer: each weight matrix is in a k-quant format, the
+    file is a fraction of float32's, and llama.cpp runs the weights it holds as gguf's reader reads them back."""
+    import gguf
+
+    out, name = tmp_path / "out", wide_gpt.name
+    result = run_entry(export_main, str(wide_gpt), "--format", "gguf", "--gguf-precision", f"{precision},f32",
+                       "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [f"writing {name}-{kind}.gguf ..." for kind in (precision, "f32")]  # no log
+    files = {kind: out / f"{name}-{kind}.gguf" for kind in (precision, "f32")}
+    assert sorted(path.name for path in out.iterdir() if path.suffix != ".json") == sorted(
+        path.name for path in files.values())  # the float32 file it was made from is gone
+    reader = gguf.GGUFReader(files[precision])
+    file_type = reader.fields["general.file_type"]
+    assert file_type.parts[file_type.data[0]][0] == gguf.LlamaFileType[f"MOSTLY_{precision.upper()}"]
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    matrices = {tensor_name: kind for tensor_name, kind in types.items() if tensor_name.endswith(MATRIX_ENDINGS)}
+    assert all(kind.endswith("_K") for kind in matrices.values()), matrices
+    assert f"Q{precision[1]}_K" in matrices.values(), matrices
+    assert set(types.values()) - set(matrices.values()) == {"F32"}  # norms, biases and positions as they were
+    bits = 32 * matrix_bytes(files[precision]) / matrix_bytes(files["f32"])
+    assert int(precision[1]) < bits < int(precision[1]) + 2.5, bits
+    llama_cpp_runs_the_weights_it_holds(wide_gpt, files[precision])
 
 
 # Tokens added as fine-tuning adds them: a special one, plain ones, one with a space and one not ASCII.
@@ -1141,6 +1194,25 @@ def test_gguf_precision_is_refused_where_it_would_be_ignored_or_is_unknown(train
     assert [path.name for path in written] == [f"{trained['transformer'].name}-{kind}.gguf" for kind in ("f16", "q8_0")]
     with pytest.raises(UsageError, match="unknown --gguf-precision 'q4'"):
         export(model, ["gguf"], tmp_path / "api-2", gguf_precisions=["q4"])
+
+
+def test_a_k_quant_without_llama_cpp_s_quantizer_is_refused_before_any_work(trained, tmp_path, monkeypatch):
+    """llama.cpp's quantizer comes with llama-cpp-python, which the extras leave out (a C++ build of minutes): a
+    k-quant without it is refused in one line naming the install and the way round it, by export.py, hub_upload.py's
+    dry run (as its real run would) and the Python API, before anything is written."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed: find_spec finds none
+    model, out = str(trained["transformer"]), tmp_path / "out"
+    needles = ["--gguf-precision q4_k_m is made by llama.cpp's own quantizer", "pip install llama-cpp-python",
+               "run llama.cpp's llama-quantize on it; nothing was written"]
+    assert_one_line_error(run_entry(export_main, model, "--format", "gguf", "--gguf-precision", "f16,q4_k_m",
+                                    "--output-dir", str(out)), *needles)
+    assert_one_line_error(run_entry(upload_main, model, "--repo-id", "me/m", "--dry-run", "--formats", "gguf",
+                                    "--gguf-precision", "q4_k_m", "--output-dir", str(out)), *needles)
+    from pocketlm.export import export
+
+    with pytest.raises(UsageError, match="q4_k_m is made by llama.cpp's own quantizer"):
+        export(model, "gguf", out, gguf_precisions="q4_k_m")
+    assert not out.exists()
 
 
 def test_llama_cpp_s_chat_completion_renders_the_conversation_as_pocketlm_does(trained, exported):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tokenization import PLAIN_CHAT_TEMPLATE, save_tokenizer
 
-from ..choices import EXPORT_FORMATS, GGUF_PRECISIONS, WEB_PRECISIONS
+from ..choices import EXPORT_FORMATS, GGUF_BY_LLAMA_CPP, GGUF_PRECISIONS, WEB_PRECISIONS
 from ..errors import UsageError, full_disk_says, require_extra
 from ..loading import load_pretrained, model_family, model_name, trained_on_chat
 from ..run_folder import CHAT_TEMPLATE_FILE, EXPORT_RECORD, TOKENIZER_CONFIG_FILE
@@ -222,12 +222,18 @@ def gguf_name(name: str, precision: str = GGUF_PRECISIONS[0]) -> str:
 
 
 def split_gguf_precisions(text: str) -> tuple[str, ...]:
-    """The precisions a `--gguf-precision` value names, joined by commas, each once (`q8_0` or `f16,q8_0`)."""
+    """The precisions a `--gguf-precision` value names, joined by commas, each once (`q8_0` or `f16,q8_0`); a k-quant
+    without llama.cpp's quantizer installed is refused here, before any work."""
     named = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
     unknown = [name for name in named if name not in GGUF_PRECISIONS]
     if unknown or not named:
         raise UsageError(f"unknown --gguf-precision {unknown[0] if unknown else text!r}: choose "
                          f"{', '.join(GGUF_PRECISIONS)}, or several joined by commas.")
+    by_llama_cpp = [name for name in named if name in GGUF_BY_LLAMA_CPP]
+    if by_llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        raise UsageError(f"--gguf-precision {by_llama_cpp[0]} is made by llama.cpp's own quantizer, which comes with "
+                         "llama-cpp-python, not installed: pip install llama-cpp-python (it builds llama.cpp, some "
+                         "minutes), or write f16 and run llama.cpp's llama-quantize on it; nothing was written.")
     return named
 
 

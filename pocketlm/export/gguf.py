@@ -1,20 +1,23 @@
 """A pocketlm GPT as one GGUF file for llama.cpp (and what builds on it: ollama, LM Studio, llama-cpp-python).
 
 The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names, its weight
-matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`). llama.cpp's
-own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
+matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`), or in its
+k-quants, which llama.cpp's own quantizer makes from the float32 file. llama.cpp's own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
 trained one matches no hash it knows. The file names the pre-tokenizer by what the tokenizer's own definition says
 (pocketlm's byte-level BPE splits text with GPT-2's pattern; one given to `train.py --tokenizer` may split with
 Llama 3's, Qwen2's, ...), and carries the vocabulary, the merges, the special tokens and, for a chat model, the chat
 template.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from tokenization import BYTE_LEVEL_BPE, CHARACTER_LEVEL, END_OF_TURN, PLAIN_CHAT_TEMPLATE, tokenizer_kind
 from tokenization.kind import definition, steps
+
+from ..choices import GGUF_BY_LLAMA_CPP
 
 # The tensors each precision stores smaller: the weight matrices (embedding, attention and MLP projections, head).
 # Norms and biases stay float32, as llama.cpp's own converter keeps them, and so does the position embedding.
@@ -156,8 +159,46 @@ def _token_types(tokenizer, tokens: list[str]) -> list:
 
 def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", *, is_chat: bool) -> Path:
     """Write the GPT `model` and its byte-level BPE `tokenizer` to the GGUF file `path`, its weight matrices in
-    `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers), with the chat
-    template when `is_chat` (without one, llama.cpp continues the text it is given rather than turning to chat)."""
+    `precision`: f32, f16 (half the bytes), q8_0, q5_0 or q4_0 (34, 22 and 18 bytes for 32 numbers), or a k-quant
+    (GGUF_BY_LLAMA_CPP) that llama.cpp's quantizer makes from the float32 file; with the chat template when
+    `is_chat` (without one, llama.cpp continues the text it is given rather than turning to chat)."""
+    if precision not in GGUF_BY_LLAMA_CPP:
+        return _write(model, tokenizer, path, name, precision, is_chat=is_chat)
+    # Beside the file, in the export's folder as it is built: a killed export leaves it where the next one clears.
+    source = path.with_name(f".{path.name}.f32")
+    try:
+        _write(model, tokenizer, source, name, "f32", is_chat=is_chat)
+        _quantize_with_llama_cpp(source, path, precision)
+    finally:
+        source.unlink(missing_ok=True)
+    return path
+
+
+def _quantize_with_llama_cpp(source: Path, path: Path, precision: str) -> None:
+    """llama.cpp's own quantizer (llama-quantize's function, through llama-cpp-python) from the GGUF file `source`:
+    its k-quants choose a format per tensor (Q4_K_M keeps the head, the attention's inputs and some of the MLP's
+    outputs in Q6_K) and fall back to a 32-number block format for a row that is not a multiple of 256 numbers,
+    rules pocketlm does not copy."""
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{precision.upper()}")
+    # llama-cpp-python prints llama.cpp's log (a line per tensor) unless its logger's level is above the line's.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        status = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(path), ctypes.byref(params))
+    finally:
+        log.setLevel(level)
+    if status != 0:
+        raise RuntimeError(f"llama.cpp's quantizer could not make {precision} from {source} (status {status})")
+
+
+def _write(model, tokenizer, path: Path, name: str, precision: str, *, is_chat: bool) -> Path:
     import gguf
 
     config = model.config
