@@ -34,6 +34,7 @@ from pocketlm.cli import chat_main, compare_main, export_main, legacy_main, trai
 from pocketlm.errors import UsageError
 from pocketlm.export.gpt2 import from_gpt2
 from pocketlm.loading import load_pretrained
+from pocketlm.wording import listed
 from tokenization import PLAIN_CHAT_TEMPLATE
 
 PROMPTS = ["Hello!", "What is your favorite book?", "Tell me a joke about computers, please."]
@@ -944,7 +945,7 @@ def wide_gpt(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("precision", GGUF_BY_LLAMA_CPP)
 def test_a_k_quant_gguf_is_made_by_llama_cpp_s_own_quantizer_and_runs_as_the_weights_it_holds(precision, wide_gpt,
-                                                                                               tmp_path):
+                                                                                               trained, tmp_path):
     """llama.cpp's users keep k-quants (Q4_K_M is what ollama pulls by default), which pocketlm could not write.
     export.py hands the float32 file to llama.cpp's own quantizer: each weight matrix is in a k-quant format, the
     file is a fraction of float32's, and llama.cpp runs the weights it holds as gguf's reader reads them back."""
@@ -969,6 +970,18 @@ def test_a_k_quant_gguf_is_made_by_llama_cpp_s_own_quantizer_and_runs_as_the_wei
     bits = 32 * matrix_bytes(files[precision]) / matrix_bytes(files["f32"])
     assert int(precision[1]) < bits < int(precision[1]) + 2.5, bits
     llama_cpp_runs_the_weights_it_holds(wide_gpt, files[precision])
+    # Rows narrower than 256 (this model's 32, the small preset's 128): llama.cpp falls back to a 32-number block
+    # format, which its log says and the export says after the file, naming the formats the file holds.
+    narrow = run_entry(export_main, str(trained["transformer"]), "--format", "gguf", "--gguf-precision", precision,
+                       "--output-dir", str(tmp_path / "narrow"))
+    assert narrow.returncode == 0, narrow.stderr[-3000:]
+    file = next((tmp_path / "narrow").glob("*.gguf"))
+    fallen = sorted({tensor.tensor_type.name for tensor in gguf.GGUFReader(file).tensors
+                     if tensor.name.endswith(MATRIX_ENDINGS)})
+    assert fallen and not any(kind.endswith("_K") for kind in fallen), fallen
+    assert f"weight matrices are in llama.cpp's fallback {listed(fallen)}, not a k-quant: k-quants store rows in " \
+           "blocks of 256 numbers, and theirs are 32" in narrow.stderr, narrow.stderr
+    llama_cpp_runs_the_weights_it_holds(trained["transformer"], file)
 
 
 # Tokens added as fine-tuning adds them: a special one, plain ones, one with a space and one not ASCII.

@@ -10,6 +10,7 @@ template.
 """
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,26 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
         _quantize_with_llama_cpp(source, path, precision)
     finally:
         source.unlink(missing_ok=True)
+    _say_fallbacks(path)
     return path
+
+
+def _say_fallbacks(path: Path) -> None:
+    """Say on standard error which weight matrices llama.cpp's quantizer stored in a fallback format rather than a
+    k-quant, as its own log says: the small preset's rows are 128 numbers, and k-quants store rows in blocks of 256,
+    so a q4_k_m file of it holds Q5_0 and Q8_0 for all but the MLP's outputs (rows of 512)."""
+    import gguf
+
+    from ..wording import listed
+
+    matrices = [tensor for tensor in gguf.GGUFReader(path).tensors if tensor.name.endswith(MATRICES)]
+    fallen = [tensor for tensor in matrices if not tensor.tensor_type.name.endswith("_K")]
+    if fallen:
+        kinds = listed(sorted({tensor.tensor_type.name for tensor in fallen}))
+        rows = listed([str(length) for length in sorted({int(tensor.shape[0]) for tensor in fallen})])
+        print(f"note: {path.name}: {len(fallen)} of {len(matrices)} weight matrices are in llama.cpp's fallback "
+              f"{kinds}, not a k-quant: k-quants store rows in blocks of 256 numbers, and theirs are {rows}.",
+              file=sys.stderr)
 
 
 def _quantize_with_llama_cpp(source: Path, path: Path, precision: str) -> None:
