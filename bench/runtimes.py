@@ -6,7 +6,8 @@ Each model (the small and medium presets, the LSTM) is exported once with pocket
 - PyTorch: the model's own `generate()`;
 - onnxruntime float32 and int8 behind `generate()` (`OnnxCausalLM`, what `chat.py --runtime onnx` runs);
 - onnxruntime float32, a bare loop feeding the graph its cache (the runtime alone, no generate());
-- llama.cpp through llama-cpp-python on the GGUF file, a bare loop of `eval` and argmax (the GPT only).
+- llama.cpp through llama-cpp-python on the GGUF files (float32, Q8_0 and the Q4_K_M llama.cpp's quantizer makes), a
+  bare loop of `eval` and argmax (the GPT only).
 
 Each model is trained for a few steps on the benchmark corpus first (speed does not depend on it, but whether two
 runtimes pick the same greedy tokens is only telling on logits that are not flat), with a byte-level BPE trained on
@@ -17,6 +18,7 @@ the same text for the GPT, so that llama.cpp reads a real vocabulary. Every side
 """
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -30,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from modeling import GPTConfig, GPTForCausalLM, LSTMConfig, LSTMForCausalLM  # noqa: E402
-from pocketlm.export import export  # noqa: E402
+from pocketlm.export import export, gguf_name  # noqa: E402
 from pocketlm.export.onnx import FLOAT32_FILE, ONNX_DIR  # noqa: E402
 from pocketlm.generation import default_generation_config  # noqa: E402
 from pocketlm.onnx_runtime import OnnxCausalLM  # noqa: E402
@@ -39,6 +41,7 @@ from tokenization import train_bpe_tokenizer, train_char_tokenizer  # noqa: E402
 
 TEXT = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TRAINING_STEPS = 100  # batches of 8 x 128 tokens: enough for peaked logits
+GGUF_PRECISIONS = ["f32", "q8_0", "q4_k_m"]  # the last is made by llama.cpp's quantizer, with llama-cpp-python
 
 
 def build(name: str, folder: Path, vocab_size: int):
@@ -170,7 +173,8 @@ def main() -> None:
             model, prompt, tokenizer = build(name, scratch / "model", args.vocab_size)
             formats = ["onnx"] if name == "lstm" else ["onnx", "gguf"]
             exported = scratch / "export"
-            export(str(scratch / "model"), formats, exported)
+            precisions = GGUF_PRECISIONS if importlib.util.find_spec("llama_cpp") else GGUF_PRECISIONS[:1]
+            export(str(scratch / "model"), formats, exported, gguf_precisions=precisions)
             sides = {"PyTorch generate()": torch_side(model, prompt, args.new_tokens)}
             for int8 in (False, True):
                 onnx_model = OnnxCausalLM.from_export(exported, int8=int8, threads=args.threads)
@@ -180,8 +184,9 @@ def main() -> None:
                                                                      name == "lstm")
             if name != "lstm":
                 try:
-                    sides["llama.cpp float32, bare loop"] = llama_cpp_side(next(exported.glob("*.gguf")), prompt,
-                                                                           args.new_tokens, args.threads)
+                    for precision in precisions:
+                        sides[f"llama.cpp {precision}, bare loop"] = llama_cpp_side(
+                            exported / gguf_name("model", precision), prompt, args.new_tokens, args.threads)
                 except ImportError:
                     print("llama-cpp-python is not installed: pip install ../shared/wheels/llama_cpp_python-*.whl")
             reference = sides["PyTorch generate()"]()  # also the warm-up
