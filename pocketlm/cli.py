@@ -188,6 +188,11 @@ class _Parser(argparse.ArgumentParser):
         spelled = "--" + name.lstrip("-").replace("_", "-").lower()
         others = OTHER_TOOLS_NAMES.get(spelled[2:], ())
         other = next((o for o in ([others] if isinstance(others, str) else others) if o.split(" ")[0] in ours), None)
+        positional = next((action for action in self._actions if not action.option_strings
+                           and action.dest.startswith("model")), None)
+        if spelled == "--model" and "--model" not in ours and positional is not None:
+            # chat.py takes --model; export.py, compare.py and hub_upload.py take the model as their first word.
+            return f" ({self.prog} names the model without an option: {self.prog} {positional.metavar or 'MODEL'} ...)"
         if spelled in ours and spelled != name:
             meant = spelled
         elif other:

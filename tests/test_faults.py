@@ -987,6 +987,21 @@ def test_an_option_spelled_as_another_tool_spells_it_is_refused_naming_ours(main
     parser.parse_args(meant)  # the hint is the fix: no error
 
 
+@pytest.mark.parametrize("prog", ["export.py", "compare.py", "hub_upload.py"])
+def test_model_given_as_an_option_to_a_command_that_takes_it_as_its_first_word_names_that_word(prog, tmp_path):
+    """chat.py takes --model; export.py, compare.py and hub_upload.py take the model as their first word, and
+    `export.py --model models/x` said only "unknown option --model". The line says how the command names it, and the
+    command so written parses."""
+    from pocketlm.cli import compare_parser, export_parser, upload_parser
+
+    main, parser = {"export.py": (export_main, export_parser), "compare.py": (compare_main, compare_parser),
+                    "hub_upload.py": (upload_main, upload_parser)}[prog]
+    rest = ["--repo-id", "me/m", "--dry-run"] if prog == "hub_upload.py" else []
+    assert_one_line_error(run_entry(main, "--model", str(tmp_path), *rest),
+                          f"unknown option --model ({prog} names the model without an option: {prog} MODEL ...)")
+    parser().parse_args([str(tmp_path), *rest])
+
+
 @pytest.mark.parametrize("main, args, needle", [
     # An empty value ("$UNSET") read as the option left out, or as `.`: --data "" trained on the built-in dialogs,
     # --tokenizer "" trained a new tokenizer, export's --output-dir "" wrote into the current folder, compare's
