@@ -8,7 +8,9 @@ is spent on Python's start-up; every other trial then waits for the next save to
 - the folder holds a loadable best model whenever it holds weights at all (`pocketlm.loading.load_pretrained`);
 - `--resume` continues (from the newest checkpoint, or the one before when the newest is damaged), or a fresh
   start works when the kill came before the first checkpoint;
-- the finished run's model and last checkpoint are bitwise identical to an uninterrupted run's.
+- the finished run's model and last checkpoint are bitwise identical to an uninterrupted run's; where they are not,
+  whether the killed run had already gone its own way before the kill (an evaluation in its metrics, or a whole
+  checkpoint it wrote, unlike the uninterrupted run's), which clears the kill and the resume.
 
 With `--controls N`, N more uninterrupted runs are compared with the first in the same way: a difference after a
 kill means something only if uninterrupted runs do not differ among themselves.
@@ -134,6 +136,9 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
         # A save's temporary folder, left behind by the kill.
         "during_checkpoint": writing_checkpoint(out), "during_model_save": writing_model(out),
         "had_weights": (out / MODEL_FILE).exists(),
+        # What the killed run had computed itself, before any resume: where a finished run differs, this tells a
+        # run that had already gone its own way from one the kill or the resume sent there.
+        "before_the_kill": diverged_before_the_kill(out, reference),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps, env)
@@ -144,6 +149,34 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     record["different"] = differences(out, reference, steps)
     record["identical"] = record["resumed"] and not record["different"]
     return record
+
+
+def diverged_before_the_kill(out: Path, reference: Path) -> str | None:
+    """Where the killed run, as it stood at the kill, already differs from `reference`: its first evaluation whose
+    loss is not the reference's, and its first whole checkpoint whose weights are not; None where all agree."""
+    said = []
+    losses = {}
+    for name, folder in (("ours", out), ("theirs", reference)):
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        losses[name] = {}
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # the line the kill cut short
+                continue
+            if "val_loss" in entry:
+                losses[name][entry["step"]] = entry["val_loss"]
+    steps = sorted(step for step in losses["ours"] if losses["ours"][step] != losses["theirs"].get(step))
+    if steps:
+        said.append(f"its own evaluation of step {steps[0]} ({losses['ours'][steps[0]]!r} against the uninterrupted "
+                    f"run's {losses['theirs'].get(steps[0])!r})")
+    for folder in sorted((out / CHECKPOINTS_DIR).glob("step-*"), key=lambda path: int(path.name.split("-")[1])):
+        ours, theirs = folder / MODEL_FILE, reference / CHECKPOINTS_DIR / folder.name / MODEL_FILE
+        if (folder / "pocketlm-manifest.json").exists() and theirs.exists() and digest(ours) != digest(theirs):
+            said.append(f"the weights of its checkpoint {folder.name}")
+            break
+    return " and ".join(said) or None
 
 
 def resume_or_restart(data: Path, out: Path, steps: int, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -220,6 +253,10 @@ def main() -> None:
                 if record["different"]:
                     print(f"    differs from the uninterrupted run: {', '.join(record['different'])}; "
                           f"{' '.join(record['resume_said']) or 'started afresh'}", flush=True)
+                    print("    " + (f"before the kill, the run itself already differed: {record['before_the_kill']}"
+                                    " (neither the kill nor the resume made the difference)" if record["before_the_kill"]
+                                    else "before the kill, what the run had written was the uninterrupted run's"),
+                          flush=True)
                     if args.keep_different:  # the folder, and the run it differs from, to find out why
                         shutil.copytree(scratch / f"trial-{number}", args.keep_different / f"trial-{number}")
                         if not (args.keep_different / "reference").exists():
@@ -243,6 +280,8 @@ def main() -> None:
         "of those, loadable": sum(bool(r["loadable"]) for r in records),
         "resumed or restarted to the end": sum(r["resumed"] for r in records),
         "bitwise identical to the uninterrupted run": sum(r["identical"] for r in records),
+        "of the others, already different before the kill": sum(bool(r["before_the_kill"]) for r in records
+                                                                 if not r["identical"]),
         "more uninterrupted runs": len(controls),
         "of those, bitwise identical to the first": sum(controls),
     }
