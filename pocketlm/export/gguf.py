@@ -2,11 +2,11 @@
 
 The file is written with the `gguf` package, as architecture `gpt2`, its tensors under llama.cpp's names, its weight
 matrices in float32, float16 or llama.cpp's 8-, 5- and 4-bit block formats (`write_gguf`'s `precision`), or in its
-k-quants, which llama.cpp's own quantizer makes from the float32 file. llama.cpp's own converter cannot be used: it recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly
-trained one matches no hash it knows. The file names the pre-tokenizer by what the tokenizer's own definition says
-(pocketlm's byte-level BPE splits text with GPT-2's pattern; one given to `train.py --tokenizer` may split with
-Llama 3's, Qwen2's, ...), and carries the vocabulary, the merges, the special tokens and, for a chat model, the chat
-template.
+k-quants, which llama.cpp's own quantizer makes from the float32 file. llama.cpp's own converter cannot be used: it
+recognises a BPE's pre-tokenizer by hashing the ids of test strings, and a newly trained one matches no hash it knows.
+The file names the pre-tokenizer by what the tokenizer's own definition says (pocketlm's byte-level BPE splits text
+with GPT-2's pattern; one given to `train.py --tokenizer` may split with Llama 3's, Qwen2's, ...), and carries the
+vocabulary, the merges, the special tokens and, for a chat model, the chat template.
 """
 
 import os
@@ -176,24 +176,6 @@ def write_gguf(model, tokenizer, path: Path, name: str, precision: str = "f32", 
     return path
 
 
-def _say_fallbacks(path: Path) -> None:
-    """Say on standard error which weight matrices llama.cpp's quantizer stored in a fallback format rather than a
-    k-quant, as its own log says: the small preset's rows are 128 numbers, and k-quants store rows in blocks of 256,
-    so a q4_k_m file of it holds Q5_0 and Q8_0 for all but the MLP's outputs (rows of 512)."""
-    import gguf
-
-    from ..wording import listed
-
-    matrices = [tensor for tensor in gguf.GGUFReader(path).tensors if tensor.name.endswith(MATRICES)]
-    fallen = [tensor for tensor in matrices if not tensor.tensor_type.name.endswith("_K")]
-    if fallen:
-        kinds = listed(sorted({tensor.tensor_type.name for tensor in fallen}))
-        rows = listed([str(length) for length in sorted({int(tensor.shape[0]) for tensor in fallen})])
-        print(f"note: {path.name}: {len(fallen)} of {len(matrices)} weight matrices are in llama.cpp's fallback "
-              f"{kinds}, not a k-quant: k-quants store rows in blocks of 256 numbers, and theirs are {rows}.",
-              file=sys.stderr)
-
-
 def _quantize_with_llama_cpp(source: Path, path: Path, precision: str) -> None:
     """llama.cpp's own quantizer (llama-quantize's function, through llama-cpp-python) from the GGUF file `source`:
     its k-quants choose a format per tensor (Q4_K_M keeps the head, the attention's inputs and some of the MLP's
@@ -216,6 +198,24 @@ def _quantize_with_llama_cpp(source: Path, path: Path, precision: str) -> None:
         log.setLevel(level)
     if status != 0:
         raise RuntimeError(f"llama.cpp's quantizer could not make {precision} from {source} (status {status})")
+
+
+def _say_fallbacks(path: Path) -> None:
+    """Say on standard error which weight matrices llama.cpp's quantizer stored in a fallback format rather than a
+    k-quant, as its own log says: the small preset's rows are 128 numbers, and k-quants store rows in blocks of 256,
+    so a q4_k_m file of it holds Q5_0 and Q8_0 for all but the MLP's outputs (rows of 512)."""
+    import gguf
+
+    from ..wording import listed
+
+    matrices = [tensor for tensor in gguf.GGUFReader(path).tensors if tensor.name.endswith(MATRICES)]
+    fallen = [tensor for tensor in matrices if not tensor.tensor_type.name.endswith("_K")]
+    if fallen:
+        kinds = listed(sorted({tensor.tensor_type.name for tensor in fallen}))
+        rows = listed([str(length) for length in sorted({int(tensor.shape[0]) for tensor in fallen})])
+        print(f"note: {path.name}: {len(fallen)} of {len(matrices)} weight matrices are in llama.cpp's fallback "
+              f"{kinds}, not a k-quant: k-quants store rows in blocks of 256 numbers, and theirs are {rows}.",
+              file=sys.stderr)
 
 
 def _write(model, tokenizer, path: Path, name: str, precision: str, *, is_chat: bool) -> Path:
