@@ -213,7 +213,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trials run at the same time (each is two processes "
                         "one after the other)")
     parser.add_argument("--keep-different", type=Path, metavar="DIR",
-                        help="copy the folder of every trial that ends different from the uninterrupted run here")
+                        help="copy the folder of every trial (and control) that ends different from the "
+                        "uninterrupted run here")
     parser.add_argument("--controls", type=int, default=0, metavar="N",
                         help="also run N more uninterrupted runs and compare them with the first")
     parser.add_argument("--fresh-caches", action="store_true",
@@ -265,6 +266,14 @@ def main() -> None:
         def uninterrupted(number: int) -> bool:
             out = scratch / f"control-{number}"
             same = control(data, out, args.steps, reference, caches(out, args.fresh_caches))
+            if not same:
+                print(f"control {number + 1}: DIFFERENT from the first uninterrupted run: "
+                      f"{diverged_before_the_kill(out, reference) or 'its evaluations and checkpoints agree'}",
+                      flush=True)
+                if args.keep_different:
+                    shutil.copytree(out, args.keep_different / f"control-{number}")
+                    if not (args.keep_different / "reference").exists():
+                        shutil.copytree(reference, args.keep_different / "reference")
             for folder in (out, Path(f"{out}.home"), Path(f"{out}.datasets")):
                 shutil.rmtree(folder, ignore_errors=True)
             return same
