@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pocketlm.checkpoints import TEMPORARY_PREFIX  # noqa: E402  (after the path is set)
 from pocketlm.run_folder import CHECKPOINTS_DIR, MODEL_FILE, SAVING_DIR  # noqa: E402
+from pocketlm.signing import MANIFEST_FILE  # noqa: E402
 
 WORDS = "the a king queen speaks softly to of my lord lady sword crown night day fair foul".split()
 
@@ -138,7 +139,7 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
         "had_weights": (out / MODEL_FILE).exists(),
         # What the killed run had computed itself, before any resume: where a finished run differs, this tells a
         # run that had already gone its own way from one the kill or the resume sent there.
-        "before_the_kill": diverged_before_the_kill(out, reference),
+        "before_the_kill": first_divergence(out, reference),
     }
     record["loadable"] = loadable(out) if record["had_weights"] else None
     resumed = resume_or_restart(data, out, steps, env)
@@ -151,29 +152,33 @@ def trial(data: Path, out: Path, steps: int, duration: float, reference: Path, r
     return record
 
 
-def diverged_before_the_kill(out: Path, reference: Path) -> str | None:
-    """Where the killed run, as it stood at the kill, already differs from `reference`: its first evaluation whose
-    loss is not the reference's, and its first whole checkpoint whose weights are not; None where all agree."""
-    said = []
+def evaluations(folder: Path) -> dict[int, float]:
+    """The validation loss of each step in `folder`'s metrics log (a line the kill cut short left out)."""
+    metrics = folder / "metrics.jsonl"
     losses = {}
-    for name, folder in (("ours", out), ("theirs", reference)):
-        metrics = folder / "metrics.jsonl"
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        losses[name] = {}
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # the line the kill cut short
-                continue
-            if "val_loss" in entry:
-                losses[name][entry["step"]] = entry["val_loss"]
-    steps = sorted(step for step in losses["ours"] if losses["ours"][step] != losses["theirs"].get(step))
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if "val_loss" in entry:
+            losses[entry["step"]] = entry["val_loss"]
+    return losses
+
+
+def first_divergence(out: Path, reference: Path) -> str | None:
+    """Where the run in `out`, as it stands, already differs from `reference`: its first evaluation whose loss is not
+    the reference's, and its first whole checkpoint whose weights are not; None where all agree."""
+    said = []
+    ours, theirs = evaluations(out), evaluations(reference)
+    steps = sorted(step for step in ours if ours[step] != theirs.get(step))
     if steps:
-        said.append(f"its own evaluation of step {steps[0]} ({losses['ours'][steps[0]]!r} against the uninterrupted "
-                    f"run's {losses['theirs'].get(steps[0])!r})")
+        said.append(f"its own evaluation of step {steps[0]} ({ours[steps[0]]!r} against the uninterrupted run's "
+                    f"{theirs.get(steps[0])!r})")
     for folder in sorted((out / CHECKPOINTS_DIR).glob("step-*"), key=lambda path: int(path.name.split("-")[1])):
-        ours, theirs = folder / MODEL_FILE, reference / CHECKPOINTS_DIR / folder.name / MODEL_FILE
-        if (folder / "pocketlm-manifest.json").exists() and theirs.exists() and digest(ours) != digest(theirs):
+        weights, reference_weights = folder / MODEL_FILE, reference / CHECKPOINTS_DIR / folder.name / MODEL_FILE
+        if (folder / MANIFEST_FILE).exists() and reference_weights.exists() and \
+                digest(weights) != digest(reference_weights):
             said.append(f"the weights of its checkpoint {folder.name}")
             break
     return " and ".join(said) or None
@@ -268,7 +273,7 @@ def main() -> None:
             same = control(data, out, args.steps, reference, caches(out, args.fresh_caches))
             if not same:
                 print(f"control {number + 1}: DIFFERENT from the first uninterrupted run: "
-                      f"{diverged_before_the_kill(out, reference) or 'its evaluations and checkpoints agree'}",
+                      f"{first_divergence(out, reference) or 'its evaluations and checkpoints agree'}",
                       flush=True)
                 if args.keep_different:
                     shutil.copytree(out, args.keep_different / f"control-{number}")
