@@ -102,6 +102,7 @@ def prepare(options: TrainingOptions, folder: RunFolder) -> Run:
     group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
     try:
         set_seed(options.seed)
+        set_up_vector_math()
         stages = Stages(show=accelerator.is_main_process)
         checkpoints = CheckpointManager(folder.checkpoints, accelerator, keep=options.keep_checkpoints)
         decided_by = continuity.fingerprint(options, accelerator.num_processes, accelerator.device)
@@ -191,6 +192,26 @@ def describe_run(options: TrainingOptions, model, plan: Plan, accelerator: Accel
     length = f"on to step {plan.total_steps:,}" if resumed else f"for {counted(plan.total_steps, 'step')}"
     return (f"training {what} ({parameters:,} parameters) {length}, {plan.tokens_per_step:,} tokens a step, on "
             f"{device}, {precision}, into {folder.path}")
+
+
+# The float functions torch computes with MKL's vector math (VML) on CPUs, where it was built with MKL.
+MKL_VECTOR_MATH = ("exp", "log", "log2", "log10", "sqrt", "tanh", "erf", "erfc", "erfinv",
+                   "sin", "cos", "tan", "asin", "acos", "atan", "trunc")
+
+
+def set_up_vector_math() -> None:
+    """Call each of MKL's vector-math functions once, from this thread alone, before a step calls one on all.
+
+    A process's first call of one that torch splits over threads can, rarely, return one thread's share computed
+    at low accuracy (an exp within 1.5e-4 where the rest are within a last bit) as both threads set MKL's
+    vector math up at once. The step's loss and gradients then differ from every later identical step's, and the
+    run from an uninterrupted one of the same seed: a resume starts a process too. With the CPU busy it was one
+    process in twelve; set up from one thread first, none (`python bench/first_step.py`).
+    """
+    if torch.backends.mkl.is_available():
+        one = torch.full((1,), 0.5)
+        for name in MKL_VECTOR_MATH:
+            getattr(torch, name)(one)
 
 
 def start_accelerator(options: TrainingOptions, folder: RunFolder) -> Accelerator:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -34,6 +35,7 @@ from pocketlm.errors import TrainingDiverged, UsageError
 from pocketlm.generation import complete
 from pocketlm.hub import prepare_folder
 from pocketlm.options import TrainingOptions, resolve_options
+from pocketlm.preparation import MKL_VECTOR_MATH
 from pocketlm.training import train
 from tokenization import train_char_tokenizer
 
@@ -1046,6 +1048,36 @@ def test_a_killed_fine_tuning_run_resumes_to_bitwise_identical_weights(family, c
     assert start[0].wait(timeout=300) == 0, start[0].communicate()[1][-3000:]
     assert json.loads((resumed / "config.json").read_text())["dropout"] == 0.2
     assert file_hash(reference / "model.safetensors") == file_hash(resumed / "model.safetensors")
+
+
+class _VectorMathCalls(TorchDispatchMode):
+    """Each call of one of MKL's vector-math functions, with the size of its largest tensor, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__.rstrip("_")  # exp_ computes as exp does
+        if name in MKL_VECTOR_MATH:
+            self.calls.append((name, max(a.numel() for a in args if isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_a_run_sets_up_mkl_s_vector_math_from_one_thread_before_any_step_calls_it(family, corpus_file, tmp_path):
+    """A process's first parallel call of an MKL vector-math function can compute one thread's share at low
+    accuracy (1.5e-4 from exp, as the two threads set it up at once), so a run's first step, and a resume's, could
+    differ from an uninterrupted run's (bench/first_step.py shows it with the CPU busy). Each function a run calls is
+    first called on one number, before the tokenizer, the model or any step touches it."""
+    with _VectorMathCalls() as seen:
+        train(tiny_options(family, corpus_file, tmp_path / "out", max_steps=2, samples=0))
+    first = {}
+    for name, size in seen.calls:
+        first.setdefault(name, size)
+    assert first and all(size == 1 for size in first.values()), first
+    if family == "transformer":  # the loss's softmax: an exp over every logit of a step's rows, split over threads
+        assert max(size for name, size in seen.calls if name == "exp") > 2048
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(corpus_file, tmp_path):
