@@ -202,11 +202,12 @@ MKL_VECTOR_MATH = ("exp", "log", "log2", "log10", "sqrt", "tanh", "erf", "erfc",
 def set_up_vector_math() -> None:
     """Call each of MKL's vector-math functions once, from this thread alone, before a step calls one on all.
 
-    A process's first call of one that torch splits over threads can, rarely, return one thread's share computed
-    at low accuracy (an exp within 1.5e-4 where the rest are within a last bit) as both threads set MKL's
-    vector math up at once. The step's loss and gradients then differ from every later identical step's, and the
-    run from an uninterrupted one of the same seed: a resume starts a process too. With the CPU busy it was one
-    process in twelve; set up from one thread first, none (`python bench/first_step.py`).
+    A process's first call of one that torch splits over threads can, rarely, compute one thread's share with
+    another of MKL's kernels (for exp, its low-accuracy AVX2 one: within 1.5e-4, where the usual is within a last
+    bit), as both threads set MKL's vector math up at once. That step's loss and gradients then differ from an
+    identical later step's, and the run from an uninterrupted one of the same seed; a resume's first step is a
+    process's first too. With the CPU busy, 9 of 106 fresh processes computed their first training step so; with
+    this first, 0 of 80 (BENCHMARKS.md, "Faults"; `python bench/first_step.py` compares the two).
     """
     if torch.backends.mkl.is_available():
         one = torch.full((1,), 0.5)
