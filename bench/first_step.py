@@ -42,13 +42,12 @@ def trial(set_up: bool) -> dict:
         loss = model(ids, labels=ids).loss
         loss.backward()
         steps.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    (first_loss, first_grads), *later = steps
 
-    def same(step) -> bool:
-        return torch.equal(step[0], first_loss) and all(map(torch.equal, step[1], first_grads))
+    def equal(a, b) -> bool:  # two steps' losses and gradients, bit for bit
+        return torch.equal(a[0], b[0]) and all(map(torch.equal, a[1], b[1]))
 
-    later_agree = torch.equal(later[0][0], later[1][0]) and all(map(torch.equal, later[0][1], later[1][1]))
-    return {"first_differs": not all(map(same, later)), "later_agree": later_agree,
+    first, second, third = steps
+    return {"first_differs": not (equal(first, second) and equal(first, third)), "later_agree": equal(second, third),
             "losses": [float(loss) for loss, _ in steps]}
 
 
